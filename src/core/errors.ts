@@ -1,0 +1,48 @@
+// Operating errors of qsync: one base class with a literal `code` and the
+// context an operator needs (peer, lsn, term, file, offset). Programmer
+// errors are `AssertionFailed` (see assert.ts) and are never caught.
+//
+// This module is pure so that the core can return these values; the shells
+// throw them.
+
+export type ErrorCode =
+  | 'RECORD_INVALID'
+  | 'FRAME_TOO_LARGE'
+  | 'JOURNAL_CORRUPT'
+  | 'JOURNAL_LSN_ORDER'
+  | 'JOURNAL_GAP'
+  | 'JOURNAL_FAILED'
+  | 'JOURNAL_CLOSED'
+  | 'JOURNAL_QUEUE_FULL'
+  | 'JOURNAL_LOCKED';
+
+export type ErrorContext = Readonly<Record<string, unknown>>;
+
+export class QsyncError<C extends ErrorCode = ErrorCode> extends Error {
+  readonly code: C;
+  readonly context: ErrorContext;
+
+  constructor(code: C, message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.context = context;
+  }
+}
+
+/** A record or frame body that does not decode to a valid record. */
+export class RecordInvalid extends QsyncError<'RECORD_INVALID'> {
+  constructor(readonly field: string, readonly reason: string, options?: { cause?: unknown }) {
+    super('RECORD_INVALID', `invalid record: ${field}: ${reason}`, { field, reason }, options);
+  }
+}
+
+export class FrameTooLarge extends QsyncError<'FRAME_TOO_LARGE'> {
+  constructor(bytes: number, bytesMax: number) {
+    super('FRAME_TOO_LARGE', `frame of ${bytes} bytes exceeds the limit of ${bytesMax} bytes`, { bytes, bytesMax });
+  }
+}
+
+export function isQsyncError<C extends ErrorCode>(error: unknown, code: C): error is QsyncError<C> {
+  return error instanceof QsyncError && error.code === code;
+}

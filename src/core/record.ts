@@ -1,0 +1,347 @@
+// Journal records (DESIGN.md §4) and their msgpack encoding.
+//
+// Every record has a header (replica, lsn, term, time) and a kind. On disk and
+// on the wire a record is a msgpack map with short keys; `decodeRecord`
+// checks every field and returns a typed `RecordInvalid` for anything it does
+// not recognise, never a crash and never a half-checked object.
+//
+//   kind      payload                                          replicated
+//   txn       gid, sync, changes, idempotency key               yes
+//   confirm   owner, lsn: owner's entries <= lsn are committed   yes
+//   rollback  owner, lsn: owner's entries >= lsn are rolled back yes
+//   promote   previous owner, its last lsn kept, new leader     yes (header term = the new term)
+//   demote    the owner's last confirmed lsn                   yes
+//   config    table modes, membership, quorum, timeouts        yes
+//   raft      vote (header term = current term)                no: replica 0, local only
+import { Packr } from 'msgpackr';
+import { RecordInvalid } from './errors.js';
+import { limits } from './limits.js';
+import { isLsn, isReplicaId, isTerm, REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from './types.js';
+
+export type RecordKind = 'txn' | 'confirm' | 'rollback' | 'promote' | 'demote' | 'config' | 'raft';
+export type TableMode = 'local' | 'async' | 'sync';
+export type ChangeOp = 'insert' | 'update' | 'delete';
+/** A row image or a primary-key image, as PostgreSQL's jsonb gives it. */
+export type RowImage = Readonly<Record<string, unknown>>;
+
+export interface RecordHeader {
+  readonly replica: ReplicaId;
+  readonly lsn: Lsn;
+  readonly term: Term;
+  /** Hybrid timestamp given by the shell; orders async conflicts (last writer wins). */
+  readonly time: number;
+}
+
+export interface Change {
+  readonly table: string;
+  readonly op: ChangeOp;
+  /** New row images for insert and update; key images for delete. */
+  readonly rows: readonly RowImage[];
+  /** Key images before the update, one per row, so that a primary-key change replicates. */
+  readonly oldKeys?: readonly RowImage[];
+}
+
+export interface TxnRecord extends RecordHeader {
+  readonly kind: 'txn';
+  readonly gid: string;
+  readonly sync: boolean;
+  readonly changes: readonly Change[];
+  readonly idempotencyKey: string | null;
+}
+
+export interface ConfirmRecord extends RecordHeader {
+  readonly kind: 'confirm';
+  readonly owner: ReplicaId;
+  /** Every entry of `owner` with lsn <= confirmedLsn is committed. */
+  readonly confirmedLsn: Lsn;
+}
+
+export interface RollbackRecord extends RecordHeader {
+  readonly kind: 'rollback';
+  readonly owner: ReplicaId;
+  /** Every entry of `owner` with lsn >= fromLsn is rolled back. */
+  readonly fromLsn: Lsn;
+}
+
+export interface PromoteRecord extends RecordHeader {
+  readonly kind: 'promote';
+  /** The limbo owner before this promotion (0: there was none). */
+  readonly prevOwner: ReplicaId;
+  /** The last lsn of prevOwner that is kept (confirmed); later ones are rolled back. */
+  readonly prevLsn: Lsn;
+  readonly leader: ReplicaId;
+}
+
+export interface DemoteRecord extends RecordHeader {
+  readonly kind: 'demote';
+  /** The owner's last confirmed lsn; the limbo is empty when it gives it up. */
+  readonly confirmedLsn: Lsn;
+}
+
+export interface Member {
+  readonly replica: ReplicaId;
+  readonly address: string;
+}
+
+export interface ConfigRecord extends RecordHeader {
+  readonly kind: 'config';
+  readonly tables?: Readonly<Record<string, TableMode>>;
+  readonly members?: readonly Member[];
+  readonly quorum?: number;
+  readonly synchroTimeoutMs?: number;
+  readonly electionTimeoutMs?: number;
+}
+
+export interface RaftRecord extends RecordHeader {
+  readonly kind: 'raft';
+  /** The candidate voted for in `term`; 0 when none. */
+  readonly vote: ReplicaId;
+}
+
+export type JournalRecord =
+  | TxnRecord
+  | ConfirmRecord
+  | RollbackRecord
+  | PromoteRecord
+  | DemoteRecord
+  | ConfigRecord
+  | RaftRecord;
+
+export type DecodeResult = { readonly ok: true; readonly record: JournalRecord } | { readonly ok: false; readonly error: RecordInvalid };
+
+const KIND_CODES: Readonly<Record<RecordKind, number>> = { txn: 1, confirm: 2, rollback: 3, promote: 4, demote: 5, config: 6, raft: 7 };
+const KIND_BY_CODE = new Map(Object.entries(KIND_CODES).map(([kind, code]) => [code, kind as RecordKind]));
+const OP_CODES: Readonly<Record<ChangeOp, number>> = { insert: 1, update: 2, delete: 3 };
+const OP_BY_CODE = new Map(Object.entries(OP_CODES).map(([op, code]) => [code, op as ChangeOp]));
+const TABLE_MODES: ReadonlySet<string> = new Set<TableMode>(['local', 'async', 'sync']);
+
+/**
+ * One codec for the journal and the wire. `useRecords: false` keeps every
+ * frame self-contained: no structure shared between frames that a reader
+ * starting mid-stream would lack.
+ */
+export const codec = new Packr({ useRecords: false, variableMapSize: true });
+
+/**
+ * Encode a record. The wire form is checked by the same validation the
+ * decoder runs, so that nothing is ever written that recovery would refuse to
+ * read back (an undecodable record in the journal would be cut as corruption).
+ * Throws `RecordInvalid` naming the field.
+ */
+export function encodeRecord(record: JournalRecord): Uint8Array {
+  const wire = toWire(record);
+  const checked = parseRecord(wire);
+  if (!checked.ok) throw checked.error;
+  return codec.pack(wire);
+}
+
+export function decodeRecord(bytes: Uint8Array): DecodeResult {
+  let values: unknown[];
+  try {
+    values = codec.unpackMultiple(bytes as Buffer) as unknown[];
+  } catch (cause) {
+    // msgpackr throws plain errors for any malformed input: that is exactly the case handled here.
+    return { ok: false, error: new RecordInvalid('body', 'not valid msgpack', { cause }) };
+  }
+  if (values.length !== 1) return { ok: false, error: new RecordInvalid('body', `holds ${values.length} msgpack values, expected 1`) };
+  return parseRecord(values[0]);
+}
+
+/** Check a decoded msgpack value and build a record from it. */
+export function parseRecord(value: unknown): DecodeResult {
+  try {
+    return { ok: true, record: fromWire(value) };
+  } catch (error) {
+    if (error instanceof RecordInvalid) return { ok: false, error };
+    throw error;
+  }
+}
+
+/** Whether records of this kind travel to peers. */
+export function isReplicated(record: JournalRecord): boolean {
+  return record.kind !== 'raft';
+}
+
+// ---- encoding ----------------------------------------------------------------
+
+function toWire(r: JournalRecord): Record<string, unknown> {
+  const wire: Record<string, unknown> = { k: KIND_CODES[r.kind], r: r.replica, l: r.lsn, t: r.term, ts: r.time };
+  switch (r.kind) {
+    case 'txn':
+      wire.g = r.gid;
+      wire.s = r.sync;
+      wire.c = r.changes.map((c) => (c.oldKeys === undefined ? { t: c.table, o: OP_CODES[c.op], r: c.rows } : { t: c.table, o: OP_CODES[c.op], r: c.rows, ok: c.oldKeys }));
+      wire.i = r.idempotencyKey;
+      break;
+    case 'confirm':
+      wire.o = r.owner;
+      wire.u = r.confirmedLsn;
+      break;
+    case 'rollback':
+      wire.o = r.owner;
+      wire.f = r.fromLsn;
+      break;
+    case 'promote':
+      wire.o = r.prevOwner;
+      wire.p = r.prevLsn;
+      wire.ld = r.leader;
+      break;
+    case 'demote':
+      wire.u = r.confirmedLsn;
+      break;
+    case 'config':
+      if (r.tables !== undefined) wire.tb = r.tables;
+      if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address }));
+      if (r.quorum !== undefined) wire.q = r.quorum;
+      if (r.synchroTimeoutMs !== undefined) wire.st = r.synchroTimeoutMs;
+      if (r.electionTimeoutMs !== undefined) wire.et = r.electionTimeoutMs;
+      break;
+    case 'raft':
+      wire.v = r.vote;
+      break;
+  }
+  return wire;
+}
+
+// ---- decoding and validation ---------------------------------------------------
+
+type Wire = Readonly<Record<string, unknown>>;
+
+function fail(field: string, reason: string): never {
+  throw new RecordInvalid(field, reason);
+}
+
+function isPlainObject(value: unknown): value is Wire {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
+}
+
+function field<T>(wire: Wire, key: string, name: string, check: (v: unknown) => v is T, expected: string): T {
+  const value = wire[key];
+  if (!check(value)) fail(name, value === undefined ? `missing (expected ${expected})` : `expected ${expected}, got ${describe(value)}`);
+  return value;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (value instanceof Uint8Array) return 'binary';
+  return typeof value === 'number' && !Number.isSafeInteger(value) ? `the number ${value}` : typeof value;
+}
+
+function isPositiveLsn(v: unknown): v is Lsn {
+  return isLsn(v) && v > 0;
+}
+function isReplicatedId(v: unknown): v is ReplicaId {
+  return isReplicaId(v) && v > 0;
+}
+function isBoolean(v: unknown): v is boolean {
+  return typeof v === 'boolean';
+}
+function isSafeNonNegative(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0;
+}
+function isPositiveInt(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) > 0;
+}
+function boundedString(bytesMax: number): (v: unknown) => v is string {
+  return (v: unknown): v is string => typeof v === 'string' && v.length > 0 && Buffer.byteLength(v) <= bytesMax;
+}
+
+function fromWire(value: unknown): JournalRecord {
+  if (!isPlainObject(value)) fail('body', `expected a map, got ${describe(value)}`);
+  const kindCode = value.k;
+  const kind = typeof kindCode === 'number' ? KIND_BY_CODE.get(kindCode) : undefined;
+  if (kind === undefined) fail('kind', `unknown record kind ${JSON.stringify(kindCode ?? null)}`);
+  const header: RecordHeader = {
+    replica: field(value, 'r', 'replica', isReplicaId, 'a replica id 0..31'),
+    lsn: field(value, 'l', 'lsn', isPositiveLsn, 'a positive integer'),
+    term: field(value, 't', 'term', isTerm, 'a non-negative integer'),
+    time: field(value, 'ts', 'time', isSafeNonNegative, 'a non-negative integer'),
+  };
+  const local = header.replica === REPLICA_LOCAL;
+  if (kind === 'raft' && !local) fail('replica', 'a raft record belongs to replica 0 (local only)');
+  if (kind !== 'raft' && local) fail('replica', `a ${kind} record cannot belong to replica 0`);
+  switch (kind) {
+    case 'txn':
+      return { ...header, kind, ...parseTxn(value) };
+    case 'confirm':
+      return { ...header, kind, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
+    case 'rollback':
+      return { ...header, kind, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), fromLsn: field(value, 'f', 'fromLsn', isPositiveLsn, 'a positive lsn') };
+    case 'promote':
+      return {
+        ...header,
+        kind,
+        prevOwner: field(value, 'o', 'prevOwner', isReplicaId, 'a replica id 0..31'),
+        prevLsn: field(value, 'p', 'prevLsn', isLsn, 'an lsn'),
+        leader: field(value, 'ld', 'leader', isReplicatedId, 'a replica id 1..31'),
+      };
+    case 'demote':
+      return { ...header, kind, confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
+    case 'config':
+      return { ...header, kind, ...parseConfig(value) };
+    case 'raft':
+      return { ...header, kind, vote: field(value, 'v', 'vote', isReplicaId, 'a replica id 0..31') };
+  }
+}
+
+function parseTxn(wire: Wire): Pick<TxnRecord, 'gid' | 'sync' | 'changes' | 'idempotencyKey'> {
+  const gid = field(wire, 'g', 'gid', boundedString(limits.gidBytesMax), `a string of 1..${limits.gidBytesMax} bytes`);
+  const sync = field(wire, 's', 'sync', isBoolean, 'a boolean');
+  const key = wire.i;
+  if (key !== null && !boundedString(limits.idempotencyKeyBytesMax)(key)) {
+    fail('idempotencyKey', `expected null or a string of 1..${limits.idempotencyKeyBytesMax} bytes, got ${describe(key)}`);
+  }
+  const raw = wire.c;
+  if (!Array.isArray(raw)) fail('changes', `expected an array, got ${describe(raw)}`);
+  if (raw.length > limits.txnChangesMax) fail('changes', `more than ${limits.txnChangesMax} changes`);
+  const changes = raw.map((c: unknown, i: number) => parseChange(c, `changes[${i}]`));
+  return { gid, sync, changes, idempotencyKey: key };
+}
+
+function parseRows(value: unknown, name: string): RowImage[] {
+  if (!Array.isArray(value)) fail(name, `expected an array of row maps, got ${describe(value)}`);
+  value.forEach((row: unknown, i: number) => {
+    if (!isPlainObject(row)) fail(`${name}[${i}]`, `expected a row map, got ${describe(row)}`);
+  });
+  return value as RowImage[];
+}
+
+function parseChange(value: unknown, name: string): Change {
+  if (!isPlainObject(value)) fail(name, `expected a map, got ${describe(value)}`);
+  const table = field(value, 't', `${name}.table`, boundedString(limits.tableNameBytesMax), `a string of 1..${limits.tableNameBytesMax} bytes`);
+  const op = typeof value.o === 'number' ? OP_BY_CODE.get(value.o) : undefined;
+  if (op === undefined) fail(`${name}.op`, `unknown operation ${JSON.stringify(value.o ?? null)}`);
+  const rows = parseRows(value.r, `${name}.rows`);
+  if (value.ok === undefined) return { table, op, rows };
+  if (op !== 'update') fail(`${name}.oldKeys`, `only an update carries old keys, not ${op}`);
+  const oldKeys = parseRows(value.ok, `${name}.oldKeys`);
+  if (oldKeys.length !== rows.length) fail(`${name}.oldKeys`, `${oldKeys.length} old keys for ${rows.length} rows`);
+  return { table, op, rows, oldKeys };
+}
+
+function parseConfig(wire: Wire): Omit<ConfigRecord, keyof RecordHeader | 'kind'> {
+  const config: { -readonly [K in keyof ConfigRecord]?: ConfigRecord[K] } = {};
+  if (wire.tb !== undefined) {
+    if (!isPlainObject(wire.tb)) fail('tables', `expected a map of table to mode, got ${describe(wire.tb)}`);
+    for (const [table, mode] of Object.entries(wire.tb)) {
+      if (!boundedString(limits.tableNameBytesMax)(table)) fail('tables', `table name of ${Buffer.byteLength(table)} bytes`);
+      if (typeof mode !== 'string' || !TABLE_MODES.has(mode)) fail(`tables.${table}`, `expected local, async or sync, got ${JSON.stringify(mode)}`);
+    }
+    config.tables = wire.tb as Record<string, TableMode>;
+  }
+  if (wire.m !== undefined) {
+    if (!Array.isArray(wire.m) || wire.m.length > limits.membersMax) fail('members', `expected an array of at most ${limits.membersMax} members`);
+    config.members = wire.m.map((m: unknown, i: number) => {
+      if (!isPlainObject(m)) fail(`members[${i}]`, `expected a map, got ${describe(m)}`);
+      return {
+        replica: field(m, 'r', `members[${i}].replica`, isReplicatedId, 'a replica id 1..31'),
+        address: field(m, 'a', `members[${i}].address`, boundedString(256), 'a host:port string'),
+      };
+    });
+  }
+  if (wire.q !== undefined) config.quorum = field(wire, 'q', 'quorum', isPositiveInt, 'a positive integer');
+  if (wire.st !== undefined) config.synchroTimeoutMs = field(wire, 'st', 'synchroTimeoutMs', isPositiveInt, 'a positive integer');
+  if (wire.et !== undefined) config.electionTimeoutMs = field(wire, 'et', 'electionTimeoutMs', isPositiveInt, 'a positive integer');
+  return config;
+}

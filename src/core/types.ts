@@ -1,0 +1,42 @@
+// Branded integers: an Lsn cannot be passed where a Term is wanted.
+import { assert } from './assert.js';
+
+declare const brand: unique symbol;
+type Brand<T, B extends string> = T & { readonly [brand]: B };
+
+/** Small integer naming a node, 1..31; 0 is the local, never-replicated component. */
+export type ReplicaId = Brand<number, 'ReplicaId'>;
+/** Per-replica sequence number of a record, from 1. */
+export type Lsn = Brand<number, 'Lsn'>;
+/** Raft term, from 0. */
+export type Term = Brand<number, 'Term'>;
+
+export const REPLICA_LOCAL = 0 as ReplicaId;
+export const REPLICA_ID_MAX = 31;
+
+export function isReplicaId(value: unknown): value is ReplicaId {
+  return Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= REPLICA_ID_MAX;
+}
+
+export function isLsn(value: unknown): value is Lsn {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+export function isTerm(value: unknown): value is Term {
+  return Number.isSafeInteger(value) && (value as number) >= 0;
+}
+
+export function replicaId(value: number): ReplicaId {
+  assert(isReplicaId(value), `replica id ${value} is not an integer in 0..${REPLICA_ID_MAX}`);
+  return value;
+}
+
+export function lsn(value: number): Lsn {
+  assert(isLsn(value), `lsn ${value} is not a non-negative safe integer`);
+  return value;
+}
+
+export function term(value: number): Term {
+  assert(isTerm(value), `term ${value} is not a non-negative safe integer`);
+  return value;
+}
