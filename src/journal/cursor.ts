@@ -1,0 +1,131 @@
+// A journal cursor: every record after a vclock, in journal order, read from
+// the segment files and then, with `follow`, from records appended later.
+//
+// The cursor reads files only up to each segment's durable size, so it never
+// sees a batch that is still being written, and needs no in-memory fan-out:
+// live records come from the page cache. An open segment file stays readable
+// after removeBelow unlinks it.
+import { open, type FileHandle } from 'node:fs/promises';
+import { JournalCorrupt } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+import { decodeRecord, type JournalRecord } from '../core/record.js';
+import { REPLICA_LOCAL } from '../core/types.js';
+import { vclockGet, type VClock } from '../core/vclock.js';
+import { readFrame } from './frame.js';
+import type { Segment } from './segment.js';
+
+export interface CursorOptions {
+  /** Also return local RAFT records (replica 0). Default false: a relay never sends them. */
+  readonly includeLocal?: boolean;
+  /** After the last durable record, wait for more instead of ending. Default false. */
+  readonly follow?: boolean;
+}
+
+/** What a cursor needs from its journal. */
+export interface CursorSource {
+  readonly closed: boolean;
+  /** The first segment whose sum is above `sum` (the first segment for null). */
+  segmentAfter(sum: number | null): Segment | undefined;
+  /** Resolves when more records are durable, a segment is added, or the journal closes. */
+  waitForDurable(): Promise<void>;
+}
+
+export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
+  readonly #source: CursorSource;
+  readonly #from: VClock;
+  readonly #includeLocal: boolean;
+  readonly #follow: boolean;
+  #segment: Segment;
+  #handle: FileHandle | null = null;
+  #offset: number;
+  #ready: JournalRecord[] = [];
+  #done = false;
+
+  constructor(source: CursorSource, start: Segment, from: VClock, options: CursorOptions) {
+    this.#source = source;
+    this.#segment = start;
+    this.#offset = start.headerBytes;
+    this.#from = from;
+    this.#includeLocal = options.includeLocal ?? false;
+    this.#follow = options.follow ?? false;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<JournalRecord>> {
+    for (;;) {
+      const record = this.#ready.shift();
+      if (record !== undefined) return { done: false, value: record };
+      if (this.#done || this.#source.closed) return this.return();
+      if (this.#offset < this.#segment.durableBytes) {
+        await this.#readChunk();
+        continue;
+      }
+      const next = this.#source.segmentAfter(this.#segment.sum);
+      if (next !== undefined) {
+        await this.#handle?.close();
+        this.#handle = null;
+        this.#segment = next;
+        this.#offset = next.headerBytes;
+        continue;
+      }
+      if (!this.#follow) return this.return();
+      await this.#source.waitForDurable();
+    }
+  }
+
+  async return(): Promise<IteratorResult<JournalRecord>> {
+    this.#done = true;
+    this.#ready = [];
+    await this.#handle?.close();
+    this.#handle = null;
+    return { done: true, value: undefined };
+  }
+
+  /** Read whole frames from the current offset, at most one chunk (or one frame if larger), up to the durable end. */
+  async #readChunk(): Promise<void> {
+    this.#handle ??= await open(this.#segment.path, 'r');
+    const end = this.#segment.durableBytes;
+    let length = Math.min(limits.journalCursorChunkBytes, end - this.#offset);
+    let buffer = await this.#read(length);
+    const header = readFrame(buffer, 0);
+    if (header.kind === 'incomplete' && header.bytes !== null && header.bytes > length) {
+      length = Math.min(header.bytes, end - this.#offset);
+      buffer = await this.#read(length);
+    }
+    let at = 0;
+    while (at < buffer.length) {
+      const frame = readFrame(buffer, at);
+      // A frame cut by the chunk's end is read whole with the next chunk.
+      if (frame.kind === 'incomplete' && at > 0) break;
+      if (frame.kind !== 'frame') throw this.#corrupt(at, frame.kind === 'corrupt' ? frame.reason : 'frame crosses the durable end');
+      const decoded = decodeRecord(frame.body);
+      if (!decoded.ok) throw this.#corrupt(at, decoded.error.message);
+      if (this.#wanted(decoded.record)) this.#ready.push(decoded.record);
+      at = frame.end;
+    }
+    this.#offset += at;
+  }
+
+  async #read(length: number): Promise<Buffer> {
+    const buffer = Buffer.allocUnsafe(length);
+    let filled = 0;
+    while (filled < length) {
+      const { bytesRead } = await (this.#handle as FileHandle).read(buffer, filled, length - filled, this.#offset + filled);
+      if (bytesRead === 0) throw this.#corrupt(filled, 'file is shorter than its durable size');
+      filled += bytesRead;
+    }
+    return buffer;
+  }
+
+  #wanted(record: JournalRecord): boolean {
+    if (record.replica === REPLICA_LOCAL && !this.#includeLocal) return false;
+    return record.lsn > vclockGet(this.#from, record.replica);
+  }
+
+  #corrupt(at: number, reason: string): JournalCorrupt {
+    return new JournalCorrupt(this.#segment.name, this.#offset + at, reason, 'A durable record no longer reads back: the disk or the file was damaged after it was written.');
+  }
+}

@@ -1,0 +1,352 @@
+// The sidecar's append-only journal (DESIGN.md §4).
+//
+// append(record) ──► queue ──► one write + one fdatasync per batch ──► resolve
+//                      │              (group commit)
+//                      └─ lsn order checked at call time, so the queue is
+//                         always in per-replica lsn order
+//
+// Invariant: tailVclock covers vclock; both only grow.
+// Invariant: a record's promise resolves only after its bytes are fdatasync'ed.
+// Invariant: after a failed write or fsync the journal accepts nothing more
+//            (fsync errors are not retried: the page cache may have dropped
+//            the data, PostgreSQL's "fsyncgate").
+import { open, readFile, rm, unlink, writeFile, mkdir, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { QsyncError, type ErrorCode } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+import { encodeRecord, type JournalRecord } from '../core/record.js';
+import { vclockCovers, vclockFollow, vclockFormat, vclockGet, type VClock } from '../core/vclock.js';
+import { JournalCursor, type CursorOptions, type CursorSource } from './cursor.js';
+import { encodeFrame } from './frame.js';
+import { fsyncDir } from './fsutil.js';
+import { recoverJournal, type JournalCut } from './recovery.js';
+import { encodeSegmentHeader, segmentName, type RaftState, type Segment } from './segment.js';
+
+export interface JournalOptions {
+  readonly dir: string;
+  /** A segment that has reached this size is closed and a new one started. */
+  readonly segmentBytesMax?: number;
+  /** Cut at corruption found in an older segment instead of refusing to open (drops later segments). */
+  readonly repair?: boolean;
+}
+
+export interface RecoveryReport {
+  readonly segments: number;
+  readonly records: number;
+  readonly vclock: VClock;
+  readonly cuts: readonly JournalCut[];
+}
+
+export interface JournalStats {
+  readonly appends: number;
+  readonly batches: number;
+  readonly fsyncs: number;
+  readonly bytesWritten: number;
+}
+
+export class JournalError extends QsyncError<Extract<ErrorCode, `JOURNAL_${string}`>> {}
+
+interface Pending {
+  readonly record: JournalRecord;
+  readonly frame: Buffer;
+  /** Clock after this record: the journal's durable clock once its batch is synced. */
+  readonly vclock: VClock;
+  readonly resolve: () => void;
+  readonly reject: (error: Error) => void;
+}
+
+const LOCK_FILE = 'LOCK';
+
+export class Journal implements CursorSource {
+  readonly dir: string;
+  readonly recovery: RecoveryReport;
+  readonly #segmentBytesMax: number;
+  readonly #segments: Segment[];
+  #handle: FileHandle;
+  #vclock: VClock;
+  #tailVclock: VClock;
+  #raft: RaftState | null;
+  #queue: Pending[] = [];
+  #queueBytes = 0;
+  #flushing: Promise<void> | null = null;
+  #failure: JournalError | null = null;
+  #closed = false;
+  #waiters: Array<() => void> = [];
+  #stats = { appends: 0, batches: 0, fsyncs: 0, bytesWritten: 0 };
+
+  private constructor(dir: string, segmentBytesMax: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
+    this.dir = dir;
+    this.#segmentBytesMax = segmentBytesMax;
+    this.#segments = segments;
+    this.#handle = handle;
+    this.#vclock = vclock;
+    this.#tailVclock = vclock;
+    this.#raft = raft;
+    this.recovery = recovery;
+  }
+
+  /** Open (creating if needed) and recover the journal in `dir`. Holds a lock on it until close. */
+  static async open(options: JournalOptions): Promise<Journal> {
+    const segmentBytesMax = options.segmentBytesMax ?? limits.journalSegmentBytesDefault;
+    await mkdir(options.dir, { recursive: true });
+    await takeLock(options.dir);
+    try {
+      const recovered = await recoverJournal(options.dir, options.repair ?? false);
+      const segments = recovered.segments;
+      if (segments.length === 0) segments.push(await createSegment(options.dir, { vclock: recovered.vclock, raft: recovered.raft }));
+      const active = segments[segments.length - 1] as Segment;
+      const handle = await open(active.path, 'r+');
+      const report = { segments: segments.length, records: recovered.records, vclock: recovered.vclock, cuts: recovered.cuts };
+      return new Journal(options.dir, segmentBytesMax, segments, handle, recovered.vclock, recovered.raft, report);
+    } catch (error) {
+      await releaseLock(options.dir);
+      throw error;
+    }
+  }
+
+  /** Clock of the durable records. */
+  get vclock(): VClock {
+    return this.#vclock;
+  }
+
+  /** Clock including records accepted but not yet durable: the next lsn of replica r is tailVclock[r] + 1. */
+  get tailVclock(): VClock {
+    return this.#tailVclock;
+  }
+
+  /** The durable local Raft state (term and vote), or null if none was ever written. */
+  get raft(): RaftState | null {
+    return this.#raft;
+  }
+
+  stats(): JournalStats {
+    return { ...this.#stats };
+  }
+
+  /**
+   * Append a record; resolves once it is durable. The record's lsn must be
+   * the next one of its replica (tailVclock + 1): records are queued, written
+   * and synced in call order.
+   */
+  append(record: JournalRecord): Promise<void> {
+    const refused = this.#refusal(record);
+    if (refused !== null) return Promise.reject(refused);
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(encodeRecord(record));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    if (this.#queueBytes + frame.length > limits.journalQueueBytesMax) {
+      return Promise.reject(new JournalError('JOURNAL_QUEUE_FULL', `journal queue holds ${this.#queueBytes} bytes not yet durable; the limit is ${limits.journalQueueBytesMax}`, { queueBytes: this.#queueBytes }));
+    }
+    this.#tailVclock = vclockFollow(this.#tailVclock, record.replica, record.lsn);
+    this.#stats.appends += 1;
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ record, frame, vclock: this.#tailVclock, resolve, reject });
+      this.#queueBytes += frame.length;
+      // Start on the next turn of the event loop, so that every append made
+      // in this turn joins the same batch.
+      this.#flushing ??= new Promise<void>((done) => setImmediate(() => void this.#flush().then(done)));
+    });
+  }
+
+  #refusal(record: JournalRecord): Error | null {
+    if (this.#failure !== null) return this.#failure;
+    if (this.#closed) return new JournalError('JOURNAL_CLOSED', 'journal is closed');
+    const expected = vclockGet(this.#tailVclock, record.replica) + 1;
+    if (record.lsn !== expected) {
+      return new JournalError('JOURNAL_LSN_ORDER', `record ${record.replica}:${record.lsn} is out of order: the journal expects lsn ${expected} of replica ${record.replica} next`,
+        { replica: record.replica, lsn: record.lsn, expected });
+    }
+    return null;
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#queue.length > 0 && this.#failure === null) await this.#writeBatch(this.#takeBatch());
+    } finally {
+      this.#flushing = null;
+    }
+  }
+
+  #takeBatch(): Pending[] {
+    let bytes = 0;
+    let count = 0;
+    for (const pending of this.#queue) {
+      if (count > 0 && bytes + pending.frame.length > limits.journalBatchBytesMax) break;
+      bytes += pending.frame.length;
+      count += 1;
+    }
+    const batch = this.#queue.splice(0, count);
+    this.#queueBytes -= bytes;
+    return batch;
+  }
+
+  async #writeBatch(batch: Pending[]): Promise<void> {
+    try {
+      if (this.#active.durableBytes >= this.#segmentBytesMax && this.#active.durableBytes > this.#active.headerBytes) await this.#rotate();
+      const bytes = Buffer.concat(batch.map((p) => p.frame));
+      await writeAll(this.#handle, bytes, this.#active.durableBytes);
+      await this.#handle.datasync();
+      this.#stats.batches += 1;
+      this.#stats.fsyncs += 1;
+      this.#stats.bytesWritten += bytes.length;
+      this.#active.durableBytes += bytes.length;
+    } catch (cause) {
+      this.#fail(batch, cause);
+      return;
+    }
+    const last = batch[batch.length - 1] as Pending;
+    this.#vclock = last.vclock;
+    for (const pending of batch) {
+      if (pending.record.kind === 'raft') this.#raft = { term: pending.record.term, vote: pending.record.vote };
+      pending.resolve();
+    }
+    this.#wake();
+  }
+
+  #fail(batch: Pending[], cause: unknown): void {
+    this.#failure = new JournalError('JOURNAL_FAILED', `journal write failed in ${this.#active.name}; the journal accepts nothing more until reopened: ${(cause as Error).message}`,
+      { segment: this.#active.name }, { cause });
+    for (const pending of [...batch, ...this.#queue.splice(0)]) pending.reject(this.#failure);
+    this.#queueBytes = 0;
+    this.#wake();
+  }
+
+  get #active(): Segment {
+    return this.#segments[this.#segments.length - 1] as Segment;
+  }
+
+  /** Start a new segment at the durable clock. Called only between batches, so the old one is final. */
+  async #rotate(): Promise<void> {
+    const segment = await createSegment(this.dir, { vclock: this.#vclock, raft: this.#raft });
+    const handle = await open(segment.path, 'r+');
+    await this.#handle.close();
+    this.#handle = handle;
+    this.#segments.push(segment);
+    this.#wake();
+  }
+
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  // ---- CursorSource --------------------------------------------------------------
+
+  get closed(): boolean {
+    return this.#closed || this.#failure !== null;
+  }
+
+  segmentAfter(sum: number | null): Segment | undefined {
+    return this.#segments.find((s) => sum === null || s.sum > sum);
+  }
+
+  waitForDurable(): Promise<void> {
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  /**
+   * Read every record after `from`, in journal order, then (with `follow`)
+   * every record appended later. Only durable records are returned.
+   */
+  cursor(from: VClock, options: CursorOptions = {}): JournalCursor {
+    const ignoreLocal = !(options.includeLocal ?? false);
+    const oldest = this.#segments[0] as Segment;
+    if (!vclockCovers(from, oldest.start.vclock, { ignoreLocal })) {
+      throw new JournalError('JOURNAL_GAP', `records after ${vclockFormat(from)} are no longer in the journal: the oldest segment starts at ${vclockFormat(oldest.start.vclock)}`,
+        { from, oldest: oldest.start.vclock });
+    }
+    // Start in the last segment that begins at or before `from`: everything before it is covered.
+    let start = oldest;
+    for (const segment of this.#segments) if (vclockCovers(from, segment.start.vclock, { ignoreLocal })) start = segment;
+    return new JournalCursor(this, start, from, options);
+  }
+
+  /**
+   * Remove the segments whose records are all covered by `vclock` (acknowledged
+   * by every peer and applied by PostgreSQL). The active segment stays.
+   * Returns the names removed.
+   */
+  async removeBelow(vclock: VClock): Promise<string[]> {
+    const removed: string[] = [];
+    while (this.#segments.length > 1) {
+      const next = this.#segments[1] as Segment;
+      if (!vclockCovers(vclock, next.start.vclock)) break;
+      const segment = this.#segments.shift() as Segment;
+      await unlink(segment.path);
+      removed.push(segment.name);
+    }
+    if (removed.length > 0) await fsyncDir(this.dir);
+    return removed;
+  }
+
+  /** Wait for queued appends to become durable, then release the files. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    while (this.#flushing !== null) await this.#flushing;
+    await this.#handle.close();
+    await releaseLock(this.dir);
+    this.#wake();
+  }
+}
+
+async function writeAll(handle: FileHandle, bytes: Buffer, position: number): Promise<void> {
+  let written = 0;
+  while (written < bytes.length) {
+    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, position + written);
+    written += bytesWritten;
+  }
+}
+
+/** Create a segment with its header, durable with its directory entry. */
+async function createSegment(dir: string, start: Segment['start']): Promise<Segment> {
+  const name = segmentName(start.vclock);
+  const path = join(dir, name);
+  const header = encodeSegmentHeader(start);
+  const handle = await open(path, 'wx');
+  try {
+    await writeAll(handle, header, 0);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fsyncDir(dir);
+  return { name, path, sum: Number(name.slice(0, 20)), start, headerBytes: header.length, durableBytes: header.length };
+}
+
+/**
+ * One process per journal: a second sidecar on the same data directory would
+ * interleave lsns. The lock names its pid; a lock left by a dead process is taken over.
+ */
+async function takeLock(dir: string): Promise<void> {
+  const path = join(dir, LOCK_FILE);
+  try {
+    await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+    return;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  const pid = Number((await readFile(path, 'utf8')).trim());
+  if (Number.isSafeInteger(pid) && pid > 0 && processAlive(pid)) {
+    throw new JournalError('JOURNAL_LOCKED', `journal ${dir} is in use by process ${pid}; stop it first, or use another data directory`, { dir, pid });
+  }
+  await writeFile(path, `${process.pid}\n`);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function releaseLock(dir: string): Promise<void> {
+  await rm(join(dir, LOCK_FILE), { force: true });
+}
+
