@@ -58,7 +58,7 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
     for (;;) {
       const record = this.#ready.shift();
       if (record !== undefined) return { done: false, value: record };
-      if (this.#done || this.#source.closed) return this.return();
+      if (this.#done) return this.return();
       if (this.#offset < this.#segment.durableBytes) {
         await this.#readChunk();
         continue;
@@ -71,7 +71,8 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
         this.#offset = next.headerBytes;
         continue;
       }
-      if (!this.#follow) return this.return();
+      // Caught up: a closed journal ends even a following cursor.
+      if (!this.#follow || this.#source.closed) return this.return();
       await this.#source.waitForDurable();
     }
   }
