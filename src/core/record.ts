@@ -247,56 +247,60 @@ function boundedString(bytesMax: number): (v: unknown) => v is string {
   return (v: unknown): v is string => typeof v === 'string' && v.length > 0 && Buffer.byteLength(v) <= bytesMax;
 }
 
+// Records are built field by field: object spread of several sources costs
+// V8 microseconds per record, and this runs for every append and every read.
 function fromWire(value: unknown): JournalRecord {
   if (!isPlainObject(value)) fail('body', `expected a map, got ${describe(value)}`);
   const kindCode = value.k;
   const kind = typeof kindCode === 'number' ? KIND_BY_CODE.get(kindCode) : undefined;
   if (kind === undefined) fail('kind', `unknown record kind ${JSON.stringify(kindCode ?? null)}`);
-  const header: RecordHeader = {
-    replica: field(value, 'r', 'replica', isReplicaId, 'a replica id 0..31'),
-    lsn: field(value, 'l', 'lsn', isPositiveLsn, 'a positive integer'),
-    term: field(value, 't', 'term', isTerm, 'a non-negative integer'),
-    time: field(value, 'ts', 'time', isSafeNonNegative, 'a non-negative integer'),
-  };
-  const local = header.replica === REPLICA_LOCAL;
+  const replica = field(value, 'r', 'replica', isReplicaId, 'a replica id 0..31');
+  const lsn = field(value, 'l', 'lsn', isPositiveLsn, 'a positive integer');
+  const term = field(value, 't', 'term', isTerm, 'a non-negative integer');
+  const time = field(value, 'ts', 'time', isSafeNonNegative, 'a non-negative integer');
+  const local = replica === REPLICA_LOCAL;
   if (kind === 'raft' && !local) fail('replica', 'a raft record belongs to replica 0 (local only)');
   if (kind !== 'raft' && local) fail('replica', `a ${kind} record cannot belong to replica 0`);
   switch (kind) {
     case 'txn':
-      return { ...header, kind, ...parseTxn(value) };
+      return parseTxn(value, replica, lsn, term, time);
     case 'confirm':
-      return { ...header, kind, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
+      return { kind, replica, lsn, term, time, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
     case 'rollback':
-      return { ...header, kind, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), fromLsn: field(value, 'f', 'fromLsn', isPositiveLsn, 'a positive lsn') };
+      return { kind, replica, lsn, term, time, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), fromLsn: field(value, 'f', 'fromLsn', isPositiveLsn, 'a positive lsn') };
     case 'promote':
       return {
-        ...header,
-        kind,
+        kind, replica, lsn, term, time,
         prevOwner: field(value, 'o', 'prevOwner', isReplicaId, 'a replica id 0..31'),
         prevLsn: field(value, 'p', 'prevLsn', isLsn, 'an lsn'),
         leader: field(value, 'ld', 'leader', isReplicatedId, 'a replica id 1..31'),
       };
     case 'demote':
-      return { ...header, kind, confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
+      return { kind, replica, lsn, term, time, confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
     case 'config':
-      return { ...header, kind, ...parseConfig(value) };
+      return parseConfig(value, { kind, replica, lsn, term, time });
     case 'raft':
-      return { ...header, kind, vote: field(value, 'v', 'vote', isReplicaId, 'a replica id 0..31') };
+      return { kind, replica, lsn, term, time, vote: field(value, 'v', 'vote', isReplicaId, 'a replica id 0..31') };
   }
 }
 
-function parseTxn(wire: Wire): Pick<TxnRecord, 'gid' | 'sync' | 'changes' | 'idempotencyKey'> {
-  const gid = field(wire, 'g', 'gid', boundedString(limits.gidBytesMax), `a string of 1..${limits.gidBytesMax} bytes`);
+const isGid = boundedString(limits.gidBytesMax);
+const isIdempotencyKey = boundedString(limits.idempotencyKeyBytesMax);
+const isTableName = boundedString(limits.tableNameBytesMax);
+const isAddress = boundedString(256);
+
+function parseTxn(wire: Wire, replica: ReplicaId, lsn: Lsn, term: Term, time: number): TxnRecord {
+  const gid = field(wire, 'g', 'gid', isGid, `a string of 1..${limits.gidBytesMax} bytes`);
   const sync = field(wire, 's', 'sync', isBoolean, 'a boolean');
-  const key = wire.i;
-  if (key !== null && !boundedString(limits.idempotencyKeyBytesMax)(key)) {
-    fail('idempotencyKey', `expected null or a string of 1..${limits.idempotencyKeyBytesMax} bytes, got ${describe(key)}`);
+  const idempotencyKey = wire.i;
+  if (idempotencyKey !== null && !isIdempotencyKey(idempotencyKey)) {
+    fail('idempotencyKey', `expected null or a string of 1..${limits.idempotencyKeyBytesMax} bytes, got ${describe(idempotencyKey)}`);
   }
   const raw = wire.c;
   if (!Array.isArray(raw)) fail('changes', `expected an array, got ${describe(raw)}`);
   if (raw.length > limits.txnChangesMax) fail('changes', `more than ${limits.txnChangesMax} changes`);
-  const changes = raw.map((c: unknown, i: number) => parseChange(c, `changes[${i}]`));
-  return { gid, sync, changes, idempotencyKey: key };
+  const changes = raw.map((c: unknown, i: number) => parseChange(c, i));
+  return { kind: 'txn', replica, lsn, term, time, gid, sync, changes, idempotencyKey };
 }
 
 function parseRows(value: unknown, name: string): RowImage[] {
@@ -307,9 +311,10 @@ function parseRows(value: unknown, name: string): RowImage[] {
   return value as RowImage[];
 }
 
-function parseChange(value: unknown, name: string): Change {
+function parseChange(value: unknown, index: number): Change {
+  const name = `changes[${index}]`;
   if (!isPlainObject(value)) fail(name, `expected a map, got ${describe(value)}`);
-  const table = field(value, 't', `${name}.table`, boundedString(limits.tableNameBytesMax), `a string of 1..${limits.tableNameBytesMax} bytes`);
+  const table = field(value, 't', `${name}.table`, isTableName, `a string of 1..${limits.tableNameBytesMax} bytes`);
   const op = typeof value.o === 'number' ? OP_BY_CODE.get(value.o) : undefined;
   if (op === undefined) fail(`${name}.op`, `unknown operation ${JSON.stringify(value.o ?? null)}`);
   const rows = parseRows(value.r, `${name}.rows`);
@@ -320,12 +325,12 @@ function parseChange(value: unknown, name: string): Change {
   return { table, op, rows, oldKeys };
 }
 
-function parseConfig(wire: Wire): Omit<ConfigRecord, keyof RecordHeader | 'kind'> {
-  const config: { -readonly [K in keyof ConfigRecord]?: ConfigRecord[K] } = {};
+function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): ConfigRecord {
+  const config: { -readonly [K in keyof ConfigRecord]: ConfigRecord[K] } = header;
   if (wire.tb !== undefined) {
     if (!isPlainObject(wire.tb)) fail('tables', `expected a map of table to mode, got ${describe(wire.tb)}`);
     for (const [table, mode] of Object.entries(wire.tb)) {
-      if (!boundedString(limits.tableNameBytesMax)(table)) fail('tables', `table name of ${Buffer.byteLength(table)} bytes`);
+      if (!isTableName(table)) fail('tables', `table name of ${Buffer.byteLength(table)} bytes`);
       if (typeof mode !== 'string' || !TABLE_MODES.has(mode)) fail(`tables.${table}`, `expected local, async or sync, got ${JSON.stringify(mode)}`);
     }
     config.tables = wire.tb as Record<string, TableMode>;
@@ -336,7 +341,7 @@ function parseConfig(wire: Wire): Omit<ConfigRecord, keyof RecordHeader | 'kind'
       if (!isPlainObject(m)) fail(`members[${i}]`, `expected a map, got ${describe(m)}`);
       return {
         replica: field(m, 'r', `members[${i}].replica`, isReplicatedId, 'a replica id 1..31'),
-        address: field(m, 'a', `members[${i}].address`, boundedString(256), 'a host:port string'),
+        address: field(m, 'a', `members[${i}].address`, isAddress, 'a host:port string'),
       };
     });
   }

@@ -4,7 +4,9 @@
 // trailing zeros trimmed, so that equal clocks have equal representations
 // and encode to the same bytes. Component 0 counts local records (RAFT) that
 // are never replicated; comparisons made for replication and voting ignore it
-// (Tarantool's vclock_compare_ignore0).
+// (Tarantool's vclock_compare_ignore0). Immutability is the type's
+// (`readonly`), not Object.freeze: freezing costs more than the whole
+// append path of a record.
 import { assert } from './assert.js';
 import { isLsn, isReplicaId, REPLICA_ID_MAX, type Lsn, type ReplicaId } from './types.js';
 
@@ -23,7 +25,7 @@ function trim(components: Lsn[]): VClock {
   let length = components.length;
   while (length > 0 && components[length - 1] === 0) length -= 1;
   components.length = length;
-  return Object.freeze(components);
+  return components;
 }
 
 export function vclockGet(vclock: VClock, replica: ReplicaId): Lsn {
@@ -34,9 +36,12 @@ export function vclockGet(vclock: VClock, replica: ReplicaId): Lsn {
 export function vclockFollow(vclock: VClock, replica: ReplicaId, lsn: Lsn): VClock {
   assert(isReplicaId(replica), `replica id ${replica} out of range`);
   assert(lsn > vclockGet(vclock, replica), `lsn ${lsn} of replica ${replica} does not move past ${vclockGet(vclock, replica)}`);
-  const components = Array.from({ length: Math.max(vclock.length, replica + 1) }, (_, i) => vclock[i] ?? (0 as Lsn));
+  // On the append path of every record: copy and set, no re-trim needed
+  // (the input is trimmed and lsn > 0, so the last component stays non-zero).
+  const components = vclock.slice();
+  while (components.length < replica) components.push(0 as Lsn);
   components[replica] = lsn;
-  return trim(components);
+  return components;
 }
 
 export function vclockFromEntries(entries: Iterable<readonly [ReplicaId, Lsn]>): VClock {
@@ -107,7 +112,7 @@ export function vclockParse(value: unknown): VClock | string {
     if (!isLsn(lsn)) return `component ${i} is not a non-negative safe integer`;
   }
   if (value.length > 0 && value[value.length - 1] === 0) return 'trailing zero component (not normalised)';
-  return Object.freeze([...value]) as VClock;
+  return [...value] as VClock;
 }
 
 /** `{1: 5, 3: 9}` for logs and error messages. */

@@ -1,0 +1,47 @@
+// `npm run bench -- <name> [options]`: runs one benchmark (or all) and writes
+// its figures to bench/results/<name>-<time>.json as well as the console.
+import { mkdir, writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { runJournalBench } from './journal.js';
+
+const usage = `usage: npm run bench -- <benchmark> [options]
+
+benchmarks:
+  journal     group-commit throughput and append latency of the journal
+
+options:
+  --seconds N   seconds per case (default 5)
+  --dir PATH    where to put the benchmark's files (default: the system temp dir)
+  --json PATH   where to write the results (default: bench/results/<benchmark>-<time>.json)
+`;
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { seconds: { type: 'string', default: '5' }, dir: { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+});
+
+const name = positionals[0] ?? 'journal';
+const seconds = Number(values.seconds);
+if (values.help) {
+  console.log(usage);
+  process.exit(0);
+}
+if (!Number.isFinite(seconds) || seconds <= 0) {
+  console.error(`--seconds must be a positive number, got ${values.seconds}\n\n${usage}`);
+  process.exit(2);
+}
+
+const benches: Record<string, () => Promise<unknown>> = {
+  journal: () => runJournalBench({ seconds, sizes: [200, 2048], callers: [1, 16, 256], ...(values.dir === undefined ? {} : { dir: values.dir }) }),
+};
+
+const bench = benches[name];
+if (bench === undefined) {
+  console.error(`unknown benchmark '${name}'\n\n${usage}`);
+  process.exit(2);
+}
+const result = await bench();
+const path = values.json ?? `bench/results/${name}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`;
+await mkdir('bench/results', { recursive: true });
+await writeFile(path, `${JSON.stringify({ benchmark: name, node: process.version, at: new Date().toISOString(), result }, null, 2)}\n`);
+console.log(`results: ${path}`);
