@@ -10,5 +10,6 @@ export default defineConfig({
     pool: 'forks',
     allowOnly: false,
     passWithNoTests: false,
+    reporters: ['default', './test/support/summary-reporter.ts'],
   },
 });
