@@ -37,7 +37,7 @@ function makeRecord(payload: string, replica: number, lsn: number): TxnRecord {
   return {
     kind: 'txn', replica: replica as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_700_000_000_000 + lsn,
     gid: `qsync:bench:${replica}:${lsn}`, sync: true, idempotencyKey: null,
-    changes: [{ table: 'public.bench', op: 'insert', rows: [{ id: lsn, payload }] }],
+    changes: [{ table: 'public.bench', op: 'insert', rows: JSON.stringify([{ id: lsn, payload }]) }],
   };
 }
 

@@ -14,7 +14,12 @@ export type ErrorCode =
   | 'JOURNAL_FAILED'
   | 'JOURNAL_CLOSED'
   | 'JOURNAL_QUEUE_FULL'
-  | 'JOURNAL_LOCKED';
+  | 'JOURNAL_LOCKED'
+  | 'PG_LAUNCH'
+  | 'PG_CHECK'
+  | 'PG_MIGRATION'
+  | 'PG_TABLE'
+  | 'PG_APPLY';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

