@@ -293,13 +293,14 @@ function fromWire(value: unknown): JournalRecord {
   }
 }
 
-const isGid = boundedString(limits.gidBytesMax);
+// A gid becomes a SQL literal in PREPARE TRANSACTION: printable ASCII, no quotes.
+const isGid = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= limits.gidBytesMax && /^[\x21-\x7e]+$/.test(v) && !v.includes("'");
 const isIdempotencyKey = boundedString(limits.idempotencyKeyBytesMax);
 const isTableName = boundedString(limits.tableNameBytesMax);
 const isAddress = boundedString(256);
 
 function parseTxn(wire: Wire, replica: ReplicaId, lsn: Lsn, term: Term, time: number): TxnRecord {
-  const gid = field(wire, 'g', 'gid', isGid, `a string of 1..${limits.gidBytesMax} bytes`);
+  const gid = field(wire, 'g', 'gid', isGid, `1..${limits.gidBytesMax} printable ASCII characters without quotes`);
   const sync = field(wire, 's', 'sync', isBoolean, 'a boolean');
   const idempotencyKey = wire.i;
   if (idempotencyKey !== null && !isIdempotencyKey(idempotencyKey)) {

@@ -35,7 +35,7 @@ const headerArb = fc.record({ replica: replicaArb, lsn: lsnArb, term: termArb, t
 export const recordArb: fc.Arbitrary<JournalRecord> = fc.oneof(
   fc.record({
     h: headerArb,
-    gid: fc.string({ minLength: 1, maxLength: 60 }),
+    gid: fc.stringMatching(/^[A-Za-z0-9:._-]{1,60}$/),
     sync: fc.boolean(),
     changes: fc.array(changeArb, { maxLength: 4 }),
     idempotencyKey: fc.option(fc.string({ minLength: 1, maxLength: 40 }), { nil: null }),

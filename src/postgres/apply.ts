@@ -1,0 +1,157 @@
+// Apply a TXN record to PostgreSQL: one transaction with
+// session_replication_role = replica (so capture and fence triggers stay
+// quiet), one set-based statement per table and operation, the applied
+// (replica, lsn) written in the same transaction, ending in COMMIT or in
+// PREPARE TRANSACTION (the limbo).
+//
+// Exactly once: a record whose lsn is covered by the applied vclock, or whose
+// gid is already prepared, is skipped. Async changes go through
+// last-writer-wins by (hybrid time, replica id); a losing row is skipped on
+// this node and recorded in qsync.conflicts.
+import type pg from 'pg';
+import { QsyncError } from '../core/errors.js';
+import type { Change, TxnRecord } from '../core/record.js';
+import type { Lsn, ReplicaId } from '../core/types.js';
+import { vclockFromEntries, type VClock } from '../core/vclock.js';
+import { loadTables, type TableInfo } from './tables.js';
+
+export class ApplyError extends QsyncError<'PG_APPLY'> {
+  constructor(message: string, context: Record<string, unknown>, options?: { cause?: unknown }) {
+    super('PG_APPLY', message, context, options);
+  }
+}
+
+export type ApplyOutcome = 'applied' | 'prepared' | 'skipped';
+
+const SKIP_SQL = `SELECT coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = $1), 0) >= $2
+  OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $3 AND database = current_database()) AS skip`;
+
+// Last-writer-wins for one change of an async table: returns the rows that
+// win, records the losers, and makes the winners the keys' new versions.
+const LWW_SQL = `
+WITH incoming AS (
+  SELECT r AS img, qsync.key_of(r, $5::text[]) AS key FROM jsonb_array_elements($1::jsonb) AS r
+), judged AS (
+  SELECT i.img, i.key, v.time AS kept_time, v.replica_id AS kept_replica,
+         coalesce((v.time, v.replica_id) > ($3::bigint, $4::integer), false) AS loses
+    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = $2 AND v.key = i.key
+), logged AS (
+  INSERT INTO qsync.conflicts (table_name, op, key, lost, lost_replica, lost_time, kept_replica, kept_time)
+  SELECT $2, $6, key, img, $4, $3, kept_replica, kept_time FROM judged WHERE loses
+), versioned AS (
+  INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
+  SELECT DISTINCT ON (key) $2, key, $3, $4 FROM judged WHERE NOT loses
+  ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
+)
+SELECT coalesce(jsonb_agg(img), '[]')::text AS rows FROM judged WHERE NOT loses`;
+
+export class Applier {
+  readonly #client: pg.ClientBase;
+  #tables: Map<string, TableInfo>;
+
+  private constructor(client: pg.ClientBase, tables: Map<string, TableInfo>) {
+    this.#client = client;
+    this.#tables = tables;
+  }
+
+  /** An applier on a dedicated connection; reload() after table modes change. */
+  static async create(client: pg.ClientBase): Promise<Applier> {
+    return new Applier(client, await loadTables(client));
+  }
+
+  async reload(): Promise<void> {
+    this.#tables = await loadTables(this.#client);
+  }
+
+  /** Apply one TXN: commit it, or with `prepare` leave it prepared under its gid. */
+  async apply(record: TxnRecord, options: { prepare: boolean }): Promise<ApplyOutcome> {
+    const client = this.#client;
+    await client.query('BEGIN');
+    try {
+      await client.query('SET LOCAL session_replication_role = replica');
+      const { rows } = await client.query<{ skip: boolean }>(SKIP_SQL, [record.replica, record.lsn, record.gid]);
+      if (rows[0]?.skip === true) {
+        await client.query('ROLLBACK');
+        return 'skipped';
+      }
+      for (const [index, change] of record.changes.entries()) await this.#applyChange(record, change, index);
+      if (record.idempotencyKey !== null) {
+        await client.query('INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING', [record.idempotencyKey, record.replica, record.lsn]);
+      }
+      await markApplied(client, record.replica, record.lsn);
+      if (options.prepare) {
+        await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(record.gid)}`);
+        return 'prepared';
+      }
+      await client.query('COMMIT');
+      return 'applied';
+    } catch (error) {
+      await client.query('ROLLBACK');
+      if (error instanceof ApplyError) throw error;
+      const pgError = error as { code?: string; message?: string };
+      throw new ApplyError(`applying ${record.replica}:${record.lsn} failed: ${pgError.message ?? String(error)}`,
+        { replica: record.replica, lsn: record.lsn, sqlstate: pgError.code }, { cause: error });
+    }
+  }
+
+  async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
+    const table = this.#tables.get(change.table);
+    if (table === undefined) {
+      throw new ApplyError(`applying ${record.replica}:${record.lsn} failed: change ${index} is for ${change.table}, which is not replicated on this node; create it and run: qsync table ${record.sync ? 'sync' : 'async'} ${change.table}`,
+        { replica: record.replica, lsn: record.lsn, table: change.table });
+    }
+    const lww = !record.sync && table.mode === 'async';
+    const filter = async (json: string, op: string): Promise<string> => (lww ? this.#lww(record, table, json, op) : json);
+    const client = this.#client;
+    const keys = table.keyColumns.join(', ');
+    const from = (param: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${param}::jsonb)`;
+    if (change.op === 'delete') {
+      await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')})`, [await filter(change.rows, 'delete')]);
+      return;
+    }
+    if (change.op === 'update' && change.oldKeys !== undefined) {
+      // Keys that the statement moved away from: gone after it.
+      await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')} EXCEPT ${from('$2')})`, [await filter(change.oldKeys, 'delete'), change.rows]);
+    }
+    await client.query(upsertSql(table), [await filter(change.rows, change.op)]);
+  }
+
+  async #lww(record: TxnRecord, table: TableInfo, json: string, op: string): Promise<string> {
+    const { rows } = await this.#client.query<{ rows: string }>(LWW_SQL, [json, table.name, record.time, record.replica, table.keyNames, op]);
+    return rows[0]?.rows ?? '[]';
+  }
+}
+
+const upsertCache = new WeakMap<TableInfo, string>();
+
+function upsertSql(table: TableInfo): string {
+  let sql = upsertCache.get(table);
+  if (sql === undefined) {
+    const columns = table.columns.join(', ');
+    const others = table.columns.filter((c) => !table.keyColumns.includes(c));
+    const onConflict = others.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${others.map((c) => `${c} = excluded.${c}`).join(', ')}`;
+    sql = `INSERT INTO ${table.name} (${columns}) OVERRIDING SYSTEM VALUE
+      SELECT ${columns} FROM jsonb_populate_recordset(NULL::${table.name}, $1::jsonb)
+      ON CONFLICT (${table.keyColumns.join(', ')}) ${onConflict}`;
+    upsertCache.set(table, sql);
+  }
+  return sql;
+}
+
+/** Record (replica, lsn) as applied, inside the caller's transaction. */
+export async function markApplied(client: pg.ClientBase, replica: ReplicaId, lsn: Lsn): Promise<void> {
+  await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, lsn]);
+}
+
+/** The vclock of committed applied records. */
+export async function appliedVclock(client: pg.ClientBase): Promise<VClock> {
+  const { rows } = await client.query<{ replica_id: number; lsn: string }>('SELECT replica_id, max(lsn) AS lsn FROM qsync.applied GROUP BY replica_id');
+  return vclockFromEntries(rows.map((r) => [r.replica_id as ReplicaId, Number(r.lsn) as Lsn]));
+}
+
+/** Drop applied rows below each replica's highest; the vclock stays the same. */
+export async function compactApplied(client: pg.ClientBase): Promise<number> {
+  const { rowCount } = await client.query(
+    'DELETE FROM qsync.applied a USING (SELECT replica_id, max(lsn) AS top FROM qsync.applied GROUP BY replica_id) m WHERE a.replica_id = m.replica_id AND a.lsn < m.top');
+  return rowCount ?? 0;
+}

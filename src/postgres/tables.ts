@@ -1,0 +1,132 @@
+// Table modes: local (no triggers), async (capture), sync (capture + fence).
+//
+// Setting a mode checks that qsync can replicate the table: a plain,
+// permanent, non-partitioned table with a primary key whose columns all
+// survive a round trip through jsonb. Each refusal names the table and the fix.
+import type pg from 'pg';
+import { QsyncError } from '../core/errors.js';
+import type { TableMode } from '../core/record.js';
+
+export class TableError extends QsyncError<'PG_TABLE'> {
+  constructor(table: string, reason: string) {
+    super('PG_TABLE', `qsync cannot replicate table ${table}: ${reason}`, { table, reason });
+  }
+}
+
+export interface TableInfo {
+  /** format('%I.%I', schema, table): safe to put into SQL as is. */
+  readonly name: string;
+  /** Primary-key columns, quoted for SQL. */
+  readonly keyColumns: readonly string[];
+  /** Primary-key columns as jsonb row images name them. */
+  readonly keyNames: readonly string[];
+  /** Columns an INSERT may name (not generated, not dropped), quoted. */
+  readonly columns: readonly string[];
+  readonly mode: TableMode;
+}
+
+/**
+ * Types whose jsonb form does not come back as the same value on another node:
+ * money follows lc_monetary, json is normalised by to_jsonb (key order,
+ * whitespace, duplicate keys), and reg* types are OIDs local to one database.
+ */
+const UNSAFE_TYPES: Readonly<Record<string, string>> = {
+  money: 'money is formatted by the lc_monetary setting; use numeric',
+  json: 'json loses key order and whitespace in jsonb; use jsonb or text',
+};
+
+const TRIGGERS = ['qsync_capture_insert', 'qsync_capture_update', 'qsync_capture_delete', 'qsync_refuse_truncate', 'qsync_fence'];
+
+type Described = Omit<TableInfo, 'mode'>;
+
+/** Resolve and check a table; throws TableError naming the reason. */
+export async function describeTable(client: pg.ClientBase, table: string): Promise<Described> {
+  const { rows } = await client.query<{ oid: number; name: string; relkind: string; relpersistence: string }>(
+    `SELECT c.oid, format('%I.%I', n.nspname, c.relname) AS name, c.relkind, c.relpersistence
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`, [table]);
+  const rel = rows[0];
+  if (rel === undefined) throw new TableError(table, 'it does not exist (check the name and the search_path, or qualify it as schema.table)');
+  if (rel.relkind === 'p') throw new TableError(rel.name, 'it is partitioned; mark each partition instead');
+  if (rel.relkind !== 'r') throw new TableError(rel.name, 'it is not a plain table (views, foreign tables and sequences are not replicated)');
+  if (rel.relpersistence === 't') throw new TableError(rel.name, 'it is temporary; temporary tables cannot take part in a prepared transaction');
+  if (rel.relpersistence === 'u') throw new TableError(rel.name, 'it is unlogged, so a crash empties it; ALTER TABLE ... SET LOGGED first');
+
+  const key = await client.query<{ column: string; name: string }>(
+    `SELECT quote_ident(a.attname) AS column, a.attname AS name FROM pg_index i
+       JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`, [rel.oid]);
+  if (key.rows.length === 0) throw new TableError(rel.name, `it has no primary key, and qsync replicates rows by primary key; add one: ALTER TABLE ${rel.name} ADD PRIMARY KEY (...)`);
+
+  const columns = await client.query<{ column: string; type: string; generated: string; typtype: string; base: string | null }>(
+    `SELECT quote_ident(a.attname) AS column, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated AS generated, t.typtype,
+            bt.typname AS base
+       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+       LEFT JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`, [rel.oid]);
+  for (const column of columns.rows) {
+    const base = column.base ?? column.type;
+    const unsafe = UNSAFE_TYPES[base] ?? (base.startsWith('reg') ? `${base} holds OIDs that differ between databases; store the name as text` : undefined);
+    if (unsafe !== undefined) throw new TableError(rel.name, `column ${column.column} has type ${column.type}, which does not round-trip through jsonb: ${unsafe}`);
+    if (column.typtype === 'p') throw new TableError(rel.name, `column ${column.column} has pseudo-type ${column.type}`);
+  }
+  return {
+    name: rel.name,
+    keyColumns: key.rows.map((r) => r.column),
+    keyNames: key.rows.map((r) => r.name),
+    columns: columns.rows.filter((c) => c.generated === '').map((c) => c.column),
+  };
+}
+
+/**
+ * Set a table's mode in one transaction: check the table, replace qsync's
+ * triggers, record the mode. Returns the table's canonical name.
+ */
+export async function setTableMode(client: pg.ClientBase, table: string, mode: TableMode): Promise<string> {
+  await client.query('BEGIN');
+  try {
+    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [] } : await describeTable(client, table);
+    for (const trigger of TRIGGERS) await client.query(`DROP TRIGGER IF EXISTS ${trigger} ON ${info.name}`);
+    if (mode !== 'local') {
+      // Trigger arguments are the key columns, unquoted, as to_jsonb names them.
+      const keys = info.keyNames.map((k) => `'${k.replace(/'/g, "''")}'`).join(', ');
+      await client.query(`CREATE TRIGGER qsync_capture_insert AFTER INSERT ON ${info.name} REFERENCING NEW TABLE AS qsync_new FOR EACH STATEMENT EXECUTE FUNCTION qsync.capture_insert(${keys})`);
+      await client.query(`CREATE TRIGGER qsync_capture_update AFTER UPDATE ON ${info.name} REFERENCING OLD TABLE AS qsync_old NEW TABLE AS qsync_new FOR EACH STATEMENT EXECUTE FUNCTION qsync.capture_update(${keys})`);
+      await client.query(`CREATE TRIGGER qsync_capture_delete AFTER DELETE ON ${info.name} REFERENCING OLD TABLE AS qsync_old FOR EACH STATEMENT EXECUTE FUNCTION qsync.capture_delete(${keys})`);
+      await client.query(`CREATE TRIGGER qsync_refuse_truncate BEFORE TRUNCATE ON ${info.name} FOR EACH STATEMENT EXECUTE FUNCTION qsync.refuse_truncate()`);
+    }
+    if (mode === 'sync') {
+      await client.query(`CREATE TRIGGER qsync_fence BEFORE INSERT OR UPDATE OR DELETE ON ${info.name} FOR EACH STATEMENT EXECUTE FUNCTION qsync.fence()`);
+    }
+    if (mode === 'local') {
+      await client.query('DELETE FROM qsync.tables WHERE table_name = $1', [info.name]);
+    } else {
+      await client.query(
+        `INSERT INTO qsync.tables (table_name, mode, key_columns) VALUES ($1, $2, $3)
+         ON CONFLICT (table_name) DO UPDATE SET mode = excluded.mode, key_columns = excluded.key_columns, changed_at = now()`,
+        [info.name, mode, info.keyNames]);
+    }
+    await client.query('COMMIT');
+    return info.name;
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw error;
+  }
+}
+
+async function resolveOnly(client: pg.ClientBase, table: string): Promise<{ name: string }> {
+  const { rows } = await client.query<{ name: string }>(`SELECT format('%I.%I', n.nspname, c.relname) AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`, [table]);
+  if (rows[0] === undefined) throw new TableError(table, 'it does not exist');
+  return rows[0];
+}
+
+/** Replicated tables with what apply needs, keyed by canonical name. */
+export async function loadTables(client: pg.ClientBase): Promise<Map<string, TableInfo>> {
+  const { rows } = await client.query<{ table_name: string; mode: TableMode }>('SELECT table_name, mode FROM qsync.tables');
+  const tables = new Map<string, TableInfo>();
+  for (const row of rows) {
+    const described = await describeTable(client, row.table_name);
+    tables.set(row.table_name, { ...described, mode: row.mode });
+  }
+  return tables;
+}

@@ -1,0 +1,82 @@
+// Two-phase helpers and crash reconciliation (DESIGN.md §8).
+//
+// After a crash, PostgreSQL may hold prepared transactions the journal has
+// already decided. reconcile() asks the journal's view for each prepared gid
+// of this cluster and makes PostgreSQL agree: confirmed → COMMIT PREPARED,
+// rolled back or never journaled → ROLLBACK PREPARED, pending → keep in the
+// limbo. Every step is idempotent, so a crash during reconcile is harmless.
+import type pg from 'pg';
+import { gidPrefix, parseGid } from '../core/gid.js';
+import type { Lsn, ReplicaId } from '../core/types.js';
+
+/** PostgreSQL's SQLSTATE for "prepared transaction with identifier ... does not exist". */
+const UNDEFINED_OBJECT = '42704';
+
+export interface PreparedEntry {
+  readonly gid: string;
+  readonly replica: ReplicaId;
+  readonly lsn: Lsn;
+}
+
+/** Prepared transactions of this cluster in this database, by owner and lsn. */
+export async function listPrepared(client: pg.ClientBase, clusterId: string): Promise<PreparedEntry[]> {
+  const { rows } = await client.query<{ gid: string }>(
+    `SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)`, [gidPrefix(clusterId)]);
+  const entries: PreparedEntry[] = [];
+  for (const { gid } of rows) {
+    const parsed = parseGid(clusterId, gid);
+    if (parsed !== null) entries.push({ gid, ...parsed });
+  }
+  return entries.sort((a, b) => a.replica - b.replica || a.lsn - b.lsn);
+}
+
+async function finish(client: pg.ClientBase, verb: 'COMMIT' | 'ROLLBACK', gid: string): Promise<boolean> {
+  try {
+    await client.query(`${verb} PREPARED ${client.escapeLiteral(gid)}`);
+    return true;
+  } catch (error) {
+    if ((error as { code?: string }).code === UNDEFINED_OBJECT) return false;
+    throw error;
+  }
+}
+
+/** COMMIT PREPARED; false when there was no such prepared transaction (already finished). */
+export function commitPrepared(client: pg.ClientBase, gid: string): Promise<boolean> {
+  return finish(client, 'COMMIT', gid);
+}
+
+/** ROLLBACK PREPARED; false when there was no such prepared transaction (already finished). */
+export function rollbackPrepared(client: pg.ClientBase, gid: string): Promise<boolean> {
+  return finish(client, 'ROLLBACK', gid);
+}
+
+export type JournalVerdict = 'confirmed' | 'rolled-back' | 'pending' | 'unknown';
+
+export interface ReconcileReport {
+  readonly committed: readonly string[];
+  readonly rolledBack: readonly string[];
+  readonly kept: readonly string[];
+}
+
+/** Make PostgreSQL's prepared transactions agree with the journal's verdicts. */
+export async function reconcile(client: pg.ClientBase, clusterId: string, verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
+  const committed: string[] = [];
+  const rolledBack: string[] = [];
+  const kept: string[] = [];
+  // Owner order, lsn order: confirmed entries commit in the order they were confirmed.
+  for (const entry of await listPrepared(client, clusterId)) {
+    switch (verdict(entry)) {
+      case 'confirmed':
+        if (await commitPrepared(client, entry.gid)) committed.push(entry.gid);
+        break;
+      case 'pending':
+        kept.push(entry.gid);
+        break;
+      case 'rolled-back':
+      case 'unknown':
+        if (await rollbackPrepared(client, entry.gid)) rolledBack.push(entry.gid);
+        break;
+    }
+  }
+  return { committed, rolledBack, kept };
+}
