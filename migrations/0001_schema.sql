@@ -86,12 +86,14 @@ $$;
 
 -- Capture triggers: statement-level, with transition tables, one per event
 -- (PostgreSQL allows transition tables only on single-event triggers).
--- TG_ARGV holds the primary-key columns.
+-- TG_ARGV holds the primary-key columns. Rows are named qsync_new.* and
+-- qsync_old.*, never by a short alias: an alias that matches a column name
+-- (say n) would make to_jsonb(n) capture that column instead of the row.
 CREATE FUNCTION qsync.capture_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO qsync.changes (table_name, op, rows)
-  SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'i', jsonb_agg(to_jsonb(n))
-  FROM qsync_new n HAVING count(*) > 0;
+  SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'i', jsonb_agg(to_jsonb(qsync_new.*))
+  FROM qsync_new HAVING count(*) > 0;
   RETURN NULL;
 END $$;
 
@@ -99,17 +101,17 @@ CREATE FUNCTION qsync.capture_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO qsync.changes (table_name, op, rows, old_keys)
   SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'u',
-         (SELECT jsonb_agg(to_jsonb(n)) FROM qsync_new n),
-         jsonb_agg(qsync.key_of(to_jsonb(o), TG_ARGV))
-  FROM qsync_old o HAVING count(*) > 0;
+         (SELECT jsonb_agg(to_jsonb(qsync_new.*)) FROM qsync_new),
+         jsonb_agg(qsync.key_of(to_jsonb(qsync_old.*), TG_ARGV))
+  FROM qsync_old HAVING count(*) > 0;
   RETURN NULL;
 END $$;
 
 CREATE FUNCTION qsync.capture_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO qsync.changes (table_name, op, rows)
-  SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'd', jsonb_agg(qsync.key_of(to_jsonb(o), TG_ARGV))
-  FROM qsync_old o HAVING count(*) > 0;
+  SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'd', jsonb_agg(qsync.key_of(to_jsonb(qsync_old.*), TG_ARGV))
+  FROM qsync_old HAVING count(*) > 0;
   RETURN NULL;
 END $$;
 

@@ -1,0 +1,260 @@
+// Proves, on two real PostgreSQL servers, the path a sync write takes: the
+// leader captures a transaction, the changes travel as a record (through the
+// journal codec), the follower applies them as a prepared transaction that
+// nobody can see, that survives a crash, and that commits or rolls back to
+// rows equal to the leader's or absent everywhere. Also: exactly-once apply,
+// reconciliation after a crash at each step, and last-writer-wins on async.
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gidFor } from '../../src/core/gid.js';
+import { decodeRecord, encodeRecord, type TxnRecord } from '../../src/core/record.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+import {
+  Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
+} from '../../src/postgres/index.js';
+import { startNode, tableImage, type TestNode } from '../support/postgres.js';
+
+const CLUSTER = 'test';
+let leader: TestNode;
+let follower: TestNode;
+let applier: Applier;
+let lsn = 0;
+
+const SCHEMA = `
+  CREATE TABLE items (
+    id bigint PRIMARY KEY, name text, qty numeric(40,10), big bigint, f float8, tags text[], doc jsonb,
+    at timestamptz, blob bytea, len int GENERATED ALWAYS AS (length(name)) STORED);
+  CREATE TABLE pairs (a int, b text, v text, PRIMARY KEY (a, b));
+  CREATE TABLE counters (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int);
+  CREATE TABLE kv (k text PRIMARY KEY, v text);`;
+
+beforeAll(async () => {
+  [leader, follower] = await Promise.all([startNode(), startNode()]);
+  for (const [node, replica, role] of [[leader, 1, 'leader'], [follower, 2, 'follower']] as const) {
+    await node.sql.query(SCHEMA);
+    await node.sql.query(`UPDATE qsync.node SET replica_id = $1, role = $2, term = 1, leader_id = 1, leader_address = '127.0.0.1:7401'`, [replica, role]);
+    for (const table of ['items', 'pairs', 'counters']) await setTableMode(node.sql, table, 'sync');
+    await setTableMode(node.sql, 'kv', 'async');
+  }
+  applier = await Applier.create(await follower.connect());
+});
+afterAll(async () => {
+  await Promise.all([leader?.destroy(), follower?.destroy()]);
+});
+
+/** Run `sql` on the leader as one qsync write; return the TXN record as a peer would receive it. */
+async function leaderWrite(sql: string, options: { idempotencyKey?: string; params?: unknown[] } = {}): Promise<TxnRecord> {
+  lsn += 1;
+  const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
+  const gid = gidFor(CLUSTER, header.replica, header.lsn);
+  const session = await leader.connect();
+  const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
+    await c.query(sql, options.params);
+  });
+  await session.end();
+  if (outcome.kind === 'empty') throw new Error('nothing captured');
+  const record: TxnRecord = { kind: 'txn', ...header, gid, sync: outcome.kind === 'prepared', changes: outcome.changes, idempotencyKey: options.idempotencyKey ?? null };
+  const wire = decodeRecord(encodeRecord(record));
+  if (!wire.ok) throw wire.error;
+  return wire.record as TxnRecord;
+}
+
+async function count(client: pg.ClientBase, table: string): Promise<number> {
+  return (await client.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0]?.n ?? -1;
+}
+
+async function both(fn: (node: TestNode) => Promise<unknown>): Promise<void> {
+  await Promise.all([fn(leader), fn(follower)]);
+}
+
+async function expectSame(table: string, orderBy: string): Promise<string[]> {
+  const [a, b] = await Promise.all([tableImage(leader.sql, table, orderBy), tableImage(follower.sql, table, orderBy)]);
+  expect(b).toEqual(a);
+  return a;
+}
+
+describe('capture → record → apply as a prepared transaction', () => {
+  it('keeps every type exact, invisible until COMMIT PREPARED, then equal on both nodes', async () => {
+    const record = await leaderWrite(`INSERT INTO items (id, name, qty, big, f, tags, doc, at, blob) VALUES
+      (1, 'plain', 1.5, 1, 0.1, '{a,b}', '{"k": 1}', '2024-02-29 12:34:56.789123+05:30', '\\x00ff'),
+      (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+      (3, '日本語 🎉 "quotes" \\ back', 123456789012345678901234567890.0123456789, 9007199254740993, 'NaN',
+          '{"x y",NULL,"é"}', '{"big": 123456789012345678901234567890, "nested": [1, {"n": null}]}', 'infinity', '\\x'),
+      (4, 'neg', -0.0000000001, -9223372036854775808, '-Infinity', '{}', '[]', '1970-01-01 00:00:00+00', '\\xdeadbeef')`);
+    expect(record.sync).toBe(true);
+    expect(record.changes.map((c) => [c.table, c.op])).toEqual([['public.items', 'insert']]);
+    // The leader's transaction is prepared, not committed: nobody sees it yet.
+    expect(await count(leader.sql, 'items')).toBe(0);
+
+    expect(await applier.apply(record, { prepare: true })).toBe('prepared');
+    expect(await count(follower.sql, 'items')).toBe(0);
+    expect((await listPrepared(follower.sql, CLUSTER)).map((p) => p.gid)).toEqual([record.gid]);
+
+    await both((n) => commitPrepared(n.sql, record.gid));
+    const rows = await expectSame('items', 'id');
+    expect(rows).toHaveLength(4);
+    expect(rows[2]).toContain('123456789012345678901234567890.0123456789');
+    expect(rows[2]).toContain('9007199254740993');
+    expect(rows[2]).toContain('日本語 🎉');
+  });
+
+  it('replicates updates (including primary-key changes), deletes and multi-statement transactions in order', async () => {
+    for (const sql of [
+      `UPDATE items SET id = id + 100, name = coalesce(name, '') || '!' WHERE id IN (1, 2)`,
+      `WITH a AS (INSERT INTO pairs VALUES (1, 'x', 'first'), (1, 'y', 'second'), (2, 'x', 'third') RETURNING 1) SELECT count(*) FROM a`,
+      `DELETE FROM items WHERE id = 4`,
+    ]) {
+      const record = await leaderWrite(sql);
+      expect(await applier.apply(record, { prepare: true })).toBe('prepared');
+      await both((n) => commitPrepared(n.sql, record.gid));
+    }
+    const multi = await (async () => {
+      lsn += 1;
+      const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
+      const gid = gidFor(CLUSTER, header.replica, header.lsn);
+      const session = await leader.connect();
+      const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: 'multi-1' }, async (c) => {
+        await c.query(`INSERT INTO pairs VALUES (3, 'z', 'new')`);
+        await c.query(`UPDATE pairs SET v = v || '+' WHERE a = 3`);
+        await c.query(`UPDATE pairs SET b = 'w' WHERE a = 1 AND b = 'x'`);
+        await c.query(`INSERT INTO counters (n) VALUES (10), (20)`);
+        await c.query(`DELETE FROM pairs WHERE a = 2`);
+      });
+      await session.end();
+      if (outcome.kind !== 'prepared') throw new Error(outcome.kind);
+      return { kind: 'txn', ...header, gid, sync: true, changes: outcome.changes, idempotencyKey: 'multi-1' } satisfies TxnRecord;
+    })();
+    expect(multi.changes.map((c) => `${c.table}:${c.op}`)).toEqual(['public.pairs:insert', 'public.pairs:update', 'public.pairs:update', 'public.counters:insert', 'public.pairs:delete']);
+    expect(await applier.apply(multi, { prepare: true })).toBe('prepared');
+    await both((n) => commitPrepared(n.sql, multi.gid));
+    expect(await expectSame('items', 'id')).toHaveLength(3);
+    expect(await expectSame('pairs', 'a, b')).toEqual([
+      '{"a": 1, "b": "w", "v": "first"}', '{"a": 1, "b": "y", "v": "second"}', '{"a": 3, "b": "z", "v": "new+"}',
+    ]);
+    expect(await expectSame('counters', 'id')).toEqual(['{"n": 10, "id": 1}', '{"n": 20, "id": 2}']);
+    expect((await follower.sql.query(`SELECT replica_id, lsn FROM qsync.idempotency WHERE key = 'multi-1'`)).rows).toEqual([{ replica_id: 1, lsn: String(multi.lsn) }]);
+  });
+
+  it('applies each record exactly once', async () => {
+    const record = await leaderWrite(`UPDATE items SET qty = qty + 1 WHERE id = 3`);
+    expect(await applier.apply(record, { prepare: true })).toBe('prepared');
+    expect(await applier.apply(record, { prepare: true })).toBe('skipped'); // still in the limbo
+    await both((n) => commitPrepared(n.sql, record.gid));
+    expect(await applier.apply(record, { prepare: true })).toBe('skipped'); // committed
+    await expectSame('items', 'id');
+    expect(await appliedVclock(follower.sql)).toEqual([0, lsn]);
+    expect(await compactApplied(follower.sql)).toBeGreaterThan(0);
+    expect(await appliedVclock(follower.sql)).toEqual([0, lsn]);
+  });
+
+  it('rolls back on both nodes: the rows never appear anywhere', async () => {
+    const record = await leaderWrite(`INSERT INTO items (id, name) VALUES (50, 'doomed')`, { idempotencyKey: 'doomed' });
+    await applier.apply(record, { prepare: true });
+    await both((n) => rollbackPrepared(n.sql, record.gid));
+    for (const node of [leader, follower]) {
+      expect((await node.sql.query(`SELECT count(*)::int AS n FROM items WHERE id = 50`)).rows).toEqual([{ n: 0 }]);
+      expect((await node.sql.query(`SELECT count(*)::int AS n FROM qsync.idempotency WHERE key = 'doomed'`)).rows).toEqual([{ n: 0 }]);
+    }
+    expect(await rollbackPrepared(follower.sql, record.gid)).toBe(false); // already gone: idempotent
+  });
+
+  it('refuses a change for a table that is not replicated here, and applies nothing of it', async () => {
+    const record = await leaderWrite(`INSERT INTO items (id, name) VALUES (60, 'x')`);
+    const bad: TxnRecord = { ...record, lsn: (record.lsn + 1000) as Lsn, gid: gidFor(CLUSTER, 1 as ReplicaId, (record.lsn + 1000) as Lsn), changes: [...record.changes, { table: 'public.nowhere', op: 'insert', rows: '[]' }] };
+    await expect(applier.apply(bad, { prepare: true })).rejects.toMatchObject({ code: 'PG_APPLY', message: expect.stringMatching(/public.nowhere, which is not replicated on this node/) });
+    expect(await listPrepared(follower.sql, CLUSTER)).toEqual([]);
+    await applier.apply(record, { prepare: true });
+    await both((n) => commitPrepared(n.sql, record.gid));
+  });
+});
+
+describe('crashes', () => {
+  it('keeps a prepared transaction, invisible and locked, across a SIGKILL of the postmaster', async () => {
+    const record = await leaderWrite(`UPDATE items SET name = 'after crash' WHERE id = 3`);
+    await applier.apply(record, { prepare: true });
+    await follower.server.kill();
+    await follower.server.start();
+    const sql = await follower.reconnect();
+    applier = await Applier.create(await follower.connect());
+    expect((await listPrepared(sql, CLUSTER)).map((p) => p.gid)).toEqual([record.gid]);
+    expect((await sql.query(`SELECT name FROM items WHERE id = 3`)).rows[0]?.name).not.toBe('after crash');
+    // A direct write is stopped by the fence (this node is a follower) ...
+    await expect(sql.query(`UPDATE items SET name = 'x' WHERE id = 3`)).rejects.toMatchObject({ code: 'QS001' });
+    // ... and even past the fence, as apply runs, the prepared transaction still holds its row lock.
+    await sql.query('BEGIN');
+    await sql.query(`SET LOCAL session_replication_role = replica; SET LOCAL lock_timeout = '100ms'`);
+    await expect(sql.query(`UPDATE items SET name = 'x' WHERE id = 3`)).rejects.toMatchObject({ code: '55P03' });
+    await sql.query('ROLLBACK');
+    await both((n) => commitPrepared(n.sql, record.gid));
+    expect((await sql.query(`SELECT name FROM items WHERE id = 3`)).rows[0]?.name).toBe('after crash');
+  });
+
+  // A crash can stop the leader at any step of the write path. After restart,
+  // reconcile() must make PostgreSQL agree with what the journal decided.
+  it.each<[string, JournalVerdict | 'not prepared' | 'finished', boolean]>([
+    ['before PREPARE (transaction lost with the session)', 'not prepared', false],
+    ['after PREPARE, before the TXN was journaled', 'unknown', false],
+    ['after the TXN was journaled, before a quorum', 'pending', false],
+    ['after ROLLBACK was journaled', 'rolled-back', false],
+    ['after CONFIRM was journaled, before COMMIT PREPARED', 'confirmed', true],
+    ['after COMMIT PREPARED', 'finished', true],
+  ])('reconciles a crash %s', async (_step, verdict, visible) => {
+    const id = 1_000 + lsn;
+    lsn += 1;
+    const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
+    const gid = gidFor(CLUSTER, header.replica, header.lsn);
+    const session = await leader.connect();
+    if (verdict === 'not prepared') {
+      await session.query('BEGIN');
+      await session.query(`SELECT set_config('qsync.term', '1', true)`);
+      await session.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
+    } else {
+      await runLeaderWrite(session, { ...header, gid, idempotencyKey: null }, async (c) => {
+        await c.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
+      });
+      if (verdict === 'finished') await commitPrepared(leader.sql, gid);
+    }
+    await leader.server.kill();
+    await leader.server.start();
+    const sql = await leader.reconnect();
+    const report = await reconcile(sql, CLUSTER, (entry) => (entry.gid === gid && verdict !== 'not prepared' && verdict !== 'finished' ? verdict : 'unknown'));
+    expect(report).toEqual({
+      committed: verdict === 'confirmed' ? [gid] : [],
+      rolledBack: verdict === 'unknown' || verdict === 'rolled-back' ? [gid] : [],
+      kept: verdict === 'pending' ? [gid] : [],
+    });
+    expect((await sql.query(`SELECT count(*)::int AS n FROM items WHERE id = $1`, [id])).rows).toEqual([{ n: visible ? 1 : 0 }]);
+    if (verdict === 'pending') {
+      // Still in the limbo; a later verdict resolves it.
+      expect(await reconcile(sql, CLUSTER, () => 'rolled-back')).toMatchObject({ rolledBack: [gid] });
+    }
+    expect(await listPrepared(sql, CLUSTER)).toEqual([]);
+  });
+});
+
+describe('async tables: last writer wins', () => {
+  it('converges on the write with the higher (time, replica) and records the loser', async () => {
+    // Node 1 writes k at time 100; node 2 writes k concurrently at time 200.
+    const writeOn = async (node: TestNode, replica: number, time: number, value: string): Promise<TxnRecord> => {
+      const header = { replica: replica as ReplicaId, lsn: (9_000 + time) as Lsn, term: 1 as Term, time };
+      const gid = gidFor(CLUSTER, header.replica, header.lsn);
+      const session = await node.connect();
+      const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: null }, async (c) => {
+        await c.query(`INSERT INTO kv VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, [value]);
+      });
+      await session.end();
+      if (outcome.kind !== 'committed') throw new Error(outcome.kind);
+      return { kind: 'txn', ...header, gid, sync: false, changes: outcome.changes, idempotencyKey: null };
+    };
+    const fromLeader = await writeOn(leader, 1, 100, 'from node 1');
+    const fromFollower = await writeOn(follower, 2, 200, 'from node 2');
+    const leaderApplier = await Applier.create(await leader.connect());
+    expect(await applier.apply(fromLeader, { prepare: false })).toBe('applied');
+    expect(await leaderApplier.apply(fromFollower, { prepare: false })).toBe('applied');
+
+    expect(await expectSame('kv', 'k')).toEqual(['{"k": "k", "v": "from node 2"}']);
+    const conflicts = await follower.sql.query(`SELECT table_name, op, key, lost->>'v' AS lost, lost_replica, kept_replica, kept_time::int FROM qsync.conflicts`);
+    expect(conflicts.rows).toEqual([{ table_name: 'public.kv', op: 'insert', key: { k: 'k' }, lost: 'from node 1', lost_replica: 1, kept_replica: 2, kept_time: 200 }]);
+    expect((await leader.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts`)).rows).toEqual([{ n: 0 }]);
+  });
+});
