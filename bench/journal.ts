@@ -8,10 +8,10 @@
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as hdr from 'hdr-histogram-js';
 import { encodeRecord, type TxnRecord } from '../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
 import { Journal } from '../src/journal/index.js';
+import { closedLoop, latency } from './stats.js';
 
 export interface JournalBenchOptions {
   readonly seconds: number;
@@ -49,7 +49,7 @@ function payloadFor(bytes: number): string {
 }
 
 async function rawFsyncMs(dir: string, count = 200): Promise<{ p50Ms: number; p99Ms: number }> {
-  const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+  const lat = latency();
   const handle = await open(join(dir, 'fsync-probe'), 'w');
   const block = Buffer.alloc(4096, 7);
   try {
@@ -57,33 +57,24 @@ async function rawFsyncMs(dir: string, count = 200): Promise<{ p50Ms: number; p9
       const start = performance.now();
       await handle.write(block, 0, block.length, i * block.length);
       await handle.datasync();
-      histogram.recordValue(Math.max(1, Math.round((performance.now() - start) * 1000)));
+      lat.record(start);
     }
   } finally {
     await handle.close();
   }
-  return { p50Ms: histogram.getValueAtPercentile(50) / 1000, p99Ms: histogram.getValueAtPercentile(99) / 1000 };
+  return { p50Ms: lat.p50Ms(), p99Ms: lat.p99Ms() };
 }
 
 async function runCase(dir: string, recordBytes: number, callers: number, seconds: number): Promise<JournalBenchRow> {
   const journal = await Journal.open({ dir });
-  const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
   const replicas = 3;
   const payload = payloadFor(recordBytes);
-  const deadline = performance.now() + seconds * 1000;
   const before = journal.stats();
-  const started = performance.now();
-  const caller = async (id: number): Promise<void> => {
-    for (let i = 0; performance.now() < deadline; i += 1) {
-      const replica = 1 + ((id + i) % replicas);
-      const record = makeRecord(payload, replica, (journal.tailVclock[replica] ?? 0) + 1);
-      const start = performance.now();
-      await journal.append(record);
-      histogram.recordValue(Math.max(1, Math.round((performance.now() - start) * 1000)));
-    }
-  };
-  await Promise.all(Array.from({ length: callers }, (_, id) => caller(id)));
-  const elapsed = (performance.now() - started) / 1000;
+  const run = await closedLoop(callers, seconds, async (id, i) => {
+    const replica = 1 + ((id + i) % replicas);
+    await journal.append(makeRecord(payload, replica, (journal.tailVclock[replica] ?? 0) + 1));
+  });
+  const elapsed = run.seconds;
   const stats = journal.stats();
   await journal.close();
   const records = stats.appends - before.appends;
@@ -94,8 +85,8 @@ async function runCase(dir: string, recordBytes: number, callers: number, second
     mbPerSec: (stats.bytesWritten - before.bytesWritten) / elapsed / 1e6,
     fsyncsPerSec: fsyncs / elapsed,
     recordsPerFsync: records / Math.max(1, fsyncs),
-    p50Ms: histogram.getValueAtPercentile(50) / 1000,
-    p99Ms: histogram.getValueAtPercentile(99) / 1000,
+    p50Ms: run.latency.p50Ms(),
+    p99Ms: run.latency.p99Ms(),
   };
 }
 

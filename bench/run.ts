@@ -3,11 +3,14 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { runJournalBench } from './journal.js';
+import { runPostgresBench } from './postgres.js';
 
 const usage = `usage: npm run bench -- <benchmark> [options]
 
 benchmarks:
   journal     group-commit throughput and append latency of the journal
+  postgres    commit vs two-phase vs qsync capture path; apply throughput by batch size
+  all         every benchmark above, one after another
 
 options:
   --seconds N   seconds per case (default 5)
@@ -20,7 +23,7 @@ const { values, positionals } = parseArgs({
   options: { seconds: { type: 'string', default: '5' }, dir: { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
 });
 
-const name = positionals[0] ?? 'journal';
+const name = positionals[0] ?? 'all';
 const seconds = Number(values.seconds);
 if (values.help) {
   console.log(usage);
@@ -33,7 +36,9 @@ if (!Number.isFinite(seconds) || seconds <= 0) {
 
 const benches: Record<string, () => Promise<unknown>> = {
   journal: () => runJournalBench({ seconds, sizes: [200, 2048], callers: [1, 16, 256], ...(values.dir === undefined ? {} : { dir: values.dir }) }),
+  postgres: () => runPostgresBench({ seconds, sessions: [1, 16, 64], batches: [1, 100, 1000] }),
 };
+benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.() });
 
 const bench = benches[name];
 if (bench === undefined) {

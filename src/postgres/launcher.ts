@@ -172,7 +172,9 @@ async function waitGone(pids: number[], deadlineMs: number): Promise<void> {
 async function initialise(dataDir: string, password: string): Promise<void> {
   const embedded = new EmbeddedPostgres({
     databaseDir: dataDir, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
-    createPostgresUser: true, initdbFlags: ['--encoding=UTF8', '--locale=C', '--no-sync'],
+    // Only root needs (and may create) the postgres OS user; asked as a normal
+    // user, the package would try groupadd and fail.
+    createPostgresUser: userInfo().uid === 0, initdbFlags: ['--encoding=UTF8', '--locale=C', '--no-sync'],
     onLog: () => undefined, onError: () => undefined,
   });
   try {

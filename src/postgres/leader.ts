@@ -8,7 +8,7 @@
 import type pg from 'pg';
 import type { Change } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
-import { markApplied } from './apply.js';
+import { assert } from '../core/assert.js';
 import { capture } from './capture.js';
 
 export interface LeaderWrite {
@@ -29,19 +29,16 @@ export type LeaderOutcome =
   | { readonly kind: 'empty' };
 
 export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, body: (client: pg.ClientBase) => Promise<void>): Promise<LeaderOutcome> {
-  await client.query('BEGIN');
+  assert(Number.isSafeInteger(write.term) && write.term >= 0, `term ${write.term} is not a non-negative integer`);
+  // One round trip: the term is an integer, safe to inline.
+  await client.query(`BEGIN; SET LOCAL qsync.term = '${write.term}'`);
   try {
-    await client.query(`SELECT set_config('qsync.term', $1, true)`, [String(write.term)]);
     await body(client);
-    const { changes, sync } = await capture(client, { time: write.time, replica: write.replica });
+    const { changes, sync } = await capture(client, write);
     if (changes.length === 0) {
       await client.query('COMMIT');
       return { kind: 'empty' };
     }
-    if (write.idempotencyKey !== null) {
-      await client.query('INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ($1, $2, $3)', [write.idempotencyKey, write.replica, write.lsn]);
-    }
-    await markApplied(client, write.replica, write.lsn);
     if (sync) {
       await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(write.gid)}`);
       return { kind: 'prepared', changes };

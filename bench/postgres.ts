@@ -1,0 +1,148 @@
+// PostgreSQL-layer benchmark, on one embedded server:
+//
+// 1. One-row INSERT transactions at 1, 16 and 64 concurrent sessions, three ways:
+//    `commit` (plain, local table), `2pc` (plain PREPARE + COMMIT PREPARED),
+//    and `qsync` (sync table: fence + capture triggers, capture, applied lsn,
+//    PREPARE, COMMIT PREPARED). Reports tx/s, p50/p99 and WAL fsyncs per
+//    transaction (pg_stat_io), which is how "the capture path adds no more
+//    than one fsync over plain two-phase commit" is checked.
+// 2. Apply throughput in rows/s for batches of 1, 100 and 1000 rows, committed
+//    (async) and prepared then committed (sync).
+import pg from 'pg';
+import { gidFor } from '../src/core/gid.js';
+import type { TxnRecord } from '../src/core/record.js';
+import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
+import { Applier, commitPrepared, launchPostgres, migrate, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
+import { closedLoop } from './stats.js';
+
+export interface PostgresBenchOptions {
+  readonly seconds: number;
+  readonly sessions: readonly number[];
+  readonly batches: readonly number[];
+}
+
+type WriteMode = 'commit' | '2pc' | 'qsync';
+
+export interface WriteRow {
+  readonly mode: WriteMode;
+  readonly sessions: number;
+  readonly txPerSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly walFsyncsPerTx: number;
+}
+
+export interface ApplyRow {
+  readonly batchRows: number;
+  readonly prepared: boolean;
+  readonly rowsPerSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+}
+
+const CLUSTER = 'bench';
+
+async function walFsyncs(client: pg.Client): Promise<number> {
+  await client.query('SELECT pg_stat_clear_snapshot()');
+  const { rows } = await client.query<{ n: string }>(`SELECT coalesce(sum(fsyncs), 0) AS n FROM pg_stat_io WHERE object = 'wal'`);
+  return Number(rows[0]?.n ?? 0);
+}
+
+async function writeCase(connectionString: string, monitor: pg.Client, mode: WriteMode, sessions: number, seconds: number, ids: { next: number }, lsns: { next: number }): Promise<WriteRow> {
+  const clients = await Promise.all(Array.from({ length: sessions }, async () => {
+    const client = new pg.Client({ connectionString });
+    await client.connect();
+    return client;
+  }));
+  const before = await walFsyncs(monitor);
+  const run = await closedLoop(sessions, seconds, async (caller) => {
+    const client = clients[caller] as pg.Client;
+    const id = (ids.next += 1);
+    if (mode === 'commit') {
+      await client.query('BEGIN');
+      await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
+      await client.query('COMMIT');
+      return;
+    }
+    const lsn = (lsns.next += 1) as Lsn;
+    const gid = gidFor(CLUSTER, 1 as ReplicaId, lsn);
+    if (mode === '2pc') {
+      await client.query('BEGIN');
+      await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
+      await client.query(`PREPARE TRANSACTION '${gid}'`);
+    } else {
+      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, lsn, time: lsn, gid, idempotencyKey: null }, async (c) => {
+        await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
+      });
+    }
+    await commitPrepared(client, gid);
+  });
+  // Backends report their I/O statistics when they exit.
+  await Promise.all(clients.map((c) => c.end()));
+  await new Promise((r) => setTimeout(r, 300));
+  const fsyncs = (await walFsyncs(monitor)) - before;
+  return { mode, sessions, txPerSec: run.ops / run.seconds, p50Ms: run.latency.p50Ms(), p99Ms: run.latency.p99Ms(), walFsyncsPerTx: fsyncs / Math.max(1, run.ops) };
+}
+
+async function applyCase(applier: Applier, batchRows: number, prepared: boolean, seconds: number, ids: { next: number }, lsns: { next: number }, monitor: pg.Client): Promise<ApplyRow> {
+  const run = await closedLoop(1, seconds, async () => {
+    const first = ids.next + 1;
+    ids.next += batchRows;
+    const rows = JSON.stringify(Array.from({ length: batchRows }, (_, i) => ({ id: first + i, payload: `row ${first + i}`, at: '2026-11-22T08:00:00Z' })));
+    const lsn = (lsns.next += 1) as Lsn;
+    const record: TxnRecord = {
+      kind: 'txn', replica: 2 as ReplicaId, lsn, term: 1 as Term, time: lsn, gid: gidFor(CLUSTER, 2 as ReplicaId, lsn),
+      sync: prepared, idempotencyKey: null, changes: [{ table: 'public.apply_items', op: 'insert', rows }],
+    };
+    await applier.apply(record, { prepare: prepared });
+    if (prepared) await commitPrepared(monitor, record.gid);
+  });
+  return { batchRows, prepared, rowsPerSec: (run.ops * batchRows) / run.seconds, p50Ms: run.latency.p50Ms(), p99Ms: run.latency.p99Ms() };
+}
+
+export async function runPostgresBench(options: PostgresBenchOptions): Promise<{ writes: WriteRow[]; applies: ApplyRow[] }> {
+  const server = await launchPostgres({ settings: { max_connections: 200 } });
+  const monitor = new pg.Client({ connectionString: server.connectionString });
+  try {
+    await monitor.connect();
+    await migrate(monitor);
+    await monitor.query(`CREATE TABLE plain_items (id bigint PRIMARY KEY, payload text, at timestamptz);
+      CREATE TABLE sync_items (id bigint PRIMARY KEY, payload text, at timestamptz);
+      CREATE TABLE apply_items (id bigint PRIMARY KEY, payload text, at timestamptz);
+      UPDATE qsync.node SET replica_id = 1, role = 'leader', term = 1, leader_id = 1`);
+    await setTableMode(monitor, 'sync_items', 'sync');
+    await setTableMode(monitor, 'apply_items', 'sync');
+    const ids = { next: 0 };
+    const lsns = { next: 0 };
+
+    console.log(`PostgreSQL ${server.port}: one-row INSERT transactions, ${options.seconds}s each`);
+    console.log('mode    sessions       tx/s   p50 ms   p99 ms  WAL fsyncs/tx');
+    const writes: WriteRow[] = [];
+    for (const sessions of options.sessions) {
+      for (const mode of ['commit', '2pc', 'qsync'] as const) {
+        const row = await writeCase(server.connectionString, monitor, mode, sessions, options.seconds, ids, lsns);
+        writes.push(row);
+        console.log(`${mode.padEnd(6)}  ${String(sessions).padStart(8)}  ${row.txPerSec.toFixed(0).padStart(9)}  ${row.p50Ms.toFixed(2).padStart(7)}  ${row.p99Ms.toFixed(2).padStart(7)}  ${row.walFsyncsPerTx.toFixed(2).padStart(13)}`);
+      }
+    }
+
+    console.log('\napply: rows per record, applied by one session');
+    console.log('batch  ending              rows/s   p50 ms   p99 ms');
+    const applierClient = new pg.Client({ connectionString: server.connectionString });
+    await applierClient.connect();
+    const applier = await Applier.create(applierClient);
+    const applies: ApplyRow[] = [];
+    for (const batchRows of options.batches) {
+      for (const prepared of [false, true]) {
+        const row = await applyCase(applier, batchRows, prepared, options.seconds, ids, lsns, monitor);
+        applies.push(row);
+        console.log(`${String(batchRows).padStart(5)}  ${(prepared ? 'prepare+commit' : 'commit').padEnd(15)}  ${row.rowsPerSec.toFixed(0).padStart(10)}  ${row.p50Ms.toFixed(2).padStart(7)}  ${row.p99Ms.toFixed(2).padStart(7)}`);
+      }
+    }
+    await applierClient.end();
+    return { writes, applies };
+  } finally {
+    await monitor.end().catch(() => undefined);
+    await server.destroy();
+  }
+}
