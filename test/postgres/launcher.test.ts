@@ -5,7 +5,7 @@ import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { launchPostgres } from '../../src/postgres/index.js';
+import { externalPostgres, launchPostgres } from '../../src/postgres/index.js';
 
 const run = promisify(execFile);
 const child = fileURLToPath(new URL('./launcher-child.ts', import.meta.url));
@@ -27,5 +27,14 @@ describe('embedded PostgreSQL launcher', () => {
     const seen = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as { uid: number; prepared: string; restarted: boolean };
     expect(seen.uid).not.toBe(0);
     expect(seen).toMatchObject({ prepared: '128', restarted: true });
+  });
+});
+
+describe('an existing server by connection string', () => {
+  it('is described from the URL and never stopped or killed by qsync', async () => {
+    const server = externalPostgres('postgresql://app%40x:s%3Acret@db.internal:6543/orders');
+    expect(server).toMatchObject({ host: 'db.internal', port: 6543, user: 'app@x', password: 's:cret', database: 'orders', dataDir: null });
+    await expect(server.stop()).resolves.toBeUndefined();
+    await expect(server.kill()).rejects.toMatchObject({ code: 'PG_LAUNCH', message: expect.stringMatching(/did not start/) });
   });
 });

@@ -166,6 +166,19 @@ describe('capture → record → apply as a prepared transaction', () => {
     await applier.apply(record, { prepare: true });
     await both((n) => commitPrepared(n.sql, record.gid));
   });
+
+  it('turns rows PostgreSQL cannot take into a typed error with the SQLSTATE, leaving nothing prepared', async () => {
+    const record = await leaderWrite(`INSERT INTO items (id, name) VALUES (70, 'ok')`);
+    await both((n) => rollbackPrepared(n.sql, record.gid));
+    const bad: TxnRecord = { ...record, changes: [{ table: 'public.items', op: 'insert', rows: '[{"id": "seventy", "name": "bad"}]' }] };
+    await expect(applier.apply(bad, { prepare: true })).rejects.toMatchObject({ code: 'PG_APPLY', context: { sqlstate: '22P02' }, message: expect.stringMatching(/applying 1:\d+ failed: invalid input syntax for type bigint/) });
+    const notJson: TxnRecord = { ...record, changes: [{ table: 'public.items', op: 'insert', rows: '[{"id": 1,' }] };
+    await expect(applier.apply(notJson, { prepare: true })).rejects.toMatchObject({ code: 'PG_APPLY', context: { sqlstate: '22P02' } });
+    expect(await listPrepared(follower.sql, CLUSTER)).toEqual([]);
+    expect(await applier.apply(record, { prepare: false })).toBe('applied'); // the applier still works
+    await follower.sql.query('DELETE FROM qsync.applied WHERE lsn = $1', [record.lsn]);
+    await follower.sql.query('BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM items WHERE id = 70; COMMIT');
+  });
 });
 
 describe('crashes', () => {
