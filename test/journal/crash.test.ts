@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { Journal } from '../../src/journal/index.js';
 import { key, readAll, tempDir } from '../support/journal.js';
 
@@ -31,6 +31,7 @@ async function runAndKill(dir: string, acks: number): Promise<{ acked: Set<strin
 describe('journal crash recovery (real process, SIGKILL)', () => {
   it('never loses an acknowledged record across repeated kills', async () => {
     const { dir, cleanup } = await tempDir();
+    onTestFinished(cleanup);
     let total = 0;
     let segments = 0;
     for (const acks of [1, 50, 400, 2000, 5000]) {
@@ -52,6 +53,5 @@ describe('journal crash recovery (real process, SIGKILL)', () => {
     }
     expect(total).toBeGreaterThanOrEqual(7451);
     expect(segments).toBeGreaterThan(10); // the kills also landed across segment rotations
-    await cleanup();
   });
 });

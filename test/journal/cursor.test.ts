@@ -2,7 +2,7 @@
 // full read returns after filtering by that vclock, across segments, and that
 // a following cursor sees live appends (and rotations) in order.
 import fc from 'fast-check';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { JournalRecord } from '../../src/core/record.js';
 import type { Lsn, ReplicaId } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, VCLOCK_EMPTY, type VClock } from '../../src/core/vclock.js';
@@ -66,6 +66,7 @@ describe('journal cursor', () => {
 describe('following cursor', () => {
   it('sees live appends in order across rotations, then ends when the journal closes', async () => {
     const { dir, cleanup } = await tempDir();
+    onTestFinished(cleanup);
     const journal = await Journal.open({ dir, segmentBytesMax: 400 });
     await journal.append(nextTxn(journal, 1));
     const cursor = journal.cursor(VCLOCK_EMPTY, { follow: true });
@@ -81,6 +82,5 @@ describe('following cursor', () => {
     await reading;
     expect(seen.length).toBe(41);
     expect(seen.filter((k) => k.startsWith('1:'))).toEqual(Array.from({ length: 21 }, (_, i) => `1:${i + 1}`));
-    await cleanup();
   });
 });

@@ -2,10 +2,14 @@
 // root: under root the test runs the launcher in a child process with the
 // postgres user's uid; otherwise the child already runs as a normal user.
 import { execFile } from 'node:child_process';
+import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { externalPostgres, launchPostgres } from '../../src/postgres/index.js';
+import { tempDir } from '../support/journal.js';
 
 const run = promisify(execFile);
 const child = fileURLToPath(new URL('./launcher-child.ts', import.meta.url));
@@ -36,5 +40,47 @@ describe('an existing server by connection string', () => {
     expect(server).toMatchObject({ host: 'db.internal', port: 6543, user: 'app@x', password: 's:cret', database: 'orders', dataDir: null });
     await expect(server.stop()).resolves.toBeUndefined();
     await expect(server.kill()).rejects.toMatchObject({ code: 'PG_LAUNCH', message: expect.stringMatching(/did not start/) });
+  });
+});
+
+describe('a launch that fails', () => {
+  it('says why (with the server log) and leaves no directory behind', async () => {
+    const first = await launchPostgres();
+    // A private temp dir for the failing launch: other test files launch servers in parallel.
+    const { dir, cleanup } = await tempDir();
+    await chmod(dir, 0o755);
+    const previous = process.env.TMPDIR;
+    process.env.TMPDIR = dir;
+    try {
+      expect(tmpdir()).toBe(dir);
+      await expect(launchPostgres({ port: first.port })).rejects.toMatchObject({
+        code: 'PG_LAUNCH', message: expect.stringMatching(new RegExp(`pg_ctl start failed .* on port ${first.port}[\\s\\S]*(could not bind|could not create listen socket|Address already in use)`)),
+      });
+      expect(await readdir(dir)).toEqual([]);
+    } finally {
+      if (previous === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = previous;
+      await cleanup();
+      await first.destroy();
+    }
+  });
+});
+
+describe('a data directory the postgres OS user cannot reach', () => {
+  it('is refused with the directory and the fix named (when run as root)', async () => {
+    const { dir, cleanup } = await tempDir(); // mode 0700, owned by whoever runs the test
+    try {
+      const dataDir = join(dir, 'pgdata');
+      await mkdir(dataDir);
+      const launching = launchPostgres({ dataDir });
+      if (process.getuid?.() === 0) {
+        await expect(launching).rejects.toMatchObject({ code: 'PG_LAUNCH', message: expect.stringMatching(new RegExp(`cannot enter ${dir} \\(mode 700\\): chmod o\\+x`)) });
+      } else {
+        // A normal user runs PostgreSQL as itself and can reach its own directory.
+        await (await launching).destroy();
+      }
+    } finally {
+      await cleanup();
+    }
   });
 });
