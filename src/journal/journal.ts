@@ -21,6 +21,7 @@ import { encodeFrame } from './frame.js';
 import { fsyncDir } from './fsutil.js';
 import { recoverJournal, type JournalCut } from './recovery.js';
 import { encodeSegmentHeader, segmentName, type RaftState, type Segment } from './segment.js';
+import { processAlive } from '../os/process.js';
 
 export interface JournalOptions {
   readonly dir: string;
@@ -335,15 +336,6 @@ async function takeLock(dir: string): Promise<void> {
     throw new JournalError('JOURNAL_LOCKED', `journal ${dir} is in use by process ${pid}; stop it first, or use another data directory`, { dir, pid });
   }
   await writeFile(path, `${process.pid}\n`);
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function releaseLock(dir: string): Promise<void> {

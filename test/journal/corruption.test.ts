@@ -101,14 +101,20 @@ describe('journal recovery under damage', () => {
   });
 });
 
+/** A closed journal of 30 records over several small segments; returns the segment names in order. */
+async function segmentedJournal(dir: string): Promise<string[]> {
+  const journal = await Journal.open({ dir, segmentBytesMax: 300 });
+  for (let i = 0; i < 30; i += 1) await journal.append(nextTxn(journal, 1, 20));
+  await journal.close();
+  const names = (await readdir(dir)).filter((n) => n.endsWith('.qsj')).sort();
+  expect(names.length).toBeGreaterThan(2);
+  return names;
+}
+
 describe('damage in an older segment', () => {
   it('is refused with file and offset, and cut with every later segment under repair', async () => {
     const dir = join(root, 'multi');
-    const journal = await Journal.open({ dir, segmentBytesMax: 300 });
-    for (let i = 0; i < 30; i += 1) await journal.append(nextTxn(journal, 1, 20));
-    await journal.close();
-    const names = (await readdir(dir)).filter((n) => n.endsWith('.qsj')).sort();
-    expect(names.length).toBeGreaterThan(2);
+    const names = await segmentedJournal(dir);
     const victim = join(dir, names[1] as string);
     const bytes = await readFile(victim);
     bytes[bytes.length - 5] = (bytes[bytes.length - 5] ?? 0) ^ 0x40;
@@ -127,10 +133,7 @@ describe('damage in an older segment', () => {
 
   it('refuses a missing middle segment', async () => {
     const dir = join(root, 'missing');
-    const journal = await Journal.open({ dir, segmentBytesMax: 300 });
-    for (let i = 0; i < 30; i += 1) await journal.append(nextTxn(journal, 1, 20));
-    await journal.close();
-    const names = (await readdir(dir)).filter((n) => n.endsWith('.qsj')).sort();
+    const names = await segmentedJournal(dir);
     await writeFile(join(dir, names[1] as string), '');
     await expect(Journal.open({ dir })).rejects.toMatchObject({ code: 'JOURNAL_CORRUPT', message: expect.stringMatching(/torn segment header. It is not the last segment/) });
     await unlink(join(dir, names[1] as string));
