@@ -19,6 +19,8 @@ export const limits = {
   journalBatchBytesMax: 8 * 1024 * 1024,
   /** Default size after which the journal starts a new segment. */
   journalSegmentBytesDefault: 64 * 1024 * 1024,
+  /** Pending sync transactions in the limbo; past this, a new one is refused (back-pressure). Keep below max_prepared_transactions. */
+  limboEntriesMax: 100,
   /** Bytes a journal cursor reads from disk at a time. */
   journalCursorChunkBytes: 1024 * 1024,
 } as const;
