@@ -19,7 +19,8 @@ export type ErrorCode =
   | 'PG_CHECK'
   | 'PG_MIGRATION'
   | 'PG_TABLE'
-  | 'PG_APPLY';
+  | 'PG_APPLY'
+  | 'LINK_CLOSED';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

@@ -21,6 +21,10 @@ export const limits = {
   journalSegmentBytesDefault: 64 * 1024 * 1024,
   /** Pending sync transactions in the limbo; past this, a new one is refused (back-pressure). Keep below max_prepared_transactions. */
   limboEntriesMax: 100,
+  /** Messages received on a link and not yet handled; past this the socket is paused. */
+  linkQueueMessagesMax: 1024,
+  /** Time a peer has to complete the handshake. */
+  handshakeTimeoutMs: 5_000,
   /** Bytes a journal cursor reads from disk at a time. */
   journalCursorChunkBytes: 1024 * 1024,
 } as const;

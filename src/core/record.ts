@@ -138,7 +138,7 @@ export const codec = new Packr({ useRecords: false, variableMapSize: true });
  * Throws `RecordInvalid` naming the field.
  */
 export function encodeRecord(record: JournalRecord): Uint8Array {
-  const wire = toWire(record);
+  const wire = recordToWire(record);
   const checked = parseRecord(wire);
   if (!checked.ok) throw checked.error;
   return codec.pack(wire);
@@ -173,7 +173,8 @@ export function isReplicated(record: JournalRecord): boolean {
 
 // ---- encoding ----------------------------------------------------------------
 
-function toWire(r: JournalRecord): Record<string, unknown> {
+/** The msgpack map of a record, for embedding in a wire message. */
+export function recordToWire(r: JournalRecord): Record<string, unknown> {
   const wire: Record<string, unknown> = { k: KIND_CODES[r.kind], r: r.replica, l: r.lsn, t: r.term, ts: r.time };
   switch (r.kind) {
     case 'txn':

@@ -1,0 +1,112 @@
+// Messages between sidecars (DESIGN.md §5), as msgpack maps with a numeric
+// `m` code, checked field by field like records: anything malformed is a
+// typed `RecordInvalid` naming the field, never a crash.
+//
+//   subscriber                                relay (peer)
+//      │ ◄──────── hello(version, cluster, replica, nonce) ─┤
+//      ├── hello(version, cluster, replica, nonce, proof) ─► │  proof = HMAC(secret, ...)
+//      │ ◄──────────────────────── welcome(proof) | refuse ──┤  mutual: the peer proves it too
+//      ├── subscribe(vclock) ──────────────────────────────► │
+//      │ ◄──────────────────────────────────── record ... ───┤  from the journal, then live
+//      ├── ack(vclock, term) ──────────────────────────────► │  after journal and PostgreSQL are durable
+import { RecordInvalid } from './errors.js';
+import { codec, parseRecord, recordToWire, type JournalRecord } from './record.js';
+import { isReplicaId, isTerm, type ReplicaId, type Term } from './types.js';
+import { vclockParse, type VClock } from './vclock.js';
+
+export const PROTOCOL_VERSION = 1;
+export const NONCE_BYTES = 32;
+export const PROOF_BYTES = 32;
+
+export type PeerMessage =
+  | { readonly kind: 'hello'; readonly version: number; readonly cluster: string; readonly replica: ReplicaId; readonly nonce: Uint8Array; readonly proof: Uint8Array | null }
+  | { readonly kind: 'welcome'; readonly proof: Uint8Array }
+  | { readonly kind: 'refuse'; readonly reason: string }
+  | { readonly kind: 'subscribe'; readonly vclock: VClock }
+  | { readonly kind: 'record'; readonly record: JournalRecord }
+  | { readonly kind: 'ack'; readonly vclock: VClock; readonly term: Term };
+
+export type MessageResult = { readonly ok: true; readonly message: PeerMessage } | { readonly ok: false; readonly error: RecordInvalid };
+
+const CODES = { hello: 1, welcome: 2, refuse: 3, subscribe: 4, record: 5, ack: 6 } as const;
+
+export function encodeMessage(message: PeerMessage): Uint8Array {
+  switch (message.kind) {
+    case 'hello':
+      return codec.pack(message.proof === null
+        ? { m: CODES.hello, v: message.version, c: message.cluster, r: message.replica, n: message.nonce }
+        : { m: CODES.hello, v: message.version, c: message.cluster, r: message.replica, n: message.nonce, p: message.proof });
+    case 'welcome':
+      return codec.pack({ m: CODES.welcome, p: message.proof });
+    case 'refuse':
+      return codec.pack({ m: CODES.refuse, e: message.reason });
+    case 'subscribe':
+      return codec.pack({ m: CODES.subscribe, vc: message.vclock });
+    case 'record':
+      return codec.pack({ m: CODES.record, x: recordToWire(message.record) });
+    case 'ack':
+      return codec.pack({ m: CODES.ack, vc: message.vclock, t: message.term });
+  }
+}
+
+function fail(field: string, reason: string): never {
+  throw new RecordInvalid(field, reason);
+}
+
+function bytes(value: unknown, field: string, length: number): Uint8Array {
+  if (!(value instanceof Uint8Array) || value.length !== length) fail(field, `expected ${length} bytes`);
+  return value;
+}
+
+function vclock(value: unknown): VClock {
+  const parsed = vclockParse(value);
+  if (typeof parsed === 'string') fail('vclock', parsed);
+  return parsed;
+}
+
+function parse(value: unknown): PeerMessage {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('message', 'expected a map');
+  const w = value as Record<string, unknown>;
+  switch (w.m) {
+    case CODES.hello: {
+      if (!Number.isSafeInteger(w.v)) fail('version', 'expected an integer');
+      if (typeof w.c !== 'string' || w.c.length === 0 || w.c.length > 64) fail('cluster', 'expected a cluster id');
+      if (!isReplicaId(w.r) || w.r === 0) fail('replica', 'expected a replica id 1..31');
+      return { kind: 'hello', version: w.v as number, cluster: w.c, replica: w.r, nonce: bytes(w.n, 'nonce', NONCE_BYTES), proof: w.p === undefined ? null : bytes(w.p, 'proof', PROOF_BYTES) };
+    }
+    case CODES.welcome:
+      return { kind: 'welcome', proof: bytes(w.p, 'proof', PROOF_BYTES) };
+    case CODES.refuse:
+      if (typeof w.e !== 'string') fail('reason', 'expected a string');
+      return { kind: 'refuse', reason: w.e.slice(0, 1000) };
+    case CODES.subscribe:
+      return { kind: 'subscribe', vclock: vclock(w.vc) };
+    case CODES.record: {
+      const parsed = parseRecord(w.x);
+      if (!parsed.ok) throw parsed.error;
+      return { kind: 'record', record: parsed.record };
+    }
+    case CODES.ack:
+      if (!isTerm(w.t)) fail('term', 'expected a non-negative integer');
+      return { kind: 'ack', vclock: vclock(w.vc), term: w.t };
+    default:
+      return fail('message', `unknown message code ${JSON.stringify(w.m ?? null)}`);
+  }
+}
+
+export function decodeMessage(body: Uint8Array): MessageResult {
+  let values: unknown[];
+  try {
+    values = codec.unpackMultiple(body as Buffer) as unknown[];
+  } catch (cause) {
+    // msgpackr throws plain errors for malformed input: exactly the case handled here.
+    return { ok: false, error: new RecordInvalid('message', 'not valid msgpack', { cause }) };
+  }
+  if (values.length !== 1) return { ok: false, error: new RecordInvalid('message', `holds ${values.length} msgpack values, expected 1`) };
+  try {
+    return { ok: true, message: parse(values[0]) };
+  } catch (error) {
+    if (error instanceof RecordInvalid) return { ok: false, error };
+    throw error;
+  }
+}

@@ -1,0 +1,126 @@
+// A framed message connection over one TCP socket. Frames are the journal's
+// (`u32 length | u32 crc32 | msgpack`), bounded by limits.frameBytesMax before
+// anything is buffered for them. Anything malformed or oversized closes the
+// link with a logged reason: nothing a peer sends can throw out of here.
+//
+// Messages are read with next(), in order. When the reader falls behind, the
+// socket is paused, so a fast sender cannot grow memory without bound.
+import type { Socket } from 'node:net';
+import { QsyncError } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+import { decodeMessage, encodeMessage, type PeerMessage } from '../core/messages.js';
+import { encodeFrame, readFrame } from '../journal/frame.js';
+import type { Logger } from '../log.js';
+
+export class LinkClosed extends QsyncError<'LINK_CLOSED'> {
+  constructor(reason: string) {
+    super('LINK_CLOSED', `link closed: ${reason}`, { reason });
+  }
+}
+
+export class Link {
+  readonly socket: Socket;
+  readonly log: Logger;
+  #buffer: Buffer = Buffer.alloc(0);
+  #queue: PeerMessage[] = [];
+  #waiter: { resolve: (m: PeerMessage) => void; reject: (e: Error) => void } | null = null;
+  #closeReason: string | null = null;
+
+  constructor(socket: Socket, log: Logger) {
+    this.socket = socket;
+    this.log = log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.#receive(chunk));
+    socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'info'));
+    socket.on('close', () => this.close('connection closed by the other side', 'info'));
+  }
+
+  /** Messages received and not yet read. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  get closeReason(): string | null {
+    return this.#closeReason;
+  }
+
+  /** The next message; rejects with LinkClosed when the link closes, or closes it after `timeoutMs` of silence. */
+  next(timeoutMs?: number): Promise<PeerMessage> {
+    const queued = this.#queue.shift();
+    if (queued !== undefined) {
+      if (this.#queue.length < limits.linkQueueMessagesMax / 2) this.socket.resume();
+      return Promise.resolve(queued);
+    }
+    if (this.#closeReason !== null) return Promise.reject(new LinkClosed(this.#closeReason));
+    return new Promise((resolve, reject) => {
+      const timer = timeoutMs === undefined ? null : setTimeout(() => this.close(`no message within ${timeoutMs} ms`), timeoutMs);
+      this.#waiter = {
+        resolve: (m) => {
+          if (timer !== null) clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          if (timer !== null) clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Send a message; false when the socket's buffer is full (then await drain()). */
+  send(message: PeerMessage): boolean {
+    if (this.#closeReason !== null) return false;
+    return this.socket.write(encodeFrame(encodeMessage(message)));
+  }
+
+  drain(): Promise<void> {
+    if (this.#closeReason !== null || !this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
+    });
+  }
+
+  close(reason: string, level: 'info' | 'warn' = 'warn'): void {
+    if (this.#closeReason !== null) return;
+    this.#closeReason = reason;
+    this.log[level]({ reason }, 'link closed');
+    this.socket.destroy();
+    const waiter = this.#waiter;
+    this.#waiter = null;
+    waiter?.reject(new LinkClosed(reason));
+  }
+
+  #receive(chunk: Buffer): void {
+    if (this.#closeReason !== null) return;
+    this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
+    let offset = 0;
+    for (;;) {
+      // readFrame refuses a length over the limit before the frame is buffered.
+      const frame = readFrame(this.#buffer, offset, limits.frameBytesMax);
+      if (frame.kind === 'incomplete') break;
+      if (frame.kind === 'corrupt') return this.close(`malformed frame: ${frame.reason}`);
+      offset = frame.end;
+      const decoded = decodeMessage(frame.body);
+      if (!decoded.ok) return this.close(`malformed message: ${decoded.error.message}`);
+      this.#deliver(decoded.message);
+    }
+    this.#buffer = this.#buffer.subarray(offset);
+  }
+
+  #deliver(message: PeerMessage): void {
+    const waiter = this.#waiter;
+    if (waiter !== null) {
+      this.#waiter = null;
+      waiter.resolve(message);
+      return;
+    }
+    this.#queue.push(message);
+    if (this.#queue.length >= limits.linkQueueMessagesMax) this.socket.pause();
+  }
+}

@@ -1,0 +1,229 @@
+// Peer links between sidecars: the relay side (a TCP server that authenticates
+// subscribers and streams them the journal) and the subscriber side (a client
+// that connects to one peer, subscribes from its own vclock, hands every
+// record to the node, and acknowledges). Full mesh: every node subscribes to
+// every other node; duplicates are dropped by the node (lsn order).
+//
+// Nothing a peer sends can crash the process: every refusal closes that one
+// link with a logged reason, and the server keeps accepting.
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { AssertionFailed } from '../core/assert.js';
+import { limits } from '../core/limits.js';
+import { PROTOCOL_VERSION, type PeerMessage } from '../core/messages.js';
+import type { JournalRecord } from '../core/record.js';
+import type { ReplicaId, Term } from '../core/types.js';
+import type { VClock } from '../core/vclock.js';
+import type { Journal } from '../journal/index.js';
+import type { Logger } from '../log.js';
+import { nonce, proof, proofMatches } from './auth.js';
+import { Link, LinkClosed } from './link.js';
+
+export interface PeerIdentity {
+  readonly cluster: string;
+  readonly replica: ReplicaId;
+  readonly secret: string;
+}
+
+/** Why a hello is refused, or null to accept it. */
+function checkHello(me: PeerIdentity, hello: PeerMessage & { kind: 'hello' }): string | null {
+  if (hello.version !== PROTOCOL_VERSION) return `protocol version ${hello.version} is not supported (this node speaks ${PROTOCOL_VERSION})`;
+  if (hello.cluster !== me.cluster) return `cluster id ${JSON.stringify(hello.cluster)} is not this cluster (${JSON.stringify(me.cluster)})`;
+  if (hello.replica === me.replica) return `replica id ${hello.replica} is this node's own`;
+  return null;
+}
+
+async function expect<K extends PeerMessage['kind']>(link: Link, kind: K, timeoutMs?: number): Promise<PeerMessage & { kind: K }> {
+  const message = await link.next(timeoutMs);
+  if (message.kind === 'refuse') {
+    link.close(`refused by peer: ${message.reason}`);
+    throw new LinkClosed(`refused by peer: ${message.reason}`);
+  }
+  if (message.kind !== kind) {
+    link.close(`expected ${kind}, got ${message.kind}`);
+    throw new LinkClosed(`expected ${kind}, got ${message.kind}`);
+  }
+  return message as PeerMessage & { kind: K };
+}
+
+function refuse(link: Link, reason: string): never {
+  link.send({ kind: 'refuse', reason });
+  link.close(reason);
+  throw new LinkClosed(reason);
+}
+
+export interface RelayOptions {
+  readonly identity: PeerIdentity;
+  readonly journal: Journal;
+  readonly log: Logger;
+  /** A subscriber acknowledged holding `vclock` durably (journal and PostgreSQL). */
+  readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
+}
+
+/** The relay side: accepts subscribers and streams them the journal. */
+export class RelayServer {
+  readonly #options: RelayOptions;
+  readonly #server: Server;
+  readonly #links = new Set<Link>();
+
+  constructor(options: RelayOptions) {
+    this.#options = options;
+    this.#server = createServer((socket) => void this.#serve(socket));
+    this.#server.on('error', (error) => options.log.error({ err: error }, 'peer server error'));
+  }
+
+  listen(port: number, host = '127.0.0.1'): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject);
+        const address = this.#server.address();
+        resolve(typeof address === 'object' && address !== null ? address.port : port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const link of this.#links) link.close('node stopping', 'info');
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  async #serve(socket: Socket): Promise<void> {
+    const link = new Link(socket, this.#options.log);
+    this.#links.add(link);
+    try {
+      const subscriber = await this.#handshake(link);
+      const subscribe = await expect(link, 'subscribe', limits.handshakeTimeoutMs);
+      link.log.info({ subscriber, vclock: subscribe.vclock }, 'subscriber joined');
+      await Promise.all([this.#relay(link, subscriber, subscribe.vclock), this.#readAcks(link, subscriber)]);
+    } catch (error) {
+      if (error instanceof AssertionFailed) throw error;
+      // A journal gap or corruption, or a closed link: this link ends, the node goes on.
+      if (!(error instanceof LinkClosed)) link.close(`relay failed: ${(error as Error).message}`);
+    } finally {
+      this.#links.delete(link);
+    }
+  }
+
+  async #handshake(link: Link): Promise<ReplicaId> {
+    const me = this.#options.identity;
+    const mine = nonce();
+    link.send({ kind: 'hello', version: PROTOCOL_VERSION, cluster: me.cluster, replica: me.replica, nonce: mine, proof: null });
+    const hello = await expect(link, 'hello', limits.handshakeTimeoutMs);
+    const wrong = checkHello(me, hello);
+    if (wrong !== null) refuse(link, wrong);
+    const expected = proof(me.secret, 'subscriber', me.cluster, hello.replica, me.replica, hello.nonce, mine);
+    if (hello.proof === null || !proofMatches(expected, hello.proof)) refuse(link, `replica ${hello.replica} did not prove the cluster secret`);
+    link.send({ kind: 'welcome', proof: proof(me.secret, 'relay', me.cluster, me.replica, hello.replica, mine, hello.nonce) });
+    return hello.replica;
+  }
+
+  async #relay(link: Link, subscriber: ReplicaId, from: VClock): Promise<void> {
+    const cursor = this.#options.journal.cursor(from, { follow: true });
+    try {
+      for await (const record of cursor) {
+        if (link.closeReason !== null) break;
+        if (record.replica === subscriber) continue; // it has its own records
+        if (!link.send({ kind: 'record', record })) await link.drain();
+      }
+    } finally {
+      await cursor.return();
+    }
+  }
+
+  async #readAcks(link: Link, subscriber: ReplicaId): Promise<void> {
+    for (;;) {
+      const ack = await expect(link, 'ack');
+      this.#options.onAck(subscriber, ack.vclock, ack.term);
+    }
+  }
+}
+
+export interface SubscriberOptions {
+  readonly identity: PeerIdentity;
+  readonly peer: { readonly replica: ReplicaId; readonly host: string; readonly port: number };
+  readonly log: Logger;
+  /** Where to subscribe from: the node's journal vclock. */
+  readonly vclock: () => VClock;
+  /** Hand a record to the node; resolves once it is durable and applied (or was a duplicate). */
+  readonly onRecord: (record: JournalRecord) => Promise<void>;
+  /** What to acknowledge: the node's durable-and-applied vclock and its term. */
+  readonly ack: () => { vclock: VClock; term: Term };
+  readonly backoffMsMin?: number;
+  readonly backoffMsMax?: number;
+}
+
+/** The subscriber side of one peer link, reconnecting with backoff until stopped. */
+export class Subscriber {
+  readonly #options: SubscriberOptions;
+  #stopped = false;
+  #link: Link | null = null;
+  #running: Promise<void> | null = null;
+  /** Why the last connection ended, for status and tests. */
+  lastError: string | null = null;
+  connected = false;
+
+  constructor(options: SubscriberOptions) {
+    this.#options = options;
+  }
+
+  start(): void {
+    this.#running ??= this.#loop();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#link?.close('node stopping', 'info');
+    await this.#running;
+  }
+
+  async #loop(): Promise<void> {
+    const min = this.#options.backoffMsMin ?? 100;
+    const max = this.#options.backoffMsMax ?? 5_000;
+    let backoff = min;
+    while (!this.#stopped) {
+      const handshaken = await this.#session().catch((error: unknown) => {
+        if (error instanceof AssertionFailed) throw error;
+        this.lastError = (error as Error).message; // refused, unreachable, or closed during the handshake
+        return false;
+      });
+      this.connected = false;
+      if (this.#stopped) break;
+      backoff = handshaken ? min : Math.min(max, backoff * 2);
+      await new Promise((r) => setTimeout(r, backoff));
+    }
+  }
+
+  /** One connection: resolves true when it got past the handshake. */
+  async #session(): Promise<boolean> {
+    const { identity: me, peer, log } = this.#options;
+    const socket = connect({ host: peer.host, port: peer.port });
+    const link = new Link(socket, log.child({ link: `subscriber->${peer.replica}` }));
+    this.#link = link;
+    const hello = await expect(link, 'hello', limits.handshakeTimeoutMs);
+    const wrong = checkHello(me, hello) ?? (hello.replica === peer.replica ? null : `expected replica ${peer.replica} at ${peer.host}:${peer.port}, found replica ${hello.replica}`);
+    if (wrong !== null) refuse(link, wrong);
+    const mine = nonce();
+    link.send({ kind: 'hello', version: PROTOCOL_VERSION, cluster: me.cluster, replica: me.replica, nonce: mine, proof: proof(me.secret, 'subscriber', me.cluster, me.replica, peer.replica, mine, hello.nonce) });
+    const welcome = await expect(link, 'welcome', limits.handshakeTimeoutMs);
+    if (!proofMatches(proof(me.secret, 'relay', me.cluster, peer.replica, me.replica, hello.nonce, mine), welcome.proof)) {
+      refuse(link, `replica ${peer.replica} did not prove the cluster secret`);
+    }
+    this.connected = true;
+    this.lastError = null;
+    link.send({ kind: 'subscribe', vclock: this.#options.vclock() });
+    try {
+      for (;;) {
+        const message = await expect(link, 'record');
+        await this.#options.onRecord(message.record);
+        // One ack covers a burst: send it when nothing more is waiting.
+        if (link.queued === 0) link.send({ kind: 'ack', ...this.#options.ack() });
+      }
+    } catch (error) {
+      if (error instanceof LinkClosed) return true;
+      if (error instanceof AssertionFailed) throw error;
+      link.close(`applying a record from replica ${peer.replica} failed: ${(error as Error).message}`);
+      this.lastError = (error as Error).message;
+      return true;
+    }
+  }
+}
