@@ -20,7 +20,15 @@ export type ErrorCode =
   | 'PG_MIGRATION'
   | 'PG_TABLE'
   | 'PG_APPLY'
-  | 'LINK_CLOSED';
+  | 'LINK_CLOSED'
+  | 'CONFIG'
+  | 'NOT_LEADER'
+  | 'STALE_TERM'
+  | 'ROLLED_BACK'
+  | 'OUTCOME_UNKNOWN'
+  | 'LIMBO_FULL'
+  | 'BAD_REQUEST'
+  | 'PG_ERROR';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

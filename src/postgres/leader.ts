@@ -1,52 +1,67 @@
-// The leader's PostgreSQL write path (DESIGN.md §8), without the journal:
+// The PostgreSQL side of a write through qsync (DESIGN.md §8):
 //
-//   BEGIN; SET LOCAL qsync.term; <statements>; capture; record idempotency key
-//   and applied lsn; then PREPARE TRANSACTION gid (sync: the limbo) or COMMIT.
+//   BEGIN; SET LOCAL qsync.term; <statements>
+//   reserve the TXN's lsn (as late as possible: lsns are journaled in order)
+//   capture (row images, applied lsn, idempotency key)
+//   sync table touched:  PREPARE TRANSACTION gid, then journal the TXN
+//   async tables only:   journal the TXN, then COMMIT
 //
-// The caller (the sidecar) journals the TXN after PREPARE, waits for the
-// quorum, then COMMIT PREPAREs or ROLLBACK PREPAREs it.
+// Journaling an async TXN before its COMMIT means a crash can never leave a
+// committed write the journal does not know (and so never replicates): if the
+// node dies between the two, replay applies the journaled TXN at restart.
+// A sync TXN is journaled after PREPARE, so the limbo entry exists in
+// PostgreSQL before any peer hears of it; the caller then waits for the
+// quorum and COMMIT PREPAREs or ROLLBACK PREPAREs it.
 import type pg from 'pg';
+import { assert } from '../core/assert.js';
 import type { Change } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
-import { assert } from '../core/assert.js';
 import { capture } from './capture.js';
 
 export interface LeaderWrite {
   readonly term: Term;
   readonly replica: ReplicaId;
-  /** The lsn this transaction's TXN record will have. */
-  readonly lsn: Lsn;
   /** Hybrid time of the write. */
   readonly time: number;
-  readonly gid: string;
   readonly idempotencyKey: string | null;
+  /** The lsn and gid this transaction's TXN record will have; called right before capture. */
+  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string };
+  /** Journal the TXN; resolves when durable. Without it, nothing is journaled (tests, benchmarks). */
+  readonly journal?: (txn: { lsn: Lsn; gid: string; sync: boolean; changes: Change[] }) => Promise<void>;
 }
 
 export type LeaderOutcome =
-  | { readonly kind: 'prepared'; readonly changes: Change[] }
-  | { readonly kind: 'committed'; readonly changes: Change[] }
-  /** Nothing replicated was written: committed locally, no record needed. */
-  | { readonly kind: 'empty' };
+  | { readonly kind: 'prepared'; readonly lsn: Lsn; readonly gid: string; readonly changes: Change[] }
+  | { readonly kind: 'committed'; readonly lsn: Lsn; readonly gid: string; readonly changes: Change[] }
+  /** Nothing replicated was written: committed locally; the reserved lsn carries no changes. */
+  | { readonly kind: 'empty'; readonly lsn: Lsn; readonly gid: string };
 
 export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, body: (client: pg.ClientBase) => Promise<void>): Promise<LeaderOutcome> {
   assert(Number.isSafeInteger(write.term) && write.term >= 0, `term ${write.term} is not a non-negative integer`);
   // One round trip: the term is an integer, safe to inline.
   await client.query(`BEGIN; SET LOCAL qsync.term = '${write.term}'`);
+  let open = true;
   try {
     await body(client);
-    const { changes, sync } = await capture(client, write);
+    const { lsn, gid } = write.reserve();
+    const { changes, sync } = await capture(client, { time: write.time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
     if (changes.length === 0) {
       await client.query('COMMIT');
-      return { kind: 'empty' };
+      open = false;
+      return { kind: 'empty', lsn, gid };
     }
     if (sync) {
-      await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(write.gid)}`);
-      return { kind: 'prepared', changes };
+      await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(gid)}`);
+      open = false;
+      await write.journal?.({ lsn, gid, sync, changes });
+      return { kind: 'prepared', lsn, gid, changes };
     }
+    await write.journal?.({ lsn, gid, sync, changes });
     await client.query('COMMIT');
-    return { kind: 'committed', changes };
+    open = false;
+    return { kind: 'committed', lsn, gid, changes };
   } catch (error) {
-    await client.query('ROLLBACK');
+    if (open) await client.query('ROLLBACK');
     throw error;
   }
 }

@@ -48,7 +48,7 @@ async function leaderWrite(sql: string, options: { idempotencyKey?: string; para
   const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
   const gid = gidFor(CLUSTER, header.replica, header.lsn);
   const session = await leader.connect();
-  const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
+  const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
     await c.query(sql, options.params);
   });
   await session.end();
@@ -113,7 +113,7 @@ describe('capture → record → apply as a prepared transaction', () => {
       const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await leader.connect();
-      const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: 'multi-1' }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: 'multi-1' }, async (c) => {
         await c.query(`INSERT INTO pairs VALUES (3, 'z', 'new')`);
         await c.query(`UPDATE pairs SET v = v || '+' WHERE a = 3`);
         await c.query(`UPDATE pairs SET b = 'w' WHERE a = 1 AND b = 'x'`);
@@ -222,7 +222,7 @@ describe('crashes', () => {
       await session.query(`SELECT set_config('qsync.term', '1', true)`);
       await session.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
     } else {
-      await runLeaderWrite(session, { ...header, gid, idempotencyKey: null }, async (c) => {
+      await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
       });
       if (verdict === 'finished') await commitPrepared(leader.sql, gid);
@@ -252,7 +252,7 @@ describe('async tables: last writer wins', () => {
       const header = { replica: replica as ReplicaId, lsn: (9_000 + time) as Lsn, term: 1 as Term, time };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await node.connect();
-      const outcome = await runLeaderWrite(session, { ...header, gid, idempotencyKey: null }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO kv VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, [value]);
       });
       await session.end();

@@ -1,0 +1,111 @@
+// Sidecar configuration: a JSON file, then QSYNC_* environment variables,
+// then flags (later sources win), validated at once with every problem listed.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { QsyncError } from '../core/errors.js';
+import { checkQuorum, quorumDefault } from '../core/quorum.js';
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1)$/;
+
+const peerSchema = z.object({ replica: z.number().int().min(1).max(31), host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+
+export const configSchema = z.object({
+  replicaId: z.number().int().min(1).max(31),
+  clusterId: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, '1-64 of A-Z a-z 0-9 _ . -'),
+  peers: z.array(peerSchema).max(30),
+  pgUrl: z.string().url(),
+  dataDir: z.string().min(1),
+  secret: z.string().min(16, 'at least 16 characters').optional(),
+  insecure: z.boolean().default(false),
+  /** The fixed leader's replica id (elections come later). */
+  leader: z.number().int().min(1).max(31),
+  quorum: z.number().int().min(1).optional(),
+  quorumForce: z.boolean().default(false),
+  synchroTimeoutMs: z.number().int().min(10).max(600_000).default(5_000),
+  peerHost: z.string().default('127.0.0.1'),
+  peerPort: z.number().int().min(0).max(65535),
+  clientHost: z.string().default('127.0.0.1'),
+  clientPort: z.number().int().min(0).max(65535),
+});
+
+export type SidecarConfig = z.infer<typeof configSchema> & { readonly quorum: number };
+
+export class ConfigError extends QsyncError<'CONFIG'> {
+  constructor(readonly problems: readonly string[]) {
+    super('CONFIG', `invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`, { problems });
+  }
+}
+
+/** Settings, their flag, environment variable and meaning: the README's reference is drawn from this. */
+export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string }> = [
+  { key: 'replicaId', flag: 'replica-id', env: 'QSYNC_REPLICA_ID', kind: 'int', help: 'this node\'s replica id, 1-31, unique in the cluster' },
+  { key: 'clusterId', flag: 'cluster-id', env: 'QSYNC_CLUSTER_ID', kind: 'string', help: 'the cluster\'s name; peers with another one are refused' },
+  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes\' peer addresses: 2@127.0.0.1:7402,3@127.0.0.1:7403' },
+  { key: 'pgUrl', flag: 'pg-url', env: 'QSYNC_PG_URL', kind: 'string', help: 'connection string of this node\'s PostgreSQL (a role that may create the qsync schema and set session_replication_role)' },
+  { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
+  { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters' },
+  { key: 'insecure', flag: 'insecure', env: 'QSYNC_INSECURE', kind: 'bool', help: 'run without a secret; allowed only when every address is loopback' },
+  { key: 'leader', flag: 'leader', env: 'QSYNC_LEADER', kind: 'int', help: 'replica id of the leader (fixed until elections arrive)' },
+  { key: 'quorum', flag: 'quorum', env: 'QSYNC_QUORUM', kind: 'int', help: 'nodes that must hold a sync transaction before it commits; default a majority' },
+  { key: 'quorumForce', flag: 'quorum-force', env: 'QSYNC_QUORUM_FORCE', kind: 'bool', help: 'allow a quorum below a majority (unsafe under partitions)' },
+  { key: 'synchroTimeoutMs', flag: 'synchro-timeout-ms', env: 'QSYNC_SYNCHRO_TIMEOUT_MS', kind: 'int', help: 'how long a sync transaction waits for its quorum before it is rolled back; default 5000' },
+  { key: 'peerHost', flag: 'peer-host', env: 'QSYNC_PEER_HOST', kind: 'string', help: 'address the peer port binds to; default 127.0.0.1' },
+  { key: 'peerPort', flag: 'peer-port', env: 'QSYNC_PEER_PORT', kind: 'int', help: 'port for other sidecars' },
+  { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },
+  { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
+];
+
+function parsePeers(text: string): unknown {
+  return text.split(',').filter((p) => p.trim() !== '').map((p) => {
+    const match = /^(\d+)@(.+):(\d+)$/.exec(p.trim());
+    return match === null ? p : { replica: Number(match[1]), host: match[2], port: Number(match[3]) };
+  });
+}
+
+function convert(kind: string, text: string): unknown {
+  if (kind === 'int') return /^-?\d+$/.test(text) ? Number(text) : text;
+  if (kind === 'bool') return text === '' || text === 'true' || text === '1';
+  if (kind === 'peers') return parsePeers(text);
+  return text;
+}
+
+/** Read file, environment and flags into one raw object (not yet validated). */
+export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const options: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' } };
+  for (const s of SETTINGS) options[s.flag] = { type: s.kind === 'bool' ? 'boolean' : 'string' };
+  const { values } = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
+  const raw: Record<string, unknown> = {};
+  const file = values.config ?? env.QSYNC_CONFIG;
+  if (typeof file === 'string') Object.assign(raw, JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>);
+  for (const s of SETTINGS) {
+    const fromEnv = env[s.env];
+    if (fromEnv !== undefined) raw[s.key] = convert(s.kind, fromEnv);
+    const fromFlag = values[s.flag];
+    if (fromFlag !== undefined) raw[s.key] = typeof fromFlag === 'boolean' ? fromFlag : convert(s.kind, fromFlag);
+  }
+  return raw;
+}
+
+/** Validate; throws ConfigError listing every problem with the flag that sets it. */
+export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
+  const parsed = configSchema.safeParse(raw);
+  const flagOf = (key: string): string => SETTINGS.find((s) => s.key === key)?.flag ?? key;
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((i) => `--${flagOf(String(i.path[0] ?? ''))}${i.path.length > 1 ? ` (${i.path.slice(1).join('.')})` : ''}: ${i.message}`));
+  }
+  const c = parsed.data;
+  const problems: string[] = [];
+  const members = c.peers.length + 1;
+  const ids = [c.replicaId, ...c.peers.map((p) => p.replica)];
+  if (new Set(ids).size !== ids.length) problems.push(`--peers: replica ids must be unique and differ from --replica-id ${c.replicaId}`);
+  if (!ids.includes(c.leader)) problems.push(`--leader: replica ${c.leader} is not a member (${ids.join(', ')})`);
+  const quorum = c.quorum ?? quorumDefault(members);
+  const quorumProblem = checkQuorum(quorum, members, c.quorumForce);
+  if (quorumProblem !== null) problems.push(`--quorum: ${quorumProblem}`);
+  if (c.secret === undefined && !c.insecure) problems.push('--secret: required (peers prove it with HMAC-SHA256); for a local test cluster on loopback only, pass --insecure');
+  const hosts = [c.peerHost, c.clientHost, ...c.peers.map((p) => p.host)];
+  if (c.secret === undefined && c.insecure && !hosts.every((h) => LOOPBACK.test(h))) problems.push('--insecure: allowed only when every address is loopback');
+  if (problems.length > 0) throw new ConfigError(problems);
+  return { ...c, quorum };
+}
