@@ -1,30 +1,97 @@
-// `qsync`: the command-line entry point. Commands arrive with the issues that
-// build them (DESIGN.md §9); an unknown command is a clear error, exit 2.
+// `qsync`: the command-line entry point. An unknown command or a bad setting
+// is a clear error with exit code 2; a failure to start is exit code 1.
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { QsyncError } from '../core/errors.js';
+import { createLogger } from '../log.js';
+import { ConfigError, gatherConfig, SETTINGS, validateConfig } from '../sidecar/config.js';
+import { SidecarNode } from '../sidecar/node.js';
+import { startLocalCluster } from './cluster.js';
 
 const usage = `qsync: quorum-synchronous replication for PostgreSQL
 
 usage: qsync <command> [options]
 
 commands:
-  version     print the version
-  help        print this help
+  cluster up   start a local 3-node cluster on embedded PostgreSQL (Ctrl-C stops it)
+  start        run one sidecar next to a PostgreSQL server (settings below)
+  version      print the version
+  help         print this help
 
-Commands to start and operate a cluster (cluster up, start, status, table,
-promote, demote, transfer, drill) are not built yet; see README.md.
+start settings (flag, environment variable; a JSON file with --config):
+${SETTINGS.map((s) => `  --${s.flag.padEnd(20)} ${s.env.padEnd(26)} ${s.help}`).join('\n')}
 `;
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-const { positionals, values } = parseArgs({ allowPositionals: true, strict: false, options: { help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'V' } } });
-const command = values.version === true ? 'version' : values.help === true ? 'help' : (positionals[0] ?? 'help');
+async function start(argv: readonly string[]): Promise<void> {
+  let config;
+  try {
+    config = validateConfig(gatherConfig(argv, process.env));
+  } catch (error) {
+    if (error instanceof ConfigError || error instanceof TypeError || error instanceof SyntaxError) {
+      console.error(`qsync start: ${(error as Error).message}\n\nrun qsync help for the settings`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  const log = createLogger({ node: config.replicaId });
+  let node: SidecarNode;
+  try {
+    node = await SidecarNode.start(config, log);
+  } catch (error) {
+    if (!(error instanceof QsyncError)) throw error;
+    log.fatal({ code: error.code }, error.message);
+    console.error(`qsync start: ${error.message}`);
+    process.exit(1);
+  }
+  const stop = (): void => {
+    log.info('stopping');
+    void node.stop().then(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
 
+async function clusterUp(): Promise<void> {
+  console.log('starting 3 PostgreSQL servers and 3 sidecars...');
+  const cluster = await startLocalCluster({
+    dir: '.qsync/cluster',
+    tables: [{ ddl: 'CREATE TABLE IF NOT EXISTS demo (id bigint PRIMARY KEY, note text)', name: 'demo', mode: 'sync' }],
+  });
+  for (const node of cluster.nodes) {
+    console.log(`node ${node.replica}${node.replica === 1 ? ' (leader)' : '         '}  client ${node.clientAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
+  }
+  console.log(`\ntable demo is sync. Try: node -e "import('./src/client/index.ts')" or the client library with connect(${JSON.stringify(cluster.clientAddresses)})`);
+  console.log('Ctrl-C stops the cluster.');
+  const stop = (): void => {
+    console.log('\nstopping...');
+    void cluster.stop().then(() => process.exit(0));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
+const [command, ...rest] = process.argv.slice(2);
 switch (command) {
+  case 'start':
+    await start(rest);
+    break;
+  case 'cluster':
+    if (rest[0] !== 'up') {
+      console.error(`qsync cluster: unknown subcommand '${rest[0] ?? ''}'; try: qsync cluster up`);
+      process.exit(2);
+    }
+    await clusterUp();
+    break;
   case 'version':
+  case '--version':
+  case '-V':
     console.log(pkg.version);
     break;
+  case undefined:
   case 'help':
+  case '--help':
+  case '-h':
     console.log(usage);
     break;
   default:

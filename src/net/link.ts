@@ -8,6 +8,7 @@
 import type { Socket } from 'node:net';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
+import type { RecordInvalid } from '../core/errors.js';
 import { decodeMessage, encodeMessage, type PeerMessage } from '../core/messages.js';
 import { encodeFrame, readFrame } from '../journal/frame.js';
 import type { Logger } from '../log.js';
@@ -18,16 +19,32 @@ export class LinkClosed extends QsyncError<'LINK_CLOSED'> {
   }
 }
 
-export class Link {
+/** How a link turns bodies into messages and back; decode never throws. */
+export interface LinkCodec<In, Out> {
+  decode(body: Uint8Array): { ok: true; message: In } | { ok: false; error: RecordInvalid };
+  encode(message: Out): Uint8Array;
+}
+
+const peerCodec: LinkCodec<PeerMessage, PeerMessage> = {
+  decode: (body) => {
+    const result = decodeMessage(body);
+    return result.ok ? { ok: true, message: result.message } : result;
+  },
+  encode: encodeMessage,
+};
+
+export class FramedLink<In, Out> {
   readonly socket: Socket;
   readonly log: Logger;
+  readonly #codec: LinkCodec<In, Out>;
   #buffer: Buffer = Buffer.alloc(0);
-  #queue: PeerMessage[] = [];
-  #waiter: { resolve: (m: PeerMessage) => void; reject: (e: Error) => void } | null = null;
+  #queue: In[] = [];
+  #waiter: { resolve: (m: In) => void; reject: (e: Error) => void } | null = null;
   #closeReason: string | null = null;
 
-  constructor(socket: Socket, log: Logger) {
+  constructor(socket: Socket, log: Logger, codec: LinkCodec<In, Out>) {
     this.socket = socket;
+    this.#codec = codec;
     this.log = log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.#receive(chunk));
@@ -45,7 +62,7 @@ export class Link {
   }
 
   /** The next message; rejects with LinkClosed when the link closes, or closes it after `timeoutMs` of silence. */
-  next(timeoutMs?: number): Promise<PeerMessage> {
+  next(timeoutMs?: number): Promise<In> {
     const queued = this.#queue.shift();
     if (queued !== undefined) {
       if (this.#queue.length < limits.linkQueueMessagesMax / 2) this.socket.resume();
@@ -68,9 +85,9 @@ export class Link {
   }
 
   /** Send a message; false when the socket's buffer is full (then await drain()). */
-  send(message: PeerMessage): boolean {
+  send(message: Out): boolean {
     if (this.#closeReason !== null) return false;
-    return this.socket.write(encodeFrame(encodeMessage(message)));
+    return this.socket.write(encodeFrame(this.#codec.encode(message)));
   }
 
   drain(): Promise<void> {
@@ -106,14 +123,14 @@ export class Link {
       if (frame.kind === 'incomplete') break;
       if (frame.kind === 'corrupt') return this.close(`malformed frame: ${frame.reason}`);
       offset = frame.end;
-      const decoded = decodeMessage(frame.body);
+      const decoded = this.#codec.decode(frame.body);
       if (!decoded.ok) return this.close(`malformed message: ${decoded.error.message}`);
       this.#deliver(decoded.message);
     }
     this.#buffer = this.#buffer.subarray(offset);
   }
 
-  #deliver(message: PeerMessage): void {
+  #deliver(message: In): void {
     const waiter = this.#waiter;
     if (waiter !== null) {
       this.#waiter = null;
@@ -122,5 +139,12 @@ export class Link {
     }
     this.#queue.push(message);
     if (this.#queue.length >= limits.linkQueueMessagesMax) this.socket.pause();
+  }
+}
+
+/** A link between sidecars. */
+export class Link extends FramedLink<PeerMessage, PeerMessage> {
+  constructor(socket: Socket, log: Logger) {
+    super(socket, log, peerCodec);
   }
 }

@@ -8,7 +8,11 @@ import { checkQuorum, quorumDefault } from '../core/quorum.js';
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1)$/;
 
-const peerSchema = z.object({ replica: z.number().int().min(1).max(31), host: z.string().min(1), port: z.number().int().min(1).max(65535) });
+const peerSchema = z.object({
+  replica: z.number().int().min(1).max(31), host: z.string().min(1), port: z.number().int().min(1).max(65535),
+  /** The peer's client address, given to clients with NOT_LEADER. */
+  client: z.string().optional(),
+});
 
 export const configSchema = z.object({
   replicaId: z.number().int().min(1).max(31),
@@ -41,7 +45,7 @@ export class ConfigError extends QsyncError<'CONFIG'> {
 export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string }> = [
   { key: 'replicaId', flag: 'replica-id', env: 'QSYNC_REPLICA_ID', kind: 'int', help: 'this node\'s replica id, 1-31, unique in the cluster' },
   { key: 'clusterId', flag: 'cluster-id', env: 'QSYNC_CLUSTER_ID', kind: 'string', help: 'the cluster\'s name; peers with another one are refused' },
-  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes\' peer addresses: 2@127.0.0.1:7402,3@127.0.0.1:7403' },
+  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort], e.g. 2@127.0.0.1:7402+7502,3@127.0.0.1:7403+7503' },
   { key: 'pgUrl', flag: 'pg-url', env: 'QSYNC_PG_URL', kind: 'string', help: 'connection string of this node\'s PostgreSQL (a role that may create the qsync schema and set session_replication_role)' },
   { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
   { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters' },
@@ -58,8 +62,11 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
 
 function parsePeers(text: string): unknown {
   return text.split(',').filter((p) => p.trim() !== '').map((p) => {
-    const match = /^(\d+)@(.+):(\d+)$/.exec(p.trim());
-    return match === null ? p : { replica: Number(match[1]), host: match[2], port: Number(match[3]) };
+    const match = /^(\d+)@(.+):(\d+)(?:\+(\d+))?$/.exec(p.trim());
+    if (match === null) return p;
+    const peer: Record<string, unknown> = { replica: Number(match[1]), host: match[2], port: Number(match[3]) };
+    if (match[4] !== undefined) peer.client = `${match[2]}:${match[4]}`;
+    return peer;
   });
 }
 

@@ -1,0 +1,125 @@
+// A local cluster on embedded PostgreSQL: N PostgreSQL servers and N sidecar
+// processes on free (or given) ports. `qsync cluster up` and the end-to-end
+// tests both use it, so the tests run what a user runs.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { freePort, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
+
+const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
+
+export interface ClusterOptions {
+  readonly nodes?: number;
+  /** Where the nodes' data goes; default a temporary directory removed by stop(). */
+  readonly dir?: string;
+  readonly synchroTimeoutMs?: number;
+  readonly secret?: string;
+  /** Tables to create on every node and mark, before the sidecars start. */
+  readonly tables?: ReadonlyArray<{ readonly ddl: string; readonly name: string; readonly mode: 'sync' | 'async' }>;
+}
+
+export interface ClusterNode {
+  readonly replica: number;
+  readonly pg: PgServer;
+  readonly peerPort: number;
+  readonly clientPort: number;
+  readonly clientAddress: string;
+  readonly dataDir: string;
+  /** The sidecar process, while it runs. */
+  process: ChildProcess | null;
+  startSidecar(): Promise<void>;
+  /** SIGTERM and wait (clean stop). */
+  stopSidecar(): Promise<void>;
+  /** SIGKILL the sidecar: a crash. */
+  killSidecar(): Promise<void>;
+  /** A connection to this node's PostgreSQL, as the test or operator. */
+  sql(): Promise<pg.Client>;
+}
+
+export interface LocalCluster {
+  readonly nodes: readonly ClusterNode[];
+  readonly clientAddresses: readonly string[];
+  stop(): Promise<void>;
+}
+
+export async function startLocalCluster(options: ClusterOptions = {}): Promise<LocalCluster> {
+  const count = options.nodes ?? 3;
+  const temporary = options.dir === undefined;
+  const root = options.dir === undefined ? await mkdtemp(join(tmpdir(), 'qsync-cluster-')) : resolve(options.dir);
+  await mkdir(root, { recursive: true });
+  await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
+  const secret = options.secret ?? 'local-cluster-secret-0123456789';
+  const ports = await Promise.all(Array.from({ length: count }, async () => ({ peer: await freePort(), client: await freePort() })));
+  const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg') })));
+  for (const server of servers) {
+    const client = new pg.Client({ connectionString: server.connectionString });
+    await client.connect();
+    await migrate(client);
+    for (const table of options.tables ?? []) {
+      await client.query(table.ddl);
+      await setTableMode(client, table.name, table.mode);
+    }
+    await client.end();
+  }
+  const nodes: ClusterNode[] = servers.map((server, i) => {
+    const replica = i + 1;
+    const own = ports[i] as { peer: number; client: number };
+    const dataDir = join(root, `node${replica}`, 'journal');
+    const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${p.peer}+${p.client}`).filter((_, j) => j !== i).join(',');
+    const args = [
+      '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
+      '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret, '--leader', '1',
+      '--peer-port', String(own.peer), '--client-port', String(own.client), '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000),
+    ];
+    const node: ClusterNode = {
+      replica, pg: server, peerPort: own.peer, clientPort: own.client, clientAddress: `127.0.0.1:${own.client}`, dataDir, process: null,
+      startSidecar: async () => {
+        const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        node.process = child;
+        const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
+        child.stderr.pipe(log);
+        await new Promise<void>((ready, failed) => {
+          const lines = createInterface({ input: child.stdout });
+          lines.on('line', (line) => {
+            log.write(`${line}\n`);
+            if (line.includes('"qsync node ready"')) ready();
+          });
+          child.once('exit', (code, signal) => failed(new Error(`sidecar ${replica} exited (${code ?? signal}) before it was ready; see ${join(root, `node${replica}`, 'sidecar.log')}`)));
+        });
+      },
+      stopSidecar: async () => stopChild(node, 'SIGTERM'),
+      killSidecar: async () => stopChild(node, 'SIGKILL'),
+      sql: async () => {
+        const client = new pg.Client({ connectionString: server.connectionString });
+        client.on('error', () => undefined);
+        await client.connect();
+        return client;
+      },
+    };
+    return node;
+  });
+  await Promise.all(nodes.map((n) => n.startSidecar()));
+  return {
+    nodes,
+    clientAddresses: nodes.map((n) => n.clientAddress),
+    stop: async () => {
+      await Promise.all(nodes.map((n) => n.stopSidecar()));
+      await Promise.all(nodes.map((n) => n.pg.destroy()));
+      if (temporary) await rm(root, { recursive: true, force: true });
+    },
+  };
+}
+
+async function stopChild(node: ClusterNode, signal: NodeJS.Signals): Promise<void> {
+  const child = node.process;
+  if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  await exited;
+  node.process = null;
+}

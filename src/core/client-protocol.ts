@@ -1,0 +1,130 @@
+// The client protocol: msgpack maps in the journal's frames, with request ids
+// so that a client can pipeline requests on one connection.
+//
+//   execute  {i, o: 1, s: [[sql, params], ...], k?: idempotency key, t?: term}
+//            one transaction, one round trip
+//   query    {i, o: 2, q: sql, p: params}          a read on this node
+//   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
+//
+//   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
+import { RecordInvalid, type ErrorCode } from './errors.js';
+import { codec } from './record.js';
+import { isTerm, type Term } from './types.js';
+
+export interface Statement {
+  readonly sql: string;
+  readonly params: readonly unknown[];
+}
+
+export type ClientRequest =
+  | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
+  | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[] }
+  | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string };
+
+export interface ResultSet {
+  readonly rows: readonly Record<string, unknown>[];
+  readonly rowCount: number;
+}
+
+export interface ClientErrorBody {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly sqlstate?: string;
+  /** The leader's client address, with NOT_LEADER and STALE_TERM. */
+  readonly leader?: string;
+  readonly term?: number;
+}
+
+export type ClientResponse =
+  | { readonly id: number; readonly result: unknown }
+  | { readonly id: number; readonly error: ClientErrorBody };
+
+const OPS = { execute: 1, query: 2, outcome: 3 } as const;
+export const STATEMENTS_MAX = 1_000;
+
+export function encodeRequest(request: ClientRequest): Uint8Array {
+  switch (request.op) {
+    case 'execute': {
+      const wire: Record<string, unknown> = { i: request.id, o: OPS.execute, s: request.statements.map((s) => [s.sql, s.params]) };
+      if (request.idempotencyKey !== null) wire.k = request.idempotencyKey;
+      if (request.term !== null) wire.t = request.term;
+      return codec.pack(wire);
+    }
+    case 'query':
+      return codec.pack({ i: request.id, o: OPS.query, q: request.sql, p: request.params });
+    case 'outcome':
+      return codec.pack({ i: request.id, o: OPS.outcome, k: request.idempotencyKey });
+  }
+}
+
+function fail(field: string, reason: string): never {
+  throw new RecordInvalid(field, reason);
+}
+
+function statement(value: unknown, index: number): Statement {
+  if (!Array.isArray(value) || value.length !== 2 || typeof value[0] !== 'string' || !Array.isArray(value[1])) fail(`statements[${index}]`, 'expected [sql, params]');
+  return { sql: value[0], params: value[1] as unknown[] };
+}
+
+function parseRequest(value: unknown): ClientRequest {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail('request', 'expected a map');
+  const w = value as Record<string, unknown>;
+  const id = w.i;
+  if (!Number.isSafeInteger(id) || (id as number) < 0) fail('id', 'expected a non-negative integer');
+  switch (w.o) {
+    case OPS.execute: {
+      if (!Array.isArray(w.s) || w.s.length === 0 || w.s.length > STATEMENTS_MAX) fail('statements', `expected 1..${STATEMENTS_MAX} statements`);
+      if (w.k !== undefined && (typeof w.k !== 'string' || w.k.length === 0 || w.k.length > 256)) fail('idempotencyKey', 'expected a string of 1..256 characters');
+      if (w.t !== undefined && !isTerm(w.t)) fail('term', 'expected a non-negative integer');
+      return { id: id as number, op: 'execute', statements: w.s.map(statement), idempotencyKey: (w.k as string | undefined) ?? null, term: (w.t as Term | undefined) ?? null };
+    }
+    case OPS.query:
+      if (typeof w.q !== 'string') fail('sql', 'expected a string');
+      if (!Array.isArray(w.p)) fail('params', 'expected an array');
+      return { id: id as number, op: 'query', sql: w.q, params: w.p as unknown[] };
+    case OPS.outcome:
+      if (typeof w.k !== 'string' || w.k.length === 0) fail('idempotencyKey', 'expected a string');
+      return { id: id as number, op: 'outcome', idempotencyKey: w.k };
+    default:
+      return fail('op', `unknown operation ${JSON.stringify(w.o ?? null)}`);
+  }
+}
+
+function decodeWith<T>(body: Uint8Array, parse: (value: unknown) => T): { ok: true; message: T } | { ok: false; error: RecordInvalid } {
+  let values: unknown[];
+  try {
+    values = codec.unpackMultiple(body as Buffer) as unknown[];
+  } catch (cause) {
+    // msgpackr throws plain errors for malformed input: exactly the case handled here.
+    return { ok: false, error: new RecordInvalid('request', 'not valid msgpack', { cause }) };
+  }
+  if (values.length !== 1) return { ok: false, error: new RecordInvalid('request', `holds ${values.length} msgpack values, expected 1`) };
+  try {
+    return { ok: true, message: parse(values[0]) };
+  } catch (error) {
+    if (error instanceof RecordInvalid) return { ok: false, error };
+    throw error;
+  }
+}
+
+export function decodeRequest(body: Uint8Array): { ok: true; message: ClientRequest } | { ok: false; error: RecordInvalid } {
+  return decodeWith(body, parseRequest);
+}
+
+export function encodeResponse(response: ClientResponse): Uint8Array {
+  return 'error' in response
+    ? codec.pack({ i: response.id, e: { c: response.error.code, m: response.error.message, s: response.error.sqlstate, l: response.error.leader, t: response.error.term } })
+    : codec.pack({ i: response.id, r: response.result });
+}
+
+export function decodeResponse(body: Uint8Array): { ok: true; message: ClientResponse } | { ok: false; error: RecordInvalid } {
+  return decodeWith(body, (value) => {
+    const w = value as Record<string, unknown> | null;
+    if (typeof w !== 'object' || w === null || !Number.isSafeInteger(w.i)) fail('response', 'expected a map with an id');
+    if (w.e === undefined) return { id: w.i as number, result: w.r };
+    const e = w.e as Record<string, unknown>;
+    if (typeof e !== 'object' || e === null || typeof e.c !== 'string' || typeof e.m !== 'string') fail('error', 'expected {c, m}');
+    const error: ClientErrorBody = { code: e.c as ErrorCode, message: e.m, ...(typeof e.s === 'string' ? { sqlstate: e.s } : {}), ...(typeof e.l === 'string' ? { leader: e.l } : {}), ...(typeof e.t === 'number' ? { term: e.t } : {}) };
+    return { id: w.i as number, error };
+  });
+}

@@ -1,0 +1,95 @@
+// The client port: framed msgpack requests with ids, answered as they finish
+// (pipelining). A malformed request closes that connection with a logged
+// reason; an operating error is answered with its code and the connection
+// stays open.
+import { createServer, type Server } from 'node:net';
+import { decodeRequest, encodeResponse, type ClientErrorBody, type ClientRequest, type ClientResponse, type Statement } from '../core/client-protocol.js';
+import { AssertionFailed } from '../core/assert.js';
+import { QsyncError } from '../core/errors.js';
+import type { Term } from '../core/types.js';
+import type { Logger } from '../log.js';
+import { FramedLink, LinkClosed } from '../net/link.js';
+
+export interface RequestHandler {
+  execute(statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
+  query(sql: string, params: readonly unknown[]): Promise<unknown>;
+  outcome(idempotencyKey: string): Promise<unknown>;
+}
+
+/** Requests one connection may have in progress; past this it is read no further until one finishes. */
+const IN_FLIGHT_MAX = 256;
+
+export class ClientServer {
+  readonly #handler: RequestHandler;
+  readonly #log: Logger;
+  readonly #server: Server;
+  readonly #links = new Set<FramedLink<ClientRequest, ClientResponse>>();
+
+  constructor(handler: RequestHandler, log: Logger) {
+    this.#handler = handler;
+    this.#log = log.child({ port: 'client' });
+    this.#server = createServer((socket) => void this.#serve(new FramedLink(socket, this.#log, { decode: decodeRequest, encode: encodeResponse })));
+  }
+
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        this.#server.off('error', reject);
+        const address = this.#server.address();
+        resolve(typeof address === 'object' && address !== null ? address.port : port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const link of this.#links) link.close('node stopping', 'info');
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  async #serve(link: FramedLink<ClientRequest, ClientResponse>): Promise<void> {
+    this.#links.add(link);
+    let inFlight = 0;
+    let slot: (() => void) | null = null;
+    try {
+      for (;;) {
+        const request = await link.next();
+        inFlight += 1;
+        void this.#answer(request).then((response) => {
+          link.send(response);
+          inFlight -= 1;
+          slot?.();
+        });
+        if (inFlight >= IN_FLIGHT_MAX) await new Promise<void>((resolve) => (slot = resolve));
+      }
+    } catch (error) {
+      if (!(error instanceof LinkClosed)) throw error;
+    } finally {
+      this.#links.delete(link);
+    }
+  }
+
+  async #answer(request: ClientRequest): Promise<ClientResponse> {
+    try {
+      switch (request.op) {
+        case 'execute':
+          return { id: request.id, result: await this.#handler.execute(request.statements, request.idempotencyKey, request.term) };
+        case 'query':
+          return { id: request.id, result: await this.#handler.query(request.sql, request.params) };
+        case 'outcome':
+          return { id: request.id, result: await this.#handler.outcome(request.idempotencyKey) };
+      }
+    } catch (error) {
+      if (error instanceof AssertionFailed) throw error;
+      return { id: request.id, error: errorBody(error) };
+    }
+  }
+}
+
+function errorBody(error: unknown): ClientErrorBody {
+  if (error instanceof QsyncError) {
+    const { sqlstate, leader, term } = error.context as { sqlstate?: string; leader?: string; term?: number };
+    return { code: error.code, message: error.message, ...(sqlstate === undefined ? {} : { sqlstate }), ...(leader === undefined ? {} : { leader }), ...(term === undefined ? {} : { term }) };
+  }
+  return { code: 'PG_ERROR', message: (error as Error).message };
+}

@@ -1,0 +1,351 @@
+// The sidecar runtime: the one place that awaits, wiring the pure core
+// (limbo) to the journal, PostgreSQL, peer links, clients and timers.
+//
+// Start: open the journal; check and migrate PostgreSQL; reconcile prepared
+// transactions with the journal's verdicts; replay what the journal holds
+// beyond PostgreSQL's applied vclock; refill the leader's limbo; then serve.
+//
+// Records from peers go through one queue, in arrival order: drop what the
+// journal already holds, refuse an older term (split-brain), append (durable),
+// apply to PostgreSQL, then count as applied; acks report that vclock.
+import pg from 'pg';
+import { QsyncError } from '../core/errors.js';
+import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
+import { limits } from '../core/limits.js';
+import type { JournalRecord } from '../core/record.js';
+import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
+import { vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
+import { Journal } from '../journal/index.js';
+import type { Logger } from '../log.js';
+import { RelayServer, Subscriber } from '../net/peer.js';
+import {
+  Applier, appliedVclock, checkServer, commitPrepared, listPrepared, migrate, reconcile, rollbackPrepared, runLeaderWrite, setTableMode,
+} from '../postgres/index.js';
+import type { Statement } from '../core/client-protocol.js';
+import { ClientServer, type RequestHandler } from './client-server.js';
+import type { SidecarConfig } from './config.js';
+import { OwnLog } from './own-log.js';
+import { readVerdicts } from './verdicts.js';
+
+interface Waiter {
+  readonly resolve: () => void;
+  readonly reject: (error: QsyncError) => void;
+}
+
+export class SidecarNode implements RequestHandler {
+  readonly config: SidecarConfig;
+  readonly log: Logger;
+  readonly #journal: Journal;
+  readonly #admin: pg.Client;
+  readonly #pool: pg.Pool;
+  readonly #applier: Applier;
+  readonly #own: OwnLog;
+  readonly #term: Term;
+  #limbo: LimboState | null = null;
+  #applied: VClock;
+  #queue: Promise<void> = Promise.resolve();
+  readonly #waiters = new Map<string, Waiter>();
+  #inFlightSync = 0;
+  #clock = 0;
+  #relay: RelayServer | null = null;
+  #subscribers: Subscriber[] = [];
+  #clients: ClientServer | null = null;
+  #timer: NodeJS.Timeout | null = null;
+
+  private constructor(config: SidecarConfig, log: Logger, journal: Journal, admin: pg.Client, applier: Applier, term: Term) {
+    this.config = config;
+    this.log = log;
+    this.#journal = journal;
+    this.#admin = admin;
+    this.#applier = applier;
+    this.#term = term;
+    this.#pool = new pg.Pool({ connectionString: config.pgUrl, max: 32 });
+    this.#pool.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL connection failed'));
+    this.#applied = journal.vclock;
+    this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
+  }
+
+  get #self(): ReplicaId {
+    return this.config.replicaId as ReplicaId;
+  }
+
+  get isLeader(): boolean {
+    return this.config.leader === this.config.replicaId;
+  }
+
+  static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
+    const journal = await Journal.open({ dir: config.dataDir });
+    for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
+    const admin = new pg.Client({ connectionString: config.pgUrl });
+    admin.on('error', (error) => log.error({ err: error.message }, 'PostgreSQL connection failed'));
+    await admin.connect();
+    await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
+    await migrate(admin);
+    const term = Math.max(journal.raft?.term ?? 0, 1) as Term;
+    if (journal.raft === null) {
+      await journal.append({ kind: 'raft', replica: REPLICA_LOCAL, lsn: (vclockGet(journal.tailVclock, REPLICA_LOCAL) + 1) as Lsn, term, time: Date.now(), vote: 0 as ReplicaId });
+    }
+    const leader = config.peers.find((p) => p.replica === config.leader);
+    await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = $4, leader_id = $5, leader_address = $6`, [
+      config.replicaId, config.clusterId, term, config.leader === config.replicaId ? 'leader' : 'follower', config.leader,
+      leader === undefined ? `${config.clientHost}:${config.clientPort}` : `${leader.host}:${leader.port}`,
+    ]);
+    const applierClient = new pg.Client({ connectionString: config.pgUrl });
+    applierClient.on('error', (error) => log.error({ err: error.message }, 'PostgreSQL apply connection failed'));
+    await applierClient.connect();
+    const node = new SidecarNode(config, log, journal, admin, await Applier.create(applierClient), term);
+    await node.#recover();
+    await node.#serve();
+    return node;
+  }
+
+  /** Make PostgreSQL agree with the journal, then apply what it lacks; refill the limbo. */
+  async #recover(): Promise<void> {
+    const verdicts = await readVerdicts(this.#journal);
+    const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
+    this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
+    let replayed = 0;
+    for await (const record of this.#journal.cursor(await appliedVclock(this.#admin))) {
+      await this.#apply(record);
+      replayed += 1;
+    }
+    this.#applied = this.#journal.vclock;
+    if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+    if (this.isLeader) {
+      const members = [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
+      this.#limbo = limboCreate({ owner: this.#self, members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, verdicts.confirmedLsn(this.#self));
+      for (const entry of verdicts.pending(this.#self)) this.#step({ kind: 'append', entry: { ...entry, createdAtMs: Date.now() } });
+      this.#step({ kind: 'durable', lsn: vclockGet(this.#journal.vclock, this.#self) });
+    }
+  }
+
+  async #serve(): Promise<void> {
+    const { config, log } = this;
+    const identity = { cluster: config.clusterId, replica: this.#self, secret: config.secret ?? `insecure:${config.clusterId}` };
+    this.#relay = new RelayServer({
+      identity, journal: this.#journal, log,
+      onAck: (replica, vclock) => this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) }),
+    });
+    await this.#relay.listen(config.peerPort, config.peerHost);
+    this.#subscribers = config.peers.map((peer) => new Subscriber({
+      identity, peer: { replica: peer.replica as ReplicaId, host: peer.host, port: peer.port }, log,
+      vclock: () => this.#journal.tailVclock,
+      onRecord: (record) => this.#enqueue(record),
+      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.#term }),
+    }));
+    for (const subscriber of this.#subscribers) subscriber.start();
+    this.#clients = new ClientServer(this, log);
+    await this.#clients.listen(config.clientPort, config.clientHost);
+    this.#timer = setInterval(() => this.#step({ kind: 'tick', nowMs: Date.now() }), Math.max(10, Math.min(100, config.synchroTimeoutMs / 10)));
+    log.info({ role: this.isLeader ? 'leader' : 'follower', term: this.#term, vclock: this.#journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
+  }
+
+  async stop(): Promise<void> {
+    if (this.#timer !== null) clearInterval(this.#timer);
+    await this.#clients?.close();
+    await Promise.all(this.#subscribers.map((s) => s.stop()));
+    await this.#relay?.close();
+    await this.#queue.catch(() => undefined);
+    for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
+    await this.#pool.end();
+    await this.#admin.end();
+    await this.#journal.close();
+  }
+
+  // ---- records from peers ------------------------------------------------------
+
+  #enqueue(record: JournalRecord): Promise<void> {
+    const run = this.#queue.then(() => this.#receive(record));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #receive(record: JournalRecord): Promise<void> {
+    if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return;
+    const held = vclockGet(this.#journal.tailVclock, record.replica);
+    if (record.lsn <= held) return; // a duplicate from another relay
+    if ((record.kind === 'txn' || record.kind === 'confirm' || record.kind === 'rollback') && record.term < this.#term) {
+      this.log.error({ replica: record.replica, lsn: record.lsn, term: record.term, current: this.#term }, 'split-brain: record from an older term refused');
+      throw new QsyncError('STALE_TERM', `record ${record.replica}:${record.lsn} has term ${record.term}, older than ${this.#term}`);
+    }
+    this.#clock = Math.max(this.#clock, record.time);
+    await this.#journal.append(record);
+    await this.#apply(record);
+    this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
+  }
+
+  /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
+  async #apply(record: JournalRecord): Promise<void> {
+    switch (record.kind) {
+      case 'txn':
+        if (record.changes.length > 0 || record.replica !== this.#self) await this.#applier.apply(record, { prepare: record.sync });
+        return;
+      case 'confirm':
+        for (const entry of await listPrepared(this.#admin, this.config.clusterId)) {
+          if (entry.replica === record.owner && entry.lsn <= record.confirmedLsn) await commitPrepared(this.#admin, entry.gid);
+        }
+        return;
+      case 'rollback':
+        for (const entry of await listPrepared(this.#admin, this.config.clusterId)) {
+          if (entry.replica === record.owner && entry.lsn >= record.fromLsn && entry.lsn < record.lsn) await rollbackPrepared(this.#admin, entry.gid);
+        }
+        return;
+      case 'config':
+        for (const [table, mode] of Object.entries(record.tables ?? {})) await setTableMode(this.#admin, table, mode);
+        await this.#applier.reload();
+        return;
+      case 'promote':
+      case 'demote':
+      case 'raft':
+        return; // elections arrive with the election work
+    }
+  }
+
+  // ---- the limbo -----------------------------------------------------------------
+
+  #step(event: LimboEvent): void {
+    if (this.#limbo === null) return;
+    const { state, actions } = limboStep(this.#limbo, event);
+    this.#limbo = state;
+    for (const action of actions) this.#act(action);
+  }
+
+  #act(action: LimboAction): void {
+    switch (action.kind) {
+      case 'confirm': {
+        const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.#term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
+        void durable.then(async () => {
+          this.#ownDurable();
+          for (const gid of action.gids) {
+            await commitPrepared(this.#admin, gid);
+            this.#settle(gid, null);
+          }
+        }).catch((error: unknown) => this.#fatal('confirming', error));
+        return;
+      }
+      case 'rollback': {
+        const { lsn, durable } = this.#own.append((l) => ({ kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn: action.fromLsn }));
+        this.log.warn({ fromLsn: action.fromLsn, transactions: action.gids.length }, 'no quorum within the synchro timeout: rolling back');
+        void durable.then(async () => {
+          for (const gid of action.gids) await rollbackPrepared(this.#admin, gid);
+          this.#step({ kind: 'rollbackJournaled', fromLsn: action.fromLsn, recordLsn: lsn });
+          this.#ownDurable();
+        }).catch((error: unknown) => this.#fatal('rolling back', error));
+        return;
+      }
+      case 'rolledBack':
+        for (const gid of action.gids) this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
+        return;
+      case 'unknown':
+        for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
+        return;
+      case 'full':
+        this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
+    }
+  }
+
+  #ownAppended(record: JournalRecord): void {
+    if (record.kind === 'txn' && record.sync) this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: Date.now() } });
+  }
+
+  #ownDurable(): void {
+    this.#step({ kind: 'durable', lsn: vclockGet(this.#journal.vclock, this.#self) });
+  }
+
+  #settle(gid: string, error: QsyncError | null): void {
+    const waiter = this.#waiters.get(gid);
+    if (waiter === undefined) return;
+    this.#waiters.delete(gid);
+    if (error === null) waiter.resolve();
+    else waiter.reject(error);
+  }
+
+  #fatal(what: string, error: unknown): void {
+    this.log.fatal({ err: (error as Error).message }, `${what} failed; the node cannot go on safely`);
+    process.exitCode = 1;
+    void this.stop().finally(() => process.exit(1));
+  }
+
+  /** A hybrid clock: wall time, never behind anything seen, strictly increasing. */
+  #now(): number {
+    this.#clock = Math.max(this.#clock + 1, Date.now());
+    return this.#clock;
+  }
+
+  // ---- clients -------------------------------------------------------------------
+
+  async execute(statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
+    if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
+    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#inFlightSync >= limits.limboEntriesMax) {
+      throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
+    }
+    const client = await this.#pool.connect();
+    let reserved: Lsn | null = null;
+    let journaled = false;
+    let waiting: Promise<void> | null = null;
+    const results: Array<{ rows: unknown[]; rowCount: number }> = [];
+    this.#inFlightSync += 1;
+    try {
+      const outcome = await runLeaderWrite(client, {
+        term: this.#term, replica: this.#self, time: this.#now(), idempotencyKey,
+        reserve: () => {
+          const r = this.#own.reserve();
+          reserved = r.lsn;
+          return r;
+        },
+        journal: async ({ lsn, gid, sync, changes }) => {
+          journaled = true;
+          if (sync) waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
+          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time: this.#now(), gid, sync, changes, idempotencyKey });
+          this.#ownDurable();
+        },
+      }, async (c) => {
+        for (const s of statements) {
+          const r = await c.query({ text: s.sql, values: [...s.params] });
+          results.push({ rows: r.rows, rowCount: r.rowCount ?? 0 });
+        }
+      });
+      if (outcome.kind === 'empty') void this.#own.fill(outcome.lsn, this.#term, this.#now());
+      if (waiting !== null) await waiting;
+      return results;
+    } catch (error) {
+      if (reserved !== null && !journaled) void this.#own.fill(reserved, this.#term, this.#now());
+      throw this.#clientError(error);
+    } finally {
+      this.#inFlightSync -= 1;
+      client.release();
+    }
+  }
+
+  async query(sql: string, params: readonly unknown[]): Promise<unknown> {
+    try {
+      const r = await this.#pool.query({ text: sql, values: [...params] });
+      return { rows: r.rows, rowCount: r.rowCount ?? 0 };
+    } catch (error) {
+      throw this.#clientError(error);
+    }
+  }
+
+  async outcome(idempotencyKey: string): Promise<unknown> {
+    const { rows } = await this.#admin.query<{ replica_id: number; lsn: string }>('SELECT replica_id, lsn FROM qsync.idempotency WHERE key = $1', [idempotencyKey]);
+    return rows[0] === undefined ? { committed: false } : { committed: true, replica: rows[0].replica_id, lsn: Number(rows[0].lsn) };
+  }
+
+  #leaderAddress(): string | undefined {
+    const leader = this.config.peers.find((p) => p.replica === this.config.leader);
+    return leader?.client;
+  }
+
+  #notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError {
+    const leader = this.#leaderAddress();
+    return new QsyncError(code, message, { term: this.#term, ...(leader === undefined ? {} : { leader }) });
+  }
+
+  #clientError(error: unknown): QsyncError {
+    if (error instanceof QsyncError) return error;
+    const pgError = error as { code?: string; message?: string };
+    if (pgError.code === 'QS001') return this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through node ${this.config.leader}`);
+    if (pgError.code === 'QS002') return this.#notLeader('STALE_TERM', pgError.message ?? 'stale term');
+    return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
+  }
+}
