@@ -57,6 +57,10 @@ export interface RelayOptions {
   readonly log: Logger;
   /** A subscriber acknowledged holding `vclock` durably (journal and PostgreSQL). */
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
+  /** What to send for a journal record (the node sends a rolled-back TXN of its own as an empty one). */
+  readonly outgoing?: (record: JournalRecord) => JournalRecord;
+  /** Called as each record is written to a subscriber's socket. */
+  readonly onSent?: (record: JournalRecord, subscriber: ReplicaId) => void;
 }
 
 /** The relay side: accepts subscribers and streams them the journal. */
@@ -123,7 +127,10 @@ export class RelayServer {
       for await (const record of cursor) {
         if (link.closeReason !== null) break;
         if (record.replica === subscriber) continue; // it has its own records
-        if (!link.send({ kind: 'record', record })) await link.drain();
+        const outgoing = this.#options.outgoing?.(record) ?? record;
+        const written = link.send({ kind: 'record', record: outgoing });
+        this.#options.onSent?.(outgoing, subscriber);
+        if (!written) await link.drain();
       }
     } finally {
       await cursor.return();

@@ -9,7 +9,9 @@
 // journal already holds, refuse an older term (split-brain), append (durable),
 // apply to PostgreSQL, then count as applied; acks report that vclock.
 import pg from 'pg';
+import { AssertionFailed } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
+import { parseGid } from '../core/gid.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
 import type { JournalRecord } from '../core/record.js';
@@ -46,6 +48,11 @@ export class SidecarNode implements RequestHandler {
   #queue: Promise<void> = Promise.resolve();
   readonly #waiters = new Map<string, Waiter>();
   #inFlightSync = 0;
+  #stopping = false;
+  /** Own TXNs that are rolled back: relayed as empty TXNs, so a peer that never had one never will. */
+  readonly #withheld = new Set<number>();
+  /** Highest own lsn ever written to any peer. */
+  #sentOwnLsn = 0;
   #clock = 0;
   #relay: RelayServer | null = null;
   #subscribers: Subscriber[] = [];
@@ -111,6 +118,7 @@ export class SidecarNode implements RequestHandler {
     }
     this.#applied = this.#journal.vclock;
     if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+    for (const { lsn } of verdicts.rolledBack(this.#self)) this.#withheld.add(lsn);
     if (this.isLeader) {
       const members = [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
       this.#limbo = limboCreate({ owner: this.#self, members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, verdicts.confirmedLsn(this.#self));
@@ -125,6 +133,12 @@ export class SidecarNode implements RequestHandler {
     this.#relay = new RelayServer({
       identity, journal: this.#journal, log,
       onAck: (replica, vclock) => this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) }),
+      outgoing: (record) => (record.kind === 'txn' && record.replica === this.#self && this.#withheld.has(record.lsn)
+        ? { ...record, sync: false, changes: [], idempotencyKey: null }
+        : record),
+      onSent: (record) => {
+        if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
+      },
     });
     await this.#relay.listen(config.peerPort, config.peerHost);
     this.#subscribers = config.peers.map((peer) => new Subscriber({
@@ -141,6 +155,7 @@ export class SidecarNode implements RequestHandler {
   }
 
   async stop(): Promise<void> {
+    this.#stopping = true;
     if (this.#timer !== null) clearInterval(this.#timer);
     await this.#clients?.close();
     await Promise.all(this.#subscribers.map((s) => s.stop()));
@@ -170,8 +185,28 @@ export class SidecarNode implements RequestHandler {
     }
     this.#clock = Math.max(this.#clock, record.time);
     await this.#journal.append(record);
-    await this.#apply(record);
+    await this.#applyUntilDone(record);
     this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
+  }
+
+  /**
+   * A journaled record must reach PostgreSQL before anything after it: the
+   * journal already holds it, so a peer will not send it again. Transient
+   * failures (a deadlock with a local writer on an async table, a restarting
+   * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
+   */
+  async #applyUntilDone(record: JournalRecord): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await this.#apply(record);
+        return;
+      } catch (error) {
+        if (error instanceof AssertionFailed || this.#stopping) throw error;
+        const delayMs = Math.min(5_000, 10 * 2 ** Math.min(attempt, 9));
+        this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+    }
   }
 
   /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
@@ -226,6 +261,7 @@ export class SidecarNode implements RequestHandler {
       case 'rollback': {
         const { lsn, durable } = this.#own.append((l) => ({ kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn: action.fromLsn }));
         this.log.warn({ fromLsn: action.fromLsn, transactions: action.gids.length }, 'no quorum within the synchro timeout: rolling back');
+        this.#rollingBack(action.gids);
         void durable.then(async () => {
           for (const gid of action.gids) await rollbackPrepared(this.#admin, gid);
           this.#step({ kind: 'rollbackJournaled', fromLsn: action.fromLsn, recordLsn: lsn });
@@ -242,6 +278,26 @@ export class SidecarNode implements RequestHandler {
       case 'full':
         this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
     }
+  }
+
+  /**
+   * Decide what the clients of rolled-back entries can be told. An entry no
+   * peer ever received is certainly rolled back: from now on it is relayed
+   * only as an empty TXN. The others are certain once a quorum holds the
+   * ROLLBACK record (the limbo says rolledBack); failing that, unknown.
+   */
+  #rollingBack(gids: readonly string[]): void {
+    const uncertain: string[] = [];
+    for (const gid of gids) {
+      const lsn = parseGid(this.config.clusterId, gid)?.lsn ?? 0;
+      this.#withheld.add(lsn);
+      if (lsn > this.#sentOwnLsn) this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
+      else uncertain.push(gid);
+    }
+    if (uncertain.length === 0) return;
+    setTimeout(() => {
+      for (const gid of uncertain) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} was rolled back here, but a peer may hold it and no quorum confirmed the rollback; ask for its outcome by idempotency key`));
+    }, this.config.synchroTimeoutMs).unref();
   }
 
   #ownAppended(record: JournalRecord): void {
@@ -285,9 +341,12 @@ export class SidecarNode implements RequestHandler {
     let waiting: Promise<void> | null = null;
     const results: Array<{ rows: unknown[]; rowCount: number }> = [];
     this.#inFlightSync += 1;
+    // One time for the write: it stamps the async keys' versions and travels in the TXN, and
+    // last-writer-wins must compare the same value on every node.
+    const time = this.#now();
     try {
       const outcome = await runLeaderWrite(client, {
-        term: this.#term, replica: this.#self, time: this.#now(), idempotencyKey,
+        term: this.#term, replica: this.#self, time, idempotencyKey,
         reserve: () => {
           const r = this.#own.reserve();
           reserved = r.lsn;
@@ -296,7 +355,7 @@ export class SidecarNode implements RequestHandler {
         journal: async ({ lsn, gid, sync, changes }) => {
           journaled = true;
           if (sync) waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
-          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time: this.#now(), gid, sync, changes, idempotencyKey });
+          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
           this.#ownDurable();
         },
       }, async (c) => {

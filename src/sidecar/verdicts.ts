@@ -9,6 +9,8 @@ export interface Verdicts {
   /** Sync TXNs of `owner` still pending (journaled, neither confirmed nor rolled back), lsn ascending. */
   pending(owner: ReplicaId): Array<{ lsn: Lsn; gid: string }>;
   confirmedLsn(owner: ReplicaId): Lsn;
+  /** Sync TXNs of `owner` that a ROLLBACK (or PROMOTE) rolled back. */
+  rolledBack(owner: ReplicaId): Array<{ lsn: Lsn; gid: string }>;
 }
 
 export async function readVerdicts(journal: Journal): Promise<Verdicts> {
@@ -39,5 +41,6 @@ export async function readVerdicts(journal: Journal): Promise<Verdicts> {
     verdict,
     pending: (owner) => (syncTxns.get(owner) ?? []).filter((t) => verdict({ replica: owner, lsn: t.lsn }) === 'pending'),
     confirmedLsn: (owner) => (confirmed.get(owner) ?? 0) as Lsn,
+    rolledBack: (owner) => (syncTxns.get(owner) ?? []).filter((t) => verdict({ replica: owner, lsn: t.lsn }) === 'rolled-back'),
   };
 }

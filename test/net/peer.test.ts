@@ -100,7 +100,9 @@ describe('refusals', () => {
   });
 
   it('refuses a relay that cannot prove the secret (mutual authentication)', async () => {
-    const impostorJournal = await Journal.open({ dir: (await tempDir()).dir });
+    const impostorDir = await tempDir();
+    const impostorJournal = await Journal.open({ dir: impostorDir.dir });
+    cleanups.push(impostorDir.cleanup);
     const impostor = new RelayServer({ identity: { ...relayId, secret: 'impostor' }, journal: impostorJournal, log: capturedLog(9).log, onAck: () => undefined });
     const impostorPort = await impostor.listen(0);
     cleanups.push(async () => impostor.close(), async () => impostorJournal.close());

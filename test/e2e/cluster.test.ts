@@ -1,0 +1,167 @@
+// End to end on a real local cluster: 3 embedded PostgreSQL servers and 3
+// sidecar processes (the same launcher as `qsync cluster up`), real TCP, the
+// client library. Tries to break DESIGN.md §2: an acknowledged sync write is
+// on every node; with one follower down writes still commit and the follower
+// catches up; with both down a write is rolled back, invisible while it waits
+// and visible nowhere ever after; async writes on two nodes converge; a
+// SIGKILLed follower loses nothing acknowledged; garbage on the client port is
+// refused while the node keeps serving.
+import { connect as netConnect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
+
+let cluster: LocalCluster;
+let db: Db;
+const SYNCHRO_TIMEOUT_MS = 1500;
+
+beforeAll(async () => {
+  cluster = await startLocalCluster({
+    synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
+    tables: [
+      { ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' },
+      { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
+    ],
+  });
+  db = await connect(cluster.clientAddresses);
+}, 120_000);
+
+afterAll(async () => {
+  db?.close();
+  await cluster?.stop();
+});
+
+const node = (replica: number): ClusterNode => cluster.nodes[replica - 1] as ClusterNode;
+
+/** What one node's PostgreSQL holds, read directly (not through qsync). */
+async function rows(replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> {
+  const client = await node(replica).sql();
+  try {
+    return (await client.query(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+async function eventually(check: () => Promise<void>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${(error as Error).message}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+describe('a 3-node cluster', () => {
+  it('(a) puts an acknowledged sync write on all three PostgreSQL servers', async () => {
+    await db.execute([['INSERT INTO accounts VALUES ($1, $2, $3)', [1, 'ada', '100.00']]], { idempotencyKey: 'open-1' });
+    // Acknowledged means committed on the leader and held by a quorum; the third node follows.
+    expect(await rows(1, 'SELECT owner, balance FROM accounts WHERE id = 1')).toEqual([{ owner: 'ada', balance: '100.00' }]);
+    for (const replica of [2, 3]) {
+      await eventually(async () => expect(await rows(replica, 'SELECT owner FROM accounts WHERE id = 1')).toEqual([{ owner: 'ada' }]), `node ${replica}`);
+    }
+    expect(await db.outcome('open-1')).toMatchObject({ committed: true });
+  });
+
+  it('answers a sync write sent to a follower with NotLeader, which the client follows', async () => {
+    const follower = await connect(node(2).clientAddress);
+    try {
+      // The follower's fence refuses the write with NotLeader naming the leader; the client reconnects there.
+      await follower.execute([['UPDATE accounts SET balance = balance + 1 WHERE id = 1', []]]);
+      expect(follower.address).toBe(node(1).clientAddress);
+      expect(await rows(1, 'SELECT balance FROM accounts WHERE id = 1')).toEqual([{ balance: '101.00' }]);
+    } finally {
+      follower.close();
+    }
+  });
+
+  it('(b) commits with one follower down; the follower catches up from the journal when it returns', async () => {
+    await node(3).stopSidecar();
+    for (let i = 10; i < 15; i += 1) await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [i, `n${i}`]]]);
+    expect(await rows(2, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]);
+    expect(await rows(3, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 0 }]);
+    await node(3).startSidecar();
+    await eventually(async () => expect(await rows(3, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]), 'node 3 catches up');
+  });
+
+  it('(c, d) with both followers down: invisible while waiting, RolledBack after the timeout, visible nowhere ever', async () => {
+    await Promise.all([node(2).stopSidecar(), node(3).stopSidecar()]);
+    const write = db.execute([['INSERT INTO accounts VALUES (99, $1, 1)', ['doomed']]], { idempotencyKey: 'doomed-99' });
+    const outcome = write.then(() => 'committed', (error: unknown) => error);
+    // While it waits in the limbo: prepared on the leader, seen by no reader anywhere.
+    await eventually(async () => expect(await rows(1, `SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE gid LIKE 'qsync:local:1:%'`)).toEqual([{ n: 1 }]), 'prepared');
+    for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT * FROM accounts WHERE id = 99')).toEqual([]);
+    const error = await outcome;
+    expect(error).toBeInstanceOf(RolledBack);
+    expect((error as RolledBack).message).toMatch(/no quorum held it within 1500 ms, and no peer received it/);
+    await Promise.all([node(2).startSidecar(), node(3).startSidecar()]);
+    // Once the followers are back and caught up, still nowhere, and nothing left in any limbo.
+    await db.execute([['INSERT INTO accounts VALUES (100, $1, 1)', ['after']]]);
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => expect(await rows(replica, 'SELECT id FROM accounts WHERE id IN (99, 100) ORDER BY id')).toEqual([{ id: '100' }]), `node ${replica}`);
+      expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    }
+    expect(await db.outcome('doomed-99')).toEqual({ committed: false });
+  });
+
+  it('(e) converges async writes made concurrently on two nodes', async () => {
+    const two = await connect(node(2).clientAddress);
+    try {
+      await Promise.all([
+        db.execute([["INSERT INTO notes VALUES ('a', 'from 1'), ('shared', 'from 1')", []]]),
+        two.execute([["INSERT INTO notes VALUES ('b', 'from 2'), ('shared', 'from 2') ON CONFLICT (id) DO UPDATE SET body = excluded.body", []]]),
+      ]);
+      expect(two.address).toBe(node(2).clientAddress); // async writes are taken by any node
+      const images = async (replica: number): Promise<unknown[]> => rows(replica, 'SELECT id, body FROM notes ORDER BY id');
+      await eventually(async () => {
+        const first = await images(1);
+        expect(first.length).toBe(3);
+        expect(await images(2)).toEqual(first);
+        expect(await images(3)).toEqual(first);
+      }, 'async convergence');
+    } finally {
+      two.close();
+    }
+  });
+
+  it('(f) loses nothing acknowledged when a follower sidecar is SIGKILLed mid-stream', async () => {
+    const acked: number[] = [];
+    const writer = (async () => {
+      for (let id = 1000; id < 1060; id += 1) {
+        try {
+          await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'stream']]]);
+          acked.push(id);
+        } catch (error) {
+          if (!(error instanceof OutcomeUnknown || error instanceof RolledBack)) throw error;
+        }
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await node(2).killSidecar();
+    await writer;
+    expect(acked.length).toBeGreaterThan(50); // node 3 still makes the quorum
+    await node(2).startSidecar();
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => {
+        const present = (await rows(replica, `SELECT id FROM accounts WHERE owner = 'stream'`)).map((r) => Number((r as { id: string }).id));
+        expect(acked.filter((id) => !present.includes(id))).toEqual([]);
+      }, `node ${replica} holds every acknowledged write`);
+    }
+  });
+
+  it('(h) refuses garbage on the client port with a logged reason and keeps serving', async () => {
+    const socket = netConnect({ host: '127.0.0.1', port: node(1).clientPort });
+    socket.on('error', () => undefined);
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.resume();
+    socket.write('SELECT 1;\r\n\r\n\r\n\r\n');
+    await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    await db.execute([['INSERT INTO accounts VALUES (2000, $1, 0)', ['still here']]]);
+    expect(await rows(1, 'SELECT owner FROM accounts WHERE id = 2000')).toEqual([{ owner: 'still here' }]);
+  });
+});
+
