@@ -71,7 +71,7 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
       await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
       await client.query(`PREPARE TRANSACTION '${gid}'`);
     } else {
-      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, time: lsn, reserve: () => ({ lsn, gid }), idempotencyKey: null }, async (c) => {
+      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, reserve: () => ({ lsn, gid, time: lsn }), idempotencyKey: null }, async (c) => {
         await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
       });
     }

@@ -44,6 +44,8 @@ export interface ClusterNode {
 export interface LocalCluster {
   readonly nodes: readonly ClusterNode[];
   readonly clientAddresses: readonly string[];
+  /** The embedded servers' superuser, for clients of a local cluster. */
+  readonly credentials: { readonly user: string; readonly password: string };
   stop(): Promise<void>;
 }
 
@@ -107,6 +109,7 @@ export async function startLocalCluster(options: ClusterOptions = {}): Promise<L
   return {
     nodes,
     clientAddresses: nodes.map((n) => n.clientAddress),
+    credentials: { user: servers[0]?.user ?? 'postgres', password: servers[0]?.password ?? '' },
     stop: async () => {
       await Promise.all(nodes.map((n) => n.stopSidecar()));
       await Promise.all(nodes.map((n) => n.pg.destroy()));

@@ -61,7 +61,7 @@ async function clusterUp(): Promise<void> {
   for (const node of cluster.nodes) {
     console.log(`node ${node.replica}${node.replica === 1 ? ' (leader)' : '         '}  client ${node.clientAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
   }
-  console.log(`\ntable demo is sync. Try: node -e "import('./src/client/index.ts')" or the client library with connect(${JSON.stringify(cluster.clientAddresses)})`);
+  console.log(`\ntable demo is sync. From the client library:\n  const db = await connect(${JSON.stringify(cluster.clientAddresses)}, ${JSON.stringify(cluster.credentials)});\n  await db.execute([["INSERT INTO demo VALUES ($1, $2)", [1, 'hello']]]);`);
   console.log('Ctrl-C stops the cluster.');
   const stop = (): void => {
     console.log('\nstopping...');

@@ -1,6 +1,6 @@
 // The qsync client library: connect to any sidecar, run transactions, read.
 //
-//   const db = await connect(['127.0.0.1:7501', '127.0.0.1:7502']);
+//   const db = await connect(['127.0.0.1:7501', '127.0.0.1:7502'], { user: 'app', password: '...' });
 //   await db.execute([['INSERT INTO demo VALUES ($1, $2)', [1, 'hello']]], { idempotencyKey: 'order-1' });
 //   const { rows } = await db.query('SELECT * FROM demo');
 //
@@ -35,8 +35,10 @@ export class OutcomeUnknown extends QsyncClientError {}
 export class LimboFull extends QsyncClientError {}
 export class PgError extends QsyncClientError {}
 
+export class AuthFailed extends QsyncClientError {}
+
 const CLASSES: Record<string, new (body: ClientErrorBody) => QsyncClientError> = {
-  NOT_LEADER: NotLeader, STALE_TERM: StaleTerm, ROLLED_BACK: RolledBack, OUTCOME_UNKNOWN: OutcomeUnknown, LIMBO_FULL: LimboFull, PG_ERROR: PgError,
+  AUTH: AuthFailed, NOT_LEADER: NotLeader, STALE_TERM: StaleTerm, ROLLED_BACK: RolledBack, OUTCOME_UNKNOWN: OutcomeUnknown, LIMBO_FULL: LimboFull, PG_ERROR: PgError,
 };
 
 function typed(body: ClientErrorBody): QsyncClientError {
@@ -66,7 +68,19 @@ class Connection {
     void this.#read();
   }
 
-  static open(address: string, timeoutMs: number): Promise<Connection> {
+  /** Open and authenticate. */
+  static async open(address: string, credentials: Credentials, timeoutMs: number): Promise<Connection> {
+    const connection = await Connection.#connect(address, timeoutMs);
+    try {
+      await connection.request((id) => ({ id, op: 'auth', user: credentials.user, password: credentials.password }));
+    } catch (error) {
+      connection.close();
+      throw error;
+    }
+    return connection;
+  }
+
+  static #connect(address: string, timeoutMs: number): Promise<Connection> {
     const [host, port] = splitAddress(address);
     return new Promise((resolve, reject) => {
       const socket = netConnect({ host, port });
@@ -125,14 +139,22 @@ function splitAddress(address: string): [string, number] {
   return [address.slice(0, at), Number(address.slice(at + 1))];
 }
 
+/** A PostgreSQL role and its password: the client's statements run with that role's privileges. */
+export interface Credentials {
+  readonly user: string;
+  readonly password: string;
+}
+
 export class Db {
   readonly #addresses: readonly string[];
   readonly #timeoutMs: number;
+  readonly #credentials: Credentials;
   #connection: Connection;
 
-  constructor(addresses: readonly string[], connection: Connection, timeoutMs: number) {
+  constructor(addresses: readonly string[], connection: Connection, credentials: Credentials, timeoutMs: number) {
     this.#addresses = addresses;
     this.#connection = connection;
+    this.#credentials = credentials;
     this.#timeoutMs = timeoutMs;
   }
 
@@ -151,7 +173,7 @@ export class Db {
       if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
       // Nothing was done: follow the leader hint once.
       this.#connection.close();
-      this.#connection = await Connection.open(error.leader, this.#timeoutMs);
+      this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
       return (await send()) as ResultSet[];
     }
   }
@@ -175,15 +197,17 @@ export class Db {
   }
 }
 
-/** Connect to the first reachable address. */
-export async function connect(addresses: string | readonly string[], options: { timeoutMs?: number } = {}): Promise<Db> {
+/** Connect to the first reachable address and authenticate as a PostgreSQL role. */
+export async function connect(addresses: string | readonly string[], options: Credentials & { timeoutMs?: number }): Promise<Db> {
   const list = typeof addresses === 'string' ? [addresses] : addresses;
   const timeoutMs = options.timeoutMs ?? 5_000;
   const errors: string[] = [];
   for (const address of list) {
     try {
-      return new Db(list, await Connection.open(address, timeoutMs), timeoutMs);
+      return new Db(list, await Connection.open(address, options, timeoutMs), options, timeoutMs);
     } catch (error) {
+      // Wrong credentials are final: another node would refuse them too.
+      if (error instanceof QsyncClientError && error.code === 'AUTH') throw error;
       errors.push(`${address}: ${(error as Error).message}`);
     }
   }

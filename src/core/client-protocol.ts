@@ -1,6 +1,7 @@
 // The client protocol: msgpack maps in the journal's frames, with request ids
 // so that a client can pipeline requests on one connection.
 //
+//   auth     {i, o: 4, u: user, p: password}     first: a PostgreSQL role, checked by PostgreSQL
 //   execute  {i, o: 1, s: [[sql, params], ...], k?: idempotency key, t?: term}
 //            one transaction, one round trip
 //   query    {i, o: 2, q: sql, p: params}          a read on this node
@@ -17,6 +18,7 @@ export interface Statement {
 }
 
 export type ClientRequest =
+  | { readonly id: number; readonly op: 'auth'; readonly user: string; readonly password: string }
   | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
   | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[] }
   | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string };
@@ -39,7 +41,7 @@ export type ClientResponse =
   | { readonly id: number; readonly result: unknown }
   | { readonly id: number; readonly error: ClientErrorBody };
 
-const OPS = { execute: 1, query: 2, outcome: 3 } as const;
+const OPS = { execute: 1, query: 2, outcome: 3, auth: 4 } as const;
 export const STATEMENTS_MAX = 1_000;
 
 export function encodeRequest(request: ClientRequest): Uint8Array {
@@ -54,6 +56,8 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       return codec.pack({ i: request.id, o: OPS.query, q: request.sql, p: request.params });
     case 'outcome':
       return codec.pack({ i: request.id, o: OPS.outcome, k: request.idempotencyKey });
+    case 'auth':
+      return codec.pack({ i: request.id, o: OPS.auth, u: request.user, p: request.password });
   }
 }
 
@@ -85,6 +89,10 @@ function parseRequest(value: unknown): ClientRequest {
     case OPS.outcome:
       if (typeof w.k !== 'string' || w.k.length === 0) fail('idempotencyKey', 'expected a string');
       return { id: id as number, op: 'outcome', idempotencyKey: w.k };
+    case OPS.auth:
+      if (typeof w.u !== 'string' || w.u.length === 0 || w.u.length > 63) fail('user', 'expected a role name');
+      if (typeof w.p !== 'string' || w.p.length > 1024) fail('password', 'expected a string');
+      return { id: id as number, op: 'auth', user: w.u, password: w.p };
     default:
       return fail('op', `unknown operation ${JSON.stringify(w.o ?? null)}`);
   }

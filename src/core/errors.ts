@@ -28,7 +28,8 @@ export type ErrorCode =
   | 'OUTCOME_UNKNOWN'
   | 'LIMBO_FULL'
   | 'BAD_REQUEST'
-  | 'PG_ERROR';
+  | 'PG_ERROR'
+  | 'AUTH';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

@@ -28,22 +28,27 @@ const SKIP_SQL = `SELECT coalesce((SELECT max(lsn) FROM qsync.applied WHERE repl
 
 // Last-writer-wins for one change of an async table: returns the rows that
 // win, records the losers, and makes the winners the keys' new versions.
+// The version upsert is conditional, so PostgreSQL judges each key against
+// its latest committed version, waiting for a local writer that holds it:
+// a judgement from this statement's snapshot alone could let an older write
+// overwrite a newer one that was still uncommitted. The rows it wrote
+// (RETURNING) are the winners.
 const LWW_SQL = `
 WITH incoming AS (
   SELECT r AS img, qsync.key_of(r, $5::text[]) AS key FROM jsonb_array_elements($1::jsonb) AS r
-), judged AS (
-  SELECT i.img, i.key, v.time AS kept_time, v.replica_id AS kept_replica,
-         coalesce((v.time, v.replica_id) > ($3::bigint, $4::integer), false) AS loses
-    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = $2 AND v.key = i.key
+), won AS (
+  INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
+  SELECT DISTINCT ON (key) $2, key, $3, $4 FROM incoming
+  ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
+    WHERE (qsync.row_versions.time, qsync.row_versions.replica_id) < (excluded.time, excluded.replica_id)
+  RETURNING key
 ), logged AS (
   INSERT INTO qsync.conflicts (table_name, op, key, lost, lost_replica, lost_time, kept_replica, kept_time)
-  SELECT $2, $6, key, img, $4, $3, kept_replica, kept_time FROM judged WHERE loses
-), versioned AS (
-  INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
-  SELECT DISTINCT ON (key) $2, key, $3, $4 FROM judged WHERE NOT loses
-  ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
+  SELECT $2, $6, i.key, i.img, $4, $3, coalesce(v.replica_id, 0), coalesce(v.time, 0)
+    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = $2 AND v.key = i.key
+   WHERE i.key NOT IN (SELECT key FROM won)
 )
-SELECT coalesce(jsonb_agg(img), '[]')::text AS rows FROM judged WHERE NOT loses`;
+SELECT coalesce(jsonb_agg(img), '[]')::text AS rows FROM incoming WHERE key IN (SELECT key FROM won)`;
 
 export class Applier {
   readonly #client: pg.ClientBase;

@@ -21,13 +21,16 @@ import { capture } from './capture.js';
 export interface LeaderWrite {
   readonly term: Term;
   readonly replica: ReplicaId;
-  /** Hybrid time of the write. */
-  readonly time: number;
   readonly idempotencyKey: string | null;
-  /** The lsn and gid this transaction's TXN record will have; called right before capture. */
-  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string };
+  /**
+   * The lsn, gid and hybrid time this transaction's TXN record will have,
+   * called right before capture. The time is read then, not at BEGIN: by then
+   * the node's clock has passed every record it applied, so the write's
+   * versions are newer than any it overwrites (last-writer-wins on async tables).
+   */
+  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
   /** Journal the TXN; resolves when durable. Without it, nothing is journaled (tests, benchmarks). */
-  readonly journal?: (txn: { lsn: Lsn; gid: string; sync: boolean; changes: Change[] }) => Promise<void>;
+  readonly journal?: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
 }
 
 export type LeaderOutcome =
@@ -43,8 +46,8 @@ export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, 
   let open = true;
   try {
     await body(client);
-    const { lsn, gid } = write.reserve();
-    const { changes, sync } = await capture(client, { time: write.time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
+    const { lsn, gid, time } = write.reserve();
+    const { changes, sync } = await capture(client, { time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
     if (changes.length === 0) {
       await client.query('COMMIT');
       open = false;
@@ -53,10 +56,10 @@ export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, 
     if (sync) {
       await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(gid)}`);
       open = false;
-      await write.journal?.({ lsn, gid, sync, changes });
+      await write.journal?.({ lsn, gid, time, sync, changes });
       return { kind: 'prepared', lsn, gid, changes };
     }
-    await write.journal?.({ lsn, gid, sync, changes });
+    await write.journal?.({ lsn, gid, time, sync, changes });
     await client.query('COMMIT');
     open = false;
     return { kind: 'committed', lsn, gid, changes };

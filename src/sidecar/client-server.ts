@@ -10,22 +10,31 @@ import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
 
-export interface RequestHandler {
-  execute(statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
-  query(sql: string, params: readonly unknown[]): Promise<unknown>;
+/** An authenticated client: the PostgreSQL role its statements run as. */
+export interface ClientSession {
+  readonly user: string;
+}
+
+export interface RequestHandler<S extends ClientSession = ClientSession> {
+  /** Check the credentials with PostgreSQL itself; throws QsyncError AUTH when refused. */
+  authenticate(user: string, password: string): Promise<S>;
+  execute(session: S, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
+  query(session: S, sql: string, params: readonly unknown[]): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
 }
 
 /** Requests one connection may have in progress; past this it is read no further until one finishes. */
 const IN_FLIGHT_MAX = 256;
+const AUTH_TIMEOUT_MS = 10_000;
 
 export class ClientServer {
-  readonly #handler: RequestHandler;
+  readonly #handler: RequestHandler<ClientSession>;
   readonly #log: Logger;
   readonly #server: Server;
   readonly #links = new Set<FramedLink<ClientRequest, ClientResponse>>();
 
-  constructor(handler: RequestHandler, log: Logger) {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the node's session type is its own
+  constructor(handler: RequestHandler<any>, log: Logger) {
     this.#handler = handler;
     this.#log = log.child({ port: 'client' });
     this.#server = createServer((socket) => void this.#serve(new FramedLink(socket, this.#log, { decode: decodeRequest, encode: encodeResponse })));
@@ -52,10 +61,11 @@ export class ClientServer {
     let inFlight = 0;
     let slot: (() => void) | null = null;
     try {
+      const session = await this.#authenticate(link);
       for (;;) {
         const request = await link.next();
         inFlight += 1;
-        void this.#answer(request).then((response) => {
+        void this.#answer(session, request).then((response) => {
           link.send(response);
           inFlight -= 1;
           slot?.();
@@ -69,15 +79,37 @@ export class ClientServer {
     }
   }
 
-  async #answer(request: ClientRequest): Promise<ClientResponse> {
+  /** The first request must authenticate; a refusal is answered, logged, and the connection closed. */
+  async #authenticate(link: FramedLink<ClientRequest, ClientResponse>): Promise<ClientSession> {
+    const request = await link.next(AUTH_TIMEOUT_MS);
+    if (request.op !== 'auth') {
+      link.send({ id: request.id, error: { code: 'AUTH', message: 'authenticate first: send auth with a PostgreSQL role and password' } });
+      link.close(`${request.op} before auth`);
+      throw new LinkClosed(`${request.op} before auth`);
+    }
+    try {
+      const session = await this.#handler.authenticate(request.user, request.password);
+      link.send({ id: request.id, result: { user: session.user } });
+      return session;
+    } catch (error) {
+      if (!(error instanceof QsyncError)) throw error;
+      link.send({ id: request.id, error: errorBody(error) });
+      link.close(`authentication of ${request.user} refused: ${error.message}`);
+      throw new LinkClosed('authentication refused');
+    }
+  }
+
+  async #answer(session: ClientSession, request: ClientRequest): Promise<ClientResponse> {
     try {
       switch (request.op) {
         case 'execute':
-          return { id: request.id, result: await this.#handler.execute(request.statements, request.idempotencyKey, request.term) };
+          return { id: request.id, result: await this.#handler.execute(session, request.statements, request.idempotencyKey, request.term) };
         case 'query':
-          return { id: request.id, result: await this.#handler.query(request.sql, request.params) };
+          return { id: request.id, result: await this.#handler.query(session, request.sql, request.params) };
         case 'outcome':
           return { id: request.id, result: await this.#handler.outcome(request.idempotencyKey) };
+        case 'auth':
+          throw new QsyncError('AUTH', 'already authenticated on this connection');
       }
     } catch (error) {
       if (error instanceof AssertionFailed) throw error;

@@ -24,22 +24,31 @@ import {
   Applier, appliedVclock, checkServer, commitPrepared, listPrepared, migrate, reconcile, rollbackPrepared, runLeaderWrite, setTableMode,
 } from '../postgres/index.js';
 import type { Statement } from '../core/client-protocol.js';
-import { ClientServer, type RequestHandler } from './client-server.js';
+import { createHash } from 'node:crypto';
+import { ClientServer, type ClientSession, type RequestHandler } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
 import { readVerdicts } from './verdicts.js';
+
+/** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
+interface RoleSession extends ClientSession {
+  readonly pool: pg.Pool;
+}
+
+/** Distinct roles with a pool at once; a further one is refused until the node restarts. */
+const ROLE_POOLS_MAX = 64;
 
 interface Waiter {
   readonly resolve: () => void;
   readonly reject: (error: QsyncError) => void;
 }
 
-export class SidecarNode implements RequestHandler {
+export class SidecarNode implements RequestHandler<RoleSession> {
   readonly config: SidecarConfig;
   readonly log: Logger;
   readonly #journal: Journal;
   readonly #admin: pg.Client;
-  readonly #pool: pg.Pool;
+  readonly #pools = new Map<string, pg.Pool>();
   readonly #applier: Applier;
   readonly #own: OwnLog;
   readonly #term: Term;
@@ -66,8 +75,6 @@ export class SidecarNode implements RequestHandler {
     this.#admin = admin;
     this.#applier = applier;
     this.#term = term;
-    this.#pool = new pg.Pool({ connectionString: config.pgUrl, max: 32 });
-    this.#pool.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL connection failed'));
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
   }
@@ -162,7 +169,7 @@ export class SidecarNode implements RequestHandler {
     await this.#relay?.close();
     await this.#queue.catch(() => undefined);
     for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
-    await this.#pool.end();
+    await Promise.all([...this.#pools.values()].map((p) => p.end()));
     await this.#admin.end();
     await this.#journal.close();
   }
@@ -330,29 +337,53 @@ export class SidecarNode implements RequestHandler {
 
   // ---- clients -------------------------------------------------------------------
 
-  async execute(statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
+  /**
+   * Check a client's role and password by connecting as it: PostgreSQL
+   * itself decides. Its statements then run with exactly its privileges.
+   */
+  async authenticate(user: string, password: string): Promise<RoleSession> {
+    const key = `${user}\0${createHash('sha256').update(password).digest('hex')}`;
+    const existing = this.#pools.get(key);
+    if (existing !== undefined) return { user, pool: existing };
+    if (this.#pools.size >= ROLE_POOLS_MAX) throw new QsyncError('AUTH', `this node serves ${ROLE_POOLS_MAX} roles already`);
+    const url = new URL(this.config.pgUrl);
+    url.username = encodeURIComponent(user);
+    url.password = encodeURIComponent(password);
+    const pool = new pg.Pool({ connectionString: url.toString(), max: 16 });
+    pool.on('error', (error) => this.log.warn({ user, err: error.message }, 'idle PostgreSQL connection failed'));
+    try {
+      await pool.query('SELECT 1');
+    } catch (error) {
+      await pool.end();
+      const pgError = error as { code?: string; message?: string };
+      throw new QsyncError('AUTH', `PostgreSQL refused role ${user}: ${pgError.message ?? String(error)}`, { sqlstate: pgError.code });
+    }
+    this.#pools.set(key, pool);
+    return { user, pool };
+  }
+
+  async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
     if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
     if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#inFlightSync >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }
-    const client = await this.#pool.connect();
+    const client = await session.pool.connect();
     let reserved: Lsn | null = null;
     let journaled = false;
     let waiting: Promise<void> | null = null;
     const results: Array<{ rows: unknown[]; rowCount: number }> = [];
     this.#inFlightSync += 1;
-    // One time for the write: it stamps the async keys' versions and travels in the TXN, and
-    // last-writer-wins must compare the same value on every node.
-    const time = this.#now();
     try {
       const outcome = await runLeaderWrite(client, {
-        term: this.#term, replica: this.#self, time, idempotencyKey,
+        term: this.#term, replica: this.#self, idempotencyKey,
+        // One time per write, read at capture: it stamps the async keys' versions and travels
+        // in the TXN, so last-writer-wins compares the same value on every node.
         reserve: () => {
           const r = this.#own.reserve();
           reserved = r.lsn;
-          return r;
+          return { ...r, time: this.#now() };
         },
-        journal: async ({ lsn, gid, sync, changes }) => {
+        journal: async ({ lsn, gid, time, sync, changes }) => {
           journaled = true;
           if (sync) waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
           await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
@@ -376,9 +407,9 @@ export class SidecarNode implements RequestHandler {
     }
   }
 
-  async query(sql: string, params: readonly unknown[]): Promise<unknown> {
+  async query(session: RoleSession, sql: string, params: readonly unknown[]): Promise<unknown> {
     try {
-      const r = await this.#pool.query({ text: sql, values: [...params] });
+      const r = await session.pool.query({ text: sql, values: [...params] });
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };
     } catch (error) {
       throw this.#clientError(error);

@@ -23,7 +23,13 @@ beforeAll(async () => {
       { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
     ],
   });
-  db = await connect(cluster.clientAddresses);
+  db = await connect(cluster.clientAddresses, cluster.credentials);
+  for (const n of cluster.nodes) {
+    const client = await n.sql();
+    await client.query(`CREATE ROLE app LOGIN PASSWORD 'app-secret-1'; GRANT SELECT, INSERT, UPDATE ON accounts TO app;
+                        CREATE ROLE nobody LOGIN PASSWORD 'nobody-secret-1'`);
+    await client.end();
+  }
 }, 120_000);
 
 afterAll(async () => {
@@ -68,7 +74,7 @@ describe('a 3-node cluster', () => {
   });
 
   it('answers a sync write sent to a follower with NotLeader, which the client follows', async () => {
-    const follower = await connect(node(2).clientAddress);
+    const follower = await connect(node(2).clientAddress, cluster.credentials);
     try {
       // The follower's fence refuses the write with NotLeader naming the leader; the client reconnects there.
       await follower.execute([['UPDATE accounts SET balance = balance + 1 WHERE id = 1', []]]);
@@ -109,7 +115,7 @@ describe('a 3-node cluster', () => {
   });
 
   it('(e) converges async writes made concurrently on two nodes', async () => {
-    const two = await connect(node(2).clientAddress);
+    const two = await connect(node(2).clientAddress, cluster.credentials);
     try {
       await Promise.all([
         db.execute([["INSERT INTO notes VALUES ('a', 'from 1'), ('shared', 'from 1')", []]]),
@@ -150,6 +156,26 @@ describe('a 3-node cluster', () => {
         const present = (await rows(replica, `SELECT id FROM accounts WHERE owner = 'stream'`)).map((r) => Number((r as { id: string }).id));
         expect(acked.filter((id) => !present.includes(id))).toEqual([]);
       }, `node ${replica} holds every acknowledged write`);
+    }
+  });
+
+  it('(g) runs client statements as the client\'s own role: wrong passwords and missing privileges are refused by PostgreSQL', async () => {
+    await expect(connect(cluster.clientAddresses, { user: 'app', password: 'wrong' })).rejects.toMatchObject({
+      name: 'AuthFailed', code: 'AUTH', message: expect.stringMatching(/PostgreSQL refused role app: password authentication failed for user "app"/),
+    });
+    const app = await connect(cluster.clientAddresses, { user: 'app', password: 'app-secret-1' });
+    const nobody = await connect(cluster.clientAddresses, { user: 'nobody', password: 'nobody-secret-1' });
+    try {
+      await app.execute([['INSERT INTO accounts VALUES (3000, $1, 5)', ['by app']]]);
+      await expect(app.execute(['DELETE FROM accounts WHERE id = 3000'])).rejects.toMatchObject({ name: 'PgError', sqlstate: '42501' });
+      await expect(nobody.execute([['INSERT INTO accounts VALUES (3001, $1, 5)', ['by nobody']]])).rejects.toMatchObject({ name: 'PgError', sqlstate: '42501', message: expect.stringMatching(/permission denied for table accounts/) });
+      await expect(nobody.query('SELECT * FROM accounts')).rejects.toMatchObject({ sqlstate: '42501' });
+      for (const replica of [1, 2, 3]) {
+        await eventually(async () => expect(await rows(replica, 'SELECT id, owner FROM accounts WHERE id IN (3000, 3001)')).toEqual([{ id: '3000', owner: 'by app' }]), `node ${replica}`);
+      }
+    } finally {
+      app.close();
+      nobody.close();
     }
   });
 

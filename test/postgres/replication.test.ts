@@ -48,7 +48,7 @@ async function leaderWrite(sql: string, options: { idempotencyKey?: string; para
   const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
   const gid = gidFor(CLUSTER, header.replica, header.lsn);
   const session = await leader.connect();
-  const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
+  const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
     await c.query(sql, options.params);
   });
   await session.end();
@@ -113,7 +113,7 @@ describe('capture → record → apply as a prepared transaction', () => {
       const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await leader.connect();
-      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: 'multi-1' }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: 'multi-1' }, async (c) => {
         await c.query(`INSERT INTO pairs VALUES (3, 'z', 'new')`);
         await c.query(`UPDATE pairs SET v = v || '+' WHERE a = 3`);
         await c.query(`UPDATE pairs SET b = 'w' WHERE a = 1 AND b = 'x'`);
@@ -222,7 +222,7 @@ describe('crashes', () => {
       await session.query(`SELECT set_config('qsync.term', '1', true)`);
       await session.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
     } else {
-      await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: null }, async (c) => {
+      await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
       });
       if (verdict === 'finished') await commitPrepared(leader.sql, gid);
@@ -252,7 +252,7 @@ describe('async tables: last writer wins', () => {
       const header = { replica: replica as ReplicaId, lsn: (9_000 + time) as Lsn, term: 1 as Term, time };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await node.connect();
-      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid }), idempotencyKey: null }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO kv VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, [value]);
       });
       await session.end();
@@ -270,4 +270,37 @@ describe('async tables: last writer wins', () => {
     expect(conflicts.rows).toEqual([{ table_name: 'public.kv', op: 'insert', key: { k: 'k' }, lost: 'from node 1', lost_replica: 1, kept_replica: 2, kept_time: 200 }]);
     expect((await leader.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts`)).rows).toEqual([{ n: 0 }]);
   });
+
+  it.each([
+    ['an older remote write loses to an uncommitted newer local one', 300, 'local'],
+    ['a newer remote write wins over an uncommitted older local one', 700, 'remote'],
+  ])('judges against the latest version, not the snapshot: %s', async (_case, remoteTime, winner) => {
+    const key = `race-${remoteTime}`;
+    // A local writer on the follower: written and captured at time 500, not yet committed.
+    const local = await follower.connect();
+    await runLeaderWrite(local, {
+      term: 1 as Term, replica: 2 as ReplicaId, idempotencyKey: null,
+      reserve: () => ({ lsn: (20_000 + remoteTime) as Lsn, gid: gidFor(CLUSTER, 2 as ReplicaId, (20_000 + remoteTime) as Lsn), time: 500 }),
+      journal: async () => {
+        // While the local transaction is still open, a remote write of the same key arrives.
+        const remote: TxnRecord = {
+          kind: 'txn', replica: 1 as ReplicaId, lsn: (30_000 + remoteTime) as Lsn, term: 1 as Term, time: remoteTime,
+          gid: gidFor(CLUSTER, 1 as ReplicaId, (30_000 + remoteTime) as Lsn), sync: false, idempotencyKey: null,
+          changes: [{ table: 'public.kv', op: 'insert', rows: JSON.stringify([{ k: key, v: 'remote' }]) }],
+        };
+        pendingApply = applier.apply(remote, { prepare: false });
+        await new Promise((r) => setTimeout(r, 200)); // the applier now waits on the local version
+      },
+    }, async (c) => {
+      await c.query(`INSERT INTO kv VALUES ($1, 'local')`, [key]);
+    });
+    await pendingApply;
+    await local.end();
+    expect((await follower.sql.query(`SELECT v FROM kv WHERE k = $1`, [key])).rows).toEqual([{ v: winner }]);
+    expect((await follower.sql.query(`SELECT time::int, replica_id FROM qsync.row_versions WHERE key = $1`, [{ k: key }])).rows)
+      .toEqual([winner === 'local' ? { time: 500, replica_id: 2 } : { time: remoteTime, replica_id: 1 }]);
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts WHERE key = $1`, [{ k: key }])).rows).toEqual([{ n: winner === 'local' ? 1 : 0 }]);
+  });
 });
+
+let pendingApply: Promise<unknown> = Promise.resolve();

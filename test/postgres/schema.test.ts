@@ -23,8 +23,8 @@ async function triggers(table: string): Promise<string[]> {
 describe('migrations', () => {
   it('apply once, record checksums, and do nothing the second time', async () => {
     expect(await migrate(node.sql)).toEqual([]);
-    const { rows } = await node.sql.query('SELECT version, name, length(checksum) AS len FROM qsync.schema_migrations');
-    expect(rows).toEqual([{ version: 1, name: '0001_schema.sql', len: 64 }]);
+    const { rows } = await node.sql.query('SELECT version, name, length(checksum) AS len FROM qsync.schema_migrations ORDER BY version');
+    expect(rows).toEqual([{ version: 1, name: '0001_schema.sql', len: 64 }, { version: 2, name: '0002_client_roles.sql', len: 64 }]);
     await checkServer(node.sql, { preparedNeeded: 64, schema: true });
   });
 
