@@ -1,6 +1,8 @@
 // `qsync`: the command-line entry point. An unknown command or a bad setting
 // is a clear error with exit code 2; a failure to start is exit code 1.
 import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { connect } from '../client/index.js';
 import { QsyncError } from '../core/errors.js';
 import { createLogger } from '../log.js';
 import { ConfigError, gatherConfig, SETTINGS, validateConfig } from '../sidecar/config.js';
@@ -14,6 +16,9 @@ usage: qsync <command> [options]
 commands:
   cluster up   start a local 3-node cluster on embedded PostgreSQL (Ctrl-C stops it)
   start        run one sidecar next to a PostgreSQL server (settings below)
+  table <sync|async|local> <table> [--node host:port] [--user U] [--password P]
+               set a table's mode on every node, through the leader; the role must own the table
+               (defaults: QSYNC_NODE or 127.0.0.1:7501, QSYNC_USER or postgres, QSYNC_PASSWORD)
   version      print the version
   help         print this help
 
@@ -52,6 +57,25 @@ async function start(argv: readonly string[]): Promise<void> {
   process.once('SIGTERM', stop);
 }
 
+async function table(argv: readonly string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: [...argv], allowPositionals: true, options: { node: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' } } });
+  const [mode, name] = positionals;
+  if ((mode !== 'sync' && mode !== 'async' && mode !== 'local') || name === undefined) {
+    console.error('usage: qsync table <sync|async|local> <table> [--node host:port] [--user U] [--password P]');
+    process.exit(2);
+  }
+  const node = values.node ?? process.env.QSYNC_NODE ?? '127.0.0.1:7501';
+  try {
+    const db = await connect(node, { user: values.user ?? process.env.QSYNC_USER ?? 'postgres', password: values.password ?? process.env.QSYNC_PASSWORD ?? '' });
+    const result = await db.setTableMode(name, mode);
+    db.close();
+    console.log(`${result.table} is now ${result.mode} on every node`);
+  } catch (error) {
+    console.error(`qsync table: ${(error as Error).message}`);
+    process.exit(1);
+  }
+}
+
 async function clusterUp(): Promise<void> {
   console.log('starting 3 PostgreSQL servers and 3 sidecars...');
   const cluster = await startLocalCluster({
@@ -75,6 +99,9 @@ const [command, ...rest] = process.argv.slice(2);
 switch (command) {
   case 'start':
     await start(rest);
+    break;
+  case 'table':
+    await table(rest);
     break;
   case 'cluster':
     if (rest[0] !== 'up') {

@@ -166,15 +166,18 @@ export class Db {
   /** Run the statements as one transaction, in one round trip. */
   async execute(statements: readonly StatementInput[], options: ExecuteOptions = {}): Promise<ResultSet[]> {
     const normalized = statements.map((s) => (typeof s === 'string' ? { sql: s, params: [] } : { sql: s[0], params: s[1] }));
-    const send = (): Promise<unknown> => this.#connection.request((id) => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }));
+    return (await this.#toLeader((id) => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as ResultSet[];
+  }
+
+  /** Send; on NotLeader (nothing was done) follow the leader hint once. */
+  async #toLeader(make: (id: number) => ClientRequest): Promise<unknown> {
     try {
-      return (await send()) as ResultSet[];
+      return await this.#connection.request(make);
     } catch (error) {
       if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
-      // Nothing was done: follow the leader hint once.
       this.#connection.close();
       this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
-      return (await send()) as ResultSet[];
+      return this.#connection.request(make);
     }
   }
 
@@ -186,6 +189,11 @@ export class Db {
   /** Whether the transaction with this idempotency key committed. */
   async outcome(idempotencyKey: string): Promise<{ committed: boolean; replica?: number; lsn?: number }> {
     return (await this.#connection.request((id) => ({ id, op: 'outcome', idempotencyKey }))) as { committed: boolean };
+  }
+
+  /** Set a table's mode on every node (through the leader; the role must own the table). */
+  async setTableMode(table: string, mode: 'local' | 'async' | 'sync'): Promise<{ table: string; mode: string }> {
+    return (await this.#toLeader((id) => ({ id, op: 'table', table, mode }))) as { table: string; mode: string };
   }
 
   close(): void {

@@ -6,10 +6,11 @@
 //            one transaction, one round trip
 //   query    {i, o: 2, q: sql, p: params}          a read on this node
 //   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
+//   table    {i, o: 5, n: table, m: mode}          set a table's mode cluster-wide (table owner)
 //
 //   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
 import { RecordInvalid, type ErrorCode } from './errors.js';
-import { codec } from './record.js';
+import { codec, type TableMode } from './record.js';
 import { isTerm, type Term } from './types.js';
 
 export interface Statement {
@@ -21,7 +22,8 @@ export type ClientRequest =
   | { readonly id: number; readonly op: 'auth'; readonly user: string; readonly password: string }
   | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
   | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[] }
-  | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string };
+  | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string }
+  | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode };
 
 export interface ResultSet {
   readonly rows: readonly Record<string, unknown>[];
@@ -41,7 +43,8 @@ export type ClientResponse =
   | { readonly id: number; readonly result: unknown }
   | { readonly id: number; readonly error: ClientErrorBody };
 
-const OPS = { execute: 1, query: 2, outcome: 3, auth: 4 } as const;
+const OPS = { execute: 1, query: 2, outcome: 3, auth: 4, table: 5 } as const;
+const MODES: ReadonlySet<string> = new Set(['local', 'async', 'sync']);
 export const STATEMENTS_MAX = 1_000;
 
 export function encodeRequest(request: ClientRequest): Uint8Array {
@@ -58,6 +61,8 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       return codec.pack({ i: request.id, o: OPS.outcome, k: request.idempotencyKey });
     case 'auth':
       return codec.pack({ i: request.id, o: OPS.auth, u: request.user, p: request.password });
+    case 'table':
+      return codec.pack({ i: request.id, o: OPS.table, n: request.table, m: request.mode });
   }
 }
 
@@ -93,6 +98,10 @@ function parseRequest(value: unknown): ClientRequest {
       if (typeof w.u !== 'string' || w.u.length === 0 || w.u.length > 63) fail('user', 'expected a role name');
       if (typeof w.p !== 'string' || w.p.length > 1024) fail('password', 'expected a string');
       return { id: id as number, op: 'auth', user: w.u, password: w.p };
+    case OPS.table:
+      if (typeof w.n !== 'string' || w.n.length === 0 || w.n.length > 256) fail('table', 'expected a table name');
+      if (typeof w.m !== 'string' || !MODES.has(w.m)) fail('mode', 'expected local, async or sync');
+      return { id: id as number, op: 'table', table: w.n, mode: w.m as TableMode };
     default:
       return fail('op', `unknown operation ${JSON.stringify(w.o ?? null)}`);
   }

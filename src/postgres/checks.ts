@@ -35,6 +35,9 @@ export async function checkServer(client: pg.ClientBase, options: CheckOptions):
   if (s.prepared < options.preparedNeeded) {
     problems.push(`max_prepared_transactions is ${s.prepared}; qsync keeps each pending sync transaction prepared and needs at least ${options.preparedNeeded}: ALTER SYSTEM SET max_prepared_transactions = ${Math.max(options.preparedNeeded, 128)}; then restart PostgreSQL`);
   }
+  if (!s.superuser) {
+    problems.push(`role ${s.user} is not a superuser: qsync commits and rolls back the prepared transactions of every client role, which PostgreSQL allows only to their owner or a superuser; connect the sidecar as a superuser`);
+  }
   if (!s.superuser && !s.can_create) problems.push(`role ${s.user} cannot create the qsync schema: GRANT CREATE ON DATABASE ${await databaseName(client)} TO ${s.user}`);
   if (!s.superuser && s.can_set_role !== true) {
     problems.push(`role ${s.user} cannot SET session_replication_role, which apply needs: GRANT SET ON PARAMETER session_replication_role TO ${s.user} (PostgreSQL 15+), or use a superuser`);

@@ -6,6 +6,7 @@ import { createServer, type Server } from 'node:net';
 import { decodeRequest, encodeResponse, type ClientErrorBody, type ClientRequest, type ClientResponse, type Statement } from '../core/client-protocol.js';
 import { AssertionFailed } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
+import type { TableMode } from '../core/record.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
@@ -21,6 +22,7 @@ export interface RequestHandler<S extends ClientSession = ClientSession> {
   execute(session: S, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
   query(session: S, sql: string, params: readonly unknown[]): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
+  setTableMode(session: S, table: string, mode: TableMode): Promise<unknown>;
 }
 
 /** Requests one connection may have in progress; past this it is read no further until one finishes. */
@@ -108,6 +110,8 @@ export class ClientServer {
           return { id: request.id, result: await this.#handler.query(session, request.sql, request.params) };
         case 'outcome':
           return { id: request.id, result: await this.#handler.outcome(request.idempotencyKey) };
+        case 'table':
+          return { id: request.id, result: await this.#handler.setTableMode(session, request.table, request.mode) };
         case 'auth':
           throw new QsyncError('AUTH', 'already authenticated on this connection');
       }

@@ -14,7 +14,7 @@ import { QsyncError } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
-import type { JournalRecord } from '../core/record.js';
+import type { JournalRecord, TableMode } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
 import { vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
 import { Journal } from '../journal/index.js';
@@ -419,6 +419,24 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async outcome(idempotencyKey: string): Promise<unknown> {
     const { rows } = await this.#admin.query<{ replica_id: number; lsn: string }>('SELECT replica_id, lsn FROM qsync.idempotency WHERE key = $1', [idempotencyKey]);
     return rows[0] === undefined ? { committed: false } : { committed: true, replica: rows[0].replica_id, lsn: Number(rows[0].lsn) };
+  }
+
+  /**
+   * Set a table's mode on every node: here first (checked as setTableMode
+   * checks it), then through a CONFIG record that each node applies in
+   * journal order. Only the leader does it, for a role that owns the table.
+   */
+  async setTableMode(session: RoleSession, table: string, mode: TableMode): Promise<unknown> {
+    if (!this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through node ${this.config.leader}`);
+    const { rows } = await session.pool.query<{ owns: boolean | null }>(
+      `SELECT pg_has_role(c.relowner, 'USAGE') AS owns FROM pg_class c WHERE c.oid = to_regclass($1)`, [table]);
+    if (rows[0] !== undefined && rows[0].owns !== true) throw new QsyncError('PG_ERROR', `role ${session.user} does not own table ${table}; only its owner may change its mode`, { sqlstate: '42501' });
+    const name = await setTableMode(this.#admin, table, mode);
+    await this.#applier.reload();
+    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.#term, time: this.#now(), tables: { [name]: mode } }));
+    await durable;
+    this.#ownDurable();
+    return { table: name, mode };
   }
 
   #leaderAddress(): string | undefined {

@@ -6,11 +6,14 @@
 // and visible nowhere ever after; async writes on two nodes converge; a
 // SIGKILLed follower loses nothing acknowledged; garbage on the client port is
 // refused while the node keeps serving.
+import { execFile } from 'node:child_process';
 import { connect as netConnect } from 'node:net';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
 
+const run = promisify(execFile);
 let cluster: LocalCluster;
 let db: Db;
 const SYNCHRO_TIMEOUT_MS = 1500;
@@ -177,6 +180,26 @@ describe('a 3-node cluster', () => {
       app.close();
       nobody.close();
     }
+  });
+
+  it('(6) sets a table sync on every node through a CONFIG record, from the qsync CLI', async () => {
+    for (const n of cluster.nodes) {
+      const client = await n.sql();
+      await client.query('CREATE TABLE later (id int PRIMARY KEY, v text)');
+      await client.end();
+    }
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'table', 'sync', 'later', '--node', node(2).clientAddress, '--user', cluster.credentials.user, '--password', cluster.credentials.password]);
+    expect(stdout).toContain('public.later is now sync on every node');
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => expect(await rows(replica, `SELECT mode FROM qsync.tables WHERE table_name = 'public.later'`)).toEqual([{ mode: 'sync' }]), `node ${replica} mode`);
+    }
+    await db.execute([["INSERT INTO later VALUES (1, 'replicated')", []]]);
+    for (const replica of [2, 3]) {
+      await eventually(async () => expect(await rows(replica, 'SELECT v FROM later')).toEqual([{ v: 'replicated' }]), `node ${replica} row`);
+    }
+    const app = await connect(cluster.clientAddresses, { user: 'app', password: 'app-secret-1' });
+    await expect(app.setTableMode('later', 'local')).rejects.toMatchObject({ sqlstate: '42501', message: expect.stringMatching(/role app does not own table later/) });
+    app.close();
   });
 
   it('(h) refuses garbage on the client port with a logged reason and keeps serving', async () => {
