@@ -2,6 +2,7 @@
 // its figures to bench/results/<name>-<time>.json as well as the console.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { runClusterBench } from './cluster.js';
 import { runJournalBench } from './journal.js';
 import { runPostgresBench } from './postgres.js';
 
@@ -10,6 +11,7 @@ const usage = `usage: npm run bench -- <benchmark> [options]
 benchmarks:
   journal     group-commit throughput and append latency of the journal
   postgres    commit vs two-phase vs qsync capture path; apply throughput by batch size
+  cluster     one-row sync and async inserts through the client library on a local 3-node cluster
   all         every benchmark above, one after another
 
 options:
@@ -37,8 +39,9 @@ if (!Number.isFinite(seconds) || seconds <= 0) {
 const benches: Record<string, () => Promise<unknown>> = {
   journal: () => runJournalBench({ seconds, sizes: [200, 2048], callers: [1, 16, 256], ...(values.dir === undefined ? {} : { dir: values.dir }) }),
   postgres: () => runPostgresBench({ seconds, sessions: [1, 16, 64], batches: [1, 100, 1000] }),
+  cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
 };
-benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.() });
+benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.() });
 
 const bench = benches[name];
 if (bench === undefined) {

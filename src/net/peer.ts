@@ -151,7 +151,12 @@ export interface SubscriberOptions {
   readonly log: Logger;
   /** Where to subscribe from: the node's journal vclock. */
   readonly vclock: () => VClock;
-  /** Hand a record to the node; resolves once it is durable and applied (or was a duplicate). */
+  /**
+   * Hand a record to the node, in arrival order; the returned promise
+   * resolves once it is durable and applied (or was a duplicate). The
+   * subscriber does not wait for it before handing over the next record, so a
+   * burst shares one journal fsync; it acknowledges as records complete.
+   */
   readonly onRecord: (record: JournalRecord) => Promise<void>;
   /** What to acknowledge: the node's durable-and-applied vclock and its term. */
   readonly ack: () => { vclock: VClock; term: Term };
@@ -218,12 +223,30 @@ export class Subscriber {
     this.connected = true;
     this.lastError = null;
     link.send({ kind: 'subscribe', vclock: this.#options.vclock() });
+    let outstanding = 0;
+    let ackPending = false;
+    let failure: Error | null = null;
+    const completed = (): void => {
+      outstanding -= 1;
+      if (ackPending) return;
+      ackPending = true;
+      // One ack covers every record completed in this turn of the event loop.
+      setImmediate(() => {
+        ackPending = false;
+        link.send({ kind: 'ack', ...this.#options.ack() });
+      });
+    };
     try {
       for (;;) {
         const message = await expect(link, 'record');
-        await this.#options.onRecord(message.record);
-        // One ack covers a burst: send it when nothing more is waiting.
-        if (link.queued === 0) link.send({ kind: 'ack', ...this.#options.ack() });
+        if (failure !== null) throw failure;
+        outstanding += 1;
+        const done = this.#options.onRecord(message.record);
+        done.then(completed, (error: Error) => {
+          failure = error;
+          link.close(`applying a record from replica ${peer.replica} failed: ${error.message}`);
+        });
+        if (outstanding >= limits.linkQueueMessagesMax) await done.catch(() => undefined);
       }
     } catch (error) {
       if (error instanceof LinkClosed) return true;

@@ -49,6 +49,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   readonly #journal: Journal;
   readonly #admin: pg.Client;
   readonly #pools = new Map<string, pg.Pool>();
+  /** Connections for COMMIT/ROLLBACK PREPARED, run in parallel so PostgreSQL group-commits them. */
+  readonly #control: pg.Pool;
   readonly #applier: Applier;
   readonly #own: OwnLog;
   readonly #term: Term;
@@ -56,7 +58,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #applied: VClock;
   #queue: Promise<void> = Promise.resolve();
   readonly #waiters = new Map<string, Waiter>();
-  #inFlightSync = 0;
+  /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
+  #beforeLimbo = 0;
   #stopping = false;
   /** Own TXNs that are rolled back: relayed as empty TXNs, so a peer that never had one never will. */
   readonly #withheld = new Set<number>();
@@ -75,6 +78,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#admin = admin;
     this.#applier = applier;
     this.#term = term;
+    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8 });
+    this.#control.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL control connection failed'));
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
   }
@@ -169,31 +174,37 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     await this.#relay?.close();
     await this.#queue.catch(() => undefined);
     for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
-    await Promise.all([...this.#pools.values()].map((p) => p.end()));
+    await Promise.all([...this.#pools.values(), this.#control].map((p) => p.end()));
     await this.#admin.end();
     await this.#journal.close();
   }
 
   // ---- records from peers ------------------------------------------------------
 
+  /**
+   * Take a record from a peer. Synchronously, in arrival order: drop a
+   * duplicate, refuse an older term, and queue the journal append, so that a
+   * burst shares one fsync. Apply runs in journal order behind it; the record
+   * counts as applied (and is acknowledged) once both are done.
+   */
   #enqueue(record: JournalRecord): Promise<void> {
-    const run = this.#queue.then(() => this.#receive(record));
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
-
-  async #receive(record: JournalRecord): Promise<void> {
-    if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return;
-    const held = vclockGet(this.#journal.tailVclock, record.replica);
-    if (record.lsn <= held) return; // a duplicate from another relay
+    if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
+    // A duplicate from another relay: done when everything before it is.
+    if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
     if ((record.kind === 'txn' || record.kind === 'confirm' || record.kind === 'rollback') && record.term < this.#term) {
       this.log.error({ replica: record.replica, lsn: record.lsn, term: record.term, current: this.#term }, 'split-brain: record from an older term refused');
-      throw new QsyncError('STALE_TERM', `record ${record.replica}:${record.lsn} has term ${record.term}, older than ${this.#term}`);
+      return Promise.reject(new QsyncError('STALE_TERM', `record ${record.replica}:${record.lsn} has term ${record.term}, older than ${this.#term}`));
     }
     this.#clock = Math.max(this.#clock, record.time);
-    await this.#journal.append(record);
-    await this.#applyUntilDone(record);
-    this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
+    const durable = this.#journal.append(record);
+    durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
+    const run = this.#queue.then(async () => {
+      await this.#applyUntilDone(record);
+      await durable;
+      this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
+    });
+    this.#queue = run.catch(() => undefined);
+    return run;
   }
 
   /**
@@ -222,16 +233,16 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       case 'txn':
         if (record.changes.length > 0 || record.replica !== this.#self) await this.#applier.apply(record, { prepare: record.sync });
         return;
-      case 'confirm':
-        for (const entry of await listPrepared(this.#admin, this.config.clusterId)) {
-          if (entry.replica === record.owner && entry.lsn <= record.confirmedLsn) await commitPrepared(this.#admin, entry.gid);
-        }
+      case 'confirm': {
+        const gids = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.owner && e.lsn <= record.confirmedLsn).map((e) => e.gid);
+        await this.#finish(commitPrepared, gids);
         return;
-      case 'rollback':
-        for (const entry of await listPrepared(this.#admin, this.config.clusterId)) {
-          if (entry.replica === record.owner && entry.lsn >= record.fromLsn && entry.lsn < record.lsn) await rollbackPrepared(this.#admin, entry.gid);
-        }
+      }
+      case 'rollback': {
+        const gids = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.owner && e.lsn >= record.fromLsn && e.lsn < record.lsn).map((e) => e.gid);
+        await this.#finish(rollbackPrepared, gids);
         return;
+      }
       case 'config':
         for (const [table, mode] of Object.entries(record.tables ?? {})) await setTableMode(this.#admin, table, mode);
         await this.#applier.reload();
@@ -255,14 +266,11 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #act(action: LimboAction): void {
     switch (action.kind) {
       case 'confirm': {
+        // A quorum holds these entries, so they are safe before CONFIRM is durable here: commit and
+        // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
         const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.#term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
-        void durable.then(async () => {
-          this.#ownDurable();
-          for (const gid of action.gids) {
-            await commitPrepared(this.#admin, gid);
-            this.#settle(gid, null);
-          }
-        }).catch((error: unknown) => this.#fatal('confirming', error));
+        void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
+        void this.#finish(commitPrepared, action.gids, (gid) => this.#settle(gid, null)).catch((error: unknown) => this.#fatal('confirming', error));
         return;
       }
       case 'rollback': {
@@ -270,7 +278,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         this.log.warn({ fromLsn: action.fromLsn, transactions: action.gids.length }, 'no quorum within the synchro timeout: rolling back');
         this.#rollingBack(action.gids);
         void durable.then(async () => {
-          for (const gid of action.gids) await rollbackPrepared(this.#admin, gid);
+          await this.#finish(rollbackPrepared, action.gids);
           this.#step({ kind: 'rollbackJournaled', fromLsn: action.fromLsn, recordLsn: lsn });
           this.#ownDurable();
         }).catch((error: unknown) => this.#fatal('rolling back', error));
@@ -305,6 +313,24 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     setTimeout(() => {
       for (const gid of uncertain) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} was rolled back here, but a peer may hold it and no quorum confirmed the rollback; ask for its outcome by idempotency key`));
     }, this.config.synchroTimeoutMs).unref();
+  }
+
+  /** COMMIT or ROLLBACK PREPARED the gids, several at once; `each` runs as each one finishes. */
+  async #finish(verb: (client: pg.ClientBase, gid: string) => Promise<boolean>, gids: readonly string[], each?: (gid: string) => void): Promise<void> {
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      const client = await this.#control.connect();
+      try {
+        for (let i = next++; i < gids.length; i = next++) {
+          const gid = gids[i] as string;
+          await verb(client, gid);
+          each?.(gid);
+        }
+      } finally {
+        client.release();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, gids.length) }, worker));
   }
 
   #ownAppended(record: JournalRecord): void {
@@ -364,7 +390,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
     if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
-    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#inFlightSync >= limits.limboEntriesMax) {
+    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }
     const client = await session.pool.connect();
@@ -372,7 +398,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     let journaled = false;
     let waiting: Promise<void> | null = null;
     const results: Array<{ rows: unknown[]; rowCount: number }> = [];
-    this.#inFlightSync += 1;
+    let counted = true;
+    const uncount = (): void => {
+      if (counted) this.#beforeLimbo -= 1;
+      counted = false;
+    };
+    this.#beforeLimbo += 1;
     try {
       const outcome = await runLeaderWrite(client, {
         term: this.#term, replica: this.#self, idempotencyKey,
@@ -385,6 +416,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         },
         journal: async ({ lsn, gid, time, sync, changes }) => {
           journaled = true;
+          uncount(); // from here on the limbo counts it
           if (sync) waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
           await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
           this.#ownDurable();
@@ -402,7 +434,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       if (reserved !== null && !journaled) void this.#own.fill(reserved, this.#term, this.#now());
       throw this.#clientError(error);
     } finally {
-      this.#inFlightSync -= 1;
+      uncount();
       client.release();
     }
   }
