@@ -68,6 +68,15 @@ export class Applier {
     this.#tables = await loadTables(this.#client);
   }
 
+  /** The applier's connection (the node watches it for failures). */
+  get client(): pg.ClientBase {
+    return this.#client;
+  }
+
+  async close(): Promise<void> {
+    await (this.#client as pg.Client).end();
+  }
+
   /** Apply one TXN: commit it, or with `prepare` leave it prepared under its gid. */
   async apply(record: TxnRecord, options: { prepare: boolean }): Promise<ApplyOutcome> {
     const client = this.#client;

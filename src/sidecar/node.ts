@@ -47,11 +47,13 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   readonly config: SidecarConfig;
   readonly log: Logger;
   readonly #journal: Journal;
-  readonly #admin: pg.Client;
+  #admin: pg.Client;
   readonly #pools = new Map<string, pg.Pool>();
   /** Connections for COMMIT/ROLLBACK PREPARED, run in parallel so PostgreSQL group-commits them. */
   readonly #control: pg.Pool;
-  readonly #applier: Applier;
+  #applier: Applier;
+  /** Set when a PostgreSQL connection failed: the next apply attempt reconnects first. */
+  #pgBroken = false;
   readonly #own: OwnLog;
   readonly #term: Term;
   #limbo: LimboState | null = null;
@@ -95,9 +97,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
     const journal = await Journal.open({ dir: config.dataDir });
     for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
-    const admin = new pg.Client({ connectionString: config.pgUrl });
-    admin.on('error', (error) => log.error({ err: error.message }, 'PostgreSQL connection failed'));
-    await admin.connect();
+    const admin = await connectPg(config.pgUrl, log, () => undefined);
     await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
     await migrate(admin);
     const term = Math.max(journal.raft?.term ?? 0, 1) as Term;
@@ -109,10 +109,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       config.replicaId, config.clusterId, term, config.leader === config.replicaId ? 'leader' : 'follower', config.leader,
       leader === undefined ? `${config.clientHost}:${config.clientPort}` : `${leader.host}:${leader.port}`,
     ]);
-    const applierClient = new pg.Client({ connectionString: config.pgUrl });
-    applierClient.on('error', (error) => log.error({ err: error.message }, 'PostgreSQL apply connection failed'));
-    await applierClient.connect();
-    const node = new SidecarNode(config, log, journal, admin, await Applier.create(applierClient), term);
+    const node = new SidecarNode(config, log, journal, admin, await Applier.create(await connectPg(config.pgUrl, log, () => undefined)), term);
+    node.#watch(admin);
+    node.#watch(node.#applier.client);
     await node.#recover();
     await node.#serve();
     return node;
@@ -216,6 +215,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async #applyUntilDone(record: JournalRecord): Promise<void> {
     for (let attempt = 1; ; attempt += 1) {
       try {
+        if (this.#pgBroken) await this.#reconnect();
         await this.#apply(record);
         return;
       } catch (error) {
@@ -252,6 +252,29 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       case 'raft':
         return; // elections arrive with the election work
     }
+  }
+
+  /** Mark the node's PostgreSQL connections broken when this one fails (a crashed or restarted server). */
+  #watch(client: pg.ClientBase): void {
+    client.on('error', () => {
+      this.#pgBroken = true;
+    });
+    client.on('end', () => {
+      if (!this.#stopping) this.#pgBroken = true;
+    });
+  }
+
+  /** New admin and apply connections; throws while PostgreSQL is still down (the caller retries). */
+  async #reconnect(): Promise<void> {
+    const admin = await connectPg(this.config.pgUrl, this.log, () => undefined);
+    const applier = await Applier.create(await connectPg(this.config.pgUrl, this.log, () => undefined));
+    await Promise.all([this.#admin.end().catch(() => undefined), this.#applier.close().catch(() => undefined)]);
+    this.#admin = admin;
+    this.#applier = applier;
+    this.#watch(admin);
+    this.#watch(applier.client);
+    this.#pgBroken = false;
+    this.log.info('reconnected to PostgreSQL');
   }
 
   // ---- the limbo -----------------------------------------------------------------
@@ -488,4 +511,15 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (pgError.code === 'QS002') return this.#notLeader('STALE_TERM', pgError.message ?? 'stale term');
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
+}
+
+/** A connected client whose errors are logged, never thrown at the event loop. */
+async function connectPg(url: string, log: Logger, onError: () => void): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', (error) => {
+    log.warn({ err: error.message }, 'PostgreSQL connection failed');
+    onError();
+  });
+  await client.connect();
+  return client;
 }

@@ -12,6 +12,9 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
+import type { ReplicaId, Term } from '../../src/core/types.js';
+import { createLogger } from '../../src/log.js';
+import { Subscriber } from '../../src/net/peer.js';
 
 const run = promisify(execFile);
 let cluster: LocalCluster;
@@ -160,6 +163,61 @@ describe('a 3-node cluster', () => {
         expect(acked.filter((id) => !present.includes(id))).toEqual([]);
       }, `node ${replica} holds every acknowledged write`);
     }
+  });
+
+  it('(f) loses nothing acknowledged when a follower\'s PostgreSQL is SIGKILLed mid-stream', async () => {
+    const acked: number[] = [];
+    const writer = (async () => {
+      for (let id = 4000; id < 4060; id += 1) {
+        await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'pg-crash']]]);
+        acked.push(id);
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    await node(3).pg.kill();
+    await writer; // node 2 keeps the quorum
+    await node(3).pg.start(); // the sidecar reconnects and applies what its journal holds
+    await eventually(async () => {
+      const present = (await rows(3, `SELECT id FROM accounts WHERE owner = 'pg-crash'`)).map((r) => Number((r as { id: string }).id));
+      expect(acked.filter((id) => !present.includes(id))).toEqual([]);
+    }, 'node 3 holds every acknowledged write after its PostgreSQL crash');
+    expect(await rows(3, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+  });
+
+  it('(c) when both followers die with a write in flight: committed, RolledBack or unknown, and every node agrees', async () => {
+    const outcome = db.execute([['INSERT INTO accounts VALUES (5000, $1, 0)', ['in flight']]], { idempotencyKey: 'in-flight' }).then(() => 'committed', (error: unknown) => error);
+    await Promise.all([node(2).killSidecar(), node(3).killSidecar()]);
+    const answer = await outcome;
+    expect(answer === 'committed' || answer instanceof RolledBack || answer instanceof OutcomeUnknown).toBe(true);
+    await Promise.all([node(2).startSidecar(), node(3).startSidecar()]);
+    await db.execute([['INSERT INTO accounts VALUES (5001, $1, 0)', ['marker']]]);
+    const presence: number[] = [];
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => {
+        expect(await rows(replica, 'SELECT id FROM accounts WHERE id = 5001')).toHaveLength(1);
+        expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+      }, `node ${replica} caught up and settled`);
+      presence.push((await rows(replica, 'SELECT id FROM accounts WHERE id = 5000')).length);
+    }
+    expect(new Set(presence).size).toBe(1); // every node agrees
+    if (answer === 'committed') expect(presence[0]).toBe(1);
+    if (answer instanceof RolledBack) expect(presence[0]).toBe(0); // never visible if RolledBack
+    expect((await db.outcome('in-flight')).committed).toBe(presence[0] === 1);
+  });
+
+  it('(g) refuses a peer with the wrong secret, logging why, and keeps working', async () => {
+    const impostor = new Subscriber({
+      identity: { cluster: 'local', replica: 2 as ReplicaId, secret: 'not-the-cluster-secret' },
+      peer: { replica: 1 as ReplicaId, host: '127.0.0.1', port: node(1).peerPort },
+      log: createLogger({ test: 'impostor' }, { write: () => undefined }),
+      vclock: () => [], onRecord: async () => undefined, ack: () => ({ vclock: [], term: 0 as Term }), backoffMsMin: 50,
+    });
+    impostor.start();
+    await eventually(async () => expect(impostor.lastError ?? '').toMatch(/refused by peer: replica 2 did not prove the cluster secret/), 'refused');
+    await impostor.stop();
+    expect(impostor.connected).toBe(false);
+    await db.execute([['INSERT INTO accounts VALUES (5002, $1, 0)', ['after impostor']]]);
+    await eventually(async () => expect(await rows(2, 'SELECT id FROM accounts WHERE id = 5002')).toHaveLength(1), 'replication goes on');
   });
 
   it('(g) runs client statements as the client\'s own role: wrong passwords and missing privileges are refused by PostgreSQL', async () => {
