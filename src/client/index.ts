@@ -47,6 +47,11 @@ function typed(body: ClientErrorBody): QsyncClientError {
 
 export type StatementInput = string | readonly [string, readonly unknown[]];
 
+/** The handle an interactive transaction's function gets. */
+export interface Tx {
+  query(sql: string, params?: readonly unknown[]): Promise<ResultSet>;
+}
+
 export interface ExecuteOptions {
   /** Makes a retry after an unknown outcome safe, and lets outcome() find the transaction. */
   readonly idempotencyKey?: string;
@@ -163,10 +168,57 @@ export class Db {
     return this.#connection.address;
   }
 
-  /** Run the statements as one transaction, in one round trip. */
-  async execute(statements: readonly StatementInput[], options: ExecuteOptions = {}): Promise<ResultSet[]> {
+  /**
+   * Run the statements as one transaction, in one round trip. A transaction
+   * PostgreSQL aborted for a deadlock or a serialization failure (concurrent
+   * writes to one key of an async table on two nodes can cause either) did
+   * nothing, and is run again, up to `retries` times.
+   */
+  async execute(statements: readonly StatementInput[], options: ExecuteOptions & { retries?: number } = {}): Promise<ResultSet[]> {
     const normalized = statements.map((s) => (typeof s === 'string' ? { sql: s, params: [] } : { sql: s[0], params: s[1] }));
-    return (await this.#toLeader((id) => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as ResultSet[];
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return (await this.#toLeader((id) => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as ResultSet[];
+      } catch (error) {
+        const retryable = error instanceof PgError && (error.sqlstate === '40P01' || error.sqlstate === '40001');
+        if (!retryable || attempt >= (options.retries ?? 3)) throw error;
+      }
+    }
+  }
+
+  /**
+   * An interactive transaction: `fn` runs statements with tx.query and sees
+   * their results; the transaction commits through qsync when fn returns, and
+   * rolls back when it throws. A sync write on a follower is refused with
+   * NotLeader before anything commits: the client then runs fn once more on
+   * the leader, so fn should only touch the database through tx.
+   */
+  async transaction<T>(fn: (tx: Tx) => Promise<T>, options: ExecuteOptions = {}): Promise<T> {
+    try {
+      return await this.#transactionOnce(fn, options);
+    } catch (error) {
+      if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
+      this.#connection.close();
+      this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
+      return this.#transactionOnce(fn, options);
+    }
+  }
+
+  async #transactionOnce<T>(fn: (tx: Tx) => Promise<T>, options: ExecuteOptions): Promise<T> {
+    const connection = this.#connection;
+    const { tx: id } = (await connection.request((rid) => ({ id: rid, op: 'begin', idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as { tx: number };
+    const tx: Tx = {
+      query: async (sql, params = []) => (await connection.request((rid) => ({ id: rid, op: 'tquery', tx: id, sql, params }))) as ResultSet,
+    };
+    let result: T;
+    try {
+      result = await fn(tx);
+    } catch (error) {
+      await connection.request((rid) => ({ id: rid, op: 'rollback', tx: id })).catch(() => undefined);
+      throw error;
+    }
+    await connection.request((rid) => ({ id: rid, op: 'commit', tx: id }));
+    return result;
   }
 
   /** Send; on NotLeader (nothing was done) follow the leader hint once. */

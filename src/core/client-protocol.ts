@@ -7,6 +7,9 @@
 //   query    {i, o: 2, q: sql, p: params}          a read on this node
 //   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
 //   table    {i, o: 5, n: table, m: mode}          set a table's mode cluster-wide (table owner)
+//   begin    {i, o: 6, k?: key, t?: term}          an interactive transaction: answers {x: its id}
+//   tquery   {i, o: 7, x, q: sql, p: params}       a statement in it
+//   commit   {i, o: 8, x}   rollback {i, o: 9, x}
 //
 //   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
 import { RecordInvalid, type ErrorCode } from './errors.js';
@@ -23,7 +26,10 @@ export type ClientRequest =
   | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
   | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[] }
   | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string }
-  | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode };
+  | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode }
+  | { readonly id: number; readonly op: 'begin'; readonly idempotencyKey: string | null; readonly term: Term | null }
+  | { readonly id: number; readonly op: 'tquery'; readonly tx: number; readonly sql: string; readonly params: readonly unknown[] }
+  | { readonly id: number; readonly op: 'commit' | 'rollback'; readonly tx: number };
 
 export interface ResultSet {
   readonly rows: readonly Record<string, unknown>[];
@@ -43,7 +49,7 @@ export type ClientResponse =
   | { readonly id: number; readonly result: unknown }
   | { readonly id: number; readonly error: ClientErrorBody };
 
-const OPS = { execute: 1, query: 2, outcome: 3, auth: 4, table: 5 } as const;
+const OPS = { execute: 1, query: 2, outcome: 3, auth: 4, table: 5, begin: 6, tquery: 7, commit: 8, rollback: 9 } as const;
 const MODES: ReadonlySet<string> = new Set(['local', 'async', 'sync']);
 export const STATEMENTS_MAX = 1_000;
 
@@ -63,6 +69,17 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       return codec.pack({ i: request.id, o: OPS.auth, u: request.user, p: request.password });
     case 'table':
       return codec.pack({ i: request.id, o: OPS.table, n: request.table, m: request.mode });
+    case 'begin': {
+      const wire: Record<string, unknown> = { i: request.id, o: OPS.begin };
+      if (request.idempotencyKey !== null) wire.k = request.idempotencyKey;
+      if (request.term !== null) wire.t = request.term;
+      return codec.pack(wire);
+    }
+    case 'tquery':
+      return codec.pack({ i: request.id, o: OPS.tquery, x: request.tx, q: request.sql, p: request.params });
+    case 'commit':
+    case 'rollback':
+      return codec.pack({ i: request.id, o: OPS[request.op], x: request.tx });
   }
 }
 
@@ -98,6 +115,19 @@ function parseRequest(value: unknown): ClientRequest {
       if (typeof w.u !== 'string' || w.u.length === 0 || w.u.length > 63) fail('user', 'expected a role name');
       if (typeof w.p !== 'string' || w.p.length > 1024) fail('password', 'expected a string');
       return { id: id as number, op: 'auth', user: w.u, password: w.p };
+    case OPS.begin:
+      if (w.k !== undefined && (typeof w.k !== 'string' || w.k.length === 0 || w.k.length > 256)) fail('idempotencyKey', 'expected a string of 1..256 characters');
+      if (w.t !== undefined && !isTerm(w.t)) fail('term', 'expected a non-negative integer');
+      return { id: id as number, op: 'begin', idempotencyKey: (w.k as string | undefined) ?? null, term: (w.t as Term | undefined) ?? null };
+    case OPS.tquery:
+      if (!Number.isSafeInteger(w.x)) fail('tx', 'expected a transaction id');
+      if (typeof w.q !== 'string') fail('sql', 'expected a string');
+      if (!Array.isArray(w.p)) fail('params', 'expected an array');
+      return { id: id as number, op: 'tquery', tx: w.x as number, sql: w.q, params: w.p as unknown[] };
+    case OPS.commit:
+    case OPS.rollback:
+      if (!Number.isSafeInteger(w.x)) fail('tx', 'expected a transaction id');
+      return { id: id as number, op: w.o === OPS.commit ? 'commit' : 'rollback', tx: w.x as number };
     case OPS.table:
       if (typeof w.n !== 'string' || w.n.length === 0 || w.n.length > 256) fail('table', 'expected a table name');
       if (typeof w.m !== 'string' || !MODES.has(w.m)) fail('mode', 'expected local, async or sync');

@@ -23,7 +23,17 @@ export interface RequestHandler<S extends ClientSession = ClientSession> {
   query(session: S, sql: string, params: readonly unknown[]): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
   setTableMode(session: S, table: string, mode: TableMode): Promise<unknown>;
+  begin(session: S, idempotencyKey: string | null, term: Term | null): Transaction;
 }
+
+export interface Transaction {
+  query(sql: string, params: readonly unknown[]): Promise<unknown>;
+  commit(): Promise<void>;
+  rollback(): Promise<void>;
+}
+
+/** Interactive transactions one connection may hold open at once. */
+const TRANSACTIONS_MAX = 16;
 
 /** Requests one connection may have in progress; past this it is read no further until one finishes. */
 const IN_FLIGHT_MAX = 256;
@@ -62,12 +72,13 @@ export class ClientServer {
     this.#links.add(link);
     let inFlight = 0;
     let slot: (() => void) | null = null;
+    const transactions = new Map<number, Transaction>();
     try {
       const session = await this.#authenticate(link);
       for (;;) {
         const request = await link.next();
         inFlight += 1;
-        void this.#answer(session, request).then((response) => {
+        void this.#answer(session, request, transactions).then((response) => {
           link.send(response);
           inFlight -= 1;
           slot?.();
@@ -78,6 +89,8 @@ export class ClientServer {
       if (!(error instanceof LinkClosed)) throw error;
     } finally {
       this.#links.delete(link);
+      // A connection that goes away takes its open transactions with it.
+      for (const tx of transactions.values()) void tx.rollback().catch(() => undefined);
     }
   }
 
@@ -101,9 +114,28 @@ export class ClientServer {
     }
   }
 
-  async #answer(session: ClientSession, request: ClientRequest): Promise<ClientResponse> {
+  async #answer(session: ClientSession, request: ClientRequest, transactions: Map<number, Transaction>): Promise<ClientResponse> {
+    const txOf = (id: number): Transaction => {
+      const tx = transactions.get(id);
+      if (tx === undefined) throw new QsyncError('BAD_REQUEST', `no open transaction ${id} on this connection`);
+      return tx;
+    };
     try {
       switch (request.op) {
+        case 'begin': {
+          if (transactions.size >= TRANSACTIONS_MAX) throw new QsyncError('BAD_REQUEST', `at most ${TRANSACTIONS_MAX} open transactions per connection`);
+          transactions.set(request.id, this.#handler.begin(session, request.idempotencyKey, request.term));
+          return { id: request.id, result: { tx: request.id } };
+        }
+        case 'tquery':
+          return { id: request.id, result: await txOf(request.tx).query(request.sql, request.params) };
+        case 'commit':
+        case 'rollback': {
+          const tx = txOf(request.tx);
+          transactions.delete(request.tx);
+          await (request.op === 'commit' ? tx.commit() : tx.rollback());
+          return { id: request.id, result: { [request.op === 'commit' ? 'committed' : 'rolledBack']: true } };
+        }
         case 'execute':
           return { id: request.id, result: await this.#handler.execute(session, request.statements, request.idempotencyKey, request.term) };
         case 'query':

@@ -25,7 +25,7 @@ import {
 } from '../postgres/index.js';
 import type { Statement } from '../core/client-protocol.js';
 import { createHash } from 'node:crypto';
-import { ClientServer, type ClientSession, type RequestHandler } from './client-server.js';
+import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
 import { readVerdicts } from './verdicts.js';
@@ -268,7 +268,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async #reconnect(): Promise<void> {
     const admin = await connectPg(this.config.pgUrl, this.log, () => undefined);
     const applier = await Applier.create(await connectPg(this.config.pgUrl, this.log, () => undefined));
-    await Promise.all([this.#admin.end().catch(() => undefined), this.#applier.close().catch(() => undefined)]);
+    // Not awaited: end() on a connection that already died may never settle.
+    void this.#admin.end().catch(() => undefined);
+    void this.#applier.close().catch(() => undefined);
     this.#admin = admin;
     this.#applier = applier;
     this.#watch(admin);
@@ -411,7 +413,76 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return { user, pool };
   }
 
+  /** One transaction, one round trip: run the statements, then commit through qsync. */
   async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
+    const results: Array<{ rows: unknown[]; rowCount: number }> = [];
+    await this.#write(session, idempotencyKey, term, async (c) => {
+      for (const s of statements) {
+        const r = await c.query({ text: s.sql, values: [...s.params] });
+        results.push({ rows: r.rows, rowCount: r.rowCount ?? 0 });
+      }
+    });
+    return results;
+  }
+
+  /**
+   * An interactive transaction: the client sends statements one by one, then
+   * commit or rollback. It holds one PostgreSQL session until then.
+   */
+  begin(session: RoleSession, idempotencyKey: string | null, term: Term | null): Transaction {
+    let connection: pg.ClientBase | null = null;
+    let opened!: () => void;
+    let failedToOpen!: (error: Error) => void;
+    const open = new Promise<void>((resolve, reject) => {
+      opened = resolve;
+      failedToOpen = reject;
+    });
+    open.catch(() => undefined); // reported to the next query, if any
+    let finished = false;
+    let decide!: (commit: boolean) => void;
+    const decided = new Promise<boolean>((resolve) => (decide = resolve));
+    const finish = (commit: boolean): void => {
+      finished = true;
+      decide(commit);
+    };
+    const done = this.#write(session, idempotencyKey, term, async (c) => {
+      connection = c;
+      opened();
+      if (!(await decided)) throw new QsyncError('ROLLED_BACK', 'rolled back by the client');
+    });
+    done.catch((error: unknown) => failedToOpen(error as Error));
+    return {
+      query: async (sql, params) => {
+        await open;
+        if (finished) throw new QsyncError('BAD_REQUEST', 'this transaction is finished');
+        try {
+          const r = await (connection as pg.ClientBase).query({ text: sql, values: [...params] });
+          return { rows: r.rows, rowCount: r.rowCount ?? 0 };
+        } catch (error) {
+          finish(false);
+          await done.catch(() => undefined);
+          throw this.#clientError(error);
+        }
+      },
+      commit: async () => {
+        finish(true);
+        await done;
+      },
+      rollback: async () => {
+        finish(false);
+        await done.catch((error: unknown) => {
+          if (!(error instanceof QsyncError && error.code === 'ROLLED_BACK')) throw error;
+        });
+      },
+    };
+  }
+
+  /**
+   * The write path shared by execute and interactive transactions: run `body`
+   * in a qsync transaction on the role's session, journal it in lsn order,
+   * and for a sync transaction wait until the limbo decides it.
+   */
+  async #write(session: RoleSession, idempotencyKey: string | null, term: Term | null, body: (client: pg.ClientBase) => Promise<void>): Promise<void> {
     if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
     if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
@@ -420,7 +491,6 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     let reserved: Lsn | null = null;
     let journaled = false;
     let waiting: Promise<void> | null = null;
-    const results: Array<{ rows: unknown[]; rowCount: number }> = [];
     let counted = true;
     const uncount = (): void => {
       if (counted) this.#beforeLimbo -= 1;
@@ -444,15 +514,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
           await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
           this.#ownDurable();
         },
-      }, async (c) => {
-        for (const s of statements) {
-          const r = await c.query({ text: s.sql, values: [...s.params] });
-          results.push({ rows: r.rows, rowCount: r.rowCount ?? 0 });
-        }
-      });
+      }, body);
       if (outcome.kind === 'empty') void this.#own.fill(outcome.lsn, this.#term, this.#now());
       if (waiting !== null) await waiting;
-      return results;
     } catch (error) {
       if (reserved !== null && !journaled) void this.#own.fill(reserved, this.#term, this.#now());
       throw this.#clientError(error);

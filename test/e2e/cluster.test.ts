@@ -91,6 +91,42 @@ describe('a 3-node cluster', () => {
     }
   });
 
+  it('runs interactive transactions: read, decide, write; a throw or a PostgreSQL error rolls back; a follower hands over to the leader', async () => {
+    const moved = await db.transaction(async (tx) => {
+      const { rows: [account] } = await tx.query('SELECT balance FROM accounts WHERE id = 1');
+      const balance = Number((account as { balance: string }).balance);
+      await tx.query('UPDATE accounts SET balance = $1 WHERE id = 1', [balance - 1]);
+      await tx.query('INSERT INTO accounts VALUES (7, $1, 1)', ['interactive']);
+      return balance;
+    }, { idempotencyKey: 'interactive-1' });
+    expect(moved).toBe(101);
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => expect(await rows(replica, 'SELECT id, balance FROM accounts WHERE id IN (1, 7) ORDER BY id')).toEqual([{ id: '1', balance: '100' }, { id: '7', balance: '1' }]), `node ${replica}`);
+    }
+    await expect(db.transaction(async (tx) => {
+      await tx.query('UPDATE accounts SET balance = 0 WHERE id = 7');
+      throw new Error('changed my mind');
+    })).rejects.toThrow('changed my mind');
+    await expect(db.transaction(async (tx) => {
+      await tx.query('UPDATE accounts SET balance = 0 WHERE id = 7');
+      await tx.query('SELECT 1 / 0');
+    })).rejects.toMatchObject({ name: 'PgError', sqlstate: '22012' });
+    expect(await rows(1, 'SELECT balance FROM accounts WHERE id = 7')).toEqual([{ balance: '1' }]);
+    const viaFollower = await connect(node(3).clientAddress, cluster.credentials);
+    try {
+      let runs = 0;
+      await viaFollower.transaction(async (tx) => {
+        runs += 1;
+        await tx.query('UPDATE accounts SET balance = balance + 1 WHERE id = 7');
+      });
+      expect(runs).toBe(2); // refused on the follower before anything committed, then run on the leader
+      expect(viaFollower.address).toBe(node(1).clientAddress);
+      expect(await rows(1, 'SELECT balance FROM accounts WHERE id = 7')).toEqual([{ balance: '2' }]);
+    } finally {
+      viaFollower.close();
+    }
+  });
+
   it('(b) commits with one follower down; the follower catches up from the journal when it returns', async () => {
     await node(3).stopSidecar();
     for (let i = 10; i < 15; i += 1) await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [i, `n${i}`]]]);
