@@ -50,13 +50,23 @@ export interface LocalCluster {
 }
 
 export async function startLocalCluster(options: ClusterOptions = {}): Promise<LocalCluster> {
-  const count = options.nodes ?? 3;
   const temporary = options.dir === undefined;
   const root = options.dir === undefined ? await mkdtemp(join(tmpdir(), 'qsync-cluster-')) : resolve(options.dir);
+  try {
+    return await startIn(root, temporary, options);
+  } catch (error) {
+    // A cluster that fails to start leaves nothing behind in a directory it created.
+    if (temporary) await rm(root, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+async function startIn(root: string, temporary: boolean, options: ClusterOptions): Promise<LocalCluster> {
+  const count = options.nodes ?? 3;
   await mkdir(root, { recursive: true });
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
   const secret = options.secret ?? 'local-cluster-secret-0123456789';
-  const ports = await Promise.all(Array.from({ length: count }, async () => ({ peer: await freePort(), client: await freePort() })));
+  let ports = await freePorts(count);
   const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg') })));
   for (const server of servers) {
     const client = new pg.Client({ connectionString: server.connectionString });
@@ -70,18 +80,29 @@ export async function startLocalCluster(options: ClusterOptions = {}): Promise<L
   }
   const nodes: ClusterNode[] = servers.map((server, i) => {
     const replica = i + 1;
-    const own = ports[i] as { peer: number; client: number };
     const dataDir = join(root, `node${replica}`, 'journal');
-    const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${p.peer}+${p.client}`).filter((_, j) => j !== i).join(',');
-    const args = [
-      '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
-      '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret, '--leader', '1',
-      '--peer-port', String(own.peer), '--client-port', String(own.client), '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000),
-    ];
+    const args = (): string[] => {
+      const own = ports[i] as { peer: number; client: number };
+      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${p.peer}+${p.client}`).filter((_, j) => j !== i).join(',');
+      return [
+        '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
+        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret, '--leader', '1',
+        '--peer-port', String(own.peer), '--client-port', String(own.client), '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000),
+      ];
+    };
     const node: ClusterNode = {
-      replica, pg: server, peerPort: own.peer, clientPort: own.client, clientAddress: `127.0.0.1:${own.client}`, dataDir, process: null,
+      replica, pg: server, dataDir, process: null,
+      get peerPort() {
+        return (ports[i] as { peer: number }).peer;
+      },
+      get clientPort() {
+        return (ports[i] as { client: number }).client;
+      },
+      get clientAddress() {
+        return `127.0.0.1:${(ports[i] as { client: number }).client}`;
+      },
       startSidecar: async () => {
-        const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'] });
         node.process = child;
         const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
         child.stderr.pipe(log);
@@ -105,7 +126,20 @@ export async function startLocalCluster(options: ClusterOptions = {}): Promise<L
     };
     return node;
   });
-  await Promise.all(nodes.map((n) => n.startSidecar()));
+  // A free port can be taken between our probe and the sidecar's bind: start again on new ports.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await Promise.all(nodes.map((n) => n.startSidecar()));
+      break;
+    } catch (error) {
+      await Promise.all(nodes.map((n) => n.stopSidecar()));
+      if (attempt >= 3) {
+        await Promise.all(servers.map((s) => s.destroy()));
+        throw error;
+      }
+      ports = await freePorts(count);
+    }
+  }
   return {
     nodes,
     clientAddresses: nodes.map((n) => n.clientAddress),
@@ -116,6 +150,10 @@ export async function startLocalCluster(options: ClusterOptions = {}): Promise<L
       if (temporary) await rm(root, { recursive: true, force: true });
     },
   };
+}
+
+async function freePorts(count: number): Promise<Array<{ peer: number; client: number }>> {
+  return Promise.all(Array.from({ length: count }, async () => ({ peer: await freePort(), client: await freePort() })));
 }
 
 async function stopChild(node: ClusterNode, signal: NodeJS.Signals): Promise<void> {

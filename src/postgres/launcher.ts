@@ -199,53 +199,31 @@ async function checkReachable(dataDir: string, identity: { uid?: number }): Prom
   }
 }
 
-async function prepareDataDir(dataDir: string, password: string, options: LaunchOptions): Promise<{ identity: { uid?: number; gid?: number }; port: number; logFile: string }> {
-  const identity = await runAs().catch(() => ({})); // no postgres user yet: initdb creates it
-  await checkReachable(dataDir, identity);
-  if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, password);
-  const port = options.port ?? (await freePort());
-  const settings = { ...DEFAULT_SETTINGS, ...options.settings, port };
-  await writeFile(join(dataDir, CONF_FILE), renderSettings(settings));
-  return { identity: await runAs(), port, logFile: join(dataDir, 'qsync-postgres.log') };
+interface Prepared {
+  readonly dataDir: string;
+  readonly temporary: boolean;
+  readonly identity: { uid?: number; gid?: number };
+  readonly pgCtlPath: string;
 }
 
-export async function launchPostgres(options: LaunchOptions = {}): Promise<PgServer> {
-  installExitHook();
-  const { pg_ctl } = await binaries();
-  const temporary = options.dataDir === undefined;
-  let dataDir: string;
-  if (options.dataDir === undefined) {
-    const parent = await mkdtemp(join(tmpdir(), 'qsync-pg-'));
-    await chmod(parent, 0o755); // the postgres OS user must reach its data directory
-    dataDir = join(parent, 'data');
-  } else {
-    dataDir = resolve(options.dataDir);
-    await mkdir(dataDir, { recursive: true });
-  }
-  const password = 'qsync';
-  const prepared = await prepareDataDir(dataDir, password, options).catch((error: unknown) => {
-    // A launch that fails leaves nothing behind in a directory it created.
-    if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
-    throw error;
-  });
-  const { identity, port, logFile } = prepared;
-  const connection: PgConnection = {
-    host: '127.0.0.1', port, user: USER, password, database: DATABASE,
-    connectionString: `postgresql://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
-  };
-
+/** Write the settings for `port` and build the server's handle (not started). */
+async function serverOn(prepared: Prepared, port: number, options: LaunchOptions): Promise<PgServer> {
+  const { dataDir, temporary, identity, pgCtlPath } = prepared;
+  await writeFile(join(dataDir, CONF_FILE), renderSettings({ ...DEFAULT_SETTINGS, ...options.settings, port }));
+  const logFile = join(dataDir, 'qsync-postgres.log');
+  const password = PASSWORD;
   const pgCtl = async (args: string[]): Promise<void> => {
     try {
-      await run(pg_ctl, ['-D', dataDir, ...args], { ...identity, env: { ...process.env, LC_ALL: 'C' } });
+      await run(pgCtlPath, ['-D', dataDir, ...args], { ...identity, env: { ...process.env, LC_ALL: 'C' } });
     } catch (cause) {
       const log = await readFile(logFile, 'utf8').catch(() => '');
       const tail = log.split('\n').slice(-15).join('\n');
       throw new PostgresLaunchError(`pg_ctl ${args[0]} failed for ${dataDir} on port ${port}: ${(cause as Error).message.split('\n')[0]}\n${tail}`, { dataDir, port }, { cause });
     }
   };
-
   const server: PgServer = {
-    ...connection,
+    host: '127.0.0.1', port, user: USER, password, database: DATABASE,
+    connectionString: `postgresql://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
     dataDir,
     pid: async () => {
       const pid = readPid(dataDir);
@@ -272,13 +250,46 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
       if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
     },
   };
+  return server;
+}
+
+const PASSWORD = 'qsync';
+const PORT_ATTEMPTS = 3;
+
+export async function launchPostgres(options: LaunchOptions = {}): Promise<PgServer> {
+  installExitHook();
+  const { pg_ctl } = await binaries();
+  const temporary = options.dataDir === undefined;
+  let dataDir: string;
+  if (options.dataDir === undefined) {
+    const parent = await mkdtemp(join(tmpdir(), 'qsync-pg-'));
+    await chmod(parent, 0o755); // the postgres OS user must reach its data directory
+    dataDir = join(parent, 'data');
+  } else {
+    dataDir = resolve(options.dataDir);
+    await mkdir(dataDir, { recursive: true });
+  }
   try {
-    await server.start();
+    const maybeIdentity = await runAs().catch(() => ({})); // no postgres user yet: initdb creates it
+    await checkReachable(dataDir, maybeIdentity);
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, PASSWORD);
+    const prepared: Prepared = { dataDir, temporary, identity: await runAs(), pgCtlPath: pg_ctl };
+    for (let attempt = 1; ; attempt += 1) {
+      const server = await serverOn(prepared, options.port ?? (await freePort()), options);
+      try {
+        await server.start();
+        return server;
+      } catch (error) {
+        // A free port can be taken between our probe and PostgreSQL's bind: try another.
+        const portTaken = /could not bind|Address already in use|could not create any TCP\/IP sockets/.test((error as Error).message);
+        if (!portTaken || options.port !== undefined || attempt >= PORT_ATTEMPTS) throw error;
+      }
+    }
   } catch (error) {
+    // A launch that fails leaves nothing behind in a directory it created.
     if (temporary) rmSync(resolve(dataDir, '..'), { recursive: true, force: true });
     throw error;
   }
-  return server;
 }
 
 /** A server qsync did not start: stop, kill and destroy do nothing. */

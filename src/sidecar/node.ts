@@ -80,7 +80,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#admin = admin;
     this.#applier = applier;
     this.#term = term;
-    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8 });
+    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, ...PG_TIMEOUTS });
     this.#control.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL control connection failed'));
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
@@ -220,6 +220,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         return;
       } catch (error) {
         if (error instanceof AssertionFailed || this.#stopping) throw error;
+        this.#pgBroken = true; // whatever failed, the next attempt starts on fresh connections
         const delayMs = Math.min(5_000, 10 * 2 ** Math.min(attempt, 9));
         this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
         await new Promise((r) => setTimeout(r, delayMs));
@@ -577,9 +578,15 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 }
 
+/**
+ * Bounds for the sidecar's own connections: a connection caught by a
+ * PostgreSQL crash must fail, not wait forever (pg has no timeout by default).
+ */
+const PG_TIMEOUTS = { connectionTimeoutMillis: 10_000, query_timeout: 60_000 } as const;
+
 /** A connected client whose errors are logged, never thrown at the event loop. */
 async function connectPg(url: string, log: Logger, onError: () => void): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: url });
+  const client = new pg.Client({ connectionString: url, ...PG_TIMEOUTS });
   client.on('error', (error) => {
     log.warn({ err: error.message }, 'PostgreSQL connection failed');
     onError();

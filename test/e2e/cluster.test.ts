@@ -24,6 +24,8 @@ const SYNCHRO_TIMEOUT_MS = 1500;
 beforeAll(async () => {
   cluster = await startLocalCluster({
     synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
+    // QSYNC_E2E_DIR keeps the cluster's data and sidecar logs there, for debugging a failure.
+    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: process.env.QSYNC_E2E_DIR }),
     tables: [
       { ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' },
       { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
@@ -130,7 +132,8 @@ describe('a 3-node cluster', () => {
   it('(b) commits with one follower down; the follower catches up from the journal when it returns', async () => {
     await node(3).stopSidecar();
     for (let i = 10; i < 15; i += 1) await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [i, `n${i}`]]]);
-    expect(await rows(2, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]);
+    // Held by the quorum (leader and node 2); node 2 commits each once the CONFIRM that follows reaches it.
+    await eventually(async () => expect(await rows(2, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]), 'node 2');
     expect(await rows(3, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 0 }]);
     await node(3).startSidecar();
     await eventually(async () => expect(await rows(3, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]), 'node 3 catches up');
