@@ -9,7 +9,7 @@
 // NotLeader, StaleTerm, RolledBack (certain: the transaction is visible
 // nowhere, ever), OutcomeUnknown (ask outcome(key) later), LimboFull, PgError.
 import { connect as netConnect } from 'node:net';
-import { decodeResponse, encodeRequest, type ClientErrorBody, type ClientRequest, type ClientResponse, type ResultSet } from '../core/client-protocol.js';
+import { decodeResponse, encodeRequest, type ClientErrorBody, type ClientRequest, type ClientResponse, type Consistency, type ResultSet } from '../core/client-protocol.js';
 import type { Term } from '../core/types.js';
 import { createLogger } from '../log.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
@@ -233,9 +233,15 @@ export class Db {
     }
   }
 
-  /** A read on the connected node (local consistency). */
-  async query(sql: string, params: readonly unknown[] = []): Promise<ResultSet> {
-    return (await this.#connection.request((id) => ({ id, op: 'query', sql, params }))) as ResultSet;
+  /**
+   * A read. `local` (default) reads the connected node's committed data;
+   * `leader` reads on the leader (following a NotLeader hint);
+   * `linearizable` is refused until leader election brings the read index.
+   */
+  async query(sql: string, params: readonly unknown[] = [], options: { consistency?: Consistency } = {}): Promise<ResultSet> {
+    const consistency = options.consistency ?? 'local';
+    const make = (id: number): ClientRequest => ({ id, op: 'query', sql, params, consistency });
+    return (await (consistency === 'local' ? this.#connection.request(make) : this.#toLeader(make))) as ResultSet;
   }
 
   /** Whether the transaction with this idempotency key committed. */

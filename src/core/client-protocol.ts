@@ -4,7 +4,7 @@
 //   auth     {i, o: 4, u: user, p: password}     first: a PostgreSQL role, checked by PostgreSQL
 //   execute  {i, o: 1, s: [[sql, params], ...], k?: idempotency key, t?: term}
 //            one transaction, one round trip
-//   query    {i, o: 2, q: sql, p: params}          a read on this node
+//   query    {i, o: 2, q: sql, p: params, c?: consistency}   a read: local (default), leader, linearizable
 //   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
 //   table    {i, o: 5, n: table, m: mode}          set a table's mode cluster-wide (table owner)
 //   begin    {i, o: 6, k?: key, t?: term}          an interactive transaction: answers {x: its id}
@@ -24,12 +24,16 @@ export interface Statement {
 export type ClientRequest =
   | { readonly id: number; readonly op: 'auth'; readonly user: string; readonly password: string }
   | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
-  | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[] }
+  | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[]; readonly consistency: Consistency }
   | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string }
   | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode }
   | { readonly id: number; readonly op: 'begin'; readonly idempotencyKey: string | null; readonly term: Term | null }
   | { readonly id: number; readonly op: 'tquery'; readonly tx: number; readonly sql: string; readonly params: readonly unknown[] }
   | { readonly id: number; readonly op: 'commit' | 'rollback'; readonly tx: number };
+
+/** local: this node's committed data; leader: read on the leader; linearizable: leader with a read index (with elections). */
+export type Consistency = 'local' | 'leader' | 'linearizable';
+const CONSISTENCIES: ReadonlySet<string> = new Set<Consistency>(['local', 'leader', 'linearizable']);
 
 export interface ResultSet {
   readonly rows: readonly Record<string, unknown>[];
@@ -62,7 +66,9 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       return codec.pack(wire);
     }
     case 'query':
-      return codec.pack({ i: request.id, o: OPS.query, q: request.sql, p: request.params });
+      return codec.pack(request.consistency === 'local'
+        ? { i: request.id, o: OPS.query, q: request.sql, p: request.params }
+        : { i: request.id, o: OPS.query, q: request.sql, p: request.params, c: request.consistency });
     case 'outcome':
       return codec.pack({ i: request.id, o: OPS.outcome, k: request.idempotencyKey });
     case 'auth':
@@ -107,7 +113,8 @@ function parseRequest(value: unknown): ClientRequest {
     case OPS.query:
       if (typeof w.q !== 'string') fail('sql', 'expected a string');
       if (!Array.isArray(w.p)) fail('params', 'expected an array');
-      return { id: id as number, op: 'query', sql: w.q, params: w.p as unknown[] };
+      if (w.c !== undefined && (typeof w.c !== 'string' || !CONSISTENCIES.has(w.c))) fail('consistency', 'expected local, leader or linearizable');
+      return { id: id as number, op: 'query', sql: w.q, params: w.p as unknown[], consistency: (w.c as Consistency | undefined) ?? 'local' };
     case OPS.outcome:
       if (typeof w.k !== 'string' || w.k.length === 0) fail('idempotencyKey', 'expected a string');
       return { id: id as number, op: 'outcome', idempotencyKey: w.k };

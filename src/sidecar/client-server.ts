@@ -3,7 +3,7 @@
 // reason; an operating error is answered with its code and the connection
 // stays open.
 import { createServer, type Server } from 'node:net';
-import { decodeRequest, encodeResponse, type ClientErrorBody, type ClientRequest, type ClientResponse, type Statement } from '../core/client-protocol.js';
+import { decodeRequest, encodeResponse, type ClientErrorBody, type ClientRequest, type ClientResponse, type Consistency, type Statement } from '../core/client-protocol.js';
 import { AssertionFailed } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
@@ -20,7 +20,7 @@ export interface RequestHandler<S extends ClientSession = ClientSession> {
   /** Check the credentials with PostgreSQL itself; throws QsyncError AUTH when refused. */
   authenticate(user: string, password: string): Promise<S>;
   execute(session: S, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
-  query(session: S, sql: string, params: readonly unknown[]): Promise<unknown>;
+  query(session: S, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
   setTableMode(session: S, table: string, mode: TableMode): Promise<unknown>;
   begin(session: S, idempotencyKey: string | null, term: Term | null): Transaction;
@@ -139,7 +139,7 @@ export class ClientServer {
         case 'execute':
           return { id: request.id, result: await this.#handler.execute(session, request.statements, request.idempotencyKey, request.term) };
         case 'query':
-          return { id: request.id, result: await this.#handler.query(session, request.sql, request.params) };
+          return { id: request.id, result: await this.#handler.query(session, request.sql, request.params, request.consistency) };
         case 'outcome':
           return { id: request.id, result: await this.#handler.outcome(request.idempotencyKey) };
         case 'table':

@@ -23,7 +23,7 @@ import { RelayServer, Subscriber } from '../net/peer.js';
 import {
   Applier, appliedVclock, checkServer, commitPrepared, listPrepared, migrate, reconcile, rollbackPrepared, runLeaderWrite, setTableMode,
 } from '../postgres/index.js';
-import type { Statement } from '../core/client-protocol.js';
+import type { Consistency, Statement } from '../core/client-protocol.js';
 import { createHash } from 'node:crypto';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
@@ -527,7 +527,11 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     }
   }
 
-  async query(session: RoleSession, sql: string, params: readonly unknown[]): Promise<unknown> {
+  async query(session: RoleSession, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown> {
+    if (consistency === 'linearizable') {
+      throw new QsyncError('BAD_REQUEST', 'linearizable reads need a read index, which comes with leader election; use leader (reads on the current leader) for now');
+    }
+    if (consistency === 'leader' && !this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to node ${this.config.leader}`);
     try {
       const r = await session.pool.query({ text: sql, values: [...params] });
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };

@@ -85,8 +85,15 @@ describe('a 3-node cluster', () => {
     const follower = await connect(node(2).clientAddress, cluster.credentials);
     try {
       // The follower's fence refuses the write with NotLeader naming the leader; the client reconnects there.
+      expect((await follower.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]); // a local read stays on the follower
+      expect(follower.address).toBe(node(2).clientAddress);
       await follower.execute([['UPDATE accounts SET balance = balance + 1 WHERE id = 1', []]]);
       expect(follower.address).toBe(node(1).clientAddress);
+      const onFollower = await connect(node(3).clientAddress, cluster.credentials);
+      expect((await onFollower.query('SELECT balance FROM accounts WHERE id = 1', [], { consistency: 'leader' })).rows).toEqual([{ balance: '101.00' }]);
+      expect(onFollower.address).toBe(node(1).clientAddress); // a leader read went to the leader
+      await expect(onFollower.query('SELECT 1', [], { consistency: 'linearizable' })).rejects.toMatchObject({ code: 'BAD_REQUEST', message: expect.stringMatching(/read index/) });
+      onFollower.close();
       expect(await rows(1, 'SELECT balance FROM accounts WHERE id = 1')).toEqual([{ balance: '101.00' }]);
     } finally {
       follower.close();
