@@ -516,10 +516,11 @@ export class SidecarNode implements RequestHandler<RoleSession> {
           this.#ownDurable();
         },
       }, body);
-      if (outcome.kind === 'empty') void this.#own.fill(outcome.lsn, this.#term, this.#now());
+      // Nothing replicated was written: a plain local commit, and the lsn goes back.
+      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.#term, this.#now());
       if (waiting !== null) await waiting;
     } catch (error) {
-      if (reserved !== null && !journaled) void this.#own.fill(reserved, this.#term, this.#now());
+      if (reserved !== null && !journaled) this.#own.release(reserved, this.#term, this.#now());
       throw this.#clientError(error);
     } finally {
       uncount();

@@ -55,6 +55,19 @@ export class OwnLog {
     return { lsn, durable: this.submit(make(lsn)) };
   }
 
+  /**
+   * Give back a reserved lsn whose transaction produced no record: possible
+   * while no later lsn was reserved (then it is simply reused); otherwise
+   * it is filled with an empty TXN so the journal has no gap.
+   */
+  release(lsn: Lsn, term: Term, time: number): void {
+    if (lsn === this.#nextReserved - 1 && !this.#waiting.has(lsn)) {
+      this.#nextReserved -= 1;
+      return;
+    }
+    void this.fill(lsn, term, time);
+  }
+
   /** Fill a reserved lsn whose transaction produced no record. */
   fill(lsn: Lsn, term: Term, time: number): Promise<void> {
     const empty: TxnRecord = { kind: 'txn', replica: this.#replica, lsn, term, time, gid: gidFor(this.#cluster, this.#replica, lsn), sync: false, changes: [], idempotencyKey: null };
