@@ -230,6 +230,43 @@ describe('a 3-node cluster', () => {
     expect(await rows(3, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
   });
 
+  it('(f) recovers the leader\'s limbo after its sidecar is SIGKILLed mid-stream: every acknowledged write lands everywhere', async () => {
+    const acked: number[] = [];
+    let unknown = 0;
+    const writer = (async () => {
+      for (let id = 6000; id < 6200; id += 1) {
+        try {
+          await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'leader-crash']]]);
+          acked.push(id);
+        } catch (error) {
+          if (!(error instanceof OutcomeUnknown)) throw error; // the connection to the leader is lost
+          unknown += 1;
+          break;
+        }
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 400));
+    await node(1).killSidecar();
+    await writer;
+    expect(unknown).toBe(1);
+    await node(1).startSidecar(); // reconciles PostgreSQL with its journal and refills the limbo
+    db.close();
+    db = await connect(cluster.clientAddresses, cluster.credentials);
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => {
+        const present = (await rows(replica, `SELECT id FROM accounts WHERE owner = 'leader-crash'`)).map((r) => Number((r as { id: string }).id));
+        expect(acked.filter((id) => !present.includes(id))).toEqual([]);
+        expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+      }, `node ${replica} holds every acknowledged write, nothing left in the limbo`);
+    }
+    // The three nodes come to agree on the write whose answer was lost, too.
+    await eventually(async () => {
+      const counts = await Promise.all([1, 2, 3].map(async (r) => rows(r, `SELECT count(*)::int AS n FROM accounts WHERE owner = 'leader-crash'`)));
+      expect(new Set(counts.map((c) => JSON.stringify(c))).size).toBe(1);
+      for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    }, 'the nodes agree');
+  });
+
   it('(c) when both followers die with a write in flight: committed, RolledBack or unknown, and every node agrees', async () => {
     const outcome = db.execute([['INSERT INTO accounts VALUES (5000, $1, 0)', ['in flight']]], { idempotencyKey: 'in-flight' }).then(() => 'committed', (error: unknown) => error);
     await Promise.all([node(2).killSidecar(), node(3).killSidecar()]);
