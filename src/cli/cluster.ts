@@ -9,9 +9,23 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { freePort, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
+import { freePorts, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
+
+/** Sidecars this process started: killed on exit, so none outlives a failed test or launcher. */
+const children = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function track(child: ChildProcess): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.once('exit', () => {
+      for (const c of children) c.kill('SIGKILL');
+    });
+  }
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+}
 
 export interface ClusterOptions {
   readonly nodes?: number;
@@ -66,7 +80,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   await mkdir(root, { recursive: true });
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
   const secret = options.secret ?? 'local-cluster-secret-0123456789';
-  let ports = await freePorts(count);
+  let ports = await nodePorts(count);
   const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg') })));
   for (const server of servers) {
     const client = new pg.Client({ connectionString: server.connectionString });
@@ -103,6 +117,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       },
       startSidecar: async () => {
         const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'] });
+        track(child);
         node.process = child;
         const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
         child.stderr.pipe(log);
@@ -137,7 +152,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         await Promise.all(servers.map((s) => s.destroy()));
         throw error;
       }
-      ports = await freePorts(count);
+      ports = await nodePorts(count);
     }
   }
   return {
@@ -152,8 +167,9 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   };
 }
 
-async function freePorts(count: number): Promise<Array<{ peer: number; client: number }>> {
-  return Promise.all(Array.from({ length: count }, async () => ({ peer: await freePort(), client: await freePort() })));
+async function nodePorts(count: number): Promise<Array<{ peer: number; client: number }>> {
+  const ports = await freePorts(count * 2);
+  return Array.from({ length: count }, (_, i) => ({ peer: ports[2 * i] as number, client: ports[2 * i + 1] as number }));
 }
 
 async function stopChild(node: ClusterNode, signal: NodeJS.Signals): Promise<void> {

@@ -1,4 +1,4 @@
-export { launchPostgres, externalPostgres, freePort, DEFAULT_SETTINGS, PostgresLaunchError, type PgServer, type PgConnection, type LaunchOptions } from './launcher.js';
+export { launchPostgres, externalPostgres, freePort, freePorts, DEFAULT_SETTINGS, PostgresLaunchError, type PgServer, type PgConnection, type LaunchOptions } from './launcher.js';
 export { migrate, readMigrations, MigrationError, MIGRATIONS_DIR } from './migrate.js';
 export { setTableMode, describeTable, loadTables, TableError, type TableInfo } from './tables.js';
 export { capture, type Captured, type CaptureStamp } from './capture.js';
