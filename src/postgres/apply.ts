@@ -9,6 +9,7 @@
 // last-writer-wins by (hybrid time, replica id); a losing row is skipped on
 // this node and recorded in qsync.conflicts.
 import type pg from 'pg';
+import { assert } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import type { Change, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
@@ -22,9 +23,6 @@ export class ApplyError extends QsyncError<'PG_APPLY'> {
 }
 
 export type ApplyOutcome = 'applied' | 'prepared' | 'skipped';
-
-const SKIP_SQL = `SELECT coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = $1), 0) >= $2
-  OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $3 AND database = current_database()) AS skip`;
 
 // Last-writer-wins for one change of an async table: returns the rows that
 // win, records the losers, and makes the winners the keys' new versions.
@@ -77,28 +75,34 @@ export class Applier {
     await (this.#client as pg.Client).end();
   }
 
-  /** Apply one TXN: commit it, or with `prepare` leave it prepared under its gid. */
+  /**
+   * Apply one TXN: commit it, or with `prepare` leave it prepared under its
+   * gid. Three round trips for a one-change record: a follower applies in
+   * journal order, one record at a time, so its round trips bound the
+   * cluster's sync throughput. Values inlined into the batched statements are
+   * validated integers and escaped literals.
+   */
   async apply(record: TxnRecord, options: { prepare: boolean }): Promise<ApplyOutcome> {
     const client = this.#client;
-    await client.query('BEGIN');
+    assert(Number.isSafeInteger(record.replica) && Number.isSafeInteger(record.lsn), 'record header is not integers');
+    const gid = client.escapeLiteral(record.gid);
+    // The record is in the journal before it is acknowledged, and its applied marker commits
+    // with it: if PostgreSQL loses an asynchronous commit in a crash, it loses both, and replay
+    // applies the record again. So a plain commit need not wait for its own WAL flush.
+    // PREPARE always flushes: it is the limbo.
+    const head = `BEGIN; SET LOCAL session_replication_role = replica;${options.prepare ? '' : ' SET LOCAL synchronous_commit = off;'}
+      SELECT coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = ${record.replica}), 0) >= ${record.lsn}
+          OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ${gid} AND database = current_database()) AS skip`;
     try {
-      await client.query('SET LOCAL session_replication_role = replica');
-      const { rows } = await client.query<{ skip: boolean }>(SKIP_SQL, [record.replica, record.lsn, record.gid]);
-      if (rows[0]?.skip === true) {
+      const results = (await client.query(head)) as unknown as Array<{ rows: Array<{ skip: boolean }> }>;
+      if (results.at(-1)?.rows[0]?.skip === true) {
         await client.query('ROLLBACK');
         return 'skipped';
       }
       for (const [index, change] of record.changes.entries()) await this.#applyChange(record, change, index);
-      if (record.idempotencyKey !== null) {
-        await client.query('INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING', [record.idempotencyKey, record.replica, record.lsn]);
-      }
-      await markApplied(client, record.replica, record.lsn);
-      if (options.prepare) {
-        await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(record.gid)}`);
-        return 'prepared';
-      }
-      await client.query('COMMIT');
-      return 'applied';
+      const key = record.idempotencyKey === null ? '' : `INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES (${client.escapeLiteral(record.idempotencyKey)}, ${record.replica}, ${record.lsn}) ON CONFLICT (key) DO NOTHING; `;
+      await client.query(`${key}INSERT INTO qsync.applied (replica_id, lsn) VALUES (${record.replica}, ${record.lsn}); ${options.prepare ? `PREPARE TRANSACTION ${gid}` : 'COMMIT'}`);
+      return options.prepare ? 'prepared' : 'applied';
     } catch (error) {
       await client.query('ROLLBACK');
       if (error instanceof ApplyError) throw error;

@@ -65,6 +65,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #stopping = false;
   /** Own TXNs that are rolled back: relayed as empty TXNs, so a peer that never had one never will. */
   readonly #withheld = new Set<number>();
+  /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
+  readonly #prepared = new Set<string>();
   /** Highest own lsn ever written to any peer. */
   #sentOwnLsn = 0;
   #clock = 0;
@@ -80,7 +82,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#admin = admin;
     this.#applier = applier;
     this.#term = term;
-    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, ...PG_TIMEOUTS });
+    // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
+    // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
+    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
     this.#control.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL control connection failed'));
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
@@ -122,6 +126,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const verdicts = await readVerdicts(this.#journal);
     const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
+    for (const entry of await listPrepared(this.#admin, this.config.clusterId)) this.#prepared.add(entry.gid);
     let replayed = 0;
     for await (const record of this.#journal.cursor(await appliedVclock(this.#admin))) {
       await this.#apply(record);
@@ -232,18 +237,17 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async #apply(record: JournalRecord): Promise<void> {
     switch (record.kind) {
       case 'txn':
-        if (record.changes.length > 0 || record.replica !== this.#self) await this.#applier.apply(record, { prepare: record.sync });
+        if (record.changes.length > 0 || record.replica !== this.#self) {
+          const outcome = await this.#applier.apply(record, { prepare: record.sync });
+          if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
+        }
         return;
-      case 'confirm': {
-        const gids = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.owner && e.lsn <= record.confirmedLsn).map((e) => e.gid);
-        await this.#finish(commitPrepared, gids);
+      case 'confirm':
+        await this.#finish(commitPrepared, this.#preparedOf(record.owner, 1, record.confirmedLsn), (gid) => this.#prepared.delete(gid));
         return;
-      }
-      case 'rollback': {
-        const gids = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.owner && e.lsn >= record.fromLsn && e.lsn < record.lsn).map((e) => e.gid);
-        await this.#finish(rollbackPrepared, gids);
+      case 'rollback':
+        await this.#finish(rollbackPrepared, this.#preparedOf(record.owner, record.fromLsn, record.lsn - 1), (gid) => this.#prepared.delete(gid));
         return;
-      }
       case 'config':
         for (const [table, mode] of Object.entries(record.tables ?? {})) await setTableMode(this.#admin, table, mode);
         await this.#applier.reload();
@@ -339,6 +343,14 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     setTimeout(() => {
       for (const gid of uncertain) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} was rolled back here, but a peer may hold it and no quorum confirmed the rollback; ask for its outcome by idempotency key`));
     }, this.config.synchroTimeoutMs).unref();
+  }
+
+  /** The prepared gids of `owner` with lsn in [from, to]; each leaves the set once it is finished. */
+  #preparedOf(owner: ReplicaId, from: number, to: number): string[] {
+    return [...this.#prepared].filter((gid) => {
+      const entry = parseGid(this.config.clusterId, gid);
+      return entry !== null && entry.replica === owner && entry.lsn >= from && entry.lsn <= to;
+    });
   }
 
   /** COMMIT or ROLLBACK PREPARED the gids, several at once; `each` runs as each one finishes. */
