@@ -13,7 +13,7 @@
 //
 //   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
 import { RecordInvalid, type ErrorCode } from './errors.js';
-import { codec, type TableMode } from './record.js';
+import { codec, decodeOne, type TableMode } from './record.js';
 import { isTerm, type Term } from './types.js';
 
 export interface Statement {
@@ -145,20 +145,8 @@ function parseRequest(value: unknown): ClientRequest {
 }
 
 function decodeWith<T>(body: Uint8Array, parse: (value: unknown) => T): { ok: true; message: T } | { ok: false; error: RecordInvalid } {
-  let values: unknown[];
-  try {
-    values = codec.unpackMultiple(body as Buffer) as unknown[];
-  } catch (cause) {
-    // msgpackr throws plain errors for malformed input: exactly the case handled here.
-    return { ok: false, error: new RecordInvalid('request', 'not valid msgpack', { cause }) };
-  }
-  if (values.length !== 1) return { ok: false, error: new RecordInvalid('request', `holds ${values.length} msgpack values, expected 1`) };
-  try {
-    return { ok: true, message: parse(values[0]) };
-  } catch (error) {
-    if (error instanceof RecordInvalid) return { ok: false, error };
-    throw error;
-  }
+  const decoded = decodeOne(body, 'request', parse);
+  return decoded.ok ? { ok: true, message: decoded.value } : decoded;
 }
 
 export function decodeRequest(body: Uint8Array): { ok: true; message: ClientRequest } | { ok: false; error: RecordInvalid } {

@@ -10,7 +10,7 @@
 //      │ ◄──────────────────────────────────── record ... ───┤  from the journal, then live
 //      ├── ack(vclock, term) ──────────────────────────────► │  after journal and PostgreSQL are durable
 import { RecordInvalid } from './errors.js';
-import { codec, parseRecord, recordToWire, type JournalRecord } from './record.js';
+import { codec, decodeOne, parseRecord, recordToWire, type JournalRecord } from './record.js';
 import { isReplicaId, isTerm, type ReplicaId, type Term } from './types.js';
 import { vclockParse, type VClock } from './vclock.js';
 
@@ -95,18 +95,6 @@ function parse(value: unknown): PeerMessage {
 }
 
 export function decodeMessage(body: Uint8Array): MessageResult {
-  let values: unknown[];
-  try {
-    values = codec.unpackMultiple(body as Buffer) as unknown[];
-  } catch (cause) {
-    // msgpackr throws plain errors for malformed input: exactly the case handled here.
-    return { ok: false, error: new RecordInvalid('message', 'not valid msgpack', { cause }) };
-  }
-  if (values.length !== 1) return { ok: false, error: new RecordInvalid('message', `holds ${values.length} msgpack values, expected 1`) };
-  try {
-    return { ok: true, message: parse(values[0]) };
-  } catch (error) {
-    if (error instanceof RecordInvalid) return { ok: false, error };
-    throw error;
-  }
+  const decoded = decodeOne(body, 'message', parse);
+  return decoded.ok ? { ok: true, message: decoded.value } : decoded;
 }

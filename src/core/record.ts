@@ -145,15 +145,30 @@ export function encodeRecord(record: JournalRecord): Uint8Array {
 }
 
 export function decodeRecord(bytes: Uint8Array): DecodeResult {
+  const decoded = decodeOne(bytes, 'body', fromWire);
+  return decoded.ok ? { ok: true, record: decoded.value } : decoded;
+}
+
+/**
+ * Unpack exactly one msgpack value from `bytes` and build a T from it with
+ * `parse`, which throws RecordInvalid naming the bad field. Every decoder of
+ * peer, client and journal input goes through here: a typed error, never a throw.
+ */
+export function decodeOne<T>(bytes: Uint8Array, what: string, parse: (value: unknown) => T): { ok: true; value: T } | { ok: false; error: RecordInvalid } {
   let values: unknown[];
   try {
     values = codec.unpackMultiple(bytes as Buffer) as unknown[];
   } catch (cause) {
     // msgpackr throws plain errors for any malformed input: that is exactly the case handled here.
-    return { ok: false, error: new RecordInvalid('body', 'not valid msgpack', { cause }) };
+    return { ok: false, error: new RecordInvalid(what, 'not valid msgpack', { cause }) };
   }
-  if (values.length !== 1) return { ok: false, error: new RecordInvalid('body', `holds ${values.length} msgpack values, expected 1`) };
-  return parseRecord(values[0]);
+  if (values.length !== 1) return { ok: false, error: new RecordInvalid(what, `holds ${values.length} msgpack values, expected 1`) };
+  try {
+    return { ok: true, value: parse(values[0]) };
+  } catch (error) {
+    if (error instanceof RecordInvalid) return { ok: false, error };
+    throw error;
+  }
 }
 
 /** Check a decoded msgpack value and build a record from it. */

@@ -17,6 +17,7 @@ import type { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
 import { Link, LinkClosed } from './link.js';
+import { listen } from './listen.js';
 
 export interface PeerIdentity {
   readonly cluster: string;
@@ -76,14 +77,7 @@ export class RelayServer {
   }
 
   listen(port: number, host = '127.0.0.1'): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(port, host, () => {
-        this.#server.off('error', reject);
-        const address = this.#server.address();
-        resolve(typeof address === 'object' && address !== null ? address.port : port);
-      });
-    });
+    return listen(this.#server, port, host);
   }
 
   async close(): Promise<void> {

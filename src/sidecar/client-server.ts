@@ -10,6 +10,7 @@ import type { TableMode } from '../core/record.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
+import { listen } from '../net/listen.js';
 
 /** An authenticated client: the PostgreSQL role its statements run as. */
 export interface ClientSession {
@@ -52,15 +53,8 @@ export class ClientServer {
     this.#server = createServer((socket) => void this.#serve(new FramedLink(socket, this.#log, { decode: decodeRequest, encode: encodeResponse })));
   }
 
-  listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(port, host, () => {
-        this.#server.off('error', reject);
-        const address = this.#server.address();
-        resolve(typeof address === 'object' && address !== null ? address.port : port);
-      });
-    });
+  listen(port: number, host = '127.0.0.1'): Promise<number> {
+    return listen(this.#server, port, host);
   }
 
   async close(): Promise<void> {

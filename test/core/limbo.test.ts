@@ -33,14 +33,21 @@ describe('quorum maths', () => {
 
 describe('limbo, by example', () => {
   const config = { owner: r(1), members: [r(1), r(2), r(3)], quorum: 2, synchroTimeoutMs: 1000 };
+  /** A limbo and a function that steps it, returning the actions. */
+  const stepper = (): { run: (event: LimboEvent) => readonly LimboAction[]; state: () => LimboState } => {
+    let state = limboCreate(config);
+    return {
+      run: (event) => {
+        const step = limboStep(state, event);
+        state = step.state;
+        return step.actions;
+      },
+      state: () => state,
+    };
+  };
 
   it('confirms once the leader and one follower hold an entry, as a prefix in one CONFIRM', () => {
-    let state = limboCreate(config);
-    const run = (event: LimboEvent): readonly LimboAction[] => {
-      const step = limboStep(state, event);
-      state = step.state;
-      return step.actions;
-    };
+    const { run, state } = stepper();
     run({ kind: 'append', entry: { lsn: l(1), gid: 'a', createdAtMs: 0 } });
     run({ kind: 'append', entry: { lsn: l(3), gid: 'b', createdAtMs: 0 } });
     run({ kind: 'append', entry: { lsn: l(4), gid: 'c', createdAtMs: 0 } });
@@ -48,16 +55,11 @@ describe('limbo, by example', () => {
     expect(run({ kind: 'durable', lsn: l(4) })).toEqual([{ kind: 'confirm', confirmedLsn: 3, gids: ['a', 'b'] }]);
     expect(run({ kind: 'ack', replica: r(9), lsn: l(9) })).toEqual([]); // not a member
     expect(run({ kind: 'ack', replica: r(3), lsn: l(4) })).toEqual([{ kind: 'confirm', confirmedLsn: 4, gids: ['c'] }]);
-    expect(state.entries).toEqual([]);
+    expect(state().entries).toEqual([]);
   });
 
   it('rolls back from the oldest timed-out entry, and answers RolledBack only when a quorum holds the ROLLBACK', () => {
-    let state = limboCreate(config);
-    const run = (event: LimboEvent): readonly LimboAction[] => {
-      const step = limboStep(state, event);
-      state = step.state;
-      return step.actions;
-    };
+    const { run } = stepper();
     run({ kind: 'append', entry: { lsn: l(1), gid: 'a', createdAtMs: 0 } });
     run({ kind: 'append', entry: { lsn: l(2), gid: 'b', createdAtMs: 500 } });
     run({ kind: 'durable', lsn: l(2) });
