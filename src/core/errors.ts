@@ -58,9 +58,6 @@ export class FrameTooLarge extends QsyncError<'FRAME_TOO_LARGE'> {
   }
 }
 
-export function isQsyncError<C extends ErrorCode>(error: unknown, code: C): error is QsyncError<C> {
-  return error instanceof QsyncError && error.code === code;
-}
 
 /** The journal on disk is damaged somewhere recovery may not cut on its own. */
 export class JournalCorrupt extends QsyncError<'JOURNAL_CORRUPT'> {

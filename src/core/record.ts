@@ -181,11 +181,6 @@ export function parseRecord(value: unknown): DecodeResult {
   }
 }
 
-/** Whether records of this kind travel to peers. */
-export function isReplicated(record: JournalRecord): boolean {
-  return record.kind !== 'raft';
-}
-
 // ---- encoding ----------------------------------------------------------------
 
 /** The msgpack map of a record, for embedding in a wire message. */

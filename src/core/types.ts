@@ -1,6 +1,4 @@
 // Branded integers: an Lsn cannot be passed where a Term is wanted.
-import { assert } from './assert.js';
-
 declare const brand: unique symbol;
 type Brand<T, B extends string> = T & { readonly [brand]: B };
 
@@ -26,17 +24,3 @@ export function isTerm(value: unknown): value is Term {
   return Number.isSafeInteger(value) && (value as number) >= 0;
 }
 
-export function replicaId(value: number): ReplicaId {
-  assert(isReplicaId(value), `replica id ${value} is not an integer in 0..${REPLICA_ID_MAX}`);
-  return value;
-}
-
-export function lsn(value: number): Lsn {
-  assert(isLsn(value), `lsn ${value} is not a non-negative safe integer`);
-  return value;
-}
-
-export function term(value: number): Term {
-  assert(isTerm(value), `term ${value} is not a non-negative safe integer`);
-  return value;
-}

@@ -156,11 +156,6 @@ function upsertSql(table: TableInfo): string {
   return sql;
 }
 
-/** Record (replica, lsn) as applied, inside the caller's transaction. */
-export async function markApplied(client: pg.ClientBase, replica: ReplicaId, lsn: Lsn): Promise<void> {
-  await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, lsn]);
-}
-
 /** The vclock of committed applied records. */
 export async function appliedVclock(client: pg.ClientBase): Promise<VClock> {
   const { rows } = await client.query<{ replica_id: number; lsn: string }>('SELECT replica_id, max(lsn) AS lsn FROM qsync.applied GROUP BY replica_id');
