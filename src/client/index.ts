@@ -197,9 +197,7 @@ export class Db {
     try {
       return await this.#transactionOnce(fn, options);
     } catch (error) {
-      if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
-      this.#connection.close();
-      this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
+      await this.#followLeader(error);
       return this.#transactionOnce(fn, options);
     }
   }
@@ -226,11 +224,16 @@ export class Db {
     try {
       return await this.#connection.request(make);
     } catch (error) {
-      if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
-      this.#connection.close();
-      this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
+      await this.#followLeader(error);
       return this.#connection.request(make);
     }
+  }
+
+  /** Reconnect to the leader a NotLeader error names (nothing was done); rethrow anything else. */
+  async #followLeader(error: unknown): Promise<void> {
+    if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
+    this.#connection.close();
+    this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
   }
 
   /**

@@ -7,12 +7,15 @@
 // SIGKILLed follower loses nothing acknowledged; garbage on the client port is
 // refused while the node keeps serving.
 import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { connect as netConnect } from 'node:net';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
-import type { ReplicaId, Term } from '../../src/core/types.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+import { Journal } from '../../src/journal/index.js';
 import { createLogger } from '../../src/log.js';
 import { Subscriber } from '../../src/net/peer.js';
 
@@ -68,6 +71,34 @@ async function eventually(check: () => Promise<void>, what: string, timeoutMs = 
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+}
+
+/**
+ * Insert accounts first.. first+count-1 owned by `owner`, one write at a time,
+ * recording which were acknowledged. `onError` says what a failed write means:
+ * go on with the next one, stop, or (by throwing) fail the test.
+ */
+function streamWrites(first: number, count: number, owner: string, onError: (error: unknown) => 'next' | 'stop'): { acked: number[]; failures: () => number; done: Promise<void> } {
+  const acked: number[] = [];
+  let failures = 0;
+  const done = (async () => {
+    for (let id = first; id < first + count; id += 1) {
+      try {
+        await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, owner]]]);
+        acked.push(id);
+      } catch (error) {
+        failures += 1;
+        if (onError(error) === 'stop') return;
+      }
+    }
+  })();
+  return { acked, failures: () => failures, done };
+}
+
+/** Acknowledged writes of `owner` that a node does not hold. */
+async function missingOn(replica: number, owner: string, acked: readonly number[]): Promise<number[]> {
+  const present = new Set((await rows(replica, 'SELECT id FROM accounts WHERE owner = $1', [owner])).map((r) => Number((r as { id: string }).id)));
+  return acked.filter((id) => !present.has(id));
 }
 
 describe('a 3-node cluster', () => {
@@ -175,11 +206,17 @@ describe('a 3-node cluster', () => {
       ]);
       expect(two.address).toBe(node(2).clientAddress); // async writes are taken by any node
       const images = async (replica: number): Promise<unknown[]> => rows(replica, 'SELECT id, body FROM notes ORDER BY id');
+      // On failure, show what each node decided: its rows, key versions and conflict log.
+      const evidence = async (): Promise<string> => JSON.stringify(await Promise.all([1, 2, 3].map(async (r) => ({
+        node: r, rows: await images(r),
+        versions: await rows(r, `SELECT key, time, replica_id FROM qsync.row_versions WHERE table_name = 'public.notes' ORDER BY key`),
+        conflicts: await rows(r, `SELECT key, lost->>'body' AS lost, lost_time, lost_replica, kept_time, kept_replica FROM qsync.conflicts WHERE table_name = 'public.notes'`),
+      }))));
       await eventually(async () => {
         const first = await images(1);
         expect(first.length).toBe(3);
-        expect(await images(2)).toEqual(first);
-        expect(await images(3)).toEqual(first);
+        expect(await images(2), await evidence()).toEqual(first);
+        expect(await images(3), await evidence()).toEqual(first);
       }, 'async convergence');
     } finally {
       two.close();
@@ -187,75 +224,48 @@ describe('a 3-node cluster', () => {
   });
 
   it('(f) loses nothing acknowledged when a follower sidecar is SIGKILLed mid-stream', async () => {
-    const acked: number[] = [];
-    const writer = (async () => {
-      for (let id = 1000; id < 1060; id += 1) {
-        try {
-          await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'stream']]]);
-          acked.push(id);
-        } catch (error) {
-          if (!(error instanceof OutcomeUnknown || error instanceof RolledBack)) throw error;
-        }
-      }
-    })();
+    const { acked, done } = streamWrites(1000, 60, 'stream', (error) => {
+      if (!(error instanceof OutcomeUnknown || error instanceof RolledBack)) throw error;
+      return 'next';
+    });
     await new Promise((r) => setTimeout(r, 300));
     await node(2).killSidecar();
-    await writer;
+    await done;
     expect(acked.length).toBeGreaterThan(50); // node 3 still makes the quorum
     await node(2).startSidecar();
     for (const replica of [1, 2, 3]) {
-      await eventually(async () => {
-        const present = (await rows(replica, `SELECT id FROM accounts WHERE owner = 'stream'`)).map((r) => Number((r as { id: string }).id));
-        expect(acked.filter((id) => !present.includes(id))).toEqual([]);
-      }, `node ${replica} holds every acknowledged write`);
+      await eventually(async () => expect(await missingOn(replica, 'stream', acked)).toEqual([]), `node ${replica} holds every acknowledged write`);
     }
   });
 
   it('(f) loses nothing acknowledged when a follower\'s PostgreSQL is SIGKILLed mid-stream', async () => {
-    const acked: number[] = [];
-    const writer = (async () => {
-      for (let id = 4000; id < 4060; id += 1) {
-        await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'pg-crash']]]);
-        acked.push(id);
-      }
-    })();
+    const { acked, done } = streamWrites(4000, 60, 'pg-crash', (error) => {
+      throw error; // node 2 keeps the quorum: every write must succeed
+    });
     await new Promise((r) => setTimeout(r, 300));
     await node(3).pg.kill();
-    await writer; // node 2 keeps the quorum
+    await done;
+    expect(acked).toHaveLength(60);
     await node(3).pg.start(); // the sidecar reconnects and applies what its journal holds
-    await eventually(async () => {
-      const present = (await rows(3, `SELECT id FROM accounts WHERE owner = 'pg-crash'`)).map((r) => Number((r as { id: string }).id));
-      expect(acked.filter((id) => !present.includes(id))).toEqual([]);
-    }, 'node 3 holds every acknowledged write after its PostgreSQL crash');
+    await eventually(async () => expect(await missingOn(3, 'pg-crash', acked)).toEqual([]), 'node 3 holds every acknowledged write after its PostgreSQL crash');
     expect(await rows(3, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
   });
 
   it('(f) recovers the leader\'s limbo after its sidecar is SIGKILLed mid-stream: every acknowledged write lands everywhere', async () => {
-    const acked: number[] = [];
-    let unknown = 0;
-    const writer = (async () => {
-      for (let id = 6000; id < 6200; id += 1) {
-        try {
-          await db.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'leader-crash']]]);
-          acked.push(id);
-        } catch (error) {
-          if (!(error instanceof OutcomeUnknown)) throw error; // the connection to the leader is lost
-          unknown += 1;
-          break;
-        }
-      }
-    })();
+    const { acked, failures, done } = streamWrites(6000, 200, 'leader-crash', (error) => {
+      if (!(error instanceof OutcomeUnknown)) throw error; // the connection to the leader is lost
+      return 'stop';
+    });
     await new Promise((r) => setTimeout(r, 400));
     await node(1).killSidecar();
-    await writer;
-    expect(unknown).toBe(1);
+    await done;
+    expect(failures()).toBe(1);
     await node(1).startSidecar(); // reconciles PostgreSQL with its journal and refills the limbo
     db.close();
     db = await connect(cluster.clientAddresses, cluster.credentials);
     for (const replica of [1, 2, 3]) {
       await eventually(async () => {
-        const present = (await rows(replica, `SELECT id FROM accounts WHERE owner = 'leader-crash'`)).map((r) => Number((r as { id: string }).id));
-        expect(acked.filter((id) => !present.includes(id))).toEqual([]);
+        expect(await missingOn(replica, 'leader-crash', acked)).toEqual([]);
         expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
       }, `node ${replica} holds every acknowledged write, nothing left in the limbo`);
     }
@@ -353,5 +363,22 @@ describe('a 3-node cluster', () => {
     await db.execute([['INSERT INTO accounts VALUES (2000, $1, 0)', ['still here']]]);
     expect(await rows(1, 'SELECT owner FROM accounts WHERE id = 2000')).toEqual([{ owner: 'still here' }]);
   });
-});
 
+  // Last: it leaves node 3 fenced off from the leader.
+  it('(fence 2) a node on a newer term refuses records from an older one, logged as split-brain, and applies none', async () => {
+    await node(3).stopSidecar();
+    // Node 3 learns of term 2, as a vote in an election elsewhere would leave it.
+    const journal = await Journal.open({ dir: node(3).dataDir });
+    await journal.append({ kind: 'raft', replica: 0 as ReplicaId, lsn: ((journal.tailVclock[0] ?? 0) + 1) as Lsn, term: 2 as Term, time: Date.now(), vote: 0 as ReplicaId });
+    await journal.close();
+    await node(3).startSidecar();
+    expect(await rows(3, 'SELECT term FROM qsync.node')).toEqual([{ term: '2' }]);
+
+    await db.execute([['INSERT INTO accounts VALUES (7000, $1, 0)', ['term 1 write']]]); // node 2 makes the quorum
+    await eventually(async () => expect(await rows(2, 'SELECT id FROM accounts WHERE id = 7000')).toHaveLength(1), 'node 2 applies it');
+    const log = join(dirname(node(3).dataDir), 'sidecar.log');
+    await eventually(async () => expect(await readFile(log, 'utf8')).toMatch(/"term":1,"current":2,"msg":"split-brain: record from an older term refused"/), 'split-brain logged');
+    expect(await rows(3, 'SELECT id FROM accounts WHERE id = 7000')).toEqual([]);
+    expect(await rows(3, `SELECT gid FROM pg_prepared_xacts`)).toEqual([]);
+  });
+});
