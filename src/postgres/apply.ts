@@ -128,8 +128,12 @@ export class Applier {
       return;
     }
     if (change.op === 'update' && change.oldKeys !== undefined) {
-      // Keys that the statement moved away from: gone after it.
-      await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')} EXCEPT ${from('$2')})`, [await filter(change.oldKeys, 'delete'), change.rows]);
+      // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
+      // judging a key that stayed would bump its version, and the row image would then lose to it.
+      const { rows: [moved] } = await client.query<{ keys: string }>(
+        `SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]')::text AS keys FROM (${from('$1')} EXCEPT ${from('$2')}) k`, [change.oldKeys, change.rows]);
+      const gone = moved?.keys ?? '[]';
+      if (gone !== '[]') await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')})`, [await filter(gone, 'delete')]);
     }
     await client.query(upsertSql(table), [await filter(change.rows, change.op)]);
   }

@@ -301,6 +301,20 @@ describe('async tables: last writer wins', () => {
       .toEqual([winner === 'local' ? { time: 500, replica_id: 2 } : { time: remoteTime, replica_id: 1 }]);
     expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts WHERE key = $1`, [{ k: key }])).rows).toEqual([{ n: winner === 'local' ? 1 : 0 }]);
   });
+
+  it('applies a newer remote UPDATE over an older row: the key that stays is judged once, not as a delete and then an upsert', async () => {
+    // The e2e flake: node 2 updated a row it had from node 1; applied on node 1, the update's
+    // old key was judged first (bumping the version), and the new image then lost to itself.
+    await follower.sql.query(`INSERT INTO kv VALUES ('moved-not', 'old')`);
+    await follower.sql.query(`INSERT INTO qsync.row_versions (table_name, key, time, replica_id) VALUES ('public.kv', '{"k": "moved-not"}', 100, 2)`);
+    const update: TxnRecord = {
+      kind: 'txn', replica: 1 as ReplicaId, lsn: 40_000 as Lsn, term: 1 as Term, time: 300, gid: gidFor(CLUSTER, 1 as ReplicaId, 40_000 as Lsn), sync: false, idempotencyKey: null,
+      changes: [{ table: 'public.kv', op: 'update', rows: JSON.stringify([{ k: 'moved-not', v: 'new' }]), oldKeys: JSON.stringify([{ k: 'moved-not' }]) }],
+    };
+    expect(await applier.apply(update, { prepare: false })).toBe('applied');
+    expect((await follower.sql.query(`SELECT v FROM kv WHERE k = 'moved-not'`)).rows).toEqual([{ v: 'new' }]);
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts WHERE key = '{"k": "moved-not"}'`)).rows).toEqual([{ n: 0 }]);
+  });
 });
 
 let pendingApply: Promise<unknown> = Promise.resolve();
