@@ -9,7 +9,10 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { adminRequest } from '../admin/server.js';
+import { LinkProxy } from '../drill/proxy.js';
 import { freePorts, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
+import type { NodeStatus } from '../sidecar/node.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
 
@@ -32,6 +35,13 @@ export interface ClusterOptions {
   /** Where the nodes' data goes; default a temporary directory removed by stop(). */
   readonly dir?: string;
   readonly synchroTimeoutMs?: number;
+  readonly electionTimeoutMs?: number;
+  /** Election mode per replica (default candidate for all). */
+  readonly electionModes?: Readonly<Record<number, 'candidate' | 'voter' | 'manual' | 'off'>>;
+  /** Put a LinkProxy on every directed peer link, so that tests can partition nodes. */
+  readonly proxies?: boolean;
+  /** Wait until a leader accepts writes before returning (default true). */
+  readonly waitForLeader?: boolean;
   readonly secret?: string;
   /** Tables to create on every node and mark, before the sidecars start. */
   readonly tables?: ReadonlyArray<{ readonly ddl: string; readonly name: string; readonly mode: 'sync' | 'async' }>;
@@ -43,6 +53,7 @@ export interface ClusterNode {
   readonly peerPort: number;
   readonly clientPort: number;
   readonly clientAddress: string;
+  readonly adminAddress: string;
   readonly dataDir: string;
   /** The sidecar process, while it runs. */
   process: ChildProcess | null;
@@ -51,6 +62,11 @@ export interface ClusterNode {
   stopSidecar(): Promise<void>;
   /** SIGKILL the sidecar: a crash. */
   killSidecar(): Promise<void>;
+  /** SIGSTOP / SIGCONT the sidecar: a frozen process (a long GC pause, a stalled VM). */
+  pause(): void;
+  resume(): void;
+  /** The node's admin status. */
+  status(): Promise<NodeStatus>;
   /** A connection to this node's PostgreSQL, as the test or operator. */
   sql(): Promise<pg.Client>;
 }
@@ -60,6 +76,14 @@ export interface LocalCluster {
   readonly clientAddresses: readonly string[];
   /** The embedded servers' superuser, for clients of a local cluster. */
   readonly credentials: { readonly user: string; readonly password: string };
+  /** The node accepting sync writes, once there is one (throws after `timeoutMs`). */
+  leader(timeoutMs?: number, exclude?: readonly number[]): Promise<ClusterNode>;
+  /** Cut every peer link to and from `replica` (needs `proxies`). */
+  isolate(replica: number): void;
+  /** Heal every cut link. */
+  heal(): void;
+  /** The proxy on node `from`'s link to node `to` (needs `proxies`). */
+  proxy(from: number, to: number): LinkProxy;
   stop(): Promise<void>;
 }
 
@@ -81,6 +105,18 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
   const secret = options.secret ?? 'local-cluster-secret-0123456789';
   let ports = await nodePorts(count);
+  // proxies[i][j]: node i+1's connection to node j+1's peer port.
+  const proxies = new Map<string, LinkProxy>();
+  if (options.proxies === true) {
+    for (let i = 0; i < count; i += 1) {
+      for (let j = 0; j < count; j += 1) {
+        if (i === j) continue;
+        const proxy = new LinkProxy(() => ({ host: '127.0.0.1', port: (ports[j] as { peer: number }).peer }));
+        await proxy.listen();
+        proxies.set(`${i + 1}>${j + 1}`, proxy);
+      }
+    }
+  }
   const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg') })));
   for (const server of servers) {
     const client = new pg.Client({ connectionString: server.connectionString });
@@ -96,12 +132,15 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     const replica = i + 1;
     const dataDir = join(root, `node${replica}`, 'journal');
     const args = (): string[] => {
-      const own = ports[i] as { peer: number; client: number };
-      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${p.peer}+${p.client}`).filter((_, j) => j !== i).join(',');
+      const own = ports[i] as { peer: number; client: number; admin: number };
+      const peerPort = (p: { peer: number }, j: number): number => proxies.get(`${replica}>${j + 1}`)?.port ?? p.peer;
+      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}`).filter((_, j) => j !== i).join(',');
       return [
         '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
-        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret, '--leader', '1',
-        '--peer-port', String(own.peer), '--client-port', String(own.client), '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000),
+        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
+        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
+        '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
+        '--election-mode', options.electionModes?.[replica] ?? 'candidate',
       ];
     };
     const node: ClusterNode = {
@@ -114,6 +153,9 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       },
       get clientAddress() {
         return `127.0.0.1:${(ports[i] as { client: number }).client}`;
+      },
+      get adminAddress() {
+        return `127.0.0.1:${(ports[i] as { admin: number }).admin}`;
       },
       startSidecar: async () => {
         const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -132,6 +174,9 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       },
       stopSidecar: async () => stopChild(node, 'SIGTERM'),
       killSidecar: async () => stopChild(node, 'SIGKILL'),
+      pause: () => node.process?.kill('SIGSTOP'),
+      resume: () => node.process?.kill('SIGCONT'),
+      status: () => adminRequest(node.adminAddress, 'GET', '/status'),
       sql: async () => {
         const client = new pg.Client({ connectionString: server.connectionString });
         client.on('error', () => undefined);
@@ -155,21 +200,52 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       ports = await nodePorts(count);
     }
   }
+  const leader = async (timeoutMs = 15_000, exclude: readonly number[] = []): Promise<ClusterNode> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const candidates = nodes.filter((n) => n.process !== null && !exclude.includes(n.replica));
+      const statuses = await Promise.all(candidates.map((n) => n.status().catch(() => null)));
+      const found = candidates.find((_, k) => statuses[k]?.writable === true);
+      if (found !== undefined) return found;
+      if (Date.now() > deadline) throw new Error(`no leader accepting writes within ${timeoutMs} ms: ${JSON.stringify(statuses.map((s) => s && { replica: s.replica, role: s.role, term: s.term, leader: s.leader }))}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  const proxy = (from: number, to: number): LinkProxy => {
+    const found = proxies.get(`${from}>${to}`);
+    if (found === undefined) throw new Error(`no proxy on link ${from}>${to}: start the cluster with proxies: true`);
+    return found;
+  };
+  if (options.waitForLeader !== false) await leader();
   return {
     nodes,
     clientAddresses: nodes.map((n) => n.clientAddress),
     credentials: { user: servers[0]?.user ?? 'postgres', password: servers[0]?.password ?? '' },
+    leader,
+    proxy,
+    isolate: (replica) => {
+      for (const n of nodes) {
+        if (n.replica === replica) continue;
+        proxy(replica, n.replica).cut();
+        proxy(n.replica, replica).cut();
+      }
+    },
+    heal: () => {
+      for (const p of proxies.values()) p.heal();
+    },
     stop: async () => {
+      for (const n of nodes) if (n.process !== null) n.resume();
       await Promise.all(nodes.map((n) => n.stopSidecar()));
+      await Promise.all([...proxies.values()].map((p) => p.close()));
       await Promise.all(nodes.map((n) => n.pg.destroy()));
       if (temporary) await rm(root, { recursive: true, force: true });
     },
   };
 }
 
-async function nodePorts(count: number): Promise<Array<{ peer: number; client: number }>> {
-  const ports = await freePorts(count * 2);
-  return Array.from({ length: count }, (_, i) => ({ peer: ports[2 * i] as number, client: ports[2 * i + 1] as number }));
+async function nodePorts(count: number): Promise<Array<{ peer: number; client: number; admin: number }>> {
+  const ports = await freePorts(count * 3);
+  return Array.from({ length: count }, (_, i) => ({ peer: ports[3 * i] as number, client: ports[3 * i + 1] as number, admin: ports[3 * i + 2] as number }));
 }
 
 async function stopChild(node: ClusterNode, signal: NodeJS.Signals): Promise<void> {

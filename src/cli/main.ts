@@ -2,6 +2,7 @@
 // is a clear error with exit code 2; a failure to start is exit code 1.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { adminRequest } from '../admin/server.js';
 import { connect } from '../client/index.js';
 import { QsyncError } from '../core/errors.js';
 import { createLogger } from '../log.js';
@@ -19,6 +20,11 @@ commands:
   table <sync|async|local> <table> [--node host:port] [--user U] [--password P]
                set a table's mode on every node, through the leader; the role must own the table
                (defaults: QSYNC_NODE or 127.0.0.1:7501, QSYNC_USER or postgres, QSYNC_PASSWORD)
+  status [--admin host:port]             a node's term, role, leader, limbo and peers (JSON)
+  promote [--admin host:port]            make this node campaign now; returns once it accepts writes
+  demote [--admin host:port]             the leader steps down; another node is elected
+  transfer <replica> [--admin host:port] switchover: the leader hands leadership to <replica>
+               (admin default: QSYNC_ADMIN or 127.0.0.1:7601)
   version      print the version
   help         print this help
 
@@ -76,14 +82,31 @@ async function table(argv: readonly string[]): Promise<void> {
   }
 }
 
+async function admin(command: 'status' | 'promote' | 'demote' | 'transfer', argv: readonly string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: [...argv], allowPositionals: true, options: { admin: { type: 'string' } } });
+  const address = values.admin ?? process.env.QSYNC_ADMIN ?? '127.0.0.1:7601';
+  if (command === 'transfer' && !/^\d+$/.test(positionals[0] ?? '')) {
+    console.error('usage: qsync transfer <replica id> [--admin host:port of the current leader]');
+    process.exit(2);
+  }
+  const path = command === 'status' ? '/status' : command === 'transfer' ? `/transfer?to=${positionals[0] as string}` : `/${command}`;
+  try {
+    console.log(JSON.stringify(await adminRequest(address, command === 'status' ? 'GET' : 'POST', path), null, 2));
+  } catch (error) {
+    console.error(`qsync ${command}: ${(error as Error).message}`);
+    process.exit(1);
+  }
+}
+
 async function clusterUp(): Promise<void> {
   console.log('starting 3 PostgreSQL servers and 3 sidecars...');
   const cluster = await startLocalCluster({
     dir: '.qsync/cluster',
     tables: [{ ddl: 'CREATE TABLE IF NOT EXISTS demo (id bigint PRIMARY KEY, note text)', name: 'demo', mode: 'sync' }],
   });
+  const leader = await cluster.leader();
   for (const node of cluster.nodes) {
-    console.log(`node ${node.replica}${node.replica === 1 ? ' (leader)' : '         '}  client ${node.clientAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
+    console.log(`node ${node.replica}${node === leader ? ' (leader)' : '         '}  client ${node.clientAddress}  admin ${node.adminAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
   }
   console.log(`\ntable demo is sync. From the client library:\n  const db = await connect(${JSON.stringify(cluster.clientAddresses)}, ${JSON.stringify(cluster.credentials)});\n  await db.execute([["INSERT INTO demo VALUES ($1, $2)", [1, 'hello']]]);`);
   console.log('Ctrl-C stops the cluster.');
@@ -102,6 +125,12 @@ switch (command) {
     break;
   case 'table':
     await table(rest);
+    break;
+  case 'status':
+  case 'promote':
+  case 'demote':
+  case 'transfer':
+    await admin(command, rest);
     break;
   case 'cluster':
     if (rest[0] !== 'up') {

@@ -5,7 +5,10 @@
 //   const { rows } = await db.query('SELECT * FROM demo');
 //
 // Requests are pipelined on one connection. A NOT_LEADER answer (nothing was
-// done) is followed to the leader it names, once. Errors are typed:
+// done) is followed to the leader it names; while no leader is known (an
+// election), and when the connection is found closed before a request is
+// sent, the client tries the nodes in turn for up to `leaderWaitMs`. A
+// request whose answer was lost is never resent. Errors are typed:
 // NotLeader, StaleTerm, RolledBack (certain: the transaction is visible
 // nowhere, ever), OutcomeUnknown (ask outcome(key) later), LimboFull, PgError.
 import { connect as netConnect } from 'node:net';
@@ -101,16 +104,28 @@ class Connection {
     });
   }
 
-  request(make: (id: number) => ClientRequest): Promise<unknown> {
+  /**
+   * Send and wait for the answer. A node that does not answer within
+   * `timeoutMs` (a frozen process keeps its sockets open) costs the whole
+   * connection: every request on it fails as if the connection were lost.
+   */
+  request(make: (id: number) => ClientRequest, timeoutMs = REQUEST_TIMEOUT_MS): Promise<unknown> {
     const request = make(this.#nextId++);
-    return new Promise((resolve, reject) => {
+    const answered = new Promise((resolve, reject) => {
       this.#pending.set(request.id, { resolve, reject, op: request.op });
       if (!this.#link.send(request) && this.#link.closeReason !== null) this.#fail(this.#link.closeReason);
     });
+    if (!Number.isFinite(timeoutMs)) return answered;
+    const timer = setTimeout(() => this.#link.close(`no answer from ${this.address} within ${timeoutMs} ms`), timeoutMs);
+    return answered.finally(() => clearTimeout(timer));
   }
 
   close(): void {
     this.#link.close('client closed', 'info');
+  }
+
+  get closed(): boolean {
+    return this.#link.closeReason !== null;
   }
 
   async #read(): Promise<void> {
@@ -139,6 +154,9 @@ class Connection {
   }
 }
 
+/** How long a request waits for its answer; interactive statements (tquery) wait for the application instead. */
+const REQUEST_TIMEOUT_MS = 60_000;
+
 function splitAddress(address: string): [string, number] {
   const at = address.lastIndexOf(':');
   return [address.slice(0, at), Number(address.slice(at + 1))];
@@ -150,17 +168,26 @@ export interface Credentials {
   readonly password: string;
 }
 
+export interface ConnectOptions extends Credentials {
+  /** Connecting to one node; default 5000. */
+  readonly timeoutMs?: number;
+  /** How long a write looks for a leader during an election or after losing its node; default 10000. */
+  readonly leaderWaitMs?: number;
+}
+
 export class Db {
   readonly #addresses: readonly string[];
   readonly #timeoutMs: number;
+  readonly #leaderWaitMs: number;
   readonly #credentials: Credentials;
   #connection: Connection;
 
-  constructor(addresses: readonly string[], connection: Connection, credentials: Credentials, timeoutMs: number) {
+  constructor(addresses: readonly string[], connection: Connection, options: ConnectOptions) {
     this.#addresses = addresses;
     this.#connection = connection;
-    this.#credentials = credentials;
-    this.#timeoutMs = timeoutMs;
+    this.#credentials = { user: options.user, password: options.password };
+    this.#timeoutMs = options.timeoutMs ?? 5_000;
+    this.#leaderWaitMs = options.leaderWaitMs ?? 10_000;
   }
 
   /** The node this client talks to. */
@@ -194,11 +221,15 @@ export class Db {
    * the leader, so fn should only touch the database through tx.
    */
   async transaction<T>(fn: (tx: Tx) => Promise<T>, options: ExecuteOptions = {}): Promise<T> {
-    try {
-      return await this.#transactionOnce(fn, options);
-    } catch (error) {
-      await this.#followLeader(error);
-      return this.#transactionOnce(fn, options);
+    const deadline = Date.now() + this.#leaderWaitMs;
+    for (let attempt = 0; ; attempt += 1) {
+      if (this.#connection.closed) await this.#moveTo(undefined, attempt, deadline);
+      try {
+        return await this.#transactionOnce(fn, options);
+      } catch (error) {
+        if (!(error instanceof NotLeader) || Date.now() > deadline) throw error;
+        await this.#moveTo(error.leader, attempt, deadline);
+      }
     }
   }
 
@@ -206,7 +237,7 @@ export class Db {
     const connection = this.#connection;
     const { tx: id } = (await connection.request((rid) => ({ id: rid, op: 'begin', idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as { tx: number };
     const tx: Tx = {
-      query: async (sql, params = []) => (await connection.request((rid) => ({ id: rid, op: 'tquery', tx: id, sql, params }))) as ResultSet,
+      query: async (sql, params = []) => (await connection.request((rid) => ({ id: rid, op: 'tquery', tx: id, sql, params }), Infinity)) as ResultSet,
     };
     let result: T;
     try {
@@ -219,21 +250,43 @@ export class Db {
     return result;
   }
 
-  /** Send; on NotLeader (nothing was done) follow the leader hint once. */
+  /** Send to the leader: on NotLeader (nothing was done) follow the hint, or look for a leader, until leaderWaitMs. */
   async #toLeader(make: (id: number) => ClientRequest): Promise<unknown> {
-    try {
-      return await this.#connection.request(make);
-    } catch (error) {
-      await this.#followLeader(error);
-      return this.#connection.request(make);
+    const deadline = Date.now() + this.#leaderWaitMs;
+    for (let attempt = 0; ; attempt += 1) {
+      if (this.#connection.closed) await this.#moveTo(undefined, attempt, deadline);
+      try {
+        return await this.#connection.request(make);
+      } catch (error) {
+        if (!(error instanceof NotLeader) || Date.now() > deadline) throw error;
+        await this.#moveTo(error.leader, attempt, deadline);
+      }
     }
   }
 
-  /** Reconnect to the leader a NotLeader error names (nothing was done); rethrow anything else. */
-  async #followLeader(error: unknown): Promise<void> {
-    if (!(error instanceof NotLeader) || error.leader === undefined || error.leader === this.address) throw error;
-    this.#connection.close();
-    this.#connection = await Connection.open(error.leader, this.#credentials, this.#timeoutMs);
+  /**
+   * Connect to the leader a NotLeader named, or (none named, or this node
+   * itself while it takes over) wait a little and try the next nodes in turn.
+   */
+  async #moveTo(hint: string | undefined, attempt: number, deadline: number): Promise<void> {
+    const elsewhere = hint !== undefined && hint !== this.address;
+    if (!elsewhere) await new Promise((r) => setTimeout(r, Math.min(250, 20 * 2 ** attempt)));
+    const start = this.#addresses.indexOf(this.address);
+    const rotation = this.#addresses.map((_, i) => this.#addresses[(start + 1 + i) % this.#addresses.length] as string);
+    const order = elsewhere ? [hint, ...rotation.filter((a) => a !== hint)] : hint === this.address && !this.#connection.closed ? [] : rotation;
+    const errors: string[] = [];
+    for (const address of order) {
+      try {
+        const connection = await Connection.open(address, this.#credentials, this.#timeoutMs);
+        this.#connection.close();
+        this.#connection = connection;
+        return;
+      } catch (error) {
+        if (error instanceof AuthFailed) throw error;
+        errors.push(`${address}: ${(error as Error).message}`);
+      }
+    }
+    if (order.length > 0 && Date.now() > deadline) throw new Error(`no qsync node reachable: ${errors.join('; ')}`);
   }
 
   /**
@@ -244,6 +297,7 @@ export class Db {
   async query(sql: string, params: readonly unknown[] = [], options: { consistency?: Consistency } = {}): Promise<ResultSet> {
     const consistency = options.consistency ?? 'local';
     const make = (id: number): ClientRequest => ({ id, op: 'query', sql, params, consistency });
+    if (consistency === 'local' && this.#connection.closed) await this.#moveTo(undefined, 0, Date.now() + this.#leaderWaitMs);
     return (await (consistency === 'local' ? this.#connection.request(make) : this.#toLeader(make))) as ResultSet;
   }
 
@@ -267,13 +321,13 @@ export class Db {
 }
 
 /** Connect to the first reachable address and authenticate as a PostgreSQL role. */
-export async function connect(addresses: string | readonly string[], options: Credentials & { timeoutMs?: number }): Promise<Db> {
+export async function connect(addresses: string | readonly string[], options: ConnectOptions): Promise<Db> {
   const list = typeof addresses === 'string' ? [addresses] : addresses;
   const timeoutMs = options.timeoutMs ?? 5_000;
   const errors: string[] = [];
   for (const address of list) {
     try {
-      return new Db(list, await Connection.open(address, options, timeoutMs), options, timeoutMs);
+      return new Db(list, await Connection.open(address, options, timeoutMs), options);
     } catch (error) {
       // Wrong credentials are final: another node would refuse them too.
       if (error instanceof QsyncClientError && error.code === 'AUTH') throw error;

@@ -9,6 +9,8 @@
 //      ├── subscribe(vclock) ──────────────────────────────► │
 //      │ ◄──────────────────────────────────── record ... ───┤  from the journal, then live
 //      ├── ack(vclock, term) ──────────────────────────────► │  after journal and PostgreSQL are durable
+//      │ ◄─────────────────────────────── raft(election) ───► │  either way, on whichever link is up
+import type { ElectionMessage } from './election.js';
 import { RecordInvalid } from './errors.js';
 import { codec, decodeOne, parseRecord, recordToWire, type JournalRecord } from './record.js';
 import { isReplicaId, isTerm, type ReplicaId, type Term } from './types.js';
@@ -24,11 +26,29 @@ export type PeerMessage =
   | { readonly kind: 'refuse'; readonly reason: string }
   | { readonly kind: 'subscribe'; readonly vclock: VClock }
   | { readonly kind: 'record'; readonly record: JournalRecord }
-  | { readonly kind: 'ack'; readonly vclock: VClock; readonly term: Term };
+  | { readonly kind: 'ack'; readonly vclock: VClock; readonly term: Term }
+  | { readonly kind: 'raft'; readonly message: ElectionMessage };
 
 export type MessageResult = { readonly ok: true; readonly message: PeerMessage } | { readonly ok: false; readonly error: RecordInvalid };
 
-const CODES = { hello: 1, welcome: 2, refuse: 3, subscribe: 4, record: 5, ack: 6 } as const;
+const CODES = { hello: 1, welcome: 2, refuse: 3, subscribe: 4, record: 5, ack: 6, raft: 7 } as const;
+const RAFT_CODES = { vote: 1, voteReply: 2, heartbeat: 3, heartbeatReply: 4, timeoutNow: 5 } as const;
+
+function raftToWire(e: ElectionMessage): Record<string, unknown> {
+  const wire: Record<string, unknown> = { m: CODES.raft, y: RAFT_CODES[e.type], t: e.term };
+  switch (e.type) {
+    case 'vote':
+      return { ...wire, vc: e.vclock, p: e.pre, f: e.force };
+    case 'voteReply':
+      return { ...wire, g: e.granted, p: e.pre };
+    case 'heartbeat':
+      return { ...wire, s: e.sentMs };
+    case 'heartbeatReply':
+      return { ...wire, s: e.sentMs, vc: e.vclock };
+    case 'timeoutNow':
+      return wire;
+  }
+}
 
 export function encodeMessage(message: PeerMessage): Uint8Array {
   switch (message.kind) {
@@ -46,6 +66,8 @@ export function encodeMessage(message: PeerMessage): Uint8Array {
       return codec.pack({ m: CODES.record, x: recordToWire(message.record) });
     case 'ack':
       return codec.pack({ m: CODES.ack, vc: message.vclock, t: message.term });
+    case 'raft':
+      return codec.pack(raftToWire(message.message));
   }
 }
 
@@ -62,6 +84,35 @@ function vclock(value: unknown): VClock {
   const parsed = vclockParse(value);
   if (typeof parsed === 'string') fail('vclock', parsed);
   return parsed;
+}
+
+function flag(value: unknown, field: string): boolean {
+  if (typeof value !== 'boolean') fail(field, 'expected a boolean');
+  return value;
+}
+
+function sentMs(value: unknown): number {
+  if (!Number.isSafeInteger(value) || (value as number) < 0) fail('sentMs', 'expected a non-negative integer');
+  return value as number;
+}
+
+function parseRaft(w: Record<string, unknown>): ElectionMessage {
+  if (!isTerm(w.t)) fail('term', 'expected a non-negative integer');
+  const term = w.t;
+  switch (w.y) {
+    case RAFT_CODES.vote:
+      return { type: 'vote', term, vclock: vclock(w.vc), pre: flag(w.p, 'pre'), force: flag(w.f, 'force') };
+    case RAFT_CODES.voteReply:
+      return { type: 'voteReply', term, granted: flag(w.g, 'granted'), pre: flag(w.p, 'pre') };
+    case RAFT_CODES.heartbeat:
+      return { type: 'heartbeat', term, sentMs: sentMs(w.s) };
+    case RAFT_CODES.heartbeatReply:
+      return { type: 'heartbeatReply', term, sentMs: sentMs(w.s), vclock: vclock(w.vc) };
+    case RAFT_CODES.timeoutNow:
+      return { type: 'timeoutNow', term };
+    default:
+      return fail('type', `unknown election message type ${JSON.stringify(w.y ?? null)}`);
+  }
 }
 
 function parse(value: unknown): PeerMessage {
@@ -89,6 +140,8 @@ function parse(value: unknown): PeerMessage {
     case CODES.ack:
       if (!isTerm(w.t)) fail('term', 'expected a non-negative integer');
       return { kind: 'ack', vclock: vclock(w.vc), term: w.t };
+    case CODES.raft:
+      return { kind: 'raft', message: parseRaft(w) };
     default:
       return fail('message', `unknown message code ${JSON.stringify(w.m ?? null)}`);
   }

@@ -70,6 +70,12 @@ export interface RollbackRecord extends RecordHeader {
   readonly owner: ReplicaId;
   /** Every entry of `owner` with lsn >= fromLsn is rolled back. */
   readonly fromLsn: Lsn;
+  /**
+   * Entries from this lsn on had reached no peer when rolled back: their
+   * clients were told RolledBack, and the owner relays them as empty TXNs
+   * ever after. Absent when every rolled-back entry had been sent.
+   */
+  readonly withheldFromLsn?: Lsn;
 }
 
 export interface PromoteRecord extends RecordHeader {
@@ -200,6 +206,7 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
     case 'rollback':
       wire.o = r.owner;
       wire.f = r.fromLsn;
+      if (r.withheldFromLsn !== undefined) wire.w = r.withheldFromLsn;
       break;
     case 'promote':
       wire.o = r.prevOwner;
@@ -286,8 +293,10 @@ function fromWire(value: unknown): JournalRecord {
       return parseTxn(value, replica, lsn, term, time);
     case 'confirm':
       return { kind, replica, lsn, term, time, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), confirmedLsn: field(value, 'u', 'confirmedLsn', isLsn, 'an lsn') };
-    case 'rollback':
-      return { kind, replica, lsn, term, time, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), fromLsn: field(value, 'f', 'fromLsn', isPositiveLsn, 'a positive lsn') };
+    case 'rollback': {
+      const rollback = { kind, replica, lsn, term, time, owner: field(value, 'o', 'owner', isReplicatedId, 'a replica id 1..31'), fromLsn: field(value, 'f', 'fromLsn', isPositiveLsn, 'a positive lsn') };
+      return value.w === undefined ? rollback : { ...rollback, withheldFromLsn: field(value, 'w', 'withheldFromLsn', isPositiveLsn, 'a positive lsn') };
+    }
     case 'promote':
       return {
         kind, replica, lsn, term, time,

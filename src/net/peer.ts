@@ -9,6 +9,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { AssertionFailed } from '../core/assert.js';
 import { limits } from '../core/limits.js';
+import type { ElectionMessage } from '../core/election.js';
 import { PROTOCOL_VERSION, type PeerMessage } from '../core/messages.js';
 import type { JournalRecord } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
@@ -33,8 +34,16 @@ function checkHello(me: PeerIdentity, hello: PeerMessage & { kind: 'hello' }): s
   return null;
 }
 
-async function expect<K extends PeerMessage['kind']>(link: Link, kind: K, timeoutMs?: number): Promise<PeerMessage & { kind: K }> {
-  const message = await link.next(timeoutMs);
+/**
+ * The next message of `kind`; election messages, which may come on any link
+ * in either direction once it is past the handshake, go to `onRaft` on the way.
+ */
+async function expect<K extends PeerMessage['kind']>(link: Link, kind: K, timeoutMs?: number, onRaft?: (message: ElectionMessage) => void): Promise<PeerMessage & { kind: K }> {
+  let message = await link.next(timeoutMs);
+  while (message.kind === 'raft' && onRaft !== undefined) {
+    onRaft(message.message);
+    message = await link.next(timeoutMs);
+  }
   if (message.kind === 'refuse') {
     link.close(`refused by peer: ${message.reason}`);
     throw new LinkClosed(`refused by peer: ${message.reason}`);
@@ -62,6 +71,8 @@ export interface RelayOptions {
   readonly outgoing?: (record: JournalRecord) => JournalRecord;
   /** Called as each record is written to a subscriber's socket. */
   readonly onSent?: (record: JournalRecord, subscriber: ReplicaId) => void;
+  /** An election message from a subscriber. */
+  readonly onRaft?: (from: ReplicaId, message: ElectionMessage) => void;
 }
 
 /** The relay side: accepts subscribers and streams them the journal. */
@@ -69,6 +80,8 @@ export class RelayServer {
   readonly #options: RelayOptions;
   readonly #server: Server;
   readonly #links = new Set<Link>();
+  /** Subscribers past the handshake, by replica: election messages can go back on their link. */
+  readonly #subscribers = new Map<ReplicaId, Link>();
 
   constructor(options: RelayOptions) {
     this.#options = options;
@@ -85,12 +98,24 @@ export class RelayServer {
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 
+  /** Send an election message to a subscriber; false when it has no link here. */
+  sendRaft(to: ReplicaId, message: ElectionMessage): boolean {
+    const link = this.#subscribers.get(to);
+    if (link === undefined || link.closeReason !== null) return false;
+    link.send({ kind: 'raft', message });
+    return true;
+  }
+
   async #serve(socket: Socket): Promise<void> {
     const link = new Link(socket, this.#options.log);
     this.#links.add(link);
+    let subscriber: ReplicaId | null = null;
     try {
-      const subscriber = await this.#handshake(link);
-      const subscribe = await expect(link, 'subscribe', limits.handshakeTimeoutMs);
+      subscriber = await this.#handshake(link);
+      const from = subscriber;
+      this.#subscribers.get(from)?.close(`replica ${from} subscribed again`, 'info');
+      this.#subscribers.set(from, link);
+      const subscribe = await expect(link, 'subscribe', limits.handshakeTimeoutMs, (m) => this.#options.onRaft?.(from, m));
       link.log.info({ subscriber, vclock: subscribe.vclock }, 'subscriber joined');
       await Promise.all([this.#relay(link, subscriber, subscribe.vclock), this.#readAcks(link, subscriber)]);
     } catch (error) {
@@ -99,6 +124,7 @@ export class RelayServer {
       if (!(error instanceof LinkClosed)) link.close(`relay failed: ${(error as Error).message}`);
     } finally {
       this.#links.delete(link);
+      if (subscriber !== null && this.#subscribers.get(subscriber) === link) this.#subscribers.delete(subscriber);
     }
   }
 
@@ -133,7 +159,7 @@ export class RelayServer {
 
   async #readAcks(link: Link, subscriber: ReplicaId): Promise<void> {
     for (;;) {
-      const ack = await expect(link, 'ack');
+      const ack = await expect(link, 'ack', undefined, (m) => this.#options.onRaft?.(subscriber, m));
       this.#options.onAck(subscriber, ack.vclock, ack.term);
     }
   }
@@ -154,6 +180,8 @@ export interface SubscriberOptions {
   readonly onRecord: (record: JournalRecord) => Promise<void>;
   /** What to acknowledge: the node's durable-and-applied vclock and its term. */
   readonly ack: () => { vclock: VClock; term: Term };
+  /** An election message from the peer. */
+  readonly onRaft?: (message: ElectionMessage) => void;
   readonly backoffMsMin?: number;
   readonly backoffMsMax?: number;
 }
@@ -174,6 +202,14 @@ export class Subscriber {
 
   start(): void {
     this.#running ??= this.#loop();
+  }
+
+  /** Send an election message to the peer; false when not connected past the handshake. */
+  sendRaft(message: ElectionMessage): boolean {
+    const link = this.#link;
+    if (!this.connected || link === null || link.closeReason !== null) return false;
+    link.send({ kind: 'raft', message });
+    return true;
   }
 
   async stop(): Promise<void> {
@@ -232,7 +268,7 @@ export class Subscriber {
     };
     try {
       for (;;) {
-        const message = await expect(link, 'record');
+        const message = await expect(link, 'record', undefined, this.#options.onRaft);
         if (failure !== null) throw failure;
         outstanding += 1;
         const done = this.#options.onRecord(message.record);

@@ -22,8 +22,10 @@ export const configSchema = z.object({
   dataDir: z.string().min(1),
   secret: z.string().min(16, 'at least 16 characters').optional(),
   insecure: z.boolean().default(false),
-  /** The fixed leader's replica id (elections come later). */
-  leader: z.number().int().min(1).max(31),
+  electionMode: z.enum(['candidate', 'voter', 'manual', 'off']).default('candidate'),
+  electionTimeoutMs: z.number().int().min(50).max(60_000).default(1_000),
+  /** Default: a tenth of the election timeout. */
+  heartbeatIntervalMs: z.number().int().min(5).max(30_000).optional(),
   quorum: z.number().int().min(1).optional(),
   quorumForce: z.boolean().default(false),
   synchroTimeoutMs: z.number().int().min(10).max(600_000).default(5_000),
@@ -31,9 +33,12 @@ export const configSchema = z.object({
   peerPort: z.number().int().min(0).max(65535),
   clientHost: z.string().default('127.0.0.1'),
   clientPort: z.number().int().min(0).max(65535),
+  adminHost: z.string().default('127.0.0.1'),
+  /** The admin HTTP interface; absent: none. */
+  adminPort: z.number().int().min(0).max(65535).optional(),
 });
 
-export type SidecarConfig = z.infer<typeof configSchema> & { readonly quorum: number };
+export type SidecarConfig = z.infer<typeof configSchema> & { readonly quorum: number; readonly heartbeatIntervalMs: number };
 
 export class ConfigError extends QsyncError<'CONFIG'> {
   constructor(readonly problems: readonly string[]) {
@@ -50,7 +55,9 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
   { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
   { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters' },
   { key: 'insecure', flag: 'insecure', env: 'QSYNC_INSECURE', kind: 'bool', help: 'run without a secret; allowed only when every address is loopback' },
-  { key: 'leader', flag: 'leader', env: 'QSYNC_LEADER', kind: 'int', help: 'replica id of the leader (fixed until elections arrive)' },
+  { key: 'electionMode', flag: 'election-mode', env: 'QSYNC_ELECTION_MODE', kind: 'string', help: 'candidate (votes and campaigns; default), voter (votes only), manual (votes; campaigns after qsync promote), off (neither)' },
+  { key: 'electionTimeoutMs', flag: 'election-timeout-ms', env: 'QSYNC_ELECTION_TIMEOUT_MS', kind: 'int', help: 'how long without a leader before a node campaigns (randomised up to 1.5x); a leader that hears no quorum for this long steps down; default 1000' },
+  { key: 'heartbeatIntervalMs', flag: 'heartbeat-interval-ms', env: 'QSYNC_HEARTBEAT_INTERVAL_MS', kind: 'int', help: 'how often the leader sends heartbeats; default a tenth of the election timeout' },
   { key: 'quorum', flag: 'quorum', env: 'QSYNC_QUORUM', kind: 'int', help: 'nodes that must hold a sync transaction before it commits; default a majority' },
   { key: 'quorumForce', flag: 'quorum-force', env: 'QSYNC_QUORUM_FORCE', kind: 'bool', help: 'allow a quorum below a majority (unsafe under partitions)' },
   { key: 'synchroTimeoutMs', flag: 'synchro-timeout-ms', env: 'QSYNC_SYNCHRO_TIMEOUT_MS', kind: 'int', help: 'how long a sync transaction waits for its quorum before it is rolled back; default 5000' },
@@ -58,6 +65,8 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
   { key: 'peerPort', flag: 'peer-port', env: 'QSYNC_PEER_PORT', kind: 'int', help: 'port for other sidecars' },
   { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
+  { key: 'adminHost', flag: 'admin-host', env: 'QSYNC_ADMIN_HOST', kind: 'string', help: 'address the admin HTTP interface binds to; default 127.0.0.1' },
+  { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, promote, demote, transfer); none when unset' },
 ];
 
 function parsePeers(text: string): unknown {
@@ -106,7 +115,8 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   const members = c.peers.length + 1;
   const ids = [c.replicaId, ...c.peers.map((p) => p.replica)];
   if (new Set(ids).size !== ids.length) problems.push(`--peers: replica ids must be unique and differ from --replica-id ${c.replicaId}`);
-  if (!ids.includes(c.leader)) problems.push(`--leader: replica ${c.leader} is not a member (${ids.join(', ')})`);
+  const heartbeatIntervalMs = c.heartbeatIntervalMs ?? Math.max(5, Math.floor(c.electionTimeoutMs / 10));
+  if (heartbeatIntervalMs * 2 > c.electionTimeoutMs) problems.push(`--heartbeat-interval-ms: ${heartbeatIntervalMs} must be at most half the election timeout (${c.electionTimeoutMs}), or followers campaign between heartbeats`);
   const quorum = c.quorum ?? quorumDefault(members);
   const quorumProblem = checkQuorum(quorum, members, c.quorumForce);
   if (quorumProblem !== null) problems.push(`--quorum: ${quorumProblem}`);
@@ -114,5 +124,5 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   const hosts = [c.peerHost, c.clientHost, ...c.peers.map((p) => p.host)];
   if (c.secret === undefined && c.insecure && !hosts.every((h) => LOOPBACK.test(h))) problems.push('--insecure: allowed only when every address is loopback');
   if (problems.length > 0) throw new ConfigError(problems);
-  return { ...c, quorum };
+  return { ...c, quorum, heartbeatIntervalMs };
 }

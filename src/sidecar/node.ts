@@ -6,17 +6,26 @@
 // beyond PostgreSQL's applied vclock; refill the leader's limbo; then serve.
 //
 // Records from peers go through one queue, in arrival order: drop what the
-// journal already holds, refuse an older term (split-brain), append (durable),
-// apply to PostgreSQL, then count as applied; acks report that vclock.
+// journal already holds, refuse a limbo record older than the limbo's term
+// (split-brain), append (durable), apply to PostgreSQL, then count as
+// applied; acks report that vclock.
+//
+// Leadership (DESIGN.md §6): the election core decides who leads; the winner
+// waits until a quorum holds its journal, writes PROMOTE, and accepts sync
+// writes only once a quorum holds the PROMOTE too (`#writable`). Losing
+// leadership stops writes at once; PostgreSQL's fence follows qsync.node.
 import pg from 'pg';
+import { AdminServer } from '../admin/server.js';
 import { AssertionFailed } from '../core/assert.js';
+import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionMessage, type ElectionState } from '../core/election.js';
 import { QsyncError } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
 import type { JournalRecord, TableMode } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
-import { vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
+import { vclockCovers, vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
+import { emptied, isSynchro, isWithheld, type WithheldRange } from '../core/withheld.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
 import { RelayServer, Subscriber } from '../net/peer.js';
@@ -24,7 +33,7 @@ import {
   Applier, appliedVclock, checkServer, commitPrepared, listPrepared, migrate, reconcile, rollbackPrepared, runLeaderWrite, setTableMode,
 } from '../postgres/index.js';
 import type { Consistency, Statement } from '../core/client-protocol.js';
-import { createHash } from 'node:crypto';
+import { createHash, randomInt } from 'node:crypto';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
@@ -55,7 +64,19 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** Set when a PostgreSQL connection failed: the next apply attempt reconnects first. */
   #pgBroken = false;
   readonly #own: OwnLog;
-  readonly #term: Term;
+  #election: ElectionState;
+  /** Every message the election sends waits for the RAFT records written before it. */
+  #raftDurable: Promise<void> = Promise.resolve();
+  /** The limbo's owner and term by the last PROMOTE in journal order: limbo records of an older term are refused. */
+  #synchro: { owner: ReplicaId; term: Term };
+  /** Leader, PROMOTE held by a quorum, qsync.node says so: sync writes are accepted. */
+  #writable = false;
+  /** A leadership transfer in progress: new writes wait for it. */
+  #transfer: Promise<void> | null = null;
+  /** What each peer is known to hold (acks and heartbeat replies). */
+  readonly #peerVclocks = new Map<ReplicaId, VClock>();
+  /** Records refused for an older term (split-brain), since start. */
+  splitBrainRecords = 0;
   #limbo: LimboState | null = null;
   #applied: VClock;
   #queue: Promise<void> = Promise.resolve();
@@ -63,25 +84,31 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
   #beforeLimbo = 0;
   #stopping = false;
-  /** Own TXNs that are rolled back: relayed as empty TXNs, so a peer that never had one never will. */
-  readonly #withheld = new Set<number>();
+  /** Own records relayed as empty TXNs (see core/withheld.ts). */
+  #withheld: WithheldRange[] = [];
   /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
   readonly #prepared = new Set<string>();
   /** Highest own lsn ever written to any peer. */
   #sentOwnLsn = 0;
   #clock = 0;
   #relay: RelayServer | null = null;
-  #subscribers: Subscriber[] = [];
+  readonly #subscribers = new Map<ReplicaId, Subscriber>();
+  /** Writes of qsync.node, in order: the PostgreSQL fence follows the election through them. */
+  #published: Promise<void> = Promise.resolve();
+  /** The term whose PROMOTE a quorum holds, while this node leads it. */
+  #promotedTerm: Term | null = null;
   #clients: ClientServer | null = null;
+  #adminServer: AdminServer | null = null;
   #timer: NodeJS.Timeout | null = null;
 
-  private constructor(config: SidecarConfig, log: Logger, journal: Journal, admin: pg.Client, applier: Applier, term: Term) {
+  private constructor(config: SidecarConfig, log: Logger, journal: Journal, admin: pg.Client, applier: Applier, election: ElectionState) {
     this.config = config;
     this.log = log;
     this.#journal = journal;
     this.#admin = admin;
     this.#applier = applier;
-    this.#term = term;
+    this.#election = election;
+    this.#synchro = { owner: NO_REPLICA, term: 0 as Term };
     // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
     // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
     this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
@@ -94,8 +121,17 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return this.config.replicaId as ReplicaId;
   }
 
+  /** Accepting sync writes: elected, and its PROMOTE is held by a quorum. */
   get isLeader(): boolean {
-    return this.config.leader === this.config.replicaId;
+    return this.#writable;
+  }
+
+  get #term(): Term {
+    return this.#election.term;
+  }
+
+  get #members(): ReplicaId[] {
+    return [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
   }
 
   static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
@@ -104,16 +140,14 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const admin = await connectPg(config.pgUrl, log, () => undefined);
     await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
     await migrate(admin);
-    const term = Math.max(journal.raft?.term ?? 0, 1) as Term;
-    if (journal.raft === null) {
-      await journal.append({ kind: 'raft', replica: REPLICA_LOCAL, lsn: (vclockGet(journal.tailVclock, REPLICA_LOCAL) + 1) as Lsn, term, time: Date.now(), vote: 0 as ReplicaId });
-    }
-    const leader = config.peers.find((p) => p.replica === config.leader);
-    await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = $4, leader_id = $5, leader_address = $6`, [
-      config.replicaId, config.clusterId, term, config.leader === config.replicaId ? 'leader' : 'follower', config.leader,
-      leader === undefined ? `${config.clientHost}:${config.clientPort}` : `${leader.host}:${leader.port}`,
-    ]);
-    const node = new SidecarNode(config, log, journal, admin, await Applier.create(await connectPg(config.pgUrl, log, () => undefined)), term);
+    const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
+    // Follower until elected: the fence refuses sync writes here from the first moment.
+    await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = 'follower', leader_id = 0, leader_address = ''`, [config.replicaId, config.clusterId, durable.term]);
+    const election = electionCreate({
+      self: config.replicaId as ReplicaId, members: [config.replicaId as ReplicaId, ...config.peers.map((p) => p.replica as ReplicaId)], quorum: config.quorum,
+      mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
+    }, durable, randomInt(1, 2 ** 32 - 1), Date.now());
+    const node = new SidecarNode(config, log, journal, admin, await Applier.create(await connectPg(config.pgUrl, log, () => undefined)), election);
     node.#watch(admin);
     node.#watch(node.#applier.client);
     await node.#recover();
@@ -121,9 +155,14 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return node;
   }
 
-  /** Make PostgreSQL agree with the journal, then apply what it lacks; refill the limbo. */
+  /**
+   * Make PostgreSQL agree with the journal, then apply what it lacks. Entries
+   * still pending stay prepared: the next PROMOTE decides them.
+   */
   async #recover(): Promise<void> {
-    const verdicts = await readVerdicts(this.#journal);
+    const verdicts = await readVerdicts(this.#journal, this.#self);
+    this.#synchro = verdicts.synchro;
+    this.#withheld = [...verdicts.withheld];
     const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
     for (const entry of await listPrepared(this.#admin, this.config.clusterId)) this.#prepared.add(entry.gid);
@@ -134,13 +173,6 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     }
     this.#applied = this.#journal.vclock;
     if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
-    for (const { lsn } of verdicts.rolledBack(this.#self)) this.#withheld.add(lsn);
-    if (this.isLeader) {
-      const members = [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
-      this.#limbo = limboCreate({ owner: this.#self, members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, verdicts.confirmedLsn(this.#self));
-      for (const entry of verdicts.pending(this.#self)) this.#step({ kind: 'append', entry: { ...entry, createdAtMs: Date.now() } });
-      this.#step({ kind: 'durable', lsn: vclockGet(this.#journal.vclock, this.#self) });
-    }
   }
 
   async #serve(): Promise<void> {
@@ -148,33 +180,42 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const identity = { cluster: config.clusterId, replica: this.#self, secret: config.secret ?? `insecure:${config.clusterId}` };
     this.#relay = new RelayServer({
       identity, journal: this.#journal, log,
-      onAck: (replica, vclock) => this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) }),
-      outgoing: (record) => (record.kind === 'txn' && record.replica === this.#self && this.#withheld.has(record.lsn)
-        ? { ...record, sync: false, changes: [], idempotencyKey: null }
-        : record),
+      onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
+      outgoing: (record) => (record.replica === this.#self && isWithheld(this.#withheld, record) ? emptied(config.clusterId, record) : record),
+      onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
       onSent: (record) => {
         if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
       },
     });
     await this.#relay.listen(config.peerPort, config.peerHost);
-    this.#subscribers = config.peers.map((peer) => new Subscriber({
+    for (const peer of config.peers) this.#subscribers.set(peer.replica as ReplicaId, new Subscriber({
       identity, peer: { replica: peer.replica as ReplicaId, host: peer.host, port: peer.port }, log,
       vclock: () => this.#journal.tailVclock,
       onRecord: (record) => this.#enqueue(record),
       ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.#term }),
+      onRaft: (message) => this.#elect({ kind: 'message', from: peer.replica as ReplicaId, message }),
     }));
-    for (const subscriber of this.#subscribers) subscriber.start();
+    for (const subscriber of this.#subscribers.values()) subscriber.start();
     this.#clients = new ClientServer(this, log);
     await this.#clients.listen(config.clientPort, config.clientHost);
-    this.#timer = setInterval(() => this.#step({ kind: 'tick', nowMs: Date.now() }), Math.max(10, Math.min(100, config.synchroTimeoutMs / 10)));
-    log.info({ role: this.isLeader ? 'leader' : 'follower', term: this.#term, vclock: this.#journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
+    if (config.adminPort !== undefined) {
+      this.#adminServer = new AdminServer(this, log);
+      await this.#adminServer.listen(config.adminPort, config.adminHost);
+    }
+    const tickMs = Math.max(5, Math.min(50, config.heartbeatIntervalMs / 2, config.synchroTimeoutMs / 10));
+    this.#timer = setInterval(() => {
+      this.#elect({ kind: 'tick' });
+      this.#step({ kind: 'tick', nowMs: Date.now() });
+    }, tickMs);
+    log.info({ mode: config.electionMode, term: this.#term, vclock: this.#journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
   }
 
   async stop(): Promise<void> {
     this.#stopping = true;
     if (this.#timer !== null) clearInterval(this.#timer);
     await this.#clients?.close();
-    await Promise.all(this.#subscribers.map((s) => s.stop()));
+    await this.#adminServer?.close();
+    await Promise.all([...this.#subscribers.values()].map((s) => s.stop()));
     await this.#relay?.close();
     await this.#queue.catch(() => undefined);
     for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
@@ -195,10 +236,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
     // A duplicate from another relay: done when everything before it is.
     if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
-    if ((record.kind === 'txn' || record.kind === 'confirm' || record.kind === 'rollback') && record.term < this.#term) {
-      this.log.error({ replica: record.replica, lsn: record.lsn, term: record.term, current: this.#term }, 'split-brain: record from an older term refused');
-      return Promise.reject(new QsyncError('STALE_TERM', `record ${record.replica}:${record.lsn} has term ${record.term}, older than ${this.#term}`));
+    if (isSynchro(record) && record.term < this.#synchro.term) {
+      this.splitBrainRecords += 1;
+      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: this.#synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
+      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${this.#synchro.term} (owner ${this.#synchro.owner})`));
     }
+    if (record.kind === 'promote') this.#promoted(record);
     this.#clock = Math.max(this.#clock, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
@@ -253,9 +296,17 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         await this.#applier.reload();
         return;
       case 'promote':
+        // The previous owner's entries up to the lsn kept are committed, the rest rolled back (DESIGN.md §5).
+        // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
+        if (record.prevOwner !== NO_REPLICA) {
+          const owned = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.prevOwner);
+          await this.#finish(commitPrepared, owned.filter((e) => e.lsn <= record.prevLsn).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
+          await this.#finish(rollbackPrepared, owned.filter((e) => e.lsn > record.prevLsn).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
+        }
+        return;
       case 'demote':
       case 'raft':
-        return; // elections arrive with the election work
+        return;
     }
   }
 
@@ -284,6 +335,210 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.log.info('reconnected to PostgreSQL');
   }
 
+  // ---- leadership ----------------------------------------------------------------
+
+  /**
+   * Step the election: persist its term and vote (a RAFT record), send its
+   * messages only once that is durable, then act on a change of role, term or
+   * leader.
+   */
+  #elect(event: ElectionEvent): void {
+    if (this.#stopping) return;
+    if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.#term) this.#heard(event.from, event.message.vclock);
+    const before = this.#election;
+    const step = electionStep(before, event, { nowMs: Date.now(), vclock: this.#journal.vclock });
+    this.#election = step.state;
+    if (step.persist !== null) {
+      const { term, vote } = step.persist;
+      const lsn = (vclockGet(this.#journal.tailVclock, REPLICA_LOCAL) + 1) as Lsn;
+      this.#raftDurable = this.#journal.append({ kind: 'raft', replica: REPLICA_LOCAL, lsn, term, time: Date.now(), vote })
+        .catch((error: unknown) => this.#fatal('persisting the term and vote', error));
+    }
+    const { messages } = step;
+    if (messages.length > 0) void this.#raftDurable.then(() => messages.forEach(({ to, message }) => this.#sendRaft(to, message)));
+    const after = step.state;
+    if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
+    this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
+    if (before.role === 'leader' && (after.role !== 'leader' || after.term !== before.term)) this.#stepDown();
+    if (after.role === 'leader' && (before.role !== 'leader' || before.term !== after.term)) {
+      void this.#promote(after.term).catch((error: unknown) => this.#fatal('promoting', error));
+    }
+    void this.#publish();
+  }
+
+  /** On whichever link to the peer is up: our subscription to it, or its subscription to us. */
+  #sendRaft(to: ReplicaId, message: ElectionMessage): void {
+    if (this.#subscribers.get(to)?.sendRaft(message) === true) return;
+    this.#relay?.sendRaft(to, message);
+  }
+
+  #heard(replica: ReplicaId, vclock: VClock): void {
+    this.#peerVclocks.set(replica, vclockMerge(this.#peerVclocks.get(replica) ?? [], vclock));
+  }
+
+  #onAck(replica: ReplicaId, vclock: VClock, term: Term): void {
+    // A newer term makes a leader a follower at once, and its ack counts for nothing (DESIGN.md §5).
+    if (term > this.#term) {
+      this.#elect({ kind: 'term', term });
+      return;
+    }
+    this.#heard(replica, vclock);
+    this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) });
+  }
+
+  /** Leadership lost: stop accepting writes; what is pending stays prepared for the next PROMOTE to decide. */
+  #stepDown(): void {
+    this.#writable = false;
+    this.#promotedTerm = null;
+    const pending = this.#limbo?.entries.length ?? 0;
+    this.#step({ kind: 'abandon' });
+    this.#limbo = null;
+    this.log.warn({ term: this.#term, pending }, 'no longer the leader: sync writes refused from now on');
+  }
+
+  /**
+   * Won an election: take the limbo over (DESIGN.md §6). Wait until a quorum
+   * holds this journal, write PROMOTE (the previous owner's entries up to the
+   * lsn this node holds are kept, later ones rolled back), apply it, and
+   * accept writes once a quorum holds the PROMOTE and PostgreSQL's fence says
+   * leader. Abandoned as soon as leadership is lost.
+   */
+  async #promote(term: Term): Promise<void> {
+    const started = Date.now();
+    const still = (): boolean => !this.#stopping && this.#election.role === 'leader' && this.#election.term === term;
+    await this.#queue; // what peers sent is journaled and applied here
+    const target = this.#journal.vclock;
+    if (!(await this.#until(() => this.#quorumHolds(target), still))) return;
+    const prevOwner = this.#synchro.owner;
+    const prevLsn = prevOwner === NO_REPLICA ? 0 as Lsn : vclockGet(target, prevOwner);
+    let record!: JournalRecord & { kind: 'promote' };
+    const { lsn, durable } = this.#own.append((l) => (record = { kind: 'promote', replica: this.#self, lsn: l, term, time: this.#now(), prevOwner, prevLsn, leader: this.#self }));
+    this.#promoted(record);
+    await durable;
+    this.#ownDurable();
+    const applied = this.#queue.then(() => this.#applyUntilDone(record));
+    this.#queue = applied.catch(() => undefined);
+    await applied;
+    if (!still()) return;
+    this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
+    this.#ownDurable();
+    if (!(await this.#until(() => this.#quorumHolds(vclockFromEntries([[this.#self, lsn]])), still))) return;
+    this.#promotedTerm = term;
+    await this.#publish();
+    if (!still()) return;
+    this.#writable = true;
+    this.log.info({ term, prevOwner, prevLsn, promoteLsn: lsn, ms: Date.now() - started }, 'leader: a quorum holds the PROMOTE; accepting sync writes');
+  }
+
+  /** Journal order reached a PROMOTE: the limbo has a new owner and term; a deposed node's later limbo records are void. */
+  #promoted(record: JournalRecord & { kind: 'promote' }): void {
+    if (record.term > this.#synchro.term) this.#synchro = { owner: record.leader, term: record.term };
+    if (record.replica === this.#self) {
+      // Leading again: this node's limbo records from here on are real.
+      this.#withheld = this.#withheld.map((r) => (r.reason === 'deposed' && r.to >= record.lsn ? { ...r, to: (record.lsn - 1) as Lsn } : r));
+    } else if (record.prevOwner === this.#self) {
+      this.#withheld.push({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
+    }
+  }
+
+  #quorumHolds(target: VClock): boolean {
+    const holders = this.#members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target));
+    return holders.length >= this.config.quorum;
+  }
+
+  /** Poll until `done` (true) or until `still` stops holding (false). */
+  async #until(done: () => boolean, still: () => boolean): Promise<boolean> {
+    while (still()) {
+      if (done()) return true;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return false;
+  }
+
+  /** Write the election's state to qsync.node, in order, retrying while PostgreSQL is away. */
+  #publish(): Promise<void> {
+    const run = this.#published.then(async () => {
+      for (let attempt = 1; !this.#stopping; attempt += 1) {
+        try {
+          const e = this.#election;
+          const role = e.role === 'leader' && this.#promotedTerm === e.term ? 'leader' : e.role === 'follower' ? 'follower' : 'candidate';
+          await this.#control.query('UPDATE qsync.node SET term = $1, role = $2, leader_id = $3, leader_address = $4', [e.term, role, e.leader, this.#leaderAddress() ?? '']);
+          return;
+        } catch (error) {
+          this.log.warn({ attempt, err: (error as Error).message }, 'writing qsync.node failed; retrying');
+          await new Promise((r) => setTimeout(r, Math.min(1_000, 50 * attempt)));
+        }
+      }
+    });
+    this.#published = run;
+    return run;
+  }
+
+  /** Before a write: wait out a transfer, or a PROMOTE this node is completing (bounded). */
+  async #settled(): Promise<void> {
+    const deadline = Date.now() + 2 * this.config.electionTimeoutMs;
+    while (Date.now() < deadline && (this.#transfer !== null || (this.#election.role === 'leader' && !this.#writable))) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  // ---- operator control -----------------------------------------------------------
+
+  status(): NodeStatus {
+    const e = this.#election;
+    return {
+      replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
+      leaderAddress: this.#leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
+      limbo: { owner: this.#synchro.owner, term: this.#synchro.term, pending: this.#limbo?.entries.length ?? 0 },
+      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords,
+      peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#subscribers.get(p.replica as ReplicaId)?.connected ?? false, vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
+    };
+  }
+
+  /** Campaign now (election mode manual, or an operator override); resolves once this node accepts writes. */
+  async promote(): Promise<NodeStatus> {
+    if (this.config.electionMode === 'off') throw new QsyncError('BAD_REQUEST', `node ${this.#self} has election mode off and cannot be promoted; set --election-mode manual or candidate`);
+    if (!this.#writable) this.#elect({ kind: 'promote' });
+    const deadline = Date.now() + 3 * this.config.electionTimeoutMs;
+    await this.#until(() => this.#writable, () => !this.#stopping && Date.now() < deadline);
+    if (!this.#writable) throw new QsyncError('NOT_LEADER', `node ${this.#self} did not win the election within ${3 * this.config.electionTimeoutMs} ms (term ${this.#term}); see its log`, { term: this.#term });
+    return this.status();
+  }
+
+  /** Step down; another node is elected (this one stays quiet for two election timeouts). */
+  demote(): NodeStatus {
+    if (this.#election.role !== 'leader') throw this.#notLeader('NOT_LEADER', `node ${this.#self} is not the leader; nothing to demote`);
+    this.#elect({ kind: 'demote' });
+    return this.status();
+  }
+
+  /**
+   * Switchover to `to`: hold new writes, wait until the limbo is empty and `to`
+   * holds this whole journal, then TimeoutNow; `to` wins at once with no
+   * failed write. Resolves once `to` leads; gives up after an election timeout.
+   */
+  async transfer(to: ReplicaId): Promise<NodeStatus> {
+    if (!this.#writable) throw this.#notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
+    if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
+    if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
+    const term = this.#term;
+    const deadline = Date.now() + this.config.electionTimeoutMs;
+    const within = (): boolean => !this.#stopping && Date.now() < deadline && this.#election.term === term;
+    let done!: () => void;
+    this.#transfer = new Promise<void>((resolve) => (done = resolve));
+    try {
+      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.vclock), within);
+      if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${this.config.electionTimeoutMs} ms; leadership stays with node ${this.#self}`);
+      this.#elect({ kind: 'transfer', to });
+      await this.#until(() => this.#election.leader === to, () => !this.#stopping && Date.now() < deadline + this.config.electionTimeoutMs);
+      if (this.#election.leader !== to) throw new QsyncError('BAD_REQUEST', `replica ${to} did not take over within ${this.config.electionTimeoutMs} ms (leader: ${this.#election.leader})`);
+      return this.status();
+    } finally {
+      this.#transfer = null;
+      done();
+    }
+  }
+
   // ---- the limbo -----------------------------------------------------------------
 
   #step(event: LimboEvent): void {
@@ -303,19 +558,15 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         void this.#finish(commitPrepared, action.gids, (gid) => this.#settle(gid, null)).catch((error: unknown) => this.#fatal('confirming', error));
         return;
       }
-      case 'rollback': {
-        const { lsn, durable } = this.#own.append((l) => ({ kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn: action.fromLsn }));
-        this.log.warn({ fromLsn: action.fromLsn, transactions: action.gids.length }, 'no quorum within the synchro timeout: rolling back');
-        this.#rollingBack(action.gids);
-        void durable.then(async () => {
-          await this.#finish(rollbackPrepared, action.gids);
-          this.#step({ kind: 'rollbackJournaled', fromLsn: action.fromLsn, recordLsn: lsn });
-          this.#ownDurable();
-        }).catch((error: unknown) => this.#fatal('rolling back', error));
+      case 'rollback':
+        this.#rollBack(action.fromLsn, action.gids);
         return;
-      }
       case 'rolledBack':
-        for (const gid of action.gids) this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
+        // A quorum holds the ROLLBACK: no new leader can commit these any more.
+        void this.#finish(rollbackPrepared, action.gids, (gid) => {
+          this.#prepared.delete(gid);
+          this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
+        }).catch((error: unknown) => this.#fatal('rolling back', error));
         return;
       case 'unknown':
         for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
@@ -326,22 +577,35 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   /**
-   * Decide what the clients of rolled-back entries can be told. An entry no
-   * peer ever received is certainly rolled back: from now on it is relayed
-   * only as an empty TXN. The others are certain once a quorum holds the
-   * ROLLBACK record (the limbo says rolledBack); failing that, unknown.
+   * A synchro timeout: write ROLLBACK(fromLsn). Entries no peer has received
+   * are certain: withheld from now on (before any relay can send them), they
+   * are rolled back and answered RolledBack once the record is durable. The
+   * others stay prepared until a quorum holds the ROLLBACK (`rolledBack`) or a
+   * PROMOTE decides them, since a new leader may hold them and commit them;
+   * their clients hear OutcomeUnknown if that takes longer than the timeout.
    */
-  #rollingBack(gids: readonly string[]): void {
-    const uncertain: string[] = [];
-    for (const gid of gids) {
-      const lsn = parseGid(this.config.clusterId, gid)?.lsn ?? 0;
-      this.#withheld.add(lsn);
-      if (lsn > this.#sentOwnLsn) this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
-      else uncertain.push(gid);
-    }
-    if (uncertain.length === 0) return;
+  #rollBack(fromLsn: Lsn, gids: readonly string[]): void {
+    const lsnOf = (gid: string): number => parseGid(this.config.clusterId, gid)?.lsn ?? 0;
+    const unsent = gids.filter((gid) => lsnOf(gid) > this.#sentOwnLsn);
+    const sent = gids.filter((gid) => lsnOf(gid) <= this.#sentOwnLsn);
+    const withheldFrom = unsent.length > 0 ? lsnOf(unsent[0] as string) as Lsn : undefined;
+    const { lsn, durable } = this.#own.append((l) => ({
+      kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn,
+      ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
+    }));
+    if (withheldFrom !== undefined) this.#withheld.push({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
+    this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
+    void durable.then(async () => {
+      this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
+      this.#ownDurable();
+      await this.#finish(rollbackPrepared, unsent, (gid) => {
+        this.#prepared.delete(gid);
+        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
+      });
+    }).catch((error: unknown) => this.#fatal('rolling back', error));
+    if (sent.length === 0) return;
     setTimeout(() => {
-      for (const gid of uncertain) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} was rolled back here, but a peer may hold it and no quorum confirmed the rollback; ask for its outcome by idempotency key`));
+      for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
     }, this.config.synchroTimeoutMs).unref();
   }
 
@@ -497,6 +761,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
    */
   async #write(session: RoleSession, idempotencyKey: string | null, term: Term | null, body: (client: pg.ClientBase) => Promise<void>): Promise<void> {
     if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
+    await this.#settled();
     if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }
@@ -544,7 +809,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (consistency === 'linearizable') {
       throw new QsyncError('BAD_REQUEST', 'linearizable reads need a read index, which comes with leader election; use leader (reads on the current leader) for now');
     }
-    if (consistency === 'leader' && !this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to node ${this.config.leader}`);
+    if (consistency === 'leader' && !this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#leaderName()}`);
     try {
       const r = await session.pool.query({ text: sql, values: [...params] });
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };
@@ -564,7 +829,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
    * journal order. Only the leader does it, for a role that owns the table.
    */
   async setTableMode(session: RoleSession, table: string, mode: TableMode): Promise<unknown> {
-    if (!this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through node ${this.config.leader}`);
+    if (!this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through ${this.#leaderName()}`);
     const { rows } = await session.pool.query<{ owns: boolean | null }>(
       `SELECT pg_has_role(c.relowner, 'USAGE') AS owns FROM pg_class c WHERE c.oid = to_regclass($1)`, [table]);
     if (rows[0] !== undefined && rows[0].owns !== true) throw new QsyncError('PG_ERROR', `role ${session.user} does not own table ${table}; only its owner may change its mode`, { sqlstate: '42501' });
@@ -576,9 +841,17 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return { table: name, mode };
   }
 
+  /** The leader's client address, if a leader is known. */
   #leaderAddress(): string | undefined {
-    const leader = this.config.peers.find((p) => p.replica === this.config.leader);
-    return leader?.client;
+    const leader = this.#election.leader;
+    if (leader === NO_REPLICA) return undefined;
+    if (leader === this.#self) return `${this.config.clientHost}:${this.config.clientPort}`;
+    return this.config.peers.find((p) => p.replica === leader)?.client;
+  }
+
+  #leaderName(): string {
+    const leader = this.#election.leader;
+    return leader === NO_REPLICA ? 'the leader (none is known yet: an election is under way)' : `node ${leader}`;
   }
 
   #notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError {
@@ -589,10 +862,27 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #clientError(error: unknown): QsyncError {
     if (error instanceof QsyncError) return error;
     const pgError = error as { code?: string; message?: string };
-    if (pgError.code === 'QS001') return this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through node ${this.config.leader}`);
+    if (pgError.code === 'QS001') return this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#leaderName()}`);
     if (pgError.code === 'QS002') return this.#notLeader('STALE_TERM', pgError.message ?? 'stale term');
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
+}
+
+/** What `qsync status` and the admin interface show. */
+export interface NodeStatus {
+  readonly replica: number;
+  readonly term: number;
+  readonly role: string;
+  readonly leader: number | null;
+  readonly leaderAddress: string | null;
+  readonly vote: number;
+  readonly electionMode: string;
+  readonly writable: boolean;
+  readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number };
+  readonly vclock: VClock;
+  readonly applied: VClock;
+  readonly splitBrainRecords: number;
+  readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
 }
 
 /**

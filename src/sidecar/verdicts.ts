@@ -1,46 +1,70 @@
-// What the journal decided about each limbo entry: read at start to reconcile
-// PostgreSQL's prepared transactions and to refill the leader's limbo.
+// What the journal decided about each limbo entry, read at start to reconcile
+// PostgreSQL's prepared transactions; and what the journal says of the limbo
+// now (its owner and term) and of this node's withheld records.
+//
+// Read in journal order:
+//   CONFIRM(owner, lsn)      owner's entries up to lsn are committed
+//   ROLLBACK(owner, from)    owner's entries from `from` up to the record are rolled back
+//   PROMOTE(prev, kept)      prev's entries up to kept are committed, the rest rolled back,
+//                            and prev's ROLLBACK records past kept are void (never held by
+//                            a quorum, or the new leader would hold them)
+// A rollback that stands wins over a later confirmation of a prefix: CONFIRM
+// and PROMOTE commit what is still pending.
+import type { WithheldRange } from '../core/withheld.js';
 import type { JournalVerdict, PreparedEntry } from '../postgres/index.js';
 import type { Journal } from '../journal/index.js';
-import type { Lsn, ReplicaId } from '../core/types.js';
+import type { Lsn, ReplicaId, Term } from '../core/types.js';
 
 export interface Verdicts {
   verdict(entry: { replica: ReplicaId; lsn: Lsn }): JournalVerdict;
-  /** Sync TXNs of `owner` still pending (journaled, neither confirmed nor rolled back), lsn ascending. */
-  pending(owner: ReplicaId): Array<{ lsn: Lsn; gid: string }>;
-  confirmedLsn(owner: ReplicaId): Lsn;
-  /** Sync TXNs of `owner` that a ROLLBACK (or PROMOTE) rolled back. */
-  rolledBack(owner: ReplicaId): Array<{ lsn: Lsn; gid: string }>;
+  /** The limbo owner and its term, from the last PROMOTE (owner 0, term 0: none yet). */
+  readonly synchro: { readonly owner: ReplicaId; readonly term: Term };
+  /** This node's own records that it relays as empty TXNs. */
+  readonly withheld: readonly WithheldRange[];
 }
 
-export async function readVerdicts(journal: Journal): Promise<Verdicts> {
+interface Rollback {
+  readonly from: number;
+  /** The ROLLBACK record's own lsn: entries from `from` to before it are rolled back. */
+  readonly record: number;
+}
+
+export async function readVerdicts(journal: Journal, self: ReplicaId): Promise<Verdicts> {
   const confirmed = new Map<number, number>();
-  const rollbacks = new Map<number, Array<[number, number]>>(); // owner -> [from, recordLsn)
-  const syncTxns = new Map<number, Array<{ lsn: Lsn; gid: string }>>();
+  const rollbacks = new Map<number, Rollback[]>();
+  const last = new Map<number, number>();
   const journaled = new Set<string>();
+  const withheld: WithheldRange[] = [];
+  let synchro = { owner: 0 as ReplicaId, term: 0 as Term };
   for await (const record of journal.cursor([])) {
+    last.set(record.replica, record.lsn);
     if (record.kind === 'txn') {
       journaled.add(`${record.replica}:${record.lsn}`);
-      if (record.sync) syncTxns.set(record.replica, [...(syncTxns.get(record.replica) ?? []), { lsn: record.lsn, gid: record.gid }]);
     } else if (record.kind === 'confirm') {
       confirmed.set(record.owner, Math.max(confirmed.get(record.owner) ?? 0, record.confirmedLsn));
     } else if (record.kind === 'rollback') {
-      rollbacks.set(record.owner, [...(rollbacks.get(record.owner) ?? []), [record.fromLsn, record.lsn]]);
+      rollbacks.set(record.owner, [...(rollbacks.get(record.owner) ?? []), { from: record.fromLsn, record: record.lsn }]);
+      if (record.owner === self && record.withheldFromLsn !== undefined) withheld.push({ from: record.withheldFromLsn, to: (record.lsn - 1) as Lsn, reason: 'rolledBack' });
     } else if (record.kind === 'promote') {
-      confirmed.set(record.prevOwner, Math.max(confirmed.get(record.prevOwner) ?? 0, record.prevLsn));
-      rollbacks.set(record.prevOwner, [...(rollbacks.get(record.prevOwner) ?? []), [record.prevLsn + 1, Number.MAX_SAFE_INTEGER]]);
+      const prev = record.prevOwner;
+      const lastOfPrev = record.replica === prev ? record.lsn - 1 : last.get(prev) ?? 0;
+      const standing = (rollbacks.get(prev) ?? []).filter((r) => r.record <= record.prevLsn);
+      rollbacks.set(prev, record.prevLsn < lastOfPrev ? [...standing, { from: record.prevLsn + 1, record: lastOfPrev + 1 }] : standing);
+      confirmed.set(prev, Math.max(confirmed.get(prev) ?? 0, record.prevLsn));
+      // Deposed: this node's limbo records past the lsn kept are void until it next writes a PROMOTE.
+      if (prev === self && record.leader !== self) withheld.push({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
+      if (record.replica === self) {
+        for (const [i, r] of withheld.entries()) if (r.reason === 'deposed' && r.to >= record.lsn) withheld[i] = { ...r, to: (record.lsn - 1) as Lsn };
+      }
+      synchro = { owner: record.leader, term: record.term };
     }
   }
-  const rolledBack = (owner: number, lsn: number): boolean => (rollbacks.get(owner) ?? []).some(([from, to]) => lsn >= from && lsn < to);
+  const rolledBack = (owner: number, lsn: number): boolean => (rollbacks.get(owner) ?? []).some((r) => lsn >= r.from && lsn < r.record);
   const verdict = ({ replica, lsn }: Pick<PreparedEntry, 'replica' | 'lsn'>): JournalVerdict => {
-    if (lsn <= (confirmed.get(replica) ?? 0)) return 'confirmed';
     if (rolledBack(replica, lsn)) return 'rolled-back';
+    if (lsn <= (confirmed.get(replica) ?? 0)) return 'confirmed';
     return journaled.has(`${replica}:${lsn}`) ? 'pending' : 'unknown';
   };
-  return {
-    verdict,
-    pending: (owner) => (syncTxns.get(owner) ?? []).filter((t) => verdict({ replica: owner, lsn: t.lsn }) === 'pending'),
-    confirmedLsn: (owner) => (confirmed.get(owner) ?? 0) as Lsn,
-    rolledBack: (owner) => (syncTxns.get(owner) ?? []).filter((t) => verdict({ replica: owner, lsn: t.lsn }) === 'rolled-back'),
-  };
+  return { verdict, synchro, withheld };
 }
+

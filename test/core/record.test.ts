@@ -3,6 +3,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { RecordInvalid } from '../../src/core/errors.js';
+import { decodeMessage, encodeMessage, type PeerMessage } from '../../src/core/messages.js';
 import { codec, decodeRecord, encodeRecord, type JournalRecord } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import { recordArb } from '../support/arbitraries.js';
@@ -94,5 +95,29 @@ describe('record encoding', () => {
   it('refuses to encode a record that recovery could not read back', () => {
     expect(() => encodeRecord({ ...txn, gid: '' } as JournalRecord)).toThrow(RecordInvalid);
     expect(() => encodeRecord({ ...txn, lsn: 1.5 as Lsn })).toThrow(/lsn/);
+  });
+});
+
+describe('election messages on the peer protocol', () => {
+  const vclock = [0, 4, 2] as Lsn[];
+  it.each<PeerMessage>([
+    { kind: 'raft', message: { type: 'vote', term: 5 as Term, vclock, pre: true, force: false } },
+    { kind: 'raft', message: { type: 'voteReply', term: 5 as Term, granted: true, pre: false } },
+    { kind: 'raft', message: { type: 'heartbeat', term: 5 as Term, sentMs: 123 } },
+    { kind: 'raft', message: { type: 'heartbeatReply', term: 5 as Term, sentMs: 123, vclock } },
+    { kind: 'raft', message: { type: 'timeoutNow', term: 5 as Term } },
+  ])('round-trips %j', (message) => {
+    expect(decodeMessage(encodeMessage(message))).toEqual({ ok: true, message });
+  });
+
+  it.each([
+    [{ m: 7, y: 1, t: 5, vc: [0, 1], p: 'yes', f: false }, /pre.*boolean/],
+    [{ m: 7, y: 9, t: 5 }, /unknown election message type 9/],
+    [{ m: 7, y: 3, t: -1, s: 1 }, /term/],
+    [{ m: 7, y: 3, t: 1, s: 1.5 }, /sentMs/],
+  ])('refuses malformed %j with a named field', (wire, reason) => {
+    const result = decodeMessage(codec.pack(wire));
+    expect(result.ok).toBe(false);
+    if (!result.ok) expect(result.error.message).toMatch(reason);
   });
 });

@@ -41,7 +41,7 @@ export const recordArb: fc.Arbitrary<JournalRecord> = fc.oneof(
     idempotencyKey: fc.option(fc.string({ minLength: 1, maxLength: 40 }), { nil: null }),
   }).map(({ h, ...p }) => ({ ...h, kind: 'txn' as const, ...p })),
   fc.record({ h: headerArb, owner: replicaArb, confirmedLsn: lsnArb }).map(({ h, ...p }) => ({ ...h, kind: 'confirm' as const, ...p })),
-  fc.record({ h: headerArb, owner: replicaArb, fromLsn: lsnArb }).map(({ h, ...p }) => ({ ...h, kind: 'rollback' as const, ...p })),
+  fc.record({ h: headerArb, owner: replicaArb, fromLsn: lsnArb, withheldFromLsn: lsnArb }, { requiredKeys: ['h', 'owner', 'fromLsn'] }).map(({ h, ...p }) => ({ ...h, kind: 'rollback' as const, ...p })),
   fc.record({ h: headerArb, prevOwner: fc.integer({ min: 0, max: 31 }).map((n) => n as ReplicaId), prevLsn: lsnArb, leader: replicaArb }).map(({ h, ...p }) => ({ ...h, kind: 'promote' as const, ...p })),
   fc.record({ h: headerArb, confirmedLsn: lsnArb }).map(({ h, ...p }) => ({ ...h, kind: 'demote' as const, ...p })),
   fc.record(

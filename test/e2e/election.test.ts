@@ -1,0 +1,276 @@
+// Elections and the three term fences on a real cluster: 3 embedded
+// PostgreSQL servers, 3 sidecar processes, a TCP proxy on every directed peer
+// link (for partitions and forged frames). Tries to break DESIGN.md §2.1-2.3:
+// one leader per term; a killed, frozen or cut-off leader loses no
+// acknowledged write and leaves nothing half-done; stale terms are refused by
+// the client port, the journal links and PostgreSQL itself; a lone returning
+// node does not disrupt the leader; a transfer fails no write.
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { connect, NotLeader, OutcomeUnknown, RolledBack, StaleTerm, type Db } from '../../src/client/index.js';
+import { encodeMessage } from '../../src/core/messages.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+import { encodeFrame } from '../../src/journal/frame.js';
+
+const run = promisify(execFile);
+const ELECTION_TIMEOUT_MS = 1_000;
+let cluster: LocalCluster;
+let db: Db;
+
+beforeAll(async () => {
+  cluster = await startLocalCluster({
+    proxies: true,
+    electionTimeoutMs: ELECTION_TIMEOUT_MS,
+    synchroTimeoutMs: 3_000,
+    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: process.env.QSYNC_E2E_DIR }),
+    tables: [{ ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' }],
+  });
+  db = await connect(cluster.clientAddresses, { ...cluster.credentials, leaderWaitMs: 30_000 });
+}, 120_000);
+
+afterAll(async () => {
+  db?.close();
+  await cluster?.stop();
+});
+
+const node = (replica: number): ClusterNode => cluster.nodes[replica - 1] as ClusterNode;
+const others = (replica: number): ClusterNode[] => cluster.nodes.filter((n) => n.replica !== replica);
+
+async function rows(replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> {
+  const client = await node(replica).sql();
+  try {
+    return (await client.query(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+async function eventually(check: () => Promise<void>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (error) {
+      if (Date.now() > deadline) throw new Error(`${what}: ${(error as Error).message}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+const ids = async (replica: number, owner: string): Promise<number[]> =>
+  (await rows(replica, 'SELECT id FROM accounts WHERE owner = $1 ORDER BY id', [owner])).map((r) => Number((r as { id: string }).id));
+
+/** Every node holds the same rows of `owner`, and nothing is left prepared anywhere. */
+async function converged(owner: string, replicas = [1, 2, 3]): Promise<number[]> {
+  let agreed: number[] = [];
+  await eventually(async () => {
+    const all = await Promise.all(replicas.map((r) => ids(r, owner)));
+    for (const r of replicas) expect(await rows(r, 'SELECT gid FROM pg_prepared_xacts'), `node ${r} limbo`).toEqual([]);
+    for (const image of all) expect(image).toEqual(all[0]);
+    agreed = all[0] as number[];
+  }, `the nodes agree on ${owner}`);
+  return agreed;
+}
+
+/** Writes ids first.. one at a time through `client`, sorting each by its answer. */
+function stream(client: Db, first: number, owner: string): { acked: number[]; unknown: number[]; rolledBack: number[]; other: unknown[]; stop: () => Promise<void> } {
+  const result = { acked: [] as number[], unknown: [] as number[], rolledBack: [] as number[], other: [] as unknown[] };
+  let stopped = false;
+  const done = (async () => {
+    for (let id = first; !stopped; id += 1) {
+      try {
+        await client.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, owner]]], { idempotencyKey: `${owner}-${id}` });
+        result.acked.push(id);
+      } catch (error) {
+        if (error instanceof OutcomeUnknown) result.unknown.push(id);
+        else if (error instanceof RolledBack) result.rolledBack.push(id);
+        else result.other.push(error);
+      }
+    }
+  })();
+  return { ...result, stop: async () => {
+    stopped = true;
+    await done;
+  } };
+}
+
+describe('elections on a 3-node cluster', () => {
+  it('(a) a fresh cluster elects exactly one leader, and every node knows it', async () => {
+    const leader = await cluster.leader();
+    const statuses = await Promise.all(cluster.nodes.map((n) => n.status()));
+    expect(statuses.filter((s) => s.writable)).toHaveLength(1);
+    await eventually(async () => {
+      const now = await Promise.all(cluster.nodes.map((n) => n.status()));
+      expect(new Set(now.map((s) => `${s.term}/${s.leader}`))).toEqual(new Set([`${now[0]?.term}/${leader.replica}`]));
+    }, 'every node agrees on term and leader');
+    await db.execute([['INSERT INTO accounts VALUES (1, $1, 10)', ['first']]]);
+    expect(await converged('first')).toEqual([1]);
+  });
+
+  it('(g) a node partitioned alone does not disrupt the leader when it returns (pre-vote)', async () => {
+    const leader = await cluster.leader();
+    const lone = others(leader.replica)[0] as ClusterNode;
+    const before = await leader.status();
+    cluster.isolate(lone.replica);
+    await new Promise((r) => setTimeout(r, 4 * ELECTION_TIMEOUT_MS));
+    const alone = await lone.status();
+    expect(alone.term).toBe(before.term); // it polled (pre-vote) and raised no term
+    expect(alone.role).toBe('precandidate');
+    cluster.heal();
+    await eventually(async () => expect((await lone.status()).leader).toBe(leader.replica), 'it follows the leader again');
+    const after = await leader.status();
+    expect(after).toMatchObject({ term: before.term, writable: true });
+  });
+
+  it('(h) transfer (qsync transfer) moves leadership to the named node with no failed sync write', async () => {
+    const leader = await cluster.leader();
+    const target = others(leader.replica)[1] as ClusterNode;
+    const writer = stream(db, 100, 'transfer');
+    await new Promise((r) => setTimeout(r, 300));
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress]);
+    expect(JSON.parse(stdout)).toMatchObject({ leader: target.replica });
+    await new Promise((r) => setTimeout(r, 300));
+    await writer.stop();
+    expect({ unknown: writer.unknown, rolledBack: writer.rolledBack, other: writer.other }).toEqual({ unknown: [], rolledBack: [], other: [] });
+    expect(writer.acked.length).toBeGreaterThan(5);
+    expect((await cluster.leader()).replica).toBe(target.replica);
+    expect(await converged('transfer')).toEqual(writer.acked);
+  });
+
+  it('(b) SIGKILL of the leader: a new leader takes sync writes, nothing acknowledged is lost, and the old node converges', async () => {
+    const leader = await cluster.leader();
+    const writer = stream(db, 1000, 'kill');
+    await new Promise((r) => setTimeout(r, 400));
+    await leader.killSidecar();
+    const next = await cluster.leader(15_000, [leader.replica]);
+    const ackedAtKill = writer.acked.length;
+    await eventually(async () => expect(writer.acked.length).toBeGreaterThan(ackedAtKill + 5), 'writes go on through the new leader');
+    await writer.stop();
+    expect(writer.other).toEqual([]);
+    expect(writer.rolledBack).toEqual([]);
+    const survivors = others(leader.replica).map((n) => n.replica);
+    for (const replica of survivors) {
+      await eventually(async () => {
+        const present = new Set(await ids(replica, 'kill'));
+        expect(writer.acked.filter((id) => !present.has(id))).toEqual([]);
+      }, `node ${replica} holds every acknowledged write`);
+    }
+    expect((await next.status()).term).toBeGreaterThan((await node(survivors[0] as number).status()).term - 1);
+    await leader.startSidecar();
+    const final = await converged('kill');
+    for (const id of writer.acked) expect(final).toContain(id);
+    // An unknown outcome is resolved one way on every node, and outcome() says which.
+    for (const id of writer.unknown) expect((await db.outcome(`kill-${id}`)).committed).toBe(final.includes(id));
+  });
+
+  it('(c) SIGSTOP of the leader past the election timeout: it steps down on waking, and its in-flight writes end consistently', async () => {
+    const leader = await cluster.leader();
+    const direct = await connect(leader.clientAddress, { ...cluster.credentials, leaderWaitMs: 0 });
+    const inFlight = [2000, 2001, 2002, 2003].map((id) => direct.execute([['INSERT INTO accounts VALUES ($1, $2, 0)', [id, 'frozen']]], { idempotencyKey: `frozen-${id}` })
+      .then(() => 'committed' as const, (error: unknown) => error));
+    leader.pause();
+    try {
+      // (The shared client may be connected to the frozen node, which would hold its request.)
+      const next = await cluster.leader(15_000, [leader.replica]);
+      const fresh = await connect(next.clientAddress, cluster.credentials);
+      await fresh.execute([['INSERT INTO accounts VALUES (2010, $1, 0)', ['frozen']]]);
+      fresh.close();
+    } finally {
+      leader.resume();
+    }
+    await eventually(async () => expect((await leader.status()).writable).toBe(false), 'the woken leader stepped down');
+    const answers = await Promise.all(inFlight);
+    direct.close();
+    const final = await converged('frozen');
+    expect(final).toContain(2010);
+    answers.forEach((answer, i) => {
+      const id = 2000 + i;
+      // NotLeader: refused before anything was done (it reached the node as it stepped down).
+      expect(answer === 'committed' || answer instanceof RolledBack || answer instanceof OutcomeUnknown || answer instanceof NotLeader, String(answer)).toBe(true);
+      if (answer === 'committed') expect(final).toContain(id);
+      if (answer instanceof RolledBack || answer instanceof NotLeader) expect(final).not.toContain(id);
+    });
+  });
+
+  it('(d) a leader cut off from both followers commits nothing, stops taking writes within the election timeout, and PROMOTE rolls its limbo back', async () => {
+    const leader = await cluster.leader();
+    const direct = await connect(leader.clientAddress, { ...cluster.credentials, leaderWaitMs: 0 });
+    cluster.isolate(leader.replica);
+    const cut = Date.now();
+    const doomed = direct.execute([['INSERT INTO accounts VALUES (3000, $1, 0)', ['cut off']]], { idempotencyKey: 'cut-3000' }).then(() => 'committed', (error: unknown) => error);
+    await eventually(async () => expect(await rows(leader.replica, `SELECT count(*)::int AS n FROM pg_prepared_xacts`)).toEqual([{ n: 1 }]), 'prepared on the cut-off leader');
+    await eventually(async () => expect((await leader.status()).writable).toBe(false), 'it stops accepting writes', 3 * ELECTION_TIMEOUT_MS);
+    const stoppedAfterMs = Date.now() - cut;
+    const answer = await doomed;
+    expect(answer).toBeInstanceOf(OutcomeUnknown); // it may have reached a peer as far as the leader knows
+    await expect(direct.execute([['INSERT INTO accounts VALUES (3001, $1, 0)', ['cut off']]])).rejects.toBeInstanceOf(NotLeader);
+    direct.close();
+    const next = await cluster.leader(15_000, [leader.replica]);
+    expect(next.replica).not.toBe(leader.replica);
+    await db.execute([['INSERT INTO accounts VALUES (3002, $1, 0)', ['cut off']]]);
+    for (const n of others(leader.replica)) expect(await rows(n.replica, 'SELECT id FROM accounts WHERE id = 3000')).toEqual([]);
+    cluster.heal();
+    expect(await converged('cut off')).toEqual([3002]);
+    expect(await db.outcome('cut-3000')).toEqual({ committed: false });
+    expect(stoppedAfterMs).toBeLessThan(3 * ELECTION_TIMEOUT_MS + 1_000); // generous: a 2-core CI machine
+  });
+
+  it('(e) a stale-term record forged on a peer link is refused as split-brain and changes nothing', async () => {
+    const leader = await cluster.leader();
+    const victim = others(leader.replica)[0] as ClusterNode;
+    const forger = others(leader.replica)[1] as ClusterNode;
+    const before = await victim.status();
+    expect(before.limbo.term).toBeGreaterThan(1);
+    const lsn = ((before.vclock[forger.replica] ?? 0) + 1) as Lsn;
+    const record = {
+      kind: 'txn' as const, replica: forger.replica as ReplicaId, lsn, term: 1 as Term, time: Date.now(),
+      gid: `qsync:local:${forger.replica}:${lsn}`, sync: true, idempotencyKey: null,
+      changes: [{ table: 'public.accounts', op: 'insert' as const, rows: JSON.stringify([{ id: 4000, owner: 'forged', balance: 1 }]) }],
+    };
+    expect(cluster.proxy(victim.replica, forger.replica).inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBe(1);
+    await eventually(async () => expect((await victim.status()).splitBrainRecords).toBe(before.splitBrainRecords + 1), 'counted as split-brain');
+    const log = await readFile(join(victim.dataDir, '..', 'sidecar.log'), 'utf8');
+    expect(log).toMatch(/"term":1,.*"msg":"split-brain: a limbo record from an older term refused; closing the link"/);
+    expect((await victim.status()).vclock[forger.replica] ?? 0).toBeLessThan(lsn);
+    expect(await rows(victim.replica, `SELECT id FROM accounts WHERE owner = 'forged'`)).toEqual([]);
+    expect(await rows(victim.replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    // The link reconnects and replication goes on.
+    await db.execute([['INSERT INTO accounts VALUES (4001, $1, 0)', ['after forgery']]]);
+    await eventually(async () => expect(await ids(victim.replica, 'after forgery')).toEqual([4001]), 'replication goes on');
+  });
+
+  it('(f) a stale-term client request, and a direct SQL write on a deposed leader, fail with the clear error', async () => {
+    const leader = await cluster.leader();
+    const { term } = await leader.status();
+    const stale = await db.execute([['INSERT INTO accounts VALUES (5000, $1, 0)', ['stale']]], { term: 1 }).catch((error: unknown) => error);
+    expect(stale).toBeInstanceOf(StaleTerm);
+    expect(stale).toMatchObject({ term, leader: leader.clientAddress, message: `stale term 1 (current ${term})` });
+    // The demoted leader's PostgreSQL: an application still pointed at it is refused at once.
+    await run(process.execPath, ['bin/qsync.js', 'demote', '--admin', leader.adminAddress]);
+    const next = await cluster.leader(15_000, [leader.replica]);
+    await eventually(async () => expect(await rows(leader.replica, 'SELECT role FROM qsync.node')).toEqual([{ role: 'follower' }]), 'qsync.node says follower');
+    const client = await leader.sql();
+    try {
+      await client.query(`SET qsync.term = '${term}'`);
+      await expect(client.query(`INSERT INTO accounts VALUES (5001, 'deposed', 0)`)).rejects.toMatchObject({
+        code: 'QS001', message: expect.stringMatching(new RegExp(`qsync: node ${leader.replica} is not the leader \\(term \\d+\\); leader is node ${next.replica} at 127.0.0.1:\\d+`)),
+      });
+    } finally {
+      await client.end();
+    }
+    // On the new leader, a session with the old term is refused too.
+    const onNext = await next.sql();
+    try {
+      await onNext.query(`SET qsync.term = '${term}'`);
+      await expect(onNext.query(`INSERT INTO accounts VALUES (5002, 'stale session', 0)`)).rejects.toMatchObject({ code: 'QS002', message: expect.stringMatching(/qsync: stale term/) });
+    } finally {
+      await onNext.end();
+    }
+    expect(await converged('deposed')).toEqual([]);
+  });
+});
