@@ -3,6 +3,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { runClusterBench } from './cluster.js';
+import { runFailoverBench } from './failover.js';
 import { runJournalBench } from './journal.js';
 import { runPostgresBench } from './postgres.js';
 
@@ -12,6 +13,7 @@ benchmarks:
   journal     group-commit throughput and append latency of the journal
   postgres    commit vs two-phase vs qsync capture path; apply throughput by batch size
   cluster     one-row sync and async inserts through the client library on a local 3-node cluster
+  failover    SIGKILL the leader 10 times: time to the first sync write on the new leader (1 s and 250 ms election timeouts)
   all         every benchmark above, one after another
 
 options:
@@ -40,8 +42,9 @@ const benches: Record<string, () => Promise<unknown>> = {
   journal: () => runJournalBench({ seconds, sizes: [200, 2048], callers: [1, 16, 256], ...(values.dir === undefined ? {} : { dir: values.dir }) }),
   postgres: () => runPostgresBench({ seconds, sessions: [1, 16, 64], batches: [1, 100, 1000] }),
   cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
+  failover: () => runFailoverBench({ rounds: 10, electionTimeoutsMs: [1_000, 250] }),
 };
-benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.() });
+benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.(), failover: await benches.failover?.() });
 
 const bench = benches[name];
 if (bench === undefined) {

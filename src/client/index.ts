@@ -270,7 +270,7 @@ export class Db {
    */
   async #moveTo(hint: string | undefined, attempt: number, deadline: number): Promise<void> {
     const elsewhere = hint !== undefined && hint !== this.address;
-    if (!elsewhere) await new Promise((r) => setTimeout(r, Math.min(250, 20 * 2 ** attempt)));
+    if (!elsewhere) await new Promise((r) => setTimeout(r, Math.min(100, 10 * 2 ** attempt)));
     const start = this.#addresses.indexOf(this.address);
     const rotation = this.#addresses.map((_, i) => this.#addresses[(start + 1 + i) % this.#addresses.length] as string);
     const order = elsewhere ? [hint, ...rotation.filter((a) => a !== hint)] : hint === this.address && !this.#connection.closed ? [] : rotation;

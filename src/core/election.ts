@@ -200,9 +200,16 @@ function heartbeats(state: ElectionState, nowMs: number): ElectionStep {
   };
 }
 
-/** Ask whether a quorum would vote in term + 1, without raising anyone's term. */
+/**
+ * Ask whether a quorum would vote in term + 1, without raising anyone's term.
+ * A poll disturbs no one, so a refused one is retried after a heartbeat or
+ * two, not a whole timeout: the usual refusal after a leader dies is "you are
+ * behind me", which the relays mend within milliseconds.
+ */
 function preCampaign(state: ElectionState, ctx: ElectionContext): ElectionStep {
-  const next = resetDeadline({ ...state, role: 'precandidate', leader: NO_REPLICA, votes: new Set([state.config.self]), forced: false }, ctx.nowMs);
+  const random = nextRandom(state.random);
+  const retryMs = state.config.heartbeatMs + (random % state.config.heartbeatMs);
+  const next = { ...state, role: 'precandidate' as const, leader: NO_REPLICA, votes: new Set([state.config.self]), forced: false, random, deadlineMs: ctx.nowMs + retryMs };
   if (next.votes.size >= next.config.quorum) return campaign(next, ctx);
   const proposed = (state.term + 1) as Term;
   return { state: next, persist: null, messages: others(state).map((to) => ({ to, message: { type: 'vote', term: proposed, vclock: ctx.vclock, pre: true, force: false } })) };

@@ -202,7 +202,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       this.#adminServer = new AdminServer(this, log);
       await this.#adminServer.listen(config.adminPort, config.adminHost);
     }
-    const tickMs = Math.max(5, Math.min(50, config.heartbeatIntervalMs / 2, config.synchroTimeoutMs / 10));
+    const tickMs = Math.max(5, Math.min(25, config.heartbeatIntervalMs / 4, config.synchroTimeoutMs / 10));
     this.#timer = setInterval(() => {
       this.#elect({ kind: 'tick' });
       this.#step({ kind: 'tick', nowMs: Date.now() });
