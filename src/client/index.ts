@@ -60,6 +60,12 @@ export interface ExecuteOptions {
   readonly idempotencyKey?: string;
   /** The term the client believes current; an older one is refused with StaleTerm. */
   readonly term?: number;
+  /**
+   * Let the node this client is connected to relay the transaction to the
+   * leader and the answer back, instead of answering NotLeader (one-shot
+   * execute only). For clients that can reach one node but not the leader.
+   */
+  readonly forward?: boolean;
 }
 
 type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void; op: ClientRequest['op'] };
@@ -205,7 +211,8 @@ export class Db {
     const normalized = statements.map((s) => (typeof s === 'string' ? { sql: s, params: [] } : { sql: s[0], params: s[1] }));
     for (let attempt = 0; ; attempt += 1) {
       try {
-        return (await this.#toLeader((id) => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null }))) as ResultSet[];
+        const make = (id: number): ClientRequest => ({ id, op: 'execute', statements: normalized, idempotencyKey: options.idempotencyKey ?? null, term: (options.term ?? null) as Term | null, ...(options.forward === true ? { forward: true } : {}) });
+        return (await (options.forward === true ? this.#connection.request(make) : this.#toLeader(make))) as ResultSet[];
       } catch (error) {
         const retryable = error instanceof PgError && (error.sqlstate === '40P01' || error.sqlstate === '40001');
         if (!retryable || attempt >= (options.retries ?? 3)) throw error;

@@ -2,7 +2,7 @@
 // so that a client can pipeline requests on one connection.
 //
 //   auth     {i, o: 4, u: user, p: password}     first: a PostgreSQL role, checked by PostgreSQL
-//   execute  {i, o: 1, s: [[sql, params], ...], k?: idempotency key, t?: term}
+//   execute  {i, o: 1, s: [[sql, params], ...], k?: idempotency key, t?: term, f?: forward to the leader}
 //            one transaction, one round trip
 //   query    {i, o: 2, q: sql, p: params, c?: consistency}   a read: local (default), leader, linearizable
 //   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
@@ -23,7 +23,7 @@ export interface Statement {
 
 export type ClientRequest =
   | { readonly id: number; readonly op: 'auth'; readonly user: string; readonly password: string }
-  | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null }
+  | { readonly id: number; readonly op: 'execute'; readonly statements: readonly Statement[]; readonly idempotencyKey: string | null; readonly term: Term | null; readonly forward?: boolean }
   | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[]; readonly consistency: Consistency }
   | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string }
   | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode }
@@ -63,6 +63,7 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       const wire: Record<string, unknown> = { i: request.id, o: OPS.execute, s: request.statements.map((s) => [s.sql, s.params]) };
       if (request.idempotencyKey !== null) wire.k = request.idempotencyKey;
       if (request.term !== null) wire.t = request.term;
+      if (request.forward === true) wire.f = true;
       return codec.pack(wire);
     }
     case 'query':
@@ -108,7 +109,9 @@ function parseRequest(value: unknown): ClientRequest {
       if (!Array.isArray(w.s) || w.s.length === 0 || w.s.length > STATEMENTS_MAX) fail('statements', `expected 1..${STATEMENTS_MAX} statements`);
       if (w.k !== undefined && (typeof w.k !== 'string' || w.k.length === 0 || w.k.length > 256)) fail('idempotencyKey', 'expected a string of 1..256 characters');
       if (w.t !== undefined && !isTerm(w.t)) fail('term', 'expected a non-negative integer');
-      return { id: id as number, op: 'execute', statements: w.s.map(statement), idempotencyKey: (w.k as string | undefined) ?? null, term: (w.t as Term | undefined) ?? null };
+      if (w.f !== undefined && typeof w.f !== 'boolean') fail('forward', 'expected a boolean');
+      const execute = { id: id as number, op: 'execute' as const, statements: w.s.map(statement), idempotencyKey: (w.k as string | undefined) ?? null, term: (w.t as Term | undefined) ?? null };
+      return w.f === true ? { ...execute, forward: true } : execute;
     }
     case OPS.query:
       if (typeof w.q !== 'string') fail('sql', 'expected a string');

@@ -20,7 +20,7 @@ export interface ClientSession {
 export interface RequestHandler<S extends ClientSession = ClientSession> {
   /** Check the credentials with PostgreSQL itself; throws QsyncError AUTH when refused. */
   authenticate(user: string, password: string): Promise<S>;
-  execute(session: S, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown>;
+  execute(session: S, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null, forward: boolean): Promise<unknown>;
   query(session: S, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
   setTableMode(session: S, table: string, mode: TableMode): Promise<unknown>;
@@ -131,7 +131,7 @@ export class ClientServer {
           return { id: request.id, result: { [request.op === 'commit' ? 'committed' : 'rolledBack']: true } };
         }
         case 'execute':
-          return { id: request.id, result: await this.#handler.execute(session, request.statements, request.idempotencyKey, request.term) };
+          return { id: request.id, result: await this.#handler.execute(session, request.statements, request.idempotencyKey, request.term, request.forward === true) };
         case 'query':
           return { id: request.id, result: await this.#handler.query(session, request.sql, request.params, request.consistency) };
         case 'outcome':

@@ -34,6 +34,7 @@ import {
 } from '../postgres/index.js';
 import type { Consistency, Statement } from '../core/client-protocol.js';
 import { createHash, randomInt } from 'node:crypto';
+import { connect as connectClient, QsyncClientError, type Db } from '../client/index.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
@@ -42,6 +43,8 @@ import { readVerdicts } from './verdicts.js';
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
   readonly pool: pg.Pool;
+  /** Kept to relay forwarded transactions to the leader as the same role. */
+  readonly password: string;
 }
 
 /** Distinct roles with a pool at once; a further one is refused until the node restarts. */
@@ -672,7 +675,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async authenticate(user: string, password: string): Promise<RoleSession> {
     const key = `${user}\0${createHash('sha256').update(password).digest('hex')}`;
     const existing = this.#pools.get(key);
-    if (existing !== undefined) return { user, pool: existing };
+    if (existing !== undefined) return { user, password, pool: existing };
     if (this.#pools.size >= ROLE_POOLS_MAX) throw new QsyncError('AUTH', `this node serves ${ROLE_POOLS_MAX} roles already`);
     const url = new URL(this.config.pgUrl);
     url.username = encodeURIComponent(user);
@@ -687,11 +690,15 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       throw new QsyncError('AUTH', `PostgreSQL refused role ${user}: ${pgError.message ?? String(error)}`, { sqlstate: pgError.code });
     }
     this.#pools.set(key, pool);
-    return { user, pool };
+    return { user, password, pool };
   }
 
   /** One transaction, one round trip: run the statements, then commit through qsync. */
-  async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
+  async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null, forward = false): Promise<unknown> {
+    if (forward) {
+      await this.#settled();
+      if (!this.isLeader) return this.#forward(session, statements, idempotencyKey, term);
+    }
     const results: Array<{ rows: unknown[]; rowCount: number }> = [];
     await this.#write(session, idempotencyKey, term, async (c) => {
       for (const s of statements) {
@@ -700,6 +707,34 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       }
     });
     return results;
+  }
+
+  /**
+   * Relay a one-shot transaction to the leader as the session's role, over
+   * the client protocol (as OVS raft relays commands), and its answer back:
+   * errors keep their code, so the client sees what the leader said.
+   */
+  async #forward(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
+    const leader = this.#leaderAddress();
+    if (leader === undefined) throw this.#notLeader('NOT_LEADER', `node ${this.#self} cannot forward: no leader is known (an election is under way); retry shortly`);
+    let db: Db;
+    try {
+      db = await connectClient(leader, { user: session.user, password: session.password, leaderWaitMs: 0 });
+    } catch (error) {
+      throw this.#notLeader('NOT_LEADER', `node ${this.#self} could not reach the leader at ${leader} to forward: ${(error as Error).message}`);
+    }
+    try {
+      return await db.execute(statements.map((s) => [s.sql, s.params] as const), { ...(idempotencyKey === null ? {} : { idempotencyKey }), ...(term === null ? {} : { term }), retries: 0 });
+    } catch (error) {
+      if (!(error instanceof QsyncClientError)) throw error;
+      const known = ['NOT_LEADER', 'STALE_TERM', 'ROLLED_BACK', 'OUTCOME_UNKNOWN', 'LIMBO_FULL', 'PG_ERROR', 'AUTH'] as const;
+      const code = known.find((c) => c === error.code) ?? 'OUTCOME_UNKNOWN';
+      throw new QsyncError(code, `${error.message} (forwarded by node ${this.#self} to ${leader})`, {
+        ...(error.sqlstate === undefined ? {} : { sqlstate: error.sqlstate }), ...(error.leader === undefined ? {} : { leader: error.leader }), ...(error.term === undefined ? {} : { term: error.term }),
+      });
+    } finally {
+      db.close();
+    }
   }
 
   /**

@@ -112,6 +112,24 @@ describe('elections on a 3-node cluster', () => {
     expect(await converged('first')).toEqual([1]);
   });
 
+  it('forwards a sync transaction sent to a follower when the client asks, and brings the answer back', async () => {
+    const leader = await cluster.leader();
+    const follower = others(leader.replica)[0] as ClusterNode;
+    const viaFollower = await connect(follower.clientAddress, cluster.credentials);
+    try {
+      const [result] = await viaFollower.execute([['INSERT INTO accounts VALUES (50, $1, 1) RETURNING id', ['forwarded']]], { forward: true, idempotencyKey: 'fwd-50' });
+      expect(result?.rows).toEqual([{ id: '50' }]);
+      expect(viaFollower.address).toBe(follower.clientAddress); // it stayed on the follower
+      await expect(viaFollower.execute([['INSERT INTO accounts VALUES (50, $1, 1)', ['again']]], { forward: true })).rejects.toMatchObject({
+        name: 'PgError', sqlstate: '23505', message: expect.stringMatching(new RegExp(`duplicate key.*\\(forwarded by node ${follower.replica} to 127\\.0\\.0\\.1:\\d+\\)`)),
+      });
+      expect(await converged('forwarded')).toEqual([50]);
+      expect(await viaFollower.outcome('fwd-50')).toMatchObject({ committed: true, replica: leader.replica });
+    } finally {
+      viaFollower.close();
+    }
+  });
+
   it('(g) a node partitioned alone does not disrupt the leader when it returns (pre-vote)', async () => {
     const leader = await cluster.leader();
     const lone = others(leader.replica)[0] as ClusterNode;
