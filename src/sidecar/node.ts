@@ -479,7 +479,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   /** Before a write: wait out a transfer, or a PROMOTE this node is completing (bounded). */
   async #settled(): Promise<void> {
-    const deadline = Date.now() + 2 * this.config.electionTimeoutMs;
+    const deadline = Date.now() + 4 * this.config.electionTimeoutMs;
     while (Date.now() < deadline && (this.#transfer !== null || (this.#election.role === 'leader' && !this.#writable))) {
       await new Promise((r) => setTimeout(r, 5));
     }
@@ -518,23 +518,25 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /**
    * Switchover to `to`: hold new writes, wait until the limbo is empty and `to`
    * holds this whole journal, then TimeoutNow; `to` wins at once with no
-   * failed write. Resolves once `to` leads; gives up after an election timeout.
+   * failed write. Resolves once `to` leads; gives up after three election
+   * timeouts (catching up under load takes more than one).
    */
   async transfer(to: ReplicaId): Promise<NodeStatus> {
     if (!this.#writable) throw this.#notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
     if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
     if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
     const term = this.#term;
-    const deadline = Date.now() + this.config.electionTimeoutMs;
+    const budgetMs = 3 * this.config.electionTimeoutMs;
+    const deadline = Date.now() + budgetMs;
     const within = (): boolean => !this.#stopping && Date.now() < deadline && this.#election.term === term;
     let done!: () => void;
     this.#transfer = new Promise<void>((resolve) => (done = resolve));
     try {
       const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.vclock), within);
-      if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${this.config.electionTimeoutMs} ms; leadership stays with node ${this.#self}`);
+      if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${budgetMs} ms; leadership stays with node ${this.#self}`);
       this.#elect({ kind: 'transfer', to });
-      await this.#until(() => this.#election.leader === to, () => !this.#stopping && Date.now() < deadline + this.config.electionTimeoutMs);
-      if (this.#election.leader !== to) throw new QsyncError('BAD_REQUEST', `replica ${to} did not take over within ${this.config.electionTimeoutMs} ms (leader: ${this.#election.leader})`);
+      await this.#until(() => this.#election.leader === to, () => !this.#stopping && Date.now() < deadline);
+      if (this.#election.leader !== to) throw new QsyncError('BAD_REQUEST', `replica ${to} did not take over within ${budgetMs} ms (leader: ${this.#election.leader})`);
       return this.status();
     } finally {
       this.#transfer = null;
@@ -639,7 +641,13 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   #ownAppended(record: JournalRecord): void {
-    if (record.kind === 'txn' && record.sync) this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: Date.now() } });
+    if (record.kind !== 'txn' || !record.sync) return;
+    if (this.#limbo === null) {
+      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it.
+      this.#settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while ${record.gid} was being written; it stays prepared until the next leader decides it: ask for its outcome by idempotency key`));
+      return;
+    }
+    this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: Date.now() } });
   }
 
   #ownDurable(): void {

@@ -32,7 +32,7 @@ beforeAll(async () => {
     electionTimeoutMs: 3_000,
     electionModes: { 2: 'voter', 3: 'voter' },
     // QSYNC_E2E_DIR keeps the cluster's data and sidecar logs there, for debugging a failure.
-    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: process.env.QSYNC_E2E_DIR }),
+    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: `${process.env.QSYNC_E2E_DIR}/cluster` }),
     tables: [
       { ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' },
       { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
@@ -264,7 +264,8 @@ describe('a 3-node cluster', () => {
     await node(1).killSidecar();
     await done;
     expect(failures()).toBe(1);
-    await node(1).startSidecar(); // reconciles PostgreSQL with its journal and refills the limbo
+    await node(1).startSidecar(); // reconciles PostgreSQL with its journal; its PROMOTE decides what was pending
+    expect((await cluster.leader(30_000)).replica).toBe(1); // the only candidate wins again
     db.close();
     db = await connect(cluster.clientAddresses, cluster.credentials);
     for (const replica of [1, 2, 3]) {
@@ -282,6 +283,7 @@ describe('a 3-node cluster', () => {
   });
 
   it('(c) when both followers die with a write in flight: committed, RolledBack or unknown, and every node agrees', async () => {
+    await cluster.leader(30_000);
     const outcome = db.execute([['INSERT INTO accounts VALUES (5000, $1, 0)', ['in flight']]], { idempotencyKey: 'in-flight' }).then(() => 'committed', (error: unknown) => error);
     await Promise.all([node(2).killSidecar(), node(3).killSidecar()]);
     const answer = await outcome;

@@ -26,7 +26,7 @@ beforeAll(async () => {
     proxies: true,
     electionTimeoutMs: ELECTION_TIMEOUT_MS,
     synchroTimeoutMs: 3_000,
-    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: process.env.QSYNC_E2E_DIR }),
+    ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: `${process.env.QSYNC_E2E_DIR}/election` }),
     tables: [{ ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' }],
   });
   db = await connect(cluster.clientAddresses, { ...cluster.credentials, leaderWaitMs: 30_000 });
@@ -250,8 +250,8 @@ describe('elections on a 3-node cluster', () => {
       gid: `qsync:local:${forger.replica}:${lsn}`, sync: true, idempotencyKey: null,
       changes: [{ table: 'public.accounts', op: 'insert' as const, rows: JSON.stringify([{ id: 4000, owner: 'forged', balance: 1 }]) }],
     };
-    expect(cluster.proxy(victim.replica, forger.replica).inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBe(1);
-    await eventually(async () => expect((await victim.status()).splitBrainRecords).toBe(before.splitBrainRecords + 1), 'counted as split-brain');
+    expect(cluster.proxy(victim.replica, forger.replica).inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBeGreaterThanOrEqual(1);
+    await eventually(async () => expect((await victim.status()).splitBrainRecords).toBeGreaterThan(before.splitBrainRecords), 'counted as split-brain');
     const log = await readFile(join(victim.dataDir, '..', 'sidecar.log'), 'utf8');
     expect(log).toMatch(/"term":1,.*"msg":"split-brain: a limbo record from an older term refused; closing the link"/);
     expect((await victim.status()).vclock[forger.replica] ?? 0).toBeLessThan(lsn);
