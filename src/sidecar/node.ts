@@ -850,7 +850,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   async query(session: RoleSession, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown> {
     if (consistency === 'linearizable') {
-      throw new QsyncError('BAD_REQUEST', 'linearizable reads need a read index, which comes with leader election; use leader (reads on the current leader) for now');
+      throw new QsyncError('BAD_REQUEST', 'linearizable reads (a read index confirmed by a quorum) are not built yet; use leader (reads on the current leader) for now');
     }
     if (consistency === 'leader' && !this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#leaderName()}`);
     try {
