@@ -3,7 +3,7 @@
 //
 // Start: open the journal; check and migrate PostgreSQL; reconcile prepared
 // transactions with the journal's verdicts; replay what the journal holds
-// beyond PostgreSQL's applied vclock; refill the leader's limbo; then serve.
+// beyond PostgreSQL's applied vclock; then serve, as a follower until elected.
 //
 // Records from peers go through one queue, in arrival order: drop what the
 // journal already holds, refuse a limbo record older than the limbo's term
