@@ -234,7 +234,7 @@ export class Db {
       try {
         return await this.#transactionOnce(fn, options);
       } catch (error) {
-        if (!(error instanceof NotLeader) || Date.now() > deadline) throw error;
+        if (!(error instanceof NotLeader) || Date.now() >= deadline) throw error;
         await this.#moveTo(error.leader, attempt, deadline);
       }
     }
@@ -265,7 +265,7 @@ export class Db {
       try {
         return await this.#connection.request(make);
       } catch (error) {
-        if (!(error instanceof NotLeader) || Date.now() > deadline) throw error;
+        if (!(error instanceof NotLeader) || Date.now() >= deadline) throw error;
         await this.#moveTo(error.leader, attempt, deadline);
       }
     }

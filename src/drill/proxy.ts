@@ -40,6 +40,11 @@ export class LinkProxy {
     return this.port;
   }
 
+  /** Connections open through this proxy now. */
+  get connections(): number {
+    return this.#inbound.size;
+  }
+
   get isCut(): boolean {
     return this.#cut;
   }

@@ -220,7 +220,7 @@ export class Subscriber {
 
   async #loop(): Promise<void> {
     const min = this.#options.backoffMsMin ?? 100;
-    const max = this.#options.backoffMsMax ?? 5_000;
+    const max = this.#options.backoffMsMax ?? 1_000;
     let backoff = min;
     while (!this.#stopped) {
       const handshaken = await this.#session().catch((error: unknown) => {

@@ -272,7 +272,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       } catch (error) {
         if (error instanceof AssertionFailed || this.#stopping) throw error;
         this.#pgBroken = true; // whatever failed, the next attempt starts on fresh connections
-        const delayMs = Math.min(5_000, 10 * 2 ** Math.min(attempt, 9));
+        const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
         this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
         await new Promise((r) => setTimeout(r, delayMs));
       }
@@ -532,7 +532,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     let done!: () => void;
     this.#transfer = new Promise<void>((resolve) => (done = resolve));
     try {
-      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.vclock), within);
+      // The tail, not the durable vclock: a CONFIRM still being written would leave `to` behind, and refused.
+      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.tailVclock), within);
       if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${budgetMs} ms; leadership stays with node ${this.#self}`);
       this.#elect({ kind: 'transfer', to });
       await this.#until(() => this.#election.leader === to, () => !this.#stopping && Date.now() < deadline);

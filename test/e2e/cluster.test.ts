@@ -251,9 +251,9 @@ describe('a 3-node cluster', () => {
     await done;
     expect(acked).toHaveLength(60);
     await node(3).pg.start(); // the sidecar reconnects and applies what its journal holds
-    await eventually(async () => expect(await missingOn(3, 'pg-crash', acked)).toEqual([]), 'node 3 holds every acknowledged write after its PostgreSQL crash');
+    await eventually(async () => expect(await missingOn(3, 'pg-crash', acked)).toEqual([]), 'node 3 holds every acknowledged write after its PostgreSQL crash', 45_000);
     expect(await rows(3, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
-  });
+  }, 120_000);
 
   it('(f) recovers the leader\'s limbo after its sidecar is SIGKILLed mid-stream: every acknowledged write lands everywhere', async () => {
     const { acked, failures, done } = streamWrites(6000, 200, 'leader-crash', (error) => {
@@ -272,7 +272,7 @@ describe('a 3-node cluster', () => {
       await eventually(async () => {
         expect(await missingOn(replica, 'leader-crash', acked)).toEqual([]);
         expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
-      }, `node ${replica} holds every acknowledged write, nothing left in the limbo`);
+      }, `node ${replica} holds every acknowledged write, nothing left in the limbo`, 45_000);
     }
     // The three nodes come to agree on the write whose answer was lost, too.
     await eventually(async () => {
@@ -280,7 +280,7 @@ describe('a 3-node cluster', () => {
       expect(new Set(counts.map((c) => JSON.stringify(c))).size).toBe(1);
       for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
     }, 'the nodes agree');
-  });
+  }, 120_000);
 
   it('(c) when both followers die with a write in flight: committed, RolledBack or unknown, and every node agrees', async () => {
     await cluster.leader(30_000);

@@ -250,7 +250,9 @@ describe('elections on a 3-node cluster', () => {
       gid: `qsync:local:${forger.replica}:${lsn}`, sync: true, idempotencyKey: null,
       changes: [{ table: 'public.accounts', op: 'insert' as const, rows: JSON.stringify([{ id: 4000, owner: 'forged', balance: 1 }]) }],
     };
-    expect(cluster.proxy(victim.replica, forger.replica).inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBeGreaterThanOrEqual(1);
+    const link = cluster.proxy(victim.replica, forger.replica);
+    await eventually(async () => expect(link.connections).toBeGreaterThan(0), 'the victim is subscribed to the forger');
+    expect(link.inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBeGreaterThan(0);
     await eventually(async () => expect((await victim.status()).splitBrainRecords).toBeGreaterThan(before.splitBrainRecords), 'counted as split-brain');
     const log = await readFile(join(victim.dataDir, '..', 'sidecar.log'), 'utf8');
     expect(log).toMatch(/"term":1,.*"msg":"split-brain: a limbo record from an older term refused; closing the link"/);
@@ -264,6 +266,7 @@ describe('elections on a 3-node cluster', () => {
 
   it('(f) a stale-term client request, and a direct SQL write on a deposed leader, fail with the clear error', async () => {
     const leader = await cluster.leader();
+    await db.execute([['INSERT INTO accounts VALUES (4999, $1, 0)', ['on the leader']]]); // the client is on the leader now
     const { term } = await leader.status();
     const stale = await db.execute([['INSERT INTO accounts VALUES (5000, $1, 0)', ['stale']]], { term: 1 }).catch((error: unknown) => error);
     expect(stale).toBeInstanceOf(StaleTerm);
@@ -290,5 +293,19 @@ describe('elections on a 3-node cluster', () => {
       await onNext.end();
     }
     expect(await converged('deposed')).toEqual([]);
+  });
+
+  it('promote (qsync promote) makes a chosen up-to-date follower the leader; an unknown admin request is refused clearly', async () => {
+    const leader = await cluster.leader();
+    const chosen = others(leader.replica)[0] as ClusterNode;
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'promote', '--admin', chosen.adminAddress]);
+    expect(JSON.parse(stdout)).toMatchObject({ replica: chosen.replica, role: 'leader', writable: true });
+    expect((await cluster.leader()).replica).toBe(chosen.replica);
+    await db.execute([['INSERT INTO accounts VALUES (6000, $1, 0)', ['promoted']]]);
+    expect(await converged('promoted')).toEqual([6000]);
+    const response = await fetch(`http://${chosen.adminAddress}/nonsense`, { method: 'POST' });
+    expect(response.status).toBe(400);
+    expect(await response.json()).toMatchObject({ error: { code: 'BAD_REQUEST', message: expect.stringMatching(/no such admin request: POST \/nonsense/) } });
+    expect((await chosen.status()).writable).toBe(true);
   });
 });
