@@ -832,7 +832,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         journal: async ({ lsn, gid, time, sync, changes }) => {
           journaled = true;
           uncount(); // from here on the limbo counts it
-          if (sync) waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
+          if (sync) {
+            waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
+            // It may be settled while the TXN is still being journaled (a full limbo, a lost leadership),
+            // before the await below: that must not count as an unhandled rejection, which ends the process.
+            waiting.catch(() => undefined);
+          }
           await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
           this.#ownDurable();
         },

@@ -251,7 +251,7 @@ describe('elections on a 3-node cluster', () => {
       changes: [{ table: 'public.accounts', op: 'insert' as const, rows: JSON.stringify([{ id: 4000, owner: 'forged', balance: 1 }]) }],
     };
     const link = cluster.proxy(victim.replica, forger.replica);
-    await eventually(async () => expect(link.connections).toBeGreaterThan(0), 'the victim is subscribed to the forger');
+    await eventually(async () => expect((await victim.status()).peers.find((p) => p.replica === forger.replica)?.connected).toBe(true), 'the victim is subscribed to the forger');
     expect(link.inject(encodeFrame(encodeMessage({ kind: 'record', record })))).toBeGreaterThan(0);
     await eventually(async () => expect((await victim.status()).splitBrainRecords).toBeGreaterThan(before.splitBrainRecords), 'counted as split-brain');
     const log = await readFile(join(victim.dataDir, '..', 'sidecar.log'), 'utf8');
