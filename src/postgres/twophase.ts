@@ -30,13 +30,23 @@ export async function listPrepared(client: pg.ClientBase, clusterId: string): Pr
   return entries.sort((a, b) => a.replica - b.replica || a.lsn - b.lsn);
 }
 
+/** SQLSTATE 55006: another session is finishing (or still preparing) this gid right now. */
+const OBJECT_IN_USE = '55006';
+const BUSY_RETRIES_MAX = 50;
+
 async function finish(client: pg.ClientBase, verb: 'COMMIT' | 'ROLLBACK', gid: string): Promise<boolean> {
-  try {
-    await client.query(`${verb} PREPARED ${client.escapeLiteral(gid)}`);
-    return true;
-  } catch (error) {
-    if ((error as { code?: string }).code === UNDEFINED_OBJECT) return false;
-    throw error;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      await client.query(`${verb} PREPARED ${client.escapeLiteral(gid)}`);
+      return true;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === UNDEFINED_OBJECT) return false;
+      // Two paths may decide one gid at once (a PROMOTE and a void write's rollback); the later
+      // one waits for the earlier and then finds it gone.
+      if (code !== OBJECT_IN_USE || attempt >= BUSY_RETRIES_MAX) throw error;
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 }
 

@@ -303,8 +303,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
         if (record.prevOwner !== NO_REPLICA) {
           const owned = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.prevOwner);
-          await this.#finish(commitPrepared, owned.filter((e) => e.lsn <= record.prevLsn).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
-          await this.#finish(rollbackPrepared, owned.filter((e) => e.lsn > record.prevLsn).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
+          // This node's own writes from after an earlier deposition are void whatever the lsn kept.
+          const kept = (e: { lsn: Lsn }): boolean => e.lsn <= record.prevLsn && !(record.prevOwner === this.#self && this.#withheld.some((r) => r.reason === 'deposed' && e.lsn >= r.from && e.lsn <= r.to));
+          await this.#finish(commitPrepared, owned.filter(kept).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
+          await this.#finish(rollbackPrepared, owned.filter((e) => !kept(e)).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
         }
         return;
       case 'demote':
@@ -643,6 +645,14 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   #ownAppended(record: JournalRecord): void {
     if (record.kind !== 'txn' || !record.sync) return;
+    if (isWithheld(this.#withheld, record)) {
+      // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
+      void this.#finish(rollbackPrepared, [record.gid], (gid) => {
+        this.#prepared.delete(gid);
+        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: node ${this.#self} had been deposed by a new leader when it was written`));
+      }).catch((error: unknown) => this.#fatal('rolling back a void transaction', error));
+      return;
+    }
     if (this.#limbo === null) {
       // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it.
       this.#settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while ${record.gid} was being written; it stays prepared until the next leader decides it: ask for its outcome by idempotency key`));
@@ -806,6 +816,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   async #write(session: RoleSession, idempotencyKey: string | null, term: Term | null, body: (client: pg.ClientBase) => Promise<void>): Promise<void> {
     if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
     await this.#settled();
+    // The term the fence checks this write under is the term its TXN carries, even if the node
+    // learns a newer one while the write runs.
+    const writeTerm = this.#term;
     if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }
@@ -821,7 +834,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#beforeLimbo += 1;
     try {
       const outcome = await runLeaderWrite(client, {
-        term: this.#term, replica: this.#self, idempotencyKey,
+        term: writeTerm, replica: this.#self, idempotencyKey,
         // One time per write, read at capture: it stamps the async keys' versions and travels
         // in the TXN, so last-writer-wins compares the same value on every node.
         reserve: () => {
@@ -838,7 +851,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
             // before the await below: that must not count as an unhandled rejection, which ends the process.
             waiting.catch(() => undefined);
           }
-          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: this.#term, time, gid, sync, changes, idempotencyKey });
+          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey });
           this.#ownDurable();
         },
       }, body);

@@ -60,8 +60,10 @@ export async function readVerdicts(journal: Journal, self: ReplicaId): Promise<V
     }
   }
   const rolledBack = (owner: number, lsn: number): boolean => (rollbacks.get(owner) ?? []).some((r) => lsn >= r.from && lsn < r.record);
+  // This node's own sync TXNs written after a PROMOTE deposed it are void.
+  const void_ = (replica: number, lsn: number): boolean => replica === self && withheld.some((r) => r.reason === 'deposed' && lsn >= r.from && lsn <= r.to);
   const verdict = ({ replica, lsn }: Pick<PreparedEntry, 'replica' | 'lsn'>): JournalVerdict => {
-    if (rolledBack(replica, lsn)) return 'rolled-back';
+    if (rolledBack(replica, lsn) || void_(replica, lsn)) return 'rolled-back';
     if (lsn <= (confirmed.get(replica) ?? 0)) return 'confirmed';
     return journaled.has(`${replica}:${lsn}`) ? 'pending' : 'unknown';
   };
