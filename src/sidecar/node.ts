@@ -38,7 +38,7 @@ import { connect as connectClient, QsyncClientError, type Db } from '../client/i
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
-import { readVerdicts } from './verdicts.js';
+import { readVerdicts, type Rollback } from './verdicts.js';
 
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
@@ -89,6 +89,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #stopping = false;
   /** Own records relayed as empty TXNs (see core/withheld.ts). */
   #withheld: WithheldRange[] = [];
+  /** ROLLBACK records in journal order, by owner, until a PROMOTE voids the ones past its lsn kept. */
+  readonly #rollbacks = new Map<number, Rollback[]>();
   /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
   readonly #prepared = new Set<string>();
   /** Highest own lsn ever written to any peer. */
@@ -166,6 +168,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const verdicts = await readVerdicts(this.#journal, this.#self);
     this.#synchro = verdicts.synchro;
     this.#withheld = [...verdicts.withheld];
+    for (const [owner, ranges] of verdicts.rollbacks) this.#rollbacks.set(owner, [...ranges]);
     const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
     for (const entry of await listPrepared(this.#admin, this.config.clusterId)) this.#prepared.add(entry.gid);
@@ -245,6 +248,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${this.#synchro.term} (owner ${this.#synchro.owner})`));
     }
     if (record.kind === 'promote') this.#promoted(record);
+    if (record.kind === 'rollback') this.#noteRollback(record.owner, record.fromLsn, record.lsn);
     this.#clock = Math.max(this.#clock, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
@@ -303,8 +307,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
         if (record.prevOwner !== NO_REPLICA) {
           const owned = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.prevOwner);
-          // This node's own writes from after an earlier deposition are void whatever the lsn kept.
-          const kept = (e: { lsn: Lsn }): boolean => e.lsn <= record.prevLsn && !(record.prevOwner === this.#self && this.#withheld.some((r) => r.reason === 'deposed' && e.lsn >= r.from && e.lsn <= r.to));
+          // Kept: up to the lsn kept, except what a ROLLBACK in that kept history rolled back, and
+          // (on the deposed node itself) its writes from after an earlier deposition, which are void.
+          const standing = (this.#rollbacks.get(record.prevOwner) ?? []).filter((r) => r.record <= record.prevLsn);
+          const kept = (e: { lsn: Lsn }): boolean => e.lsn <= record.prevLsn
+            && !standing.some((r) => e.lsn >= r.from && e.lsn < r.record)
+            && !(record.prevOwner === this.#self && this.#withheld.some((r) => r.reason === 'deposed' && e.lsn >= r.from && e.lsn <= r.to));
           await this.#finish(commitPrepared, owned.filter(kept).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
           await this.#finish(rollbackPrepared, owned.filter((e) => !kept(e)).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
         }
@@ -438,12 +446,19 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** Journal order reached a PROMOTE: the limbo has a new owner and term; a deposed node's later limbo records are void. */
   #promoted(record: JournalRecord & { kind: 'promote' }): void {
     if (record.term > this.#synchro.term) this.#synchro = { owner: record.leader, term: record.term };
+    // The previous owner's ROLLBACKs past the lsn kept were never held by a quorum: void.
+    const standing = (this.#rollbacks.get(record.prevOwner) ?? []).filter((r) => r.record <= record.prevLsn);
+    this.#rollbacks.set(record.prevOwner, standing);
     if (record.replica === this.#self) {
       // Leading again: this node's limbo records from here on are real.
       this.#withheld = this.#withheld.map((r) => (r.reason === 'deposed' && r.to >= record.lsn ? { ...r, to: (record.lsn - 1) as Lsn } : r));
     } else if (record.prevOwner === this.#self) {
       this.#withheld.push({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
     }
+  }
+
+  #noteRollback(owner: ReplicaId, from: number, record: number): void {
+    this.#rollbacks.set(owner, [...(this.#rollbacks.get(owner) ?? []), { from, record }]);
   }
 
   #quorumHolds(target: VClock): boolean {
@@ -602,6 +617,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
     }));
     if (withheldFrom !== undefined) this.#withheld.push({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
+    this.#noteRollback(this.#self, fromLsn, lsn);
     this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });

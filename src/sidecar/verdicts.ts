@@ -21,9 +21,11 @@ export interface Verdicts {
   readonly synchro: { readonly owner: ReplicaId; readonly term: Term };
   /** This node's own records that it relays as empty TXNs. */
   readonly withheld: readonly WithheldRange[];
+  /** The ROLLBACK records that stand (no later PROMOTE voided them), by owner. */
+  readonly rollbacks: ReadonlyMap<number, readonly Rollback[]>;
 }
 
-interface Rollback {
+export interface Rollback {
   readonly from: number;
   /** The ROLLBACK record's own lsn: entries from `from` to before it are rolled back. */
   readonly record: number;
@@ -67,6 +69,6 @@ export async function readVerdicts(journal: Journal, self: ReplicaId): Promise<V
     if (lsn <= (confirmed.get(replica) ?? 0)) return 'confirmed';
     return journaled.has(`${replica}:${lsn}`) ? 'pending' : 'unknown';
   };
-  return { verdict, synchro, withheld };
+  return { verdict, synchro, withheld, rollbacks };
 }
 
