@@ -117,7 +117,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
     // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
     this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
-    this.#control.on('error', (error) => log.warn({ err: error.message }, 'idle PostgreSQL control connection failed'));
+    guardPool(this.#control, log, 'control');
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
   }
@@ -716,7 +716,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     url.username = encodeURIComponent(user);
     url.password = encodeURIComponent(password);
     const pool = new pg.Pool({ connectionString: url.toString(), max: 16 });
-    pool.on('error', (error) => this.log.warn({ user, err: error.message }, 'idle PostgreSQL connection failed'));
+    guardPool(pool, this.log, `role ${user}`);
     try {
       await pool.query('SELECT 1');
     } catch (error) {
@@ -968,6 +968,18 @@ export interface NodeStatus {
  * PostgreSQL crash must fail, not wait forever (pg has no timeout by default).
  */
 const PG_TIMEOUTS = { connectionTimeoutMillis: 10_000, query_timeout: 60_000 } as const;
+
+/**
+ * Log a pool's connection failures instead of crashing: pg-pool handles an
+ * idle client's error, but a client that is checked out and between queries
+ * (a COMMIT PREPARED loop, an interactive transaction waiting for its client)
+ * emits 'error' itself when PostgreSQL dies, and an unhandled 'error' event
+ * ends the process. The failed query still rejects where it is awaited.
+ */
+function guardPool(pool: pg.Pool, log: Logger, name: string): void {
+  pool.on('error', (error) => log.warn({ pool: name, err: error.message }, 'idle PostgreSQL connection failed'));
+  pool.on('connect', (client) => client.on('error', (error) => log.warn({ pool: name, err: error.message }, 'PostgreSQL connection failed')));
+}
 
 /** A connected client whose errors are logged, never thrown at the event loop. */
 async function connectPg(url: string, log: Logger, onError: () => void): Promise<pg.Client> {

@@ -15,6 +15,7 @@ import { connect as netConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { eventually, rowsOn } from '../support/cluster.js';
 import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
 import type { ReplicaId, Term } from '../../src/core/types.js';
 import { createLogger } from '../../src/log.js';
@@ -54,28 +55,7 @@ afterAll(async () => {
 
 const node = (replica: number): ClusterNode => cluster.nodes[replica - 1] as ClusterNode;
 
-/** What one node's PostgreSQL holds, read directly (not through qsync). */
-async function rows(replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> {
-  const client = await node(replica).sql();
-  try {
-    return (await client.query(sql, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
-async function eventually(check: () => Promise<void>, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw new Error(`${what}: ${(error as Error).message}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-}
+const rows = (replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> => rowsOn(node(replica), sql, params);
 
 /**
  * Insert accounts first.. first+count-1 owned by `owner`, one write at a time,

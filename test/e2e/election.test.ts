@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { eventually, rowsOn } from '../support/cluster.js';
 import { connect, NotLeader, OutcomeUnknown, RolledBack, StaleTerm, type Db } from '../../src/client/index.js';
 import { encodeMessage } from '../../src/core/messages.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
@@ -40,27 +41,7 @@ afterAll(async () => {
 const node = (replica: number): ClusterNode => cluster.nodes[replica - 1] as ClusterNode;
 const others = (replica: number): ClusterNode[] => cluster.nodes.filter((n) => n.replica !== replica);
 
-async function rows(replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> {
-  const client = await node(replica).sql();
-  try {
-    return (await client.query(sql, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
-async function eventually(check: () => Promise<void>, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      await check();
-      return;
-    } catch (error) {
-      if (Date.now() > deadline) throw new Error(`${what}: ${(error as Error).message}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
+const rows = (replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> => rowsOn(node(replica), sql, params);
 
 const ids = async (replica: number, owner: string): Promise<number[]> =>
   (await rows(replica, 'SELECT id FROM accounts WHERE owner = $1 ORDER BY id', [owner])).map((r) => Number((r as { id: string }).id));
