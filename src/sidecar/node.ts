@@ -25,7 +25,8 @@ import { limits } from '../core/limits.js';
 import type { JournalRecord, TableMode } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
 import { vclockCovers, vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
-import { emptied, isSynchro, isWithheld, type WithheldRange } from '../core/withheld.js';
+import { LimboHistory } from '../core/history.js';
+import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
 import { RelayServer, Subscriber } from '../net/peer.js';
@@ -38,7 +39,7 @@ import { connect as connectClient, QsyncClientError, type Db } from '../client/i
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { OwnLog } from './own-log.js';
-import { readVerdicts, type Rollback } from './verdicts.js';
+import { readVerdicts } from './verdicts.js';
 
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
@@ -70,8 +71,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #election: ElectionState;
   /** Every message the election sends waits for the RAFT records written before it. */
   #raftDurable: Promise<void> = Promise.resolve();
-  /** The limbo's owner and term by the last PROMOTE in journal order: limbo records of an older term are refused. */
-  #synchro: { owner: ReplicaId; term: Term };
+  /**
+   * The limbo's history, fed every record as it is appended (journal order):
+   * its owner and term (limbo records of an older term are refused), what it
+   * decided about each entry, and this node's withheld records.
+   */
+  #history: LimboHistory;
   /** Leader, PROMOTE held by a quorum, qsync.node says so: sync writes are accepted. */
   #writable = false;
   /** A leadership transfer in progress: new writes wait for it. */
@@ -87,10 +92,6 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
   #beforeLimbo = 0;
   #stopping = false;
-  /** Own records relayed as empty TXNs (see core/withheld.ts). */
-  #withheld: WithheldRange[] = [];
-  /** ROLLBACK records in journal order, by owner, until a PROMOTE voids the ones past its lsn kept. */
-  readonly #rollbacks = new Map<number, Rollback[]>();
   /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
   readonly #prepared = new Set<string>();
   /** Highest own lsn ever written to any peer. */
@@ -113,7 +114,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#admin = admin;
     this.#applier = applier;
     this.#election = election;
-    this.#synchro = { owner: NO_REPLICA, term: 0 as Term };
+    this.#history = new LimboHistory(this.#self);
     // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
     // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
     this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
@@ -166,9 +167,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
    */
   async #recover(): Promise<void> {
     const verdicts = await readVerdicts(this.#journal, this.#self);
-    this.#synchro = verdicts.synchro;
-    this.#withheld = [...verdicts.withheld];
-    for (const [owner, ranges] of verdicts.rollbacks) this.#rollbacks.set(owner, [...ranges]);
+    this.#history = verdicts.history;
     const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
     for (const entry of await listPrepared(this.#admin, this.config.clusterId)) this.#prepared.add(entry.gid);
@@ -187,7 +186,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     this.#relay = new RelayServer({
       identity, journal: this.#journal, log,
       onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
-      outgoing: (record) => (record.replica === this.#self && isWithheld(this.#withheld, record) ? emptied(config.clusterId, record) : record),
+      outgoing: (record) => (record.replica === this.#self && isWithheld(this.#history.withheld, record) ? emptied(config.clusterId, record) : record),
       onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
       onSent: (record) => {
         if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
@@ -242,13 +241,13 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
     // A duplicate from another relay: done when everything before it is.
     if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
-    if (isSynchro(record) && record.term < this.#synchro.term) {
+    const synchro = this.#history.synchro;
+    if (isSynchro(record) && record.term < synchro.term) {
       this.splitBrainRecords += 1;
-      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: this.#synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
-      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${this.#synchro.term} (owner ${this.#synchro.owner})`));
+      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
+      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${synchro.term} (owner ${synchro.owner})`));
     }
-    if (record.kind === 'promote') this.#promoted(record);
-    if (record.kind === 'rollback') this.#noteRollback(record.owner, record.fromLsn, record.lsn);
+    this.#history.apply(record);
     this.#clock = Math.max(this.#clock, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
@@ -307,12 +306,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
         // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
         if (record.prevOwner !== NO_REPLICA) {
           const owned = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.prevOwner);
-          // Kept: up to the lsn kept, except what a ROLLBACK in that kept history rolled back, and
-          // (on the deposed node itself) its writes from after an earlier deposition, which are void.
-          const standing = (this.#rollbacks.get(record.prevOwner) ?? []).filter((r) => r.record <= record.prevLsn);
-          const kept = (e: { lsn: Lsn }): boolean => e.lsn <= record.prevLsn
-            && !standing.some((r) => e.lsn >= r.from && e.lsn < r.record)
-            && !(record.prevOwner === this.#self && this.#withheld.some((r) => r.reason === 'deposed' && e.lsn >= r.from && e.lsn <= r.to));
+          // Kept: what the history (which has taken this PROMOTE) says is confirmed. Not kept: past the
+          // lsn kept, under a ROLLBACK in the kept history, or this node's own void writes.
+          const kept = (e: { lsn: Lsn }): boolean => this.#history.verdict(record.prevOwner, e.lsn) === 'confirmed';
           await this.#finish(commitPrepared, owned.filter(kept).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
           await this.#finish(rollbackPrepared, owned.filter((e) => !kept(e)).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
         }
@@ -422,11 +418,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     await this.#queue; // what peers sent is journaled and applied here
     const target = this.#journal.vclock;
     if (!(await this.#until(() => this.#quorumHolds(target), still))) return;
-    const prevOwner = this.#synchro.owner;
+    const prevOwner = this.#history.synchro.owner;
     const prevLsn = prevOwner === NO_REPLICA ? 0 as Lsn : vclockGet(target, prevOwner);
     let record!: JournalRecord & { kind: 'promote' };
     const { lsn, durable } = this.#own.append((l) => (record = { kind: 'promote', replica: this.#self, lsn: l, term, time: this.#now(), prevOwner, prevLsn, leader: this.#self }));
-    this.#promoted(record);
     await durable;
     this.#ownDurable();
     const applied = this.#queue.then(() => this.#applyUntilDone(record));
@@ -441,24 +436,6 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (!still()) return;
     this.#writable = true;
     this.log.info({ term, prevOwner, prevLsn, promoteLsn: lsn, ms: Date.now() - started }, 'leader: a quorum holds the PROMOTE; accepting sync writes');
-  }
-
-  /** Journal order reached a PROMOTE: the limbo has a new owner and term; a deposed node's later limbo records are void. */
-  #promoted(record: JournalRecord & { kind: 'promote' }): void {
-    if (record.term > this.#synchro.term) this.#synchro = { owner: record.leader, term: record.term };
-    // The previous owner's ROLLBACKs past the lsn kept were never held by a quorum: void.
-    const standing = (this.#rollbacks.get(record.prevOwner) ?? []).filter((r) => r.record <= record.prevLsn);
-    this.#rollbacks.set(record.prevOwner, standing);
-    if (record.replica === this.#self) {
-      // Leading again: this node's limbo records from here on are real.
-      this.#withheld = this.#withheld.map((r) => (r.reason === 'deposed' && r.to >= record.lsn ? { ...r, to: (record.lsn - 1) as Lsn } : r));
-    } else if (record.prevOwner === this.#self) {
-      this.#withheld.push({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
-    }
-  }
-
-  #noteRollback(owner: ReplicaId, from: number, record: number): void {
-    this.#rollbacks.set(owner, [...(this.#rollbacks.get(owner) ?? []), { from, record }]);
   }
 
   #quorumHolds(target: VClock): boolean {
@@ -509,7 +486,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return {
       replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
       leaderAddress: this.#leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
-      limbo: { owner: this.#synchro.owner, term: this.#synchro.term, pending: this.#limbo?.entries.length ?? 0 },
+      limbo: { owner: this.#history.synchro.owner, term: this.#history.synchro.term, pending: this.#limbo?.entries.length ?? 0 },
       vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords,
       peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#subscribers.get(p.replica as ReplicaId)?.connected ?? false, vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
     };
@@ -616,8 +593,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn,
       ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
     }));
-    if (withheldFrom !== undefined) this.#withheld.push({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
-    this.#noteRollback(this.#self, fromLsn, lsn);
+    // At once, not when the record reaches the journal: no relay may send these TXNs in between.
+    if (withheldFrom !== undefined) this.#history.withhold({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
     this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
@@ -660,8 +637,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   #ownAppended(record: JournalRecord): void {
+    this.#history.apply(record);
     if (record.kind !== 'txn' || !record.sync) return;
-    if (isWithheld(this.#withheld, record)) {
+    if (isWithheld(this.#history.withheld, record)) {
       // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
       void this.#finish(rollbackPrepared, [record.gid], (gid) => {
         this.#prepared.delete(gid);

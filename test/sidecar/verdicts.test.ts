@@ -60,7 +60,7 @@ describe('journal verdicts under elections', () => {
     expect(await verdictOf(1, 3)).toBe('rolled-back');
     expect(await verdictOf(1, 5)).toBe('confirmed');
     const verdicts = await readVerdicts(journal, ME);
-    expect(verdicts.synchro).toEqual({ owner: 3, term: 4 });
-    expect(verdicts.withheld).toEqual([{ from: 3, to: 3, reason: 'deposed' }, { from: 6, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]);
+    expect(verdicts.history.synchro).toEqual({ owner: 3, term: 4 });
+    expect(verdicts.history.withheld).toEqual([{ from: 3, to: 3, reason: 'deposed' }, { from: 6, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]);
   });
 });

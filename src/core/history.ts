@@ -1,0 +1,106 @@
+// The limbo's history: what the journal, read in order, decided about every
+// owner's sync entries, who owns the limbo now and in which term, and which of
+// this node's own records it must relay as empty TXNs. One fold serves both
+// recovery (over the whole journal) and the running node (record by record,
+// as each is appended), so the two can never decide differently.
+//
+//   CONFIRM(owner, lsn)     owner's entries up to lsn are committed
+//   ROLLBACK(owner, from)   owner's entries from `from` up to the record are rolled back
+//   PROMOTE(prev, kept)     prev's entries up to kept are committed, the rest (up to its
+//                           last record so far) rolled back; prev's ROLLBACKs past kept
+//                           are void (never held by a quorum, or the winner would hold
+//                           them); the limbo passes to the PROMOTE's leader and term
+// A standing rollback wins over a later confirmation of a prefix: CONFIRM and
+// PROMOTE commit what is still pending. This node's own sync writes made
+// after a PROMOTE deposed it, until it next writes a PROMOTE, are void.
+//
+// Mutable and pure: no I/O, no clock; recovery folds thousands of records.
+import type { JournalRecord } from './record.js';
+import type { Lsn, ReplicaId, Term } from './types.js';
+import type { WithheldRange } from './withheld.js';
+
+interface RolledBack {
+  readonly from: number;
+  /** Exclusive: the ROLLBACK record's own lsn (or one past the owner's last entry, for a PROMOTE). */
+  readonly until: number;
+}
+
+export type HistoryVerdict = 'confirmed' | 'rolled-back' | null;
+
+export class LimboHistory {
+  readonly self: ReplicaId;
+  #synchro: { readonly owner: ReplicaId; readonly term: Term } = { owner: 0 as ReplicaId, term: 0 as Term };
+  readonly #confirmed = new Map<number, number>();
+  /** Standing rollbacks by owner. */
+  readonly #rolledBack = new Map<number, RolledBack[]>();
+  readonly #last = new Map<number, number>();
+  #withheld: WithheldRange[] = [];
+
+  constructor(self: ReplicaId) {
+    this.self = self;
+  }
+
+  /** The limbo owner and its term, from the last PROMOTE (owner 0, term 0: none yet). */
+  get synchro(): { readonly owner: ReplicaId; readonly term: Term } {
+    return this.#synchro;
+  }
+
+  /** This node's own records that it relays as empty TXNs. */
+  get withheld(): readonly WithheldRange[] {
+    return this.#withheld;
+  }
+
+  /** Take the next record in journal order. */
+  apply(record: JournalRecord): void {
+    switch (record.kind) {
+      case 'confirm':
+        this.#confirmed.set(record.owner, Math.max(this.#confirmed.get(record.owner) ?? 0, record.confirmedLsn));
+        break;
+      case 'rollback':
+        this.#rollBack(record.owner, record.fromLsn, record.lsn);
+        if (record.owner === this.self && record.withheldFromLsn !== undefined) this.withhold({ from: record.withheldFromLsn, to: (record.lsn - 1) as Lsn, reason: 'rolledBack' });
+        break;
+      case 'promote':
+        this.#promote(record);
+        break;
+      default:
+        break;
+    }
+    this.#last.set(record.replica, Math.max(this.#last.get(record.replica) ?? 0, record.lsn));
+  }
+
+  /**
+   * Withhold a range of this node's records from now on. The running node
+   * calls it as soon as it decides a rollback, before the ROLLBACK record is
+   * appended: no relay may send those TXNs in between. Idempotent.
+   */
+  withhold(range: WithheldRange): void {
+    if (!this.#withheld.some((r) => r.from === range.from && r.reason === range.reason)) this.#withheld.push(range);
+  }
+
+  /** What the history decided about an owner's entry so far; null: still pending. */
+  verdict(replica: ReplicaId, lsn: Lsn): HistoryVerdict {
+    if ((this.#rolledBack.get(replica) ?? []).some((r) => lsn >= r.from && lsn < r.until)) return 'rolled-back';
+    if (replica === this.self && this.#withheld.some((r) => r.reason === 'deposed' && lsn >= r.from && lsn <= r.to)) return 'rolled-back';
+    return lsn <= (this.#confirmed.get(replica) ?? 0) ? 'confirmed' : null;
+  }
+
+  #rollBack(owner: number, from: number, until: number): void {
+    this.#rolledBack.set(owner, [...(this.#rolledBack.get(owner) ?? []), { from, until }]);
+  }
+
+  #promote(record: JournalRecord & { kind: 'promote' }): void {
+    const prev = record.prevOwner;
+    const lastOfPrev = this.#last.get(prev) ?? 0;
+    this.#rolledBack.set(prev, (this.#rolledBack.get(prev) ?? []).filter((r) => r.until <= record.prevLsn));
+    if (record.prevLsn < lastOfPrev) this.#rollBack(prev, record.prevLsn + 1, lastOfPrev + 1);
+    this.#confirmed.set(prev, Math.max(this.#confirmed.get(prev) ?? 0, record.prevLsn));
+    if (record.term > this.#synchro.term) this.#synchro = { owner: record.leader, term: record.term };
+    if (record.replica === this.self) {
+      // Leading again: this node's limbo records from here on are real.
+      this.#withheld = this.#withheld.map((r) => (r.reason === 'deposed' && r.to >= record.lsn ? { ...r, to: (record.lsn - 1) as Lsn } : r));
+    } else if (prev === this.self) {
+      this.withhold({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
+    }
+  }
+}
