@@ -1,45 +1,30 @@
-// The sidecar runtime: the one place that awaits, wiring the pure core
-// (limbo) to the journal, PostgreSQL, peer links, clients and timers.
+// The production sidecar: the node driver (driver.ts) given real parts (the
+// journal's files, TCP peer links, PostgreSQL, the wall clock and timers),
+// plus the client port and the admin HTTP interface in front of it.
 //
-// Start: open the journal; check and migrate PostgreSQL; reconcile prepared
-// transactions with the journal's verdicts; replay what the journal holds
-// beyond PostgreSQL's applied vclock; then serve, as a follower until elected.
-//
-// Records from peers go through one queue, in arrival order: drop what the
-// journal already holds, refuse a limbo record older than the limbo's term
-// (split-brain), append (durable), apply to PostgreSQL, then count as
-// applied; acks report that vclock.
-//
-// Leadership (DESIGN.md §6): the election core decides who leads; the winner
-// waits until a quorum holds its journal, writes PROMOTE, and accepts sync
-// writes only once a quorum holds the PROMOTE too (`#writable`). Losing
-// leadership stops writes at once; PostgreSQL's fence follows qsync.node.
+// Start: open the journal; check and migrate PostgreSQL; mark the node a
+// follower in qsync.node (the fence refuses sync writes until elected); then
+// the driver recovers and serves.
 import pg from 'pg';
+import { randomInt, createHash } from 'node:crypto';
 import { AdminServer } from '../admin/server.js';
-import { AssertionFailed } from '../core/assert.js';
-import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionMessage, type ElectionState } from '../core/election.js';
+import { connect as connectClient, QsyncClientError, type Db } from '../client/index.js';
+import type { Consistency, Statement } from '../core/client-protocol.js';
 import { QsyncError } from '../core/errors.js';
-import { parseGid } from '../core/gid.js';
-import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
-import type { JournalRecord, TableMode } from '../core/record.js';
-import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
-import { vclockCovers, vclockFollow, vclockGet, vclockMerge, vclockFromEntries, type VClock } from '../core/vclock.js';
-import { LimboHistory } from '../core/history.js';
-import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
+import type { TableMode } from '../core/record.js';
+import type { ReplicaId, Term } from '../core/types.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
-import { RelayServer, Subscriber } from '../net/peer.js';
-import {
-  Applier, appliedVclock, checkServer, commitPrepared, listPrepared, migrate, reconcile, rollbackPrepared, runLeaderWrite, setTableMode,
-} from '../postgres/index.js';
-import type { Consistency, Statement } from '../core/client-protocol.js';
-import { createHash, randomInt } from 'node:crypto';
-import { connect as connectClient, QsyncClientError, type Db } from '../client/index.js';
+import { TcpTransport } from '../net/transport.js';
+import { checkServer, migrate } from '../postgres/index.js';
+import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
-import { OwnLog } from './own-log.js';
-import { readVerdicts } from './verdicts.js';
+import { NodeDriver, type NodeStatus } from './driver.js';
+import type { Clock } from './io.js';
+
+export type { NodeStatus } from './driver.js';
 
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
@@ -51,632 +36,99 @@ interface RoleSession extends ClientSession {
 /** Distinct roles with a pool at once; a further one is refused until the node restarts. */
 const ROLE_POOLS_MAX = 64;
 
-interface Waiter {
-  readonly resolve: () => void;
-  readonly reject: (error: QsyncError) => void;
-}
+/** The wall clock and Node's timers. */
+export const systemClock: Clock = {
+  nowMs: () => Date.now(),
+  sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+  every: (ms, fn) => {
+    const timer = setInterval(fn, ms);
+    return () => clearInterval(timer);
+  },
+  after: (ms, fn) => {
+    setTimeout(fn, ms).unref();
+  },
+};
 
 export class SidecarNode implements RequestHandler<RoleSession> {
   readonly config: SidecarConfig;
   readonly log: Logger;
+  readonly #driver: NodeDriver<RoleSession, PgWork>;
   readonly #journal: Journal;
-  #admin: pg.Client;
+  readonly #db: PgDatabase;
   readonly #pools = new Map<string, pg.Pool>();
-  /** Connections for COMMIT/ROLLBACK PREPARED, run in parallel so PostgreSQL group-commits them. */
-  readonly #control: pg.Pool;
-  #applier: Applier;
-  /** Set when a PostgreSQL connection failed: the next apply attempt reconnects first. */
-  #pgBroken = false;
-  readonly #own: OwnLog;
-  #election: ElectionState;
-  /** Every message the election sends waits for the RAFT records written before it. */
-  #raftDurable: Promise<void> = Promise.resolve();
-  /**
-   * The limbo's history, fed every record as it is appended (journal order):
-   * its owner and term (limbo records of an older term are refused), what it
-   * decided about each entry, and this node's withheld records.
-   */
-  #history: LimboHistory;
-  /** Leader, PROMOTE held by a quorum, qsync.node says so: sync writes are accepted. */
-  #writable = false;
-  /** A leadership transfer in progress: new writes wait for it. */
-  #transfer: Promise<void> | null = null;
-  /** What each peer is known to hold (acks and heartbeat replies). */
-  readonly #peerVclocks = new Map<ReplicaId, VClock>();
-  /** Records refused for an older term (split-brain), since start. */
-  splitBrainRecords = 0;
-  #limbo: LimboState | null = null;
-  #applied: VClock;
-  #queue: Promise<void> = Promise.resolve();
-  readonly #waiters = new Map<string, Waiter>();
-  /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
-  #beforeLimbo = 0;
-  #stopping = false;
-  /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
-  readonly #prepared = new Set<string>();
-  /** Highest own lsn ever written to any peer. */
-  #sentOwnLsn = 0;
-  #clock = 0;
-  #relay: RelayServer | null = null;
-  readonly #subscribers = new Map<ReplicaId, Subscriber>();
-  /** Writes of qsync.node, in order: the PostgreSQL fence follows the election through them. */
-  #published: Promise<void> = Promise.resolve();
-  /** The term whose PROMOTE a quorum holds, while this node leads it. */
-  #promotedTerm: Term | null = null;
   #clients: ClientServer | null = null;
   #adminServer: AdminServer | null = null;
-  #timer: NodeJS.Timeout | null = null;
+  #stopped: Promise<void> | null = null;
 
-  private constructor(config: SidecarConfig, log: Logger, journal: Journal, admin: pg.Client, applier: Applier, election: ElectionState) {
+  private constructor(config: SidecarConfig, log: Logger, journal: Journal, db: PgDatabase) {
     this.config = config;
     this.log = log;
     this.#journal = journal;
-    this.#admin = admin;
-    this.#applier = applier;
-    this.#election = election;
-    this.#history = new LimboHistory(this.#self);
-    // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
-    // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
-    this.#control = new pg.Pool({ connectionString: config.pgUrl, max: 8, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
-    guardPool(this.#control, log, 'control');
-    this.#applied = journal.vclock;
-    this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
-  }
-
-  get #self(): ReplicaId {
-    return this.config.replicaId as ReplicaId;
-  }
-
-  /** Accepting sync writes: elected, and its PROMOTE is held by a quorum. */
-  get isLeader(): boolean {
-    return this.#writable;
-  }
-
-  get #term(): Term {
-    return this.#election.term;
-  }
-
-  get #members(): ReplicaId[] {
-    return [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
+    this.#db = db;
+    const identity = { cluster: config.clusterId, replica: config.replicaId as ReplicaId, secret: config.secret ?? `insecure:${config.clusterId}` };
+    this.#driver = new NodeDriver({
+      config, log, clock: systemClock, journal, db,
+      transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers }),
+      seed: randomInt(1, 2 ** 32 - 1),
+      onFatal: () => {
+        process.exitCode = 1;
+        void this.stop().finally(() => process.exit(1));
+      },
+    });
   }
 
   static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
     const journal = await Journal.open({ dir: config.dataDir });
     for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
-    const admin = await connectPg(config.pgUrl, log, () => undefined);
-    await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
-    await migrate(admin);
-    const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
-    // Follower until elected: the fence refuses sync writes here from the first moment.
-    await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = 'follower', leader_id = 0, leader_address = ''`, [config.replicaId, config.clusterId, durable.term]);
-    const election = electionCreate({
-      self: config.replicaId as ReplicaId, members: [config.replicaId as ReplicaId, ...config.peers.map((p) => p.replica as ReplicaId)], quorum: config.quorum,
-      mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
-    }, durable, randomInt(1, 2 ** 32 - 1), Date.now());
-    const node = new SidecarNode(config, log, journal, admin, await Applier.create(await connectPg(config.pgUrl, log, () => undefined)), election);
-    node.#watch(admin);
-    node.#watch(node.#applier.client);
-    await node.#recover();
-    await node.#serve();
+    const db = await PgDatabase.connect(config.pgUrl, config.clusterId, log, async (admin) => {
+      await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
+      await migrate(admin);
+      // Follower until elected: the fence refuses sync writes here from the first moment.
+      await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = 'follower', leader_id = 0, leader_address = ''`, [config.replicaId, config.clusterId, journal.raft?.term ?? 0]);
+    });
+    const node = new SidecarNode(config, log, journal, db);
+    await node.#driver.start();
+    node.#clients = new ClientServer(node, log);
+    await node.#clients.listen(config.clientPort, config.clientHost);
+    if (config.adminPort !== undefined) {
+      node.#adminServer = new AdminServer(node, log);
+      await node.#adminServer.listen(config.adminPort, config.adminHost);
+    }
+    log.info({ mode: config.electionMode, term: node.#driver.term, vclock: journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
     return node;
   }
 
-  /**
-   * Make PostgreSQL agree with the journal, then apply what it lacks. Entries
-   * still pending stay prepared: the next PROMOTE decides them.
-   */
-  async #recover(): Promise<void> {
-    const verdicts = await readVerdicts(this.#journal, this.#self);
-    this.#history = verdicts.history;
-    const report = await reconcile(this.#admin, this.config.clusterId, verdicts.verdict);
-    this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
-    for (const entry of await listPrepared(this.#admin, this.config.clusterId)) this.#prepared.add(entry.gid);
-    let replayed = 0;
-    for await (const record of this.#journal.cursor(await appliedVclock(this.#admin))) {
-      await this.#apply(record);
-      replayed += 1;
-    }
-    this.#applied = this.#journal.vclock;
-    if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+  stop(): Promise<void> {
+    this.#stopped ??= (async () => {
+      await this.#clients?.close();
+      await this.#adminServer?.close();
+      await this.#driver.stop();
+      await Promise.all([...this.#pools.values()].map((p) => p.end()));
+      await this.#db.close();
+      await this.#journal.close();
+    })();
+    return this.#stopped;
   }
 
-  async #serve(): Promise<void> {
-    const { config, log } = this;
-    const identity = { cluster: config.clusterId, replica: this.#self, secret: config.secret ?? `insecure:${config.clusterId}` };
-    this.#relay = new RelayServer({
-      identity, journal: this.#journal, log,
-      onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
-      outgoing: (record) => (record.replica === this.#self && isWithheld(this.#history.withheld, record) ? emptied(config.clusterId, record) : record),
-      onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
-      onSent: (record) => {
-        if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
-      },
-    });
-    await this.#relay.listen(config.peerPort, config.peerHost);
-    for (const peer of config.peers) this.#subscribers.set(peer.replica as ReplicaId, new Subscriber({
-      identity, peer: { replica: peer.replica as ReplicaId, host: peer.host, port: peer.port }, log,
-      vclock: () => this.#journal.tailVclock,
-      onRecord: (record) => this.#enqueue(record),
-      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.#term }),
-      onRaft: (message) => this.#elect({ kind: 'message', from: peer.replica as ReplicaId, message }),
-    }));
-    for (const subscriber of this.#subscribers.values()) subscriber.start();
-    this.#clients = new ClientServer(this, log);
-    await this.#clients.listen(config.clientPort, config.clientHost);
-    if (config.adminPort !== undefined) {
-      this.#adminServer = new AdminServer(this, log);
-      await this.#adminServer.listen(config.adminPort, config.adminHost);
-    }
-    const tickMs = Math.max(5, Math.min(25, config.heartbeatIntervalMs / 4, config.synchroTimeoutMs / 10));
-    this.#timer = setInterval(() => {
-      this.#elect({ kind: 'tick' });
-      this.#step({ kind: 'tick', nowMs: Date.now() });
-    }, tickMs);
-    log.info({ mode: config.electionMode, term: this.#term, vclock: this.#journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
+  /** Accepting sync writes: elected, and its PROMOTE is held by a quorum. */
+  get isLeader(): boolean {
+    return this.#driver.isLeader;
   }
-
-  async stop(): Promise<void> {
-    this.#stopping = true;
-    if (this.#timer !== null) clearInterval(this.#timer);
-    await this.#clients?.close();
-    await this.#adminServer?.close();
-    await Promise.all([...this.#subscribers.values()].map((s) => s.stop()));
-    await this.#relay?.close();
-    await this.#queue.catch(() => undefined);
-    for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
-    await Promise.all([...this.#pools.values(), this.#control].map((p) => p.end()));
-    await this.#admin.end();
-    await this.#journal.close();
-  }
-
-  // ---- records from peers ------------------------------------------------------
-
-  /**
-   * Take a record from a peer. Synchronously, in arrival order: drop a
-   * duplicate, refuse an older term, and queue the journal append, so that a
-   * burst shares one fsync. Apply runs in journal order behind it; the record
-   * counts as applied (and is acknowledged) once both are done.
-   */
-  #enqueue(record: JournalRecord): Promise<void> {
-    if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
-    // A duplicate from another relay: done when everything before it is.
-    if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
-    const synchro = this.#history.synchro;
-    if (isSynchro(record) && record.term < synchro.term) {
-      this.splitBrainRecords += 1;
-      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
-      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${synchro.term} (owner ${synchro.owner})`));
-    }
-    this.#history.apply(record);
-    this.#clock = Math.max(this.#clock, record.time);
-    const durable = this.#journal.append(record);
-    durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
-    const run = this.#queue.then(async () => {
-      await this.#applyUntilDone(record);
-      await durable;
-      this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
-    });
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
-
-  /**
-   * A journaled record must reach PostgreSQL before anything after it: the
-   * journal already holds it, so a peer will not send it again. Transient
-   * failures (a deadlock with a local writer on an async table, a restarting
-   * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
-   */
-  async #applyUntilDone(record: JournalRecord): Promise<void> {
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        if (this.#pgBroken) await this.#reconnect();
-        await this.#apply(record);
-        return;
-      } catch (error) {
-        if (error instanceof AssertionFailed || this.#stopping) throw error;
-        this.#pgBroken = true; // whatever failed, the next attempt starts on fresh connections
-        const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
-        this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
-        await new Promise((r) => setTimeout(r, delayMs));
-      }
-    }
-  }
-
-  /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
-  async #apply(record: JournalRecord): Promise<void> {
-    switch (record.kind) {
-      case 'txn':
-        if (record.changes.length > 0 || record.replica !== this.#self) {
-          const outcome = await this.#applier.apply(record, { prepare: record.sync });
-          if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
-        }
-        return;
-      case 'confirm':
-        await this.#finish(commitPrepared, this.#preparedOf(record.owner, 1, record.confirmedLsn), (gid) => this.#prepared.delete(gid));
-        return;
-      case 'rollback':
-        await this.#finish(rollbackPrepared, this.#preparedOf(record.owner, record.fromLsn, record.lsn - 1), (gid) => this.#prepared.delete(gid));
-        return;
-      case 'config':
-        for (const [table, mode] of Object.entries(record.tables ?? {})) await setTableMode(this.#admin, table, mode);
-        await this.#applier.reload();
-        return;
-      case 'promote':
-        // The previous owner's entries up to the lsn kept are committed, the rest rolled back (DESIGN.md §5).
-        // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
-        if (record.prevOwner !== NO_REPLICA) {
-          const owned = (await listPrepared(this.#admin, this.config.clusterId)).filter((e) => e.replica === record.prevOwner);
-          // Kept: what the history (which has taken this PROMOTE) says is confirmed. Not kept: past the
-          // lsn kept, under a ROLLBACK in the kept history, or this node's own void writes.
-          const kept = (e: { lsn: Lsn }): boolean => this.#history.verdict(record.prevOwner, e.lsn) === 'confirmed';
-          await this.#finish(commitPrepared, owned.filter(kept).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
-          await this.#finish(rollbackPrepared, owned.filter((e) => !kept(e)).map((e) => e.gid), (gid) => this.#prepared.delete(gid));
-        }
-        return;
-      case 'demote':
-      case 'raft':
-        return;
-    }
-  }
-
-  /** Mark the node's PostgreSQL connections broken when this one fails (a crashed or restarted server). */
-  #watch(client: pg.ClientBase): void {
-    client.on('error', () => {
-      this.#pgBroken = true;
-    });
-    client.on('end', () => {
-      if (!this.#stopping) this.#pgBroken = true;
-    });
-  }
-
-  /** New admin and apply connections; throws while PostgreSQL is still down (the caller retries). */
-  async #reconnect(): Promise<void> {
-    const admin = await connectPg(this.config.pgUrl, this.log, () => undefined);
-    const applier = await Applier.create(await connectPg(this.config.pgUrl, this.log, () => undefined));
-    // Not awaited: end() on a connection that already died may never settle.
-    void this.#admin.end().catch(() => undefined);
-    void this.#applier.close().catch(() => undefined);
-    this.#admin = admin;
-    this.#applier = applier;
-    this.#watch(admin);
-    this.#watch(applier.client);
-    this.#pgBroken = false;
-    this.log.info('reconnected to PostgreSQL');
-  }
-
-  // ---- leadership ----------------------------------------------------------------
-
-  /**
-   * Step the election: persist its term and vote (a RAFT record), send its
-   * messages only once that is durable, then act on a change of role, term or
-   * leader.
-   */
-  #elect(event: ElectionEvent): void {
-    if (this.#stopping) return;
-    if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.#term) this.#heard(event.from, event.message.vclock);
-    const before = this.#election;
-    const step = electionStep(before, event, { nowMs: Date.now(), vclock: this.#journal.vclock });
-    this.#election = step.state;
-    if (step.persist !== null) {
-      const { term, vote } = step.persist;
-      const lsn = (vclockGet(this.#journal.tailVclock, REPLICA_LOCAL) + 1) as Lsn;
-      this.#raftDurable = this.#journal.append({ kind: 'raft', replica: REPLICA_LOCAL, lsn, term, time: Date.now(), vote })
-        .catch((error: unknown) => this.#fatal('persisting the term and vote', error));
-    }
-    const { messages } = step;
-    if (messages.length > 0) void this.#raftDurable.then(() => messages.forEach(({ to, message }) => this.#sendRaft(to, message)));
-    const after = step.state;
-    if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
-    this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
-    if (before.role === 'leader' && (after.role !== 'leader' || after.term !== before.term)) this.#stepDown();
-    if (after.role === 'leader' && (before.role !== 'leader' || before.term !== after.term)) {
-      void this.#promote(after.term).catch((error: unknown) => this.#fatal('promoting', error));
-    }
-    void this.#publish();
-  }
-
-  /** On whichever link to the peer is up: our subscription to it, or its subscription to us. */
-  #sendRaft(to: ReplicaId, message: ElectionMessage): void {
-    if (this.#subscribers.get(to)?.sendRaft(message) === true) return;
-    this.#relay?.sendRaft(to, message);
-  }
-
-  #heard(replica: ReplicaId, vclock: VClock): void {
-    this.#peerVclocks.set(replica, vclockMerge(this.#peerVclocks.get(replica) ?? [], vclock));
-  }
-
-  #onAck(replica: ReplicaId, vclock: VClock, term: Term): void {
-    // A newer term makes a leader a follower at once, and its ack counts for nothing (DESIGN.md §5).
-    if (term > this.#term) {
-      this.#elect({ kind: 'term', term });
-      return;
-    }
-    this.#heard(replica, vclock);
-    this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) });
-  }
-
-  /** Leadership lost: stop accepting writes; what is pending stays prepared for the next PROMOTE to decide. */
-  #stepDown(): void {
-    this.#writable = false;
-    this.#promotedTerm = null;
-    const pending = this.#limbo?.entries.length ?? 0;
-    this.#step({ kind: 'abandon' });
-    this.#limbo = null;
-    this.log.warn({ term: this.#term, pending }, 'no longer the leader: sync writes refused from now on');
-  }
-
-  /**
-   * Won an election: take the limbo over (DESIGN.md §6). Wait until a quorum
-   * holds this journal, write PROMOTE (the previous owner's entries up to the
-   * lsn this node holds are kept, later ones rolled back), apply it, and
-   * accept writes once a quorum holds the PROMOTE and PostgreSQL's fence says
-   * leader. Abandoned as soon as leadership is lost.
-   */
-  async #promote(term: Term): Promise<void> {
-    const started = Date.now();
-    const still = (): boolean => !this.#stopping && this.#election.role === 'leader' && this.#election.term === term;
-    await this.#queue; // what peers sent is journaled and applied here
-    const target = this.#journal.vclock;
-    if (!(await this.#until(() => this.#quorumHolds(target), still))) return;
-    const prevOwner = this.#history.synchro.owner;
-    const prevLsn = prevOwner === NO_REPLICA ? 0 as Lsn : vclockGet(target, prevOwner);
-    let record!: JournalRecord & { kind: 'promote' };
-    const { lsn, durable } = this.#own.append((l) => (record = { kind: 'promote', replica: this.#self, lsn: l, term, time: this.#now(), prevOwner, prevLsn, leader: this.#self }));
-    await durable;
-    this.#ownDurable();
-    const applied = this.#queue.then(() => this.#applyUntilDone(record));
-    this.#queue = applied.catch(() => undefined);
-    await applied;
-    if (!still()) return;
-    this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
-    this.#ownDurable();
-    if (!(await this.#until(() => this.#quorumHolds(vclockFromEntries([[this.#self, lsn]])), still))) return;
-    this.#promotedTerm = term;
-    await this.#publish();
-    if (!still()) return;
-    this.#writable = true;
-    this.log.info({ term, prevOwner, prevLsn, promoteLsn: lsn, ms: Date.now() - started }, 'leader: a quorum holds the PROMOTE; accepting sync writes');
-  }
-
-  #quorumHolds(target: VClock): boolean {
-    const holders = this.#members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target));
-    return holders.length >= this.config.quorum;
-  }
-
-  /** Poll until `done` (true) or until `still` stops holding (false). */
-  async #until(done: () => boolean, still: () => boolean): Promise<boolean> {
-    while (still()) {
-      if (done()) return true;
-      await new Promise((r) => setTimeout(r, 5));
-    }
-    return false;
-  }
-
-  /** Write the election's state to qsync.node, in order, retrying while PostgreSQL is away. */
-  #publish(): Promise<void> {
-    const run = this.#published.then(async () => {
-      for (let attempt = 1; !this.#stopping; attempt += 1) {
-        try {
-          const e = this.#election;
-          const role = e.role === 'leader' && this.#promotedTerm === e.term ? 'leader' : e.role === 'follower' ? 'follower' : 'candidate';
-          await this.#control.query('UPDATE qsync.node SET term = $1, role = $2, leader_id = $3, leader_address = $4', [e.term, role, e.leader, this.#leaderAddress() ?? '']);
-          return;
-        } catch (error) {
-          this.log.warn({ attempt, err: (error as Error).message }, 'writing qsync.node failed; retrying');
-          await new Promise((r) => setTimeout(r, Math.min(1_000, 50 * attempt)));
-        }
-      }
-    });
-    this.#published = run;
-    return run;
-  }
-
-  /** Before a write: wait out a transfer, or a PROMOTE this node is completing (bounded). */
-  async #settled(): Promise<void> {
-    const deadline = Date.now() + 4 * this.config.electionTimeoutMs;
-    while (Date.now() < deadline && (this.#transfer !== null || (this.#election.role === 'leader' && !this.#writable))) {
-      await new Promise((r) => setTimeout(r, 5));
-    }
-  }
-
-  // ---- operator control -----------------------------------------------------------
 
   status(): NodeStatus {
-    const e = this.#election;
-    return {
-      replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
-      leaderAddress: this.#leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
-      limbo: { owner: this.#history.synchro.owner, term: this.#history.synchro.term, pending: this.#limbo?.entries.length ?? 0 },
-      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords,
-      peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#subscribers.get(p.replica as ReplicaId)?.connected ?? false, vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
-    };
+    return this.#driver.status();
   }
 
-  /** Campaign now (election mode manual, or an operator override); resolves once this node accepts writes. */
-  async promote(): Promise<NodeStatus> {
-    if (this.config.electionMode === 'off') throw new QsyncError('BAD_REQUEST', `node ${this.#self} has election mode off and cannot be promoted; set --election-mode manual or candidate`);
-    if (!this.#writable) this.#elect({ kind: 'promote' });
-    const deadline = Date.now() + 3 * this.config.electionTimeoutMs;
-    await this.#until(() => this.#writable, () => !this.#stopping && Date.now() < deadline);
-    if (!this.#writable) throw new QsyncError('NOT_LEADER', `node ${this.#self} did not win the election within ${3 * this.config.electionTimeoutMs} ms (term ${this.#term}); see its log`, { term: this.#term });
-    return this.status();
+  promote(): Promise<NodeStatus> {
+    return this.#driver.promote();
   }
 
-  /** Step down; another node is elected (this one stays quiet for two election timeouts). */
   demote(): NodeStatus {
-    if (this.#election.role !== 'leader') throw this.#notLeader('NOT_LEADER', `node ${this.#self} is not the leader; nothing to demote`);
-    this.#elect({ kind: 'demote' });
-    return this.status();
+    return this.#driver.demote();
   }
 
-  /**
-   * Switchover to `to`: hold new writes, wait until the limbo is empty and `to`
-   * holds this whole journal, then TimeoutNow; `to` wins at once with no
-   * failed write. Resolves once `to` leads; gives up after three election
-   * timeouts (catching up under load takes more than one).
-   */
-  async transfer(to: ReplicaId): Promise<NodeStatus> {
-    if (!this.#writable) throw this.#notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
-    if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
-    if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
-    const term = this.#term;
-    const budgetMs = 3 * this.config.electionTimeoutMs;
-    const deadline = Date.now() + budgetMs;
-    const within = (): boolean => !this.#stopping && Date.now() < deadline && this.#election.term === term;
-    let done!: () => void;
-    this.#transfer = new Promise<void>((resolve) => (done = resolve));
-    try {
-      // The tail, not the durable vclock: a CONFIRM still being written would leave `to` behind, and refused.
-      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.tailVclock), within);
-      if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${budgetMs} ms; leadership stays with node ${this.#self}`);
-      this.#elect({ kind: 'transfer', to });
-      await this.#until(() => this.#election.leader === to, () => !this.#stopping && Date.now() < deadline);
-      if (this.#election.leader !== to) throw new QsyncError('BAD_REQUEST', `replica ${to} did not take over within ${budgetMs} ms (leader: ${this.#election.leader})`);
-      return this.status();
-    } finally {
-      this.#transfer = null;
-      done();
-    }
-  }
-
-  // ---- the limbo -----------------------------------------------------------------
-
-  #step(event: LimboEvent): void {
-    if (this.#limbo === null) return;
-    const { state, actions } = limboStep(this.#limbo, event);
-    this.#limbo = state;
-    for (const action of actions) this.#act(action);
-  }
-
-  #act(action: LimboAction): void {
-    switch (action.kind) {
-      case 'confirm': {
-        // A quorum holds these entries, so they are safe before CONFIRM is durable here: commit and
-        // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
-        const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.#term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
-        void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
-        void this.#finish(commitPrepared, action.gids, (gid) => this.#settle(gid, null)).catch((error: unknown) => this.#fatal('confirming', error));
-        return;
-      }
-      case 'rollback':
-        this.#rollBack(action.fromLsn, action.gids);
-        return;
-      case 'rolledBack':
-        // A quorum holds the ROLLBACK: no new leader can commit these any more.
-        void this.#finish(rollbackPrepared, action.gids, (gid) => {
-          this.#prepared.delete(gid);
-          this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
-        }).catch((error: unknown) => this.#fatal('rolling back', error));
-        return;
-      case 'unknown':
-        for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
-        return;
-      case 'full':
-        this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
-    }
-  }
-
-  /**
-   * A synchro timeout: write ROLLBACK(fromLsn). Entries no peer has received
-   * are certain: withheld from now on (before any relay can send them), they
-   * are rolled back and answered RolledBack once the record is durable. The
-   * others stay prepared until a quorum holds the ROLLBACK (`rolledBack`) or a
-   * PROMOTE decides them, since a new leader may hold them and commit them;
-   * their clients hear OutcomeUnknown if that takes longer than the timeout.
-   */
-  #rollBack(fromLsn: Lsn, gids: readonly string[]): void {
-    const lsnOf = (gid: string): number => parseGid(this.config.clusterId, gid)?.lsn ?? 0;
-    const unsent = gids.filter((gid) => lsnOf(gid) > this.#sentOwnLsn);
-    const sent = gids.filter((gid) => lsnOf(gid) <= this.#sentOwnLsn);
-    const withheldFrom = unsent.length > 0 ? lsnOf(unsent[0] as string) as Lsn : undefined;
-    const { lsn, durable } = this.#own.append((l) => ({
-      kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn,
-      ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
-    }));
-    // At once, not when the record reaches the journal: no relay may send these TXNs in between.
-    if (withheldFrom !== undefined) this.#history.withhold({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
-    this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
-    void durable.then(async () => {
-      this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
-      this.#ownDurable();
-      await this.#finish(rollbackPrepared, unsent, (gid) => {
-        this.#prepared.delete(gid);
-        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
-      });
-    }).catch((error: unknown) => this.#fatal('rolling back', error));
-    if (sent.length === 0) return;
-    setTimeout(() => {
-      for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
-    }, this.config.synchroTimeoutMs).unref();
-  }
-
-  /** The prepared gids of `owner` with lsn in [from, to]; each leaves the set once it is finished. */
-  #preparedOf(owner: ReplicaId, from: number, to: number): string[] {
-    return [...this.#prepared].filter((gid) => {
-      const entry = parseGid(this.config.clusterId, gid);
-      return entry !== null && entry.replica === owner && entry.lsn >= from && entry.lsn <= to;
-    });
-  }
-
-  /** COMMIT or ROLLBACK PREPARED the gids, several at once; `each` runs as each one finishes. */
-  async #finish(verb: (client: pg.ClientBase, gid: string) => Promise<boolean>, gids: readonly string[], each?: (gid: string) => void): Promise<void> {
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      const client = await this.#control.connect();
-      try {
-        for (let i = next++; i < gids.length; i = next++) {
-          const gid = gids[i] as string;
-          await verb(client, gid);
-          each?.(gid);
-        }
-      } finally {
-        client.release();
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(8, gids.length) }, worker));
-  }
-
-  #ownAppended(record: JournalRecord): void {
-    this.#history.apply(record);
-    if (record.kind !== 'txn' || !record.sync) return;
-    if (isWithheld(this.#history.withheld, record)) {
-      // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
-      void this.#finish(rollbackPrepared, [record.gid], (gid) => {
-        this.#prepared.delete(gid);
-        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: node ${this.#self} had been deposed by a new leader when it was written`));
-      }).catch((error: unknown) => this.#fatal('rolling back a void transaction', error));
-      return;
-    }
-    if (this.#limbo === null) {
-      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it.
-      this.#settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while ${record.gid} was being written; it stays prepared until the next leader decides it: ask for its outcome by idempotency key`));
-      return;
-    }
-    this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: Date.now() } });
-  }
-
-  #ownDurable(): void {
-    this.#step({ kind: 'durable', lsn: vclockGet(this.#journal.vclock, this.#self) });
-  }
-
-  #settle(gid: string, error: QsyncError | null): void {
-    const waiter = this.#waiters.get(gid);
-    if (waiter === undefined) return;
-    this.#waiters.delete(gid);
-    if (error === null) waiter.resolve();
-    else waiter.reject(error);
-  }
-
-  #fatal(what: string, error: unknown): void {
-    this.log.fatal({ err: (error as Error).message }, `${what} failed; the node cannot go on safely`);
-    process.exitCode = 1;
-    void this.stop().finally(() => process.exit(1));
-  }
-
-  /** A hybrid clock: wall time, never behind anything seen, strictly increasing. */
-  #now(): number {
-    this.#clock = Math.max(this.#clock + 1, Date.now());
-    return this.#clock;
+  transfer(to: ReplicaId): Promise<NodeStatus> {
+    return this.#driver.transfer(to);
   }
 
   // ---- clients -------------------------------------------------------------------
@@ -709,7 +161,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** One transaction, one round trip: run the statements, then commit through qsync. */
   async execute(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null, forward = false): Promise<unknown> {
     if (forward) {
-      await this.#settled();
+      await this.#driver.settled();
       if (!this.isLeader) return this.#forward(session, statements, idempotencyKey, term);
     }
     const results: Array<{ rows: unknown[]; rowCount: number }> = [];
@@ -728,13 +180,13 @@ export class SidecarNode implements RequestHandler<RoleSession> {
    * errors keep their code, so the client sees what the leader said.
    */
   async #forward(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
-    const leader = this.#leaderAddress();
-    if (leader === undefined) throw this.#notLeader('NOT_LEADER', `node ${this.#self} cannot forward: no leader is known (an election is under way); retry shortly`);
+    const leader = this.#driver.leaderAddress();
+    if (leader === undefined) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} cannot forward: no leader is known (an election is under way); retry shortly`);
     let db: Db;
     try {
       db = await connectClient(leader, { user: session.user, password: session.password, leaderWaitMs: 0 });
     } catch (error) {
-      throw this.#notLeader('NOT_LEADER', `node ${this.#self} could not reach the leader at ${leader} to forward: ${(error as Error).message}`);
+      throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} could not reach the leader at ${leader} to forward: ${(error as Error).message}`);
     }
     try {
       return await db.execute(statements.map((s) => [s.sql, s.params] as const), { ...(idempotencyKey === null ? {} : { idempotencyKey }), ...(term === null ? {} : { term }), retries: 0 });
@@ -742,7 +194,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       if (!(error instanceof QsyncClientError)) throw error;
       const known = ['NOT_LEADER', 'STALE_TERM', 'ROLLED_BACK', 'OUTCOME_UNKNOWN', 'LIMBO_FULL', 'PG_ERROR', 'AUTH'] as const;
       const code = known.find((c) => c === error.code) ?? 'OUTCOME_UNKNOWN';
-      throw new QsyncError(code, `${error.message} (forwarded by node ${this.#self} to ${leader})`, {
+      throw new QsyncError(code, `${error.message} (forwarded by node ${this.config.replicaId} to ${leader})`, {
         ...(error.sqlstate === undefined ? {} : { sqlstate: error.sqlstate }), ...(error.leader === undefined ? {} : { leader: error.leader }), ...(error.term === undefined ? {} : { term: error.term }),
       });
     } finally {
@@ -802,62 +254,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     };
   }
 
-  /**
-   * The write path shared by execute and interactive transactions: run `body`
-   * in a qsync transaction on the role's session, journal it in lsn order,
-   * and for a sync transaction wait until the limbo decides it.
-   */
-  async #write(session: RoleSession, idempotencyKey: string | null, term: Term | null, body: (client: pg.ClientBase) => Promise<void>): Promise<void> {
-    if (term !== null && term < this.#term) throw this.#notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
-    await this.#settled();
-    // The term the fence checks this write under is the term its TXN carries, even if the node
-    // learns a newer one while the write runs.
-    const writeTerm = this.#term;
-    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
-      throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
-    }
-    const client = await session.pool.connect();
-    let reserved: Lsn | null = null;
-    let journaled = false;
-    let waiting: Promise<void> | null = null;
-    let counted = true;
-    const uncount = (): void => {
-      if (counted) this.#beforeLimbo -= 1;
-      counted = false;
-    };
-    this.#beforeLimbo += 1;
+  /** The write path shared by execute and interactive transactions; errors reach the client typed. */
+  async #write(session: RoleSession, idempotencyKey: string | null, term: Term | null, work: PgWork): Promise<void> {
     try {
-      const outcome = await runLeaderWrite(client, {
-        term: writeTerm, replica: this.#self, idempotencyKey,
-        // One time per write, read at capture: it stamps the async keys' versions and travels
-        // in the TXN, so last-writer-wins compares the same value on every node.
-        reserve: () => {
-          const r = this.#own.reserve();
-          reserved = r.lsn;
-          return { ...r, time: this.#now() };
-        },
-        journal: async ({ lsn, gid, time, sync, changes }) => {
-          journaled = true;
-          uncount(); // from here on the limbo counts it
-          if (sync) {
-            waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
-            // It may be settled while the TXN is still being journaled (a full limbo, a lost leadership),
-            // before the await below: that must not count as an unhandled rejection, which ends the process.
-            waiting.catch(() => undefined);
-          }
-          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey });
-          this.#ownDurable();
-        },
-      }, body);
-      // Nothing replicated was written: a plain local commit, and the lsn goes back.
-      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.#term, this.#now());
-      if (waiting !== null) await waiting;
+      await this.#driver.write(session, idempotencyKey, term, work);
     } catch (error) {
-      if (reserved !== null && !journaled) this.#own.release(reserved, this.#term, this.#now());
       throw this.#clientError(error);
-    } finally {
-      uncount();
-      client.release();
     }
   }
 
@@ -865,7 +267,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (consistency === 'linearizable') {
       throw new QsyncError('BAD_REQUEST', 'linearizable reads (a read index confirmed by a quorum) are not built yet; use leader (reads on the current leader) for now');
     }
-    if (consistency === 'leader' && !this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#leaderName()}`);
+    if (consistency === 'leader' && !this.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#driver.leaderName()}`);
     try {
       const r = await session.pool.query({ text: sql, values: [...params] });
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };
@@ -874,98 +276,27 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     }
   }
 
-  async outcome(idempotencyKey: string): Promise<unknown> {
-    const { rows } = await this.#admin.query<{ replica_id: number; lsn: string }>('SELECT replica_id, lsn FROM qsync.idempotency WHERE key = $1', [idempotencyKey]);
-    return rows[0] === undefined ? { committed: false } : { committed: true, replica: rows[0].replica_id, lsn: Number(rows[0].lsn) };
+  outcome(idempotencyKey: string): Promise<unknown> {
+    return this.#driver.outcome(idempotencyKey);
   }
 
   /**
-   * Set a table's mode on every node: here first (checked as setTableMode
-   * checks it), then through a CONFIG record that each node applies in
-   * journal order. Only the leader does it, for a role that owns the table.
+   * Set a table's mode on every node (driver.setTableMode), for a role that
+   * owns the table; only the leader does it.
    */
   async setTableMode(session: RoleSession, table: string, mode: TableMode): Promise<unknown> {
-    if (!this.isLeader) throw this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through ${this.#leaderName()}`);
+    if (!this.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through ${this.#driver.leaderName()}`);
     const { rows } = await session.pool.query<{ owns: boolean | null }>(
       `SELECT pg_has_role(c.relowner, 'USAGE') AS owns FROM pg_class c WHERE c.oid = to_regclass($1)`, [table]);
     if (rows[0] !== undefined && rows[0].owns !== true) throw new QsyncError('PG_ERROR', `role ${session.user} does not own table ${table}; only its owner may change its mode`, { sqlstate: '42501' });
-    const name = await setTableMode(this.#admin, table, mode);
-    await this.#applier.reload();
-    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.#term, time: this.#now(), tables: { [name]: mode } }));
-    await durable;
-    this.#ownDurable();
-    return { table: name, mode };
-  }
-
-  /** The leader's client address, if a leader is known. */
-  #leaderAddress(): string | undefined {
-    const leader = this.#election.leader;
-    if (leader === NO_REPLICA) return undefined;
-    if (leader === this.#self) return `${this.config.clientHost}:${this.config.clientPort}`;
-    return this.config.peers.find((p) => p.replica === leader)?.client;
-  }
-
-  #leaderName(): string {
-    const leader = this.#election.leader;
-    return leader === NO_REPLICA ? 'the leader (none is known yet: an election is under way)' : `node ${leader}`;
-  }
-
-  #notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError {
-    const leader = this.#leaderAddress();
-    return new QsyncError(code, message, { term: this.#term, ...(leader === undefined ? {} : { leader }) });
+    return this.#driver.setTableMode(table, mode);
   }
 
   #clientError(error: unknown): QsyncError {
     if (error instanceof QsyncError) return error;
     const pgError = error as { code?: string; message?: string };
-    if (pgError.code === 'QS001') return this.#notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#leaderName()}`);
-    if (pgError.code === 'QS002') return this.#notLeader('STALE_TERM', pgError.message ?? 'stale term');
+    if (pgError.code === 'QS001') return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#driver.leaderName()}`);
+    if (pgError.code === 'QS002') return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
-}
-
-/** What `qsync status` and the admin interface show. */
-export interface NodeStatus {
-  readonly replica: number;
-  readonly term: number;
-  readonly role: string;
-  readonly leader: number | null;
-  readonly leaderAddress: string | null;
-  readonly vote: number;
-  readonly electionMode: string;
-  readonly writable: boolean;
-  readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number };
-  readonly vclock: VClock;
-  readonly applied: VClock;
-  readonly splitBrainRecords: number;
-  readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
-}
-
-/**
- * Bounds for the sidecar's own connections: a connection caught by a
- * PostgreSQL crash must fail, not wait forever (pg has no timeout by default).
- */
-const PG_TIMEOUTS = { connectionTimeoutMillis: 10_000, query_timeout: 60_000 } as const;
-
-/**
- * Log a pool's connection failures instead of crashing: pg-pool handles an
- * idle client's error, but a client that is checked out and between queries
- * (a COMMIT PREPARED loop, an interactive transaction waiting for its client)
- * emits 'error' itself when PostgreSQL dies, and an unhandled 'error' event
- * ends the process. The failed query still rejects where it is awaited.
- */
-function guardPool(pool: pg.Pool, log: Logger, name: string): void {
-  pool.on('error', (error) => log.warn({ pool: name, err: error.message }, 'idle PostgreSQL connection failed'));
-  pool.on('connect', (client) => client.on('error', (error) => log.warn({ pool: name, err: error.message }, 'PostgreSQL connection failed')));
-}
-
-/** A connected client whose errors are logged, never thrown at the event loop. */
-async function connectPg(url: string, log: Logger, onError: () => void): Promise<pg.Client> {
-  const client = new pg.Client({ connectionString: url, ...PG_TIMEOUTS });
-  client.on('error', (error) => {
-    log.warn({ err: error.message }, 'PostgreSQL connection failed');
-    onError();
-  });
-  await client.connect();
-  return client;
 }

@@ -8,7 +8,7 @@ import { gidFor } from '../core/gid.js';
 import type { JournalRecord, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import { vclockGet } from '../core/vclock.js';
-import type { Journal } from '../journal/index.js';
+import type { JournalStore } from './io.js';
 
 interface Waiting {
   readonly record: JournalRecord;
@@ -17,7 +17,7 @@ interface Waiting {
 }
 
 export class OwnLog {
-  readonly #journal: Journal;
+  readonly #journal: JournalStore;
   readonly #replica: ReplicaId;
   readonly #cluster: string;
   readonly #onAppend: (record: JournalRecord) => void;
@@ -26,7 +26,7 @@ export class OwnLog {
   readonly #waiting = new Map<number, Waiting>();
 
   /** `onAppend` runs synchronously as each record enters the journal, in lsn order. */
-  constructor(journal: Journal, replica: ReplicaId, cluster: string, onAppend: (record: JournalRecord) => void) {
+  constructor(journal: JournalStore, replica: ReplicaId, cluster: string, onAppend: (record: JournalRecord) => void) {
     this.#journal = journal;
     this.#replica = replica;
     this.#cluster = cluster;

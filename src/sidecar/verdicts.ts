@@ -3,7 +3,7 @@
 // folded over the whole journal, plus which TXNs the journal holds at all.
 import { LimboHistory } from '../core/history.js';
 import type { JournalVerdict, PreparedEntry } from '../postgres/index.js';
-import type { Journal } from '../journal/index.js';
+import type { JournalStore } from './io.js';
 import type { ReplicaId } from '../core/types.js';
 
 export interface Verdicts {
@@ -12,7 +12,7 @@ export interface Verdicts {
   readonly history: LimboHistory;
 }
 
-export async function readVerdicts(journal: Journal, self: ReplicaId): Promise<Verdicts> {
+export async function readVerdicts(journal: JournalStore, self: ReplicaId): Promise<Verdicts> {
   const history = new LimboHistory(self);
   const journaled = new Set<string>();
   for await (const record of journal.cursor([])) {

@@ -1,0 +1,199 @@
+// This node's PostgreSQL as the driver sees it (sidecar/io.ts Database): the
+// admin and apply connections, a pool for COMMIT/ROLLBACK PREPARED, and the
+// reconnection after PostgreSQL crashed or restarted. A failed call marks the
+// connections broken; the next call reconnects first (the driver retries).
+import pg from 'pg';
+import type { JournalRecord, TableMode } from '../core/record.js';
+import type { VClock } from '../core/vclock.js';
+import type { Logger } from '../log.js';
+import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
+import { Applier, appliedVclock, type ApplyOutcome } from './apply.js';
+import { runLeaderWrite, type LeaderOutcome } from './leader.js';
+import { setTableMode } from './tables.js';
+import { commitPrepared, listPrepared, reconcile, rollbackPrepared, type JournalVerdict, type PreparedEntry, type ReconcileReport } from './twophase.js';
+
+/** A client session: the pool of the role it authenticated as. */
+export interface PgSession {
+  readonly pool: pg.Pool;
+}
+
+/** A write's work: its statements, run on the transaction's connection. */
+export type PgWork = (client: pg.ClientBase) => Promise<void>;
+
+/**
+ * Bounds for the sidecar's own connections: a connection caught by a
+ * PostgreSQL crash must fail, not wait forever (pg has no timeout by default).
+ */
+const PG_TIMEOUTS = { connectionTimeoutMillis: 10_000, query_timeout: 60_000 } as const;
+
+/** COMMIT/ROLLBACK PREPARED run on this many connections at once, so PostgreSQL group-commits them. */
+const FINISH_PARALLEL = 8;
+
+export class PgDatabase implements Database<PgSession, PgWork> {
+  readonly #url: string;
+  readonly #cluster: string;
+  readonly #log: Logger;
+  #admin: pg.Client;
+  #applier: Applier;
+  /** Connections for COMMIT/ROLLBACK PREPARED, run in parallel so PostgreSQL group-commits them. */
+  readonly #control: pg.Pool;
+  /** Set when a PostgreSQL connection failed: the next call reconnects first. */
+  #broken = false;
+  #closing = false;
+
+  private constructor(url: string, cluster: string, log: Logger, admin: pg.Client, applier: Applier) {
+    this.#url = url;
+    this.#cluster = cluster;
+    this.#log = log;
+    this.#admin = admin;
+    this.#applier = applier;
+    // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
+    // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
+    this.#control = new pg.Pool({ connectionString: url, max: FINISH_PARALLEL, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
+    guardPool(this.#control, log, 'control');
+    this.#watch(admin);
+    this.#watch(applier.client);
+  }
+
+  /** Connect; `prepare` runs on the admin connection first (checks, migrations, the node row). */
+  static async connect(url: string, cluster: string, log: Logger, prepare: (admin: pg.Client) => Promise<void>): Promise<PgDatabase> {
+    const admin = await connectPg(url, log);
+    try {
+      await prepare(admin);
+      return new PgDatabase(url, cluster, log, admin, await Applier.create(await connectPg(url, log)));
+    } catch (error) {
+      await admin.end().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** The admin connection, for what only production does (the session's pool checks a table's owner). */
+  get admin(): pg.Client {
+    return this.#admin;
+  }
+
+  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
+    return this.#guarded(() => reconcile(this.#admin, this.#cluster, verdict));
+  }
+
+  listPrepared(): Promise<PreparedEntry[]> {
+    return this.#guarded(() => listPrepared(this.#admin, this.#cluster));
+  }
+
+  appliedVclock(): Promise<VClock> {
+    return this.#guarded(() => appliedVclock(this.#admin));
+  }
+
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean }): Promise<ApplyOutcome> {
+    return this.#guarded(() => this.#applier.apply(record, options));
+  }
+
+  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void> {
+    const run = verb === 'commit' ? commitPrepared : rollbackPrepared;
+    return this.#guarded(async () => {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        const client = await this.#control.connect();
+        try {
+          for (let i = next++; i < gids.length; i = next++) {
+            const gid = gids[i] as string;
+            await run(client, gid);
+            each?.(gid);
+          }
+        } finally {
+          client.release();
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(FINISH_PARALLEL, gids.length) }, worker));
+    });
+  }
+
+  setTableMode(table: string, mode: TableMode): Promise<string> {
+    return this.#guarded(async () => {
+      const name = await setTableMode(this.#admin, table, mode);
+      await this.#applier.reload();
+      return name;
+    });
+  }
+
+  async publish(row: NodeRow): Promise<void> {
+    await this.#control.query('UPDATE qsync.node SET term = $1, role = $2, leader_id = $3, leader_address = $4', [row.term, row.role, row.leader, row.leaderAddress]);
+  }
+
+  async write(session: PgSession, context: WriteContext, work: PgWork): Promise<LeaderOutcome> {
+    const client = await session.pool.connect();
+    try {
+      return await runLeaderWrite(client, context, work);
+    } finally {
+      client.release();
+    }
+  }
+
+  async outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
+    const { rows } = await this.#admin.query<{ replica_id: number; lsn: string }>('SELECT replica_id, lsn FROM qsync.idempotency WHERE key = $1', [idempotencyKey]);
+    return rows[0] === undefined ? { committed: false } : { committed: true, replica: rows[0].replica_id, lsn: Number(rows[0].lsn) };
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true;
+    await this.#control.end();
+    await this.#admin.end();
+    await this.#applier.close().catch(() => undefined);
+  }
+
+  /** Run `fn` on healthy connections: reconnect first if one broke; a failure marks them broken. */
+  async #guarded<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#broken) await this.#reconnect();
+    try {
+      return await fn();
+    } catch (error) {
+      this.#broken = true; // whatever failed, the next attempt starts on fresh connections
+      throw error;
+    }
+  }
+
+  /** Mark the connections broken when this one fails (a crashed or restarted server). */
+  #watch(client: pg.ClientBase): void {
+    client.on('error', () => {
+      this.#broken = true;
+    });
+    client.on('end', () => {
+      if (!this.#closing) this.#broken = true;
+    });
+  }
+
+  /** New admin and apply connections; throws while PostgreSQL is still down (the caller retries). */
+  async #reconnect(): Promise<void> {
+    const admin = await connectPg(this.#url, this.#log);
+    const applier = await Applier.create(await connectPg(this.#url, this.#log));
+    // Not awaited: end() on a connection that already died may never settle.
+    void this.#admin.end().catch(() => undefined);
+    void this.#applier.close().catch(() => undefined);
+    this.#admin = admin;
+    this.#applier = applier;
+    this.#watch(admin);
+    this.#watch(applier.client);
+    this.#broken = false;
+    this.#log.info('reconnected to PostgreSQL');
+  }
+}
+
+/**
+ * Log a pool's connection failures instead of crashing: pg-pool handles an
+ * idle client's error, but a client that is checked out and between queries
+ * (a COMMIT PREPARED loop, an interactive transaction waiting for its client)
+ * emits 'error' itself when PostgreSQL dies, and an unhandled 'error' event
+ * ends the process. The failed query still rejects where it is awaited.
+ */
+export function guardPool(pool: pg.Pool, log: Logger, name: string): void {
+  pool.on('error', (error) => log.warn({ pool: name, err: error.message }, 'idle PostgreSQL connection failed'));
+  pool.on('connect', (client) => client.on('error', (error) => log.warn({ pool: name, err: error.message }, 'PostgreSQL connection failed')));
+}
+
+/** A connected client whose errors are logged, never thrown at the event loop. */
+async function connectPg(url: string, log: Logger): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, ...PG_TIMEOUTS });
+  client.on('error', (error) => log.warn({ err: error.message }, 'PostgreSQL connection failed'));
+  await client.connect();
+  return client;
+}

@@ -1,0 +1,719 @@
+// The node driver: the sidecar's logic above the I/O shells, the same code in
+// production (node.ts gives it files, TCP and PostgreSQL) and in the
+// simulator (test/sim gives it a simulated clock, network, journal store and
+// PostgreSQL, all driven by one seed). It wires the pure core (election,
+// limbo, history) to those interfaces (io.ts) and is the only place that
+// awaits them.
+//
+// Start: recover (reconcile prepared transactions with the journal's
+// verdicts; replay what the journal holds beyond PostgreSQL's applied
+// vclock); then serve, as a follower until elected.
+//
+// Records from peers go through one queue, in arrival order: drop what the
+// journal already holds, refuse a limbo record older than the limbo's term
+// (split-brain), append (durable), apply to PostgreSQL, then count as
+// applied; acks report that vclock.
+//
+// Leadership (DESIGN.md §6): the election core decides who leads; the winner
+// waits until a quorum holds its journal, writes PROMOTE, and accepts sync
+// writes only once a quorum holds the PROMOTE too (`#writable`). Losing
+// leadership stops writes at once; PostgreSQL's fence follows qsync.node.
+import { AssertionFailed } from '../core/assert.js';
+import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
+import { QsyncError } from '../core/errors.js';
+import { parseGid } from '../core/gid.js';
+import { LimboHistory } from '../core/history.js';
+import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
+import { limits } from '../core/limits.js';
+import type { JournalRecord, TableMode } from '../core/record.js';
+import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
+import { vclockCovers, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
+import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
+import type { Logger } from '../log.js';
+import type { SidecarConfig } from './config.js';
+import type { Clock, Database, JournalStore, PlantedBugs, Transport } from './io.js';
+import { OwnLog } from './own-log.js';
+import { readVerdicts } from './verdicts.js';
+
+export interface DriverOptions<S, W> {
+  readonly config: SidecarConfig;
+  readonly log: Logger;
+  readonly clock: Clock;
+  readonly journal: JournalStore;
+  readonly db: Database<S, W>;
+  readonly transport: Transport;
+  /** Seeds the election's randomised timeouts. */
+  readonly seed: number;
+  /** Something the node cannot go on from (a journal write failed): production exits. */
+  readonly onFatal: (what: string, error: unknown) => void;
+  readonly bugs?: PlantedBugs;
+}
+
+interface Waiter {
+  readonly resolve: () => void;
+  readonly reject: (error: QsyncError) => void;
+}
+
+export class NodeDriver<S, W> {
+  readonly config: SidecarConfig;
+  readonly log: Logger;
+  readonly #clock: Clock;
+  readonly #journal: JournalStore;
+  readonly #db: Database<S, W>;
+  readonly #transport: Transport;
+  readonly #onFatal: (what: string, error: unknown) => void;
+  readonly #bugs: PlantedBugs;
+  readonly #own: OwnLog;
+  #election: ElectionState;
+  /** Every message the election sends waits for the RAFT records written before it. */
+  #raftDurable: Promise<void> = Promise.resolve();
+  /**
+   * The limbo's history, fed every record as it is appended (journal order):
+   * its owner and term (limbo records of an older term are refused), what it
+   * decided about each entry, and this node's withheld records.
+   */
+  #history: LimboHistory;
+  /** Leader, PROMOTE held by a quorum, qsync.node says so: sync writes are accepted. */
+  #writable = false;
+  /** A leadership transfer in progress: new writes wait for it. */
+  #transfer: Promise<void> | null = null;
+  /** What each peer is known to hold (acks and heartbeat replies). */
+  readonly #peerVclocks = new Map<ReplicaId, VClock>();
+  /** Records refused for an older term (split-brain), since start. */
+  splitBrainRecords = 0;
+  #limbo: LimboState | null = null;
+  #applied: VClock;
+  #queue: Promise<void> = Promise.resolve();
+  readonly #waiters = new Map<string, Waiter>();
+  /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
+  #beforeLimbo = 0;
+  #stopping = false;
+  /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
+  readonly #prepared = new Set<string>();
+  /** Highest own lsn ever written to any peer. */
+  #sentOwnLsn = 0;
+  /** The hybrid clock: never behind any record seen. */
+  #hybrid = 0;
+  /** Writes of qsync.node, in order: the PostgreSQL fence follows the election through them. */
+  #published: Promise<void> = Promise.resolve();
+  /** The term whose PROMOTE a quorum holds, while this node leads it. */
+  #promotedTerm: Term | null = null;
+  #stopTicks: (() => void) | null = null;
+
+  constructor(options: DriverOptions<S, W>) {
+    const { config, journal } = options;
+    this.config = config;
+    this.log = options.log;
+    this.#clock = options.clock;
+    this.#journal = journal;
+    this.#db = options.db;
+    this.#transport = options.transport;
+    this.#onFatal = options.onFatal;
+    this.#bugs = options.bugs ?? {};
+    const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
+    this.#election = electionCreate({
+      self: this.#self, members: this.#members, quorum: config.quorum,
+      mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
+    }, durable, options.seed, this.#clock.nowMs());
+    this.#history = new LimboHistory(this.#self);
+    this.#applied = journal.vclock;
+    this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
+  }
+
+  get #self(): ReplicaId {
+    return this.config.replicaId as ReplicaId;
+  }
+
+  /** Accepting sync writes: elected, and its PROMOTE is held by a quorum. */
+  get isLeader(): boolean {
+    return this.#writable;
+  }
+
+  get term(): Term {
+    return this.#election.term;
+  }
+
+  get #term(): Term {
+    return this.#election.term;
+  }
+
+  get #members(): ReplicaId[] {
+    return [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
+  }
+
+  /** Recover, then serve: peer links and the tick. */
+  async start(): Promise<void> {
+    await this.#recover();
+    const { config } = this;
+    await this.#transport.start({
+      subscribeFrom: () => this.#journal.tailVclock,
+      onRecord: (record) => this.#enqueue(record),
+      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.#term }),
+      onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
+      onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
+      outgoing: (record) => (record.replica === this.#self && isWithheld(this.#history.withheld, record) ? emptied(config.clusterId, record) : record),
+      onSent: (record) => {
+        if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
+      },
+    });
+    const tickMs = Math.max(5, Math.min(25, config.heartbeatIntervalMs / 4, config.synchroTimeoutMs / 10));
+    this.#stopTicks = this.#clock.every(tickMs, () => {
+      this.#elect({ kind: 'tick' });
+      this.#step({ kind: 'tick', nowMs: this.#clock.nowMs() });
+    });
+  }
+
+  /**
+   * Make PostgreSQL agree with the journal, then apply what it lacks. Entries
+   * still pending stay prepared: the next PROMOTE decides them.
+   */
+  async #recover(): Promise<void> {
+    const verdicts = await readVerdicts(this.#journal, this.#self);
+    this.#history = verdicts.history;
+    const report = await this.#db.reconcile(verdicts.verdict);
+    this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
+    for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
+    let replayed = 0;
+    for await (const record of this.#journal.cursor(await this.#db.appliedVclock())) {
+      await this.#apply(record);
+      replayed += 1;
+    }
+    this.#applied = this.#journal.vclock;
+    if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+  }
+
+  /** Stop serving; clients still waiting hear OutcomeUnknown. The caller closes the journal and PostgreSQL. */
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    this.#stopTicks?.();
+    await this.#transport.stop();
+    await this.#queue.catch(() => undefined);
+    for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
+  }
+
+  // ---- records from peers ------------------------------------------------------
+
+  /**
+   * Take a record from a peer. Synchronously, in arrival order: drop a
+   * duplicate, refuse an older term, and queue the journal append, so that a
+   * burst shares one fsync. Apply runs in journal order behind it; the record
+   * counts as applied (and is acknowledged) once both are done.
+   */
+  #enqueue(record: JournalRecord): Promise<void> {
+    if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
+    // A duplicate from another relay: done when everything before it is.
+    if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
+    const synchro = this.#history.synchro;
+    if (isSynchro(record) && record.term < synchro.term) {
+      this.splitBrainRecords += 1;
+      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
+      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${synchro.term} (owner ${synchro.owner})`));
+    }
+    this.#history.apply(record);
+    this.#hybrid = Math.max(this.#hybrid, record.time);
+    const durable = this.#journal.append(record);
+    durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
+    const run = this.#queue.then(async () => {
+      await this.#applyUntilDone(record);
+      await durable;
+      this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
+    });
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * A journaled record must reach PostgreSQL before anything after it: the
+   * journal already holds it, so a peer will not send it again. Transient
+   * failures (a deadlock with a local writer on an async table, a restarting
+   * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
+   */
+  async #applyUntilDone(record: JournalRecord): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await this.#apply(record);
+        return;
+      } catch (error) {
+        if (error instanceof AssertionFailed || this.#stopping) throw error;
+        const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
+        this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
+        await this.#clock.sleep(delayMs);
+      }
+    }
+  }
+
+  /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
+  async #apply(record: JournalRecord): Promise<void> {
+    const forget = (gid: string): void => {
+      this.#prepared.delete(gid);
+    };
+    switch (record.kind) {
+      case 'txn':
+        if (record.changes.length > 0 || record.replica !== this.#self) {
+          const outcome = await this.#db.apply(record, { prepare: record.sync });
+          if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
+        }
+        return;
+      case 'confirm':
+        await this.#db.finish('commit', this.#preparedOf(record.owner, 1, record.confirmedLsn), forget);
+        return;
+      case 'rollback':
+        await this.#db.finish('rollback', this.#preparedOf(record.owner, record.fromLsn, record.lsn - 1), forget);
+        return;
+      case 'config':
+        for (const [table, mode] of Object.entries(record.tables ?? {})) await this.#db.setTableMode(table, mode);
+        return;
+      case 'promote':
+        // The previous owner's entries up to the lsn kept are committed, the rest rolled back (DESIGN.md §5).
+        // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
+        if (record.prevOwner !== NO_REPLICA) {
+          const owned = (await this.#db.listPrepared()).filter((e) => e.replica === record.prevOwner);
+          // Kept: what the history (which has taken this PROMOTE) says is confirmed. Not kept: past the
+          // lsn kept, under a ROLLBACK in the kept history, or this node's own void writes.
+          const kept = (e: { lsn: Lsn }): boolean => this.#history.verdict(record.prevOwner, e.lsn) === 'confirmed';
+          await this.#db.finish('commit', owned.filter(kept).map((e) => e.gid), forget);
+          await this.#db.finish('rollback', owned.filter((e) => !kept(e)).map((e) => e.gid), forget);
+        }
+        return;
+      case 'demote':
+      case 'raft':
+        return;
+    }
+  }
+
+  // ---- leadership ----------------------------------------------------------------
+
+  /**
+   * Step the election: persist its term and vote (a RAFT record), send its
+   * messages only once that is durable, then act on a change of role, term or
+   * leader.
+   */
+  #elect(event: ElectionEvent): void {
+    if (this.#stopping) return;
+    if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.#term) this.#heard(event.from, event.message.vclock);
+    const before = this.#election;
+    const planted = this.#bugs.voteIgnoresVclock === true && event.kind === 'message' && event.message.type === 'vote';
+    const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#journal.vclock });
+    this.#election = step.state;
+    if (step.persist !== null) {
+      const { term, vote } = step.persist;
+      const lsn = (vclockGet(this.#journal.tailVclock, REPLICA_LOCAL) + 1) as Lsn;
+      this.#raftDurable = this.#journal.append({ kind: 'raft', replica: REPLICA_LOCAL, lsn, term, time: this.#clock.nowMs(), vote })
+        .catch((error: unknown) => this.#fatal('persisting the term and vote', error));
+    }
+    const { messages } = step;
+    const send = (): void => messages.forEach(({ to, message }) => this.#transport.sendRaft(to, message));
+    if (messages.length > 0) {
+      if (this.#bugs.raftUnsynced === true) send();
+      else void this.#raftDurable.then(send);
+    }
+    const after = step.state;
+    if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
+    this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
+    if (before.role === 'leader' && (after.role !== 'leader' || after.term !== before.term)) this.#stepDown();
+    if (after.role === 'leader' && (before.role !== 'leader' || before.term !== after.term)) {
+      void this.#promote(after.term).catch((error: unknown) => this.#fatal('promoting', error));
+    }
+    void this.#publish();
+  }
+
+  #heard(replica: ReplicaId, vclock: VClock): void {
+    this.#peerVclocks.set(replica, vclockMerge(this.#peerVclocks.get(replica) ?? [], vclock));
+  }
+
+  #onAck(replica: ReplicaId, vclock: VClock, term: Term): void {
+    // A newer term makes a leader a follower at once, and its ack counts for nothing (DESIGN.md §5).
+    if (term > this.#term) {
+      if (this.#bugs.ackFromNewerTerm === true) this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) });
+      this.#elect({ kind: 'term', term });
+      return;
+    }
+    this.#heard(replica, vclock);
+    this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) });
+  }
+
+  /** Leadership lost: stop accepting writes; what is pending stays prepared for the next PROMOTE to decide. */
+  #stepDown(): void {
+    this.#writable = false;
+    this.#promotedTerm = null;
+    const pending = this.#limbo?.entries.length ?? 0;
+    this.#step({ kind: 'abandon' });
+    this.#limbo = null;
+    this.log.warn({ term: this.#term, pending }, 'no longer the leader: sync writes refused from now on');
+  }
+
+  /**
+   * Won an election: take the limbo over (DESIGN.md §6). Wait until a quorum
+   * holds this journal, write PROMOTE (the previous owner's entries up to the
+   * lsn this node holds are kept, later ones rolled back), apply it, and
+   * accept writes once a quorum holds the PROMOTE and PostgreSQL's fence says
+   * leader. Abandoned as soon as leadership is lost.
+   */
+  async #promote(term: Term): Promise<void> {
+    const started = this.#clock.nowMs();
+    const still = (): boolean => !this.#stopping && this.#election.role === 'leader' && this.#election.term === term;
+    await this.#queue; // what peers sent is journaled and applied here
+    const target = this.#journal.vclock;
+    if (!(await this.#until(() => this.#quorumHolds(target), still))) return;
+    const prevOwner = this.#history.synchro.owner;
+    const prevLsn = prevOwner === NO_REPLICA ? 0 as Lsn : vclockGet(target, prevOwner);
+    let record!: JournalRecord & { kind: 'promote' };
+    const { lsn, durable } = this.#own.append((l) => (record = { kind: 'promote', replica: this.#self, lsn: l, term, time: this.#now(), prevOwner, prevLsn, leader: this.#self }));
+    await durable;
+    this.#ownDurable();
+    const applied = this.#queue.then(() => this.#applyUntilDone(record));
+    this.#queue = applied.catch(() => undefined);
+    await applied;
+    if (!still()) return;
+    this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
+    this.#ownDurable();
+    if (!(await this.#until(() => this.#quorumHolds(vclockFromEntries([[this.#self, lsn]])), still))) return;
+    this.#promotedTerm = term;
+    await this.#publish();
+    if (!still()) return;
+    this.#writable = true;
+    this.log.info({ term, prevOwner, prevLsn, promoteLsn: lsn, ms: this.#clock.nowMs() - started }, 'leader: a quorum holds the PROMOTE; accepting sync writes');
+  }
+
+  #quorumHolds(target: VClock): boolean {
+    const holders = this.#members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target));
+    return holders.length >= this.config.quorum;
+  }
+
+  /** Poll until `done` (true) or until `still` stops holding (false). */
+  async #until(done: () => boolean, still: () => boolean): Promise<boolean> {
+    while (still()) {
+      if (done()) return true;
+      await this.#clock.sleep(5);
+    }
+    return false;
+  }
+
+  /** Write the election's state to qsync.node, in order, retrying while PostgreSQL is away. */
+  #publish(): Promise<void> {
+    const run = this.#published.then(async () => {
+      for (let attempt = 1; !this.#stopping; attempt += 1) {
+        try {
+          const e = this.#election;
+          const role = e.role === 'leader' && this.#promotedTerm === e.term ? 'leader' : e.role === 'follower' ? 'follower' : 'candidate';
+          await this.#db.publish({ term: e.term, role, leader: e.leader, leaderAddress: this.leaderAddress() ?? '' });
+          return;
+        } catch (error) {
+          this.log.warn({ attempt, err: (error as Error).message }, 'writing qsync.node failed; retrying');
+          await this.#clock.sleep(Math.min(1_000, 50 * attempt));
+        }
+      }
+    });
+    this.#published = run;
+    return run;
+  }
+
+  /** Before a write: wait out a transfer, or a PROMOTE this node is completing (bounded). */
+  async settled(): Promise<void> {
+    const deadline = this.#clock.nowMs() + 4 * this.config.electionTimeoutMs;
+    while (this.#clock.nowMs() < deadline && (this.#transfer !== null || (this.#election.role === 'leader' && !this.#writable))) {
+      await this.#clock.sleep(5);
+    }
+  }
+
+  // ---- operator control -----------------------------------------------------------
+
+  status(): NodeStatus {
+    const e = this.#election;
+    return {
+      replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
+      leaderAddress: this.leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
+      limbo: { owner: this.#history.synchro.owner, term: this.#history.synchro.term, pending: this.#limbo?.entries.length ?? 0 },
+      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords,
+      peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#transport.connected(p.replica as ReplicaId), vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
+    };
+  }
+
+  /** The election's state, for the simulator's invariants. */
+  get election(): ElectionState {
+    return this.#election;
+  }
+
+  /** Campaign now (election mode manual, or an operator override); resolves once this node accepts writes. */
+  async promote(): Promise<NodeStatus> {
+    if (this.config.electionMode === 'off') throw new QsyncError('BAD_REQUEST', `node ${this.#self} has election mode off and cannot be promoted; set --election-mode manual or candidate`);
+    if (!this.#writable) this.#elect({ kind: 'promote' });
+    const deadline = this.#clock.nowMs() + 3 * this.config.electionTimeoutMs;
+    await this.#until(() => this.#writable, () => !this.#stopping && this.#clock.nowMs() < deadline);
+    if (!this.#writable) throw new QsyncError('NOT_LEADER', `node ${this.#self} did not win the election within ${3 * this.config.electionTimeoutMs} ms (term ${this.#term}); see its log`, { term: this.#term });
+    return this.status();
+  }
+
+  /** Step down; another node is elected (this one stays quiet for two election timeouts). */
+  demote(): NodeStatus {
+    if (this.#election.role !== 'leader') throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; nothing to demote`);
+    this.#elect({ kind: 'demote' });
+    return this.status();
+  }
+
+  /**
+   * Switchover to `to`: hold new writes, wait until the limbo is empty and `to`
+   * holds this whole journal, then TimeoutNow; `to` wins at once with no
+   * failed write. Resolves once `to` leads; gives up after three election
+   * timeouts (catching up under load takes more than one).
+   */
+  async transfer(to: ReplicaId): Promise<NodeStatus> {
+    if (!this.#writable) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
+    if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
+    if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
+    const term = this.#term;
+    const budgetMs = 3 * this.config.electionTimeoutMs;
+    const deadline = this.#clock.nowMs() + budgetMs;
+    const within = (): boolean => !this.#stopping && this.#clock.nowMs() < deadline && this.#election.term === term;
+    let done!: () => void;
+    this.#transfer = new Promise<void>((resolve) => (done = resolve));
+    try {
+      // The tail, not the durable vclock: a CONFIRM still being written would leave `to` behind, and refused.
+      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.tailVclock), within);
+      if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${budgetMs} ms; leadership stays with node ${this.#self}`);
+      this.#elect({ kind: 'transfer', to });
+      await this.#until(() => this.#election.leader === to, () => !this.#stopping && this.#clock.nowMs() < deadline);
+      if (this.#election.leader !== to) throw new QsyncError('BAD_REQUEST', `replica ${to} did not take over within ${budgetMs} ms (leader: ${this.#election.leader})`);
+      return this.status();
+    } finally {
+      this.#transfer = null;
+      done();
+    }
+  }
+
+  // ---- the limbo -----------------------------------------------------------------
+
+  #step(event: LimboEvent): void {
+    if (this.#limbo === null) return;
+    const { state, actions } = limboStep(this.#limbo, event);
+    this.#limbo = state;
+    for (const action of actions) this.#act(action);
+  }
+
+  #act(action: LimboAction): void {
+    switch (action.kind) {
+      case 'confirm': {
+        // A quorum holds these entries, so they are safe before CONFIRM is durable here: commit and
+        // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
+        const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.#term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
+        void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
+        void this.#db.finish('commit', action.gids, (gid) => {
+          this.#prepared.delete(gid);
+          this.#settle(gid, null);
+        }).catch((error: unknown) => this.#fatal('confirming', error));
+        return;
+      }
+      case 'rollback':
+        this.#rollBack(action.fromLsn, action.gids);
+        return;
+      case 'rolledBack':
+        // A quorum holds the ROLLBACK: no new leader can commit these any more.
+        void this.#db.finish('rollback', action.gids, (gid) => {
+          this.#prepared.delete(gid);
+          this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
+        }).catch((error: unknown) => this.#fatal('rolling back', error));
+        return;
+      case 'unknown':
+        for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
+        return;
+      case 'full':
+        this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
+    }
+  }
+
+  /**
+   * A synchro timeout: write ROLLBACK(fromLsn). Entries no peer has received
+   * are certain: withheld from now on (before any relay can send them), they
+   * are rolled back and answered RolledBack once the record is durable. The
+   * others stay prepared until a quorum holds the ROLLBACK (`rolledBack`) or a
+   * PROMOTE decides them, since a new leader may hold them and commit them;
+   * their clients hear OutcomeUnknown if that takes longer than the timeout.
+   */
+  #rollBack(fromLsn: Lsn, gids: readonly string[]): void {
+    const lsnOf = (gid: string): number => parseGid(this.config.clusterId, gid)?.lsn ?? 0;
+    const unsent = gids.filter((gid) => lsnOf(gid) > this.#sentOwnLsn);
+    const sent = gids.filter((gid) => lsnOf(gid) <= this.#sentOwnLsn);
+    const withheldFrom = unsent.length > 0 ? lsnOf(unsent[0] as string) as Lsn : undefined;
+    const { lsn, durable } = this.#own.append((l) => ({
+      kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn,
+      ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
+    }));
+    // At once, not when the record reaches the journal: no relay may send these TXNs in between.
+    if (withheldFrom !== undefined) this.#history.withhold({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
+    this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
+    void durable.then(async () => {
+      this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
+      this.#ownDurable();
+      await this.#db.finish('rollback', unsent, (gid) => {
+        this.#prepared.delete(gid);
+        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
+      });
+    }).catch((error: unknown) => this.#fatal('rolling back', error));
+    if (sent.length === 0) return;
+    this.#clock.after(this.config.synchroTimeoutMs, () => {
+      for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
+    });
+  }
+
+  /** The prepared gids of `owner` with lsn in [from, to]; each leaves the set once it is finished. */
+  #preparedOf(owner: ReplicaId, from: number, to: number): string[] {
+    return [...this.#prepared].filter((gid) => {
+      const entry = parseGid(this.config.clusterId, gid);
+      return entry !== null && entry.replica === owner && entry.lsn >= from && entry.lsn <= to;
+    });
+  }
+
+  #ownAppended(record: JournalRecord): void {
+    this.#history.apply(record);
+    if (record.kind !== 'txn' || !record.sync) return;
+    if (isWithheld(this.#history.withheld, record)) {
+      // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
+      void this.#db.finish('rollback', [record.gid], (gid) => {
+        this.#prepared.delete(gid);
+        this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: node ${this.#self} had been deposed by a new leader when it was written`));
+      }).catch((error: unknown) => this.#fatal('rolling back a void transaction', error));
+      return;
+    }
+    if (this.#limbo === null) {
+      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it.
+      this.#settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while ${record.gid} was being written; it stays prepared until the next leader decides it: ask for its outcome by idempotency key`));
+      return;
+    }
+    this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: this.#clock.nowMs() } });
+    if (this.#bugs.confirmBeforeFsync === true) this.#step({ kind: 'durable', lsn: record.lsn });
+  }
+
+  #ownDurable(): void {
+    this.#step({ kind: 'durable', lsn: vclockGet(this.#journal.vclock, this.#self) });
+  }
+
+  #settle(gid: string, error: QsyncError | null): void {
+    const waiter = this.#waiters.get(gid);
+    if (waiter === undefined) return;
+    this.#waiters.delete(gid);
+    if (error === null) waiter.resolve();
+    else waiter.reject(error);
+  }
+
+  #fatal(what: string, error: unknown): void {
+    if (this.#stopping) return;
+    this.log.fatal({ err: (error as Error).message }, `${what} failed; the node cannot go on safely`);
+    this.#onFatal(what, error);
+  }
+
+  /** A hybrid clock: wall time, never behind anything seen, strictly increasing. */
+  #now(): number {
+    this.#hybrid = Math.max(this.#hybrid + 1, this.#clock.nowMs());
+    return this.#hybrid;
+  }
+
+  // ---- writes --------------------------------------------------------------------
+
+  /**
+   * The write path: run `work` in a qsync transaction on the session, journal
+   * it in lsn order, and for a sync transaction wait until the limbo decides it.
+   */
+  async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
+    if (term !== null && term < this.#term) throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
+    await this.settled();
+    // The term the fence checks this write under is the term its TXN carries, even if the node
+    // learns a newer one while the write runs.
+    const writeTerm = this.#term;
+    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
+      throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
+    }
+    let reserved: Lsn | null = null;
+    let journaled = false;
+    let waiting: Promise<void> | null = null;
+    let counted = true;
+    const uncount = (): void => {
+      if (counted) this.#beforeLimbo -= 1;
+      counted = false;
+    };
+    this.#beforeLimbo += 1;
+    try {
+      const outcome = await this.#db.write(session, {
+        term: writeTerm, replica: this.#self, idempotencyKey,
+        // One time per write, read at capture: it stamps the async keys' versions and travels
+        // in the TXN, so last-writer-wins compares the same value on every node.
+        reserve: () => {
+          const r = this.#own.reserve();
+          reserved = r.lsn;
+          return { ...r, time: this.#now() };
+        },
+        journal: async ({ lsn, gid, time, sync, changes }) => {
+          journaled = true;
+          uncount(); // from here on the limbo counts it
+          if (sync) {
+            waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
+            // It may be settled while the TXN is still being journaled (a full limbo, a lost leadership),
+            // before the await below: that must not count as an unhandled rejection, which ends the process.
+            waiting.catch(() => undefined);
+          }
+          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey });
+          this.#ownDurable();
+        },
+      }, work);
+      // Nothing replicated was written: a plain local commit, and the lsn goes back.
+      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.#term, this.#now());
+      if (waiting !== null) await waiting;
+    } catch (error) {
+      if (reserved !== null && !journaled) this.#own.release(reserved, this.#term, this.#now());
+      throw error;
+    } finally {
+      uncount();
+    }
+  }
+
+  outcome(idempotencyKey: string): Promise<unknown> {
+    return this.#db.outcome(idempotencyKey);
+  }
+
+  /**
+   * Set a table's mode on every node: here first, then through a CONFIG
+   * record that each node applies in journal order. Only the leader does it.
+   */
+  async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }> {
+    if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
+    const name = await this.#db.setTableMode(table, mode);
+    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.#term, time: this.#now(), tables: { [name]: mode } }));
+    await durable;
+    this.#ownDurable();
+    return { table: name, mode };
+  }
+
+  /** The leader's client address, if a leader is known. */
+  leaderAddress(): string | undefined {
+    const leader = this.#election.leader;
+    if (leader === NO_REPLICA) return undefined;
+    if (leader === this.#self) return `${this.config.clientHost}:${this.config.clientPort}`;
+    return this.config.peers.find((p) => p.replica === leader)?.client;
+  }
+
+  leaderName(): string {
+    const leader = this.#election.leader;
+    return leader === NO_REPLICA ? 'the leader (none is known yet: an election is under way)' : `node ${leader}`;
+  }
+
+  notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError {
+    const leader = this.leaderAddress();
+    return new QsyncError(code, message, { term: this.#term, ...(leader === undefined ? {} : { leader }) });
+  }
+}
+
+/** What `qsync status` and the admin interface show. */
+export interface NodeStatus {
+  readonly replica: number;
+  readonly term: number;
+  readonly role: string;
+  readonly leader: number | null;
+  readonly leaderAddress: string | null;
+  readonly vote: number;
+  readonly electionMode: string;
+  readonly writable: boolean;
+  readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number };
+  readonly vclock: VClock;
+  readonly applied: VClock;
+  readonly splitBrainRecords: number;
+  readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
+}

@@ -1,0 +1,119 @@
+// What the node driver (driver.ts) needs from the world, as interfaces: a
+// clock and timers, the journal's storage, the peer network, and PostgreSQL.
+// Production passes the real ones (node.ts: files, TCP, pg); the simulator
+// (test/sim) passes simulated ones driven by one seed. The driver itself is
+// the same code in both, so what the simulator finds is in production.
+import type { ElectionMessage } from '../core/election.js';
+import type { Change, JournalRecord, TableMode } from '../core/record.js';
+import type { Lsn, ReplicaId, Term } from '../core/types.js';
+import type { VClock } from '../core/vclock.js';
+import type { ApplyOutcome, JournalVerdict, LeaderOutcome, PreparedEntry, ReconcileReport } from '../postgres/index.js';
+
+export interface Clock {
+  /** Wall-clock milliseconds as this node sees them (the simulator gives each node its own drift). */
+  nowMs(): number;
+  /** Resolves after `ms`. */
+  sleep(ms: number): Promise<void>;
+  /** Run `fn` every `ms` until the returned function is called. */
+  every(ms: number, fn: () => void): () => void;
+  /** Run `fn` once after `ms`; it does not keep a stopping process alive. */
+  after(ms: number, fn: () => void): void;
+}
+
+/** The journal as the driver uses it (src/journal/journal.ts is the real one). */
+export interface JournalStore {
+  /** Everything durable. */
+  readonly vclock: VClock;
+  /** Everything appended, durable or not. */
+  readonly tailVclock: VClock;
+  /** The last RAFT record's term and vote, as recovered at open. */
+  readonly raft: { readonly term: number; readonly vote: number } | null;
+  /** Resolves once the record is durable (fsynced); records become durable in append order. */
+  append(record: JournalRecord): Promise<void>;
+  /** Durable records not covered by `from`, in journal order (local RAFT records left out). */
+  cursor(from: VClock): AsyncIterable<JournalRecord>;
+  close(): Promise<void>;
+}
+
+/** What the driver hands the network when it starts. */
+export interface TransportHandlers {
+  /** Where subscriptions to peers start: the journal's tail vclock. */
+  readonly subscribeFrom: () => VClock;
+  /**
+   * A record relayed by a peer, in arrival order per link; resolves once it
+   * is durable and applied (or was a duplicate), rejects to close the link.
+   */
+  readonly onRecord: (record: JournalRecord) => Promise<void>;
+  /** What to acknowledge to a relay: durable-and-applied vclock and term. */
+  readonly ack: () => { vclock: VClock; term: Term };
+  /** A subscriber acknowledged holding `vclock`. */
+  readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
+  readonly onRaft: (from: ReplicaId, message: ElectionMessage) => void;
+  /** What to relay for a journal record (a withheld TXN of this node goes as an empty one). */
+  readonly outgoing: (record: JournalRecord) => JournalRecord;
+  /** A record was handed to a subscriber's link. */
+  readonly onSent: (record: JournalRecord) => void;
+}
+
+/** The peer links: relay this journal to every subscriber, subscribe to every peer. */
+export interface Transport {
+  start(handlers: TransportHandlers): Promise<void>;
+  sendRaft(to: ReplicaId, message: ElectionMessage): void;
+  connected(replica: ReplicaId): boolean;
+  stop(): Promise<void>;
+}
+
+/** The fields of a leader write the driver fills in (postgres/leader.ts LeaderWrite). */
+export interface WriteContext {
+  readonly term: Term;
+  readonly replica: ReplicaId;
+  readonly idempotencyKey: string | null;
+  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
+  readonly journal: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
+}
+
+/** What qsync.node says, which PostgreSQL's fence follows. */
+export interface NodeRow {
+  readonly term: Term;
+  readonly role: 'leader' | 'follower' | 'candidate';
+  readonly leader: ReplicaId;
+  readonly leaderAddress: string;
+}
+
+/**
+ * This node's PostgreSQL as a state machine: tables, prepared transactions
+ * (durable, invisible until committed), the applied vclock. `S` is a client
+ * session, `W` the work a write runs (statements, in production).
+ */
+export interface Database<S, W> {
+  /** Make prepared transactions agree with the journal's verdicts (recovery). */
+  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport>;
+  listPrepared(): Promise<PreparedEntry[]>;
+  appliedVclock(): Promise<VClock>;
+  /** Apply a peer's (or replayed) record; idempotent by the applied vclock. Throws on a transient failure: the driver retries. */
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean }): Promise<ApplyOutcome>;
+  /** COMMIT or ROLLBACK PREPARED each gid (a missing one is already finished); `each` runs as each one is done. */
+  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void>;
+  /** Set a table's mode here; returns its qualified name. */
+  setTableMode(table: string, mode: TableMode): Promise<string>;
+  publish(row: NodeRow): Promise<void>;
+  /** Run `work` as a qsync transaction on the session; PREPARE if it touched a sync table. */
+  write(session: S, context: WriteContext, work: W): Promise<LeaderOutcome>;
+  outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }>;
+  close(): Promise<void>;
+}
+
+/**
+ * Bugs planted on purpose, for the simulator to prove it catches them
+ * (test/sim). Production never sets any.
+ */
+export interface PlantedBugs {
+  /** A leader counts an ack from a node in a newer term. */
+  readonly ackFromNewerTerm?: boolean;
+  /** Votes ignore the candidate's vclock. */
+  readonly voteIgnoresVclock?: boolean;
+  /** The leader counts its own TXN as held before the journal has it durable. */
+  readonly confirmBeforeFsync?: boolean;
+  /** Election messages leave before the RAFT record with the term and vote is durable. */
+  readonly raftUnsynced?: boolean;
+}
