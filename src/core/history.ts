@@ -6,10 +6,11 @@
 //
 //   CONFIRM(owner, lsn)     owner's entries up to lsn are committed
 //   ROLLBACK(owner, from)   owner's entries from `from` up to the record are rolled back
-//   PROMOTE(prev, kept)     prev's entries up to kept are committed, the rest (up to its
-//                           last record so far) rolled back; prev's ROLLBACKs past kept
-//                           are void (never held by a quorum, or the winner would hold
-//                           them); the limbo passes to the PROMOTE's leader and term
+//   PROMOTE(prev, kept)     prev's entries up to kept are committed, every later one rolled
+//                           back (also those that arrive after the PROMOTE, until prev
+//                           writes a PROMOTE itself); prev's ROLLBACKs past kept are void
+//                           (never held by a quorum, or the winner would hold them); the
+//                           limbo passes to the PROMOTE's leader and term
 // A standing rollback wins over a later confirmation of a prefix: CONFIRM and
 // PROMOTE commit what is still pending. This node's own sync writes made
 // after a PROMOTE deposed it, until it next writes a PROMOTE, are void.
@@ -27,13 +28,19 @@ interface RolledBack {
 
 export type HistoryVerdict = 'confirmed' | 'rolled-back' | null;
 
+/** Entries of `owner` from `from` to `to` (inclusive) that were rolled back and are confirmed now. */
+export interface RevivedRange {
+  readonly owner: ReplicaId;
+  readonly from: Lsn;
+  readonly to: Lsn;
+}
+
 export class LimboHistory {
   readonly self: ReplicaId;
   #synchro: { readonly owner: ReplicaId; readonly term: Term } = { owner: 0 as ReplicaId, term: 0 as Term };
   readonly #confirmed = new Map<number, number>();
   /** Standing rollbacks by owner. */
   readonly #rolledBack = new Map<number, RolledBack[]>();
-  readonly #last = new Map<number, number>();
   #withheld: WithheldRange[] = [];
 
   constructor(self: ReplicaId) {
@@ -50,8 +57,14 @@ export class LimboHistory {
     return this.#withheld;
   }
 
-  /** Take the next record in journal order. */
-  apply(record: JournalRecord): void {
+  /**
+   * Take the next record in journal order. Returns the ranges of entries this
+   * record revives: rolled back by a ROLLBACK or PROMOTE that this PROMOTE
+   * voids, and now confirmed. A node that rolled them back in PostgreSQL
+   * applies them again from its journal.
+   */
+  apply(record: JournalRecord): RevivedRange[] {
+    if (record.kind === 'promote') return this.#promote(record);
     switch (record.kind) {
       case 'confirm':
         this.#confirmed.set(record.owner, Math.max(this.#confirmed.get(record.owner) ?? 0, record.confirmedLsn));
@@ -60,13 +73,10 @@ export class LimboHistory {
         this.#rollBack(record.owner, record.fromLsn, record.lsn);
         if (record.owner === this.self && record.withheldFromLsn !== undefined) this.withhold({ from: record.withheldFromLsn, to: (record.lsn - 1) as Lsn, reason: 'rolledBack' });
         break;
-      case 'promote':
-        this.#promote(record);
-        break;
       default:
         break;
     }
-    this.#last.set(record.replica, Math.max(this.#last.get(record.replica) ?? 0, record.lsn));
+    return [];
   }
 
   /**
@@ -89,11 +99,17 @@ export class LimboHistory {
     this.#rolledBack.set(owner, [...(this.#rolledBack.get(owner) ?? []), { from, until }]);
   }
 
-  #promote(record: JournalRecord & { kind: 'promote' }): void {
+  #promote(record: JournalRecord & { kind: 'promote' }): RevivedRange[] {
     const prev = record.prevOwner;
-    const lastOfPrev = this.#last.get(prev) ?? 0;
-    this.#rolledBack.set(prev, (this.#rolledBack.get(prev) ?? []).filter((r) => r.until <= record.prevLsn));
-    if (record.prevLsn < lastOfPrev) this.#rollBack(prev, record.prevLsn + 1, lastOfPrev + 1);
+    const ranges = this.#rolledBack.get(prev) ?? [];
+    const revived = ranges.filter((r) => r.until > record.prevLsn && r.from <= record.prevLsn)
+      .map((r) => ({ owner: prev, from: r.from as Lsn, to: Math.min(r.until - 1, record.prevLsn) as Lsn }));
+    this.#rolledBack.set(prev, ranges.filter((r) => r.until <= record.prevLsn));
+    // Everything of prev past the lsn kept, including entries that reach this node only later (written
+    // by prev before it learned it was deposed), until prev itself writes a PROMOTE.
+    if (prev !== 0) this.#rollBack(prev, record.prevLsn + 1, Number.MAX_SAFE_INTEGER);
+    // The new leader's entries before this PROMOTE that were rolled back stay so; from here on it owns the limbo.
+    this.#rolledBack.set(record.replica, (this.#rolledBack.get(record.replica) ?? []).map((r) => (r.until > record.lsn ? { ...r, until: record.lsn } : r)));
     this.#confirmed.set(prev, Math.max(this.#confirmed.get(prev) ?? 0, record.prevLsn));
     if (record.term > this.#synchro.term) this.#synchro = { owner: record.leader, term: record.term };
     if (record.replica === this.self) {
@@ -102,5 +118,6 @@ export class LimboHistory {
     } else if (prev === this.self) {
       this.withhold({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
     }
+    return revived;
   }
 }

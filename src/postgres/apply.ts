@@ -82,7 +82,7 @@ export class Applier {
    * cluster's sync throughput. Values inlined into the batched statements are
    * validated integers and escaped literals.
    */
-  async apply(record: TxnRecord, options: { prepare: boolean }): Promise<ApplyOutcome> {
+  async apply(record: TxnRecord, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
     const client = this.#client;
     assert(Number.isSafeInteger(record.replica) && Number.isSafeInteger(record.lsn), 'record header is not integers');
     const gid = client.escapeLiteral(record.gid);
@@ -91,7 +91,10 @@ export class Applier {
     // applies the record again. So a plain commit need not wait for its own WAL flush.
     // PREPARE always flushes: it is the limbo.
     const head = `BEGIN; SET LOCAL session_replication_role = replica;${options.prepare ? '' : ' SET LOCAL synchronous_commit = off;'}
-      SELECT coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = ${record.replica}), 0) >= ${record.lsn}
+      SELECT ${options.revive === true
+    // A revived entry lies below later applied ones: only this very lsn counts.
+    ? `EXISTS (SELECT 1 FROM qsync.applied WHERE replica_id = ${record.replica} AND lsn = ${record.lsn})`
+    : `coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = ${record.replica}), 0) >= ${record.lsn}`}
           OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ${gid} AND database = current_database()) AS skip`;
     try {
       const results = (await client.query(head)) as unknown as Array<{ rows: Array<{ skip: boolean }> }>;

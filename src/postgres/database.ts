@@ -84,7 +84,7 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#guarded(() => appliedVclock(this.#admin));
   }
 
-  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean }): Promise<ApplyOutcome> {
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
     return this.#guarded(() => this.#applier.apply(record, options));
   }
 

@@ -22,12 +22,12 @@ import { AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
-import { LimboHistory } from '../core/history.js';
+import { LimboHistory, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
 import type { JournalRecord, TableMode } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
-import { vclockCovers, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
+import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
 import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from './config.js';
@@ -73,6 +73,8 @@ export class NodeDriver<S, W> {
    * decided about each entry, and this node's withheld records.
    */
   #history: LimboHistory;
+  /** Ranges a PROMOTE revived that the next PROMOTE applied here re-applies from the journal. */
+  #revived: RevivedRange[] = [];
   /** Leader, PROMOTE held by a quorum, qsync.node says so: sync writes are accepted. */
   #writable = false;
   /** A leadership transfer in progress: new writes wait for it. */
@@ -172,10 +174,11 @@ export class NodeDriver<S, W> {
     this.#history = verdicts.history;
     const report = await this.#db.reconcile(verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
+    await this.#revive(verdicts.revived);
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
     let replayed = 0;
     for await (const record of this.#journal.cursor(await this.#db.appliedVclock())) {
-      await this.#apply(record);
+      await this.#applyUntilDone(record);
       replayed += 1;
     }
     this.#applied = this.#journal.vclock;
@@ -209,7 +212,7 @@ export class NodeDriver<S, W> {
       this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
       return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${synchro.term} (owner ${synchro.owner})`));
     }
-    this.#history.apply(record);
+    this.#revived.push(...this.#history.apply(record));
     this.#hybrid = Math.max(this.#hybrid, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
@@ -248,12 +251,20 @@ export class NodeDriver<S, W> {
       this.#prepared.delete(gid);
     };
     switch (record.kind) {
-      case 'txn':
-        if (record.changes.length > 0 || record.replica !== this.#self) {
-          const outcome = await this.#db.apply(record, { prepare: record.sync });
-          if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
+      case 'txn': {
+        if (record.changes.length === 0 && record.replica === this.#self) return;
+        // The history may have decided the entry already: its CONFIRM or ROLLBACK is queued behind it,
+        // it arrived after a PROMOTE deposed its writer, or this is replay after a crash.
+        const verdict = record.sync ? this.#history.verdict(record.replica, record.lsn) : null;
+        if (verdict === 'rolled-back') {
+          await this.#db.finish('rollback', [record.gid], forget);
+          return;
         }
+        const outcome = await this.#db.apply(record, { prepare: record.sync && verdict === null });
+        if (verdict === 'confirmed') await this.#db.finish('commit', [record.gid], forget);
+        else if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
         return;
+      }
       case 'confirm':
         await this.#db.finish('commit', this.#preparedOf(record.owner, 1, record.confirmedLsn), forget);
         return;
@@ -274,11 +285,38 @@ export class NodeDriver<S, W> {
           await this.#db.finish('commit', owned.filter(kept).map((e) => e.gid), forget);
           await this.#db.finish('rollback', owned.filter((e) => !kept(e)).map((e) => e.gid), forget);
         }
+        {
+          const ranges = this.#revived.splice(0);
+          // A failed attempt is retried whole: the ranges must still be there.
+          await this.#revive(ranges).catch((error: unknown) => {
+            this.#revived.unshift(...ranges);
+            throw error;
+          });
+        }
         return;
       case 'demote':
       case 'raft':
         return;
     }
+  }
+
+  /**
+   * Apply again the confirmed entries in `ranges` that PostgreSQL rolled back
+   * too early (on a ROLLBACK or PROMOTE that a later PROMOTE voided): the
+   * journal still holds their TXNs. Skips what is prepared or applied.
+   */
+  async #revive(ranges: readonly RevivedRange[]): Promise<void> {
+    let revived = 0;
+    for (const range of ranges) {
+      const from = vclockFromEntries([...vclockEntries(this.#journal.tailVclock).filter(([r]) => r !== range.owner), [range.owner, (range.from - 1) as Lsn]]);
+      for await (const record of this.#journal.cursor(from)) {
+        if (record.replica !== range.owner || record.kind !== 'txn') continue;
+        if (record.lsn > range.to) break;
+        if (!record.sync || record.changes.length === 0 || this.#history.verdict(record.replica, record.lsn) !== 'confirmed') continue;
+        if ((await this.#db.apply(record, { prepare: false, revive: true })) === 'applied') revived += 1;
+      }
+    }
+    if (revived > 0) this.log.warn({ revived, ranges }, 'applied again entries rolled back too early: a later PROMOTE confirmed them');
   }
 
   // ---- leadership ----------------------------------------------------------------
@@ -324,7 +362,6 @@ export class NodeDriver<S, W> {
   #onAck(replica: ReplicaId, vclock: VClock, term: Term): void {
     // A newer term makes a leader a follower at once, and its ack counts for nothing (DESIGN.md §5).
     if (term > this.#term) {
-      if (this.#bugs.ackFromNewerTerm === true) this.#step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#self) });
       this.#elect({ kind: 'term', term });
       return;
     }
@@ -365,7 +402,8 @@ export class NodeDriver<S, W> {
     this.#queue = applied.catch(() => undefined);
     await applied;
     if (!still()) return;
-    this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum: this.config.quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
+    const quorum = this.config.quorum - (this.#bugs.quorumOffByOne === true ? 1 : 0);
+    this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
     this.#ownDurable();
     if (!(await this.#until(() => this.#quorumHolds(vclockFromEntries([[this.#self, lsn]])), still))) return;
     this.#promotedTerm = term;
@@ -564,7 +602,7 @@ export class NodeDriver<S, W> {
   }
 
   #ownAppended(record: JournalRecord): void {
-    this.#history.apply(record);
+    this.#revived.push(...this.#history.apply(record));
     if (record.kind !== 'txn' || !record.sync) return;
     if (isWithheld(this.#history.withheld, record)) {
       // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
@@ -580,7 +618,6 @@ export class NodeDriver<S, W> {
       return;
     }
     this.#step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: this.#clock.nowMs() } });
-    if (this.#bugs.confirmBeforeFsync === true) this.#step({ kind: 'durable', lsn: record.lsn });
   }
 
   #ownDurable(): void {

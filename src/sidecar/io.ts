@@ -90,8 +90,12 @@ export interface Database<S, W> {
   reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport>;
   listPrepared(): Promise<PreparedEntry[]>;
   appliedVclock(): Promise<VClock>;
-  /** Apply a peer's (or replayed) record; idempotent by the applied vclock. Throws on a transient failure: the driver retries. */
-  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean }): Promise<ApplyOutcome>;
+  /**
+   * Apply a peer's (or replayed) record; idempotent by the applied vclock.
+   * `revive`: apply an entry rolled back too early; skipped only if this very
+   * lsn is applied or prepared. Throws on a transient failure: the driver retries.
+   */
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome>;
   /** COMMIT or ROLLBACK PREPARED each gid (a missing one is already finished); `each` runs as each one is done. */
   finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void>;
   /** Set a table's mode here; returns its qualified name. */
@@ -108,12 +112,10 @@ export interface Database<S, W> {
  * (test/sim). Production never sets any.
  */
 export interface PlantedBugs {
-  /** A leader counts an ack from a node in a newer term. */
-  readonly ackFromNewerTerm?: boolean;
   /** Votes ignore the candidate's vclock. */
   readonly voteIgnoresVclock?: boolean;
-  /** The leader counts its own TXN as held before the journal has it durable. */
-  readonly confirmBeforeFsync?: boolean;
+  /** The limbo confirms with one ack fewer than a quorum. */
+  readonly quorumOffByOne?: boolean;
   /** Election messages leave before the RAFT record with the term and vote is durable. */
   readonly raftUnsynced?: boolean;
 }

@@ -63,4 +63,24 @@ describe('journal verdicts under elections', () => {
     expect(verdicts.history.synchro).toEqual({ owner: 3, term: 4 });
     expect(verdicts.history.withheld).toEqual([{ from: 3, to: 3, reason: 'deposed' }, { from: 6, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]);
   });
+
+  it('an entry of a deposed leader that arrives after the PROMOTE is rolled back, until that node writes a PROMOTE itself (simulator seed 39)', async () => {
+    for (const r of [
+      promote(2, 1, 1, 0, 0), sync(2, 2, 1),
+      promote(3, 1, 2, 2, 2), // node 3 deposes node 2, keeping its lsn 2
+      sync(2, 3, 1), // node 2's write, relayed late: no PROMOTE will ever decide it
+      promote(2, 4, 3, 3, 1), // node 2 leads again
+      sync(2, 5, 3),
+    ]) await journal.append(r);
+    expect(await verdictOf(2, 3)).toBe('rolled-back');
+    expect(await verdictOf(2, 5)).toBe('pending');
+  });
+
+  it('a PROMOTE that voids a ROLLBACK revives the entries it had rolled back (simulator seed 19)', async () => {
+    for (const r of [promote(2, 1, 1, 0, 0), sync(2, 2, 1), sync(2, 3, 1), rollback(2, 4, 1, 2), promote(3, 1, 2, 2, 3)]) await journal.append(r);
+    const verdicts = await readVerdicts(journal, ME);
+    // Rolled back in PostgreSQL on the ROLLBACK, confirmed by the PROMOTE: applied again from the journal.
+    expect(verdicts.revived).toEqual([{ owner: 2, from: 2, to: 3 }]);
+    expect(await verdictOf(2, 2)).toBe('confirmed');
+  });
 });

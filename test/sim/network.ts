@@ -1,0 +1,199 @@
+// The simulated network. A subscription (subscriber -> relay) is a stream, as
+// TCP is: in order, with latency; a partition or a crash breaks it, and what
+// was in flight is lost; the subscriber reconnects with backoff and
+// subscribes again from its vclock. Election messages are datagrams on top:
+// delayed (so reordered), dropped and duplicated at the seed's rates, and
+// only where a stream between the two nodes is up, as in production.
+import type { ElectionMessage } from '../../src/core/election.js';
+import type { JournalRecord } from '../../src/core/record.js';
+import { REPLICA_LOCAL, type ReplicaId } from '../../src/core/types.js';
+import { vclockGet, type VClock } from '../../src/core/vclock.js';
+import type { Transport, TransportHandlers } from '../../src/sidecar/io.js';
+import type { Life, Rng, Scheduler } from './scheduler.js';
+import type { SimDisk } from './storage.js';
+
+export interface NetworkProfile {
+  readonly latencyMsMin: number;
+  readonly latencyMsMax: number;
+  readonly dropRate: number;
+  readonly duplicateRate: number;
+}
+
+interface Endpoint {
+  readonly node: number;
+  readonly life: Life;
+  readonly handlers: TransportHandlers;
+  readonly disk: SimDisk;
+}
+
+/** One subscription: `subscriber` follows `relay`'s journal. */
+interface Stream {
+  readonly subscriber: Endpoint;
+  readonly relay: Endpoint;
+  open: boolean;
+  /** Delivery times so far, per direction: a stream never reorders. */
+  downAt: number;
+  upAt: number;
+}
+
+export interface NetworkObserver {
+  /** Every election message as it leaves a node (votes are checked here). */
+  sent(from: number, to: number, message: ElectionMessage): void;
+  trace(line: string): void;
+}
+
+export class SimNetwork {
+  readonly #scheduler: Scheduler;
+  readonly #rng: Rng;
+  readonly #profile: NetworkProfile;
+  readonly #observer: NetworkObserver;
+  readonly #endpoints = new Map<number, Endpoint>();
+  readonly #streams = new Set<Stream>();
+  /** Directed: "a>b" means a cannot reach b. */
+  #blocked = new Set<string>();
+
+  constructor(scheduler: Scheduler, rng: Rng, profile: NetworkProfile, observer: NetworkObserver) {
+    this.#scheduler = scheduler;
+    this.#rng = rng;
+    this.#profile = profile;
+    this.#observer = observer;
+  }
+
+  reaches(from: number, to: number): boolean {
+    return !this.#blocked.has(`${from}>${to}`);
+  }
+
+  /** Replace the partition; streams it cuts break. */
+  partition(blocked: ReadonlyArray<readonly [number, number]>): void {
+    this.#blocked = new Set(blocked.map(([a, b]) => `${a}>${b}`));
+    for (const stream of this.#streams) {
+      if (!this.#linked(stream.subscriber.node, stream.relay.node)) this.#close(stream);
+    }
+  }
+
+  get blocked(): string[] {
+    return [...this.#blocked].sort();
+  }
+
+  #linked(a: number, b: number): boolean {
+    return this.reaches(a, b) && this.reaches(b, a);
+  }
+
+  #latency(): number {
+    return this.#rng.range(this.#profile.latencyMsMin, this.#profile.latencyMsMax);
+  }
+
+  /** A node's transport for one life. */
+  transport(node: number, peers: readonly number[], life: Life, disk: SimDisk): Transport {
+    let endpoint: Endpoint | null = null;
+    return {
+      start: async (handlers) => {
+        endpoint = { node, life, handlers, disk };
+        this.#endpoints.set(node, endpoint);
+        for (const peer of peers) this.#subscribeLoop(endpoint, peer, 50);
+      },
+      sendRaft: (to, message) => {
+        if (endpoint !== null) this.#datagram(endpoint, to, message);
+      },
+      connected: (replica) => [...this.#streams].some((s) => s.open && s.subscriber === endpoint && s.relay.node === replica),
+      stop: async () => {
+        for (const stream of this.#streams) if (stream.subscriber === endpoint || stream.relay === endpoint) this.#close(stream);
+      },
+    };
+  }
+
+  /** A node crashed: its streams break. */
+  crashed(node: number): void {
+    for (const stream of this.#streams) if (stream.subscriber.node === node || stream.relay.node === node) this.#close(stream);
+    this.#endpoints.delete(node);
+  }
+
+  #subscribeLoop(subscriber: Endpoint, peer: number, backoffMs: number): void {
+    this.#scheduler.after(backoffMs, () => {
+      const relay = this.#endpoints.get(peer);
+      if (relay === undefined || !relay.life.alive || !this.#linked(subscriber.node, peer)) {
+        this.#subscribeLoop(subscriber, peer, Math.min(1_000, backoffMs * 2));
+        return;
+      }
+      this.#open(subscriber, relay);
+    }, subscriber.life);
+  }
+
+  #open(subscriber: Endpoint, relay: Endpoint): void {
+    const now = this.#scheduler.now;
+    const stream: Stream = { subscriber, relay, open: true, downAt: now, upAt: now };
+    this.#streams.add(stream);
+    // SUBSCRIBE travels up; the relay then streams what the subscriber lacks, from its journal's disk.
+    const from = subscriber.handlers.subscribeFrom();
+    this.#up(stream, () => this.#relay(stream, from));
+  }
+
+  #relay(stream: Stream, from: VClock): void {
+    const { relay, subscriber } = stream;
+    let next = 0;
+    const pump = (): void => {
+      if (!stream.open) {
+        relay.disk.listeners.delete(pump);
+        return;
+      }
+      const records = relay.disk.records;
+      for (; next < records.length; next += 1) {
+        const record = records[next] as JournalRecord;
+        if (record.replica === REPLICA_LOCAL || record.replica === subscriber.node || record.lsn <= vclockGet(from, record.replica)) continue;
+        const outgoing = relay.handlers.outgoing(record);
+        relay.handlers.onSent(outgoing);
+        this.#down(stream, () => this.#receive(stream, outgoing));
+      }
+    };
+    relay.disk.listeners.add(pump);
+    pump();
+  }
+
+  #receive(stream: Stream, record: JournalRecord): void {
+    const { subscriber, relay } = stream;
+    subscriber.handlers.onRecord(record).then(() => {
+      if (!stream.open) return;
+      const ack = subscriber.handlers.ack();
+      this.#up(stream, () => relay.handlers.onAck(subscriber.node as ReplicaId, ack.vclock, ack.term));
+    }, (error: Error) => {
+      this.#observer.trace(`link ${subscriber.node}<-${relay.node} closed: ${error.message}`);
+      this.#close(stream);
+    });
+  }
+
+  #down(stream: Stream, deliver: () => void): void {
+    stream.downAt = Math.max(stream.downAt, this.#scheduler.now + this.#latency());
+    this.#scheduler.at(stream.downAt, () => {
+      if (stream.open) deliver();
+    }, stream.subscriber.life);
+  }
+
+  #up(stream: Stream, deliver: () => void): void {
+    stream.upAt = Math.max(stream.upAt, this.#scheduler.now + this.#latency());
+    this.#scheduler.at(stream.upAt, () => {
+      if (stream.open) deliver();
+    }, stream.relay.life);
+  }
+
+  #close(stream: Stream): void {
+    if (!stream.open) return;
+    stream.open = false;
+    this.#streams.delete(stream);
+    const { subscriber } = stream;
+    if (subscriber.life.alive && this.#endpoints.get(subscriber.node) === subscriber) this.#subscribeLoop(subscriber, stream.relay.node, 100);
+  }
+
+  #datagram(from: Endpoint, to: ReplicaId, message: ElectionMessage): void {
+    this.#observer.sent(from.node, to, message);
+    const target = this.#endpoints.get(to);
+    if (target === undefined || !this.reaches(from.node, to)) return;
+    const linked = [...this.#streams].some((s) => s.open && ((s.subscriber === from && s.relay === target) || (s.subscriber === target && s.relay === from)));
+    if (!linked) return;
+    const copies = this.#rng.chance(this.#profile.dropRate) ? 0 : this.#rng.chance(this.#profile.duplicateRate) ? 2 : 1;
+    for (let i = 0; i < copies; i += 1) {
+      this.#scheduler.after(this.#latency(), () => {
+        if (this.#endpoints.get(to) === target && this.reaches(from.node, to)) target.handlers.onRaft(from.node as ReplicaId, message);
+      }, target.life);
+    }
+  }
+}

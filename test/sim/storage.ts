@@ -1,0 +1,349 @@
+// Simulated storage: a journal whose unsynced writes a crash may lose (a torn
+// tail is cut at recovery, which is the same loss), and a model of
+// PostgreSQL: committed rows, prepared transactions (durable, invisible until
+// committed, surviving crashes), the applied vclock, idempotency keys, the
+// node row its fence follows. Both outlive a node's crash; the handles the
+// driver holds belong to one life of it.
+import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
+import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
+import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
+import { parseGid } from '../../src/core/gid.js';
+import type { ApplyOutcome, JournalVerdict, LeaderOutcome, PreparedEntry, ReconcileReport } from '../../src/postgres/index.js';
+import type { Database, JournalStore, NodeRow, WriteContext } from '../../src/sidecar/io.js';
+import type { Life, Rng, Scheduler } from './scheduler.js';
+
+// ---- the journal ----------------------------------------------------------------
+
+/** What survives a crash: the records that reached the disk, in order. */
+export class SimDisk {
+  readonly records: JournalRecord[] = [];
+  /** Called as records become durable (relays follow the journal). */
+  readonly listeners = new Set<() => void>();
+}
+
+interface Pending {
+  readonly record: JournalRecord;
+  readonly resolve: () => void;
+}
+
+export class SimJournal implements JournalStore {
+  readonly #disk: SimDisk;
+  readonly #scheduler: Scheduler;
+  readonly #life: Life;
+  readonly #rng: Rng;
+  #vclock: VClock = [];
+  #tail: VClock = [];
+  readonly raft: { term: number; vote: number } | null = null;
+  #pending: Pending[] = [];
+  #flushing = false;
+  /** Planted bug switch (world.ts): appends resolve before the disk has them. */
+  readonly #fsyncMs: () => number;
+
+  constructor(disk: SimDisk, scheduler: Scheduler, life: Life, rng: Rng, fsyncMs: () => number) {
+    this.#disk = disk;
+    this.#scheduler = scheduler;
+    this.#life = life;
+    this.#rng = rng;
+    this.#fsyncMs = fsyncMs;
+    for (const record of disk.records) {
+      this.#vclock = vclockFollow(this.#vclock, record.replica, record.lsn);
+      if (record.kind === 'raft') this.raft = { term: record.term, vote: record.vote };
+    }
+    this.#tail = this.#vclock;
+  }
+
+  get vclock(): VClock {
+    return this.#vclock;
+  }
+
+  get tailVclock(): VClock {
+    return this.#tail;
+  }
+
+  append(record: JournalRecord): Promise<void> {
+    const expected = vclockGet(this.#tail, record.replica) + 1;
+    if (record.lsn !== expected) return Promise.reject(new Error(`record ${record.replica}:${record.lsn} is out of order: the journal expects lsn ${expected} next`));
+    this.#tail = vclockFollow(this.#tail, record.replica, record.lsn);
+    return new Promise((resolve) => {
+      this.#pending.push({ record, resolve });
+      if (!this.#flushing) {
+        this.#flushing = true;
+        this.#scheduler.after(this.#fsyncMs(), () => this.#flush(), this.#life);
+      }
+    });
+  }
+
+  /** Group commit: everything pending reaches the disk at once. */
+  #flush(): void {
+    const batch = this.#pending;
+    this.#pending = [];
+    this.#flushing = false;
+    for (const { record } of batch) {
+      this.#disk.records.push(record);
+      this.#vclock = vclockFollow(this.#vclock, record.replica, record.lsn);
+    }
+    for (const { resolve } of batch) resolve();
+    for (const listener of this.#disk.listeners) listener();
+  }
+
+  /** The crash: a prefix of what was written but not synced may have reached the disk; the rest is lost. */
+  crash(): number {
+    const kept = this.#rng.int(0, this.#pending.length);
+    for (const { record } of this.#pending.slice(0, kept)) this.#disk.records.push(record);
+    const lost = this.#pending.length - kept;
+    this.#pending = [];
+    return lost;
+  }
+
+  async *cursor(from: VClock): AsyncIterable<JournalRecord> {
+    const snapshot = this.#disk.records.slice();
+    for (const record of snapshot) {
+      if (record.replica === REPLICA_LOCAL) continue;
+      if (record.lsn > vclockGet(from, record.replica)) yield record;
+    }
+  }
+
+  async close(): Promise<void> {
+    // Nothing to release.
+  }
+}
+
+// ---- PostgreSQL -----------------------------------------------------------------
+
+/** One write of the simulated workload: a key put in the sync table `s` or the async table `a`. */
+export interface Put {
+  readonly table: 's' | 'a';
+  readonly key: string;
+  /** Unique per write: which write a visible row came from. */
+  readonly value: string;
+}
+
+export interface SimSession {
+  readonly client: number;
+}
+
+interface Row {
+  readonly value: string;
+  readonly time: number;
+  readonly replica: number;
+}
+
+interface Prepared {
+  readonly replica: ReplicaId;
+  readonly lsn: Lsn;
+  readonly puts: readonly Put[];
+  readonly time: number;
+  readonly idempotencyKey: string | null;
+}
+
+/** What the invariants hear from every PostgreSQL. */
+export interface PgObserver {
+  decided(node: number, verdict: 'committed' | 'rolled-back', gid: string, puts: readonly Put[]): void;
+}
+
+/** A node's PostgreSQL: it lives on across the sidecar's crashes. */
+export class SimPg {
+  readonly node: number;
+  readonly rows = new Map<string, Row>();
+  readonly prepared = new Map<string, Prepared>();
+  applied: VClock = [];
+  /** Every applied (replica, lsn), as qsync.applied's rows. */
+  readonly appliedExact = new Set<string>();
+  readonly idempotency = new Map<string, { replica: number; lsn: number }>();
+  row: NodeRow = { term: 0 as Term, role: 'follower', leader: 0 as ReplicaId, leaderAddress: '' };
+  readonly #observer: PgObserver;
+
+  constructor(node: number, observer: PgObserver) {
+    this.node = node;
+    this.#observer = observer;
+  }
+
+  commit(gid: string): boolean {
+    const entry = this.prepared.get(gid);
+    if (entry === undefined) return false;
+    this.prepared.delete(gid);
+    this.#write(entry.puts, entry.time, entry.replica, false);
+    this.#mark(entry.replica, entry.lsn, entry.idempotencyKey);
+    this.#observer.decided(this.node, 'committed', gid, entry.puts);
+    return true;
+  }
+
+  rollback(gid: string): boolean {
+    const entry = this.prepared.get(gid);
+    if (entry === undefined) return false;
+    this.prepared.delete(gid);
+    this.#observer.decided(this.node, 'rolled-back', gid, entry.puts);
+    return true;
+  }
+
+  prepare(gid: string, entry: Prepared): void {
+    this.prepared.set(gid, entry);
+  }
+
+  /** Commit puts at once (an async transaction). `lww`: a peer's write, judged by last-writer-wins. */
+  commitNow(gid: string, puts: readonly Put[], time: number, replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null, lww: boolean): void {
+    this.#write(puts, time, replica, lww);
+    this.#mark(replica, lsn, idempotencyKey);
+    if (puts.some((p) => p.table === 's')) this.#observer.decided(this.node, 'committed', gid, puts);
+  }
+
+  #write(puts: readonly Put[], time: number, replica: number, lww: boolean): void {
+    for (const put of puts) {
+      const key = `${put.table}:${put.key}`;
+      const current = this.rows.get(key);
+      if (lww && put.table === 'a' && current !== undefined && (current.time > time || (current.time === time && current.replica > replica))) continue;
+      this.rows.set(key, { value: put.value, time, replica });
+    }
+  }
+
+  #mark(replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null): void {
+    if (lsn > vclockGet(this.applied, replica)) this.applied = vclockFollow(this.applied, replica, lsn);
+    this.appliedExact.add(`${replica}:${lsn}`);
+    if (idempotencyKey !== null && !this.idempotency.has(idempotencyKey)) this.idempotency.set(idempotencyKey, { replica, lsn });
+  }
+}
+
+const encodePuts = (puts: readonly Put[]): string => JSON.stringify(puts.map((p) => ({ k: p.key, v: p.value })));
+
+function decodePuts(record: TxnRecord): Put[] {
+  return record.changes.flatMap((change) => (JSON.parse(change.rows) as Array<{ k: string; v: string }>).map((r) => ({ table: change.table as 's' | 'a', key: r.k, value: r.v })));
+}
+
+/** A PostgreSQL error as pg reports it (code = SQLSTATE), for the fence. */
+function pgError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/**
+ * The driver's handle on its PostgreSQL for one life of the sidecar. Each call
+ * takes effect at once and answers after a latency: a crash in between leaves
+ * PostgreSQL changed and the sidecar unaware, as with a real connection.
+ */
+export class SimDatabase implements Database<SimSession, readonly Put[]> {
+  readonly #pg: SimPg;
+  readonly #cluster: string;
+  readonly #sleep: (ms: number) => Promise<void>;
+  readonly #rng: Rng;
+  readonly #life: Life;
+  readonly #failureRate: number;
+
+  constructor(pg: SimPg, cluster: string, sleep: (ms: number) => Promise<void>, rng: Rng, life: Life, failureRate: number) {
+    this.#pg = pg;
+    this.#cluster = cluster;
+    this.#sleep = sleep;
+    this.#rng = rng;
+    this.#life = life;
+    this.#failureRate = failureRate;
+  }
+
+  async #answer<T>(value: T): Promise<T> {
+    await this.#sleep(this.#rng.range(0.1, 2));
+    return value;
+  }
+
+  /** A transient failure (a deadlock, a restarting server): nothing happened, the caller retries. */
+  #flaky(what: string): void {
+    if (this.#rng.chance(this.#failureRate)) throw pgError('40P01', `simulated transient failure in ${what}`);
+  }
+
+  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
+    const committed: string[] = [];
+    const rolledBack: string[] = [];
+    const kept: string[] = [];
+    for (const entry of this.#list()) {
+      const v = verdict(entry);
+      if (v === 'confirmed') {
+        if (this.#pg.commit(entry.gid)) committed.push(entry.gid);
+      } else if (v === 'pending') {
+        kept.push(entry.gid);
+      } else if (this.#pg.rollback(entry.gid)) {
+        rolledBack.push(entry.gid);
+      }
+    }
+    return this.#answer({ committed, rolledBack, kept });
+  }
+
+  #list(): PreparedEntry[] {
+    const entries: PreparedEntry[] = [];
+    for (const gid of this.#pg.prepared.keys()) {
+      const parsed = parseGid(this.#cluster, gid);
+      if (parsed !== null) entries.push({ gid, ...parsed });
+    }
+    return entries.sort((a, b) => a.replica - b.replica || a.lsn - b.lsn);
+  }
+
+  listPrepared(): Promise<PreparedEntry[]> {
+    return this.#answer(this.#list());
+  }
+
+  appliedVclock(): Promise<VClock> {
+    return this.#answer(this.#pg.applied);
+  }
+
+  async apply(record: TxnRecord, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
+    this.#flaky(`applying ${record.replica}:${record.lsn}`);
+    const pg = this.#pg;
+    const applied = options.revive === true ? pg.appliedExact.has(`${record.replica}:${record.lsn}`) : vclockGet(pg.applied, record.replica) >= record.lsn;
+    if (applied || pg.prepared.has(record.gid)) return this.#answer('skipped');
+    const puts = decodePuts(record);
+    if (options.prepare) {
+      pg.prepare(record.gid, { replica: record.replica, lsn: record.lsn, puts, time: record.time, idempotencyKey: record.idempotencyKey });
+      return this.#answer('prepared');
+    }
+    pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true);
+    return this.#answer('applied');
+  }
+
+  async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void> {
+    for (const gid of gids) {
+      if (verb === 'commit') this.#pg.commit(gid);
+      else this.#pg.rollback(gid);
+      await this.#answer(undefined);
+      each?.(gid);
+    }
+  }
+
+  setTableMode(): Promise<string> {
+    return Promise.reject(new Error('the simulation has fixed table modes'));
+  }
+
+  async publish(row: NodeRow): Promise<void> {
+    this.#pg.row = row;
+    await this.#answer(undefined);
+  }
+
+  /**
+   * BEGIN; the puts (the fence checks a sync table's write against qsync.node);
+   * capture; PREPARE (sync) or journal then COMMIT (async).
+   */
+  async write(_session: SimSession, context: WriteContext, puts: readonly Put[]): Promise<LeaderOutcome> {
+    await this.#sleep(this.#rng.range(0.2, 3));
+    const pg = this.#pg;
+    const sync = puts.some((p) => p.table === 's');
+    if (sync && pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
+    if (sync && pg.row.term !== context.term) throw pgError('QS002', `qsync: stale term ${context.term} (node term ${pg.row.term})`);
+    const { lsn, gid, time } = context.reserve();
+    if (puts.length === 0) return { kind: 'empty', lsn, gid };
+    const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
+    if (sync) {
+      pg.prepare(gid, { replica: context.replica, lsn, puts, time, idempotencyKey: context.idempotencyKey });
+      await context.journal({ lsn, gid, time, sync, changes });
+      return { kind: 'prepared', lsn, gid, changes };
+    }
+    await context.journal({ lsn, gid, time, sync, changes });
+    // The session died with the sidecar: PostgreSQL rolled the transaction back; replay applies the journaled TXN.
+    if (!this.#life.alive) return new Promise(() => undefined);
+    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, false);
+    return { kind: 'committed', lsn, gid, changes };
+  }
+
+  outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
+    const found = this.#pg.idempotency.get(idempotencyKey);
+    return this.#answer(found === undefined ? { committed: false } : { committed: true, ...found });
+  }
+
+  async close(): Promise<void> {
+    // Nothing to release.
+  }
+}
+

@@ -1,0 +1,499 @@
+// The simulated cluster: 3 or 5 nodes, each the production node driver
+// (src/sidecar/driver.ts) over simulated clock, journal, network and
+// PostgreSQL; clients writing and reading; faults drawn from the seed. The
+// invariants of DESIGN.md §2 are checked after every event.
+//
+//   safety phase    faults and load for `faultMs`
+//   heal            partitions lifted, crashed nodes restarted
+//   liveness phase  a leader must appear and a sync write succeed
+//   quiesce         clients stop; every node converges to the same rows,
+//                   every acknowledged write is on every node, nothing is
+//                   left prepared
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import type { ElectionMessage } from '../../src/core/election.js';
+import { QsyncError } from '../../src/core/errors.js';
+import type { ReplicaId } from '../../src/core/types.js';
+import { configSchema, type SidecarConfig } from '../../src/sidecar/config.js';
+import { NodeDriver } from '../../src/sidecar/driver.js';
+import type { Clock, PlantedBugs } from '../../src/sidecar/io.js';
+import { SimNetwork } from './network.js';
+import { Rng, Scheduler, type Life } from './scheduler.js';
+import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
+
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced'] as const;
+export type PlantedBug = (typeof PLANTED_BUGS)[number];
+
+export interface SimOptions {
+  readonly seed: number;
+  readonly bug?: PlantedBug;
+  /** Length of the safety phase, simulated ms. */
+  readonly faultMs?: number;
+  /** Lines of trace kept for a failure report. */
+  readonly traceLines?: number;
+}
+
+export interface SimResult {
+  readonly seed: number;
+  readonly ok: boolean;
+  readonly violation: string | null;
+  /** The last events before the end (or the violation). */
+  readonly trace: readonly string[];
+  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; leaders: number };
+}
+
+class Violation extends Error {}
+
+const CLUSTER = 'sim';
+const ELECTION_TIMEOUT_MS = 1_000;
+const SYNCHRO_TIMEOUT_MS = 1_500;
+const CLIENT_TIMEOUT_MS = 4_000;
+
+type WriteStatus = 'pending' | 'acked' | 'rolled-back' | 'unknown' | 'refused';
+
+interface SimNode {
+  readonly id: number;
+  readonly disk: SimDisk;
+  readonly pg: SimPg;
+  readonly rate: number;
+  readonly offsetMs: number;
+  life: Life;
+  journal: SimJournal | null;
+  driver: NodeDriver<SimSession, readonly Put[]> | null;
+  /** Set while the node is down: when it comes back. */
+  restartAt: number | null;
+}
+
+export async function simulate(options: SimOptions): Promise<SimResult> {
+  const world = new World(options);
+  return world.run();
+}
+
+class World {
+  readonly #options: SimOptions;
+  readonly #rng: Rng;
+  readonly #scheduler = new Scheduler();
+  readonly #network: SimNetwork;
+  readonly #nodes: SimNode[] = [];
+  readonly #quorum: number;
+  readonly #trace: string[] = [];
+  readonly #traceMax: number;
+  readonly #bugs: PlantedBugs;
+  /** Term -> the one leader seen in it. */
+  readonly #leaders = new Map<number, number>();
+  /** "node:term" -> candidate voted for. */
+  readonly #votes = new Map<string, number>();
+  /** Sync writes by value: what clients were told, and what PostgreSQL decided anywhere. */
+  readonly #status = new Map<string, WriteStatus>();
+  readonly #decided = new Map<string, 'committed' | 'rolled-back'>();
+  #violation: string | null = null;
+  #crashes = 0;
+  #writes = 0;
+  #clientsOn = true;
+  #faultUntil = 0;
+  /** Per node: the highest term its messages carried, and the vote it granted in it. */
+  readonly #told = new Map<number, { term: number; vote: number }>();
+
+  constructor(options: SimOptions) {
+    this.#options = options;
+    this.#rng = new Rng(options.seed);
+    this.#traceMax = options.traceLines ?? 40;
+    this.#bugs = options.bug === undefined ? {} : { [options.bug]: true };
+    const count = this.#rng.chance(0.7) ? 3 : 5;
+    this.#quorum = Math.floor(count / 2) + 1;
+    const latencyMsMin = this.#rng.range(0.5, 5);
+    this.#network = new SimNetwork(this.#scheduler, new Rng(this.#rng.fork()), {
+      latencyMsMin, latencyMsMax: latencyMsMin + this.#rng.range(1, 40),
+      dropRate: this.#rng.range(0, 0.1), duplicateRate: this.#rng.range(0, 0.05),
+    }, {
+      sent: (from, to, message) => this.#sent(from, to, message),
+      trace: (line) => this.#note(line),
+    });
+    for (let id = 1; id <= count; id += 1) {
+      const disk = new SimDisk();
+      this.#nodes.push({
+        id, disk, pg: new SimPg(id, { decided: (node, verdict, gid, puts) => this.#pgDecided(node, verdict, gid, puts) }),
+        rate: this.#rng.range(0.98, 1.02), offsetMs: this.#rng.range(0, 10_000),
+        life: { alive: false }, journal: null, driver: null, restartAt: null,
+      });
+    }
+  }
+
+  async run(): Promise<SimResult> {
+    const faultMs = this.#options.faultMs ?? 20_000;
+    this.#faultUntil = faultMs;
+    try {
+      this.#note(`seed ${this.#options.seed}: ${this.#nodes.length} nodes, quorum ${this.#quorum}${this.#options.bug === undefined ? '' : `, planted bug ${this.#options.bug}`}`);
+      for (const node of this.#nodes) this.#start(node);
+      for (let c = 1; c <= 3; c += 1) this.#client(c);
+      this.#faults(faultMs);
+      await this.#runUntil(faultMs);
+      this.#heal();
+      await this.#liveness();
+      this.#clientsOn = false;
+      await this.#runUntil(this.#scheduler.now + 3 * SYNCHRO_TIMEOUT_MS + CLIENT_TIMEOUT_MS);
+      this.#converged();
+    } catch (error) {
+      if (!(error instanceof Violation)) {
+        this.#violation = `the simulation itself failed: ${(error as Error).stack ?? String(error)}`;
+      }
+    } finally {
+      for (const node of this.#nodes) node.life.alive = false;
+    }
+    const statuses = [...this.#status.values()];
+    return {
+      seed: this.#options.seed, ok: this.#violation === null, violation: this.#violation, trace: this.#trace.slice(),
+      stats: {
+        nodes: this.#nodes.length, events: this.#scheduler.events, simulatedMs: Math.round(this.#scheduler.now),
+        acked: statuses.filter((s) => s === 'acked').length, rolledBack: statuses.filter((s) => s === 'rolled-back').length,
+        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, leaders: this.#leaders.size,
+      },
+    };
+  }
+
+  async #runUntil(until: number): Promise<void> {
+    await this.#scheduler.run(until, () => {
+      this.#check();
+      return this.#violation === null;
+    });
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
+  #note(line: string): void {
+    this.#trace.push(`${(this.#scheduler.now / 1000).toFixed(3).padStart(8)}s ${line}`);
+    if (this.#trace.length > this.#traceMax) this.#trace.shift();
+  }
+
+  #fail(message: string): void {
+    if (this.#violation !== null) return;
+    this.#violation = message;
+    this.#note(`VIOLATION: ${message}`);
+  }
+
+  // ---- nodes ---------------------------------------------------------------------
+
+  #config(node: SimNode): SidecarConfig {
+    const parsed = configSchema.parse({
+      replicaId: node.id, clusterId: CLUSTER, pgUrl: 'postgres://sim/sim', dataDir: '/sim', insecure: true, peerPort: 0, clientPort: 0,
+      peers: this.#nodes.filter((n) => n !== node).map((n) => ({ replica: n.id, host: `n${n.id}`, port: 1, client: `n${n.id}` })),
+      electionTimeoutMs: ELECTION_TIMEOUT_MS, synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
+    });
+    return { ...parsed, quorum: this.#quorum, heartbeatIntervalMs: ELECTION_TIMEOUT_MS / 10 };
+  }
+
+  #clock(node: SimNode, life: Life): Clock {
+    const scheduler = this.#scheduler;
+    const wait = (ms: number): number => Math.max(0, ms) / node.rate;
+    return {
+      nowMs: () => node.offsetMs + scheduler.now * node.rate,
+      sleep: (ms) => new Promise((resolve) => scheduler.after(wait(ms), resolve, life)),
+      every: (ms, fn) => {
+        let on = true;
+        const again = (): void => scheduler.after(wait(ms), () => {
+          if (!on) return;
+          fn();
+          again();
+        }, life);
+        again();
+        return () => {
+          on = false;
+        };
+      },
+      after: (ms, fn) => scheduler.after(wait(ms), fn, life),
+    };
+  }
+
+  #start(node: SimNode): void {
+    const life: Life = { alive: true };
+    node.life = life;
+    node.restartAt = null;
+    const rng = new Rng(this.#rng.fork());
+    const clock = this.#clock(node, life);
+    // Mostly quick; now and then the disk stalls.
+    const journal = new SimJournal(node.disk, this.#scheduler, life, rng, () => (rng.chance(0.05) ? rng.range(20, 120) : rng.range(0.5, 4)));
+    node.journal = journal;
+    const log = pino({ level: 'warn', base: { n: node.id } }, new Writable({
+      write: (chunk: Buffer, _encoding, done) => {
+        const line = JSON.parse(chunk.toString()) as { msg?: string; err?: string };
+        if (life.alive) this.#note(`n${node.id} ${line.msg ?? ''}${line.err === undefined ? '' : `: ${line.err}`}`);
+        done();
+      },
+    }));
+    const driver = new NodeDriver<SimSession, readonly Put[]>({
+      config: this.#config(node), log, clock, journal,
+      db: new SimDatabase(node.pg, CLUSTER, clock.sleep, rng, life, 0.02),
+      transport: this.#network.transport(node.id, this.#nodes.filter((n) => n !== node).map((n) => n.id), life, node.disk),
+      seed: rng.fork(), bugs: this.#bugs,
+      onFatal: (what, error) => this.#fail(`node ${node.id}: ${what} failed: ${(error as Error).message}`),
+    });
+    node.driver = driver;
+    this.#note(`n${node.id} starts (term ${journal.raft?.term ?? 0})`);
+    const told = this.#told.get(node.id);
+    const raft = journal.raft ?? { term: 0, vote: 0 };
+    if (told !== undefined && (raft.term < told.term || (raft.term === told.term && told.vote !== 0 && raft.vote !== told.vote))) {
+      this.#fail(`node ${node.id} restarted with term ${raft.term} vote ${raft.vote}, but before the crash it had sent term ${told.term}${told.vote === 0 ? '' : ` and a vote for ${told.vote}`}: the RAFT record was not durable first`);
+    }
+    driver.start().catch((error: unknown) => {
+      if (life.alive) this.#fail(`node ${node.id} failed to start: ${(error as Error).message}`);
+    });
+  }
+
+  #crash(node: SimNode, downMs: number): void {
+    if (!node.life.alive) return;
+    node.life.alive = false;
+    const lost = node.journal?.crash() ?? 0;
+    this.#network.crashed(node.id);
+    node.driver = null;
+    node.journal = null;
+    node.restartAt = this.#scheduler.now + downMs;
+    this.#crashes += 1;
+    this.#note(`n${node.id} crashes (${lost} unsynced journal writes lost); back in ${Math.round(downMs)} ms`);
+    this.#scheduler.after(downMs, () => {
+      if (node.restartAt !== null && !node.life.alive) this.#start(node);
+    });
+  }
+
+  // ---- faults --------------------------------------------------------------------
+
+  #faults(untilMs: number): void {
+    const ids = this.#nodes.map((n) => n.id);
+    const step = (): void => {
+      if (this.#scheduler.now >= untilMs) return;
+      const roll = this.#rng.next();
+      if (roll < 0.25) {
+        const victim = this.#rng.pick(this.#nodes);
+        this.#crash(victim, this.#rng.range(50, 3_000));
+      } else if (roll < 0.45) {
+        const alone = this.#rng.pick(ids);
+        this.#cut(ids.filter((i) => i !== alone).flatMap((i) => [[alone, i], [i, alone]] as Array<[number, number]>), `n${alone} isolated`);
+      } else if (roll < 0.55) {
+        const from = this.#rng.pick(ids);
+        const to = this.#rng.pick(ids.filter((i) => i !== from));
+        this.#cut([[from, to]], `asymmetric: n${from} cannot reach n${to}`);
+      } else if (roll < 0.65) {
+        const shuffled = [...ids].sort(() => this.#rng.next() - 0.5);
+        const minority = shuffled.slice(0, Math.floor(ids.length / 2));
+        const majority = shuffled.slice(Math.floor(ids.length / 2));
+        this.#cut(minority.flatMap((a) => majority.flatMap((b) => [[a, b], [b, a]] as Array<[number, number]>)), `split: [${minority.join(',')}] | [${majority.join(',')}]`);
+      } else if (roll < 0.72 && ids.length === 5) {
+        // Majorities ring: each node reaches only its two neighbours; every majority overlaps, none is whole.
+        const cut = ids.flatMap((a, i) => ids.filter((_, j) => Math.abs(i - j) === 2 || Math.abs(i - j) === 3).map((b) => [a, b] as [number, number]));
+        this.#cut(cut, 'majorities ring');
+      } else if (roll < 0.78) {
+        // An operator's promote: a forced campaign, past stickiness (a switchover, a drill).
+        const node = this.#rng.pick(this.#nodes);
+        if (node.driver !== null) {
+          this.#note(`operator: promote n${node.id}`);
+          node.driver.promote().catch(() => undefined);
+        }
+      } else if (roll < 0.85) {
+        this.#cut([], 'healed');
+      } else {
+        // Let it run without a new fault.
+      }
+      this.#scheduler.after(this.#rng.range(200, 2_000), step);
+    };
+    this.#scheduler.after(this.#rng.range(500, 1_500), step);
+  }
+
+  #cut(blocked: Array<[number, number]>, what: string): void {
+    this.#network.partition(blocked);
+    this.#note(`network: ${what}`);
+  }
+
+  #heal(): void {
+    this.#cut([], 'healed for the liveness phase');
+    for (const node of this.#nodes) if (!node.life.alive) this.#start(node);
+  }
+
+  // ---- clients -------------------------------------------------------------------
+
+  #client(client: number): void {
+    const loop = (): void => {
+      if (!this.#clientsOn) return;
+      const roll = this.#rng.next();
+      if (roll < 0.7) this.#syncWrite(client, null).finally(() => this.#scheduler.after(this.#rng.range(1, 80), loop));
+      else if (roll < 0.9) this.#asyncWrite().finally(() => this.#scheduler.after(this.#rng.range(1, 80), loop));
+      else {
+        this.#read();
+        this.#scheduler.after(this.#rng.range(1, 80), loop);
+      }
+    };
+    this.#scheduler.after(this.#rng.range(0, 100), loop);
+  }
+
+  /** A node to send a write to: mostly one that believes it leads. */
+  #target(): SimNode | null {
+    const live = this.#nodes.filter((n) => n.driver !== null);
+    if (live.length === 0) return null;
+    const leaders = live.filter((n) => n.driver?.election.role === 'leader');
+    return leaders.length > 0 && this.#rng.chance(0.85) ? this.#rng.pick(leaders) : this.#rng.pick(live);
+  }
+
+  /** Resolves with the client's answer, or 'timeout' when none came in time (the node died, or is cut off). */
+  #call(node: SimNode, puts: readonly Put[], key: string): Promise<'ok' | QsyncError | 'timeout'> {
+    const driver = node.driver as NodeDriver<SimSession, readonly Put[]>;
+    return new Promise((resolve) => {
+      let done = false;
+      this.#scheduler.after(CLIENT_TIMEOUT_MS, () => {
+        if (!done) resolve('timeout');
+        done = true;
+      });
+      driver.write({ client: 0 }, key, null, puts).then(() => {
+        if (!done) resolve('ok');
+        done = true;
+      }, (error: unknown) => {
+        if (!(error instanceof QsyncError) && !(error instanceof Error && 'code' in error)) {
+          this.#fail(`a write failed with an untyped error: ${(error as Error).stack ?? String(error)}`);
+        }
+        if (!done) resolve(error instanceof QsyncError ? error : new QsyncError('PG_ERROR', (error as Error).message));
+        done = true;
+      });
+    });
+  }
+
+  async #syncWrite(client: number, onto: SimNode | null): Promise<boolean> {
+    const node = onto ?? this.#target();
+    if (node === null) return false;
+    const value = `w${++this.#writes}`;
+    this.#status.set(value, 'pending');
+    const answer = await this.#call(node, [{ table: 's', key: value, value }], value);
+    if (answer === 'ok') {
+      this.#status.set(value, 'acked');
+      if (this.#decided.get(value) === 'rolled-back') this.#fail(`${value} was acknowledged, but a node had rolled it back`);
+      return true;
+    }
+    if (answer === 'timeout' || answer.code === 'OUTCOME_UNKNOWN') {
+      this.#status.set(value, 'unknown');
+      return false;
+    }
+    if (answer.code === 'ROLLED_BACK') {
+      this.#status.set(value, 'rolled-back');
+      this.#note(`client ${client}: ${value} on n${node.id} rolled back`);
+      if (this.#decided.get(value) === 'committed') this.#fail(`${value} was answered RolledBack, but a node had committed it`);
+      return false;
+    }
+    // Refused before anything was written (not the leader, stale term, a full limbo): it must never appear.
+    this.#status.set(value, 'refused');
+    if (this.#decided.get(value) === 'committed') this.#fail(`${value} was refused (${answer.code}), but a node had committed it`);
+    return false;
+  }
+
+  async #asyncWrite(): Promise<void> {
+    const node = this.#target();
+    if (node === null) return;
+    const key = `k${this.#rng.int(0, 4)}`;
+    const value = `a${++this.#writes}`;
+    await this.#call(node, [{ table: 'a', key, value }], value);
+  }
+
+  /** A read on a live node: every sync row visible must be one no client was told is rolled back. */
+  #read(): void {
+    const node = this.#rng.pick(this.#nodes);
+    for (const [key, row] of node.pg.rows) {
+      if (!key.startsWith('s:')) continue;
+      const status = this.#status.get(row.value);
+      if (status === 'rolled-back' || status === 'refused') this.#fail(`a read on n${node.id} sees ${row.value}, which its client was told is ${status}`);
+    }
+  }
+
+  // ---- invariants ------------------------------------------------------------------
+
+  #sent(from: number, _to: number, message: ElectionMessage): void {
+    // What a message tells its receiver is durable on the sender (DESIGN.md §6): its term, and a vote it grants.
+    const pre = (message.type === 'vote' || message.type === 'voteReply') && message.pre;
+    if (!pre) {
+      const told = this.#told.get(from) ?? { term: 0, vote: 0 };
+      if (message.term > told.term) this.#told.set(from, { term: message.term, vote: 0 });
+    }
+    if (message.type !== 'voteReply' || !message.granted || message.pre) return;
+    this.#told.set(from, { term: message.term, vote: _to });
+    const key = `${from}:${message.term}`;
+    const candidate = _to;
+    const earlier = this.#votes.get(key);
+    if (earlier !== undefined && earlier !== candidate) this.#fail(`node ${from} voted twice in term ${message.term}: for ${earlier} and for ${candidate}`);
+    this.#votes.set(key, candidate);
+    // Crash at an interesting moment: right after a vote left, while the safety phase lasts.
+    const voter = this.#nodes[from - 1] as SimNode;
+    if (this.#clientsOn && this.#scheduler.now < this.#faultUntil && this.#rng.chance(0.2)) {
+      this.#scheduler.after(this.#rng.range(0, 1), () => this.#crash(voter, this.#rng.range(10, 500)));
+    }
+  }
+
+  #pgDecided(node: number, verdict: 'committed' | 'rolled-back', gid: string, puts: readonly Put[]): void {
+    if (process.env.SIM_WATCH !== undefined && (gid.endsWith(process.env.SIM_WATCH) || puts.some((p) => p.value === process.env.SIM_WATCH))) this.#note(`n${node} ${verdict} ${gid} ${puts.map((p) => p.value).join(",")}`);
+    const [replica, lsn] = gid.split(':').slice(-2).map(Number);
+    const holds = (n: SimNode): boolean => n.disk.records.some((r) => r.kind === 'txn' && r.replica === replica && r.lsn === lsn && r.changes.length > 0);
+    // Recovery rolls back a prepared transaction its journal lost (it was applied before the journal
+    // write was durable, and the crash took the write): not a decision, the peer sends it again.
+    if (verdict === 'rolled-back' && !holds(this.#nodes[node - 1] as SimNode)) return;
+    for (const put of puts) {
+      if (put.table !== 's') continue;
+      // A node may roll back an entry that a later PROMOTE confirms (the ROLLBACK was void) and apply it
+      // again from its journal: that is allowed, for no client was told either way. Convergence at the
+      // end checks that every node ends in the same state.
+      if (verdict === 'committed' || this.#decided.get(put.value) === undefined) this.#decided.set(put.value, verdict);
+      const status = this.#status.get(put.value);
+      if (verdict === 'rolled-back' && status === 'acked') this.#fail(`acknowledged write ${put.value} (${gid}) was rolled back on node ${node}`);
+      if (verdict === 'committed' && (status === 'rolled-back' || status === 'refused')) this.#fail(`${put.value} (${gid}) was committed on node ${node}, but its client was told ${status}`);
+    }
+    if (verdict === 'committed' && puts.some((p) => p.table === 's')) {
+      // Commit only what a quorum holds durably: count the journals whose disk has this TXN with its changes.
+      const holders = this.#nodes.filter(holds).length;
+      if (holders < this.#quorum) this.#fail(`node ${node} committed ${gid} while only ${holders} journal(s) held it durably (quorum ${this.#quorum})`);
+    }
+  }
+
+  #check(): void {
+    for (const node of this.#nodes) {
+      const election = node.driver?.election;
+      if (election === undefined || election.role !== 'leader') continue;
+      const leader = this.#leaders.get(election.term);
+      if (leader === undefined) {
+        this.#leaders.set(election.term, node.id);
+        this.#note(`n${node.id} leads term ${election.term}`);
+      } else if (leader !== node.id) {
+        this.#fail(`two leaders in term ${election.term}: ${leader} and ${node.id}`);
+      }
+    }
+  }
+
+  /** With every node up and the network whole, a leader appears and takes a sync write. */
+  async #liveness(): Promise<void> {
+    const deadline = this.#scheduler.now + 20 * ELECTION_TIMEOUT_MS;
+    let ok = false;
+    while (!ok && this.#scheduler.now < deadline) {
+      const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+      if (leader !== undefined) {
+        const probe = this.#syncWrite(0, leader).then((acked) => (ok = acked));
+        await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+        await probe;
+      } else {
+        await this.#runUntil(this.#scheduler.now + 100);
+      }
+    }
+    if (!ok) this.#fail(`liveness: no sync write succeeded within ${20 * ELECTION_TIMEOUT_MS} ms of a healthy cluster (leaders: ${this.#nodes.map((n) => `n${n.id}=${n.driver?.election.role ?? 'down'}/${n.driver?.election.term ?? '-'}`).join(' ')})`);
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
+  /** After quiescing: the same rows everywhere, every acknowledged write on every node, no limbo left. */
+  #converged(): void {
+    const rowsOf = (node: SimNode): string => [...node.pg.rows].map(([k, r]) => `${k}=${r.value}`).sort().join(' ');
+    const first = this.#nodes[0] as SimNode;
+    for (const node of this.#nodes) {
+      for (const [value, status] of this.#status) {
+        if (status === 'acked' && node.pg.rows.get(`s:${value}`)?.value !== value) this.#fail(`acknowledged write ${value} is missing on node ${node.id}`);
+      }
+      if (node.pg.prepared.size > 0) this.#fail(`node ${node.id} still holds prepared transactions after quiescing: ${[...node.pg.prepared.keys()].slice(0, 5).join(', ')}`);
+      if (node !== first && rowsOf(node) !== rowsOf(first)) {
+        const a = new Set(rowsOf(first).split(' '));
+        const b = new Set(rowsOf(node).split(' '));
+        const diff = [...[...a].filter((x) => !b.has(x)).map((x) => `-${x}`), ...[...b].filter((x) => !a.has(x)).map((x) => `+${x}`)].slice(0, 8);
+        this.#fail(`node ${node.id} did not converge with node ${first.id}: ${diff.join(' ')}`);
+      }
+    }
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+}
+
+export type { ReplicaId };
