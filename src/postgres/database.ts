@@ -10,7 +10,7 @@ import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
 import { Applier, appliedVclock, type ApplyOutcome } from './apply.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
 import { setTableMode } from './tables.js';
-import { commitPrepared, listPrepared, reconcile, rollbackPrepared, type JournalVerdict, type PreparedEntry, type ReconcileReport } from './twophase.js';
+import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
 
 /** A client session: the pool of the role it authenticated as. */
 export interface PgSession {
@@ -72,10 +72,6 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#admin;
   }
 
-  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
-    return this.#guarded(() => reconcile(this.#admin, this.#cluster, verdict));
-  }
-
   listPrepared(): Promise<PreparedEntry[]> {
     return this.#guarded(() => listPrepared(this.#admin, this.#cluster));
   }
@@ -88,7 +84,7 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#guarded(() => this.#applier.apply(record, options));
   }
 
-  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void> {
+  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
     const run = verb === 'commit' ? commitPrepared : rollbackPrepared;
     return this.#guarded(async () => {
       let next = 0;
@@ -97,8 +93,8 @@ export class PgDatabase implements Database<PgSession, PgWork> {
         try {
           for (let i = next++; i < gids.length; i = next++) {
             const gid = gids[i] as string;
-            await run(client, gid);
-            each?.(gid);
+            const finished = await run(client, gid);
+            each?.(gid, finished);
           }
         } finally {
           client.release();

@@ -68,23 +68,33 @@ export interface ReconcileReport {
   readonly kept: readonly string[];
 }
 
+/**
+ * A node's prepared transactions as recovery sees them: the sidecar's
+ * database (production and simulated) is one.
+ */
+export interface PreparedStore {
+  listPrepared(): Promise<PreparedEntry[]>;
+  /** COMMIT or ROLLBACK PREPARED each gid; `each` hears whether it was still prepared. */
+  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void>;
+}
+
 /** Make PostgreSQL's prepared transactions agree with the journal's verdicts. */
-export async function reconcile(client: pg.ClientBase, clusterId: string, verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
+export async function reconcile(store: PreparedStore, verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
   const committed: string[] = [];
   const rolledBack: string[] = [];
   const kept: string[] = [];
-  // Owner order, lsn order: confirmed entries commit in the order they were confirmed.
-  for (const entry of await listPrepared(client, clusterId)) {
+  // Owner order, lsn order, one at a time: confirmed entries commit in the order they were confirmed.
+  for (const entry of await store.listPrepared()) {
     switch (verdict(entry)) {
       case 'confirmed':
-        if (await commitPrepared(client, entry.gid)) committed.push(entry.gid);
+        await store.finish('commit', [entry.gid], (gid, finished) => finished && committed.push(gid));
         break;
       case 'pending':
         kept.push(entry.gid);
         break;
       case 'rolled-back':
       case 'unknown':
-        if (await rollbackPrepared(client, entry.gid)) rolledBack.push(entry.gid);
+        await store.finish('rollback', [entry.gid], (gid, finished) => finished && rolledBack.push(gid));
         break;
     }
   }

@@ -30,6 +30,7 @@ import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/type
 import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
 import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
+import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalStore, PlantedBugs, Transport } from './io.js';
 import { OwnLog } from './own-log.js';
@@ -135,10 +136,6 @@ export class NodeDriver<S, W> {
     return this.#election.term;
   }
 
-  get #term(): Term {
-    return this.#election.term;
-  }
-
   get #members(): ReplicaId[] {
     return [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
   }
@@ -150,7 +147,7 @@ export class NodeDriver<S, W> {
     await this.#transport.start({
       subscribeFrom: () => this.#journal.tailVclock,
       onRecord: (record) => this.#enqueue(record),
-      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.#term }),
+      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.term }),
       onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
       onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
       outgoing: (record) => (record.replica === this.#self && isWithheld(this.#history.withheld, record) ? emptied(config.clusterId, record) : record),
@@ -172,7 +169,7 @@ export class NodeDriver<S, W> {
   async #recover(): Promise<void> {
     const verdicts = await readVerdicts(this.#journal, this.#self);
     this.#history = verdicts.history;
-    const report = await this.#db.reconcile(verdicts.verdict);
+    const report = await reconcile(this.#db, verdicts.verdict);
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
     await this.#revive(verdicts.revived);
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
@@ -261,8 +258,12 @@ export class NodeDriver<S, W> {
           return;
         }
         const outcome = await this.#db.apply(record, { prepare: record.sync && verdict === null });
-        if (verdict === 'confirmed') await this.#db.finish('commit', [record.gid], forget);
-        else if (record.sync && outcome !== 'applied') this.#prepared.add(record.gid);
+        // Confirmed already: applied and committed in one go; only one prepared before (replay) needs a COMMIT PREPARED.
+        if (verdict === 'confirmed') {
+          if (outcome === 'skipped') await this.#db.finish('commit', [record.gid], forget);
+        } else if (record.sync && outcome !== 'applied') {
+          this.#prepared.add(record.gid);
+        }
         return;
       }
       case 'confirm':
@@ -279,11 +280,12 @@ export class NodeDriver<S, W> {
         // PostgreSQL's own list: a deposed leader's prepared transactions were never in #prepared.
         if (record.prevOwner !== NO_REPLICA) {
           const owned = (await this.#db.listPrepared()).filter((e) => e.replica === record.prevOwner);
-          // Kept: what the history (which has taken this PROMOTE) says is confirmed. Not kept: past the
-          // lsn kept, under a ROLLBACK in the kept history, or this node's own void writes.
-          const kept = (e: { lsn: Lsn }): boolean => this.#history.verdict(record.prevOwner, e.lsn) === 'confirmed';
-          await this.#db.finish('commit', owned.filter(kept).map((e) => e.gid), forget);
-          await this.#db.finish('rollback', owned.filter((e) => !kept(e)).map((e) => e.gid), forget);
+          // As the history (which has taken this PROMOTE) decides: kept, or past the lsn kept, under a
+          // ROLLBACK in the kept history, or this node's own void writes. Still pending: written after
+          // this PROMOTE by its own leader, which replay after a crash meets here; left in the limbo.
+          const decided = (verdict: 'confirmed' | 'rolled-back'): string[] => owned.filter((e) => this.#history.verdict(record.prevOwner, e.lsn) === verdict).map((e) => e.gid);
+          await this.#db.finish('commit', decided('confirmed'), forget);
+          await this.#db.finish('rollback', decided('rolled-back'), forget);
         }
         {
           const ranges = this.#revived.splice(0);
@@ -306,15 +308,17 @@ export class NodeDriver<S, W> {
    * journal still holds their TXNs. Skips what is prepared or applied.
    */
   async #revive(ranges: readonly RevivedRange[]): Promise<void> {
+    if (ranges.length === 0) return;
+    // One pass over the journal from the lowest lsn of each owner concerned.
+    const lowest = new Map<ReplicaId, number>();
+    for (const r of ranges) lowest.set(r.owner, Math.min(lowest.get(r.owner) ?? Infinity, r.from));
+    const from = vclockFromEntries(vclockEntries(this.#journal.tailVclock).map(([replica, lsn]) => [replica, lowest.has(replica) ? (lowest.get(replica) as number) - 1 as Lsn : lsn] as const));
     let revived = 0;
-    for (const range of ranges) {
-      const from = vclockFromEntries([...vclockEntries(this.#journal.tailVclock).filter(([r]) => r !== range.owner), [range.owner, (range.from - 1) as Lsn]]);
-      for await (const record of this.#journal.cursor(from)) {
-        if (record.replica !== range.owner || record.kind !== 'txn') continue;
-        if (record.lsn > range.to) break;
-        if (!record.sync || record.changes.length === 0 || this.#history.verdict(record.replica, record.lsn) !== 'confirmed') continue;
-        if ((await this.#db.apply(record, { prepare: false, revive: true })) === 'applied') revived += 1;
-      }
+    for await (const record of this.#journal.cursor(from)) {
+      if (record.kind !== 'txn' || !record.sync || record.changes.length === 0) continue;
+      if (!ranges.some((r) => r.owner === record.replica && record.lsn >= r.from && record.lsn <= r.to)) continue;
+      if (this.#history.verdict(record.replica, record.lsn) !== 'confirmed') continue;
+      if ((await this.#db.apply(record, { prepare: false, revive: true })) === 'applied') revived += 1;
     }
     if (revived > 0) this.log.warn({ revived, ranges }, 'applied again entries rolled back too early: a later PROMOTE confirmed them');
   }
@@ -328,7 +332,7 @@ export class NodeDriver<S, W> {
    */
   #elect(event: ElectionEvent): void {
     if (this.#stopping) return;
-    if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.#term) this.#heard(event.from, event.message.vclock);
+    if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.term) this.#heard(event.from, event.message.vclock);
     const before = this.#election;
     const planted = this.#bugs.voteIgnoresVclock === true && event.kind === 'message' && event.message.type === 'vote';
     const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#journal.vclock });
@@ -361,7 +365,7 @@ export class NodeDriver<S, W> {
 
   #onAck(replica: ReplicaId, vclock: VClock, term: Term): void {
     // A newer term makes a leader a follower at once, and its ack counts for nothing (DESIGN.md §5).
-    if (term > this.#term) {
+    if (term > this.term) {
       this.#elect({ kind: 'term', term });
       return;
     }
@@ -376,7 +380,7 @@ export class NodeDriver<S, W> {
     const pending = this.#limbo?.entries.length ?? 0;
     this.#step({ kind: 'abandon' });
     this.#limbo = null;
-    this.log.warn({ term: this.#term, pending }, 'no longer the leader: sync writes refused from now on');
+    this.log.warn({ term: this.term, pending }, 'no longer the leader: sync writes refused from now on');
   }
 
   /**
@@ -478,7 +482,7 @@ export class NodeDriver<S, W> {
     if (!this.#writable) this.#elect({ kind: 'promote' });
     const deadline = this.#clock.nowMs() + 3 * this.config.electionTimeoutMs;
     await this.#until(() => this.#writable, () => !this.#stopping && this.#clock.nowMs() < deadline);
-    if (!this.#writable) throw new QsyncError('NOT_LEADER', `node ${this.#self} did not win the election within ${3 * this.config.electionTimeoutMs} ms (term ${this.#term}); see its log`, { term: this.#term });
+    if (!this.#writable) throw new QsyncError('NOT_LEADER', `node ${this.#self} did not win the election within ${3 * this.config.electionTimeoutMs} ms (term ${this.term}); see its log`, { term: this.term });
     return this.status();
   }
 
@@ -499,7 +503,7 @@ export class NodeDriver<S, W> {
     if (!this.#writable) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
     if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
     if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
-    const term = this.#term;
+    const term = this.term;
     const budgetMs = 3 * this.config.electionTimeoutMs;
     const deadline = this.#clock.nowMs() + budgetMs;
     const within = (): boolean => !this.#stopping && this.#clock.nowMs() < deadline && this.#election.term === term;
@@ -533,7 +537,7 @@ export class NodeDriver<S, W> {
       case 'confirm': {
         // A quorum holds these entries, so they are safe before CONFIRM is durable here: commit and
         // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
-        const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.#term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
+        const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
         void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
         void this.#db.finish('commit', action.gids, (gid) => {
           this.#prepared.delete(gid);
@@ -573,7 +577,7 @@ export class NodeDriver<S, W> {
     const sent = gids.filter((gid) => lsnOf(gid) <= this.#sentOwnLsn);
     const withheldFrom = unsent.length > 0 ? lsnOf(unsent[0] as string) as Lsn : undefined;
     const { lsn, durable } = this.#own.append((l) => ({
-      kind: 'rollback', replica: this.#self, lsn: l, term: this.#term, time: this.#now(), owner: this.#self, fromLsn,
+      kind: 'rollback', replica: this.#self, lsn: l, term: this.term, time: this.#now(), owner: this.#self, fromLsn,
       ...(withheldFrom === undefined ? {} : { withheldFromLsn: withheldFrom }),
     }));
     // At once, not when the record reaches the journal: no relay may send these TXNs in between.
@@ -651,11 +655,11 @@ export class NodeDriver<S, W> {
    * it in lsn order, and for a sync transaction wait until the limbo decides it.
    */
   async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
-    if (term !== null && term < this.#term) throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.#term})`);
+    if (term !== null && term < this.term) throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.term})`);
     await this.settled();
     // The term the fence checks this write under is the term its TXN carries, even if the node
     // learns a newer one while the write runs.
-    const writeTerm = this.#term;
+    const writeTerm = this.term;
     if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }
@@ -692,10 +696,10 @@ export class NodeDriver<S, W> {
         },
       }, work);
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
-      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.#term, this.#now());
+      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.term, this.#now());
       if (waiting !== null) await waiting;
     } catch (error) {
-      if (reserved !== null && !journaled) this.#own.release(reserved, this.#term, this.#now());
+      if (reserved !== null && !journaled) this.#own.release(reserved, this.term, this.#now());
       throw error;
     } finally {
       uncount();
@@ -713,7 +717,7 @@ export class NodeDriver<S, W> {
   async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }> {
     if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
     const name = await this.#db.setTableMode(table, mode);
-    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.#term, time: this.#now(), tables: { [name]: mode } }));
+    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), tables: { [name]: mode } }));
     await durable;
     this.#ownDurable();
     return { table: name, mode };
@@ -734,7 +738,7 @@ export class NodeDriver<S, W> {
 
   notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError {
     const leader = this.leaderAddress();
-    return new QsyncError(code, message, { term: this.#term, ...(leader === undefined ? {} : { leader }) });
+    return new QsyncError(code, message, { term: this.term, ...(leader === undefined ? {} : { leader }) });
   }
 }
 

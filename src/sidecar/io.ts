@@ -7,7 +7,7 @@ import type { ElectionMessage } from '../core/election.js';
 import type { Change, JournalRecord, TableMode } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
-import type { ApplyOutcome, JournalVerdict, LeaderOutcome, PreparedEntry, ReconcileReport } from '../postgres/index.js';
+import type { ApplyOutcome, LeaderOutcome, PreparedStore } from '../postgres/index.js';
 
 export interface Clock {
   /** Wall-clock milliseconds as this node sees them (the simulator gives each node its own drift). */
@@ -85,10 +85,7 @@ export interface NodeRow {
  * (durable, invisible until committed), the applied vclock. `S` is a client
  * session, `W` the work a write runs (statements, in production).
  */
-export interface Database<S, W> {
-  /** Make prepared transactions agree with the journal's verdicts (recovery). */
-  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport>;
-  listPrepared(): Promise<PreparedEntry[]>;
+export interface Database<S, W> extends PreparedStore {
   appliedVclock(): Promise<VClock>;
   /**
    * Apply a peer's (or replayed) record; idempotent by the applied vclock.
@@ -96,8 +93,6 @@ export interface Database<S, W> {
    * lsn is applied or prepared. Throws on a transient failure: the driver retries.
    */
   apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome>;
-  /** COMMIT or ROLLBACK PREPARED each gid (a missing one is already finished); `each` runs as each one is done. */
-  finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void>;
   /** Set a table's mode here; returns its qualified name. */
   setTableMode(table: string, mode: TableMode): Promise<string>;
   publish(row: NodeRow): Promise<void>;

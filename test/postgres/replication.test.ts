@@ -5,13 +5,15 @@
 // rows equal to the leader's or absent everywhere. Also: exactly-once apply,
 // reconciliation after a crash at each step, and last-writer-wins on async.
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { gidFor } from '../../src/core/gid.js';
 import { decodeRecord, encodeRecord, type TxnRecord } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import {
   Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
 } from '../../src/postgres/index.js';
+import { createLogger } from '../../src/log.js';
+import { PgDatabase } from '../../src/postgres/database.js';
 import { startNode, tableImage, type TestNode } from '../support/postgres.js';
 
 const CLUSTER = 'test';
@@ -202,6 +204,22 @@ describe('crashes', () => {
     expect((await sql.query(`SELECT name FROM items WHERE id = 3`)).rows[0]?.name).toBe('after crash');
   });
 
+  it('revives an entry rolled back too early: applied again below later applied lsns, exactly once (void ROLLBACK, simulator seed 19)', async () => {
+    const early = await leaderWrite(`INSERT INTO items (id, name) VALUES (500, 'rolled back too early')`);
+    const later = await leaderWrite(`INSERT INTO items (id, name) VALUES (501, 'later')`);
+    expect(await applier.apply(early, { prepare: true })).toBe('prepared');
+    await rollbackPrepared(follower.sql, early.gid); // the void ROLLBACK
+    expect(await applier.apply(later, { prepare: false })).toBe('applied'); // the applied vclock passes it
+    // A plain apply skips it (max lsn applied is past it); a revive applies it.
+    expect(await applier.apply(early, { prepare: false })).toBe('skipped');
+    expect(await applier.apply(early, { prepare: false, revive: true })).toBe('applied');
+    expect(await applier.apply(early, { prepare: false, revive: true })).toBe('skipped');
+    expect((await follower.sql.query(`SELECT name FROM items WHERE id = 500`)).rows).toEqual([{ name: 'rolled back too early' }]);
+    await both((n) => commitPrepared(n.sql, early.gid));
+    await both((n) => commitPrepared(n.sql, later.gid));
+    await expectSame('items', 'id');
+  });
+
   // A crash can stop the leader at any step of the write path. After restart,
   // reconcile() must make PostgreSQL agree with what the journal decided.
   it.each<[string, JournalVerdict | 'not prepared' | 'finished', boolean]>([
@@ -230,7 +248,10 @@ describe('crashes', () => {
     await leader.server.kill();
     await leader.server.start();
     const sql = await leader.reconnect();
-    const report = await reconcile(sql, CLUSTER, (entry) => (entry.gid === gid && verdict !== 'not prepared' && verdict !== 'finished' ? verdict : 'unknown'));
+    // The sidecar's own database handle, as recovery uses it.
+    const db = await PgDatabase.connect(leader.server.connectionString, CLUSTER, createLogger({ test: 'reconcile' }, undefined, 'silent'), async () => undefined);
+    onTestFinished(() => db.close());
+    const report = await reconcile(db, (entry) => (entry.gid === gid && verdict !== 'not prepared' && verdict !== 'finished' ? verdict : 'unknown'));
     expect(report).toEqual({
       committed: verdict === 'confirmed' ? [gid] : [],
       rolledBack: verdict === 'unknown' || verdict === 'rolled-back' ? [gid] : [],
@@ -239,7 +260,7 @@ describe('crashes', () => {
     expect((await sql.query(`SELECT count(*)::int AS n FROM items WHERE id = $1`, [id])).rows).toEqual([{ n: visible ? 1 : 0 }]);
     if (verdict === 'pending') {
       // Still in the limbo; a later verdict resolves it.
-      expect(await reconcile(sql, CLUSTER, () => 'rolled-back')).toMatchObject({ rolledBack: [gid] });
+      expect(await reconcile(db, () => 'rolled-back')).toMatchObject({ rolledBack: [gid] });
     }
     expect(await listPrepared(sql, CLUSTER)).toEqual([]);
   });

@@ -1,6 +1,7 @@
 // npm run sim -- --seed N [--bug NAME]         replay one seed, print its trace
 // npm run sim -- --seeds 1000 [--from S]       run many seeds: progress bar, then a summary
 // npm run sim -- --bug NAME --seeds 200        how soon a planted bug is caught
+// SIM_WATCH=w123 (a write) or SIM_WATCH=:3:293 (a gid's end) adds every PostgreSQL decision on it to the trace.
 import { parseArgs } from 'node:util';
 import { PLANTED_BUGS, simulate, type PlantedBug, type SimResult } from './world.js';
 

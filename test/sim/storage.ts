@@ -8,7 +8,7 @@ import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
 import { parseGid } from '../../src/core/gid.js';
-import type { ApplyOutcome, JournalVerdict, LeaderOutcome, PreparedEntry, ReconcileReport } from '../../src/postgres/index.js';
+import type { ApplyOutcome, LeaderOutcome, PreparedEntry } from '../../src/postgres/index.js';
 import type { Database, JournalStore, NodeRow, WriteContext } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 
@@ -36,7 +36,7 @@ export class SimJournal implements JournalStore {
   readonly raft: { term: number; vote: number } | null = null;
   #pending: Pending[] = [];
   #flushing = false;
-  /** Planted bug switch (world.ts): appends resolve before the disk has them. */
+  /** How long the next group commit's fsync takes. */
   readonly #fsyncMs: () => number;
 
   constructor(disk: SimDisk, scheduler: Scheduler, life: Life, rng: Rng, fsyncMs: () => number) {
@@ -246,23 +246,6 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     if (this.#rng.chance(this.#failureRate)) throw pgError('40P01', `simulated transient failure in ${what}`);
   }
 
-  reconcile(verdict: (entry: PreparedEntry) => JournalVerdict): Promise<ReconcileReport> {
-    const committed: string[] = [];
-    const rolledBack: string[] = [];
-    const kept: string[] = [];
-    for (const entry of this.#list()) {
-      const v = verdict(entry);
-      if (v === 'confirmed') {
-        if (this.#pg.commit(entry.gid)) committed.push(entry.gid);
-      } else if (v === 'pending') {
-        kept.push(entry.gid);
-      } else if (this.#pg.rollback(entry.gid)) {
-        rolledBack.push(entry.gid);
-      }
-    }
-    return this.#answer({ committed, rolledBack, kept });
-  }
-
   #list(): PreparedEntry[] {
     const entries: PreparedEntry[] = [];
     for (const gid of this.#pg.prepared.keys()) {
@@ -294,12 +277,11 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     return this.#answer('applied');
   }
 
-  async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string) => void): Promise<void> {
+  async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
     for (const gid of gids) {
-      if (verb === 'commit') this.#pg.commit(gid);
-      else this.#pg.rollback(gid);
+      const finished = verb === 'commit' ? this.#pg.commit(gid) : this.#pg.rollback(gid);
       await this.#answer(undefined);
-      each?.(gid);
+      each?.(gid, finished);
     }
   }
 
@@ -333,7 +315,9 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     await context.journal({ lsn, gid, time, sync, changes });
     // The session died with the sidecar: PostgreSQL rolled the transaction back; replay applies the journaled TXN.
     if (!this.#life.alive) return new Promise(() => undefined);
-    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, false);
+    // Judged by last-writer-wins too: in PostgreSQL the local write holds the row's lock, so a peer's
+    // write applied meanwhile waits for this commit and is then judged against its version; the same end.
+    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true);
     return { kind: 'committed', lsn, gid, changes };
   }
 

@@ -13,7 +13,6 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import type { ElectionMessage } from '../../src/core/election.js';
 import { QsyncError } from '../../src/core/errors.js';
-import type { ReplicaId } from '../../src/core/types.js';
 import { configSchema, type SidecarConfig } from '../../src/sidecar/config.js';
 import { NodeDriver } from '../../src/sidecar/driver.js';
 import type { Clock, PlantedBugs } from '../../src/sidecar/io.js';
@@ -399,7 +398,7 @@ class World {
 
   // ---- invariants ------------------------------------------------------------------
 
-  #sent(from: number, _to: number, message: ElectionMessage): void {
+  #sent(from: number, to: number, message: ElectionMessage): void {
     // What a message tells its receiver is durable on the sender (DESIGN.md §6): its term, and a vote it grants.
     const pre = (message.type === 'vote' || message.type === 'voteReply') && message.pre;
     if (!pre) {
@@ -407,9 +406,9 @@ class World {
       if (message.term > told.term) this.#told.set(from, { term: message.term, vote: 0 });
     }
     if (message.type !== 'voteReply' || !message.granted || message.pre) return;
-    this.#told.set(from, { term: message.term, vote: _to });
+    this.#told.set(from, { term: message.term, vote: to });
     const key = `${from}:${message.term}`;
-    const candidate = _to;
+    const candidate = to;
     const earlier = this.#votes.get(key);
     if (earlier !== undefined && earlier !== candidate) this.#fail(`node ${from} voted twice in term ${message.term}: for ${earlier} and for ${candidate}`);
     this.#votes.set(key, candidate);
@@ -496,4 +495,3 @@ class World {
   }
 }
 
-export type { ReplicaId };
