@@ -15,15 +15,23 @@
 // PROMOTE commit what is still pending. This node's own sync writes made
 // after a PROMOTE deposed it, until it next writes a PROMOTE, are void.
 //
+// A peer's limbo record from a term older than the limbo's is stale (a leader
+// deposed while it wrote, heard only now): it is journaled, so the writer's
+// stream goes on, but it decides nothing. A stale CONFIRM, ROLLBACK or
+// PROMOTE is ignored; a stale sync TXN is rolled back unless a PROMOTE kept
+// it. Why that is safe: docs/rfc/0003-stale-records.md.
+//
 // Mutable and pure: no I/O, no clock; recovery folds thousands of records.
 import type { JournalRecord } from './record.js';
 import type { Lsn, ReplicaId, Term } from './types.js';
-import type { WithheldRange } from './withheld.js';
+import { isSynchro, type WithheldRange } from './withheld.js';
 
 interface RolledBack {
   readonly from: number;
   /** Exclusive: the ROLLBACK record's own lsn (or one past the owner's last entry, for a PROMOTE). */
   readonly until: number;
+  /** A stale TXN's: no record decided it, so a later PROMOTE that keeps it voids it. */
+  readonly voidable?: true;
 }
 
 export type HistoryVerdict = 'confirmed' | 'rolled-back' | null;
@@ -42,6 +50,8 @@ export class LimboHistory {
   /** Standing rollbacks by owner. */
   readonly #rolledBack = new Map<number, RolledBack[]>();
   #withheld: WithheldRange[] = [];
+  /** Stale records ignored, by replica:lsn (rare: one per deposed leader's in-flight record). */
+  readonly #ignored = new Set<string>();
 
   constructor(self: ReplicaId) {
     this.self = self;
@@ -64,6 +74,14 @@ export class LimboHistory {
    * applies them again from its journal.
    */
   apply(record: JournalRecord): RevivedRange[] {
+    if (this.isStale(record)) {
+      if (record.kind === 'txn') {
+        if (this.verdict(record.replica, record.lsn) === null) this.#rollBack(record.replica, record.lsn, record.lsn + 1, true);
+      } else if (record.kind !== 'config') {
+        this.#ignored.add(`${record.replica}:${record.lsn}`);
+      }
+      return [];
+    }
     if (record.kind === 'promote') return this.#promote(record);
     switch (record.kind) {
       case 'confirm':
@@ -88,6 +106,16 @@ export class LimboHistory {
     if (!this.#withheld.some((r) => r.from === range.from && r.reason === range.reason)) this.#withheld.push(range);
   }
 
+  /** A peer's limbo record from a term older than the limbo's: taken, but it decides nothing. */
+  isStale(record: JournalRecord): boolean {
+    return record.replica !== this.self && isSynchro(record) && record.term < this.#synchro.term;
+  }
+
+  /** A stale CONFIRM, ROLLBACK, PROMOTE or DEMOTE this history took without effect: apply must skip it too. */
+  ignored(record: JournalRecord): boolean {
+    return this.#ignored.size > 0 && this.#ignored.has(`${record.replica}:${record.lsn}`);
+  }
+
   /** What the history decided about an owner's entry so far; null: still pending. */
   verdict(replica: ReplicaId, lsn: Lsn): HistoryVerdict {
     if ((this.#rolledBack.get(replica) ?? []).some((r) => lsn >= r.from && lsn < r.until)) return 'rolled-back';
@@ -95,16 +123,16 @@ export class LimboHistory {
     return lsn <= (this.#confirmed.get(replica) ?? 0) ? 'confirmed' : null;
   }
 
-  #rollBack(owner: number, from: number, until: number): void {
-    this.#rolledBack.set(owner, [...(this.#rolledBack.get(owner) ?? []), { from, until }]);
+  #rollBack(owner: number, from: number, until: number, voidable = false): void {
+    this.#rolledBack.set(owner, [...(this.#rolledBack.get(owner) ?? []), { from, until, ...(voidable ? { voidable } : {}) }]);
   }
 
   #promote(record: JournalRecord & { kind: 'promote' }): RevivedRange[] {
     const prev = record.prevOwner;
     const ranges = this.#rolledBack.get(prev) ?? [];
-    const revived = ranges.filter((r) => r.until > record.prevLsn && r.from <= record.prevLsn)
-      .map((r) => ({ owner: prev, from: r.from as Lsn, to: Math.min(r.until - 1, record.prevLsn) as Lsn }));
-    this.#rolledBack.set(prev, ranges.filter((r) => r.until <= record.prevLsn));
+    const voided = (r: RolledBack): boolean => r.from <= record.prevLsn && (r.until > record.prevLsn || r.voidable === true);
+    const revived = ranges.filter(voided).map((r) => ({ owner: prev, from: r.from as Lsn, to: Math.min(r.until - 1, record.prevLsn) as Lsn }));
+    this.#rolledBack.set(prev, ranges.filter((r) => !voided(r) && r.until <= record.prevLsn));
     // Everything of prev past the lsn kept, including entries that reach this node only later (written
     // by prev before it learned it was deposed), until prev itself writes a PROMOTE.
     if (prev !== 0) this.#rollBack(prev, record.prevLsn + 1, Number.MAX_SAFE_INTEGER);

@@ -28,7 +28,7 @@ import { limits } from '../core/limits.js';
 import type { JournalRecord, TableMode } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
 import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
-import { emptied, isSynchro, isWithheld } from '../core/withheld.js';
+import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
@@ -203,11 +203,11 @@ export class NodeDriver<S, W> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
     // A duplicate from another relay: done when everything before it is.
     if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
-    const synchro = this.#history.synchro;
-    if (isSynchro(record) && record.term < synchro.term) {
+    if (this.#history.isStale(record)) {
+      // Journaled, so the writer's later records still arrive; decides nothing (docs/rfc/0003-stale-records.md).
       this.splitBrainRecords += 1;
-      this.log.error({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term }, 'split-brain: a limbo record from an older term refused; closing the link');
-      return Promise.reject(new QsyncError('STALE_TERM', `split-brain: ${record.kind} ${record.replica}:${record.lsn} has term ${record.term}, older than the limbo's term ${synchro.term} (owner ${synchro.owner})`));
+      const synchro = this.#history.synchro;
+      this.log.warn({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term, owner: synchro.owner }, 'split-brain: a limbo record from an older term taken without effect');
     }
     this.#revived.push(...this.#history.apply(record));
     this.#hybrid = Math.max(this.#hybrid, record.time);
@@ -244,6 +244,7 @@ export class NodeDriver<S, W> {
 
   /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
   async #apply(record: JournalRecord): Promise<void> {
+    if (this.#history.ignored(record)) return;
     const forget = (gid: string): void => {
       this.#prepared.delete(gid);
     };

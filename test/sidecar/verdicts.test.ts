@@ -31,6 +31,9 @@ const promote = (replica: number, lsn: number, term: number, prevOwner: number, 
 const rollback = (replica: number, lsn: number, term: number, fromLsn: number): JournalRecord => ({
   kind: 'rollback', replica: replica as ReplicaId, lsn: lsn as Lsn, term: term as Term, time: 0, owner: replica as ReplicaId, fromLsn: fromLsn as Lsn,
 });
+const confirm = (replica: number, lsn: number, term: number, confirmedLsn: number): JournalRecord => ({
+  kind: 'confirm', replica: replica as ReplicaId, lsn: lsn as Lsn, term: term as Term, time: 0, owner: replica as ReplicaId, confirmedLsn: confirmedLsn as Lsn,
+});
 const verdictOf = async (replica: number, lsn: number): Promise<string> => (await readVerdicts(journal, ME)).verdict({ replica: replica as ReplicaId, lsn: lsn as Lsn });
 
 describe('journal verdicts under elections', () => {
@@ -82,5 +85,36 @@ describe('journal verdicts under elections', () => {
     // Rolled back in PostgreSQL on the ROLLBACK, confirmed by the PROMOTE: applied again from the journal.
     expect(verdicts.revived).toEqual([{ owner: 2, from: 2, to: 3 }]);
     expect(await verdictOf(2, 2)).toBe('confirmed');
+  });
+
+  it('a stale entry is rolled back, and a later PROMOTE that keeps it revives it (simulator seed 301)', async () => {
+    for (const r of [
+      promote(2, 1, 5, 0, 0),
+      promote(1, 1, 6, 2, 1), // node 1 deposes node 2 without its entry 2
+      sync(2, 2, 5), // node 2's entry, arriving after a PROMOTE of a newer term: stale
+      promote(3, 1, 7, 2, 2), // node 3 never saw node 1's PROMOTE and keeps node 2's entry 2
+    ]) await journal.append(r);
+    const verdicts = await readVerdicts(journal, ME);
+    expect(verdicts.revived).toEqual([{ owner: 2, from: 2, to: 2 }]);
+    expect(await verdictOf(2, 2)).toBe('confirmed');
+  });
+
+  it('a stale CONFIRM, ROLLBACK or PROMOTE is journaled but decides nothing; a stale entry no PROMOTE kept is rolled back', async () => {
+    const records = [
+      promote(2, 1, 1, 0, 0), sync(2, 2, 1),
+      promote(3, 1, 3, 2, 2), // term 3: node 3 keeps node 2's entry 2
+      promote(4, 1, 2, 2, 1), // term 2, never heard by node 3: stale, must not roll back node 2's entry 2
+      sync(4, 2, 2), // stale and pending nowhere: rolled back
+      confirm(4, 3, 2, 2), // stale: cannot confirm it
+      rollback(3, 2, 1, 1), // stale (term 1 < 3): cannot roll back anything
+      sync(3, 3, 3),
+    ];
+    for (const r of records) await journal.append(r);
+    const { history } = await readVerdicts(journal, ME);
+    expect(records.map((r) => history.ignored(r))).toEqual([false, false, false, true, false, true, true, false]);
+    expect(history.synchro).toEqual({ owner: 3, term: 3 });
+    expect(await verdictOf(2, 2)).toBe('confirmed');
+    expect(await verdictOf(4, 2)).toBe('rolled-back');
+    expect(await verdictOf(3, 3)).toBe('pending');
   });
 });

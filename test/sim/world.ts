@@ -213,8 +213,9 @@ class World {
     node.journal = journal;
     const log = pino({ level: 'warn', base: { n: node.id } }, new Writable({
       write: (chunk: Buffer, _encoding, done) => {
-        const line = JSON.parse(chunk.toString()) as { msg?: string; err?: string };
-        if (life.alive) this.#note(`n${node.id} ${line.msg ?? ''}${line.err === undefined ? '' : `: ${line.err}`}`);
+        const line = JSON.parse(chunk.toString()) as { msg?: string; err?: string; kind?: string; replica?: number; lsn?: number; term?: number };
+        const record = line.kind === undefined ? '' : ` (${line.kind} ${line.replica}:${line.lsn} term ${line.term})`;
+        if (life.alive) this.#note(`n${node.id} ${line.msg ?? ''}${record}${line.err === undefined ? '' : `: ${line.err}`}`);
         done();
       },
     }));
