@@ -1,6 +1,8 @@
 // `qsync`: the command-line entry point. An unknown command or a bad setting
 // is a clear error with exit code 2; a failure to start is exit code 1.
 import { readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { adminRequest } from '../admin/server.js';
 import { connect } from '../client/index.js';
@@ -8,14 +10,19 @@ import { QsyncError } from '../core/errors.js';
 import { createLogger } from '../log.js';
 import { ConfigError, gatherConfig, SETTINGS, validateConfig } from '../sidecar/config.js';
 import { SidecarNode } from '../sidecar/node.js';
+import { CLUSTER_FILE, serveControl } from '../drill/target.js';
 import { startLocalCluster } from './cluster.js';
+import { drill, DRILL_USAGE } from './drill.js';
 
 const usage = `qsync: quorum-synchronous replication for PostgreSQL
 
 usage: qsync <command> [options]
 
 commands:
-  cluster up   start a local 3-node cluster on embedded PostgreSQL (Ctrl-C stops it)
+  cluster up [--dir D]  start a local 3-node cluster on embedded PostgreSQL (Ctrl-C stops it);
+               data in D (default .qsync/cluster), with link proxies and a fault-injection
+               control port on loopback for drills
+${DRILL_USAGE}
   start        run one sidecar next to a PostgreSQL server (settings below)
   table <sync|async|local> <table> [--node host:port] [--user U] [--password P]
                set a table's mode on every node, through the leader; the role must own the table
@@ -98,21 +105,28 @@ async function admin(command: 'status' | 'promote' | 'demote' | 'transfer', argv
   }
 }
 
-async function clusterUp(): Promise<void> {
+async function clusterUp(argv: readonly string[]): Promise<void> {
+  const { values } = parseArgs({ args: [...argv], options: { dir: { type: 'string', default: '.qsync/cluster' } } });
   console.log('starting 3 PostgreSQL servers and 3 sidecars...');
   const cluster = await startLocalCluster({
-    dir: '.qsync/cluster',
+    dir: values.dir,
+    proxies: true,
     tables: [{ ddl: 'CREATE TABLE IF NOT EXISTS demo (id bigint PRIMARY KEY, note text)', name: 'demo', mode: 'sync' }],
   });
+  const stopControl = await serveControl(cluster, values.dir);
   const leader = await cluster.leader();
   for (const node of cluster.nodes) {
     console.log(`node ${node.replica}${node === leader ? ' (leader)' : '         '}  client ${node.clientAddress}  admin ${node.adminAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
   }
   console.log(`\ntable demo is sync. From the client library:\n  const db = await connect(${JSON.stringify(cluster.clientAddresses)}, ${JSON.stringify(cluster.credentials)});\n  await db.execute([["INSERT INTO demo VALUES ($1, $2)", [1, 'hello']]]);`);
+  console.log(`\nRehearse a failover: qsync drill kill-leader${values.dir === '.qsync/cluster' ? '' : ` --cluster-dir ${values.dir}`}`);
   console.log('Ctrl-C stops the cluster.');
   const stop = (): void => {
     console.log('\nstopping...');
-    void cluster.stop().then(() => process.exit(0));
+    void stopControl()
+      .then(() => rm(join(values.dir, CLUSTER_FILE), { force: true }))
+      .then(() => cluster.stop())
+      .then(() => process.exit(0));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
@@ -137,7 +151,10 @@ switch (command) {
       console.error(`qsync cluster: unknown subcommand '${rest[0] ?? ''}'; try: qsync cluster up`);
       process.exit(2);
     }
-    await clusterUp();
+    await clusterUp(rest.slice(1));
+    break;
+  case 'drill':
+    process.exitCode = await drill(rest);
     break;
   case 'version':
   case '--version':

@@ -74,17 +74,19 @@ class Connection {
   readonly address: string;
   readonly #link: FramedLink<ClientResponse, ClientRequest>;
   readonly #pending = new Map<number, Pending>();
+  readonly #requestTimeoutMs: number;
   #nextId = 1;
 
-  private constructor(address: string, link: FramedLink<ClientResponse, ClientRequest>) {
+  private constructor(address: string, link: FramedLink<ClientResponse, ClientRequest>, requestTimeoutMs: number) {
     this.address = address;
     this.#link = link;
+    this.#requestTimeoutMs = requestTimeoutMs;
     void this.#read();
   }
 
   /** Open and authenticate. */
-  static async open(address: string, credentials: Credentials, timeoutMs: number): Promise<Connection> {
-    const connection = await Connection.#connect(address, timeoutMs);
+  static async open(address: string, credentials: Credentials, timeoutMs: number, requestTimeoutMs: number): Promise<Connection> {
+    const connection = await Connection.#connect(address, timeoutMs, requestTimeoutMs);
     try {
       await connection.request((id) => ({ id, op: 'auth', user: credentials.user, password: credentials.password }));
     } catch (error) {
@@ -94,14 +96,14 @@ class Connection {
     return connection;
   }
 
-  static #connect(address: string, timeoutMs: number): Promise<Connection> {
+  static #connect(address: string, timeoutMs: number, requestTimeoutMs: number): Promise<Connection> {
     const [host, port] = splitAddress(address);
     return new Promise((resolve, reject) => {
       const socket = netConnect({ host, port });
       const timer = setTimeout(() => socket.destroy(new Error(`connecting to ${address} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('connect', () => {
         clearTimeout(timer);
-        resolve(new Connection(address, new FramedLink(socket, createLogger({ client: address }, undefined, 'warn'), { decode: decodeResponse, encode: encodeRequest })));
+        resolve(new Connection(address, new FramedLink(socket, createLogger({ client: address }, undefined, 'warn'), { decode: decodeResponse, encode: encodeRequest }), requestTimeoutMs));
       });
       socket.once('error', (error) => {
         clearTimeout(timer);
@@ -115,7 +117,7 @@ class Connection {
    * `timeoutMs` (a frozen process keeps its sockets open) costs the whole
    * connection: every request on it fails as if the connection were lost.
    */
-  request(make: (id: number) => ClientRequest, timeoutMs = REQUEST_TIMEOUT_MS): Promise<unknown> {
+  request(make: (id: number) => ClientRequest, timeoutMs = this.#requestTimeoutMs): Promise<unknown> {
     const request = make(this.#nextId++);
     const answered = new Promise((resolve, reject) => {
       this.#pending.set(request.id, { resolve, reject, op: request.op });
@@ -179,12 +181,19 @@ export interface ConnectOptions extends Credentials {
   readonly timeoutMs?: number;
   /** How long a write looks for a leader during an election or after losing its node; default 10000. */
   readonly leaderWaitMs?: number;
+  /**
+   * How long a request waits for its answer before the connection is given
+   * up (a frozen node keeps its sockets open); a write that times out has an
+   * unknown outcome. Default 60000.
+   */
+  readonly requestTimeoutMs?: number;
 }
 
 export class Db {
   readonly #addresses: readonly string[];
   readonly #timeoutMs: number;
   readonly #leaderWaitMs: number;
+  readonly #requestTimeoutMs: number;
   readonly #credentials: Credentials;
   #connection: Connection;
 
@@ -194,6 +203,7 @@ export class Db {
     this.#credentials = { user: options.user, password: options.password };
     this.#timeoutMs = options.timeoutMs ?? 5_000;
     this.#leaderWaitMs = options.leaderWaitMs ?? 10_000;
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
   }
 
   /** The node this client talks to. */
@@ -284,7 +294,7 @@ export class Db {
     const errors: string[] = [];
     for (const address of order) {
       try {
-        const connection = await Connection.open(address, this.#credentials, this.#timeoutMs);
+        const connection = await Connection.open(address, this.#credentials, this.#timeoutMs, this.#requestTimeoutMs);
         this.#connection.close();
         this.#connection = connection;
         return;
@@ -334,7 +344,7 @@ export async function connect(addresses: string | readonly string[], options: Co
   const errors: string[] = [];
   for (const address of list) {
     try {
-      return new Db(list, await Connection.open(address, options, timeoutMs), options);
+      return new Db(list, await Connection.open(address, options, timeoutMs, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS), options);
     } catch (error) {
       // Wrong credentials are final: another node would refuse them too.
       if (error instanceof QsyncClientError && error.code === 'AUTH') throw error;

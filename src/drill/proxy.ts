@@ -1,66 +1,66 @@
-// A TCP proxy on one peer link, for partitions: while cut, it closes every
-// connection through it and accepts none (the nodes see a dead network, not
-// a refusal). Drills and the end-to-end tests put one in front of each
-// directed link (node i's connection to node j).
+// A TCP proxy on one directed peer link (node i's connection to node j), for
+// drills and the end-to-end tests: the machines cannot be trusted to let
+// iptables cut a cluster's own loopback traffic, so partitions happen here.
+//
+//   none       bytes pass both ways
+//   drop       every connection is reset and new ones refused (a dead host
+//              answering with RST)
+//   blackhole  connections stay open but bytes stop, in one direction or
+//              both; held bytes are never discarded (TCP does not lose
+//              bytes), and on heal a connection that was held is reset, as
+//              TCP gives up on a long silence
+//   delay      each chunk is forwarded `ms` later, in order
+//
+// `forward` is the dialling node's traffic to the dialled one; `backward` the
+// answer.
 import { connect, createServer, type Server, type Socket } from 'node:net';
-import { FRAME_HEADER_BYTES } from '../journal/frame.js';
 import { listen } from '../net/listen.js';
 
-/** One connection's traffic toward the dialling node: an incomplete frame held back, forged frames waiting. */
-interface Downstream {
-  readonly socket: Socket;
-  partial: Buffer;
-  injected: Uint8Array[];
-}
+export type LinkFault =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'drop' }
+  | { readonly kind: 'blackhole'; readonly direction: 'both' | 'forward' | 'backward' }
+  | { readonly kind: 'delay'; readonly ms: number };
 
-/** Write forged frames while no real frame is half sent. */
-function flush(downstream: Downstream): void {
-  if (downstream.partial.length > 0) return;
-  for (const frame of downstream.injected) downstream.socket.write(frame);
-  downstream.injected = [];
+interface Pair {
+  readonly inbound: Socket;
+  readonly outbound: Socket;
+  /** Bytes were held on this connection: reset it on heal. */
+  held: boolean;
 }
 
 export class LinkProxy {
   readonly #server: Server;
-  readonly #sockets = new Set<Socket>();
-  /** The connecting side of each open connection (the node that dialled). */
-  readonly #inbound = new Set<Downstream>();
-  #cut = false;
+  readonly #pairs = new Set<Pair>();
+  #fault: LinkFault = { kind: 'none' };
   port = 0;
 
   /** `target` is read at each connection: the port behind may change (a restarted cluster). */
   constructor(target: () => { host: string; port: number }) {
     this.#server = createServer((inbound) => {
-      if (this.#cut) {
+      if (this.#fault.kind === 'drop') {
         inbound.destroy();
         return;
       }
-      const outbound = connect(target());
-      const downstream: Downstream = { socket: inbound, partial: Buffer.alloc(0), injected: [] };
-      this.#inbound.add(downstream);
-      inbound.on('close', () => this.#inbound.delete(downstream));
-      for (const [a, b] of [[inbound, outbound], [outbound, inbound]] as const) {
-        this.#sockets.add(a);
-        a.on('error', () => b.destroy());
-        a.on('close', () => {
-          this.#sockets.delete(a);
-          b.destroy();
+      const pair: Pair = { inbound, outbound: connect(target()), held: false };
+      this.#pairs.add(pair);
+      for (const [from, to, direction] of [[pair.inbound, pair.outbound, 'forward'], [pair.outbound, pair.inbound, 'backward']] as const) {
+        from.on('error', () => to.destroy());
+        from.on('close', () => {
+          this.#pairs.delete(pair);
+          to.destroy();
+        });
+        from.on('data', (chunk: Buffer) => {
+          const fault = this.#fault;
+          if (fault.kind === 'delay') {
+            setTimeout(() => to.write(chunk), fault.ms);
+            return;
+          }
+          to.write(chunk);
+          if (this.#holds(direction)) this.#hold(pair);
         });
       }
-      inbound.pipe(outbound);
-      // Toward the dialling node, whole frames at a time, so a forged frame lands between two real ones.
-      outbound.on('data', (chunk: Buffer) => {
-        downstream.partial = Buffer.concat([downstream.partial, chunk]);
-        let at = 0;
-        while (downstream.partial.length - at >= FRAME_HEADER_BYTES) {
-          const total = FRAME_HEADER_BYTES + downstream.partial.readUInt32BE(at);
-          if (downstream.partial.length - at < total) break;
-          at += total;
-        }
-        if (at > 0) inbound.write(downstream.partial.subarray(0, at));
-        downstream.partial = downstream.partial.subarray(at);
-        flush(downstream);
-      });
+      if (this.#fault.kind === 'blackhole') this.#hold(pair);
     });
   }
 
@@ -71,37 +71,55 @@ export class LinkProxy {
 
   /** Connections open through this proxy now. */
   get connections(): number {
-    return this.#inbound.size;
+    return this.#pairs.size;
+  }
+
+  get fault(): LinkFault {
+    return this.#fault;
   }
 
   get isCut(): boolean {
-    return this.#cut;
+    return this.#fault.kind === 'drop' || this.#fault.kind === 'blackhole';
   }
 
-  /** Drop every connection and refuse new ones until heal(). */
-  cut(): void {
-    this.#cut = true;
-    for (const socket of this.#sockets) socket.destroy();
-  }
-
-  /**
-   * Send a frame to the dialling node as if the far side sent it (a forgery),
-   * between two of the far side's frames. Returns the connections hit.
-   */
-  inject(bytes: Uint8Array): number {
-    for (const downstream of this.#inbound) {
-      downstream.injected.push(bytes);
-      flush(downstream);
+  /** Set the link's fault; `none` heals it. */
+  set(fault: LinkFault): void {
+    if (fault.kind === 'delay' && !(Number.isFinite(fault.ms) && fault.ms >= 0)) throw new RangeError(`a link delay must be a number of ms >= 0, got ${fault.ms}`);
+    const wasHeld = this.#fault.kind === 'blackhole';
+    this.#fault = fault;
+    if (fault.kind === 'drop') {
+      for (const pair of this.#pairs) pair.inbound.destroy();
+      return;
     }
-    return this.#inbound.size;
+    for (const pair of this.#pairs) {
+      if (fault.kind === 'blackhole') this.#hold(pair);
+      else if (wasHeld && pair.held) pair.inbound.destroy();
+    }
+  }
+
+  /** Reset every connection and refuse new ones until heal(). */
+  cut(): void {
+    this.set({ kind: 'drop' });
   }
 
   heal(): void {
-    this.#cut = false;
+    this.set({ kind: 'none' });
   }
 
   close(): Promise<void> {
     this.cut();
     return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #holds(direction: 'forward' | 'backward'): boolean {
+    const fault = this.#fault;
+    return fault.kind === 'blackhole' && (fault.direction === 'both' || fault.direction === direction);
+  }
+
+  /** Stop reading the held directions: their bytes wait in the kernel's buffers, as unacknowledged TCP segments do. */
+  #hold(pair: Pair): void {
+    if (this.#holds('forward')) pair.inbound.pause();
+    if (this.#holds('backward')) pair.outbound.pause();
+    pair.held = true;
   }
 }

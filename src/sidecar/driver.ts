@@ -84,6 +84,8 @@ export class NodeDriver<S, W> {
   readonly #peerVclocks = new Map<ReplicaId, VClock>();
   /** Records refused for an older term (split-brain), since start. */
   splitBrainRecords = 0;
+  /** Prepared transactions of a previous owner that PROMOTEs applied here committed and rolled back (since start). */
+  readonly promoted = { committed: 0, rolledBack: 0 };
   #limbo: LimboState | null = null;
   #applied: VClock;
   #queue: Promise<void> = Promise.resolve();
@@ -285,8 +287,12 @@ export class NodeDriver<S, W> {
           // ROLLBACK in the kept history, or this node's own void writes. Still pending: written after
           // this PROMOTE by its own leader, which replay after a crash meets here; left in the limbo.
           const decided = (verdict: 'confirmed' | 'rolled-back'): string[] => owned.filter((e) => this.#history.verdict(record.prevOwner, e.lsn) === verdict).map((e) => e.gid);
-          await this.#db.finish('commit', decided('confirmed'), forget);
-          await this.#db.finish('rollback', decided('rolled-back'), forget);
+          const commit = decided('confirmed');
+          const rollback = decided('rolled-back');
+          await this.#db.finish('commit', commit, forget);
+          this.promoted.committed += commit.length;
+          await this.#db.finish('rollback', rollback, forget);
+          this.promoted.rolledBack += rollback.length;
         }
         {
           const ranges = this.#revived.splice(0);
@@ -467,7 +473,7 @@ export class NodeDriver<S, W> {
       replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
       leaderAddress: this.leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
       limbo: { owner: this.#history.synchro.owner, term: this.#history.synchro.term, pending: this.#limbo?.entries.length ?? 0 },
-      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords,
+      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
       peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#transport.connected(p.replica as ReplicaId), vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
     };
   }
@@ -540,10 +546,10 @@ export class NodeDriver<S, W> {
         // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
         const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
         void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
-        void this.#db.finish('commit', action.gids, (gid) => {
+        this.#finishUntilDone('commit', action.gids, (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, null);
-        }).catch((error: unknown) => this.#fatal('confirming', error));
+        });
         return;
       }
       case 'rollback':
@@ -551,10 +557,10 @@ export class NodeDriver<S, W> {
         return;
       case 'rolledBack':
         // A quorum holds the ROLLBACK: no new leader can commit these any more.
-        void this.#db.finish('rollback', action.gids, (gid) => {
+        this.#finishUntilDone('rollback', action.gids, (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
-        }).catch((error: unknown) => this.#fatal('rolling back', error));
+        });
         return;
       case 'unknown':
         for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
@@ -587,11 +593,11 @@ export class NodeDriver<S, W> {
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
       this.#ownDurable();
-      await this.#db.finish('rollback', unsent, (gid) => {
+      this.#finishUntilDone('rollback', unsent, (gid) => {
         this.#prepared.delete(gid);
         this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
       });
-    }).catch((error: unknown) => this.#fatal('rolling back', error));
+    }).catch((error: unknown) => this.#fatal('journaling ROLLBACK', error));
     if (sent.length === 0) return;
     this.#clock.after(this.config.synchroTimeoutMs, () => {
       for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
@@ -611,10 +617,10 @@ export class NodeDriver<S, W> {
     if (record.kind !== 'txn' || !record.sync) return;
     if (isWithheld(this.#history.withheld, record)) {
       // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
-      void this.#db.finish('rollback', [record.gid], (gid) => {
+      this.#finishUntilDone('rollback', [record.gid], (gid) => {
         this.#prepared.delete(gid);
         this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: node ${this.#self} had been deposed by a new leader when it was written`));
-      }).catch((error: unknown) => this.#fatal('rolling back a void transaction', error));
+      });
       return;
     }
     if (this.#limbo === null) {
@@ -635,6 +641,36 @@ export class NodeDriver<S, W> {
     this.#waiters.delete(gid);
     if (error === null) waiter.resolve();
     else waiter.reject(error);
+  }
+
+  /**
+   * COMMIT or ROLLBACK PREPARED of decided entries, retried until PostgreSQL
+   * takes it: the journal holds the decision, so a PostgreSQL crash costs
+   * time, not the node. A leader whose PostgreSQL fails here steps down, so
+   * that a node with a working PostgreSQL takes the writes; its clients wait
+   * for the retry (or time out with an unknown outcome).
+   */
+  #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void): void {
+    if (gids.length === 0) return;
+    void (async () => {
+      const left = new Set(gids);
+      for (let attempt = 1; !this.#stopping; attempt += 1) {
+        try {
+          await this.#db.finish(verb, [...left], (gid) => {
+            left.delete(gid);
+            each(gid);
+          });
+          return;
+        } catch (error) {
+          if (error instanceof AssertionFailed) return this.#fatal(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED`, error);
+          const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
+          const stepDown = attempt === 1 && this.#election.role === 'leader';
+          this.log[attempt < 4 ? 'warn' : 'error']({ verb, transactions: left.size, attempt, delayMs, err: (error as Error).message }, `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries failed; retrying${stepDown ? '; stepping down so that a node with a working PostgreSQL leads' : ''}`);
+          if (stepDown) this.#elect({ kind: 'demote' });
+          await this.#clock.sleep(delayMs);
+        }
+      }
+    })();
   }
 
   #fatal(what: string, error: unknown): void {
@@ -757,5 +793,6 @@ export interface NodeStatus {
   readonly vclock: VClock;
   readonly applied: VClock;
   readonly splitBrainRecords: number;
+  readonly promoted: { readonly committed: number; readonly rolledBack: number };
   readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
 }

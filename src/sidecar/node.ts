@@ -297,6 +297,14 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const pgError = error as { code?: string; message?: string };
     if (pgError.code === 'QS001') return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#driver.leaderName()}`);
     if (pgError.code === 'QS002') return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
+    // Could not even connect: nothing was done here. Send the client on, as to a node that does not lead.
+    if (pgError.code !== undefined && UNREACHABLE.has(pgError.code)) {
+      return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} cannot reach its PostgreSQL (${pgError.message ?? pgError.code}); nothing was done; send the transaction to ${this.#driver.leaderName()}`);
+    }
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
 }
+
+/** Errors of a connection attempt to PostgreSQL (errno, or the server refusing sessions): the request never started. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOENT', 'EHOSTUNREACH', 'ETIMEDOUT', '57P03']);
+
