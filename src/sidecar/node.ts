@@ -299,6 +299,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (pgError.code === 'QS002') return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
     // Could not even connect: nothing was done here. Send the client on, as to a node that does not lead.
     if (pgError.code !== undefined && UNREACHABLE.has(pgError.code)) {
+      this.#driver.postgresFailed(error);
       return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} cannot reach its PostgreSQL (${pgError.message ?? pgError.code}); nothing was done; send the transaction to ${this.#driver.leaderName()}`);
     }
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
