@@ -270,13 +270,18 @@ export class Db {
   /** Send to the leader: on NotLeader (nothing was done) follow the hint, or look for a leader, until leaderWaitMs. */
   async #toLeader(make: (id: number) => ClientRequest): Promise<unknown> {
     const deadline = Date.now() + this.#leaderWaitMs;
+    const { term } = make(0) as { term?: number | null };
+    const termed = term !== null && term !== undefined;
     for (let attempt = 0; ; attempt += 1) {
       if (this.#connection.closed) await this.#moveTo(undefined, attempt, deadline);
       try {
         return await this.#connection.request(make);
       } catch (error) {
-        if (!(error instanceof NotLeader) || Date.now() >= deadline) throw error;
-        await this.#moveTo(error.leader, attempt, deadline);
+        // A StaleTerm for a request that named no term: the node's fence refused it during a change of
+        // leader; nothing was done, as with NotLeader.
+        const moved = error instanceof NotLeader || (error instanceof StaleTerm && !termed);
+        if (!moved || Date.now() >= deadline) throw error;
+        await this.#moveTo((error as QsyncClientError).leader, attempt, deadline);
       }
     }
   }

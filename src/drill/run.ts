@@ -230,7 +230,7 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
       ...(workloads.includes('mixed') ? [checkAsync(ops, images.images)] : []),
       checkReplicas(images.images),
     ];
-    for (const window of faults) measure(window, ops, samples);
+    for (const [i, window] of faults.entries()) measure(window, ops, samples, faults[i + 1]?.startMs ?? Number.POSITIVE_INFINITY);
     const writes = ops.filter((o) => o.f !== 'balance');
     return {
       scenario: options.scenario, options, run, startedAt, ops, faults, samples, checks,
@@ -337,9 +337,10 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
  * leader is the first node seen accepting writes in a newer term (status
  * samples, every 200 ms); the failover ends with the first successful write
  * it answered that was invoked after the fault began. Without an election,
- * the first successful write invoked after the fault.
+ * the first successful write invoked after the fault. The unavailability
+ * counts until the next fault begins.
  */
-function measure(window: FaultWindow, ops: readonly Op[], samples: readonly Sample[]): void {
+function measure(window: FaultWindow, ops: readonly Op[], samples: readonly Sample[], untilMs: number): void {
   const writes = ops.filter((o) => o.result === 'ok' && o.f !== 'balance' && o.completeMs !== null).sort((a, b) => (a.completeMs as number) - (b.completeMs as number));
   const after = writes.filter((o) => o.invokeMs >= window.startMs);
   const leading = samples.filter((s) => s.writable === true && (s.term ?? 0) > window.termBefore && s.atMs >= window.startMs);
@@ -354,6 +355,7 @@ function measure(window: FaultWindow, ops: readonly Op[], samples: readonly Samp
   for (const o of writes) {
     const at = o.completeMs as number;
     if (at < window.startMs) continue;
+    if (at > untilMs) break;
     gap = Math.max(gap, at - previous);
     previous = at;
   }

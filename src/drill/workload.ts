@@ -6,7 +6,7 @@
 //             reads included, writes the row, so it goes through the limbo:
 //             a deposed leader cannot answer a read from a stale state.
 //   set       unique inserts (sync)
-//   bank      transfers between accounts, constant total (sync), and reads
+//   bank      transfers between accounts, constant total (sync), and reads of the total on the leader
 //   mixed     inserts alternating between a sync and an async table
 import pg from 'pg';
 import { OutcomeUnknown, PgError, QsyncClientError, type Db } from '../client/index.js';
@@ -150,7 +150,8 @@ export async function perform(db: Db, run: string, op: Planned): Promise<number 
       return result?.rows.length ?? 0;
     }
     case 'balance': {
-      const result = await db.query('SELECT sum(balance)::text AS total, min(balance)::text AS low FROM drill_bank WHERE run = $1', [run]);
+      // On the leader: a follower's PostgreSQL may not have committed the accounts yet (it commits on CONFIRM).
+      const result = await db.query('SELECT sum(balance)::text AS total, min(balance)::text AS low FROM drill_bank WHERE run = $1', [run], { consistency: 'leader' });
       const total = first(result.rows, 'total');
       const low = first(result.rows, 'low');
       // One number for the history: the total, or -1 when an account went negative.

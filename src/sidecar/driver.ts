@@ -549,7 +549,7 @@ export class NodeDriver<S, W> {
         this.#finishUntilDone('commit', action.gids, (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, null);
-        });
+        }, (gid) => this.#settle(gid, null));
         return;
       }
       case 'rollback':
@@ -647,10 +647,11 @@ export class NodeDriver<S, W> {
    * COMMIT or ROLLBACK PREPARED of decided entries, retried until PostgreSQL
    * takes it: the journal holds the decision, so a PostgreSQL crash costs
    * time, not the node. A leader whose PostgreSQL fails here steps down, so
-   * that a node with a working PostgreSQL takes the writes; its clients wait
-   * for the retry (or time out with an unknown outcome).
+   * that a node with a working PostgreSQL takes the writes. `answerEarly`
+   * answers the waiting clients at the first failure: a confirmed entry is
+   * final once a quorum holds it, whatever this PostgreSQL does.
    */
-  #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void): void {
+  #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void, answerEarly?: (gid: string) => void): void {
     if (gids.length === 0) return;
     void (async () => {
       const left = new Set(gids);
@@ -665,7 +666,10 @@ export class NodeDriver<S, W> {
           if (error instanceof AssertionFailed) return this.#fatal(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED`, error);
           const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
           this.log[attempt < 4 ? 'warn' : 'error']({ verb, transactions: left.size, attempt, delayMs, err: (error as Error).message }, `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries failed; retrying`);
-          if (attempt === 1) this.postgresFailed(error);
+          if (attempt === 1) {
+            this.postgresFailed(error);
+            for (const gid of left) answerEarly?.(gid);
+          }
           await this.#clock.sleep(delayMs);
         }
       }
