@@ -148,13 +148,18 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     }
   }
 
-  /** Mark the connections broken when this one fails (a crashed or restarted server). */
+  /**
+   * Mark the connections broken when this one fails (a crashed or restarted
+   * server), while it is still in use: the old connections that #reconnect
+   * ends must not mark the new ones broken (that made every call reconnect).
+   */
   #watch(client: pg.ClientBase): void {
+    const current = (): boolean => client === this.#admin || client === this.#applier.client;
     client.on('error', () => {
-      this.#broken = true;
+      if (current()) this.#broken = true;
     });
     client.on('end', () => {
-      if (!this.#closing) this.#broken = true;
+      if (!this.#closing && current()) this.#broken = true;
     });
   }
 

@@ -266,6 +266,21 @@ describe('crashes', () => {
   });
 });
 
+describe('PgDatabase reconnection', () => {
+  it('after a failed call, reconnects once, not on every later call (ending the old connections marked the new ones broken)', async () => {
+    const lines: string[] = [];
+    const db = await PgDatabase.connect(leader.server.connectionString, CLUSTER, createLogger({ test: 'reconnect' }, { write: (line: string) => lines.push(line) }, 'info'), async () => undefined);
+    onTestFinished(() => db.close());
+    // Any failure marks the connections broken, even on a live server (here: a table that does not exist).
+    await expect(db.setTableMode('no_such_table', 'sync')).rejects.toThrow();
+    for (let i = 0; i < 10; i += 1) {
+      await db.appliedVclock();
+      await new Promise((resolve) => setTimeout(resolve, 20)); // let the ended connections' events arrive
+    }
+    expect(lines.filter((line) => line.includes('reconnected to PostgreSQL'))).toHaveLength(1);
+  });
+});
+
 describe('async tables: last writer wins', () => {
   it('converges on the write with the higher (time, replica) and records the loser', async () => {
     // Node 1 writes k at time 100; node 2 writes k concurrently at time 200.
