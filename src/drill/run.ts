@@ -45,7 +45,7 @@ export interface FaultWindow {
   failoverMs?: number | null;
   newLeader?: number | null;
   newTerm?: number | null;
-  /** Longest stretch from the fault on with no successful sync write. */
+  /** Longest stretch from the fault on (until the next) with no successful sync write. */
   unavailableMs?: number;
 }
 
@@ -335,13 +335,14 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
 /**
  * Failover time and unavailability of one fault, from the history. The new
  * leader is the first node seen accepting writes in a newer term (status
- * samples, every 200 ms); the failover ends with the first successful write
- * it answered that was invoked after the fault began. Without an election,
+ * samples, every 200 ms); the failover ends with the first successful sync
+ * write it answered that was invoked after the fault began. Without an election,
  * the first successful write invoked after the fault. The unavailability
  * counts until the next fault begins.
  */
 function measure(window: FaultWindow, ops: readonly Op[], samples: readonly Sample[], untilMs: number): void {
-  const writes = ops.filter((o) => o.result === 'ok' && o.f !== 'balance' && o.completeMs !== null).sort((a, b) => (a.completeMs as number) - (b.completeMs as number));
+  // Sync writes only: an async insert may succeed on any node, leader or not.
+  const writes = ops.filter((o) => o.result === 'ok' && o.f !== 'balance' && o.f !== 'insert-async' && o.completeMs !== null).sort((a, b) => (a.completeMs as number) - (b.completeMs as number));
   const after = writes.filter((o) => o.invokeMs >= window.startMs);
   const leading = samples.filter((s) => s.writable === true && (s.term ?? 0) > window.termBefore && s.atMs >= window.startMs);
   const newTermOf = (o: Op): number | undefined => leading.find((s) => s.replica === o.node && s.atMs <= (o.completeMs as number) + 250)?.term;
