@@ -199,21 +199,26 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
       }
     })();
 
-    await sleep(options.durationMs);
-    await nemesis;
-    stopped = true;
-    clearInterval(ticker);
-    // In-flight operations get a while to finish; what is still open stays unknown.
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(running), new Promise<void>((resolve) => (timer = setTimeout(resolve, 10_000)))]);
-    clearTimeout(timer);
-    for (const op of ops) {
-      if (op.result === 'pending') {
-        op.result = 'unknown';
-        op.error = 'no answer before the drill ended';
+    nemesis.catch(() => undefined); // awaited below; a failure must not go unhandled meanwhile
+    try {
+      await sleep(options.durationMs);
+      await nemesis;
+    } finally {
+      // Also when the nemesis failed: stop the clients and the poller, or nothing ends.
+      stopped = true;
+      clearInterval(ticker);
+      // In-flight operations get a while to finish; what is still open stays unknown.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(running), new Promise<void>((resolve) => (timer = setTimeout(resolve, 10_000)))]);
+      clearTimeout(timer);
+      for (const op of ops) {
+        if (op.result === 'pending') {
+          op.result = 'unknown';
+          op.error = 'no answer before the drill ended';
+        }
       }
+      await poller;
     }
-    await poller;
 
     onProgress({ phase: 'converging', elapsedMs: now(), durationMs: options.durationMs, ...counts(), fault: null });
     await target.heal();
@@ -254,6 +259,15 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
   }
 }
 
+/** Run `during`, then `undo` whatever happened: a drill that fails must not leave a node down or a link cut. */
+async function undoing(during: () => Promise<unknown>, undo: () => Promise<void>): Promise<void> {
+  try {
+    await during();
+  } finally {
+    await undo();
+  }
+}
+
 /** Inject one fault and heal it; returns what was done, for the report. */
 async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>, leader: NodeStatus | null, faultMs: number, random: Random): Promise<string> {
   if (leader === null) throw new Error(`no leader to inject ${scenario} on within 20 s`);
@@ -266,19 +280,18 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
   switch (scenario) {
     case 'kill-leader': {
       await target.act(l, 'kill-sidecar');
-      await waitForLeader(target, faultMs, l);
-      await target.act(l, 'start-sidecar');
+      await undoing(() => waitForLeader(target, faultMs, l), () => target.act(l, 'start-sidecar'));
       return `SIGKILL of node ${l}'s sidecar (leader, term ${leader.term}); restarted once another node led, or after ${faultMs} ms`;
     }
     case 'kill-postgres':
       await target.act(l, 'kill-postgres');
-      await sleep(faultMs);
-      await target.act(l, 'start-postgres');
+      await undoing(() => sleep(faultMs), () => target.act(l, 'start-postgres'));
       return `SIGKILL of node ${l}'s PostgreSQL postmaster (leader, term ${leader.term}); restarted after ${faultMs} ms`;
     case 'partition-leader':
-      for (const f of followers) await cut(l, f);
-      await sleep(faultMs);
-      await target.heal();
+      await undoing(async () => {
+        for (const f of followers) await cut(l, f);
+        await sleep(faultMs);
+      }, () => target.heal());
       return `node ${l} (leader, term ${leader.term}) cut off from ${followers.map((f) => `node ${f}`).join(' and ')} for ${faultMs} ms (black hole both ways)`;
     case 'partition-majorities-ring': {
       // Each node still sees a majority, but no two see the same one. With 3 nodes: the leader loses one
@@ -286,26 +299,24 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
       const ring = [l, ...followers];
       const n = ring.length;
       const k = Math.ceil(Math.floor(n / 2) / 2);
-      const lost: string[] = [];
       const other = followers[random.int(followers.length)] as number;
+      const pairs: Array<readonly [number, number]> = [];
       for (let i = 0; i < n; i += 1) {
         for (let j = i + 1; j < n; j += 1) {
-          const a = ring[i] as number;
-          const b = ring[j] as number;
-          if (n === 3 ? a === l && b === other : Math.min(j - i, n - (j - i)) > k) {
-            await cut(a, b);
-            lost.push(`${a}-${b}`);
-          }
+          const far = n === 3 ? ring[i] === l && ring[j] === other : Math.min(j - i, n - (j - i)) > k;
+          if (far) pairs.push([ring[i] as number, ring[j] as number]);
         }
       }
-      await sleep(faultMs);
-      await target.heal();
+      await undoing(async () => {
+        for (const [x, y] of pairs) await cut(x, y);
+        await sleep(faultMs);
+      }, () => target.heal());
+      const lost = pairs.map(([x, y]) => `${x}-${y}`);
       return `majorities ring around node ${l} (leader, term ${leader.term}): links ${lost.join(', ')} cut for ${faultMs} ms`;
     }
     case 'pause-leader':
       await target.act(l, 'pause');
-      await sleep(faultMs);
-      await target.act(l, 'resume');
+      await undoing(() => sleep(faultMs), () => target.act(l, 'resume'));
       return `SIGSTOP of node ${l}'s sidecar (leader, term ${leader.term}) for ${faultMs} ms, then SIGCONT`;
     case 'rolling-restart': {
       for (const r of [...followers, l]) {
