@@ -74,14 +74,6 @@ export class LinkProxy {
     return this.#pairs.size;
   }
 
-  get fault(): LinkFault {
-    return this.#fault;
-  }
-
-  get isCut(): boolean {
-    return this.#fault.kind === 'drop' || this.#fault.kind === 'blackhole';
-  }
-
   /** Set the link's fault; `none` heals it. */
   set(fault: LinkFault): void {
     if (fault.kind === 'delay' && !(Number.isFinite(fault.ms) && fault.ms >= 0)) throw new RangeError(`a link delay must be a number of ms >= 0, got ${fault.ms}`);

@@ -36,7 +36,7 @@ export const DRILL_DEFAULTS = { durationMs: 20_000, rate: 60, clients: 8, seed: 
 /** One injected fault: when, on whom, and what the cluster did about it. */
 export interface FaultWindow {
   readonly scenario: Exclude<Scenario, 'random'>;
-  readonly description: string;
+  description: string;
   readonly startMs: number;
   endMs: number;
   readonly leaderBefore: number | null;
@@ -193,7 +193,7 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
         const window: FaultWindow = { scenario, description: '', startMs: now(), endMs: now(), leaderBefore: leader?.replica ?? null, termBefore: leader?.term ?? 0 };
         faults.push(window);
         current = scenario;
-        (window as { description: string }).description = await inject(target, scenario, leader, options.faultMs, random);
+        window.description = await inject(target, scenario, leader, options.faultMs, random);
         window.endMs = now();
         current = null;
       }
