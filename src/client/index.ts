@@ -103,7 +103,8 @@ class Connection {
       const timer = setTimeout(() => socket.destroy(new Error(`connecting to ${address} timed out after ${timeoutMs} ms`)), timeoutMs);
       socket.once('connect', () => {
         clearTimeout(timer);
-        resolve(new Connection(address, new FramedLink(socket, createLogger({ client: address }, undefined, 'warn'), { decode: decodeResponse, encode: encodeRequest }), requestTimeoutMs));
+        // A library answers with exceptions, not log lines on the application's stdout: only errors are logged.
+        resolve(new Connection(address, new FramedLink(socket, createLogger({ client: address }, undefined, 'error'), { decode: decodeResponse, encode: encodeRequest }), requestTimeoutMs));
       });
       socket.once('error', (error) => {
         clearTimeout(timer);
