@@ -8,7 +8,8 @@ import { connect, type Db } from '../client/index.js';
 import type { NodeStatus } from '../sidecar/node.js';
 import { checkAsync, checkBank, checkRegister, checkReplicas, checkSet, type CheckResult, type NodeImage } from './checkers.js';
 import type { DrillNode, DrillTarget } from './target.js';
-import { classify, perform, plan, Random, setUp, WORKLOADS, type Op, type Workload } from './workload.js';
+import { Rng } from '../core/rng.js';
+import { classify, perform, plan, setUp, WORKLOADS, type Op, type Workload } from './workload.js';
 
 export const SCENARIOS = ['kill-leader', 'kill-postgres', 'partition-leader', 'partition-majorities-ring', 'pause-leader', 'rolling-restart', 'switchover', 'random'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
@@ -109,7 +110,7 @@ async function waitForLeader(target: DrillTarget, timeoutMs: number, exclude: nu
 export async function runDrill(target: DrillTarget, options: DrillOptions, onProgress: (p: Progress) => void = () => undefined): Promise<DrillResult> {
   const run = `${options.scenario}-${randomBytes(3).toString('hex')}`;
   const startedAt = new Date().toISOString();
-  const random = new Random(options.seed);
+  const random = new Rng(options.seed);
   const workloads = options.workloads ?? WORKLOADS;
   const addresses = target.nodes.map((n) => n.clientAddress);
   const replicaAt = new Map(target.nodes.map((n) => [n.clientAddress, n.replica]));
@@ -157,7 +158,7 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
     const intervalMs = (1_000 * options.clients) / Math.max(1, options.rate);
     const running = clients.map(async (db, client) => {
       const workload = workloads[client % workloads.length] as Workload;
-      const mine = new Random(options.seed * 1_000 + client);
+      const mine = new Rng(options.seed * 1_000 + client);
       for (let seq = 0; !stopped; seq += 1) {
         const began = Date.now();
         const planned = plan(workload, run, client, seq, mine);
@@ -269,7 +270,7 @@ async function undoing(during: () => Promise<unknown>, undo: () => Promise<void>
 }
 
 /** Inject one fault and heal it; returns what was done, for the report. */
-async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>, leader: NodeStatus | null, faultMs: number, random: Random): Promise<string> {
+async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>, leader: NodeStatus | null, faultMs: number, random: Rng): Promise<string> {
   if (leader === null) throw new Error(`no leader to inject ${scenario} on within 20 s`);
   const l = leader.replica;
   const followers = target.nodes.map((n) => n.replica).filter((r) => r !== l);
@@ -299,7 +300,7 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
       const ring = [l, ...followers];
       const n = ring.length;
       const k = Math.ceil(Math.floor(n / 2) / 2);
-      const other = followers[random.int(followers.length)] as number;
+      const other = followers[random.int(0, followers.length - 1)] as number;
       const pairs: Array<readonly [number, number]> = [];
       for (let i = 0; i < n; i += 1) {
         for (let j = i + 1; j < n; j += 1) {

@@ -9,6 +9,7 @@
 //   bank      transfers between accounts, constant total (sync), and reads of the total on the leader
 //   mixed     inserts alternating between a sync and an async table
 import pg from 'pg';
+import type { Rng } from '../core/rng.js';
 import { OutcomeUnknown, PgError, QsyncClientError, type Db } from '../client/index.js';
 import type { DrillNode } from './target.js';
 
@@ -65,45 +66,24 @@ export async function setUp(nodes: readonly DrillNode[], db: Db, run: string): P
   ], { idempotencyKey: `drill-setup-${run}` });
 }
 
-/** A seeded generator (mulberry32): the same seed draws the same operations and faults. */
-export class Random {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-  next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let t = this.#state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)] as T;
-  }
-}
-
 type Planned = Pick<Op, 'workload' | 'f' | 'key' | 'value'>;
 
 /** The next operation of a client of `workload`. */
-export function plan(workload: Workload, run: string, client: number, seq: number, random: Random): Planned {
+export function plan(workload: Workload, run: string, client: number, seq: number, random: Rng): Planned {
   switch (workload) {
     case 'register': {
-      const key = `${run}:${random.int(REGISTER_KEYS)}`;
+      const key = `${run}:${random.int(0, REGISTER_KEYS - 1)}`;
       const roll = random.next();
       if (roll < 0.4) return { workload, f: 'read', key, value: null };
-      if (roll < 0.7) return { workload, f: 'write', key, value: random.int(5) };
-      return { workload, f: 'cas', key, value: [random.int(5), random.int(5)] };
+      if (roll < 0.7) return { workload, f: 'write', key, value: random.int(0, 4) };
+      return { workload, f: 'cas', key, value: [random.int(0, 4), random.int(0, 4)] };
     }
     case 'set':
       return { workload, f: 'insert', key: `${run}:c${client}:${seq}`, value: null };
     case 'bank': {
       if (random.next() < 0.2) return { workload, f: 'balance', key: run, value: null };
-      const from = random.int(BANK_ACCOUNTS);
-      const to = (from + 1 + random.int(BANK_ACCOUNTS - 1)) % BANK_ACCOUNTS;
+      const from = random.int(0, BANK_ACCOUNTS - 1);
+      const to = (from + 1 + random.int(0, BANK_ACCOUNTS - 2)) % BANK_ACCOUNTS;
       return { workload, f: 'transfer', key: run, value: [from, to] };
     }
     case 'mixed':

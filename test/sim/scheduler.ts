@@ -3,45 +3,7 @@
 // event every promise chain it started runs to its next wait, so a run is a
 // pure function of its seed.
 
-/** A seeded generator (mulberry32): fast, and the same sequence on every machine. */
-export class Rng {
-  #state: number;
-
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-
-  /** In [0, 1). */
-  next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let t = this.#state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-
-  /** An integer in [min, max]. */
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
-  }
-
-  range(min: number, max: number): number {
-    return min + this.next() * (max - min);
-  }
-
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)] as T;
-  }
-
-  /** A seed for something that needs its own generator. */
-  fork(): number {
-    return Math.floor(this.next() * 0xffffffff) || 1;
-  }
-}
+export { Rng } from '../../src/core/rng.js';
 
 /** One life of a node: events scheduled for it are dropped once it has crashed. */
 export interface Life {
