@@ -129,8 +129,8 @@ class Connection {
     return answered.finally(() => clearTimeout(timer));
   }
 
-  close(): void {
-    this.#link.close('client closed', 'info');
+  close(reason = 'client closed'): void {
+    this.#link.close(reason, 'info');
   }
 
   get closed(): boolean {
@@ -188,6 +188,15 @@ export interface ConnectOptions extends Credentials {
    * unknown outcome. Default 60000.
    */
   readonly requestTimeoutMs?: number;
+  /**
+   * While a request to the leader has waited this long, ask the other nodes
+   * whether one of them leads; if one does, give up the connection at once:
+   * a frozen or cut-off leader costs about an election, not the request
+   * timeout. Off (0) by default: a write that an old leader holds during a
+   * switchover, which would end as NotLeader (nothing done), ends as
+   * OutcomeUnknown instead when the check fires first.
+   */
+  readonly leaderCheckMs?: number;
 }
 
 export class Db {
@@ -195,6 +204,7 @@ export class Db {
   readonly #timeoutMs: number;
   readonly #leaderWaitMs: number;
   readonly #requestTimeoutMs: number;
+  readonly #leaderCheckMs: number;
   readonly #credentials: Credentials;
   #connection: Connection;
 
@@ -205,6 +215,7 @@ export class Db {
     this.#timeoutMs = options.timeoutMs ?? 5_000;
     this.#leaderWaitMs = options.leaderWaitMs ?? 10_000;
     this.#requestTimeoutMs = options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+    this.#leaderCheckMs = options.leaderCheckMs ?? 0;
   }
 
   /** The node this client talks to. */
@@ -275,6 +286,7 @@ export class Db {
     const termed = term !== null && term !== undefined;
     for (let attempt = 0; ; attempt += 1) {
       if (this.#connection.closed) await this.#moveTo(undefined, attempt, deadline);
+      const watch = this.#watchLeader(this.#connection);
       try {
         return await this.#connection.request(make);
       } catch (error) {
@@ -283,8 +295,42 @@ export class Db {
         const moved = error instanceof NotLeader || (error instanceof StaleTerm && !termed);
         if (!moved || Date.now() >= deadline) throw error;
         await this.#moveTo((error as QsyncClientError).leader, attempt, deadline);
+      } finally {
+        watch();
       }
     }
+  }
+
+  /**
+   * Every leaderCheckMs while a request waits on `connection`, ask the other
+   * nodes whether one of them leads (a read on the leader, refused by a
+   * follower). When another node answers as the leader, the waiting one was
+   * deposed or is frozen: close its connection, so that the request ends as
+   * OutcomeUnknown and the next one goes to the new leader. A hint alone (a
+   * follower naming a leader) is not enough: addresses may be spelled
+   * differently. Returns the function that stops watching.
+   */
+  #watchLeader(connection: Connection): () => void {
+    if (this.#leaderCheckMs <= 0 || this.#addresses.length < 2) return () => undefined;
+    let stopped = false;
+    const check = async (): Promise<void> => {
+      for (const address of this.#addresses) {
+        if (stopped || address === connection.address) continue;
+        const other = await Connection.open(address, this.#credentials, this.#timeoutMs, this.#leaderCheckMs).catch(() => null);
+        if (other === null) continue;
+        const leads = await other.request((id) => ({ id, op: 'query', sql: 'SELECT 1', params: [], consistency: 'leader' })).then(() => true, () => false);
+        other.close();
+        if (leads && !stopped) {
+          connection.close(`node ${address} leads now`);
+          return;
+        }
+      }
+    };
+    const timer = setInterval(() => void check(), this.#leaderCheckMs);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
   }
 
   /**

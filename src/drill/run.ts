@@ -120,7 +120,7 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
   const clients: Db[] = [];
   try {
     await setUp(target.nodes, admin, run);
-    for (let i = 0; i < options.clients; i += 1) clients.push(await connect(addresses, { ...target.credentials, leaderWaitMs: 5_000, requestTimeoutMs: options.requestTimeoutMs ?? 3_000 }));
+    for (let i = 0; i < options.clients; i += 1) clients.push(await connect(addresses, { ...target.credentials, leaderWaitMs: 5_000, requestTimeoutMs: options.requestTimeoutMs ?? 3_000, leaderCheckMs: 500 }));
     const promotedBefore = await Promise.all(target.nodes.map(status));
 
     const t0 = Date.now();

@@ -193,6 +193,32 @@ describe('elections on a 3-node cluster', () => {
     });
   });
 
+  it('a client waiting on a frozen leader gives up once another node leads, not at its request timeout', async () => {
+    const leader = await cluster.leader();
+    // Connected to the leader, with a request timeout far beyond this test's own time limit.
+    const client = await connect([leader.clientAddress, ...others(leader.replica).map((n) => n.clientAddress)], { ...cluster.credentials, requestTimeoutMs: 600_000, leaderCheckMs: 500 });
+    try {
+      await client.execute([['INSERT INTO accounts VALUES (2500, $1, 0)', ['watched']]]);
+      expect(client.address).toBe(leader.clientAddress);
+      leader.pause();
+      let stuck: unknown;
+      try {
+        stuck = await client.execute([['INSERT INTO accounts VALUES (2501, $1, 0)', ['watched']]], { idempotencyKey: 'watched-2501' }).then(() => 'committed', (error: unknown) => error);
+      } finally {
+        leader.resume();
+      }
+      expect(stuck).toBeInstanceOf(OutcomeUnknown);
+      expect((stuck as Error).message).toMatch(/node 127\.0\.0\.1:\d+ leads now/);
+      // The next write goes to the new leader.
+      await client.execute([['INSERT INTO accounts VALUES (2502, $1, 0)', ['watched']]]);
+      expect(client.address).not.toBe(leader.clientAddress);
+      const final = await converged('watched');
+      expect(final).toEqual(expect.arrayContaining([2500, 2502]));
+    } finally {
+      client.close();
+    }
+  }, 45_000);
+
   it('(d) a leader cut off from both followers commits nothing, stops taking writes within the election timeout, and PROMOTE rolls its limbo back', async () => {
     const leader = await cluster.leader();
     const direct = await connect(leader.clientAddress, { ...cluster.credentials, leaderWaitMs: 0 });
