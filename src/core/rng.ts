@@ -1,6 +1,6 @@
 // A seeded random generator for everything that must replay from a seed:
 // the simulator's faults and the drills' operations and faults. Pure: the
-// caller gives the seed; nothing here reads the clock or Math.random.
+// caller gives the seed, and the same seed gives the same sequence.
 
 /** A seeded generator (mulberry32): fast, and the same sequence on every machine. */
 export class Rng {

@@ -171,9 +171,10 @@ export class NodeDriver<S, W> {
   async #recover(): Promise<void> {
     const verdicts = await readVerdicts(this.#journal, this.#self);
     this.#history = verdicts.history;
-    const report = await reconcile(this.#db, verdicts.verdict);
+    // Both idempotent: a transient PostgreSQL failure is retried, not a failed start (simulator seeds 44, 219).
+    const report = await this.#untilDone('reconciling prepared transactions', () => reconcile(this.#db, verdicts.verdict), {});
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
-    await this.#revive(verdicts.revived);
+    await this.#untilDone('applying again entries a PROMOTE revived', () => this.#revive(verdicts.revived), {});
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
     let replayed = 0;
     for await (const record of this.#journal.cursor(await this.#db.appliedVclock())) {
@@ -230,15 +231,23 @@ export class NodeDriver<S, W> {
    * failures (a deadlock with a local writer on an async table, a restarting
    * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
    */
-  async #applyUntilDone(record: JournalRecord): Promise<void> {
+  #applyUntilDone(record: JournalRecord): Promise<void> {
+    return this.#untilDone('applying a record', () => this.#apply(record), { replica: record.replica, lsn: record.lsn });
+  }
+
+  /**
+   * Run idempotent PostgreSQL work until it succeeds, with backoff; an
+   * assertion or a stop ends it. `firstFailure` runs once, on the first.
+   */
+  async #untilDone<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>, firstFailure?: (error: unknown) => void): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        await this.#apply(record);
-        return;
+        return await work();
       } catch (error) {
         if (error instanceof AssertionFailed || this.#stopping) throw error;
-        const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
-        this.log[attempt < 4 ? 'info' : 'error']({ replica: record.replica, lsn: record.lsn, attempt, delayMs, err: (error as Error).message }, 'applying a record failed; retrying');
+        if (attempt === 1) firstFailure?.(error);
+        const delayMs = retryDelayMs(attempt);
+        this.log[attempt < 4 ? 'info' : 'error']({ ...context, attempt, delayMs, err: (error as Error).message }, `${what} failed; retrying`);
         await this.#clock.sleep(delayMs);
       }
     }
@@ -653,28 +662,21 @@ export class NodeDriver<S, W> {
    */
   #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void, answerEarly?: (gid: string) => void): void {
     if (gids.length === 0) return;
-    void (async () => {
-      const left = new Set(gids);
-      for (let attempt = 1; !this.#stopping; attempt += 1) {
-        try {
-          await this.#db.finish(verb, [...left], (gid) => {
-            left.delete(gid);
-            each(gid);
-          });
-          return;
-        } catch (error) {
-          if (error instanceof AssertionFailed) return this.#fatal(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED`, error);
-          const delayMs = Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
-          this.log[attempt < 4 ? 'warn' : 'error']({ verb, transactions: left.size, attempt, delayMs, err: (error as Error).message }, `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries failed; retrying`);
-          if (attempt === 1) {
-            this.postgresFailed(error);
-            for (const gid of left) answerEarly?.(gid);
-          }
-          await this.#clock.sleep(delayMs);
-        }
-      }
-    })();
+    const left = new Set(gids);
+    const finish = (): Promise<void> => this.#db.finish(verb, [...left], (gid) => {
+      left.delete(gid);
+      each(gid);
+    });
+    const firstFailure = (error: unknown): void => {
+      this.postgresFailed(error);
+      for (const gid of left) answerEarly?.(gid);
+    };
+    const what = `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries`;
+    this.#untilDone(what, finish, { verb, transactions: gids.length }, firstFailure).catch((error: unknown) => {
+      if (error instanceof AssertionFailed) this.#fatal(what, error);
+    });
   }
+
 
   /**
    * This node's PostgreSQL failed under a write: a leader steps down, so that
@@ -809,4 +811,9 @@ export interface NodeStatus {
   readonly splitBrainRecords: number;
   readonly promoted: { readonly committed: number; readonly rolledBack: number };
   readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
+}
+
+/** Backoff between retries of work the journal already decided (apply, COMMIT/ROLLBACK PREPARED): 20 ms doubling to 1 s. */
+function retryDelayMs(attempt: number): number {
+  return Math.min(1_000, 10 * 2 ** Math.min(attempt, 9));
 }

@@ -279,6 +279,8 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
 
   async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
     for (const gid of gids) {
+      // Also here: a leader whose COMMIT PREPARED fails answers its clients and steps down (driver.ts).
+      this.#flaky(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED ${gid}`);
       const finished = verb === 'commit' ? this.#pg.commit(gid) : this.#pg.rollback(gid);
       await this.#answer(undefined);
       each?.(gid, finished);
