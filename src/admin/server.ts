@@ -1,39 +1,79 @@
-// The admin interface: HTTP with JSON answers, on its own port (--admin-port).
+// The admin interface: HTTP with JSON answers, on its own port (--admin-port),
+// bound to loopback unless --admin-host says otherwise.
 //
-//   GET  /status              the node's election, limbo, vclocks and peers
-//   POST /promote             campaign now; answers once this node accepts writes
-//   POST /demote              the leader steps down
-//   POST /transfer?to=N       switchover: hand leadership to replica N
+//   GET  /status              this node: election, limbo, vclocks, peers and their lag, PostgreSQL
+//   GET  /cluster             every node, as this one sees it (their /status where reachable)
+//   GET  /health/leader       200 while this node accepts sync writes, else 503 (load balancers)
+//   GET  /health/replica      200 while it follows a known leader with a working PostgreSQL,
+//                             else 503; ?lag=N also needs at most N records of lag
+//   GET  /metrics             Prometheus text format
+//   GET  /tables              replicated tables and their modes
+//   POST /promote             campaign now; answers once this node accepts writes       (token)
+//   POST /demote              the leader steps down                                      (token)
+//   POST /transfer?to=N       switchover: hand leadership to replica N                   (token)
+//   PUT  /tables/:name        set a table's mode on every node: {"mode": "sync"}         (token)
 //
-// Errors answer with a status code and { error: { code, message } }; nothing a
-// request carries can stop the node.
+// Mutating requests need `Authorization: Bearer <--admin-token>`; a node
+// started without a token refuses them. Errors answer with a status code and
+// { error: { code, message } }; nothing a request carries can stop the node.
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { QsyncError } from '../core/errors.js';
+import type { TableMode } from '../core/record.js';
 import { isReplicaId, type ReplicaId } from '../core/types.js';
 import type { Logger } from '../log.js';
 import { listen } from '../net/listen.js';
-import type { NodeStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/node.js';
+import type { ClusterView } from './view.js';
 
 /** What the admin interface drives: the sidecar node. */
 export interface AdminTarget {
-  status(): NodeStatus;
-  promote(): Promise<NodeStatus>;
-  demote(): NodeStatus;
-  transfer(to: ReplicaId): Promise<NodeStatus>;
+  status(): SidecarStatus;
+  cluster(): Promise<ClusterView>;
+  promote(): Promise<unknown>;
+  demote(): unknown;
+  transfer(to: ReplicaId): Promise<unknown>;
+  tables(): Promise<Array<{ table: string; mode: TableMode }>>;
+  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }>;
+  metrics(): Promise<{ contentType: string; text: string }>;
 }
 
-const STATUS_OF: Partial<Record<string, number>> = { BAD_REQUEST: 400, NOT_LEADER: 409, STALE_TERM: 409 };
+const STATUS_OF: Partial<Record<string, number>> = {
+  BAD_REQUEST: 400, PG_TABLE: 400, PG_ERROR: 400, AUTH: 401, FORBIDDEN: 403, NOT_FOUND: 404, NOT_LEADER: 409, STALE_TERM: 409,
+};
+
+const BODY_BYTES_MAX = 64 * 1024;
+
+/** A plain-text answer, not JSON (metrics). */
+class Text {
+  constructor(readonly contentType: string, readonly text: string, readonly status = 200) {}
+}
+
+/** A JSON answer with a status other than 200 (health checks). */
+class Answer {
+  constructor(readonly status: number, readonly body: unknown) {}
+}
 
 export class AdminServer {
   readonly #server: Server;
 
-  constructor(target: AdminTarget, log: Logger) {
+  constructor(target: AdminTarget, token: string | undefined, log: Logger) {
+    const tokenHash = token === undefined ? null : sha256(token);
     this.#server = createServer((request, response) => {
-      void route(target, request).then(
-        (body) => answer(response, 200, body),
+      void route(target, tokenHash, request).then(
+        (body) => {
+          if (body instanceof Text) {
+            response.writeHead(body.status, { 'content-type': body.contentType });
+            response.end(body.text);
+          } else if (body instanceof Answer) {
+            answer(response, body.status, body.body);
+          } else {
+            answer(response, 200, body);
+          }
+        },
         (error: unknown) => {
           if (error instanceof QsyncError) {
-            answer(response, STATUS_OF[error.code] ?? 500, { error: { code: error.code, message: error.message, ...error.context } });
+            answer(response, STATUS_OF[error.code] ?? 500, { error: { ...error.context, code: error.code, message: error.message } });
             return;
           }
           log.error({ err: (error as Error).message, url: request.url }, 'admin request failed');
@@ -53,24 +93,96 @@ export class AdminServer {
   }
 }
 
-async function route(target: AdminTarget, request: IncomingMessage): Promise<unknown> {
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+function authorise(tokenHash: Buffer | null, request: IncomingMessage, what: string): void {
+  if (tokenHash === null) throw new QsyncError('FORBIDDEN', `${what} is refused: this node was started without --admin-token (QSYNC_ADMIN_TOKEN), so it takes no mutating admin requests`);
+  const header = request.headers.authorization ?? '';
+  const match = /^Bearer (.+)$/.exec(header);
+  if (match === null) throw new QsyncError('AUTH', `${what} needs the admin token: send Authorization: Bearer <token> (the CLI takes --token or QSYNC_ADMIN_TOKEN)`);
+  if (!timingSafeEqual(sha256(match[1] as string), tokenHash)) throw new QsyncError('AUTH', `${what}: wrong admin token`);
+}
+
+async function readBody(request: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of request) {
+    bytes += (chunk as Buffer).length;
+    if (bytes > BODY_BYTES_MAX) throw new QsyncError('BAD_REQUEST', `request body over ${BODY_BYTES_MAX} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (bytes === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  } catch (error) {
+    throw new QsyncError('BAD_REQUEST', `request body is not JSON: ${(error as Error).message}`);
+  }
+}
+
+const MODES: readonly TableMode[] = ['sync', 'async', 'local'];
+
+async function route(target: AdminTarget, tokenHash: Buffer | null, request: IncomingMessage): Promise<unknown> {
   const url = new URL(request.url ?? '/', 'http://admin');
-  const key = `${request.method ?? 'GET'} ${url.pathname}`;
+  const method = request.method ?? 'GET';
+  const key = `${method} ${url.pathname}`;
+  const mutating = (what: string): void => authorise(tokenHash, request, what);
+  const table = /^\/tables\/([^/]+)$/.exec(url.pathname);
+  if (table !== null && method === 'PUT') {
+    const name = decodeURIComponent(table[1] as string);
+    mutating(`PUT /tables/${name}`);
+    const body = await readBody(request);
+    const mode = url.searchParams.get('mode') ?? (typeof body === 'object' && body !== null ? (body as { mode?: unknown }).mode : undefined);
+    if (typeof mode !== 'string' || !MODES.includes(mode as TableMode)) throw new QsyncError('BAD_REQUEST', `PUT /tables/${name} needs a mode: body {"mode": "sync"|"async"|"local"}, got ${JSON.stringify(mode ?? null)}`);
+    return target.changeTableMode(name, mode as TableMode);
+  }
   switch (key) {
     case 'GET /status':
       return target.status();
+    case 'GET /cluster':
+      return target.cluster();
+    case 'GET /health/leader': {
+      const s = target.status();
+      const ok = s.writable && s.postgres.reachable;
+      return new Answer(ok ? 200 : 503, { healthy: ok, role: s.role, term: s.term, leader: s.leader, postgres: s.postgres.reachable });
+    }
+    case 'GET /health/replica': {
+      const s = target.status();
+      const lagText = url.searchParams.get('lag');
+      const lagMax = lagText === null ? null : Number(lagText);
+      if (lagMax !== null && !(Number.isInteger(lagMax) && lagMax >= 0)) throw new QsyncError('BAD_REQUEST', `?lag must be a number of records, got ${JSON.stringify(lagText)}`);
+      const leaderView = s.peers.find((p) => p.replica === s.leader);
+      const behind = leaderView === undefined ? null : Math.max(0, ...vclockBehind(s.applied, leaderView.vclock));
+      const ok = !s.writable && s.role === 'follower' && s.leader !== null && s.postgres.reachable && (lagMax === null || (behind !== null && behind <= lagMax));
+      return new Answer(ok ? 200 : 503, { healthy: ok, role: s.role, term: s.term, leader: s.leader, postgres: s.postgres.reachable, lagRecords: behind });
+    }
+    case 'GET /metrics': {
+      const { contentType, text } = await target.metrics();
+      return new Text(contentType, text);
+    }
+    case 'GET /tables':
+      return target.tables();
     case 'POST /promote':
+      mutating('POST /promote');
       return target.promote();
     case 'POST /demote':
+      mutating('POST /demote');
       return target.demote();
     case 'POST /transfer': {
+      mutating('POST /transfer');
       const to = Number(url.searchParams.get('to'));
       if (!isReplicaId(to) || to === 0) throw new QsyncError('BAD_REQUEST', `transfer needs ?to=<replica id 1..31>, got ${JSON.stringify(url.searchParams.get('to'))}`);
       return target.transfer(to);
     }
     default:
-      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, POST /promote, POST /demote, POST /transfer?to=N`);
+      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /transfer?to=N; PUT /tables/<name>`);
   }
+}
+
+/** Per component, how far `mine` is behind `theirs` (what the leader holds that this node has not applied). */
+function vclockBehind(mine: readonly number[], theirs: readonly number[]): number[] {
+  return theirs.map((lsn, i) => (i === 0 ? 0 : Math.max(0, lsn - (mine[i] ?? 0))));
 }
 
 function answer(response: ServerResponse, status: number, body: unknown): void {
@@ -78,10 +190,18 @@ function answer(response: ServerResponse, status: number, body: unknown): void {
   response.end(JSON.stringify(body));
 }
 
-/** Call a node's admin interface (the CLI and tests); a refusal throws with the node's message. */
-export async function adminRequest(address: string, method: 'GET' | 'POST', path: string): Promise<NodeStatus> {
-  const response = await fetch(`http://${address}${path}`, { method, signal: AbortSignal.timeout(30_000) });
-  const body = (await response.json()) as NodeStatus & { error?: { code: string; message: string } };
-  if (body.error !== undefined) throw new QsyncError(body.error.code === 'NOT_LEADER' ? 'NOT_LEADER' : 'BAD_REQUEST', body.error.message);
+/** Call a node's admin interface (the CLI and tests); a refusal throws with the node's code and message. */
+export async function adminRequest<T = SidecarStatus>(address: string, method: 'GET' | 'POST' | 'PUT', path: string, options: { token?: string; body?: unknown; timeoutMs?: number } = {}): Promise<T> {
+  const headers: Record<string, string> = {};
+  if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+  if (options.body !== undefined) headers['content-type'] = 'application/json';
+  const response = await fetch(`http://${address}${path}`, {
+    method, headers, signal: AbortSignal.timeout(options.timeoutMs ?? 30_000), ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
+  });
+  const body = (await response.json()) as T & { error?: { code: string; message: string } & Record<string, unknown> };
+  if (body.error !== undefined) {
+    const { code, message, ...context } = body.error;
+    throw new QsyncError(code in STATUS_OF ? code as 'BAD_REQUEST' : 'BAD_REQUEST', message, context);
+  }
   return body;
 }

@@ -2,6 +2,7 @@
 // processes on free (or given) ports. `qsync cluster up` and the end-to-end
 // tests both use it, so the tests run what a user runs.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,7 +13,7 @@ import pg from 'pg';
 import { adminRequest } from '../admin/server.js';
 import { LinkProxy } from '../drill/proxy.js';
 import { freePorts, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
-import type { NodeStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/node.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
 
@@ -45,6 +46,13 @@ export interface ClusterOptions {
   readonly secret?: string;
   /** Tables to create on every node and mark, before the sidecars start. */
   readonly tables?: ReadonlyArray<{ readonly ddl: string; readonly name: string; readonly mode: 'sync' | 'async' }>;
+  /** The admin interfaces' token (default: a random one). */
+  readonly adminToken?: string;
+  /** Redis for discovery and events (optional). */
+  readonly redisUrl?: string;
+  /** Each line a sidecar logs, besides its sidecar.log (`cluster up` shows them in a terminal). */
+  readonly onLog?: (replica: number, line: string) => void;
+  readonly logLevel?: string;
 }
 
 export interface ClusterNode {
@@ -66,7 +74,9 @@ export interface ClusterNode {
   pause(): void;
   resume(): void;
   /** The node's admin status. */
-  status(): Promise<NodeStatus>;
+  status(): Promise<SidecarStatus>;
+  /** A request to the node's admin interface, with the cluster's token. */
+  admin<T = unknown>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown): Promise<T>;
   /** A connection to this node's PostgreSQL, as the test or operator. */
   sql(): Promise<pg.Client>;
 }
@@ -76,6 +86,9 @@ export interface LocalCluster {
   readonly clientAddresses: readonly string[];
   /** The embedded servers' superuser, for clients of a local cluster. */
   readonly credentials: { readonly user: string; readonly password: string };
+  /** The token of the nodes' admin interfaces (mutating requests). */
+  readonly adminToken: string;
+  readonly redisUrl: string | undefined;
   /** The node accepting sync writes, once there is one (throws after `timeoutMs`). */
   leader(timeoutMs?: number, exclude?: readonly number[]): Promise<ClusterNode>;
   /** Cut every peer link to and from `replica` (needs `proxies`). */
@@ -104,6 +117,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   await mkdir(root, { recursive: true });
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
   const secret = options.secret ?? 'local-cluster-secret-0123456789';
+  const adminToken = options.adminToken ?? randomBytes(16).toString('hex');
   let ports = await nodePorts(count);
   // proxies[i][j]: node i+1's connection to node j+1's peer port.
   const proxies = new Map<string, LinkProxy>();
@@ -134,13 +148,15 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     const args = (): string[] => {
       const own = ports[i] as { peer: number; client: number; admin: number };
       const peerPort = (p: { peer: number }, j: number): number => proxies.get(`${replica}>${j + 1}`)?.port ?? p.peer;
-      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}`).filter((_, j) => j !== i).join(',');
+      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}`).filter((_, j) => j !== i).join(',');
       return [
         '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
         '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
         '--election-mode', options.electionModes?.[replica] ?? 'candidate',
+        ...(options.redisUrl === undefined ? [] : ['--redis-url', options.redisUrl]),
+        ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
       ];
     };
     const node: ClusterNode = {
@@ -158,7 +174,8 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         return `127.0.0.1:${(ports[i] as { admin: number }).admin}`;
       },
       startSidecar: async () => {
-        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'] });
+        // The token goes by environment, not on the command line where ps shows it.
+        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, QSYNC_ADMIN_TOKEN: adminToken } });
         track(child);
         node.process = child;
         const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
@@ -167,6 +184,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
           const lines = createInterface({ input: child.stdout });
           lines.on('line', (line) => {
             log.write(`${line}\n`);
+            options.onLog?.(replica, line);
             if (line.includes('"qsync node ready"')) ready();
           });
           child.once('exit', (code, signal) => failed(new Error(`sidecar ${replica} exited (${code ?? signal}) before it was ready; see ${join(root, `node${replica}`, 'sidecar.log')}`)));
@@ -176,7 +194,8 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       killSidecar: async () => stopChild(node, 'SIGKILL'),
       pause: () => node.process?.kill('SIGSTOP'),
       resume: () => node.process?.kill('SIGCONT'),
-      status: () => adminRequest(node.adminAddress, 'GET', '/status'),
+      status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),
+      admin: <T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown) => adminRequest<T>(node.adminAddress, method, path, { token: adminToken, ...(body === undefined ? {} : { body }) }),
       sql: async () => {
         const client = new pg.Client({ connectionString: server.connectionString });
         client.on('error', () => undefined);
@@ -221,6 +240,8 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     nodes,
     clientAddresses: nodes.map((n) => n.clientAddress),
     credentials: { user: servers[0]?.user ?? 'postgres', password: servers[0]?.password ?? '' },
+    adminToken,
+    redisUrl: options.redisUrl,
     leader,
     proxy,
     isolate: (replica) => {

@@ -6,7 +6,8 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { html, summary, verdictWord } from '../drill/report.js';
 import { DRILL_DEFAULTS, runDrill, SCENARIOS, type Progress, type Scenario } from '../drill/run.js';
-import { remoteTarget } from '../drill/target.js';
+import { remoteTarget, type DrillTarget } from '../drill/target.js';
+import { publishEvent, redisConnection, whenReady } from '../discovery/redis.js';
 import { WORKLOADS, type Workload } from '../drill/workload.js';
 
 export const DRILL_USAGE = `  drill <scenario> [options]  rehearse a failover on the cluster of qsync cluster up, check the history
@@ -86,13 +87,16 @@ export async function drill(argv: readonly string[]): Promise<number> {
   };
   console.log(`drill ${scenario} on ${target.nodes.length} nodes (${target.nodes.map((n) => n.clientAddress).join(', ')})`);
   let result;
+  await announce(target, { kind: 'drill-start', scenario, seed: options.seed, durationMs: options.durationMs });
   try {
     result = await runDrill(target, options, progress);
   } catch (error) {
     if (tty) process.stderr.write('\n');
     console.error(`qsync drill: ${(error as Error).message}`);
+    await announce(target, { kind: 'drill-end', scenario, verdict: 'error', error: (error as Error).message });
     return 1;
   }
+  await announce(target, { kind: 'drill-end', scenario, run: result.run, verdict: verdictWord(result.valid) });
   if (tty) process.stderr.write('\n');
   const out = resolve(values.out);
   await mkdir(out, { recursive: true });
@@ -102,4 +106,18 @@ export async function drill(argv: readonly string[]): Promise<number> {
   console.log(summary(result));
   console.log(`\nverdict: ${verdictWord(result.valid)}\nreport: ${base}.html\nhistory: ${base}.json`);
   return result.valid === true ? 0 : 1;
+}
+
+/** Drill start and end on the cluster's Redis event channel, when it has one (best effort: never holds the drill up). */
+async function announce(target: DrillTarget, event: Record<string, unknown>): Promise<void> {
+  if (target.redisUrl === undefined) return;
+  const redis = redisConnection(target.redisUrl, null, 'qsync-drill');
+  try {
+    await whenReady(redis, 2_000);
+    await publishEvent(redis, target.cluster, event);
+  } catch {
+    // Redis down: the drill goes on without its events.
+  } finally {
+    redis.disconnect();
+  }
 }

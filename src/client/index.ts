@@ -389,6 +389,28 @@ export class Db {
   }
 }
 
+/**
+ * Find the cluster's nodes in Redis (DESIGN.md §9) and connect, the leader
+ * first: for clients that know no node's address. Redis only points the
+ * way; the nodes themselves still answer NotLeader to a stale pointer.
+ */
+export async function connectViaRedis(redisUrl: string, cluster: string, options: ConnectOptions): Promise<Db> {
+  const { redisConnection, discover, whenReady } = await import('../discovery/redis.js');
+  const redis = redisConnection(redisUrl, null, 'qsync-client');
+  let found: Awaited<ReturnType<typeof discover>>;
+  try {
+    await whenReady(redis, options.timeoutMs ?? 5_000);
+    found = await discover(redis, cluster);
+  } catch (error) {
+    throw new Error(`cannot read cluster ${cluster} from Redis at ${redisUrl.replace(/\/\/[^@]*@/, '//***@')}: ${(error as Error).message}`, { cause: error });
+  } finally {
+    redis.disconnect();
+  }
+  const addresses = [...new Set([...(found.leader === null ? [] : [found.leader.client]), ...found.nodes.flatMap((n) => (n.client === null ? [] : [n.client]))])];
+  if (addresses.length === 0) throw new Error(`Redis knows no node of cluster ${cluster}: are its sidecars started with --redis-url?`);
+  return connect(addresses, options);
+}
+
 /** Connect to the first reachable address and authenticate as a PostgreSQL role. */
 export async function connect(addresses: string | readonly string[], options: ConnectOptions): Promise<Db> {
   const list = typeof addresses === 'string' ? [addresses] : addresses;

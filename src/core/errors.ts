@@ -29,7 +29,8 @@ export type ErrorCode =
   | 'LIMBO_FULL'
   | 'BAD_REQUEST'
   | 'PG_ERROR'
-  | 'AUTH';
+  | 'AUTH'
+  | 'FORBIDDEN';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

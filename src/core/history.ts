@@ -62,6 +62,11 @@ export class LimboHistory {
     return this.#synchro;
   }
 
+  /** The highest lsn of `owner` a CONFIRM covers (0: none). */
+  confirmedLsn(owner: ReplicaId): Lsn {
+    return (this.#confirmed.get(owner) ?? 0) as Lsn;
+  }
+
   /** This node's own records that it relays as empty TXNs. */
   get withheld(): readonly WithheldRange[] {
     return this.#withheld;

@@ -333,7 +333,7 @@ async function inject(target: DrillTarget, scenario: Exclude<Scenario, 'random'>
       const node = target.nodes.find((n) => n.replica === l) as DrillNode;
       const refusals: string[] = [];
       for (let attempt = 1; attempt <= 3; attempt += 1) {
-        const response = await fetch(`http://${node.adminAddress}/transfer?to=${to}`, { method: 'POST', signal: AbortSignal.timeout(30_000) });
+        const response = await fetch(`http://${node.adminAddress}/transfer?to=${to}`, { method: 'POST', headers: { authorization: `Bearer ${target.adminToken}` }, signal: AbortSignal.timeout(30_000) });
         const body = (await response.json()) as { error?: { message: string } };
         if (body.error === undefined) return `switchover (transfer) from node ${l} (term ${leader.term}) to node ${to}${refusals.length > 0 ? ` after ${refusals.length} refusal(s): ${refusals.join('; ')}` : ''}`;
         refusals.push(body.error.message);

@@ -24,6 +24,11 @@ const NODE_ACTIONS: readonly NodeAction[] = ['kill-sidecar', 'start-sidecar', 's
 export interface DrillTarget {
   readonly nodes: readonly DrillNode[];
   readonly credentials: { readonly user: string; readonly password: string };
+  readonly cluster: string;
+  /** The nodes' admin token (transfer). */
+  readonly adminToken: string;
+  /** Where drill start and end events go, if the cluster uses Redis. */
+  readonly redisUrl: string | undefined;
   act(replica: number, action: NodeAction): Promise<void>;
   /** Set the fault on node `from`'s link to node `to`. */
   link(from: number, to: number, fault: LinkFault): Promise<void>;
@@ -41,6 +46,9 @@ export function localTarget(cluster: LocalCluster): DrillTarget {
   return {
     nodes: cluster.nodes.map((n) => ({ replica: n.replica, clientAddress: n.clientAddress, adminAddress: n.adminAddress, pgUrl: n.pg.connectionString })),
     credentials: cluster.credentials,
+    cluster: 'local',
+    adminToken: cluster.adminToken,
+    redisUrl: cluster.redisUrl,
     act: async (replica, action) => {
       const n = node(replica);
       switch (action) {
@@ -60,9 +68,24 @@ export function localTarget(cluster: LocalCluster): DrillTarget {
 
 /** What `qsync cluster up` writes beside its nodes, for `qsync drill`. */
 export interface ClusterFile {
+  readonly cluster: string;
   readonly nodes: readonly DrillNode[];
   readonly credentials: { readonly user: string; readonly password: string };
   readonly control: { readonly address: string; readonly token: string };
+  readonly adminToken: string;
+  readonly redisUrl?: string;
+  /** The `qsync cluster up` process (`qsync cluster down` stops it). */
+  readonly pid: number;
+}
+
+/** The cluster file in `dir`; a clear error if there is none. */
+export async function readClusterFile(dir: string): Promise<ClusterFile> {
+  try {
+    return JSON.parse(await readFile(join(dir, CLUSTER_FILE), 'utf8')) as ClusterFile;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`no running local cluster: ${join(dir, CLUSTER_FILE)} is missing; start one with qsync cluster up (or pass --cluster-dir)`);
+    throw error;
+  }
 }
 
 export const CLUSTER_FILE = 'cluster.json';
@@ -83,7 +106,10 @@ export async function serveControl(cluster: LocalCluster, dir: string): Promise<
     );
   });
   const port = await listen(server, 0, '127.0.0.1');
-  const file: ClusterFile = { nodes: target.nodes, credentials: target.credentials, control: { address: `127.0.0.1:${port}`, token } };
+  const file: ClusterFile = {
+    cluster: target.cluster, nodes: target.nodes, credentials: target.credentials, control: { address: `127.0.0.1:${port}`, token },
+    adminToken: target.adminToken, ...(target.redisUrl === undefined ? {} : { redisUrl: target.redisUrl }), pid: process.pid,
+  };
   await writeFile(join(dir, CLUSTER_FILE), `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
   return () => new Promise((resolve) => {
     server.closeAllConnections();
@@ -112,13 +138,7 @@ async function control(target: DrillTarget, token: string, request: IncomingMess
 
 /** Drive the cluster that `qsync cluster up` runs, from its cluster file. */
 export async function remoteTarget(dir: string): Promise<DrillTarget> {
-  let file: ClusterFile;
-  try {
-    file = JSON.parse(await readFile(join(dir, CLUSTER_FILE), 'utf8')) as ClusterFile;
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`no running local cluster: ${join(dir, CLUSTER_FILE)} is missing; start one with qsync cluster up (or pass --cluster-dir)`);
-    throw error;
-  }
+  const file = await readClusterFile(dir);
   const call = async (path: string, body?: unknown): Promise<void> => {
     let response: Response;
     try {
@@ -134,6 +154,9 @@ export async function remoteTarget(dir: string): Promise<DrillTarget> {
   return {
     nodes: file.nodes,
     credentials: file.credentials,
+    cluster: file.cluster,
+    adminToken: file.adminToken,
+    redisUrl: file.redisUrl,
     act: (replica, action) => call(`/nodes/${replica}/${action}`),
     link: (from, to, fault) => call('/links', { from, to, fault }),
     heal: () => call('/heal'),

@@ -27,6 +27,8 @@ export interface JournalOptions {
   readonly dir: string;
   /** A segment that has reached this size is closed and a new one started. */
   readonly segmentBytesMax?: number;
+  /** Told of each batch made durable: its records, bytes, and milliseconds to write and fdatasync (metrics). */
+  readonly onBatch?: (batch: { readonly records: number; readonly bytes: number; readonly ms: number }) => void;
   /** Cut at corruption found in an older segment instead of refusing to open (drops later segments). */
   readonly repair?: boolean;
 }
@@ -74,6 +76,7 @@ export class Journal implements CursorSource {
   #closed = false;
   #waiters: Array<() => void> = [];
   #stats = { appends: 0, batches: 0, fsyncs: 0, bytesWritten: 0 };
+  #onBatch: JournalOptions['onBatch'] | null = null;
 
   private constructor(dir: string, segmentBytesMax: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
     this.dir = dir;
@@ -98,7 +101,9 @@ export class Journal implements CursorSource {
       const active = segments[segments.length - 1] as Segment;
       const handle = await open(active.path, 'r+');
       const report = { segments: segments.length, records: recovered.records, vclock: recovered.vclock, cuts: recovered.cuts };
-      return new Journal(options.dir, segmentBytesMax, segments, handle, recovered.vclock, recovered.raft, report);
+      const journal = new Journal(options.dir, segmentBytesMax, segments, handle, recovered.vclock, recovered.raft, report);
+      journal.#onBatch = options.onBatch ?? null;
+      return journal;
     } catch (error) {
       await releaseLock(options.dir);
       throw error;
@@ -188,8 +193,16 @@ export class Journal implements CursorSource {
     try {
       if (this.#active.durableBytes >= this.#segmentBytesMax && this.#active.durableBytes > this.#active.headerBytes) await this.#rotate();
       const bytes = Buffer.concat(batch.map((p) => p.frame));
+      const started = performance.now();
       await writeAll(this.#handle, bytes, this.#active.durableBytes);
       await this.#handle.datasync();
+      const ms = performance.now() - started;
+      // An observer's failure is not the journal's: it must never fail the batch.
+      try {
+        this.#onBatch?.({ records: batch.length, bytes: bytes.length, ms });
+      } catch {
+        this.#onBatch = null;
+      }
       this.#stats.batches += 1;
       this.#stats.fsyncs += 1;
       this.#stats.bytesWritten += bytes.length;

@@ -20,6 +20,9 @@ import { nonce, proof, proofMatches } from './auth.js';
 import { Link, LinkClosed } from './link.js';
 import { listen } from './listen.js';
 
+/** How often a subscriber acknowledges even without records from this link. */
+const ACK_REFRESH_MS = 1_000;
+
 export interface PeerIdentity {
   readonly cluster: string;
   readonly replica: ReplicaId;
@@ -228,6 +231,7 @@ export class Subscriber {
         this.lastError = (error as Error).message; // refused, unreachable, or closed during the handshake
         return false;
       });
+      if (this.connected && !this.#stopped) this.#options.log.warn({ peer: this.#options.peer.replica, reason: this.#link?.closeReason ?? this.lastError }, `peer ${this.#options.peer.replica} lost; reconnecting`);
       this.connected = false;
       if (this.#stopped) break;
       backoff = handshaken ? min : Math.min(max, backoff * 2);
@@ -252,6 +256,7 @@ export class Subscriber {
     }
     this.connected = true;
     this.lastError = null;
+    log.info({ peer: peer.replica, address: `${peer.host}:${peer.port}` }, `peer ${peer.replica} connected`);
     link.send({ kind: 'subscribe', vclock: this.#options.vclock() });
     let outstanding = 0;
     let ackPending = false;
@@ -266,6 +271,10 @@ export class Subscriber {
         link.send({ kind: 'ack', ...this.#options.ack() });
       });
     };
+    // Records from other links move this node's vclock too: tell the relay every second, so that every
+    // node (not only the leader, which hears heartbeat replies) knows what each peer holds and when it
+    // last heard from it (lag, status). An ack is always true: what is durable and applied here.
+    const refresh = setInterval(() => link.send({ kind: 'ack', ...this.#options.ack() }), ACK_REFRESH_MS);
     try {
       for (;;) {
         const message = await expect(link, 'record', undefined, this.#options.onRaft);
@@ -284,6 +293,8 @@ export class Subscriber {
       link.close(`applying a record from replica ${peer.replica} failed: ${(error as Error).message}`);
       this.lastError = (error as Error).message;
       return true;
+    } finally {
+      clearInterval(refresh);
     }
   }
 }

@@ -125,6 +125,18 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     }
   }
 
+  /** A health probe on its own connection: PostgreSQL answers, and how many transactions it holds prepared. */
+  async probe(timeoutMs: number): Promise<{ prepared: number }> {
+    const { rows } = await this.#control.query<{ prepared: number }>({ text: 'SELECT count(*)::int AS prepared FROM pg_prepared_xacts', query_timeout: timeoutMs } as pg.QueryConfig);
+    return { prepared: rows[0]?.prepared ?? 0 };
+  }
+
+  /** The tables qsync replicates (or keeps local on purpose) and their modes, by name. */
+  async tables(): Promise<Array<{ table: string; mode: TableMode }>> {
+    const { rows } = await this.#control.query<{ table: string; mode: TableMode }>('SELECT table_name AS table, mode FROM qsync.tables ORDER BY table_name');
+    return rows;
+  }
+
   async outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
     const { rows } = await this.#admin.query<{ replica_id: number; lsn: string }>('SELECT replica_id, lsn FROM qsync.idempotency WHERE key = $1', [idempotencyKey]);
     return rows[0] === undefined ? { committed: false } : { committed: true, replica: rows[0].replica_id, lsn: Number(rows[0].lsn) };

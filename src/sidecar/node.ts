@@ -7,7 +7,10 @@
 // the driver recovers and serves.
 import pg from 'pg';
 import { randomInt, createHash } from 'node:crypto';
-import { AdminServer } from '../admin/server.js';
+import { Metrics } from '../admin/metrics.js';
+import { adminRequest, AdminServer } from '../admin/server.js';
+import { clusterView, type ClusterView } from '../admin/view.js';
+import { RedisDiscovery } from '../discovery/redis.js';
 import { connect as connectClient, QsyncClientError, type Db } from '../client/index.js';
 import type { Consistency, Statement } from '../core/client-protocol.js';
 import { QsyncError } from '../core/errors.js';
@@ -22,9 +25,28 @@ import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
 import { NodeDriver, type NodeStatus } from './driver.js';
-import type { Clock } from './io.js';
+import type { Clock, NodeEvent } from './io.js';
 
 export type { NodeStatus } from './driver.js';
+
+/** The node's status as the admin interface shows it: the driver's, plus what only production has. */
+export interface SidecarStatus extends NodeStatus {
+  readonly cluster: string;
+  readonly addresses: { readonly client: string; readonly admin: string | null; readonly peer: string };
+  /** The last health probe of this node's PostgreSQL (every second): it answered, and its prepared transactions. */
+  readonly postgres: { readonly reachable: boolean; readonly prepared: number | null; readonly error: string | null; readonly checkedAgoMs: number | null };
+  readonly uptimeMs: number;
+}
+
+interface PostgresProbe {
+  readonly reachable: boolean;
+  readonly prepared: number | null;
+  readonly error: string | null;
+  readonly checkedAt: number | null;
+}
+
+/** How often the node probes its PostgreSQL for the status, health checks and metrics. */
+const PROBE_EVERY_MS = 1_000;
 
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
@@ -58,18 +80,25 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   readonly #pools = new Map<string, pg.Pool>();
   #clients: ClientServer | null = null;
   #adminServer: AdminServer | null = null;
+  #discovery: RedisDiscovery | null = null;
   #stopped: Promise<void> | null = null;
+  readonly #metrics: Metrics;
+  readonly #startedAt = Date.now();
+  #postgres: PostgresProbe = { reachable: true, prepared: null, error: null, checkedAt: null };
+  #probeTimer: NodeJS.Timeout | null = null;
 
-  private constructor(config: SidecarConfig, log: Logger, journal: Journal, db: PgDatabase) {
+  private constructor(config: SidecarConfig, log: Logger, journal: Journal, db: PgDatabase, metrics: Metrics) {
     this.config = config;
     this.log = log;
     this.#journal = journal;
     this.#db = db;
+    this.#metrics = metrics;
     const identity = { cluster: config.clusterId, replica: config.replicaId as ReplicaId, secret: config.secret ?? `insecure:${config.clusterId}` };
     this.#driver = new NodeDriver({
       config, log, clock: systemClock, journal, db,
       transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers }),
       seed: randomInt(1, 2 ** 32 - 1),
+      observe: (event) => this.#observe(event),
       onFatal: () => {
         process.exitCode = 1;
         void this.stop().finally(() => process.exit(1));
@@ -78,7 +107,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
-    const journal = await Journal.open({ dir: config.dataDir });
+    let created: SidecarNode | null = null;
+    const metrics = new Metrics(() => (created as SidecarNode).status(), { cluster: config.clusterId, replica: config.replicaId });
+    const journal = await Journal.open({ dir: config.dataDir, onBatch: (b) => metrics.journalBatch(b.records, b.ms) });
     for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
     const db = await PgDatabase.connect(config.pgUrl, config.clusterId, log, async (admin) => {
       await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
@@ -86,13 +117,29 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       // Follower until elected: the fence refuses sync writes here from the first moment.
       await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = 'follower', leader_id = 0, leader_address = ''`, [config.replicaId, config.clusterId, journal.raft?.term ?? 0]);
     });
-    const node = new SidecarNode(config, log, journal, db);
+    const node = new SidecarNode(config, log, journal, db, metrics);
+    created = node;
     await node.#driver.start();
+    await node.#probe();
+    node.#probeTimer = setInterval(() => void node.#probe(), PROBE_EVERY_MS);
+    node.#probeTimer.unref();
     node.#clients = new ClientServer(node, log);
     await node.#clients.listen(config.clientPort, config.clientHost);
     if (config.adminPort !== undefined) {
-      node.#adminServer = new AdminServer(node, log);
+      node.#adminServer = new AdminServer(node, config.adminToken, log);
       await node.#adminServer.listen(config.adminPort, config.adminHost);
+    }
+    if (config.redisUrl !== undefined) {
+      node.#discovery = new RedisDiscovery({
+        url: config.redisUrl, cluster: config.clusterId, replica: config.replicaId, intervalMs: config.redisStatusIntervalMs, log,
+        status: () => {
+          const s = node.status();
+          return {
+            replica: s.replica, term: s.term, role: s.role, writable: s.writable, leader: s.leader, client: s.addresses.client, admin: s.addresses.admin,
+            limbo: s.limbo.pending, postgres: s.postgres.reachable, at: Date.now(),
+          };
+        },
+      });
     }
     log.info({ mode: config.electionMode, term: node.#driver.term, vclock: journal.vclock, peerPort: config.peerPort, clientPort: config.clientPort }, 'qsync node ready');
     return node;
@@ -100,8 +147,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
+      if (this.#probeTimer !== null) clearInterval(this.#probeTimer);
       await this.#clients?.close();
       await this.#adminServer?.close();
+      await this.#discovery?.close();
       await this.#driver.stop();
       await Promise.all([...this.#pools.values()].map((p) => p.end()));
       await this.#db.close();
@@ -115,8 +164,58 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return this.#driver.isLeader;
   }
 
-  status(): NodeStatus {
-    return this.#driver.status();
+  status(): SidecarStatus {
+    const c = this.config;
+    const pgState = this.#postgres;
+    return {
+      ...this.#driver.status(), cluster: c.clusterId,
+      addresses: { client: `${c.clientHost}:${c.clientPort}`, admin: c.adminPort === undefined ? null : `${c.adminHost}:${c.adminPort}`, peer: `${c.peerHost}:${c.peerPort}` },
+      postgres: { reachable: pgState.reachable, prepared: pgState.prepared, error: pgState.error, checkedAgoMs: pgState.checkedAt === null ? null : Date.now() - pgState.checkedAt },
+      uptimeMs: Date.now() - this.#startedAt,
+    };
+  }
+
+  /** What every log line carries besides the node: its term and role. */
+  logContext(): { term: number; role: string } {
+    return this.#driver.logContext();
+  }
+
+  cluster(): Promise<ClusterView> {
+    return clusterView(this.status(), this.config.peers, (admin) => adminRequest<SidecarStatus>(admin, 'GET', '/status', { timeoutMs: 1_000 }));
+  }
+
+  tables(): Promise<Array<{ table: string; mode: TableMode }>> {
+    return this.#db.tables();
+  }
+
+  /** Set a table's mode on every node, for the admin interface (its token is the authority; the leader only). */
+  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }> {
+    return this.#driver.setTableMode(table, mode);
+  }
+
+  async metrics(): Promise<{ contentType: string; text: string }> {
+    return { contentType: this.#metrics.contentType, text: await this.#metrics.text() };
+  }
+
+  #observe(event: NodeEvent): void {
+    this.#metrics.observe(event);
+    this.#discovery?.observe(event);
+  }
+
+  /** Probe PostgreSQL; a change of reachability is one log line. */
+  async #probe(): Promise<void> {
+    let next: PostgresProbe;
+    try {
+      const { prepared } = await this.#db.probe(PROBE_EVERY_MS);
+      next = { reachable: true, prepared, error: null, checkedAt: Date.now() };
+    } catch (error) {
+      next = { reachable: false, prepared: null, error: (error as Error).message, checkedAt: Date.now() };
+    }
+    if (next.reachable !== this.#postgres.reachable) {
+      if (next.reachable) this.log.info('PostgreSQL answers again');
+      else this.log.warn({ err: next.error }, 'PostgreSQL does not answer the health probe');
+    }
+    this.#postgres = next;
   }
 
   promote(): Promise<NodeStatus> {
@@ -296,7 +395,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (error instanceof QsyncError) return error;
     const pgError = error as { code?: string; message?: string };
     if (pgError.code === 'QS001') return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#driver.leaderName()}`);
-    if (pgError.code === 'QS002') return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
+    if (pgError.code === 'QS002') {
+      this.#metrics.fenceStaleTerm();
+      return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
+    }
     // Could not even connect: nothing was done here. Send the client on, as to a node that does not lead.
     if (pgError.code !== undefined && UNREACHABLE.has(pgError.code)) {
       this.#driver.postgresFailed(error);

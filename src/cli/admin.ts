@@ -1,0 +1,222 @@
+// The operator commands: `qsync status`, `table`, `promote`, `demote`,
+// `transfer`, over the nodes' admin interfaces (like patronictl over
+// Patroni's REST API). Which node: --admin host:port, else QSYNC_ADMIN, else
+// the local cluster's file (--cluster-dir, default .qsync/cluster). The
+// token for mutating requests: --token, else QSYNC_ADMIN_TOKEN, else that file.
+//
+// Exit codes: 0 done; 1 refused or failed (the message says why); 2 usage;
+// 3 no node reachable. `status` exits 1 when the cluster is degraded: no
+// leader, or a node that does not answer or has no PostgreSQL.
+import { parseArgs } from 'node:util';
+import { adminRequest } from '../admin/server.js';
+import type { ClusterView } from '../admin/view.js';
+import { connect } from '../client/index.js';
+import { QsyncError } from '../core/errors.js';
+import { readClusterFile } from '../drill/target.js';
+import type { SidecarStatus } from '../sidecar/node.js';
+
+export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3 } as const;
+
+/** A failure with the exit code it should end the command with. */
+export class CliFailure extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+const COMMON = { admin: { type: 'string' }, token: { type: 'string' }, 'cluster-dir': { type: 'string', default: '.qsync/cluster' }, json: { type: 'boolean' } } as const;
+
+export const ADMIN_HELP: Readonly<Record<string, string>> = {
+  status: `usage: qsync status [--admin host:port] [--json]
+
+Every node of the cluster as one node sees it: role, term, state, lag behind
+the leader (records and seconds) and limbo length. --json prints the whole
+view. Exit 0: a leader and every node running; 1: degraded (no leader, or a
+node unreachable or without PostgreSQL); 3: no node answered.`,
+  table: `usage: qsync table <sync|async|local> <table> [--admin host:port] [--token T]
+       qsync table list [--admin host:port] [--json]
+       qsync table <sync|async|local> <table> --node host:port --user U --password P
+
+Set a table's mode on every node, through the leader (found for you), or list
+the tables qsync knows and their modes. With --node/--user/--password the mode
+is set as that PostgreSQL role through the client port instead of the admin
+interface; the role must own the table. A table becomes replicated with its
+existing rows left as they are on each node.`,
+  promote: `usage: qsync promote [<node>] [--admin host:port] [--token T]
+
+Make <node> (default: the node at --admin) campaign now; returns once it
+accepts writes. For election mode manual, or as an override.`,
+  demote: `usage: qsync demote [--admin host:port] [--token T]
+
+The current leader (found for you) steps down and stays quiet for two
+election timeouts; another node is elected.`,
+  transfer: `usage: qsync transfer <node> [--admin host:port] [--token T]
+
+Switchover: the current leader (found for you) holds new writes, waits until
+<node> holds its whole journal, and hands leadership over; no write fails.`,
+};
+
+interface Where {
+  readonly addresses: readonly string[];
+  readonly token: string | undefined;
+}
+
+async function where(values: { admin?: string | undefined; token?: string | undefined; 'cluster-dir'?: string | undefined }): Promise<Where> {
+  const token = values.token ?? process.env.QSYNC_ADMIN_TOKEN;
+  const admin = values.admin ?? process.env.QSYNC_ADMIN;
+  if (admin !== undefined) return { addresses: [admin], token };
+  try {
+    const file = await readClusterFile(values['cluster-dir'] ?? '.qsync/cluster');
+    return { addresses: file.nodes.map((n) => n.adminAddress), token: token ?? file.adminToken };
+  } catch {
+    return { addresses: ['127.0.0.1:7601'], token };
+  }
+}
+
+/** The cluster view from the first node that answers. */
+async function view(at: Where): Promise<ClusterView> {
+  const errors: string[] = [];
+  for (const address of at.addresses) {
+    try {
+      return await adminRequest<ClusterView>(address, 'GET', '/cluster', { timeoutMs: 5_000 });
+    } catch (error) {
+      errors.push(`${address}: ${describe(error)}`);
+    }
+  }
+  throw new CliFailure(`no node's admin interface answers (${errors.join('; ')}); is the node started with --admin-port? pass --admin host:port`, EXIT.unreachable);
+}
+
+function describe(error: unknown): string {
+  const e = error as Error & { cause?: { code?: string } };
+  return e.cause?.code === 'ECONNREFUSED' ? 'connection refused' : e.message;
+}
+
+function adminOf(v: ClusterView, replica: number): string {
+  const member = v.members.find((m) => m.replica === replica);
+  if (member === undefined) throw new CliFailure(`node ${replica} is not in cluster ${v.cluster} (nodes ${v.members.map((m) => m.replica).join(', ')})`, EXIT.failed);
+  if (member.admin === null) throw new CliFailure(`node ${replica}'s admin address is unknown: give it in --peers as replica@host:peerPort+clientPort+adminPort, or pass --admin`, EXIT.failed);
+  return member.admin;
+}
+
+function leaderOf(v: ClusterView): number {
+  if (v.leader === null) throw new CliFailure(`cluster ${v.cluster} has no leader right now (an election may be under way); see qsync status`, EXIT.failed);
+  return v.leader;
+}
+
+async function mutate<T>(address: string, method: 'POST' | 'PUT', path: string, token: string | undefined, body?: unknown): Promise<T> {
+  try {
+    return await adminRequest<T>(address, method, path, { ...(token === undefined ? {} : { token }), ...(body === undefined ? {} : { body }) });
+  } catch (error) {
+    if (error instanceof QsyncError) throw new CliFailure(error.message, EXIT.failed);
+    throw new CliFailure(`node at ${address} does not answer: ${describe(error)}`, EXIT.unreachable);
+  }
+}
+
+function parse(command: string, argv: readonly string[], extra: Record<string, { type: 'string' | 'boolean' }> = {}): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  try {
+    return parseArgs({ args: [...argv], allowPositionals: true, options: { ...COMMON, ...extra } }) as { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  } catch (error) {
+    throw new CliFailure(`${(error as Error).message}\n\n${ADMIN_HELP[command] ?? ''}`, EXIT.usage);
+  }
+}
+
+const str = (v: string | boolean | undefined): string | undefined => (typeof v === 'string' ? v : undefined);
+
+export async function status(argv: readonly string[]): Promise<number> {
+  const { values } = parse('status', argv);
+  const v = await view(await where({ admin: str(values.admin), 'cluster-dir': str(values['cluster-dir']) }));
+  console.log(values.json === true ? JSON.stringify(v, null, 2) : formatView(v));
+  const degraded = v.leader === null || v.members.some((m) => m.state !== 'running');
+  return degraded ? EXIT.failed : EXIT.ok;
+}
+
+/** A table like patronictl list. */
+export function formatView(v: ClusterView): string {
+  const header = ['Node', 'Client', 'Role', 'State', 'Term', 'Lag (records)', 'Lag (s)', 'Limbo'];
+  const rows = v.members.map((m) => [
+    String(m.replica) + (m.replica === v.via ? '*' : ''), m.client ?? '-', m.writable ? 'leader' : m.role ?? '-', m.state, m.term === null ? '-' : String(m.term),
+    m.lagRecords === null ? '-' : String(m.lagRecords), m.lagMs === null ? '-' : (m.lagMs / 1000).toFixed(1), m.limbo === null ? '-' : String(m.limbo),
+  ]);
+  const title = `Cluster: ${v.cluster} (${v.leader === null ? 'NO LEADER' : `leader ${v.leader}`}, term ${v.term}; * answered)`;
+  return `${title}\n${table(header, rows)}`;
+}
+
+export function table(header: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = `+${widths.map((w) => '-'.repeat(w + 2)).join('+')}+`;
+  const row = (cells: readonly string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i] as number)).join(' | ')} |`;
+  return [line, row(header), line, ...rows.map(row), line].join('\n');
+}
+
+export async function tableCommand(argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parse('table', argv, { node: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' } });
+  const [verb, name] = positionals;
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  if (verb === 'list') {
+    const errors: string[] = [];
+    for (const address of at.addresses) {
+      try {
+        const tables = await adminRequest<Array<{ table: string; mode: string }>>(address, 'GET', '/tables', { timeoutMs: 5_000 });
+        console.log(values.json === true ? JSON.stringify(tables, null, 2) : tables.length === 0 ? 'no tables are replicated yet: qsync table sync <table>' : table(['Table', 'Mode'], tables.map((t) => [t.table, t.mode])));
+        return EXIT.ok;
+      } catch (error) {
+        if (error instanceof QsyncError) throw new CliFailure(error.message, EXIT.failed);
+        errors.push(`${address}: ${describe(error)}`);
+      }
+    }
+    throw new CliFailure(`no node's admin interface answers (${errors.join('; ')})`, EXIT.unreachable);
+  }
+  if ((verb !== 'sync' && verb !== 'async' && verb !== 'local') || name === undefined) throw new CliFailure(`which mode and table?\n\n${ADMIN_HELP.table as string}`, EXIT.usage);
+  if (values.node !== undefined || values.user !== undefined) {
+    // As a PostgreSQL role through the client port (the role must own the table).
+    let db;
+    try {
+      db = await connect(str(values.node) ?? process.env.QSYNC_NODE ?? '127.0.0.1:7501', { user: str(values.user) ?? process.env.QSYNC_USER ?? 'postgres', password: str(values.password) ?? process.env.QSYNC_PASSWORD ?? '' });
+    } catch (error) {
+      throw new CliFailure((error as Error).message, EXIT.unreachable);
+    }
+    try {
+      const result = await db.setTableMode(name, verb);
+      console.log(`${result.table} is now ${result.mode} on every node`);
+      return EXIT.ok;
+    } catch (error) {
+      throw new CliFailure((error as Error).message, EXIT.failed);
+    } finally {
+      db.close();
+    }
+  }
+  const v = await view(at);
+  const result = await mutate<{ table: string; mode: string }>(adminOf(v, leaderOf(v)), 'PUT', `/tables/${encodeURIComponent(name)}`, at.token, { mode: verb });
+  console.log(`${result.table} is now ${result.mode} on every node`);
+  return EXIT.ok;
+}
+
+export async function control(command: 'promote' | 'demote' | 'transfer', argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parse(command, argv);
+  const target = positionals[0];
+  if (target !== undefined && !/^\d+$/.test(target)) throw new CliFailure(`<node> is a replica id, got ${JSON.stringify(target)}\n\n${ADMIN_HELP[command] as string}`, EXIT.usage);
+  if (command === 'transfer' && target === undefined) throw new CliFailure(`transfer to which node?\n\n${ADMIN_HELP.transfer as string}`, EXIT.usage);
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  let result: SidecarStatus;
+  if (command === 'promote') {
+    const address = target === undefined ? (at.addresses[0] as string) : adminOf(await view(at), Number(target));
+    result = await mutate<SidecarStatus>(address, 'POST', '/promote', at.token);
+    console.log(`node ${result.replica} leads in term ${result.term}`);
+  } else if (command === 'demote') {
+    const v = await view(at);
+    const leader = leaderOf(v);
+    result = await mutate<SidecarStatus>(adminOf(v, leader), 'POST', '/demote', at.token);
+    console.log(`node ${leader} stepped down in term ${result.term}; another node is being elected (qsync status)`);
+  } else {
+    const v = await view(at);
+    const leader = leaderOf(v);
+    if (leader === Number(target)) {
+      console.log(`node ${leader} leads already`);
+      return EXIT.ok;
+    }
+    result = await mutate<SidecarStatus>(adminOf(v, leader), 'POST', `/transfer?to=${target as string}`, at.token);
+    console.log(`node ${result.leader ?? '?'} leads now, in term ${result.term} (was node ${leader})`);
+  }
+  if (values.json === true) console.log(JSON.stringify(result, null, 2));
+  return EXIT.ok;
+}
