@@ -62,8 +62,9 @@ interface Where {
 }
 
 async function where(values: { admin?: string | undefined; token?: string | undefined; 'cluster-dir'?: string | undefined }): Promise<Where> {
-  const token = values.token ?? process.env.QSYNC_ADMIN_TOKEN;
-  const admin = values.admin ?? process.env.QSYNC_ADMIN;
+  const given = (...texts: Array<string | undefined>): string | undefined => texts.find((t) => t !== undefined && t !== '');
+  const token = given(values.token, process.env.QSYNC_ADMIN_TOKEN);
+  const admin = given(values.admin, process.env.QSYNC_ADMIN);
   if (admin !== undefined) return { addresses: [admin], token };
   try {
     const file = await readClusterFile(values['cluster-dir'] ?? '.qsync/cluster');
@@ -197,25 +198,30 @@ export async function control(command: 'promote' | 'demote' | 'transfer', argv: 
   if (target !== undefined && !/^\d+$/.test(target)) throw new CliFailure(`<node> is a replica id, got ${JSON.stringify(target)}\n\n${ADMIN_HELP[command] as string}`, EXIT.usage);
   if (command === 'transfer' && target === undefined) throw new CliFailure(`transfer to which node?\n\n${ADMIN_HELP.transfer as string}`, EXIT.usage);
   const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  // --json: the node's status after the change, and nothing else on stdout.
+  const say = (text: string): void => {
+    if (values.json !== true) console.log(text);
+  };
   let result: SidecarStatus;
   if (command === 'promote') {
     const address = target === undefined ? (at.addresses[0] as string) : adminOf(await view(at), Number(target));
     result = await mutate<SidecarStatus>(address, 'POST', '/promote', at.token);
-    console.log(`node ${result.replica} leads in term ${result.term}`);
+    say(`node ${result.replica} leads in term ${result.term}`);
   } else if (command === 'demote') {
     const v = await view(at);
     const leader = leaderOf(v);
     result = await mutate<SidecarStatus>(adminOf(v, leader), 'POST', '/demote', at.token);
-    console.log(`node ${leader} stepped down in term ${result.term}; another node is being elected (qsync status)`);
+    say(`node ${leader} stepped down in term ${result.term}; another node is being elected (qsync status)`);
   } else {
     const v = await view(at);
+    if (!v.members.some((m) => m.replica === Number(target))) throw new CliFailure(`node ${target as string} is not in cluster ${v.cluster} (nodes ${v.members.map((m) => m.replica).join(', ')})`, EXIT.failed);
     const leader = leaderOf(v);
     if (leader === Number(target)) {
-      console.log(`node ${leader} leads already`);
+      say(`node ${leader} leads already`);
       return EXIT.ok;
     }
     result = await mutate<SidecarStatus>(adminOf(v, leader), 'POST', `/transfer?to=${target as string}`, at.token);
-    console.log(`node ${result.leader ?? '?'} leads now, in term ${result.term} (was node ${leader})`);
+    say(`node ${result.leader ?? '?'} leads now, in term ${result.term} (was node ${leader})`);
   }
   if (values.json === true) console.log(JSON.stringify(result, null, 2));
   return EXIT.ok;

@@ -81,10 +81,11 @@ async function start(argv: readonly string[]): Promise<void> {
     }
     throw error;
   }
-  let node: SidecarNode | null = null;
-  const log = createLogger({ node: config.replicaId }, undefined, config.logLevel, () => node?.logContext() ?? {});
+  let context = (): Record<string, unknown> => ({ role: 'starting' });
+  const log = createLogger({ node: config.replicaId }, undefined, config.logLevel, () => context());
+  let node: SidecarNode;
   try {
-    node = await SidecarNode.start(config, log);
+    node = await SidecarNode.start(config, log, (current) => (context = current));
   } catch (error) {
     if (!(error instanceof QsyncError)) throw error;
     log.fatal({ code: error.code }, error.message);

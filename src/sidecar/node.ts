@@ -106,10 +106,15 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     });
   }
 
-  static async start(config: SidecarConfig, log: Logger): Promise<SidecarNode> {
+  /**
+   * Open, check, recover and serve. `logContext` receives what every log line
+   * should carry (term and role), as soon as the journal knows the term.
+   */
+  static async start(config: SidecarConfig, log: Logger, logContext: (context: () => Record<string, unknown>) => void = () => undefined): Promise<SidecarNode> {
     let created: SidecarNode | null = null;
     const metrics = new Metrics(() => (created as SidecarNode).status(), { cluster: config.clusterId, replica: config.replicaId });
     const journal = await Journal.open({ dir: config.dataDir, onBatch: (b) => metrics.journalBatch(b.records, b.ms) });
+    logContext(() => ({ term: journal.raft?.term ?? 0, role: 'starting' }));
     for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
     const db = await PgDatabase.connect(config.pgUrl, config.clusterId, log, async (admin) => {
       await checkServer(admin, { preparedNeeded: limits.limboEntriesMax });
@@ -119,6 +124,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     });
     const node = new SidecarNode(config, log, journal, db, metrics);
     created = node;
+    logContext(() => node.logContext());
     await node.#driver.start();
     await node.#probe();
     node.#probeTimer = setInterval(() => void node.#probe(), PROBE_EVERY_MS);

@@ -128,7 +128,7 @@ describe('elections on a 3-node cluster', () => {
     const target = others(leader.replica)[1] as ClusterNode;
     const writer = stream(db, 100, 'transfer');
     await new Promise((r) => setTimeout(r, 300));
-    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress]);
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress, '--token', cluster.adminToken, '--json']);
     expect(JSON.parse(stdout)).toMatchObject({ leader: target.replica });
     await new Promise((r) => setTimeout(r, 300));
     await writer.stop();
@@ -269,7 +269,7 @@ describe('elections on a 3-node cluster', () => {
     // Before this rule the peers refused the stale record and closed the link for good: the old
     // leader's later records, its PROMOTE among them, never arrived, and it could not lead again.
     await eventually(async () => expect((await next.status()).peers.find((p) => p.replica === old.replica)?.connected).toBe(true), 'the link is up');
-    await run(process.execPath, ['bin/qsync.js', 'transfer', String(old.replica), '--admin', next.adminAddress]);
+    await run(process.execPath, ['bin/qsync.js', 'transfer', String(old.replica), '--admin', next.adminAddress, '--token', cluster.adminToken]);
     expect((await cluster.leader()).replica).toBe(old.replica);
     await db.execute([['INSERT INTO accounts VALUES (4002, $1, 0)', ['led again']]]);
     expect(await converged('led again')).toEqual([4002]);
@@ -283,7 +283,7 @@ describe('elections on a 3-node cluster', () => {
     expect(stale).toBeInstanceOf(StaleTerm);
     expect(stale).toMatchObject({ term, leader: leader.clientAddress, message: `stale term 1 (current ${term})` });
     // The demoted leader's PostgreSQL: an application still pointed at it is refused at once.
-    await run(process.execPath, ['bin/qsync.js', 'demote', '--admin', leader.adminAddress]);
+    await run(process.execPath, ['bin/qsync.js', 'demote', '--admin', leader.adminAddress, '--token', cluster.adminToken]);
     const next = await cluster.leader(15_000, [leader.replica]);
     await eventually(async () => expect(await rows(leader.replica, 'SELECT role FROM qsync.node')).toEqual([{ role: 'follower' }]), 'qsync.node says follower');
     const client = await leader.sql();
@@ -309,7 +309,7 @@ describe('elections on a 3-node cluster', () => {
   it('promote (qsync promote) makes a chosen up-to-date follower the leader; an unknown admin request is refused clearly', async () => {
     const leader = await cluster.leader();
     const chosen = others(leader.replica)[0] as ClusterNode;
-    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'promote', '--admin', chosen.adminAddress]);
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'promote', '--admin', chosen.adminAddress, '--token', cluster.adminToken, '--json']);
     expect(JSON.parse(stdout)).toMatchObject({ replica: chosen.replica, role: 'leader', writable: true });
     expect((await cluster.leader()).replica).toBe(chosen.replica);
     await db.execute([['INSERT INTO accounts VALUES (6000, $1, 0)', ['promoted']]]);
