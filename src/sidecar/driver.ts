@@ -220,7 +220,7 @@ export class NodeDriver<S, W> {
       // Journaled, so the writer's later records still arrive; decides nothing (docs/rfc/0003-stale-records.md).
       this.splitBrainRecords += 1;
       const synchro = this.#history.synchro;
-      this.log.warn({ replica: record.replica, lsn: record.lsn, kind: record.kind, term: record.term, current: synchro.term, owner: synchro.owner }, 'split-brain: a limbo record from an older term taken without effect');
+      this.log.warn({ replica: record.replica, lsn: record.lsn, kind: record.kind, recordTerm: record.term, limboTerm: synchro.term, owner: synchro.owner }, 'split-brain: a limbo record from an older term taken without effect');
       this.#emit({ kind: 'splitBrain', term: this.term, from: record.replica, recordTerm: record.term, lsn: record.lsn });
     }
     this.#revived.push(...this.#history.apply(record));

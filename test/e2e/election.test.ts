@@ -262,7 +262,7 @@ describe('elections on a 3-node cluster', () => {
       expect(now.some((s, k) => s.splitBrainRecords > (splitBefore[k] as number))).toBe(true);
     }, 'a peer took a stale record');
     const log = (await Promise.all([b, c].map((n) => readFile(join(n.dataDir, '..', 'sidecar.log'), 'utf8')))).join('');
-    expect(log).toMatch(new RegExp(`"replica":${old.replica},"lsn":\\d+,"kind":"(txn|rollback)","term":\\d+,"current":\\d+,"owner":${next.replica},"msg":"split-brain: a limbo record from an older term taken without effect"`));
+    expect(log).toMatch(new RegExp(`"replica":${old.replica},"lsn":\\d+,"kind":"(txn|rollback)","recordTerm":\\d+,"limboTerm":\\d+,"owner":${next.replica},"msg":"split-brain: a limbo record from an older term taken without effect"`));
     cluster.heal();
     expect(await converged('stranded')).toEqual([]);
     expect(await converged('new term')).toEqual([4001]);
