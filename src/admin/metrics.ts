@@ -21,8 +21,12 @@ export class Metrics {
   readonly #splitBrain: Counter;
   readonly #staleTerm: Counter<'where'>;
   readonly #limboTimeouts: Counter;
+  readonly #status: () => SidecarStatus;
+  /** One status per scrape, read by every gauge. */
+  #snapshot: SidecarStatus | null = null;
 
   constructor(status: () => SidecarStatus, labels: { cluster: string; replica: number }) {
+    this.#status = status;
     const registers = [this.registry];
     this.registry.setDefaultLabels({ cluster: labels.cluster, replica: String(labels.replica) });
     collectDefaultMetrics({ register: this.registry, prefix: 'qsync_' });
@@ -39,11 +43,10 @@ export class Metrics {
     for (const where of ['sidecar', 'postgres']) this.#staleTerm.inc({ where }, 0);
 
     const gauge = (name: string, help: string, read: (s: SidecarStatus, set: (value: number, labels?: Record<string, string>) => void) => void, labelNames: string[] = []): void => {
-      new Gauge({
+      const metric: Gauge = new Gauge({
         name, help, labelNames, registers,
-        collect() {
-          const s = status();
-          read(s, (value, l) => (l === undefined ? this.set(value) : this.set(l, value)));
+        collect: () => {
+          read(this.#snapshot ?? status(), (value, l) => (l === undefined ? metric.set(value) : metric.set(l, value)));
         },
       });
     };
@@ -93,8 +96,13 @@ export class Metrics {
     this.#batchRecords.observe(records);
   }
 
-  text(): Promise<string> {
-    return this.registry.metrics();
+  async text(): Promise<string> {
+    this.#snapshot = this.#status();
+    try {
+      return await this.registry.metrics();
+    } finally {
+      this.#snapshot = null;
+    }
   }
 
   get contentType(): string {
