@@ -45,11 +45,13 @@ export class FramedLink<In, Out> {
   constructor(socket: Socket, log: Logger, codec: LinkCodec<In, Out>) {
     this.socket = socket;
     this.#codec = codec;
-    this.log = log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
+    // An outgoing socket has no remote address until it connects.
+    this.log = socket.remoteAddress === undefined ? log : log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.#receive(chunk));
-    socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'info'));
-    socket.on('close', () => this.close('connection closed by the other side', 'info'));
+    // Ordinary ends are debug lines: a peer lost is its own info line (peer.ts), and clients come and go.
+    socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'debug'));
+    socket.on('close', () => this.close('connection closed by the other side', 'debug'));
   }
 
   /** Messages received and not yet read. */
@@ -103,7 +105,7 @@ export class FramedLink<In, Out> {
     });
   }
 
-  close(reason: string, level: 'info' | 'warn' = 'warn'): void {
+  close(reason: string, level: 'debug' | 'info' | 'warn' = 'warn'): void {
     if (this.#closeReason !== null) return;
     this.#closeReason = reason;
     this.log[level]({ reason }, 'link closed');
