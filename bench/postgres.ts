@@ -42,7 +42,7 @@ export interface ApplyRow {
 
 const CLUSTER = 'bench';
 
-async function walFsyncs(client: pg.Client): Promise<number> {
+export async function walFsyncs(client: pg.Client): Promise<number> {
   await client.query('SELECT pg_stat_clear_snapshot()');
   const { rows } = await client.query<{ n: string }>(`SELECT coalesce(sum(fsyncs), 0) AS n FROM pg_stat_io WHERE object = 'wal'`);
   return Number(rows[0]?.n ?? 0);

@@ -3,6 +3,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { runClusterBench } from './cluster.js';
+import { runCompareBench } from './compare.js';
 import { runFailoverBench } from './failover.js';
 import { runJournalBench } from './journal.js';
 import { runPostgresBench } from './postgres.js';
@@ -14,45 +15,59 @@ benchmarks:
   postgres    commit vs two-phase vs qsync capture path; apply throughput by batch size
   cluster     one-row sync and async inserts through the client library on a local 3-node cluster
   failover    SIGKILL the leader 10 times: time to the first sync write on the new leader (1 s and 250 ms election timeouts)
-  all         every benchmark above, one after another
+  compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
+              INSERTs at 1, 16 and 64 clients, runs alternating native/qsync; ratios, fsyncs per commit,
+              sidecar peak memory, an SVG chart (about 8 minutes with the defaults)
+  all         every benchmark above but compare, one after another
 
 options:
-  --seconds N   seconds per case (default 5)
+  --seconds N   seconds per case (default 5; compare: 10 per run)
+  --pairs N     compare: native/qsync pairs of runs per case (default 3)
+  --warmup N    compare: warm-up seconds per system (default 5)
   --dir PATH    where to put the benchmark's files (default: the system temp dir)
   --json PATH   where to write the results (default: bench/results/<benchmark>-<time>.json)
 `;
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { seconds: { type: 'string', default: '5' }, dir: { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+  options: {
+    seconds: { type: 'string' }, pairs: { type: 'string', default: '3' }, warmup: { type: 'string', default: '5' },
+    dir: { type: 'string' }, json: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+  },
 });
 
 const name = positionals[0] ?? 'all';
-const seconds = Number(values.seconds);
+const seconds = Number(values.seconds ?? (name === 'compare' ? 10 : 5));
+const pairs = Number(values.pairs);
+const warmup = Number(values.warmup);
 if (values.help) {
   console.log(usage);
   process.exit(0);
 }
-if (!Number.isFinite(seconds) || seconds <= 0) {
-  console.error(`--seconds must be a positive number, got ${values.seconds}\n\n${usage}`);
-  process.exit(2);
+for (const [flag, value] of [['seconds', seconds], ['pairs', pairs], ['warmup', warmup]] as const) {
+  if (!Number.isFinite(value) || value <= 0) {
+    console.error(`--${flag} must be a positive number, got ${String(values[flag])}\n\n${usage}`);
+    process.exit(2);
+  }
 }
+const stamp = new Date().toISOString().replace(/[:.]/g, '-');
 
 const benches: Record<string, () => Promise<unknown>> = {
   journal: () => runJournalBench({ seconds, sizes: [200, 2048], callers: [1, 16, 256], ...(values.dir === undefined ? {} : { dir: values.dir }) }),
   postgres: () => runPostgresBench({ seconds, sessions: [1, 16, 64], batches: [1, 100, 1000] }),
   cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
   failover: () => runFailoverBench({ rounds: 10, electionTimeoutsMs: [1_000, 250] }),
+  compare: () => runCompareBench({ seconds, pairs: Math.round(pairs), clients: [1, 16, 64], warmupSeconds: warmup, chartPath: `bench/results/compare-${stamp}.svg` }),
 };
 benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.(), failover: await benches.failover?.() });
 
+await mkdir('bench/results', { recursive: true });
 const bench = benches[name];
 if (bench === undefined) {
   console.error(`unknown benchmark '${name}'\n\n${usage}`);
   process.exit(2);
 }
 const result = await bench();
-const path = values.json ?? `bench/results/${name}-${new Date().toISOString().replace(/[:.]/g, '-')}.json`;
-await mkdir('bench/results', { recursive: true });
+const path = values.json ?? `bench/results/${name}-${stamp}.json`;
 await writeFile(path, `${JSON.stringify({ benchmark: name, node: process.version, at: new Date().toISOString(), result }, null, 2)}\n`);
 console.log(`results: ${path}`);

@@ -53,6 +53,8 @@ export interface ClusterOptions {
   /** Each line a sidecar logs, besides its sidecar.log (`cluster up` shows them in a terminal). */
   readonly onLog?: (replica: number, line: string) => void;
   readonly logLevel?: string;
+  /** Extra node options for the sidecar processes (e.g. --cpu-prof, to see where a benchmark's time goes). */
+  readonly nodeArgs?: readonly string[];
 }
 
 export interface ClusterNode {
@@ -150,7 +152,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       const peerPort = (p: { peer: number }, j: number): number => proxies.get(`${replica}>${j + 1}`)?.port ?? p.peer;
       const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}`).filter((_, j) => j !== i).join(',');
       return [
-        '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
+        ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
         '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),

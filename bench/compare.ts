@@ -1,0 +1,364 @@
+// qsync against PostgreSQL's own synchronous replication, side by side, in
+// one run on one machine (`npm run bench -- compare`).
+//
+// (a) native: a primary and two streaming standbys, `ANY 1 (s1, s2)`
+//     (bench/native.ts); (b) qsync: 3 PostgreSQL + 3 sidecars, quorum 2.
+// Same binaries, same settings (the launcher's), same load generator:
+// one-row INSERT transactions from N closed-loop clients, one connection
+// each. Native: pg with synchronous_commit = on (sync), then local (async);
+// qsync: the client library on a sync table, then an async one. Runs
+// alternate native, qsync, native, qsync ... (`--pairs` of them per case),
+// after a warm-up of each system. Per pair, the ratios qsync/native; the
+// medians of those are the figures. Also: WAL and journal fsyncs per commit,
+// and the sidecars' peak resident memory during the 64-client runs.
+import { readdirSync, readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import pg from 'pg';
+import { startLocalCluster, type ClusterNode, type LocalCluster } from '../src/cli/cluster.js';
+import { connect, type Db } from '../src/client/index.js';
+import { startNativeCluster, type NativeCluster } from './native.js';
+import { walFsyncs } from './postgres.js';
+import { closedLoop } from './stats.js';
+
+export interface CompareOptions {
+  readonly seconds: number;
+  readonly pairs: number;
+  readonly clients: readonly number[];
+  readonly warmupSeconds: number;
+  /** Where the SVG chart goes. */
+  readonly chartPath: string;
+}
+
+type System = 'native' | 'qsync';
+type Mode = 'sync' | 'async';
+
+export interface CompareRun {
+  readonly system: System;
+  readonly mode: Mode;
+  readonly clients: number;
+  readonly pair: number;
+  readonly txPerSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  /** WAL fsyncs per commit on the primary (native) or the leader (qsync). */
+  readonly walFsyncsPerTx: number;
+  /** qsync only: journal fsyncs per commit on the leader. */
+  readonly journalFsyncsPerTx: number | null;
+  /** CPU milliseconds per commit, by part: where the time goes on a 2-core machine. */
+  readonly cpuMsPerTx: Readonly<Record<string, number>>;
+}
+
+export interface CompareCase {
+  readonly mode: Mode;
+  readonly clients: number;
+  readonly native: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  readonly qsync: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** Medians over the pairs of qsync/native. */
+  readonly ratio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  readonly ratios: ReadonlyArray<{ readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number }>;
+}
+
+export interface CompareResult {
+  readonly options: Omit<CompareOptions, 'chartPath'>;
+  readonly machine: { readonly cpus: number; readonly node: string };
+  readonly runs: readonly CompareRun[];
+  readonly cases: readonly CompareCase[];
+  /** Peak resident memory of each sidecar during the qsync runs at the most clients, MB. */
+  readonly sidecarPeakRssMb: Readonly<Record<string, number>>;
+  readonly targets: ReadonlyArray<{ readonly what: string; readonly target: string; readonly value: number; readonly met: boolean }>;
+}
+
+const median = (values: readonly number[]): number => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+};
+
+/** CPU seconds (user + system) a process has used so far, 0 once it is gone (Linux /proc). */
+function cpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (CLK_TCK 100)
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and every process it started (a postmaster's backends), by their parent pids in /proc. */
+function tree(root: number): number[] {
+  const parents = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const ppid = Number(readFileSync(`/proc/${entry}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1]);
+      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const all: number[] = [];
+  for (let queue = [root]; queue.length > 0;) {
+    const pid = queue.pop() as number;
+    all.push(pid);
+    queue = [...queue, ...(parents.get(pid) ?? [])];
+  }
+  return all;
+}
+
+/** CPU seconds of named groups of process trees, plus this process (the load generator). */
+async function cpuByPart(parts: Record<string, Array<() => Promise<number | null>>>): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const [name, roots] of Object.entries(parts)) {
+    let total = 0;
+    for (const root of roots) {
+      const pid = await root();
+      if (pid !== null) total += tree(pid).reduce((sum, p) => sum + cpuSeconds(p), 0);
+    }
+    out[name] = total;
+  }
+  const own = process.cpuUsage();
+  out['load generator'] = (own.user + own.system) / 1e6;
+  return out;
+}
+
+/** Resident memory of a process, MB (Linux /proc). */
+function rssMb(pid: number): number {
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match === null ? 0 : Number(match[1]) / 1024;
+}
+
+interface Target {
+  /** Connections for `clients` callers of `mode`. */
+  open(mode: Mode, clients: number): Promise<{ op: (caller: number) => Promise<void>; close: () => Promise<void> }>;
+  walFsyncs(): Promise<number>;
+  journalFsyncs(): Promise<number | null>;
+  /** CPU seconds so far by part. */
+  cpu(): Promise<Record<string, number>>;
+}
+
+function nativeTarget(cluster: NativeCluster, nextId: () => number): Target {
+  const monitor = new pg.Client({ connectionString: cluster.primary.connectionString });
+  monitor.on('error', () => undefined); // the cluster stops under it at the end
+  const ready = monitor.connect();
+  return {
+    open: async (mode, clients) => {
+      const conns = await Promise.all(Array.from({ length: clients }, async () => {
+        const c = new pg.Client({ connectionString: cluster.primary.connectionString });
+        await c.connect();
+        await c.query(`SET synchronous_commit = ${mode === 'sync' ? 'on' : 'local'}`);
+        return c;
+      }));
+      return {
+        op: async (caller) => {
+          await (conns[caller] as pg.Client).query({ name: 'insert', text: 'INSERT INTO bench VALUES ($1, $2)', values: [nextId(), 'payload'] });
+        },
+        close: async () => {
+          await Promise.all(conns.map((c) => c.end()));
+        },
+      };
+    },
+    walFsyncs: async () => {
+      await ready;
+      return walFsyncs(monitor);
+    },
+    journalFsyncs: async () => null,
+    cpu: () => cpuByPart({ 'primary PostgreSQL': [() => cluster.primary.pid()], 'standby PostgreSQLs': cluster.standbys.map((s) => () => s.pid()) }),
+  };
+}
+
+function qsyncTarget(cluster: LocalCluster, leader: () => ClusterNode, nextId: () => number): Target {
+  return {
+    open: async (mode, clients) => {
+      const dbs: Db[] = await Promise.all(Array.from({ length: clients }, () => connect(leader().clientAddress, cluster.credentials)));
+      return {
+        op: async (caller) => {
+          await (dbs[caller] as Db).execute([[`INSERT INTO bench_${mode} VALUES ($1, $2)`, [nextId(), 'payload']]]);
+        },
+        close: async () => {
+          for (const db of dbs) db.close();
+        },
+      };
+    },
+    walFsyncs: async () => {
+      const c = await leader().sql();
+      try {
+        return await walFsyncs(c);
+      } finally {
+        await c.end();
+      }
+    },
+    journalFsyncs: async () => {
+      const metrics = await fetch(`http://${leader().adminAddress}/metrics`).then((r) => r.text());
+      const match = /^qsync_journal_fsync_seconds_count\{[^}]*\} (\d+)/m.exec(metrics);
+      return match === null ? null : Number(match[1]);
+    },
+    cpu: () => {
+      const followers = cluster.nodes.filter((n) => n !== leader());
+      const sidecar = (n: ClusterNode) => async (): Promise<number | null> => n.process?.pid ?? null;
+      return cpuByPart({
+        'leader sidecar': [sidecar(leader())], 'follower sidecars': followers.map(sidecar),
+        'leader PostgreSQL': [() => leader().pg.pid()], 'follower PostgreSQLs': followers.map((n) => () => n.pg.pid()),
+      });
+    },
+  };
+}
+
+export async function runCompareBench(options: CompareOptions): Promise<CompareResult> {
+  let id = 0;
+  const nextId = (): number => (id += 1);
+  console.log('starting a native cluster (primary + 2 standbys, ANY 1 (s1, s2)) and a qsync cluster (3 nodes, quorum 2)...');
+  const native = await startNativeCluster(['CREATE TABLE bench (id bigint PRIMARY KEY, payload text)']);
+  let qsync: LocalCluster | null = null;
+  try {
+    qsync = await startLocalCluster({
+      tables: [
+        { ddl: 'CREATE TABLE bench_sync (id bigint PRIMARY KEY, payload text)', name: 'bench_sync', mode: 'sync' },
+        { ddl: 'CREATE TABLE bench_async (id bigint PRIMARY KEY, payload text)', name: 'bench_async', mode: 'async' },
+      ],
+    });
+    const leaderNode = await qsync.leader();
+    const targets: Record<System, Target> = { native: nativeTarget(native, nextId), qsync: qsyncTarget(qsync, () => leaderNode, nextId) };
+    const runs: CompareRun[] = [];
+    const peak: Record<string, number> = {};
+    const most = Math.max(...options.clients);
+
+    const measure = async (system: System, mode: Mode, clients: number, pair: number, seconds: number): Promise<CompareRun> => {
+      const target = targets[system];
+      const session = await target.open(mode, clients);
+      const walBefore = await target.walFsyncs();
+      const journalBefore = await target.journalFsyncs();
+      const cpuBefore = await target.cpu();
+      let errors = 0;
+      // The sidecars' memory, sampled through the busiest runs.
+      const sampler = system === 'qsync' && clients === most ? setInterval(() => {
+        for (const n of (qsync as LocalCluster).nodes) {
+          if (n.process?.pid === undefined) continue;
+          const key = `node${n.replica}${n === leaderNode ? ' (leader)' : ''}`;
+          peak[key] = Math.max(peak[key] ?? 0, rssMb(n.process.pid));
+        }
+      }, 200) : null;
+      const result = await closedLoop(clients, seconds, async (caller) => {
+        try {
+          await session.op(caller);
+        } catch {
+          errors += 1; // counted and reported: a benchmark must not hide failures
+        }
+      });
+      if (sampler !== null) clearInterval(sampler);
+      const commits = Math.max(1, result.ops - errors);
+      const cpuAfter = await target.cpu();
+      const walAfter = await target.walFsyncs();
+      const journalAfter = await target.journalFsyncs();
+      await session.close();
+      return {
+        system, mode, clients, pair, txPerSec: (result.ops - errors) / result.seconds, p50Ms: result.latency.p50Ms(), p99Ms: result.latency.p99Ms(), errors,
+        walFsyncsPerTx: (walAfter - walBefore) / commits,
+        journalFsyncsPerTx: journalBefore === null || journalAfter === null ? null : (journalAfter - journalBefore) / commits,
+        cpuMsPerTx: Object.fromEntries(Object.entries(cpuAfter).map(([part, seconds]) => [part, ((seconds - (cpuBefore[part] ?? 0)) * 1000) / commits])),
+      };
+    };
+
+    console.log(`warm-up: ${options.warmupSeconds} s of sync inserts at 16 clients on each system`);
+    for (const system of ['native', 'qsync'] as const) await measure(system, 'sync', 16, 0, options.warmupSeconds);
+    console.log(`\n${options.pairs} pairs of ${options.seconds} s runs per case, native then qsync\n`);
+    console.log('mode   clients  pair  system      tx/s   p50 ms   p99 ms  errors  WAL fsyncs/tx  journal fsyncs/tx');
+    for (const mode of ['sync', 'async'] as const) {
+      for (const clients of options.clients) {
+        for (let pair = 1; pair <= options.pairs; pair += 1) {
+          for (const system of ['native', 'qsync'] as const) {
+            const r = await measure(system, mode, clients, pair, options.seconds);
+            runs.push(r);
+            console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+          }
+        }
+      }
+    }
+
+    const cases: CompareCase[] = [];
+    for (const mode of ['sync', 'async'] as const) {
+      for (const clients of options.clients) {
+        const of = (system: System): CompareRun[] => runs.filter((r) => r.system === system && r.mode === mode && r.clients === clients).sort((a, b) => a.pair - b.pair);
+        const n = of('native');
+        const q = of('qsync');
+        const ratios = n.map((nr, i) => {
+          const qr = q[i] as CompareRun;
+          return { txPerSec: qr.txPerSec / nr.txPerSec, p50Ms: qr.p50Ms / nr.p50Ms, p99Ms: qr.p99Ms / nr.p99Ms };
+        });
+        const med = (list: CompareRun[]): { txPerSec: number; p50Ms: number; p99Ms: number } => ({ txPerSec: median(list.map((r) => r.txPerSec)), p50Ms: median(list.map((r) => r.p50Ms)), p99Ms: median(list.map((r) => r.p99Ms)) });
+        cases.push({
+          mode, clients, native: med(n), qsync: med(q), ratios,
+          ratio: { txPerSec: median(ratios.map((r) => r.txPerSec)), p50Ms: median(ratios.map((r) => r.p50Ms)), p99Ms: median(ratios.map((r) => r.p99Ms)) },
+        });
+      }
+    }
+    const caseOf = (mode: Mode, clients: number): CompareCase | undefined => cases.find((c) => c.mode === mode && c.clients === clients);
+    const fewest = Math.min(...options.clients);
+    const targetsMet = [
+      { what: `sync throughput, ${most} clients, qsync/native`, target: '>= 0.7 (goal 1.0)', value: caseOf('sync', most)?.ratio.txPerSec ?? 0, met: (caseOf('sync', most)?.ratio.txPerSec ?? 0) >= 0.7 },
+      { what: `sync p50 latency, ${fewest} client, qsync/native`, target: '<= 1.5', value: caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity, met: (caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity) <= 1.5 },
+      ...options.clients.map((c) => ({ what: `async throughput, ${c} clients, qsync/native`, target: '>= 0.8', value: caseOf('async', c)?.ratio.txPerSec ?? 0, met: (caseOf('async', c)?.ratio.txPerSec ?? 0) >= 0.8 })),
+      { what: `sidecar peak RSS during the ${most}-client runs, MB`, target: '<= 150', value: Math.max(0, ...Object.values(peak)), met: Math.max(0, ...Object.values(peak)) <= 150 },
+    ];
+
+    console.log('\nmedians over the pairs; ratio = median of the per-pair qsync/native ratios\n');
+    console.log('mode   clients   native tx/s   qsync tx/s  ratio   native p50  qsync p50  ratio   native p99  qsync p99  ratio');
+    for (const c of cases) {
+      const f = (v: number, d = 0, w = 11): string => v.toFixed(d).padStart(w);
+      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
+    }
+    console.log(`\nsidecar peak RSS during the ${most}-client runs: ${Object.entries(peak).map(([k, v]) => `${k} ${v.toFixed(0)} MB`).join(', ')}`);
+    console.log('\ntargets:');
+    for (const t of targetsMet) console.log(`  ${t.met ? 'met    ' : 'NOT MET'}  ${t.what}: ${t.value.toFixed(2)} (target ${t.target})`);
+
+    const result: CompareResult = {
+      options: { seconds: options.seconds, pairs: options.pairs, clients: options.clients, warmupSeconds: options.warmupSeconds },
+      machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+      runs, cases, sidecarPeakRssMb: peak, targets: targetsMet,
+    };
+    await writeFile(options.chartPath, chart(result));
+    console.log(`chart: ${options.chartPath}`);
+    return result;
+  } finally {
+    await qsync?.stop();
+    await native.stop();
+  }
+}
+
+/** Throughput and p99 against clients, both systems, sync and async: one SVG with two panels. */
+export function chart(result: CompareResult): string {
+  const width = 420;
+  const height = 260;
+  const pad = { left: 60, right: 16, top: 30, bottom: 40 };
+  const clients = result.options.clients;
+  const series = (['native', 'qsync'] as const).flatMap((system) => (['sync', 'async'] as const).map((mode) => ({
+    system, mode, color: system === 'native' ? (mode === 'sync' ? '#1f77b4' : '#9ecae1') : (mode === 'sync' ? '#d62728' : '#fc9272'), dash: mode === 'async' ? '6 4' : '',
+    points: clients.map((c) => result.cases.find((k) => k.mode === mode && k.clients === c)?.[system]),
+  })));
+  const panel = (x0: number, title: string, value: (p: { txPerSec: number; p99Ms: number }) => number, unit: string): string => {
+    const values = series.flatMap((s) => s.points.map((p) => (p === undefined ? 0 : value(p))));
+    const max = Math.max(1, ...values) * 1.1;
+    const px = (i: number): number => x0 + pad.left + (clients.length === 1 ? 0 : (i / (clients.length - 1)) * (width - pad.left - pad.right));
+    const py = (v: number): number => pad.top + (1 - v / max) * (height - pad.top - pad.bottom);
+    const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => f * max);
+    return [
+      `<text x="${x0 + width / 2}" y="18" text-anchor="middle" font-weight="bold">${title}</text>`,
+      ...ticks.map((t) => `<line x1="${x0 + pad.left}" x2="${x0 + width - pad.right}" y1="${py(t)}" y2="${py(t)}" stroke="#eee"/><text x="${x0 + pad.left - 6}" y="${py(t) + 4}" text-anchor="end">${t >= 100 ? t.toFixed(0) : t.toFixed(1)}</text>`),
+      ...clients.map((c, i) => `<text x="${px(i)}" y="${height - pad.bottom + 16}" text-anchor="middle">${c}</text>`),
+      `<text x="${x0 + width / 2}" y="${height - 6}" text-anchor="middle">clients</text>`,
+      `<text x="${x0 + 14}" y="${height / 2}" transform="rotate(-90 ${x0 + 14} ${height / 2})" text-anchor="middle">${unit}</text>`,
+      ...series.map((s) => {
+        const pts = s.points.map((p, i) => (p === undefined ? null : `${px(i)},${py(value(p))}`)).filter((p) => p !== null);
+        return `<polyline fill="none" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}" points="${pts.join(' ')}"/>${pts.map((p) => `<circle cx="${p?.split(',')[0] ?? 0}" cy="${p?.split(',')[1] ?? 0}" r="3" fill="${s.color}"/>`).join('')}`;
+      }),
+    ].join('\n');
+  };
+  const legend = series.map((s, i) => `<line x1="${20 + i * 200}" x2="${50 + i * 200}" y1="${height + 20}" y2="${height + 20}" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}"/><text x="${56 + i * 200}" y="${height + 24}">${s.system} ${s.mode}</text>`).join('\n');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width}" height="${height + 40}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+${panel(0, 'Throughput (tx/s, median of pairs)', (p) => p.txPerSec, 'tx/s')}
+${panel(width, 'p99 latency (ms, median of pairs)', (p) => p.p99Ms, 'ms')}
+${legend}
+</svg>
+`;
+}
