@@ -12,6 +12,9 @@ import type { Transport, TransportHandlers } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 import type { SimDisk } from './storage.js';
 
+/** A subscriber's periodic ack, as src/net/peer.ts sends it. */
+const ACK_REFRESH_MS = 1_000;
+
 export interface NetworkProfile {
   readonly latencyMsMin: number;
   readonly latencyMsMax: number;
@@ -126,6 +129,16 @@ export class SimNetwork {
     // SUBSCRIBE travels up; the relay then streams what the subscriber lacks, from its journal's disk.
     const from = subscriber.handlers.subscribeFrom();
     this.#up(stream, () => this.#relay(stream, from));
+    // As in production (src/net/peer.ts): the subscriber also acks every second, records or not.
+    const refresh = (): void => {
+      this.#scheduler.after(ACK_REFRESH_MS, () => {
+        if (!stream.open) return;
+        const ack = subscriber.handlers.ack();
+        this.#up(stream, () => relay.handlers.onAck(subscriber.node as ReplicaId, ack.vclock, ack.term));
+        refresh();
+      }, subscriber.life);
+    };
+    refresh();
   }
 
   #relay(stream: Stream, from: VClock): void {

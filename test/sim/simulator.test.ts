@@ -32,8 +32,10 @@ test('a seed replays exactly: the same trace and the same counts', async () => {
 });
 
 describe('planted bugs are caught', () => {
-  const SEEDS_MAX = 40;
-  test.each(PLANTED_BUGS)('%s is caught within 40 seeds', async (bug) => {
+  // voteIgnoresVclock breaks about 1 seed in 20 (seeds 1..200: 10-11 failures), first at seed 52 since
+  // subscribers ack every second; the others within a few seeds. Seeds are fixed: this never flakes.
+  const SEEDS_MAX = 80;
+  test.each(PLANTED_BUGS)('%s is caught within 80 seeds', async (bug) => {
     let caught: SimResult | null = null;
     for (let seed = 1; seed <= SEEDS_MAX && caught === null; seed += 1) {
       const result = await simulate({ seed, bug });
