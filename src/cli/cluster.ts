@@ -46,8 +46,8 @@ export interface ClusterOptions {
   readonly secret?: string;
   /** Tables to create on every node and mark, before the sidecars start. */
   readonly tables?: ReadonlyArray<{ readonly ddl: string; readonly name: string; readonly mode: 'sync' | 'async' }>;
-  /** The admin interfaces' token (default: a random one). */
-  readonly adminToken?: string;
+  /** The admin interfaces' token (default: a random one; null: none, so the nodes refuse mutating admin requests). */
+  readonly adminToken?: string | null;
   /** Redis for discovery and events (optional). */
   readonly redisUrl?: string;
   /** Each line a sidecar logs, besides its sidecar.log (`cluster up` shows them in a terminal). */
@@ -88,7 +88,7 @@ export interface LocalCluster {
   readonly clientAddresses: readonly string[];
   /** The embedded servers' superuser, for clients of a local cluster. */
   readonly credentials: { readonly user: string; readonly password: string };
-  /** The token of the nodes' admin interfaces (mutating requests). */
+  /** The token of the nodes' admin interfaces (mutating requests); '' when started without one. */
   readonly adminToken: string;
   readonly redisUrl: string | undefined;
   /** The node accepting sync writes, once there is one (throws after `timeoutMs`). */
@@ -119,7 +119,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   await mkdir(root, { recursive: true });
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
   const secret = options.secret ?? 'local-cluster-secret-0123456789';
-  const adminToken = options.adminToken ?? randomBytes(16).toString('hex');
+  const adminToken = options.adminToken === undefined ? randomBytes(16).toString('hex') : options.adminToken;
   let ports = await nodePorts(count);
   // proxies[i][j]: node i+1's connection to node j+1's peer port.
   const proxies = new Map<string, LinkProxy>();
@@ -177,7 +177,10 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       },
       startSidecar: async () => {
         // The token goes by environment, not on the command line where ps shows it.
-        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, QSYNC_ADMIN_TOKEN: adminToken } });
+        const env = { ...process.env };
+        delete env.QSYNC_ADMIN_TOKEN;
+        if (adminToken !== null) env.QSYNC_ADMIN_TOKEN = adminToken;
+        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env });
         track(child);
         node.process = child;
         const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
@@ -197,7 +200,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       pause: () => node.process?.kill('SIGSTOP'),
       resume: () => node.process?.kill('SIGCONT'),
       status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),
-      admin: <T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown) => adminRequest<T>(node.adminAddress, method, path, { token: adminToken, ...(body === undefined ? {} : { body }) }),
+      admin: <T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown) => adminRequest<T>(node.adminAddress, method, path, { ...(adminToken === null ? {} : { token: adminToken }), ...(body === undefined ? {} : { body }) }),
       sql: async () => {
         const client = new pg.Client({ connectionString: server.connectionString });
         client.on('error', () => undefined);
@@ -242,7 +245,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     nodes,
     clientAddresses: nodes.map((n) => n.clientAddress),
     credentials: { user: servers[0]?.user ?? 'postgres', password: servers[0]?.password ?? '' },
-    adminToken,
+    adminToken: adminToken ?? '',
     redisUrl: options.redisUrl,
     leader,
     proxy,

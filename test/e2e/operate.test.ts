@@ -145,6 +145,12 @@ describe('admin HTTP API', () => {
     const onFollower = await http(follower, 'PUT', '/tables/items', { token: cluster.adminToken, body: '{"mode":"async"}' });
     expect(onFollower).toMatchObject({ status: 409, body: { error: { code: 'NOT_LEADER', leader: leader.clientAddress } } });
     expect((await http(leader, 'GET', '/nonsense')).status).toBe(400);
+    const huge = await http(leader, 'PUT', '/tables/items', { token: cluster.adminToken, body: `{"mode":"${'x'.repeat(100_000)}"}` });
+    expect(huge).toMatchObject({ status: 400, body: { error: { message: expect.stringMatching(/request body over 65536 bytes/) } } });
+    const spaced = await http(leader, 'PUT', '/tables/no%20such', { token: cluster.adminToken, body: '{"mode":"sync"}' });
+    expect(spaced).toMatchObject({ status: 400, body: { error: { message: expect.stringMatching(/table no such: it does not exist/) } } });
+    const badTarget = await http(leader, 'POST', '/transfer?to=99', { token: cluster.adminToken });
+    expect(badTarget).toMatchObject({ status: 400, body: { error: { message: expect.stringMatching(/transfer needs \?to=<replica id 1..31>, got "99"/) } } });
     // Nothing changed: still the leader, items still sync.
     expect((await leader.status()).writable).toBe(true);
     expect((await http(follower, 'GET', '/tables')).body).toEqual(expect.arrayContaining([{ table: 'public.items', mode: 'sync' }]));
@@ -339,5 +345,23 @@ describe('logs', () => {
     const elected = lines.find((l) => l.msg === 'leader: a quorum holds the PROMOTE; accepting sync writes') as Record<string, unknown>;
     expect(pretty(JSON.stringify(elected))).toMatch(new RegExp(`INFO.*node ${leader.replica} term ${String(elected.term)} \\w+: leader: a quorum holds the PROMOTE`));
     expect(pretty(JSON.stringify({ ...elected, level: 20 }))).toBeNull();
+  });
+});
+
+describe('a node started without an admin token', () => {
+  it('refuses every mutating request (403, saying how to allow them) and still serves reads', async () => {
+    const lone = await startLocalCluster({ nodes: 1, adminToken: null });
+    try {
+      const node = lone.nodes[0] as ClusterNode;
+      for (const [method, path] of [['POST', '/promote'], ['POST', '/demote'], ['POST', '/transfer?to=2'], ['PUT', '/tables/t']] as const) {
+        const answer = await http(node, method, path, { token: 'any-token-at-all-0123', ...(method === 'PUT' ? { body: '{"mode":"sync"}' } : {}) });
+        expect(answer, path).toMatchObject({ status: 403, body: { error: { code: 'FORBIDDEN', message: expect.stringMatching(/started without --admin-token/) } } });
+      }
+      // Nothing changed: it still leads, and reads are served.
+      expect(await node.status()).toMatchObject({ writable: true, role: 'leader' });
+      expect((await http(node, 'GET', '/health/leader')).status).toBe(200);
+    } finally {
+      await lone.stop();
+    }
   });
 });
