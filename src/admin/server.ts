@@ -21,6 +21,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { QsyncError } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
 import { isReplicaId, type ReplicaId } from '../core/types.js';
+import { vclockMissing } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { listen } from '../net/listen.js';
 import type { SidecarStatus } from '../sidecar/node.js';
@@ -153,7 +154,7 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
       const lagMax = lagText === null ? null : Number(lagText);
       if (lagMax !== null && !(Number.isInteger(lagMax) && lagMax >= 0)) throw new QsyncError('BAD_REQUEST', `?lag must be a number of records, got ${JSON.stringify(lagText)}`);
       const leaderView = s.peers.find((p) => p.replica === s.leader);
-      const behind = leaderView === undefined ? null : Math.max(0, ...vclockBehind(s.applied, leaderView.vclock));
+      const behind = leaderView === undefined ? null : vclockMissing(s.applied, leaderView.vclock);
       const ok = !s.writable && s.role === 'follower' && s.leader !== null && s.postgres.reachable && (lagMax === null || (behind !== null && behind <= lagMax));
       return new Answer(ok ? 200 : 503, { healthy: ok, role: s.role, term: s.term, leader: s.leader, postgres: s.postgres.reachable, lagRecords: behind });
     }
@@ -178,11 +179,6 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
     default:
       throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /transfer?to=N; PUT /tables/<name>`);
   }
-}
-
-/** Per component, how far `mine` is behind `theirs` (what the leader holds that this node has not applied). */
-function vclockBehind(mine: readonly number[], theirs: readonly number[]): number[] {
-  return theirs.map((lsn, i) => (i === 0 ? 0 : Math.max(0, lsn - (mine[i] ?? 0))));
 }
 
 function answer(response: ServerResponse, status: number, body: unknown): void {

@@ -104,6 +104,13 @@ export function vclockSum(vclock: VClock): number {
   return sum;
 }
 
+/** Records `want` holds that `have` lacks, summed over components (the local one left out): a lag. */
+export function vclockMissing(have: VClock, want: VClock): number {
+  let missing = 0;
+  for (let i = 1; i < want.length; i += 1) missing += Math.max(0, (want[i] ?? 0) - (have[i] ?? 0));
+  return missing;
+}
+
 /** A clock read from disk or the wire, or an error message saying what is wrong. */
 export function vclockParse(value: unknown): VClock | string {
   if (!Array.isArray(value)) return 'not an array';

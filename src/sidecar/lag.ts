@@ -9,8 +9,7 @@
 // the peer's vclock does not cover was taken at most that long after the
 // oldest missing record arrived. A peer behind for longer than the window
 // reports the window's age, a lower bound.
-import { REPLICA_LOCAL } from '../core/types.js';
-import { vclockCovers, vclockEntries, vclockGet, type VClock } from '../core/vclock.js';
+import { vclockCovers, vclockMissing, type VClock } from '../core/vclock.js';
 
 const SAMPLE_EVERY_MS = 100;
 /** Ten minutes of samples at most. */
@@ -29,13 +28,18 @@ export class LagSampler {
 
   /** The peer's lag behind `tail`: records it lacks, and milliseconds since the oldest of them arrived here. */
   lag(peer: VClock, tail: VClock, nowMs: number): { readonly records: number; readonly ms: number } {
-    let records = 0;
-    for (const [replica, lsn] of vclockEntries(tail)) {
-      if (replica !== REPLICA_LOCAL) records += Math.max(0, lsn - vclockGet(peer, replica));
-    }
+    const records = vclockMissing(peer, tail);
     if (records === 0) return { records, ms: 0 };
-    // Samples are in time order and their vclocks only grow: the first one not covered is the oldest.
-    const oldest = this.#samples.find((s) => !vclockCovers(peer, s.vclock));
+    // Samples are in time order and their vclocks only grow, so the covered ones are a prefix:
+    // binary search for the first one the peer does not cover, the oldest record it lacks.
+    let low = 0;
+    let high = this.#samples.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (vclockCovers(peer, (this.#samples[mid] as { vclock: VClock }).vclock)) low = mid + 1;
+      else high = mid;
+    }
+    const oldest = this.#samples[low];
     return { records, ms: oldest === undefined ? 0 : Math.max(0, nowMs - oldest.atMs) };
   }
 }

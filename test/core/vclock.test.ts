@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { Lsn, ReplicaId } from '../../src/core/types.js';
 import {
-  VCLOCK_EMPTY, vclockCompare, vclockCovers, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, vclockParse, vclockSum, type VClock,
+  VCLOCK_EMPTY, vclockCompare, vclockCovers, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, vclockMissing, vclockParse, vclockSum, type VClock,
 } from '../../src/core/vclock.js';
 import { vclockArb } from '../support/arbitraries.js';
 
@@ -78,5 +78,19 @@ describe('vclock laws (fast-check)', () => {
 
   it('follow refuses to go backwards', () => {
     expect(() => vclockFollow(vc({ 1: 3 }), 1 as ReplicaId, 3 as Lsn)).toThrow(/does not move past/);
+  });
+});
+
+describe('vclockMissing (lag in records)', () => {
+  it('counts what want holds beyond have, leaving the local component out; zero exactly when have covers want', () => {
+    expect(vclockMissing(vc({ 1: 5, 2: 3 }), vc({ 0: 9, 1: 7, 2: 1, 3: 4 }))).toBe(2 + 4);
+    fc.assert(fc.property(vclockArb, vclockArb, (a, b) => {
+      const missing = vclockMissing(a, b);
+      expect(missing >= 0).toBe(true);
+      expect(missing === 0).toBe(vclockCovers(a, b));
+      // Merging in what was missing leaves nothing missing, and merge never adds a lag.
+      expect(vclockMissing(vclockMerge(a, b), b)).toBe(0);
+      expect(vclockMissing(vclockMerge(a, b), vclockMerge(a, b))).toBe(0);
+    }));
   });
 });
