@@ -1,7 +1,7 @@
 // Logs: pino, one JSON line per event, bound to the node; `context` adds what
 // changes over time (its term and role) to every line. `prettyLine` turns
 // such a line into one for a terminal (`qsync cluster up`).
-import { pino, type DestinationStream, type Logger } from 'pino';
+import { levels, pino, type DestinationStream, type Logger } from 'pino';
 import pinoPretty from 'pino-pretty';
 
 export type { Logger };
@@ -10,8 +10,6 @@ export function createLogger(bindings: Record<string, unknown>, destination?: De
   const options = { level, base: bindings, ...(context === undefined ? {} : { mixin: context }) };
   return destination === undefined ? pino(options) : pino(options, destination);
 }
-
-const LEVELS: Readonly<Record<string, number>> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
 
 /**
  * A formatter for a terminal: a JSON log line at `level` or above becomes
@@ -23,7 +21,7 @@ export function prettyLines(level: string, colorize: boolean): (line: string) =>
     colorize, singleLine: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname,node,term,role',
     messageFormat: (log, messageKey) => `node ${String(log.node)} term ${String(log.term ?? '-')} ${String(log.role ?? '-')}: ${String(log[messageKey])}`,
   });
-  const min = LEVELS[level] ?? 30;
+  const min = levels.values[level] ?? levels.values.info ?? 30;
   return (line) => {
     let parsed: { level?: number };
     try {

@@ -18,7 +18,7 @@
 // { error: { code, message } }; nothing a request carries can stop the node.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { QsyncError } from '../core/errors.js';
+import { QsyncError, type ErrorCode } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
 import { isReplicaId, type ReplicaId } from '../core/types.js';
 import { vclockMissing } from '../core/vclock.js';
@@ -39,8 +39,8 @@ export interface AdminTarget {
   metrics(): Promise<{ contentType: string; text: string }>;
 }
 
-const STATUS_OF: Partial<Record<string, number>> = {
-  BAD_REQUEST: 400, PG_TABLE: 400, PG_ERROR: 400, AUTH: 401, FORBIDDEN: 403, NOT_FOUND: 404, NOT_LEADER: 409, STALE_TERM: 409,
+const STATUS_OF: Partial<Record<ErrorCode, number>> = {
+  BAD_REQUEST: 400, PG_TABLE: 400, PG_ERROR: 400, AUTH: 401, FORBIDDEN: 403, NOT_LEADER: 409, STALE_TERM: 409,
 };
 
 const BODY_BYTES_MAX = 64 * 1024;
@@ -74,7 +74,7 @@ export class AdminServer {
         },
         (error: unknown) => {
           if (error instanceof QsyncError) {
-            answer(response, STATUS_OF[error.code] ?? 500, { error: { ...error.context, code: error.code, message: error.message } });
+            answer(response, STATUS_OF[error.code as ErrorCode] ?? 500, { error: { ...error.context, code: error.code, message: error.message } });
             return;
           }
           log.error({ err: (error as Error).message, url: request.url }, 'admin request failed');
@@ -197,7 +197,8 @@ export async function adminRequest<T = SidecarStatus>(address: string, method: '
   const body = (await response.json()) as T & { error?: { code: string; message: string } & Record<string, unknown> };
   if (body.error !== undefined) {
     const { code, message, ...context } = body.error;
-    throw new QsyncError(code in STATUS_OF ? code as 'BAD_REQUEST' : 'BAD_REQUEST', message, context);
+    // The node's own code, so callers can tell NOT_LEADER from BAD_REQUEST; an unknown one stays BAD_REQUEST.
+    throw new QsyncError((code in STATUS_OF ? code : 'BAD_REQUEST') as ErrorCode, message, context);
   }
   return body;
 }

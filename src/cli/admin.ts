@@ -74,17 +74,23 @@ async function where(values: { admin?: string | undefined; token?: string | unde
   }
 }
 
-/** The cluster view from the first node that answers. */
-async function view(at: Where): Promise<ClusterView> {
+/** GET `path` from the first node that answers; a node's refusal is final, an unreachable node is skipped. */
+async function firstAnswer<T>(at: Where, path: string): Promise<T> {
   const errors: string[] = [];
   for (const address of at.addresses) {
     try {
-      return await adminRequest<ClusterView>(address, 'GET', '/cluster', { timeoutMs: 5_000 });
+      return await adminRequest<T>(address, 'GET', path, { timeoutMs: 5_000 });
     } catch (error) {
+      if (error instanceof QsyncError) throw new CliFailure(error.message, EXIT.failed);
       errors.push(`${address}: ${describe(error)}`);
     }
   }
   throw new CliFailure(`no node's admin interface answers (${errors.join('; ')}); is the node started with --admin-port? pass --admin host:port`, EXIT.unreachable);
+}
+
+/** The cluster view from the first node that answers. */
+function view(at: Where): Promise<ClusterView> {
+  return firstAnswer<ClusterView>(at, '/cluster');
 }
 
 function describe(error: unknown): string {
@@ -154,18 +160,9 @@ export async function tableCommand(argv: readonly string[]): Promise<number> {
   const [verb, name] = positionals;
   const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
   if (verb === 'list') {
-    const errors: string[] = [];
-    for (const address of at.addresses) {
-      try {
-        const tables = await adminRequest<Array<{ table: string; mode: string }>>(address, 'GET', '/tables', { timeoutMs: 5_000 });
-        console.log(values.json === true ? JSON.stringify(tables, null, 2) : tables.length === 0 ? 'no tables are replicated yet: qsync table sync <table>' : table(['Table', 'Mode'], tables.map((t) => [t.table, t.mode])));
-        return EXIT.ok;
-      } catch (error) {
-        if (error instanceof QsyncError) throw new CliFailure(error.message, EXIT.failed);
-        errors.push(`${address}: ${describe(error)}`);
-      }
-    }
-    throw new CliFailure(`no node's admin interface answers (${errors.join('; ')})`, EXIT.unreachable);
+    const tables = await firstAnswer<Array<{ table: string; mode: string }>>(at, '/tables');
+    console.log(values.json === true ? JSON.stringify(tables, null, 2) : tables.length === 0 ? 'no tables are replicated yet: qsync table sync <table>' : table(['Table', 'Mode'], tables.map((t) => [t.table, t.mode])));
+    return EXIT.ok;
   }
   if ((verb !== 'sync' && verb !== 'async' && verb !== 'local') || name === undefined) throw new CliFailure(`which mode and table?\n\n${ADMIN_HELP.table as string}`, EXIT.usage);
   if (values.node !== undefined || values.user !== undefined) {
