@@ -82,17 +82,18 @@ export class Applier {
    * cluster's sync throughput. Values inlined into the batched statements are
    * validated integers and escaped literals.
    */
-  async apply(record: TxnRecord, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
+  async apply(record: TxnRecord, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome> {
     const client = this.#client;
     assert(Number.isSafeInteger(record.replica) && Number.isSafeInteger(record.lsn), 'record header is not integers');
     const gid = client.escapeLiteral(record.gid);
     // The record is in the journal before it is acknowledged, and its applied marker commits
-    // with it: if PostgreSQL loses an asynchronous commit in a crash, it loses both, and replay
-    // applies the record again. So a plain commit need not wait for its own WAL flush.
+    // with it: if PostgreSQL loses an asynchronous commit in a crash, it loses both, and the
+    // sidecar applies the record again (at its start, or when PostgreSQL comes back: RFC 0007).
+    // So a plain commit need not wait for its own WAL flush.
     // PREPARE always flushes: it is the limbo.
     const head = `BEGIN; SET LOCAL session_replication_role = replica;${options.prepare ? '' : ' SET LOCAL synchronous_commit = off;'}
-      SELECT ${options.revive === true
-    // A revived entry lies below later applied ones: only this very lsn counts.
+      SELECT ${options.exact === true
+    // A revived entry, or a write of this node whose COMMIT failed, lies below later applied ones: only this very lsn counts.
     ? `EXISTS (SELECT 1 FROM qsync.applied WHERE replica_id = ${record.replica} AND lsn = ${record.lsn})`
     : `coalesce((SELECT max(lsn) FROM qsync.applied WHERE replica_id = ${record.replica}), 0) >= ${record.lsn}`}
           OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ${gid} AND database = current_database()) AS skip`;
@@ -161,6 +162,12 @@ function upsertSql(table: TableInfo): string {
     upsertCache.set(table, sql);
   }
   return sql;
+}
+
+/** The lsns of `replica` above `above` in qsync.applied. */
+export async function appliedLsns(client: pg.ClientBase, replica: ReplicaId, above: Lsn): Promise<Set<Lsn>> {
+  const { rows } = await client.query<{ lsn: string }>('SELECT lsn FROM qsync.applied WHERE replica_id = $1 AND lsn > $2', [replica, above]);
+  return new Set(rows.map((r) => Number(r.lsn) as Lsn));
 }
 
 /** The vclock of committed applied records. */

@@ -3,11 +3,13 @@
 // reconnection after PostgreSQL crashed or restarted. A failed call marks the
 // connections broken; the next call reconnects first (the driver retries).
 import pg from 'pg';
+import { QsyncError } from '../core/errors.js';
 import type { JournalRecord, TableMode } from '../core/record.js';
+import type { Lsn, ReplicaId } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
-import { Applier, appliedVclock, type ApplyOutcome } from './apply.js';
+import { Applier, appliedLsns, appliedVclock, type ApplyOutcome } from './apply.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
 import { setTableMode } from './tables.js';
 import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
@@ -40,6 +42,9 @@ export class PgDatabase implements Database<PgSession, PgWork> {
   /** Set when a PostgreSQL connection failed: the next call reconnects first. */
   #broken = false;
   #closing = false;
+  readonly #lost = new Set<() => void>();
+  /** The listeners heard of the current connections' loss already. */
+  #lostTold = false;
 
   private constructor(url: string, cluster: string, log: Logger, admin: pg.Client, applier: Applier) {
     this.#url = url;
@@ -80,7 +85,15 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#guarded(() => appliedVclock(this.#admin));
   }
 
-  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
+  appliedLsns(replica: ReplicaId, above: Lsn): Promise<ReadonlySet<Lsn>> {
+    return this.#guarded(() => appliedLsns(this.#admin, replica, above));
+  }
+
+  onLost(listener: () => void): void {
+    this.#lost.add(listener);
+  }
+
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome> {
     return this.#guarded(() => this.#applier.apply(record, options));
   }
 
@@ -149,13 +162,23 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     await this.#applier.close().catch(() => undefined);
   }
 
-  /** Run `fn` on healthy connections: reconnect first if one broke; a failure marks them broken. */
+  /**
+   * Run `fn` on healthy connections; a failure marks them broken. The call
+   * that finds them broken reconnects and fails: PostgreSQL may have lost what
+   * it had not flushed, and the node checks it against the journal (told
+   * through onLost) before it retries anything.
+   */
   async #guarded<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#broken) await this.#reconnect();
+    if (this.#broken) {
+      await this.#reconnect();
+      throw new QsyncError('PG_ERROR', 'reconnected to PostgreSQL: the node checks it against the journal before it goes on');
+    }
     try {
       return await fn();
     } catch (error) {
-      this.#broken = true; // whatever failed, the next attempt starts on fresh connections
+      // A statement PostgreSQL refused leaves the connection usable; anything else, and the next
+      // attempt starts on fresh connections.
+      if (!isStatementError(error)) this.#broken = true;
       throw error;
     }
   }
@@ -167,18 +190,28 @@ export class PgDatabase implements Database<PgSession, PgWork> {
    */
   #watch(client: pg.ClientBase): void {
     const current = (): boolean => client === this.#admin || client === this.#applier.client;
-    client.on('error', () => {
-      if (current()) this.#broken = true;
-    });
-    client.on('end', () => {
-      if (!this.#closing && current()) this.#broken = true;
-    });
+    const lost = (): void => {
+      if (this.#closing || !current()) return;
+      this.#broken = true;
+      this.#tellLost();
+    };
+    client.on('error', lost);
+    client.on('end', lost);
+  }
+
+  /** Tell the node, once per pair of connections, that they broke. */
+  #tellLost(): void {
+    if (this.#lostTold) return;
+    this.#lostTold = true;
+    for (const listener of this.#lost) listener();
   }
 
   /** New admin and apply connections; throws while PostgreSQL is still down (the caller retries). */
   async #reconnect(): Promise<void> {
     const admin = await connectPg(this.#url, this.#log);
     const applier = await Applier.create(await connectPg(this.#url, this.#log));
+    // A broken call may be all that showed the loss (the old connections' events come later, or never).
+    this.#tellLost();
     // Not awaited: end() on a connection that already died may never settle.
     void this.#admin.end().catch(() => undefined);
     void this.#applier.close().catch(() => undefined);
@@ -187,8 +220,22 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     this.#watch(admin);
     this.#watch(applier.client);
     this.#broken = false;
+    this.#lostTold = false;
     this.#log.info('reconnected to PostgreSQL');
   }
+}
+
+/**
+ * PostgreSQL refused a statement (a SQLSTATE outside the classes that mean
+ * the connection or the server is going away): the connection is still good.
+ * A timeout, a closed socket or a server shutting down are not.
+ */
+function isStatementError(error: unknown): boolean {
+  // qsync's own refusal (a table not replicated here, a bad table name), or wrapping what PostgreSQL said.
+  if (error instanceof QsyncError) return error.cause === undefined || isStatementError(error.cause);
+  const code = (error as { code?: unknown }).code;
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code)) return false;
+  return !['08', '57', '53', 'XX'].includes(code.slice(0, 2));
 }
 
 /**

@@ -2,7 +2,7 @@ export { launchPostgres, externalPostgres, freePort, freePorts, DEFAULT_SETTINGS
 export { migrate, readMigrations, MigrationError, MIGRATIONS_DIR } from './migrate.js';
 export { setTableMode, describeTable, loadTables, TableError, type TableInfo } from './tables.js';
 export { capture, type Captured, type CaptureStamp } from './capture.js';
-export { Applier, ApplyError, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
+export { Applier, ApplyError, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
 export { listPrepared, commitPrepared, rollbackPrepared, reconcile, type JournalVerdict, type PreparedEntry, type ReconcileReport, type PreparedStore } from './twophase.js';
 export { checkServer, PgCheckError, SERVER_VERSION_MIN } from './checks.js';
 export { runLeaderWrite, type LeaderWrite, type LeaderOutcome } from './leader.js';

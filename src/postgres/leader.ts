@@ -8,7 +8,9 @@
 //
 // Journaling an async TXN before its COMMIT means a crash can never leave a
 // committed write the journal does not know (and so never replicates): if the
-// node dies between the two, replay applies the journaled TXN at restart.
+// sidecar dies between the two, replay applies the journaled TXN at restart;
+// if the COMMIT fails (PostgreSQL died), the driver applies it from the TXN
+// once PostgreSQL is back (RFC 0007).
 // A sync TXN is journaled after PREPARE, so the limbo entry exists in
 // PostgreSQL before any peer hears of it; the caller then waits for the
 // quorum and COMMIT PREPAREs or ROLLBACK PREPAREs it.

@@ -7,7 +7,8 @@
 //
 // Start: recover (reconcile prepared transactions with the journal's
 // verdicts; replay what the journal holds beyond PostgreSQL's applied
-// vclock); then serve, as a follower until elected.
+// vclock); then serve, as a follower until elected. When PostgreSQL alone
+// crashes or restarts, the same is done again once it is back (#resync).
 //
 // Records from peers go through one queue, in arrival order: drop what the
 // journal already holds, refuse a limbo record older than the limbo's term
@@ -25,7 +26,7 @@ import { parseGid } from '../core/gid.js';
 import { LimboHistory, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
-import type { JournalRecord, TableMode } from '../core/record.js';
+import type { JournalRecord, TableMode, TxnRecord } from '../core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
 import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
 import { emptied, isWithheld } from '../core/withheld.js';
@@ -96,6 +97,10 @@ export class NodeDriver<S, W> {
   /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
   #beforeLimbo = 0;
   #stopping = false;
+  /** Writes wait for this: verdicts read at start must not miss a TXN journaled while they are applied. */
+  #recovered = false;
+  /** PostgreSQL went away since it was last checked against the journal: #resync before the next apply. */
+  #resyncPending = false;
   /** Gids this node holds prepared (its PostgreSQL's limbo), so CONFIRM need not list pg_prepared_xacts. */
   readonly #prepared = new Set<string>();
   /** Highest own lsn ever written to any peer. */
@@ -132,6 +137,7 @@ export class NodeDriver<S, W> {
     this.#history = new LimboHistory(this.#self);
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
+    this.#db.onLost(() => this.#lost());
   }
 
   get #self(): ReplicaId {
@@ -154,6 +160,9 @@ export class NodeDriver<S, W> {
   /** Recover, then serve: peer links and the tick. */
   async start(): Promise<void> {
     await this.#recover();
+    this.#recovered = true;
+    // qsync.node may still say what a previous life of this node was (a leader): it starts as a follower.
+    void this.#publish();
     const { config } = this;
     await this.#transport.start({
       subscribeFrom: () => this.#journal.tailVclock,
@@ -186,13 +195,83 @@ export class NodeDriver<S, W> {
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
     await this.#untilDone('applying again entries a PROMOTE revived', () => this.#revive(verdicts.revived), {});
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
-    let replayed = 0;
-    for await (const record of this.#journal.cursor(await this.#db.appliedVclock())) {
-      await this.#applyUntilDone(record);
-      replayed += 1;
-    }
+    const replayed = await this.#untilDone('replaying the journal into PostgreSQL', () => this.#replay(), {});
     this.#applied = this.#journal.vclock;
     if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+  }
+
+  /**
+   * Apply the journaled records PostgreSQL lacks; returns how many. Peers'
+   * records are applied one at a time in journal order, so PostgreSQL holds a
+   * prefix of each peer's: its applied vclock says where to start. This
+   * node's own writes commit concurrently, each in its session, so one may
+   * have failed at COMMIT (PostgreSQL or the sidecar died) while later ones
+   * committed: the own records below the highest applied are checked one by
+   * one, and an async write missing is applied from its TXN. Idempotent.
+   */
+  async #replay(): Promise<number> {
+    const applied = await this.#db.appliedVclock();
+    const ownApplied = vclockGet(applied, this.#self);
+    const recheckFrom = Math.max(0, ownApplied - OWN_RECHECK_RECORDS) as Lsn;
+    const ownHeld = ownApplied > 0 ? await this.#db.appliedLsns(this.#self, recheckFrom) : new Set<Lsn>();
+    let replayed = 0;
+    const from = vclockFromEntries([...vclockEntries(applied).filter(([replica]) => replica !== this.#self), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
+    for await (const record of this.#journal.cursor(from)) {
+      if (record.replica === this.#self && record.lsn <= ownApplied) {
+        // Sync entries are prepared before they are journaled; only an async write can be missing.
+        if (record.kind !== 'txn' || record.sync || record.changes.length === 0 || ownHeld.has(record.lsn)) continue;
+        if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') {
+          this.log.warn({ lsn: record.lsn }, 'applied a journaled write of this node whose COMMIT had not reached PostgreSQL');
+          replayed += 1;
+        }
+        continue;
+      }
+      await this.#apply(record);
+      replayed += 1;
+    }
+    return replayed;
+  }
+
+  /**
+   * PostgreSQL went away under the running node: once it is back, check it
+   * against the journal before anything else is applied (a record applied
+   * first would move the applied vclock past what was lost). The next step of
+   * the apply queue does it, or this one if the queue is idle.
+   */
+  #lost(): void {
+    if (this.#stopping) return;
+    if (!this.#resyncPending) this.log.warn('lost the connection to PostgreSQL: once it is back, it is checked against the journal');
+    this.#resyncPending = true;
+    const run = this.#queue.then(() => this.#untilDone('checking PostgreSQL against the journal', () => this.#resyncIfLost(), {}));
+    this.#queue = run.catch((error: unknown) => this.#fatal('checking PostgreSQL against the journal', error));
+  }
+
+  async #resyncIfLost(): Promise<void> {
+    if (!this.#resyncPending) return;
+    this.#resyncPending = false;
+    try {
+      await this.#resync();
+    } catch (error) {
+      this.#resyncPending = true;
+      throw error;
+    }
+  }
+
+  /**
+   * What #recover does at start, for what a crash of PostgreSQL alone undoes:
+   * commits made without waiting for the flush (applied records, COMMIT and
+   * ROLLBACK PREPARED, qsync.node) may be gone. Prepared transactions the
+   * history has decided are finished again; undecided ones stay, and so does
+   * one the journal does not hold yet (a write of this node between its
+   * PREPARE and its TXN's append). Records PostgreSQL lost are applied again,
+   * and qsync.node is written again. Runs in the apply queue; idempotent.
+   */
+  async #resync(): Promise<void> {
+    const report = await reconcile(this.#db, (entry) => this.#history.verdict(entry.replica, entry.lsn) ?? 'pending');
+    for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
+    const replayed = await this.#replay();
+    void this.#publish();
+    this.log.info({ committed: report.committed.length, rolledBack: report.rolledBack.length, kept: report.kept.length, replayed }, 'PostgreSQL is back and agrees with the journal');
   }
 
   /** Stop serving; clients still waiting hear OutcomeUnknown. The caller closes the journal and PostgreSQL. */
@@ -243,7 +322,10 @@ export class NodeDriver<S, W> {
    * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
    */
   #applyUntilDone(record: JournalRecord): Promise<void> {
-    return this.#untilDone('applying a record', () => this.#apply(record), { replica: record.replica, lsn: record.lsn });
+    return this.#untilDone('applying a record', async () => {
+      await this.#resyncIfLost();
+      await this.#apply(record);
+    }, { replica: record.replica, lsn: record.lsn });
   }
 
   /**
@@ -356,7 +438,7 @@ export class NodeDriver<S, W> {
       if (record.kind !== 'txn' || !record.sync || record.changes.length === 0) continue;
       if (!ranges.some((r) => r.owner === record.replica && record.lsn >= r.from && record.lsn <= r.to)) continue;
       if (this.#history.verdict(record.replica, record.lsn) !== 'confirmed') continue;
-      if ((await this.#db.apply(record, { prepare: false, revive: true })) === 'applied') revived += 1;
+      if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') revived += 1;
     }
     if (revived > 0) this.log.warn({ revived, ranges }, 'applied again entries rolled back too early: a later PROMOTE confirmed them');
   }
@@ -787,6 +869,7 @@ export class NodeDriver<S, W> {
       this.#emit({ kind: 'staleTerm', term: this.term, given: term });
       throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.term})`);
     }
+    if (!this.#recovered) throw this.notLeader('NOT_LEADER', `node ${this.#self} is starting: it takes writes once PostgreSQL agrees with its journal`);
     await this.settled();
     // The term the fence checks this write under is the term its TXN carries, even if the node
     // learns a newer one while the write runs.
@@ -796,6 +879,8 @@ export class NodeDriver<S, W> {
     }
     let reserved: Lsn | null = null;
     let journaled = false;
+    /** The async TXN once durable: from then on the write will commit, here too. */
+    let asyncTxn: TxnRecord | null = null;
     let waiting: Promise<void> | null = null;
     let counted = true;
     const uncount = (): void => {
@@ -824,7 +909,9 @@ export class NodeDriver<S, W> {
             // before the await below: that must not count as an unhandled rejection, which ends the process.
             waiting.catch(() => undefined);
           }
-          await this.#own.submit({ kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey });
+          const txn: TxnRecord = { kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey };
+          await this.#own.submit(txn);
+          if (!sync) asyncTxn = txn;
           this.#ownDurable();
         },
       }, work);
@@ -836,9 +923,28 @@ export class NodeDriver<S, W> {
       if (waiting !== null) await waiting;
     } catch (error) {
       if (reserved !== null && !journaled) this.#own.release(reserved, this.term, this.#now());
-      throw error;
+      if (asyncTxn === null) throw error;
+      await this.#commitJournaled(asyncTxn, error);
     } finally {
       uncount();
+    }
+  }
+
+  /**
+   * An async write of this node is journaled, so every peer will apply it,
+   * but its COMMIT failed here (PostgreSQL went away, most often). Apply it
+   * from its TXN, unless this very lsn reached PostgreSQL after all: then it
+   * has committed here too, and its client hears so. If the node stops first,
+   * its next start applies it (#replay) and the client hears OUTCOME_UNKNOWN.
+   */
+  async #commitJournaled(txn: TxnRecord, error: unknown): Promise<void> {
+    this.log.warn({ lsn: txn.lsn, err: (error as Error).message }, 'the COMMIT of a journaled async write failed; applying it from the journal');
+    const run = this.#queue.then(() => this.#untilDone('applying a journaled write whose COMMIT failed', () => this.#db.apply(txn, { prepare: false, exact: true }), { lsn: txn.lsn }));
+    this.#queue = run.then(() => undefined, () => undefined);
+    try {
+      await run;
+    } catch {
+      throw new QsyncError('OUTCOME_UNKNOWN', `write ${txn.gid} is journaled and will be applied, but the node stopped before PostgreSQL held it; ask for its outcome by idempotency key`);
     }
   }
 
@@ -900,6 +1006,14 @@ export interface NodeStatus {
     readonly lagRecords: number; readonly lagMs: number; readonly heardAgoMs: number | null;
   }>;
 }
+
+/**
+ * How many of its own records below PostgreSQL's highest applied one a node
+ * checks one by one when it replays its journal: its writes commit
+ * concurrently, so one may have failed while later ones committed. Far more
+ * than the writes a node has in flight at once.
+ */
+const OWN_RECHECK_RECORDS = 10_000;
 
 /** Backoff between retries of work the journal already decided (apply, COMMIT/ROLLBACK PREPARED): 20 ms doubling to 1 s. */
 function retryDelayMs(attempt: number): number {

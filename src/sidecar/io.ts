@@ -87,12 +87,21 @@ export interface NodeRow {
  */
 export interface Database<S, W> extends PreparedStore {
   appliedVclock(): Promise<VClock>;
+  /** The lsns of `replica` above `above` that PostgreSQL holds as applied (each one, not the highest). */
+  appliedLsns(replica: ReplicaId, above: Lsn): Promise<ReadonlySet<Lsn>>;
   /**
    * Apply a peer's (or replayed) record; idempotent by the applied vclock.
-   * `revive`: apply an entry rolled back too early; skipped only if this very
-   * lsn is applied or prepared. Throws on a transient failure: the driver retries.
+   * `exact`: skipped only if this very lsn is applied or prepared, not any lsn
+   * up to it (an entry rolled back too early, a write of this node whose
+   * COMMIT failed). Throws on a transient failure: the driver retries.
    */
-  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome>;
+  apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome>;
+  /**
+   * `listener` runs each time PostgreSQL goes away under the running node (it
+   * crashed or restarted): what it committed without waiting for the flush
+   * may be gone, and prepared transactions finished since may be back.
+   */
+  onLost(listener: () => void): void;
   /** Set a table's mode here; returns its qualified name. */
   setTableMode(table: string, mode: TableMode): Promise<string>;
   publish(row: NodeRow): Promise<void>;

@@ -212,8 +212,8 @@ describe('crashes', () => {
     expect(await applier.apply(later, { prepare: false })).toBe('applied'); // the applied vclock passes it
     // A plain apply skips it (max lsn applied is past it); a revive applies it.
     expect(await applier.apply(early, { prepare: false })).toBe('skipped');
-    expect(await applier.apply(early, { prepare: false, revive: true })).toBe('applied');
-    expect(await applier.apply(early, { prepare: false, revive: true })).toBe('skipped');
+    expect(await applier.apply(early, { prepare: false, exact: true })).toBe('applied');
+    expect(await applier.apply(early, { prepare: false, exact: true })).toBe('skipped');
     expect((await follower.sql.query(`SELECT name FROM items WHERE id = 500`)).rows).toEqual([{ name: 'rolled back too early' }]);
     await both((n) => commitPrepared(n.sql, early.gid));
     await both((n) => commitPrepared(n.sql, later.gid));
@@ -267,17 +267,29 @@ describe('crashes', () => {
 });
 
 describe('PgDatabase reconnection', () => {
-  it('after a failed call, reconnects once, not on every later call (ending the old connections marked the new ones broken)', async () => {
+  it('a refused statement leaves the connections alone; a lost connection is reported once, and the call that reconnects fails so the node can check PostgreSQL first', async () => {
     const lines: string[] = [];
     const db = await PgDatabase.connect(leader.server.connectionString, CLUSTER, createLogger({ test: 'reconnect' }, { write: (line: string) => lines.push(line) }, 'info'), async () => undefined);
     onTestFinished(() => db.close());
-    // Any failure marks the connections broken, even on a live server (here: a table that does not exist).
-    await expect(db.setTableMode('no_such_table', 'sync')).rejects.toThrow();
+    let lost = 0;
+    db.onLost(() => {
+      lost += 1;
+    });
+    await expect(db.setTableMode('no_such_table', 'sync')).rejects.toThrow(/no_such_table/);
+    await db.appliedVclock();
+    expect(lines.filter((line) => line.includes('reconnected to PostgreSQL'))).toHaveLength(0);
+    // The server ends the sidecar's connections, as a restart does.
+    const sql = await leader.reconnect();
+    await sql.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() AND application_name = ''`);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // let the ended connections' events arrive
+    expect(lost).toBe(1);
+    await expect(db.appliedVclock()).rejects.toThrow(/reconnected to PostgreSQL/);
     for (let i = 0; i < 10; i += 1) {
       await db.appliedVclock();
-      await new Promise((resolve) => setTimeout(resolve, 20)); // let the ended connections' events arrive
+      await new Promise((resolve) => setTimeout(resolve, 20));
     }
     expect(lines.filter((line) => line.includes('reconnected to PostgreSQL'))).toHaveLength(1);
+    expect(lost).toBe(1);
   });
 });
 

@@ -3,7 +3,10 @@
 // PostgreSQL: committed rows, prepared transactions (durable, invisible until
 // committed, surviving crashes), the applied vclock, idempotency keys, the
 // node row its fence follows. Both outlive a node's crash; the handles the
-// driver holds belong to one life of it.
+// driver holds belong to one life of it. PostgreSQL also crashes on its own:
+// it loses what was committed without waiting for its flush (applies, COMMIT
+// and ROLLBACK PREPARED, the node row: a suffix of its WAL), every open
+// session, and for a while answers nothing.
 import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
@@ -151,6 +154,14 @@ export class SimPg {
   readonly appliedExact = new Set<string>();
   readonly idempotency = new Map<string, { replica: number; lsn: number }>();
   row: NodeRow = { term: 0 as Term, role: 'follower', leader: 0 as ReplicaId, leaderAddress: '' };
+  /** Bumped by every crash: a session or call that spans one fails. */
+  epoch = 0;
+  /** Until when a crashed server answers nothing. */
+  downUntil = 0;
+  /** Told of every crash (the driver's handles subscribe through SimDatabase.onLost). */
+  readonly lostListeners = new Set<() => void>();
+  /** How to undo each commit not flushed yet, oldest first: a crash undoes a suffix. */
+  #unflushed: Array<() => void> = [];
   readonly #observer: PgObserver;
 
   constructor(node: number, observer: PgObserver) {
@@ -158,10 +169,16 @@ export class SimPg {
     this.#observer = observer;
   }
 
+  /** COMMIT or ROLLBACK PREPARED, as the sidecar runs them: without waiting for the flush. */
   commit(gid: string): boolean {
     const entry = this.prepared.get(gid);
     if (entry === undefined) return false;
+    const undo = this.#undoPoint(entry.puts, entry.replica, entry.lsn, entry.idempotencyKey);
     this.prepared.delete(gid);
+    this.#unflushed.push(() => {
+      undo();
+      this.prepared.set(gid, entry);
+    });
     this.#write(entry.puts, entry.time, entry.replica, false);
     this.#mark(entry.replica, entry.lsn, entry.idempotencyKey);
     this.#observer.decided(this.node, 'committed', gid, entry.puts);
@@ -172,19 +189,76 @@ export class SimPg {
     const entry = this.prepared.get(gid);
     if (entry === undefined) return false;
     this.prepared.delete(gid);
+    this.#unflushed.push(() => this.prepared.set(gid, entry));
     this.#observer.decided(this.node, 'rolled-back', gid, entry.puts);
     return true;
   }
 
+  /** PREPARE TRANSACTION: flushed before it answers, with everything before it. */
   prepare(gid: string, entry: Prepared): void {
     this.prepared.set(gid, entry);
+    this.flush();
   }
 
-  /** Commit puts at once (an async transaction). `lww`: a peer's write, judged by last-writer-wins. */
-  commitNow(gid: string, puts: readonly Put[], time: number, replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null, lww: boolean): void {
+  /**
+   * Commit puts at once (an async transaction). `lww`: a peer's write, judged
+   * by last-writer-wins. `flushed`: a client session's COMMIT, which waits for
+   * the flush; the applier's does not.
+   */
+  commitNow(gid: string, puts: readonly Put[], time: number, replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null, lww: boolean, flushed: boolean): void {
+    const undo = this.#undoPoint(puts, replica, lsn, idempotencyKey);
     this.#write(puts, time, replica, lww);
     this.#mark(replica, lsn, idempotencyKey);
+    if (flushed) this.flush();
+    else this.#unflushed.push(undo);
     if (puts.some((p) => p.table === 's')) this.#observer.decided(this.node, 'committed', gid, puts);
+  }
+
+  /** qsync.node, written without waiting for the flush. */
+  publish(row: NodeRow): void {
+    const before = this.row;
+    this.row = row;
+    this.#unflushed.push(() => {
+      this.row = before;
+    });
+  }
+
+  /** The WAL reached the disk: nothing before now can be lost. */
+  flush(): void {
+    this.#unflushed = [];
+  }
+
+  /** The server dies: a suffix of the unflushed commits is lost, sessions end; back at `upAt`. Returns how many were lost. */
+  crash(lost: number, upAt: number): number {
+    const undone = Math.min(lost, this.#unflushed.length);
+    for (const undo of this.#unflushed.splice(this.#unflushed.length - undone).reverse()) undo();
+    this.#unflushed = [];
+    this.epoch += 1;
+    this.downUntil = upAt;
+    for (const listener of this.lostListeners) listener();
+    return undone;
+  }
+
+  get unflushed(): number {
+    return this.#unflushed.length;
+  }
+
+  /** What a commit of these puts changes, to put back. */
+  #undoPoint(puts: readonly Put[], replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null): () => void {
+    const rows = puts.map((p) => [`${p.table}:${p.key}`, this.rows.get(`${p.table}:${p.key}`)] as const);
+    const applied = this.applied;
+    const exact = `${replica}:${lsn}`;
+    const hadExact = this.appliedExact.has(exact);
+    const hadKey = idempotencyKey === null || this.idempotency.has(idempotencyKey);
+    return () => {
+      for (const [key, row] of rows.slice().reverse()) {
+        if (row === undefined) this.rows.delete(key);
+        else this.rows.set(key, row);
+      }
+      this.applied = applied;
+      if (!hadExact) this.appliedExact.delete(exact);
+      if (!hadKey && idempotencyKey !== null) this.idempotency.delete(idempotencyKey);
+    };
   }
 
   #write(puts: readonly Put[], time: number, replica: number, lww: boolean): void {
@@ -216,28 +290,49 @@ function pgError(code: string, message: string): Error {
 
 /**
  * The driver's handle on its PostgreSQL for one life of the sidecar. Each call
- * takes effect at once and answers after a latency: a crash in between leaves
- * PostgreSQL changed and the sidecar unaware, as with a real connection.
+ * takes effect at once and answers after a latency: a crash of the sidecar in
+ * between leaves PostgreSQL changed and the sidecar unaware, as with a real
+ * connection; a crash of PostgreSQL in between fails the call, whether or not
+ * its effect survived. While PostgreSQL is down every call fails.
  */
 export class SimDatabase implements Database<SimSession, readonly Put[]> {
   readonly #pg: SimPg;
   readonly #cluster: string;
   readonly #sleep: (ms: number) => Promise<void>;
+  readonly #now: () => number;
   readonly #rng: Rng;
   readonly #life: Life;
   readonly #failureRate: number;
 
-  constructor(pg: SimPg, cluster: string, sleep: (ms: number) => Promise<void>, rng: Rng, life: Life, failureRate: number) {
+  constructor(pg: SimPg, cluster: string, sleep: (ms: number) => Promise<void>, now: () => number, rng: Rng, life: Life, failureRate: number) {
     this.#pg = pg;
     this.#cluster = cluster;
     this.#sleep = sleep;
+    this.#now = now;
     this.#rng = rng;
     this.#life = life;
     this.#failureRate = failureRate;
   }
 
-  async #answer<T>(value: T): Promise<T> {
+  onLost(listener: () => void): void {
+    const pg = this.#pg;
+    const once = (): void => {
+      if (this.#life.alive) listener();
+      else pg.lostListeners.delete(once);
+    };
+    pg.lostListeners.add(once);
+  }
+
+  /** The server answers: the epoch the call starts in. */
+  #up(what: string): number {
+    if (this.#now() < this.#pg.downUntil) throw pgError('57P03', `the database system is starting up (${what})`);
+    return this.#pg.epoch;
+  }
+
+  /** The answer after a latency; a PostgreSQL crash meanwhile ends the connection instead. */
+  async #answer<T>(value: T, epoch: number): Promise<T> {
     await this.#sleep(this.#rng.range(0.1, 2));
+    if (this.#pg.epoch !== epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
     return value;
   }
 
@@ -255,34 +350,48 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     return entries.sort((a, b) => a.replica - b.replica || a.lsn - b.lsn);
   }
 
-  listPrepared(): Promise<PreparedEntry[]> {
-    return this.#answer(this.#list());
+  async listPrepared(): Promise<PreparedEntry[]> {
+    const epoch = this.#up('listing prepared transactions');
+    return this.#answer(this.#list(), epoch);
   }
 
-  appliedVclock(): Promise<VClock> {
-    return this.#answer(this.#pg.applied);
+  async appliedVclock(): Promise<VClock> {
+    const epoch = this.#up('reading the applied vclock');
+    return this.#answer(this.#pg.applied, epoch);
   }
 
-  async apply(record: TxnRecord, options: { prepare: boolean; revive?: boolean }): Promise<ApplyOutcome> {
+  async appliedLsns(replica: ReplicaId, above: Lsn): Promise<ReadonlySet<Lsn>> {
+    const epoch = this.#up('reading applied lsns');
+    const lsns = new Set<Lsn>();
+    for (const exact of this.#pg.appliedExact) {
+      const [r, l] = exact.split(':').map(Number) as [number, number];
+      if (r === replica && l > above) lsns.add(l as Lsn);
+    }
+    return this.#answer(lsns, epoch);
+  }
+
+  async apply(record: TxnRecord, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome> {
+    const epoch = this.#up(`applying ${record.replica}:${record.lsn}`);
     this.#flaky(`applying ${record.replica}:${record.lsn}`);
     const pg = this.#pg;
-    const applied = options.revive === true ? pg.appliedExact.has(`${record.replica}:${record.lsn}`) : vclockGet(pg.applied, record.replica) >= record.lsn;
-    if (applied || pg.prepared.has(record.gid)) return this.#answer('skipped');
+    const applied = options.exact === true ? pg.appliedExact.has(`${record.replica}:${record.lsn}`) : vclockGet(pg.applied, record.replica) >= record.lsn;
+    if (applied || pg.prepared.has(record.gid)) return this.#answer('skipped', epoch);
     const puts = decodePuts(record);
     if (options.prepare) {
       pg.prepare(record.gid, { replica: record.replica, lsn: record.lsn, puts, time: record.time, idempotencyKey: record.idempotencyKey });
-      return this.#answer('prepared');
+      return this.#answer('prepared', epoch);
     }
-    pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true);
-    return this.#answer('applied');
+    pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true, false);
+    return this.#answer('applied', epoch);
   }
 
   async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
     for (const gid of gids) {
+      const epoch = this.#up(`${verb} prepared`);
       // Also here: a leader whose COMMIT PREPARED fails answers its clients and steps down (driver.ts).
       this.#flaky(`${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED ${gid}`);
       const finished = verb === 'commit' ? this.#pg.commit(gid) : this.#pg.rollback(gid);
-      await this.#answer(undefined);
+      await this.#answer(undefined, epoch);
       each?.(gid, finished);
     }
   }
@@ -292,17 +401,25 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
   }
 
   async publish(row: NodeRow): Promise<void> {
-    this.#pg.row = row;
-    await this.#answer(undefined);
+    const epoch = this.#up('writing qsync.node');
+    this.#pg.publish(row);
+    await this.#answer(undefined, epoch);
   }
 
   /**
    * BEGIN; the puts (the fence checks a sync table's write against qsync.node);
-   * capture; PREPARE (sync) or journal then COMMIT (async).
+   * capture; PREPARE (sync) or journal then COMMIT (async). The session is one
+   * connection: a PostgreSQL crash at any point before the COMMIT answers ends
+   * the transaction.
    */
   async write(_session: SimSession, context: WriteContext, puts: readonly Put[]): Promise<LeaderOutcome> {
-    await this.#sleep(this.#rng.range(0.2, 3));
+    const epoch = this.#up('a client session');
     const pg = this.#pg;
+    const session = (): void => {
+      if (pg.epoch !== epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
+    };
+    await this.#sleep(this.#rng.range(0.2, 3));
+    session();
     const sync = puts.some((p) => p.table === 's');
     if (sync && pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
     if (sync && pg.row.term !== context.term) throw pgError('QS002', `qsync: stale term ${context.term} (node term ${pg.row.term})`);
@@ -315,21 +432,24 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
       return { kind: 'prepared', lsn, gid, changes };
     }
     await context.journal({ lsn, gid, time, sync, changes });
+    // The COMMIT's round trip: other sessions' COMMITs may overtake it, and either crash may end it.
+    await this.#sleep(this.#rng.range(0.1, 2));
     // The session died with the sidecar: PostgreSQL rolled the transaction back; replay applies the journaled TXN.
     if (!this.#life.alive) return new Promise(() => undefined);
+    session();
     // Judged by last-writer-wins too: in PostgreSQL the local write holds the row's lock, so a peer's
     // write applied meanwhile waits for this commit and is then judged against its version; the same end.
-    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true);
+    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true, true);
     return { kind: 'committed', lsn, gid, changes };
   }
 
-  outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
+  async outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
+    const epoch = this.#up('reading an outcome');
     const found = this.#pg.idempotency.get(idempotencyKey);
-    return this.#answer(found === undefined ? { committed: false } : { committed: true, ...found });
+    return this.#answer(found === undefined ? { committed: false } : { committed: true, ...found }, epoch);
   }
 
   async close(): Promise<void> {
     // Nothing to release.
   }
 }
-

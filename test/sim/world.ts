@@ -3,7 +3,8 @@
 // PostgreSQL; clients writing and reading; faults drawn from the seed. The
 // invariants of DESIGN.md §2 are checked after every event.
 //
-//   safety phase    faults and load for `faultMs`
+//   safety phase    faults and load for `faultMs`: crashes of a node, or of
+//                   its PostgreSQL alone; partitions; forced elections
 //   heal            partitions lifted, crashed nodes restarted
 //   liveness phase  a leader must appear and a sync write succeed
 //   quiesce         clients stop; every node converges to the same rows,
@@ -38,7 +39,7 @@ export interface SimResult {
   readonly violation: string | null;
   /** The last events before the end (or the violation). */
   readonly trace: readonly string[];
-  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; leaders: number };
+  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; pgCrashes: number; leaders: number };
 }
 
 class Violation extends Error {}
@@ -87,6 +88,7 @@ class World {
   readonly #decided = new Map<string, 'committed' | 'rolled-back'>();
   #violation: string | null = null;
   #crashes = 0;
+  #pgCrashes = 0;
   #writes = 0;
   #clientsOn = true;
   #faultUntil = 0;
@@ -126,6 +128,7 @@ class World {
       for (const node of this.#nodes) this.#start(node);
       for (let c = 1; c <= 3; c += 1) this.#client(c);
       this.#faults(faultMs);
+      this.#walWriter();
       await this.#runUntil(faultMs);
       this.#heal();
       await this.#liveness();
@@ -145,7 +148,7 @@ class World {
       stats: {
         nodes: this.#nodes.length, events: this.#scheduler.events, simulatedMs: Math.round(this.#scheduler.now),
         acked: statuses.filter((s) => s === 'acked').length, rolledBack: statuses.filter((s) => s === 'rolled-back').length,
-        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, leaders: this.#leaders.size,
+        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, pgCrashes: this.#pgCrashes, leaders: this.#leaders.size,
       },
     };
   }
@@ -211,7 +214,7 @@ class World {
     // Mostly quick; now and then the disk stalls.
     const journal = new SimJournal(node.disk, this.#scheduler, life, rng, () => (rng.chance(0.05) ? rng.range(20, 120) : rng.range(0.5, 4)));
     node.journal = journal;
-    const log = pino({ level: 'warn', base: { n: node.id } }, new Writable({
+    const log = pino({ level: process.env.SIM_LOG ?? 'warn', base: { n: node.id } }, new Writable({
       write: (chunk: Buffer, _encoding, done) => {
         const line = JSON.parse(chunk.toString()) as { msg?: string; err?: string; kind?: string; replica?: number; lsn?: number; term?: number };
         const record = line.kind === undefined ? '' : ` (${line.kind} ${line.replica}:${line.lsn} term ${line.term})`;
@@ -221,7 +224,7 @@ class World {
     }));
     const driver = new NodeDriver<SimSession, readonly Put[]>({
       config: this.#config(node), log, clock, journal,
-      db: new SimDatabase(node.pg, CLUSTER, clock.sleep, rng, life, 0.02),
+      db: new SimDatabase(node.pg, CLUSTER, clock.sleep, () => this.#scheduler.now, rng, life, 0.02),
       transport: this.#network.transport(node.id, this.#nodes.filter((n) => n !== node).map((n) => n.id), life, node.disk),
       seed: rng.fork(), bugs: this.#bugs,
       onFatal: (what, error) => this.#fail(`node ${node.id}: ${what} failed: ${(error as Error).message}`),
@@ -288,12 +291,27 @@ class World {
         }
       } else if (roll < 0.85) {
         this.#cut([], 'healed');
+      } else if (roll < 0.92) {
+        // PostgreSQL alone: the sidecar stays up and must make it agree with the journal again.
+        const victim = this.#rng.pick(this.#nodes);
+        const downMs = this.#rng.range(50, 3_000);
+        const lost = victim.pg.crash(this.#rng.int(0, victim.pg.unflushed), this.#scheduler.now + downMs);
+        this.#pgCrashes += 1;
+        this.#note(`n${victim.id}'s PostgreSQL crashes (${lost} unflushed commits lost); back in ${Math.round(downMs)} ms`);
       } else {
         // Let it run without a new fault.
       }
       this.#scheduler.after(this.#rng.range(200, 2_000), step);
     };
     this.#scheduler.after(this.#rng.range(500, 1_500), step);
+  }
+
+  /** PostgreSQL's WAL writer: what was committed without a flush reaches the disk within 200 ms. */
+  #walWriter(): void {
+    this.#scheduler.after(200, () => {
+      for (const node of this.#nodes) node.pg.flush();
+      this.#walWriter();
+    });
   }
 
   #cut(blocked: Array<[number, number]>, what: string): void {
@@ -382,8 +400,9 @@ class World {
   async #asyncWrite(): Promise<void> {
     const node = this.#target();
     if (node === null) return;
-    const key = `k${this.#rng.int(0, 4)}`;
     const value = `a${++this.#writes}`;
+    // Shared keys exercise last-writer-wins; a key of its own shows a write lost on one node.
+    const key = this.#rng.chance(0.5) ? `k${this.#rng.int(0, 4)}` : value;
     await this.#call(node, [{ table: 'a', key, value }], value);
   }
 
