@@ -35,7 +35,7 @@ export interface AdminTarget {
   demote(): unknown;
   transfer(to: ReplicaId): Promise<unknown>;
   tables(): Promise<Array<{ table: string; mode: TableMode }>>;
-  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }>;
+  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }>;
   metrics(): Promise<{ contentType: string; text: string }>;
 }
 

@@ -31,8 +31,9 @@ export const ADMIN_HELP: Readonly<Record<string, string>> = {
 
 Every node of the cluster as one node sees it: role, term, state, lag behind
 the leader (records and seconds) and limbo length. --json prints the whole
-view. Exit 0: a leader and every node running; 1: degraded (no leader, or a
-node unreachable or without PostgreSQL); 3: no node answered.`,
+view. Exit 0: a leader and every node running; 1: degraded (no leader, a
+node unreachable or without PostgreSQL, or a node whose apply keeps failing,
+shown under the table); 3: no node answered.`,
   table: `usage: qsync table <sync|async|local> <table> [--admin host:port] [--token T]
        qsync table list [--admin host:port] [--json]
        qsync table <sync|async|local> <table> --node host:port --user U --password P
@@ -133,7 +134,7 @@ export async function status(argv: readonly string[]): Promise<number> {
   const { values } = parse('status', argv);
   const v = await view(await where({ admin: str(values.admin), 'cluster-dir': str(values['cluster-dir']) }));
   console.log(values.json === true ? JSON.stringify(v, null, 2) : formatView(v));
-  const degraded = v.leader === null || v.members.some((m) => m.state !== 'running');
+  const degraded = v.leader === null || v.members.some((m) => m.state !== 'running' || (m.status?.stuck ?? null) !== null);
   return degraded ? EXIT.failed : EXIT.ok;
 }
 
@@ -145,7 +146,11 @@ export function formatView(v: ClusterView): string {
     m.lagRecords === null ? '-' : String(m.lagRecords), m.lagMs === null ? '-' : (m.lagMs / 1000).toFixed(1), m.limbo === null ? '-' : String(m.limbo),
   ]);
   const title = `Cluster: ${v.cluster} (${v.leader === null ? 'NO LEADER' : `leader ${v.leader}`}, term ${v.term}; * answered)`;
-  return `${title}\n${table(header, rows)}`;
+  const stuck = v.members.flatMap((m) => {
+    const reason = m.status?.stuck ?? null;
+    return reason === null ? [] : [`node ${m.replica}: ${reason}`];
+  });
+  return [`${title}\n${table(header, rows)}`, ...stuck].join('\n');
 }
 
 export function table(header: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
@@ -175,7 +180,7 @@ export async function tableCommand(argv: readonly string[]): Promise<number> {
     }
     try {
       const result = await db.setTableMode(name, verb);
-      console.log(`${result.table} is now ${result.mode} on every node`);
+      console.log(tableChanged(result));
       return EXIT.ok;
     } catch (error) {
       throw new CliFailure((error as Error).message, EXIT.failed);
@@ -184,9 +189,14 @@ export async function tableCommand(argv: readonly string[]): Promise<number> {
     }
   }
   const v = await view(at);
-  const result = await mutate<{ table: string; mode: string }>(adminOf(v, leaderOf(v)), 'PUT', `/tables/${encodeURIComponent(name)}`, at.token, { mode: verb });
-  console.log(`${result.table} is now ${result.mode} on every node`);
+  const result = await mutate<{ table: string; mode: string; copiedRows?: number }>(adminOf(v, leaderOf(v)), 'PUT', `/tables/${encodeURIComponent(name)}`, at.token, { mode: verb });
+  console.log(tableChanged(result));
   return EXIT.ok;
+}
+
+function tableChanged(result: { table: string; mode: string; copiedRows?: number }): string {
+  const copied = result.copiedRows ?? 0;
+  return `${result.table} is now ${result.mode} on every node${copied > 0 ? `; its ${copied} existing rows were copied to every node` : ''}`;
 }
 
 export async function control(command: 'promote' | 'demote' | 'transfer', argv: readonly string[]): Promise<number> {

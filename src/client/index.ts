@@ -376,8 +376,8 @@ export class Db {
   }
 
   /** Set a table's mode on every node (through the leader; the role must own the table). */
-  async setTableMode(table: string, mode: 'local' | 'async' | 'sync'): Promise<{ table: string; mode: string }> {
-    return (await this.#toLeader((id) => ({ id, op: 'table', table, mode }))) as { table: string; mode: string };
+  async setTableMode(table: string, mode: 'local' | 'async' | 'sync'): Promise<{ table: string; mode: string; copiedRows: number }> {
+    return (await this.#toLeader((id) => ({ id, op: 'table', table, mode }))) as { table: string; mode: string; copiedRows: number };
   }
 
   close(): void {

@@ -98,9 +98,17 @@ export interface Member {
   readonly address: string;
 }
 
+/** A replicated table's columns (quoted name, type) and primary key: what every node must agree on. */
+export interface TableShape {
+  readonly columns: ReadonlyArray<readonly [string, string]>;
+  readonly key: readonly string[];
+}
+
 export interface ConfigRecord extends RecordHeader {
   readonly kind: 'config';
   readonly tables?: Readonly<Record<string, TableMode>>;
+  /** The leader's shape of each table in `tables` made replicated: a node whose table differs refuses it. */
+  readonly shapes?: Readonly<Record<string, TableShape>>;
   readonly members?: readonly Member[];
   readonly quorum?: number;
   readonly synchroTimeoutMs?: number;
@@ -218,6 +226,7 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
       break;
     case 'config':
       if (r.tables !== undefined) wire.tb = r.tables;
+      if (r.shapes !== undefined) wire.sh = Object.fromEntries(Object.entries(r.shapes).map(([t, shape]) => [t, { c: shape.columns, k: shape.key }]));
       if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address }));
       if (r.quorum !== undefined) wire.q = r.quorum;
       if (r.synchroTimeoutMs !== undefined) wire.st = r.synchroTimeoutMs;
@@ -317,6 +326,8 @@ function fromWire(value: unknown): JournalRecord {
 const isGid = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= limits.gidBytesMax && /^[\x21-\x7e]+$/.test(v) && !v.includes("'");
 const isIdempotencyKey = boundedString(limits.idempotencyKeyBytesMax);
 const isTableName = boundedString(limits.tableNameBytesMax);
+const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.length <= 1_600 && v.every((s) => typeof s === 'string' && s.length <= 1_000);
+const isColumnList = (v: unknown): v is Array<[string, string]> => Array.isArray(v) && v.length <= 1_600 && v.every((p) => isStringList(p) && p.length === 2);
 const isAddress = boundedString(256);
 
 function parseTxn(wire: Wire, replica: ReplicaId, lsn: Lsn, term: Term, time: number): TxnRecord {
@@ -359,6 +370,18 @@ function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): Con
       if (typeof mode !== 'string' || !TABLE_MODES.has(mode)) fail(`tables.${table}`, `expected local, async or sync, got ${JSON.stringify(mode)}`);
     }
     config.tables = wire.tb as Record<string, TableMode>;
+  }
+  if (wire.sh !== undefined) {
+    if (!isPlainObject(wire.sh)) fail('shapes', `expected a map of table to shape, got ${describe(wire.sh)}`);
+    const shapes: Record<string, TableShape> = {};
+    for (const [table, shape] of Object.entries(wire.sh)) {
+      if (!isTableName(table)) fail('shapes', `table name of ${Buffer.byteLength(table)} bytes`);
+      if (!isPlainObject(shape)) fail(`shapes.${table}`, `expected a map, got ${describe(shape)}`);
+      const columns = field(shape, 'c', `shapes.${table}.columns`, isColumnList, 'an array of [name, type] string pairs');
+      const key = field(shape, 'k', `shapes.${table}.key`, isStringList, 'an array of strings');
+      shapes[table] = { columns, key };
+    }
+    config.shapes = shapes;
   }
   if (wire.m !== undefined) {
     if (!Array.isArray(wire.m) || wire.m.length > limits.membersMax) fail('members', `expected an array of at most ${limits.membersMax} members`);

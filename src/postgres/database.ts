@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
 import { Applier, appliedLsns, appliedVclock, type ApplyOutcome } from './apply.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
-import { setTableMode } from './tables.js';
+import { setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
 import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
 
 /** A client session: the pool of the role it authenticated as. */
@@ -117,11 +117,11 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     });
   }
 
-  setTableMode(table: string, mode: TableMode): Promise<string> {
+  setTableMode(table: string, mode: TableMode, options?: TableModeOptions): Promise<TableModeChange> {
     return this.#guarded(async () => {
-      const name = await setTableMode(this.#admin, table, mode);
+      const change = await setTableMode(this.#admin, table, mode, options);
       await this.#applier.reload();
-      return name;
+      return change;
     });
   }
 

@@ -5,7 +5,8 @@
 // survive a round trip through jsonb. Each refusal names the table and the fix.
 import type pg from 'pg';
 import { QsyncError } from '../core/errors.js';
-import type { TableMode } from '../core/record.js';
+import type { TableMode, TableShape } from '../core/record.js';
+import type { Lsn } from '../core/types.js';
 
 export class TableError extends QsyncError<'PG_TABLE'> {
   constructor(table: string, reason: string) {
@@ -22,6 +23,8 @@ export interface TableInfo {
   readonly keyNames: readonly string[];
   /** Columns an INSERT may name (not generated, not dropped), quoted. */
   readonly columns: readonly string[];
+  /** Every column and its type, and the key: what must be the same on every node. */
+  readonly shape: TableShape;
   readonly mode: TableMode;
 }
 
@@ -75,17 +78,69 @@ export async function describeTable(client: pg.ClientBase, table: string): Promi
     keyColumns: key.rows.map((r) => r.column),
     keyNames: key.rows.map((r) => r.name),
     columns: columns.rows.filter((c) => c.generated === '').map((c) => c.column),
+    shape: { columns: columns.rows.map((c) => [c.column, c.type] as [string, string]), key: key.rows.map((r) => r.column) },
   };
 }
 
+/** How this node's table differs from the shape the leader sent, naming the column; null when they agree. */
+export function shapeMismatch(local: TableShape, source: TableShape): string | null {
+  const here = new Map(local.columns);
+  const there = new Map(source.columns);
+  for (const [column, type] of source.columns) {
+    const mine = here.get(column);
+    if (mine === undefined) return `column ${column} (${type}) is missing here; ALTER TABLE ... ADD COLUMN ${column} ${type}`;
+    if (mine !== type) return `column ${column} is ${mine} here but ${type} on the leader`;
+  }
+  for (const [column] of local.columns) if (!there.has(column)) return `column ${column} exists here but not on the leader`;
+  if (local.key.join(',') !== source.key.join(',')) return `the primary key is (${local.key.join(', ')}) here but (${source.key.join(', ')}) on the leader`;
+  return null;
+}
+
+/** A chunk of a table's existing rows, copied through the journal as a TXN at `lsn`. */
+export interface CopiedChunk {
+  readonly lsn: Lsn;
+  readonly gid: string;
+  /** A JSON array of row images, as capture writes them. */
+  readonly rows: string;
+  readonly count: number;
+}
+
+export interface TableModeChange {
+  readonly name: string;
+  readonly shape: TableShape;
+  /** The rows the table held when it became replicated (leader only, from local to async or sync). */
+  readonly copied: readonly CopiedChunk[];
+}
+
+export interface TableModeOptions {
+  /** On a node applying the leader's CONFIG: the table must have this shape. */
+  readonly expect?: TableShape;
+  /**
+   * On the leader: when the table becomes replicated, read the rows it holds
+   * while the new triggers' lock keeps writers out, in chunks, each under an
+   * lsn reserved here and marked applied in the same transaction.
+   */
+  readonly copy?: { readonly replica: number; readonly reserve: () => { lsn: Lsn; gid: string } };
+}
+
+/** A copied chunk ends at this many rows or bytes, whichever comes first (a journal frame holds 16 MB). */
+const COPY_CHUNK_ROWS = 5_000;
+const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
+
 /**
- * Set a table's mode in one transaction: check the table, replace qsync's
- * triggers, record the mode. Returns the table's canonical name.
+ * Set a table's mode in one transaction: check the table (and its shape
+ * against the leader's), replace qsync's triggers, record the mode, and on
+ * the leader copy the rows a table held before it became replicated.
  */
-export async function setTableMode(client: pg.ClientBase, table: string, mode: TableMode): Promise<string> {
+export async function setTableMode(client: pg.ClientBase, table: string, mode: TableMode, options: TableModeOptions = {}): Promise<TableModeChange> {
   await client.query('BEGIN');
   try {
-    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [] } : await describeTable(client, table);
+    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [], shape: { columns: [], key: [] } } : await describeTable(client, table);
+    if (mode !== 'local' && options.expect !== undefined) {
+      const mismatch = shapeMismatch(info.shape, options.expect);
+      if (mismatch !== null) throw new TableError(info.name, `its columns differ from the leader's: ${mismatch}`);
+    }
+    const { rows: before } = await client.query<{ mode: TableMode }>('SELECT mode FROM qsync.tables WHERE table_name = $1', [info.name]);
     for (const trigger of TRIGGERS) await client.query(`DROP TRIGGER IF EXISTS ${trigger} ON ${info.name}`);
     if (mode !== 'local') {
       // Trigger arguments are the key columns, unquoted, as to_jsonb names them.
@@ -106,12 +161,46 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
          ON CONFLICT (table_name) DO UPDATE SET mode = excluded.mode, key_columns = excluded.key_columns, changed_at = now()`,
         [info.name, mode, info.keyNames]);
     }
+    const copied = mode !== 'local' && before.length === 0 && options.copy !== undefined ? await copyRows(client, info.name, options.copy) : [];
     await client.query('COMMIT');
-    return info.name;
+    return { name: info.name, shape: info.shape, copied };
   } catch (error) {
     await client.query('ROLLBACK');
     throw error;
   }
+}
+
+/**
+ * Read a table's rows into chunks, inside the transaction whose CREATE
+ * TRIGGER holds the lock that keeps writers out: no write is both in the copy
+ * and captured. Each chunk's lsn is marked applied here, so replay on this
+ * node never applies it again.
+ */
+async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<TableModeOptions['copy']>): Promise<CopiedChunk[]> {
+  const chunks: CopiedChunk[] = [];
+  let rows: string[] = [];
+  let bytes = 0;
+  const flush = async (): Promise<void> => {
+    if (rows.length === 0) return;
+    const { lsn, gid } = copy.reserve();
+    chunks.push({ lsn, gid, rows: `[${rows.join(',')}]`, count: rows.length });
+    await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [copy.replica, lsn]);
+    rows = [];
+    bytes = 0;
+  };
+  await client.query(`DECLARE qsync_copy NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
+  for (;;) {
+    const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_copy');
+    if (batch.length === 0) break;
+    for (const { row } of batch) {
+      if (rows.length >= COPY_CHUNK_ROWS || bytes + row.length > COPY_CHUNK_BYTES) await flush();
+      rows.push(row);
+      bytes += row.length + 1;
+    }
+  }
+  await flush();
+  await client.query('CLOSE qsync_copy');
+  return chunks;
 }
 
 async function resolveOnly(client: pg.ClientBase, table: string): Promise<{ name: string }> {

@@ -97,6 +97,8 @@ export class NodeDriver<S, W> {
   /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
   #beforeLimbo = 0;
   #stopping = false;
+  /** Work the journal decided that keeps failing (an apply, a check of PostgreSQL), for status. */
+  #retrying: { readonly what: string; readonly error: string } | null = null;
   /** Writes wait for this: verdicts read at start must not miss a TXN journaled while they are applied. */
   #recovered = false;
   /** PostgreSQL went away since it was last checked against the journal: #resync before the next apply. */
@@ -335,10 +337,13 @@ export class NodeDriver<S, W> {
   async #untilDone<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>, firstFailure?: (error: unknown) => void): Promise<T> {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        return await work();
+        const done = await work();
+        if (this.#retrying?.what === what) this.#retrying = null;
+        return done;
       } catch (error) {
         if (error instanceof AssertionFailed || this.#stopping) throw error;
         if (attempt === 1) firstFailure?.(error);
+        if (attempt >= 4) this.#retrying = { what, error: (error as Error).message };
         const delayMs = retryDelayMs(attempt);
         this.log[attempt < 4 ? 'info' : 'error']({ ...context, attempt, delayMs, err: (error as Error).message }, `${what} failed; retrying`);
         await this.#clock.sleep(delayMs);
@@ -384,7 +389,10 @@ export class NodeDriver<S, W> {
         return;
       }
       case 'config':
-        for (const [table, mode] of Object.entries(record.tables ?? {})) await this.#db.setTableMode(table, mode);
+        for (const [table, mode] of Object.entries(record.tables ?? {})) {
+          const expect = record.shapes?.[table];
+          await this.#db.setTableMode(table, mode, expect === undefined ? {} : { expect });
+        }
         return;
       case 'promote':
         // The previous owner's entries up to the lsn kept are committed, the rest rolled back (DESIGN.md §5).
@@ -604,6 +612,7 @@ export class NodeDriver<S, W> {
         confirmedLsn: owner === NO_REPLICA ? 0 : Math.max(this.#history.confirmedLsn(owner), this.#limbo?.confirmedLsn ?? 0),
       },
       vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
+      stuck: this.#retrying === null ? null : `${this.#retrying.what} keeps failing: ${this.#retrying.error}`,
       peers: this.config.peers.map((p) => {
         const replica = p.replica as ReplicaId;
         const vclock = this.#peerVclocks.get(replica) ?? [];
@@ -954,15 +963,46 @@ export class NodeDriver<S, W> {
 
   /**
    * Set a table's mode on every node: here first, then through a CONFIG
-   * record that each node applies in journal order. Only the leader does it.
+   * record that each node applies in journal order, with the table's shape,
+   * which each node checks its own table against. A table that becomes
+   * replicated brings the rows it holds here: copied in the same transaction
+   * (writers wait on the new triggers' lock), they follow the CONFIG as TXNs,
+   * so every write after them is captured and none is both copied and
+   * captured. The lsns are reserved before that transaction commits: no
+   * captured write can come before the CONFIG. Only the leader does it.
    */
-  async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }> {
+  async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
     if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
-    const name = await this.#db.setTableMode(table, mode);
-    const { durable } = this.#own.append((lsn) => ({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), tables: { [name]: mode } }));
-    await durable;
+    const reserved = [this.#own.reserve().lsn];
+    const configLsn = reserved[0] as Lsn;
+    let change: Awaited<ReturnType<Database<S, W>['setTableMode']>>;
+    try {
+      change = await this.#db.setTableMode(table, mode, {
+        copy: {
+          replica: this.#self,
+          reserve: () => {
+            const r = this.#own.reserve();
+            reserved.push(r.lsn);
+            return r;
+          },
+        },
+      });
+    } catch (error) {
+      for (const lsn of reserved.reverse()) this.#own.release(lsn, this.term, this.#now());
+      throw error;
+    }
+    const { name, shape, copied } = change;
+    const term = this.term;
+    const time = this.#now();
+    const durable = [
+      this.#own.submit({ kind: 'config', replica: this.#self, lsn: configLsn, term, time, tables: { [name]: mode }, ...(mode === 'local' ? {} : { shapes: { [name]: shape } }) }),
+      ...copied.map((chunk) => this.#own.submit({ kind: 'txn', replica: this.#self, lsn: chunk.lsn, term, time, gid: chunk.gid, sync: false, changes: [{ table: name, op: 'insert', rows: chunk.rows }], idempotencyKey: null })),
+    ];
+    await Promise.all(durable);
     this.#ownDurable();
-    return { table: name, mode };
+    const copiedRows = copied.reduce((sum, chunk) => sum + chunk.count, 0);
+    if (copiedRows > 0) this.log.info({ table: name, mode, rows: copiedRows, records: copied.length }, 'copied the rows the table held to every node through the journal');
+    return { table: name, mode, copiedRows };
   }
 
   /** The leader's client address, if a leader is known. */
@@ -1000,6 +1040,8 @@ export interface NodeStatus {
   readonly applied: VClock;
   readonly splitBrainRecords: number;
   readonly promoted: { readonly committed: number; readonly rolledBack: number };
+  /** Work the journal decided that has failed 4 times in a row and is still retried (a table that differs from the leader's, PostgreSQL away); null when none. */
+  readonly stuck: string | null;
   /** Per peer: its link is up, what it acknowledged, how far behind this journal's tail it is, when it was last heard. */
   readonly peers: ReadonlyArray<{
     readonly replica: number; readonly connected: boolean; readonly vclock: VClock;

@@ -7,7 +7,7 @@ import type { ElectionMessage } from '../core/election.js';
 import type { Change, JournalRecord, TableMode } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
-import type { ApplyOutcome, LeaderOutcome, PreparedStore } from '../postgres/index.js';
+import type { ApplyOutcome, LeaderOutcome, PreparedStore, TableModeChange, TableModeOptions } from '../postgres/index.js';
 
 export interface Clock {
   /** Wall-clock milliseconds as this node sees them (the simulator gives each node its own drift). */
@@ -102,8 +102,8 @@ export interface Database<S, W> extends PreparedStore {
    * may be gone, and prepared transactions finished since may be back.
    */
   onLost(listener: () => void): void;
-  /** Set a table's mode here; returns its qualified name. */
-  setTableMode(table: string, mode: TableMode): Promise<string>;
+  /** Set a table's mode here (postgres/tables.ts setTableMode): its qualified name, shape, and on the leader the rows copied. */
+  setTableMode(table: string, mode: TableMode, options?: TableModeOptions): Promise<TableModeChange>;
   publish(row: NodeRow): Promise<void>;
   /** Run `work` as a qsync transaction on the session; PREPARE if it touched a sync table. */
   write(session: S, context: WriteContext, work: W): Promise<LeaderOutcome>;

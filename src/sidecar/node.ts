@@ -195,7 +195,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   /** Set a table's mode on every node, for the admin interface (its token is the authority; the leader only). */
-  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode }> {
+  changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
     return this.#driver.setTableMode(table, mode);
   }
 

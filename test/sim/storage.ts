@@ -11,7 +11,7 @@ import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
 import { parseGid } from '../../src/core/gid.js';
-import type { ApplyOutcome, LeaderOutcome, PreparedEntry } from '../../src/postgres/index.js';
+import type { ApplyOutcome, LeaderOutcome, PreparedEntry, TableModeChange } from '../../src/postgres/index.js';
 import type { Database, JournalStore, NodeRow, WriteContext } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 
@@ -396,7 +396,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     }
   }
 
-  setTableMode(): Promise<string> {
+  setTableMode(): Promise<TableModeChange> {
     return Promise.reject(new Error('the simulation has fixed table modes'));
   }
 
