@@ -58,7 +58,7 @@ describe('table modes', () => {
   });
 
   it('sync installs capture, truncate guard and fence; async drops the fence; local drops all', async () => {
-    expect(await setTableMode(node.sql, 'accounts', 'sync')).toBe('public.accounts');
+    expect(await setTableMode(node.sql, 'accounts', 'sync')).toMatchObject({ name: 'public.accounts', copied: [] });
     expect(await triggers('accounts')).toEqual(['qsync_capture_delete', 'qsync_capture_insert', 'qsync_capture_update', 'qsync_fence', 'qsync_refuse_truncate']);
     expect((await node.sql.query(`SELECT mode, key_columns FROM qsync.tables WHERE table_name = 'public.accounts'`)).rows).toEqual([{ mode: 'sync', key_columns: ['id'] }]);
     await setTableMode(node.sql, 'public.accounts', 'async');
