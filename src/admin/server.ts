@@ -36,6 +36,8 @@ export interface AdminTarget {
   transfer(to: ReplicaId): Promise<unknown>;
   tables(): Promise<Array<{ table: string; mode: TableMode }>>;
   changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }>;
+  /** Run a schema change on every node (leader only). */
+  runDdl(sql: string): Promise<{ lsn: number }>;
   metrics(): Promise<{ contentType: string; text: string }>;
 }
 
@@ -137,6 +139,13 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
     const mode = url.searchParams.get('mode') ?? (typeof body === 'object' && body !== null ? (body as { mode?: unknown }).mode : undefined);
     if (typeof mode !== 'string' || !MODES.includes(mode as TableMode)) throw new QsyncError('BAD_REQUEST', `PUT /tables/${name} needs a mode: body {"mode": "sync"|"async"|"local"}, got ${JSON.stringify(mode ?? null)}`);
     return target.changeTableMode(name, mode as TableMode);
+  }
+  if (key === 'POST /ddl') {
+    mutating('POST /ddl');
+    const body = await readBody(request);
+    const sql = typeof body === 'object' && body !== null ? (body as { sql?: unknown }).sql : undefined;
+    if (typeof sql !== 'string') throw new QsyncError('BAD_REQUEST', `POST /ddl needs the SQL: body {"sql": "ALTER TABLE ..."}, got ${JSON.stringify(sql ?? null)}`);
+    return target.runDdl(sql);
   }
   switch (key) {
     case 'GET /status':

@@ -41,8 +41,18 @@ shown under the table); 3: no node answered.`,
 Set a table's mode on every node, through the leader (found for you), or list
 the tables qsync knows and their modes. With --node/--user/--password the mode
 is set as that PostgreSQL role through the client port instead of the admin
-interface; the role must own the table. A table becomes replicated with its
-existing rows left as they are on each node.`,
+interface; the role must own the table. A table that holds rows on the
+leader when it becomes replicated brings them to every node (the other nodes'
+tables should be empty; their columns must match, or that node says which
+column differs and waits until it is fixed).`,
+  ddl: `usage: qsync ddl "<sql>" [--admin host:port] [--token T]
+
+Run a schema change (ALTER TABLE ... ADD COLUMN, CREATE INDEX, CREATE TABLE)
+on every node: on the leader (found for you) in a transaction of its own, then
+on each other node at the same point of the journal, so replicated tables keep
+the same shape. Leave out BEGIN/COMMIT; the SQL must give the same result on
+every node (no now() or random() defaults on a table with rows). To drop a
+replicated table, make it local first.`,
   promote: `usage: qsync promote [<node>] [--admin host:port] [--token T]
 
 Make <node> (default: the node at --admin) campaign now; returns once it
@@ -197,6 +207,17 @@ export async function tableCommand(argv: readonly string[]): Promise<number> {
 function tableChanged(result: { table: string; mode: string; copiedRows?: number }): string {
   const copied = result.copiedRows ?? 0;
   return `${result.table} is now ${result.mode} on every node${copied > 0 ? `; its ${copied} existing rows were copied to every node` : ''}`;
+}
+
+export async function ddlCommand(argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parse('ddl', argv);
+  const [sql] = positionals;
+  if (sql === undefined || positionals.length > 1) throw new CliFailure(`give the SQL as one quoted argument\n\n${ADMIN_HELP.ddl as string}`, EXIT.usage);
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  const v = await view(at);
+  const result = await mutate<{ lsn: number }>(adminOf(v, leaderOf(v)), 'POST', '/ddl', at.token, { sql });
+  console.log(`schema change applied on node ${leaderOf(v)} and journaled at lsn ${result.lsn}; every node runs it in journal order`);
+  return EXIT.ok;
 }
 
 export async function control(command: 'promote' | 'demote' | 'transfer', argv: readonly string[]): Promise<number> {

@@ -14,7 +14,7 @@ import { CLUSTER_FILE, readClusterFile, serveControl } from '../drill/target.js'
 import { processAlive } from '../os/process.js';
 import { startLocalCluster } from './cluster.js';
 import { drill, DRILL_USAGE } from './drill.js';
-import { ADMIN_HELP, CliFailure, control, EXIT, status, tableCommand } from './admin.js';
+import { ADMIN_HELP, CliFailure, control, ddlCommand, EXIT, status, tableCommand } from './admin.js';
 
 const usage = `qsync: quorum-synchronous replication for PostgreSQL
 
@@ -26,6 +26,7 @@ commands:
   status                 every node: role, term, state, lag, limbo (a table; --json)
   table sync|async|local <table>   set a table's mode on every node, through the leader
   table list             the tables qsync knows and their modes
+  ddl "<sql>"            run a schema change on every node, in journal order
   promote [<node>]       make a node campaign now; returns once it accepts writes
   demote                 the leader steps down; another node is elected
   transfer <node>        switchover: the leader hands leadership to <node>
@@ -192,6 +193,8 @@ async function main(command: string | undefined, rest: readonly string[]): Promi
       return EXIT.ok;
     case 'table':
       return tableCommand(rest);
+    case 'ddl':
+      return ddlCommand(rest);
     case 'status':
       return status(rest);
     case 'promote':

@@ -8,6 +8,8 @@ export const limits = {
   gidBytesMax: 200,
   /** Longest table name, schema-qualified and quoted (2 × 63-byte identifiers plus quoting). */
   tableNameBytesMax: 256,
+  /** A schema change's SQL (`qsync ddl`). */
+  ddlBytesMax: 64 * 1024,
   idempotencyKeyBytesMax: 256,
   /** Changes (table × operation groups) in one TXN record. */
   txnChangesMax: 10_000,

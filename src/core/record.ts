@@ -109,6 +109,8 @@ export interface ConfigRecord extends RecordHeader {
   readonly tables?: Readonly<Record<string, TableMode>>;
   /** The leader's shape of each table in `tables` made replicated: a node whose table differs refuses it. */
   readonly shapes?: Readonly<Record<string, TableShape>>;
+  /** A schema change every node runs at this point of the journal (`qsync ddl`). */
+  readonly ddl?: string;
   readonly members?: readonly Member[];
   readonly quorum?: number;
   readonly synchroTimeoutMs?: number;
@@ -226,6 +228,7 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
       break;
     case 'config':
       if (r.tables !== undefined) wire.tb = r.tables;
+      if (r.ddl !== undefined) wire.dd = r.ddl;
       if (r.shapes !== undefined) wire.sh = Object.fromEntries(Object.entries(r.shapes).map(([t, shape]) => [t, { c: shape.columns, k: shape.key }]));
       if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address }));
       if (r.quorum !== undefined) wire.q = r.quorum;
@@ -326,6 +329,7 @@ function fromWire(value: unknown): JournalRecord {
 const isGid = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= limits.gidBytesMax && /^[\x21-\x7e]+$/.test(v) && !v.includes("'");
 const isIdempotencyKey = boundedString(limits.idempotencyKeyBytesMax);
 const isTableName = boundedString(limits.tableNameBytesMax);
+const isDdl = boundedString(limits.ddlBytesMax);
 const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.length <= 1_600 && v.every((s) => typeof s === 'string' && s.length <= 1_000);
 const isColumnList = (v: unknown): v is Array<[string, string]> => Array.isArray(v) && v.length <= 1_600 && v.every((p) => isStringList(p) && p.length === 2);
 const isAddress = boundedString(256);
@@ -371,6 +375,7 @@ function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): Con
     }
     config.tables = wire.tb as Record<string, TableMode>;
   }
+  if (wire.dd !== undefined) config.ddl = field(wire, 'dd', 'ddl', isDdl, `SQL of 1..${limits.ddlBytesMax} bytes`);
   if (wire.sh !== undefined) {
     if (!isPlainObject(wire.sh)) fail('shapes', `expected a map of table to shape, got ${describe(wire.sh)}`);
     const shapes: Record<string, TableShape> = {};

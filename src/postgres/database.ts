@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
 import { Applier, appliedLsns, appliedVclock, type ApplyOutcome } from './apply.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
-import { setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
+import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
 import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
 
 /** A client session: the pool of the role it authenticated as. */
@@ -122,6 +122,14 @@ export class PgDatabase implements Database<PgSession, PgWork> {
       const change = await setTableMode(this.#admin, table, mode, options);
       await this.#applier.reload();
       return change;
+    });
+  }
+
+  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<'applied' | 'skipped'> {
+    return this.#guarded(async () => {
+      const done = await runDdl(this.#admin, sql, replica, lsn);
+      await this.#applier.reload();
+      return done;
     });
   }
 

@@ -116,9 +116,10 @@ export interface TableModeOptions {
   /** On a node applying the leader's CONFIG: the table must have this shape. */
   readonly expect?: TableShape;
   /**
-   * On the leader: when the table becomes replicated, read the rows it holds
-   * while the new triggers' lock keeps writers out, in chunks, each under an
-   * lsn reserved here and marked applied in the same transaction.
+   * On the leader: `reserve` gives the CONFIG record's lsn once the new
+   * triggers' lock is held (see runDdl: what it waited for comes first), then
+   * one lsn per chunk of the rows the table held, when it becomes replicated,
+   * read while that lock keeps writers out and marked applied here.
    */
   readonly copy?: { readonly replica: number; readonly reserve: () => { lsn: Lsn; gid: string } };
 }
@@ -161,6 +162,7 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
          ON CONFLICT (table_name) DO UPDATE SET mode = excluded.mode, key_columns = excluded.key_columns, changed_at = now()`,
         [info.name, mode, info.keyNames]);
     }
+    options.copy?.reserve();
     const copied = mode !== 'local' && before.length === 0 && options.copy !== undefined ? await copyRows(client, info.name, options.copy) : [];
     await client.query('COMMIT');
     return { name: info.name, shape: info.shape, copied };
@@ -201,6 +203,36 @@ async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<
   await flush();
   await client.query('CLOSE qsync_copy');
   return chunks;
+}
+
+/**
+ * Run a schema change (`qsync ddl`) in one transaction that also marks
+ * (replica, lsn) applied: run again from the journal after a crash, it is
+ * skipped. The leader passes `reserve` instead of an lsn: called once the
+ * statements hold their locks, so that every transaction the change had to
+ * wait for (a prepared one, decided by a CONFIRM) comes before it in the
+ * journal; a node applying it in journal order then finds nothing of it left
+ * prepared, where it would wait forever for a CONFIRM queued behind it.
+ * A failure names the statement's error; the connection stays good.
+ */
+export async function runDdl(client: pg.ClientBase, sql: string, replica: number, lsn: Lsn | (() => Lsn)): Promise<'applied' | 'skipped'> {
+  await client.query('BEGIN');
+  try {
+    if (typeof lsn === 'number') {
+      const { rows } = await client.query<{ done: boolean }>('SELECT EXISTS (SELECT 1 FROM qsync.applied WHERE replica_id = $1 AND lsn = $2) AS done', [replica, lsn]);
+      if (rows[0]?.done === true) {
+        await client.query('ROLLBACK');
+        return 'skipped';
+      }
+    }
+    await client.query(sql);
+    await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, typeof lsn === 'number' ? lsn : lsn()]);
+    await client.query('COMMIT');
+    return 'applied';
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw new QsyncError('PG_ERROR', `the schema change failed: ${(error as Error).message}`, { sqlstate: (error as { code?: string }).code }, { cause: error });
+  }
 }
 
 async function resolveOnly(client: pg.ClientBase, table: string): Promise<{ name: string }> {

@@ -389,6 +389,9 @@ export class NodeDriver<S, W> {
         return;
       }
       case 'config':
+        if (record.ddl !== undefined && (await this.#db.runDdl(record.ddl, record.replica, record.lsn)) === 'applied' && record.replica !== this.#self) {
+          this.log.info({ leader: record.replica, lsn: record.lsn }, 'schema change applied');
+        }
         for (const [table, mode] of Object.entries(record.tables ?? {})) {
           const expect = record.shapes?.[table];
           await this.#db.setTableMode(table, mode, expect === undefined ? {} : { expect });
@@ -973,8 +976,8 @@ export class NodeDriver<S, W> {
    */
   async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
     if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
-    const reserved = [this.#own.reserve().lsn];
-    const configLsn = reserved[0] as Lsn;
+    // The first lsn reserved is the CONFIG's, the others the copied chunks'.
+    const reserved: Lsn[] = [];
     let change: Awaited<ReturnType<Database<S, W>['setTableMode']>>;
     try {
       change = await this.#db.setTableMode(table, mode, {
@@ -992,6 +995,8 @@ export class NodeDriver<S, W> {
       throw error;
     }
     const { name, shape, copied } = change;
+    const configLsn = reserved[0];
+    if (configLsn === undefined) throw new QsyncError('PG_ERROR', `the mode of ${name} changed without an lsn`);
     const term = this.term;
     const time = this.#now();
     const durable = [
@@ -1003,6 +1008,34 @@ export class NodeDriver<S, W> {
     const copiedRows = copied.reduce((sum, chunk) => sum + chunk.count, 0);
     if (copiedRows > 0) this.log.info({ table: name, mode, rows: copiedRows, records: copied.length }, 'copied the rows the table held to every node through the journal');
     return { table: name, mode, copiedRows };
+  }
+
+  /**
+   * Run a schema change on every node: here first, in a transaction that
+   * holds its locks (an ALTER TABLE keeps the table's writers out), then
+   * through a CONFIG record each node runs in journal order. Its lsn is
+   * reserved once the locks are held and before the commit: what it waited
+   * for comes before it in the journal, every write captured after it
+   * follows it. Only the leader does it.
+   */
+  async runDdl(sql: string): Promise<{ lsn: Lsn }> {
+    if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; run schema changes through ${this.leaderName()}`);
+    if (sql.trim() === '' || Buffer.byteLength(sql) > limits.ddlBytesMax) throw new QsyncError('BAD_REQUEST', `a schema change is SQL of 1 to ${limits.ddlBytesMax} bytes`);
+    if (/^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b|;\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b/i.test(sql)) {
+      throw new QsyncError('BAD_REQUEST', 'qsync ddl runs the SQL in a transaction of its own on every node: leave out BEGIN, COMMIT and ROLLBACK');
+    }
+    let lsn: Lsn | null = null;
+    try {
+      await this.#db.runDdl(sql, this.#self, () => (lsn = this.#own.reserve().lsn));
+    } catch (error) {
+      if (lsn !== null) this.#own.release(lsn, this.term, this.#now());
+      throw error;
+    }
+    if (lsn === null) throw new QsyncError('PG_ERROR', 'the schema change committed without an lsn');
+    await this.#own.submit({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), ddl: sql });
+    this.#ownDurable();
+    this.log.info({ lsn }, 'schema change applied here and journaled for every node');
+    return { lsn };
   }
 
   /** The leader's client address, if a leader is known. */

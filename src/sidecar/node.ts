@@ -195,6 +195,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   /** Set a table's mode on every node, for the admin interface (its token is the authority; the leader only). */
+  runDdl(sql: string): Promise<{ lsn: number }> {
+    return this.#driver.runDdl(sql);
+  }
+
   changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
     return this.#driver.setTableMode(table, mode);
   }

@@ -399,6 +399,37 @@ describe('a 3-node cluster', () => {
     await eventually(async () => expect((await node(3).status()).stuck).toBeNull(), 'node 3 no longer stuck');
   }, 90_000);
 
+  it('(9) qsync ddl adds a column on every node in journal order while a writer keeps inserting; a bad or transaction-wrapped DDL is a clear error', async () => {
+    const admin = ['--admin', node(1).adminAddress, '--token', cluster.adminToken];
+    let writing = true;
+    let written = 0;
+    const writer = (async () => {
+      for (let id = 2_000_001; writing; id += 1) {
+        await db.execute([['INSERT INTO legacy (id, v) VALUES ($1, $2)', [id, 'during the DDL']]]);
+        written += 1;
+      }
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin]);
+    expect(stdout).toMatch(/schema change applied on node 1 and journaled at lsn \d+/);
+    await db.execute([["INSERT INTO legacy (id, v, note) VALUES (3000001, 'after', 'with a note')", []]]);
+    const before = written;
+    await eventually(async () => expect(written).toBeGreaterThan(before + 10), 'the writer goes on');
+    writing = false;
+    await writer;
+    const digest = `SELECT count(*)::int AS n, md5(string_agg(id || v || at || coalesce(note, '-'), ',' ORDER BY id)) AS md5 FROM legacy`;
+    const [expected] = await rows(1, digest) as Array<{ n: number }>;
+    for (const replica of [2, 3]) await eventually(async () => expect(await rows(replica, digest)).toEqual([expected]), `node ${replica} rows`, 30_000);
+    expect(await rows(3, 'SELECT note FROM legacy WHERE id = 3000001')).toEqual([{ note: 'with a note' }]);
+    const bad = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin]).catch((error: { code: number; stderr: string }) => error);
+    expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/the schema change failed: column "note" of relation "legacy" already exists/) });
+    const wrapped = await run(process.execPath, ['bin/qsync.js', 'ddl', 'BEGIN; ALTER TABLE legacy ADD COLUMN x int; COMMIT', ...admin]).catch((error: { code: number; stderr: string }) => error);
+    expect(wrapped).toMatchObject({ code: 1, stderr: expect.stringMatching(/leave out BEGIN, COMMIT and ROLLBACK/) });
+    // Nothing of either reached a node, and the cluster goes on.
+    for (const replica of [1, 2, 3]) expect(await rows(replica, `SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'legacy' AND column_name = 'x'`)).toEqual([{ n: 0 }]);
+    expect((await node(3).status()).stuck).toBeNull();
+  }, 90_000);
+
   it('(h) refuses garbage on the client port with a logged reason and keeps serving', async () => {
     const socket = netConnect({ host: '127.0.0.1', port: node(1).clientPort });
     socket.on('error', () => undefined);

@@ -396,6 +396,10 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     }
   }
 
+  runDdl(): Promise<'applied' | 'skipped'> {
+    return Promise.reject(new Error('the simulation has no schema changes'));
+  }
+
   setTableMode(): Promise<TableModeChange> {
     return Promise.reject(new Error('the simulation has fixed table modes'));
   }
