@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { runClusterBench } from './cluster.js';
 import { runCompareBench } from './compare.js';
+import { runCopyBench } from './copy.js';
 import { runFailoverBench } from './failover.js';
 import { runJournalBench } from './journal.js';
 import { runPostgresBench } from './postgres.js';
@@ -18,6 +19,7 @@ benchmarks:
   compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
               INSERTs at 1, 16 and 64 clients, runs alternating native/qsync; ratios, fsyncs per commit,
               sidecar peak memory, an SVG chart (about 8 minutes with the defaults)
+  copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows
   all         every benchmark above but compare, one after another
 
 options:
@@ -57,6 +59,7 @@ const benches: Record<string, () => Promise<unknown>> = {
   postgres: () => runPostgresBench({ seconds, sessions: [1, 16, 64], batches: [1, 100, 1000] }),
   cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
   failover: () => runFailoverBench({ rounds: 10, electionTimeoutsMs: [1_000, 250] }),
+  copy: () => runCopyBench({ rows: [100_000, 1_000_000] }),
   compare: () => runCompareBench({ seconds, pairs: Math.round(pairs), clients: [1, 16, 64], warmupSeconds: warmup, chartPath: `bench/results/compare-${stamp}.svg` }),
 };
 benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.(), failover: await benches.failover?.() });
