@@ -125,7 +125,7 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     });
   }
 
-  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<'applied' | 'skipped'> {
+  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
     return this.#guarded(async () => {
       const done = await runDdl(this.#admin, sql, replica, lsn);
       await this.#applier.reload();

@@ -108,6 +108,8 @@ export interface CopiedChunk {
 export interface TableModeChange {
   readonly name: string;
   readonly shape: TableShape;
+  /** On the leader: the CONFIG record's lsn, reserved once the triggers' lock was held. */
+  readonly lsn: Lsn | null;
   /** The rows the table held when it became replicated (leader only, from local to async or sync). */
   readonly copied: readonly CopiedChunk[];
 }
@@ -121,7 +123,7 @@ export interface TableModeOptions {
    * one lsn per chunk of the rows the table held, when it becomes replicated,
    * read while that lock keeps writers out and marked applied here.
    */
-  readonly copy?: { readonly replica: number; readonly reserve: () => { lsn: Lsn; gid: string } };
+  readonly leader?: { readonly replica: number; readonly reserve: () => { lsn: Lsn; gid: string } };
 }
 
 /** A copied chunk ends at this many rows or bytes, whichever comes first (a journal frame holds 16 MB). */
@@ -162,10 +164,10 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
          ON CONFLICT (table_name) DO UPDATE SET mode = excluded.mode, key_columns = excluded.key_columns, changed_at = now()`,
         [info.name, mode, info.keyNames]);
     }
-    options.copy?.reserve();
-    const copied = mode !== 'local' && before.length === 0 && options.copy !== undefined ? await copyRows(client, info.name, options.copy) : [];
+    const lsn = options.leader?.reserve().lsn ?? null;
+    const copied = mode !== 'local' && before.length === 0 && options.leader !== undefined ? await copyRows(client, info.name, options.leader) : [];
     await client.query('COMMIT');
-    return { name: info.name, shape: info.shape, copied };
+    return { name: info.name, shape: info.shape, lsn, copied };
   } catch (error) {
     await client.query('ROLLBACK');
     throw error;
@@ -178,7 +180,7 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
  * and captured. Each chunk's lsn is marked applied here, so replay on this
  * node never applies it again.
  */
-async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<TableModeOptions['copy']>): Promise<CopiedChunk[]> {
+async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<TableModeOptions['leader']>): Promise<CopiedChunk[]> {
   const chunks: CopiedChunk[] = [];
   let rows: string[] = [];
   let bytes = 0;
@@ -215,20 +217,21 @@ async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<
  * prepared, where it would wait forever for a CONFIRM queued behind it.
  * A failure names the statement's error; the connection stays good.
  */
-export async function runDdl(client: pg.ClientBase, sql: string, replica: number, lsn: Lsn | (() => Lsn)): Promise<'applied' | 'skipped'> {
+export async function runDdl(client: pg.ClientBase, sql: string, replica: number, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
   await client.query('BEGIN');
   try {
     if (typeof lsn === 'number') {
       const { rows } = await client.query<{ done: boolean }>('SELECT EXISTS (SELECT 1 FROM qsync.applied WHERE replica_id = $1 AND lsn = $2) AS done', [replica, lsn]);
       if (rows[0]?.done === true) {
         await client.query('ROLLBACK');
-        return 'skipped';
+        return { applied: false, lsn };
       }
     }
     await client.query(sql);
-    await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, typeof lsn === 'number' ? lsn : lsn()]);
+    const at = typeof lsn === 'number' ? lsn : lsn();
+    await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, at]);
     await client.query('COMMIT');
-    return 'applied';
+    return { applied: true, lsn: at };
   } catch (error) {
     await client.query('ROLLBACK');
     throw new QsyncError('PG_ERROR', `the schema change failed: ${(error as Error).message}`, { sqlstate: (error as { code?: string }).code }, { cause: error });

@@ -19,7 +19,7 @@
 // waits until a quorum holds its journal, writes PROMOTE, and accepts sync
 // writes only once a quorum holds the PROMOTE too (`#writable`). Losing
 // leadership stops writes at once; PostgreSQL's fence follows qsync.node.
-import { AssertionFailed } from '../core/assert.js';
+import { assert, AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
@@ -389,7 +389,7 @@ export class NodeDriver<S, W> {
         return;
       }
       case 'config':
-        if (record.ddl !== undefined && (await this.#db.runDdl(record.ddl, record.replica, record.lsn)) === 'applied' && record.replica !== this.#self) {
+        if (record.ddl !== undefined && (await this.#db.runDdl(record.ddl, record.replica, record.lsn)).applied && record.replica !== this.#self) {
           this.log.info({ leader: record.replica, lsn: record.lsn }, 'schema change applied');
         }
         for (const [table, mode] of Object.entries(record.tables ?? {})) {
@@ -976,27 +976,8 @@ export class NodeDriver<S, W> {
    */
   async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
     if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
-    // The first lsn reserved is the CONFIG's, the others the copied chunks'.
-    const reserved: Lsn[] = [];
-    let change: Awaited<ReturnType<Database<S, W>['setTableMode']>>;
-    try {
-      change = await this.#db.setTableMode(table, mode, {
-        copy: {
-          replica: this.#self,
-          reserve: () => {
-            const r = this.#own.reserve();
-            reserved.push(r.lsn);
-            return r;
-          },
-        },
-      });
-    } catch (error) {
-      for (const lsn of reserved.reverse()) this.#own.release(lsn, this.term, this.#now());
-      throw error;
-    }
-    const { name, shape, copied } = change;
-    const configLsn = reserved[0];
-    if (configLsn === undefined) throw new QsyncError('PG_ERROR', `the mode of ${name} changed without an lsn`);
+    const { name, shape, lsn: configLsn, copied } = await this.#reserving((reserve) => this.#db.setTableMode(table, mode, { leader: { replica: this.#self, reserve } }));
+    assert(configLsn !== null, `the mode of ${name} changed without a CONFIG lsn`);
     const term = this.term;
     const time = this.#now();
     const durable = [
@@ -1024,18 +1005,30 @@ export class NodeDriver<S, W> {
     if (/^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b|;\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b/i.test(sql)) {
       throw new QsyncError('BAD_REQUEST', 'qsync ddl runs the SQL in a transaction of its own on every node: leave out BEGIN, COMMIT and ROLLBACK');
     }
-    let lsn: Lsn | null = null;
-    try {
-      await this.#db.runDdl(sql, this.#self, () => (lsn = this.#own.reserve().lsn));
-    } catch (error) {
-      if (lsn !== null) this.#own.release(lsn, this.term, this.#now());
-      throw error;
-    }
-    if (lsn === null) throw new QsyncError('PG_ERROR', 'the schema change committed without an lsn');
+    const { lsn } = await this.#reserving((reserve) => this.#db.runDdl(sql, this.#self, () => reserve().lsn));
     await this.#own.submit({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), ddl: sql });
     this.#ownDurable();
     this.log.info({ lsn }, 'schema change applied here and journaled for every node');
     return { lsn };
+  }
+
+  /**
+   * Run leader work that reserves own lsns inside its PostgreSQL transaction;
+   * if it fails, every lsn it reserved is given back (or filled), so the
+   * journal has no gap.
+   */
+  async #reserving<T>(work: (reserve: () => { lsn: Lsn; gid: string }) => Promise<T>): Promise<T> {
+    const reserved: Lsn[] = [];
+    try {
+      return await work(() => {
+        const r = this.#own.reserve();
+        reserved.push(r.lsn);
+        return r;
+      });
+    } catch (error) {
+      for (const lsn of reserved.reverse()) this.#own.release(lsn, this.term, this.#now());
+      throw error;
+    }
   }
 
   /** The leader's client address, if a leader is known. */

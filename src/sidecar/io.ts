@@ -105,7 +105,7 @@ export interface Database<S, W> extends PreparedStore {
   /** Set a table's mode here (postgres/tables.ts setTableMode): its qualified name, shape, and on the leader the rows copied. */
   setTableMode(table: string, mode: TableMode, options?: TableModeOptions): Promise<TableModeChange>;
   /** Run a schema change, marked applied under (replica, lsn) in its transaction: skipped when it already ran (postgres/tables.ts runDdl). */
-  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<'applied' | 'skipped'>;
+  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }>;
   publish(row: NodeRow): Promise<void>;
   /** Run `work` as a qsync transaction on the session; PREPARE if it touched a sync table. */
   write(session: S, context: WriteContext, work: W): Promise<LeaderOutcome>;

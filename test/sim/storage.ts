@@ -396,7 +396,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     }
   }
 
-  runDdl(): Promise<'applied' | 'skipped'> {
+  runDdl(): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
     return Promise.reject(new Error('the simulation has no schema changes'));
   }
 
