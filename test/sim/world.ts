@@ -86,6 +86,8 @@ class World {
   /** Sync writes by value: what clients were told, and what PostgreSQL decided anywhere. */
   readonly #status = new Map<string, WriteStatus>();
   readonly #decided = new Map<string, 'committed' | 'rolled-back'>();
+  /** Acknowledged async writes to keys of their own: no later write may hide their loss. */
+  readonly #asyncAcked = new Set<string>();
   #violation: string | null = null;
   #crashes = 0;
   #pgCrashes = 0;
@@ -403,7 +405,8 @@ class World {
     const value = `a${++this.#writes}`;
     // Shared keys exercise last-writer-wins; a key of its own shows a write lost on one node.
     const key = this.#rng.chance(0.5) ? `k${this.#rng.int(0, 4)}` : value;
-    await this.#call(node, [{ table: 'a', key, value }], value);
+    const answer = await this.#call(node, [{ table: 'a', key, value }], value);
+    if (answer === 'ok' && key === value) this.#asyncAcked.add(value);
   }
 
   /** A read on a live node: every sync row visible must be one no client was told is rolled back. */
@@ -502,6 +505,9 @@ class World {
     for (const node of this.#nodes) {
       for (const [value, status] of this.#status) {
         if (status === 'acked' && node.pg.rows.get(`s:${value}`)?.value !== value) this.#fail(`acknowledged write ${value} is missing on node ${node.id}`);
+      }
+      for (const value of this.#asyncAcked) {
+        if (node.pg.rows.get(`a:${value}`)?.value !== value) this.#fail(`acknowledged async write ${value} is missing on node ${node.id}`);
       }
       if (node.pg.prepared.size > 0) this.#fail(`node ${node.id} still holds prepared transactions after quiescing: ${[...node.pg.prepared.keys()].slice(0, 5).join(', ')}`);
       if (node !== first && rowsOf(node) !== rowsOf(first)) {
