@@ -11,6 +11,8 @@
 //   POST /promote             campaign now; answers once this node accepts writes       (token)
 //   POST /demote              the leader steps down                                      (token)
 //   POST /transfer?to=N       switchover: hand leadership to replica N                   (token)
+//   POST /rejoin              take a peer's snapshot if this node lacks records every
+//                             peer removed (setting rejoin manual)                       (token)
 //   PUT  /tables/:name        set a table's mode on every node: {"mode": "sync"}         (token)
 //
 // Mutating requests need `Authorization: Bearer <--admin-token>`; a node
@@ -33,6 +35,8 @@ export interface AdminTarget {
   cluster(): Promise<ClusterView>;
   promote(): Promise<unknown>;
   demote(): unknown;
+  /** Let this node take a peer's snapshot when it lacks records its peers removed. */
+  rejoin(): unknown;
   transfer(to: ReplicaId): Promise<unknown>;
   tables(): Promise<Array<{ table: string; mode: TableMode }>>;
   changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }>;
@@ -179,6 +183,9 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
     case 'POST /demote':
       mutating('POST /demote');
       return target.demote();
+    case 'POST /rejoin':
+      mutating('POST /rejoin');
+      return target.rejoin();
     case 'POST /transfer': {
       mutating('POST /transfer');
       const to = Number(url.searchParams.get('to'));
@@ -186,7 +193,7 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
       return target.transfer(to);
     }
     default:
-      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /transfer?to=N; PUT /tables/<name>`);
+      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /rejoin, /transfer?to=N; PUT /tables/<name>`);
   }
 }
 

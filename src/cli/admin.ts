@@ -61,6 +61,12 @@ accepts writes. For election mode manual, or as an override.`,
 
 The current leader (found for you) steps down and stays quiet for two
 election timeouts; another node is elected.`,
+  rejoin: `usage: qsync rejoin <node> [--admin host:port] [--token T]
+
+For a node started with rejoin manual that lacks journal records every peer
+has removed (qsync status says so): let it replace its replicated tables with
+a peer's snapshot. Its local tables stay. A node with rejoin auto (the
+default) does this by itself.`,
   transfer: `usage: qsync transfer <node> [--admin host:port] [--token T]
 
 Switchover: the current leader (found for you) holds new writes, waits until
@@ -220,11 +226,12 @@ export async function ddlCommand(argv: readonly string[]): Promise<number> {
   return EXIT.ok;
 }
 
-export async function control(command: 'promote' | 'demote' | 'transfer', argv: readonly string[]): Promise<number> {
+export async function control(command: 'promote' | 'demote' | 'transfer' | 'rejoin', argv: readonly string[]): Promise<number> {
   const { values, positionals } = parse(command, argv);
   const target = positionals[0];
   if (target !== undefined && !/^\d+$/.test(target)) throw new CliFailure(`<node> is a replica id, got ${JSON.stringify(target)}\n\n${ADMIN_HELP[command] as string}`, EXIT.usage);
   if (command === 'transfer' && target === undefined) throw new CliFailure(`transfer to which node?\n\n${ADMIN_HELP.transfer as string}`, EXIT.usage);
+  if (command === 'rejoin' && target === undefined) throw new CliFailure(`rejoin which node?\n\n${ADMIN_HELP.rejoin as string}`, EXIT.usage);
   const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
   // --json: the node's status after the change, and nothing else on stdout.
   const say = (text: string): void => {
@@ -235,6 +242,9 @@ export async function control(command: 'promote' | 'demote' | 'transfer', argv: 
     const address = target === undefined ? (at.addresses[0] as string) : adminOf(await view(at), Number(target));
     result = await mutate<SidecarStatus>(address, 'POST', '/promote', at.token);
     say(`node ${result.replica} leads in term ${result.term}`);
+  } else if (command === 'rejoin') {
+    result = await mutate<SidecarStatus>(adminOf(await view(at), Number(target)), 'POST', '/rejoin', at.token);
+    say(`node ${result.replica} takes a peer's snapshot when it next subscribes; qsync status shows it until it is done`);
   } else if (command === 'demote') {
     const v = await view(at);
     const leader = leaderOf(v);

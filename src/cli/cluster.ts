@@ -53,6 +53,8 @@ export interface ClusterOptions {
   /** Each line a sidecar logs, besides its sidecar.log (`cluster up` shows them in a terminal). */
   readonly onLog?: (replica: number, line: string) => void;
   readonly logLevel?: string;
+  /** Extra settings for a node's sidecar (flags), read each time it starts. */
+  readonly sidecarArgs?: (replica: number) => readonly string[];
   /** Extra node options for the sidecar processes (e.g. --cpu-prof, to see where a benchmark's time goes). */
   readonly nodeArgs?: readonly string[];
 }
@@ -159,6 +161,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         '--election-mode', options.electionModes?.[replica] ?? 'candidate',
         ...(options.redisUrl === undefined ? [] : ['--redis-url', options.redisUrl]),
         ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
+        ...(options.sidecarArgs?.(replica) ?? []),
       ];
     };
     const node: ClusterNode = {

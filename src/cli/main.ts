@@ -30,13 +30,14 @@ commands:
   promote [<node>]       make a node campaign now; returns once it accepts writes
   demote                 the leader steps down; another node is elected
   transfer <node>        switchover: the leader hands leadership to <node>
+  rejoin <node>          let <node> replace its replicated tables with a peer's snapshot
   drill <scenario>       rehearse a failover on the local cluster and check the history
   bench <name>           run a benchmark (journal, postgres, cluster, failover, all)
   start                  run one sidecar next to a PostgreSQL server (qsync start --help)
   version                print the version
   help                   print this help
 
-The operator commands (status, table, promote, demote, transfer) find the
+The operator commands (status, table, promote, demote, transfer, rejoin) find the
 nodes from --admin host:port, QSYNC_ADMIN, or the local cluster's file
 (--cluster-dir, default .qsync/cluster); mutating ones need the admin token
 (--token, QSYNC_ADMIN_TOKEN, or that file).
@@ -200,6 +201,7 @@ async function main(command: string | undefined, rest: readonly string[]): Promi
     case 'promote':
     case 'demote':
     case 'transfer':
+    case 'rejoin':
       return control(command, rest);
     case 'cluster':
       if (rest[0] === 'up') {

@@ -30,7 +30,8 @@ export type ErrorCode =
   | 'BAD_REQUEST'
   | 'PG_ERROR'
   | 'AUTH'
-  | 'FORBIDDEN';
+  | 'FORBIDDEN'
+  | 'REJOINING';
 
 export type ErrorContext = Readonly<Record<string, unknown>>;
 

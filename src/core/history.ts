@@ -43,6 +43,37 @@ export interface RevivedRange {
   readonly to: Lsn;
 }
 
+/**
+ * A history as plain data: what a journal checkpoint keeps of the records it
+ * removed (journal/journal.ts trim), and what a snapshot hands a rejoining
+ * node with the rows (DESIGN.md §4, docs/rfc/0009-retention-and-rejoin.md).
+ */
+export interface HistoryState {
+  readonly synchro: { readonly owner: ReplicaId; readonly term: Term };
+  readonly confirmed: ReadonlyArray<readonly [number, number]>;
+  readonly rolledBack: ReadonlyArray<readonly [number, ReadonlyArray<{ readonly from: number; readonly until: number; readonly voidable?: true }>]>;
+  readonly withheld: readonly WithheldRange[];
+  readonly ignored: readonly string[];
+}
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isPair = (v: unknown): v is [number, number] => Array.isArray(v) && v.length === 2 && isCount(v[0]) && isCount(v[1]);
+
+/** Check a history state read from disk or a peer; a sentence saying what is wrong, or the state. */
+export function historyStateParse(value: unknown): HistoryState | string {
+  if (typeof value !== 'object' || value === null) return 'history: expected a map';
+  const v = value as Record<string, unknown>;
+  const synchro = v.synchro as Record<string, unknown> | undefined;
+  if (typeof synchro !== 'object' || synchro === null || !isCount(synchro.owner) || synchro.owner > 31 || !isCount(synchro.term)) return 'history.synchro: expected an owner and a term';
+  if (!Array.isArray(v.confirmed) || !v.confirmed.every(isPair)) return 'history.confirmed: expected [owner, lsn] pairs';
+  const ranges = (r: unknown): boolean => Array.isArray(r) && r.every((x) => typeof x === 'object' && x !== null && isCount((x as RolledBack).from) && isCount((x as RolledBack).until));
+  if (!Array.isArray(v.rolledBack) || !v.rolledBack.every((e: unknown) => Array.isArray(e) && e.length === 2 && isCount(e[0]) && ranges(e[1]))) return 'history.rolledBack: expected [owner, ranges] pairs';
+  if (!Array.isArray(v.withheld) || !v.withheld.every((w: unknown) => typeof w === 'object' && w !== null && isCount((w as WithheldRange).from) && isCount((w as WithheldRange).to)
+    && ['rolledBack', 'deposed'].includes((w as WithheldRange).reason))) return 'history.withheld: expected ranges';
+  if (!Array.isArray(v.ignored) || !v.ignored.every((i: unknown) => typeof i === 'string' && /^\d+:\d+$/.test(i))) return 'history.ignored: expected replica:lsn strings';
+  return value as HistoryState;
+}
+
 export class LimboHistory {
   readonly self: ReplicaId;
   #synchro: { readonly owner: ReplicaId; readonly term: Term } = { owner: 0 as ReplicaId, term: 0 as Term };
@@ -55,6 +86,42 @@ export class LimboHistory {
 
   constructor(self: ReplicaId) {
     this.self = self;
+  }
+
+  /** A history that goes on from `state`, as node `self` sees it. */
+  static fromState(self: ReplicaId, state: HistoryState): LimboHistory {
+    const history = new LimboHistory(self);
+    history.#synchro = { ...state.synchro };
+    for (const [owner, lsn] of state.confirmed) history.#confirmed.set(owner, lsn);
+    for (const [owner, ranges] of state.rolledBack) history.#rolledBack.set(owner, ranges.map((r) => ({ from: r.from, until: r.until, ...(r.voidable === true ? { voidable: true as const } : {}) })));
+    history.#withheld = state.withheld.map((r) => ({ ...r }));
+    for (const key of state.ignored) history.#ignored.add(key);
+    return history;
+  }
+
+  /** Everything this history holds, as plain data (fromState reads it back). */
+  toState(): HistoryState {
+    return {
+      synchro: { ...this.#synchro },
+      confirmed: [...this.#confirmed],
+      rolledBack: [...this.#rolledBack].map(([owner, ranges]) => [owner, ranges.map((r) => ({ ...r }))] as const),
+      withheld: this.#withheld.map((r) => ({ ...r })),
+      ignored: [...this.#ignored],
+    };
+  }
+
+  /**
+   * Another node's history taken over by this one (a rejoin by snapshot):
+   * its decisions, owner and term, with this node's own withheld records
+   * kept, and everything of this node past a PROMOTE that deposed it
+   * withheld as a deposed range.
+   */
+  adopt(other: HistoryState): LimboHistory {
+    const deposed = (other.rolledBack.find(([owner]) => owner === this.self)?.[1] ?? [])
+      .filter((r) => r.until === Number.MAX_SAFE_INTEGER).map((r) => ({ from: r.from as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' as const }));
+    const history = LimboHistory.fromState(this.self, { ...other, withheld: this.#withheld });
+    for (const range of deposed) history.withhold(range);
+    return history;
   }
 
   /** The limbo owner and its term, from the last PROMOTE (owner 0, term 0: none yet). */

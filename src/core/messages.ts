@@ -9,12 +9,24 @@
 //      ├── subscribe(vclock) ──────────────────────────────► │
 //      │ ◄──────────────────────────────────── record ... ───┤  from the journal, then live
 //      ├── ack(vclock, term) ──────────────────────────────► │  after journal and PostgreSQL are durable
+//
+//   A subscriber behind the relay's journal start: refuse, or (when it asked
+//   for one) snapshot(floor, history, tables), snapshotPart ..., snapshotEnd,
+//   then the records from the floor on (docs/rfc/0009-retention-and-rejoin.md).
 //      │ ◄─────────────────────────────── raft(election) ───► │  either way, on whichever link is up
 import type { ElectionMessage } from './election.js';
 import { RecordInvalid } from './errors.js';
-import { codec, decodeOne, parseRecord, recordToWire, type JournalRecord } from './record.js';
+import { limits } from './limits.js';
+import { codec, decodeOne, parseRecord, recordToWire, type JournalRecord, type TableShape } from './record.js';
 import { isReplicaId, isTerm, type ReplicaId, type Term } from './types.js';
 import { vclockParse, type VClock } from './vclock.js';
+
+/** A replicated table as a snapshot announces it (postgres/snapshot.ts). */
+export interface SnapshotTable {
+  readonly name: string;
+  readonly mode: 'sync' | 'async';
+  readonly shape: TableShape;
+}
 
 export const PROTOCOL_VERSION = 1;
 export const NONCE_BYTES = 32;
@@ -23,15 +35,19 @@ export const PROOF_BYTES = 32;
 export type PeerMessage =
   | { readonly kind: 'hello'; readonly version: number; readonly cluster: string; readonly replica: ReplicaId; readonly nonce: Uint8Array; readonly proof: Uint8Array | null }
   | { readonly kind: 'welcome'; readonly proof: Uint8Array }
-  | { readonly kind: 'refuse'; readonly reason: string }
-  | { readonly kind: 'subscribe'; readonly vclock: VClock }
+  /** `gap`: the subscriber is behind the relay's journal start and did not ask for a snapshot. */
+  | { readonly kind: 'refuse'; readonly reason: string; readonly gap?: boolean }
+  | { readonly kind: 'subscribe'; readonly vclock: VClock; readonly snapshot: boolean }
+  | { readonly kind: 'snapshot'; readonly floor: VClock; readonly history: unknown; readonly tables: readonly SnapshotTable[] }
+  | { readonly kind: 'snapshotPart'; readonly table: string; readonly rows: string; readonly count: number }
+  | { readonly kind: 'snapshotEnd'; readonly parts: number }
   | { readonly kind: 'record'; readonly record: JournalRecord }
   | { readonly kind: 'ack'; readonly vclock: VClock; readonly term: Term }
   | { readonly kind: 'raft'; readonly message: ElectionMessage };
 
 export type MessageResult = { readonly ok: true; readonly message: PeerMessage } | { readonly ok: false; readonly error: RecordInvalid };
 
-const CODES = { hello: 1, welcome: 2, refuse: 3, subscribe: 4, record: 5, ack: 6, raft: 7 } as const;
+const CODES = { hello: 1, welcome: 2, refuse: 3, subscribe: 4, record: 5, ack: 6, raft: 7, snapshot: 8, snapshotPart: 9, snapshotEnd: 10 } as const;
 const RAFT_CODES = { vote: 1, voteReply: 2, heartbeat: 3, heartbeatReply: 4, timeoutNow: 5 } as const;
 
 function raftToWire(e: ElectionMessage): Record<string, unknown> {
@@ -59,9 +75,15 @@ export function encodeMessage(message: PeerMessage): Uint8Array {
     case 'welcome':
       return codec.pack({ m: CODES.welcome, p: message.proof });
     case 'refuse':
-      return codec.pack({ m: CODES.refuse, e: message.reason });
+      return codec.pack(message.gap === true ? { m: CODES.refuse, e: message.reason, g: true } : { m: CODES.refuse, e: message.reason });
     case 'subscribe':
-      return codec.pack({ m: CODES.subscribe, vc: message.vclock });
+      return codec.pack(message.snapshot ? { m: CODES.subscribe, vc: message.vclock, s: true } : { m: CODES.subscribe, vc: message.vclock });
+    case 'snapshot':
+      return codec.pack({ m: CODES.snapshot, f: message.floor, h: message.history, t: message.tables.map((t) => ({ n: t.name, o: t.mode, c: t.shape.columns, k: t.shape.key })) });
+    case 'snapshotPart':
+      return codec.pack({ m: CODES.snapshotPart, n: message.table, r: message.rows, c: message.count });
+    case 'snapshotEnd':
+      return codec.pack({ m: CODES.snapshotEnd, c: message.parts });
     case 'record':
       return codec.pack({ m: CODES.record, x: recordToWire(message.record) });
     case 'ack':
@@ -129,9 +151,29 @@ function parse(value: unknown): PeerMessage {
       return { kind: 'welcome', proof: bytes(w.p, 'proof', PROOF_BYTES) };
     case CODES.refuse:
       if (typeof w.e !== 'string') fail('reason', 'expected a string');
-      return { kind: 'refuse', reason: w.e.slice(0, 1000) };
+      return { kind: 'refuse', reason: w.e.slice(0, 1000), gap: w.g === true };
     case CODES.subscribe:
-      return { kind: 'subscribe', vclock: vclock(w.vc) };
+      return { kind: 'subscribe', vclock: vclock(w.vc), snapshot: w.s === true };
+    case CODES.snapshot: {
+      const floor = vclockParse(w.f);
+      if (typeof floor === 'string') fail('floor', floor);
+      if (!Array.isArray(w.t)) fail('tables', 'expected an array');
+      const tables = w.t.map((t: unknown, i: number): SnapshotTable => {
+        const x = t as Record<string, unknown>;
+        if (typeof x !== 'object' || x === null || typeof x.n !== 'string' || x.n.length > limits.tableNameBytesMax) fail(`tables[${i}].name`, 'expected a table name');
+        if (x.o !== 'sync' && x.o !== 'async') fail(`tables[${i}].mode`, 'expected sync or async');
+        const pairs = (v: unknown): v is Array<[string, string]> => Array.isArray(v) && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[0] === 'string' && typeof p[1] === 'string');
+        if (!pairs(x.c) || !Array.isArray(x.k) || !x.k.every((k) => typeof k === 'string')) fail(`tables[${i}].shape`, 'expected columns and a key');
+        return { name: x.n, mode: x.o, shape: { columns: x.c, key: x.k as string[] } };
+      });
+      return { kind: 'snapshot', floor, history: w.h, tables };
+    }
+    case CODES.snapshotPart:
+      if (typeof w.n !== 'string' || typeof w.r !== 'string' || !Number.isSafeInteger(w.c)) fail('snapshotPart', 'expected a table, rows and a count');
+      return { kind: 'snapshotPart', table: w.n, rows: w.r, count: w.c as number };
+    case CODES.snapshotEnd:
+      if (!Number.isSafeInteger(w.c)) fail('parts', 'expected an integer');
+      return { kind: 'snapshotEnd', parts: w.c as number };
     case CODES.record: {
       const parsed = parseRecord(w.x);
       if (!parsed.ok) throw parsed.error;

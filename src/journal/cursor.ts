@@ -6,7 +6,7 @@
 // live records come from the page cache. An open segment file stays readable
 // after removeBelow unlinks it.
 import { open, type FileHandle } from 'node:fs/promises';
-import { JournalCorrupt } from '../core/errors.js';
+import { JournalCorrupt, QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { decodeRecord, type JournalRecord } from '../core/record.js';
 import { REPLICA_LOCAL } from '../core/types.js';
@@ -28,6 +28,16 @@ export interface CursorSource {
   segmentAfter(sum: number | null): Segment | undefined;
   /** Resolves when more records are durable, a segment is added, or the journal closes. */
   waitForDurable(): Promise<void>;
+  /** Bumped when the journal is replaced (rebase): an older cursor has nothing left to read. */
+  readonly generation: number;
+  /** The cursor is done: segments it read may be removed. */
+  cursorDone(cursor: JournalCursor): void;
+}
+
+class JournalGap extends QsyncError<'JOURNAL_GAP'> {
+  constructor(message: string) {
+    super('JOURNAL_GAP', message);
+  }
 }
 
 export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
@@ -40,9 +50,11 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
   #offset: number;
   #ready: JournalRecord[] = [];
   #done = false;
+  readonly #generation: number;
 
-  constructor(source: CursorSource, start: Segment, from: VClock, options: CursorOptions) {
+  constructor(source: CursorSource, start: Segment, from: VClock, options: CursorOptions, generation: number) {
     this.#source = source;
+    this.#generation = generation;
     this.#segment = start;
     this.#offset = start.headerBytes;
     this.#from = from;
@@ -54,11 +66,20 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
     return this;
   }
 
+  /** The segment being read: it and later ones are kept while the cursor is open. */
+  get segmentSum(): number {
+    return this.#done ? Infinity : this.#segment.sum;
+  }
+
   async next(): Promise<IteratorResult<JournalRecord>> {
     for (;;) {
       const record = this.#ready.shift();
       if (record !== undefined) return { done: false, value: record };
       if (this.#done) return this.return();
+      if (this.#source.generation !== this.#generation) {
+        await this.return();
+        throw new JournalGap('the journal was replaced by a snapshot (rejoin) while this cursor read it; subscribe again');
+      }
       if (this.#offset < this.#segment.durableBytes) {
         await this.#readChunk();
         continue;
@@ -79,6 +100,7 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
 
   async return(): Promise<IteratorResult<JournalRecord>> {
     this.#done = true;
+    this.#source.cursorDone(this);
     this.#ready = [];
     await this.#handle?.close();
     this.#handle = null;

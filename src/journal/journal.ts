@@ -10,15 +10,18 @@
 // Invariant: after a failed write or fsync the journal accepts nothing more
 //            (fsync errors are not retried: the page cache may have dropped
 //            the data, PostgreSQL's "fsyncgate").
-import { open, readFile, rm, unlink, writeFile, mkdir, type FileHandle } from 'node:fs/promises';
+import { open, readFile, rename, rm, unlink, writeFile, mkdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QsyncError, type ErrorCode } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { encodeRecord, type JournalRecord } from '../core/record.js';
-import { vclockCovers, vclockFollow, vclockFormat, vclockGet, type VClock } from '../core/vclock.js';
+import { assert } from '../core/assert.js';
+import { REPLICA_LOCAL } from '../core/types.js';
+import { vclockCompare, vclockCovers, vclockEntries, vclockFollow, vclockFormat, vclockFromEntries, vclockGet, vclockSum, type VClock } from '../core/vclock.js';
 import { JournalCursor, type CursorOptions, type CursorSource } from './cursor.js';
 import { encodeFrame } from './frame.js';
 import { fsyncDir } from './fsutil.js';
+import { finishInterrupted, readCheckpoint, REBASE_FILE, writeCheckpoint, writeDurable, type Checkpoint } from './checkpoint.js';
 import { recoverJournal, type JournalCut } from './recovery.js';
 import { encodeSegmentHeader, segmentName, type RaftState, type Segment } from './segment.js';
 import { processAlive } from '../os/process.js';
@@ -77,6 +80,13 @@ export class Journal implements CursorSource {
   #waiters: Array<() => void> = [];
   #stats = { appends: 0, batches: 0, fsyncs: 0, bytesWritten: 0 };
   #onBatch: JournalOptions['onBatch'] | null = null;
+  #checkpoint: Checkpoint | null = null;
+  /** Cursors not yet returned: trim keeps the segments they read. */
+  readonly #cursors = new Set<JournalCursor>();
+  /** Appends held while a rebase replaces the files; null when none runs. */
+  #rebasing: Array<{ readonly record: JournalRecord; readonly resolve: () => void; readonly reject: (error: Error) => void }> | null = null;
+  /** Bumped by rebase: a cursor opened before it ends with JOURNAL_GAP (what it would read next is gone). */
+  #generation = 0;
 
   private constructor(dir: string, segmentBytesMax: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
     this.dir = dir;
@@ -95,6 +105,8 @@ export class Journal implements CursorSource {
     await mkdir(options.dir, { recursive: true });
     await takeLock(options.dir);
     try {
+      const checkpoint = await readCheckpoint(options.dir);
+      await finishInterrupted(options.dir, checkpoint);
       const recovered = await recoverJournal(options.dir, options.repair ?? false);
       const segments = recovered.segments;
       if (segments.length === 0) segments.push(await createSegment(options.dir, { vclock: recovered.vclock, raft: recovered.raft }));
@@ -103,6 +115,7 @@ export class Journal implements CursorSource {
       const report = { segments: segments.length, records: recovered.records, vclock: recovered.vclock, cuts: recovered.cuts };
       const journal = new Journal(options.dir, segmentBytesMax, segments, handle, recovered.vclock, recovered.raft, report);
       journal.#onBatch = options.onBatch ?? null;
+      journal.#checkpoint = checkpoint;
       return journal;
     } catch (error) {
       await releaseLock(options.dir);
@@ -135,6 +148,10 @@ export class Journal implements CursorSource {
    * and synced in call order.
    */
   append(record: JournalRecord): Promise<void> {
+    if (this.#rebasing !== null) {
+      this.#tailVclock = vclockFollow(this.#tailVclock, record.replica, record.lsn);
+      return new Promise((resolve, reject) => this.#rebasing?.push({ record, resolve, reject }));
+    }
     const refused = this.#refusal(record);
     if (refused !== null) return Promise.reject(refused);
     let frame: Buffer;
@@ -254,6 +271,14 @@ export class Journal implements CursorSource {
     return this.#closed || this.#failure !== null;
   }
 
+  get generation(): number {
+    return this.#generation;
+  }
+
+  cursorDone(cursor: JournalCursor): void {
+    this.#cursors.delete(cursor);
+  }
+
   segmentAfter(sum: number | null): Segment | undefined {
     return this.#segments.find((s) => sum === null || s.sum > sum);
   }
@@ -276,7 +301,104 @@ export class Journal implements CursorSource {
     // Start in the last segment that begins at or before `from`: everything before it is covered.
     let start = oldest;
     for (const segment of this.#segments) if (vclockCovers(from, segment.start.vclock, { ignoreLocal })) start = segment;
-    return new JournalCursor(this, start, from, options);
+    const cursor = new JournalCursor(this, start, from, options, this.#generation);
+    this.#cursors.add(cursor);
+    return cursor;
+  }
+
+  // ---- retention -------------------------------------------------------------------
+
+  /** The journal as the driver's retention sees it (sidecar/io.ts JournalRetention). */
+  get retention(): this {
+    return this;
+  }
+
+  /** Where the journal starts: every record before it was removed (the first segment's start). */
+  get oldestVclock(): VClock {
+    return (this.#segments[0] as Segment).start.vclock;
+  }
+
+  /** The checkpoint written when segments were last removed, or null if none ever were. */
+  get checkpoint(): Checkpoint | null {
+    return this.#checkpoint;
+  }
+
+  /** Where each segment after the first starts: the points trim can cut at. */
+  get segmentStarts(): VClock[] {
+    return this.#segments.slice(1).map((s) => s.start.vclock);
+  }
+
+  /** Bytes the segment files hold. */
+  get sizeBytes(): number {
+    return this.#segments.reduce((sum, s) => sum + s.durableBytes, 0);
+  }
+
+  /**
+   * Remove the segments before the one that starts at `start`, first writing
+   * the checkpoint (`state`: what their records decided). A segment a cursor
+   * still reads stays: the next trim removes it. Returns the names removed.
+   */
+  async trim(start: VClock, state: unknown): Promise<string[]> {
+    const index = this.#segments.findIndex((s) => vclockCompare(s.start.vclock, start, { ignoreLocal: false }) === 'equal');
+    assert(index >= 0, `trim: no segment starts at ${vclockFormat(start)}`);
+    if (index === 0) return [];
+    await writeCheckpoint(this.dir, { vclock: start, state });
+    this.#checkpoint = { vclock: start, state };
+    return this.removeBelow(start);
+  }
+
+  /**
+   * Replace the whole journal with one segment that starts at `start` (a
+   * rejoin by snapshot: the snapshot holds what came before) and holds
+   * `keep`, records of this node that its peers may lack. The new segment is
+   * written first, then the checkpoint, then the old segments go (a crash
+   * in between is finished at the next open). Cursors open on the old
+   * journal end with JOURNAL_GAP: their subscribers subscribe again.
+   */
+  async rebase(from: VClock, keep: readonly JournalRecord[], state: unknown): Promise<void> {
+    assert(this.#rebasing === null, 'rebase: one at a time');
+    this.#rebasing = [];
+    try {
+      while (this.#flushing !== null) await this.#flushing;
+      assert(this.#queue.length === 0 && this.#failure === null && !this.#closed, 'rebase: the journal must be idle and healthy');
+      // The local component (RAFT records) goes on from here: the term and vote travel in the header.
+      const start = vclockFromEntries([...vclockEntries(from).filter(([r]) => r !== REPLICA_LOCAL), ...(vclockGet(this.#vclock, REPLICA_LOCAL) > 0 ? [[REPLICA_LOCAL, vclockGet(this.#vclock, REPLICA_LOCAL)] as const] : [])]);
+      await this.#rebaseTo(start, keep, state);
+    } finally {
+      // Appends made meanwhile (RAFT records) go on in the new journal.
+      const held = this.#rebasing;
+      this.#rebasing = null;
+      this.#tailVclock = this.#vclock;
+      for (const h of held) this.append(h.record).then(h.resolve, h.reject);
+    }
+  }
+
+  async #rebaseTo(start: VClock, keep: readonly JournalRecord[], state: unknown): Promise<void> {
+    let vclock = start;
+    const frames: Buffer[] = [encodeSegmentHeader({ vclock: start, raft: this.#raft })];
+    for (const record of keep) {
+      assert(record.lsn === vclockGet(vclock, record.replica) + 1, `rebase: record ${record.replica}:${record.lsn} does not follow ${vclockFormat(vclock)}`);
+      vclock = vclockFollow(vclock, record.replica, record.lsn);
+      frames.push(encodeFrame(encodeRecord(record)));
+    }
+    const temporary = join(this.dir, REBASE_FILE);
+    await writeDurable(temporary, Buffer.concat(frames));
+    await writeCheckpoint(this.dir, { vclock: start, state });
+    this.#checkpoint = { vclock: start, state };
+    this.#generation += 1;
+    await this.#handle.close();
+    for (const segment of this.#segments.splice(0)) await unlink(segment.path);
+    const name = segmentName(start);
+    const path = join(this.dir, name);
+    await rename(temporary, path);
+    await fsyncDir(this.dir);
+    const bytes = frames.reduce((sum, f) => sum + f.length, 0);
+    const headerBytes = (frames[0] as Buffer).length;
+    this.#segments.push({ name, path, sum: vclockSum(start), start: { vclock: start, raft: this.#raft }, headerBytes, durableBytes: bytes });
+    this.#handle = await open(path, 'r+');
+    this.#vclock = vclock;
+    this.#tailVclock = vclock;
+    this.#wake();
   }
 
   /**
@@ -286,9 +408,10 @@ export class Journal implements CursorSource {
    */
   async removeBelow(vclock: VClock): Promise<string[]> {
     const removed: string[] = [];
+    const read = Math.min(...[...this.#cursors].map((c) => c.segmentSum));
     while (this.#segments.length > 1) {
       const next = this.#segments[1] as Segment;
-      if (!vclockCovers(vclock, next.start.vclock)) break;
+      if (!vclockCovers(vclock, next.start.vclock) || (this.#segments[0] as Segment).sum >= read) break;
       const segment = this.#segments.shift() as Segment;
       await unlink(segment.path);
       removed.push(segment.name);

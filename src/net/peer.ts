@@ -14,7 +14,9 @@ import { PROTOCOL_VERSION, type PeerMessage } from '../core/messages.js';
 import type { JournalRecord } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
-import type { Journal } from '../journal/index.js';
+import type { Journal, JournalCursor } from '../journal/index.js';
+import type { SnapshotBegin, SnapshotOffer, SnapshotSink } from '../sidecar/io.js';
+import { vclockCovers, vclockFormat } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
 import { Link, LinkClosed } from './link.js';
@@ -41,7 +43,7 @@ function checkHello(me: PeerIdentity, hello: PeerMessage & { kind: 'hello' }): s
  * The next message of `kind`; election messages, which may come on any link
  * in either direction once it is past the handshake, go to `onRaft` on the way.
  */
-async function expect<K extends PeerMessage['kind']>(link: Link, kind: K, timeoutMs?: number, onRaft?: (message: ElectionMessage) => void): Promise<PeerMessage & { kind: K }> {
+async function expect<K extends PeerMessage['kind'], A extends PeerMessage['kind'] = K>(link: Link, kind: K, timeoutMs?: number, onRaft?: (message: ElectionMessage) => void, also: readonly A[] = []): Promise<PeerMessage & { kind: K | A }> {
   let message = await link.next(timeoutMs);
   while (message.kind === 'raft' && onRaft !== undefined) {
     onRaft(message.message);
@@ -49,17 +51,24 @@ async function expect<K extends PeerMessage['kind']>(link: Link, kind: K, timeou
   }
   if (message.kind === 'refuse') {
     link.close(`refused by peer: ${message.reason}`);
-    throw new LinkClosed(`refused by peer: ${message.reason}`);
+    throw message.gap === true ? new GapRefused(message.reason) : new LinkClosed(`refused by peer: ${message.reason}`);
   }
-  if (message.kind !== kind) {
+  if (message.kind !== kind && !(also as readonly string[]).includes(message.kind)) {
     link.close(`expected ${kind}, got ${message.kind}`);
     throw new LinkClosed(`expected ${kind}, got ${message.kind}`);
   }
-  return message as PeerMessage & { kind: K };
+  return message as PeerMessage & { kind: K | A };
 }
 
-function refuse(link: Link, reason: string): never {
-  link.send({ kind: 'refuse', reason });
+/** The relay lacks records the subscriber needs, and the subscriber did not ask for a snapshot. */
+class GapRefused extends LinkClosed {
+  constructor(readonly reason: string) {
+    super(`refused by peer: ${reason}`);
+  }
+}
+
+function refuse(link: Link, reason: string, gap = false): never {
+  link.send({ kind: 'refuse', reason, ...(gap ? { gap } : {}) });
   link.close(reason);
   throw new LinkClosed(reason);
 }
@@ -76,6 +85,8 @@ export interface RelayOptions {
   readonly onSent?: (record: JournalRecord, subscriber: ReplicaId) => void;
   /** An election message from a subscriber. */
   readonly onRaft?: (from: ReplicaId, message: ElectionMessage) => void;
+  /** A subscriber behind this journal's start asked for a snapshot (null: refused). */
+  readonly serveSnapshot?: (subscriber: ReplicaId) => SnapshotOffer | null;
 }
 
 /** The relay side: accepts subscribers and streams them the journal. */
@@ -120,7 +131,8 @@ export class RelayServer {
       this.#subscribers.set(from, link);
       const subscribe = await expect(link, 'subscribe', limits.handshakeTimeoutMs, (m) => this.#options.onRaft?.(from, m));
       link.log.info({ subscriber, vclock: subscribe.vclock }, 'subscriber joined');
-      await Promise.all([this.#relay(link, subscriber, subscribe.vclock), this.#readAcks(link, subscriber)]);
+      const cursor = this.#cursorFor(link, subscriber, subscribe);
+      await Promise.all([this.#relay(link, subscriber, cursor.cursor, cursor.offer), this.#readAcks(link, subscriber)]);
     } catch (error) {
       if (error instanceof AssertionFailed) throw error;
       // A journal gap or corruption, or a closed link: this link ends, the node goes on.
@@ -144,9 +156,40 @@ export class RelayServer {
     return hello.replica;
   }
 
-  async #relay(link: Link, subscriber: ReplicaId, from: VClock): Promise<void> {
-    const cursor = this.#options.journal.cursor(from, { follow: true });
+  /**
+   * Where the subscriber's stream starts: at its vclock, or, when it is
+   * behind this journal's start, at that start after a snapshot (when it
+   * asked for one and the node offers it). The cursor is opened before the
+   * snapshot is read: it keeps the segments the subscriber needs after it.
+   */
+  #cursorFor(link: Link, subscriber: ReplicaId, subscribe: PeerMessage & { kind: 'subscribe' }): { cursor: JournalCursor; offer: SnapshotOffer | null } {
+    const { journal } = this.#options;
+    const oldest = journal.oldestVclock;
+    if (vclockCovers(subscribe.vclock, oldest, { ignoreLocal: true })) return { cursor: journal.cursor(subscribe.vclock, { follow: true }), offer: null };
+    const behind = `replica ${subscriber} lacks records this node no longer keeps (it holds ${vclockFormat(subscribe.vclock)}; this journal starts at ${vclockFormat(oldest)})`;
+    if (!subscribe.snapshot) refuse(link, `${behind}: it must rejoin by snapshot; run qsync rejoin on node ${subscriber}, or set its rejoin setting to auto`, true);
+    const offer = this.#options.serveSnapshot?.(subscriber) ?? null;
+    if (offer === null) refuse(link, `${behind}, and this node cannot send a snapshot now; another peer may`);
+    link.log.info({ subscriber, floor: offer.floor }, 'sending a snapshot: the subscriber is behind this journal\'s start');
+    return { cursor: journal.cursor(offer.floor, { follow: true }), offer };
+  }
+
+  async #sendSnapshot(link: Link, offer: SnapshotOffer): Promise<void> {
+    const { begin, parts } = await offer.begin();
+    link.send({ kind: 'snapshot', floor: begin.floor, history: begin.history, tables: begin.tables });
+    let sent = 0;
+    for await (const part of parts) {
+      if (link.closeReason !== null) throw new LinkClosed(link.closeReason);
+      if (!link.send({ kind: 'snapshotPart', table: part.table, rows: part.rows, count: part.count })) await link.drain();
+      sent += 1;
+    }
+    link.send({ kind: 'snapshotEnd', parts: sent });
+    link.log.info({ parts: sent }, 'snapshot sent; the records after it follow');
+  }
+
+  async #relay(link: Link, subscriber: ReplicaId, cursor: JournalCursor, offer: SnapshotOffer | null): Promise<void> {
     try {
+      if (offer !== null) await this.#sendSnapshot(link, offer);
       for await (const record of cursor) {
         if (link.closeReason !== null) break;
         if (record.replica === subscriber) continue; // it has its own records
@@ -185,11 +228,18 @@ export interface SubscriberOptions {
   readonly ack: () => { vclock: VClock; term: Term };
   /** An election message from the peer. */
   readonly onRaft?: (message: ElectionMessage) => void;
+  /** Whether to ask for a snapshot should the peer lack records this node needs. */
+  readonly takesSnapshot?: () => boolean;
+  /** The peer lacks records this node needs, and no snapshot was asked for. */
+  readonly onGap?: (reason: string) => void;
+  /** The peer sends a snapshot: where it goes (null: refused). */
+  readonly takeSnapshot?: (begin: SnapshotBegin) => SnapshotSink | null;
   readonly backoffMsMin?: number;
   readonly backoffMsMax?: number;
 }
 
 /** The subscriber side of one peer link, reconnecting with backoff until stopped. */
+// (A snapshot, when the peer sends one, comes first: #takeSnapshot.)
 export class Subscriber {
   readonly #options: SubscriberOptions;
   #stopped = false;
@@ -239,6 +289,31 @@ export class Subscriber {
     }
   }
 
+  /** Hand a snapshot's parts to the node in order; a failure ends the link, and the load is undone. */
+  async #takeSnapshot(link: Link, begin: PeerMessage & { kind: 'snapshot' }): Promise<void> {
+    const sink = this.#options.takeSnapshot?.({ floor: begin.floor, history: begin.history, tables: begin.tables }) ?? null;
+    if (sink === null) {
+      link.close('a snapshot arrived while this node takes one from another peer', 'info');
+      throw new LinkClosed('snapshot refused');
+    }
+    let parts = 0;
+    try {
+      for (;;) {
+        const message = await expect(link, 'snapshotPart', undefined, this.#options.onRaft, ['snapshotEnd']);
+        if (message.kind === 'snapshotEnd') {
+          if (message.parts !== parts) throw new Error(`the snapshot announced ${message.parts} parts and ${parts} arrived`);
+          await sink.end(parts);
+          return;
+        }
+        await sink.part(message);
+        parts += 1;
+      }
+    } catch (error) {
+      await sink.abort((error as Error).message);
+      throw error;
+    }
+  }
+
   /** One connection: resolves true when it got past the handshake. */
   async #session(): Promise<boolean> {
     const { identity: me, peer, log } = this.#options;
@@ -257,7 +332,7 @@ export class Subscriber {
     this.connected = true;
     this.lastError = null;
     log.info({ peer: peer.replica, address: `${peer.host}:${peer.port}` }, `peer ${peer.replica} connected`);
-    link.send({ kind: 'subscribe', vclock: this.#options.vclock() });
+    link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: this.#options.takesSnapshot?.() ?? false });
     let outstanding = 0;
     let ackPending = false;
     let failure: Error | null = null;
@@ -276,8 +351,12 @@ export class Subscriber {
     // last heard from it (lag, status). An ack is always true: what is durable and applied here.
     const refresh = setInterval(() => link.send({ kind: 'ack', ...this.#options.ack() }), ACK_REFRESH_MS);
     try {
-      for (;;) {
-        const message = await expect(link, 'record', undefined, this.#options.onRaft);
+      for (let first = true; ; first = false) {
+        const message = await expect(link, 'record', undefined, this.#options.onRaft, first ? ['snapshot' as const] : []);
+        if (message.kind === 'snapshot') {
+          await this.#takeSnapshot(link, message);
+          continue;
+        }
         if (failure !== null) throw failure;
         outstanding += 1;
         const done = this.#options.onRecord(message.record);
@@ -288,6 +367,7 @@ export class Subscriber {
         if (outstanding >= limits.linkQueueMessagesMax) await done.catch(() => undefined);
       }
     } catch (error) {
+      if (error instanceof GapRefused) this.#options.onGap?.(error.reason);
       if (error instanceof LinkClosed) return true;
       if (error instanceof AssertionFailed) throw error;
       link.close(`applying a record from replica ${peer.replica} failed: ${(error as Error).message}`);

@@ -29,7 +29,7 @@ export class TcpTransport implements Transport {
     const { identity, journal, log, listen, peers } = this.#options;
     this.#relay = new RelayServer({
       identity, journal, log,
-      onAck: handlers.onAck, outgoing: handlers.outgoing, onRaft: handlers.onRaft, onSent: handlers.onSent,
+      onAck: handlers.onAck, outgoing: handlers.outgoing, onRaft: handlers.onRaft, onSent: handlers.onSent, serveSnapshot: handlers.serveSnapshot,
     });
     await this.#relay.listen(listen.port, listen.host);
     for (const peer of peers) {
@@ -38,6 +38,9 @@ export class TcpTransport implements Transport {
         identity, peer: { replica, host: peer.host, port: peer.port }, log,
         vclock: handlers.subscribeFrom, onRecord: handlers.onRecord, ack: handlers.ack,
         onRaft: (message) => handlers.onRaft(replica, message),
+        takesSnapshot: handlers.takesSnapshot,
+        onGap: (reason) => handlers.onGap(replica, reason),
+        takeSnapshot: (begin) => handlers.takeSnapshot(replica, begin),
       }));
     }
     for (const subscriber of this.#subscribers.values()) subscriber.start();

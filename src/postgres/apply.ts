@@ -13,7 +13,7 @@ import { assert } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import type { Change, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
-import { vclockFromEntries, type VClock } from '../core/vclock.js';
+import { vclockEntries, vclockFromEntries, type VClock } from '../core/vclock.js';
 import { loadTables, type TableInfo } from './tables.js';
 
 export class ApplyError extends QsyncError<'PG_APPLY'> {
@@ -176,9 +176,18 @@ export async function appliedVclock(client: pg.ClientBase): Promise<VClock> {
   return vclockFromEntries(rows.map((r) => [r.replica_id as ReplicaId, Number(r.lsn) as Lsn]));
 }
 
-/** Drop applied rows below each replica's highest; the vclock stays the same. */
-export async function compactApplied(client: pg.ClientBase): Promise<number> {
+/**
+ * Drop applied rows below each replica's highest (at or below `below` only,
+ * when given: the journal's start, under which nothing is replayed or checked
+ * one by one any more); the vclock stays the same. Returns the rows dropped.
+ */
+export async function compactApplied(client: pg.ClientBase, below?: VClock): Promise<number> {
+  const floor = below === undefined ? null : vclockEntries(below).filter(([replica]) => replica !== 0);
+  if (floor !== null && floor.length === 0) return 0;
   const { rowCount } = await client.query(
-    'DELETE FROM qsync.applied a USING (SELECT replica_id, max(lsn) AS top FROM qsync.applied GROUP BY replica_id) m WHERE a.replica_id = m.replica_id AND a.lsn < m.top');
+    `DELETE FROM qsync.applied a USING (SELECT replica_id, max(lsn) AS top FROM qsync.applied GROUP BY replica_id) m
+      WHERE a.replica_id = m.replica_id AND a.lsn < m.top
+        ${floor === null ? '' : 'AND a.lsn <= (SELECT f.lsn FROM unnest($1::int[], $2::bigint[]) AS f(replica_id, lsn) WHERE f.replica_id = a.replica_id)'}`,
+    floor === null ? [] : [floor.map(([r]) => r), floor.map(([, l]) => l)]);
   return rowCount ?? 0;
 }

@@ -9,8 +9,9 @@ import type { Lsn, ReplicaId } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
-import { Applier, appliedLsns, appliedVclock, type ApplyOutcome } from './apply.js';
+import { Applier, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
+import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
 import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
 
@@ -131,6 +132,73 @@ export class PgDatabase implements Database<PgSession, PgWork> {
       await this.#applier.reload();
       return done;
     });
+  }
+
+  /**
+   * Drop the applied marks at or below `below` (each replica's highest
+   * stays: it is the applied vclock) in a transaction that waits for its WAL
+   * flush, so everything committed before it is durable when it returns.
+   */
+  compactApplied(below: VClock): Promise<void> {
+    return this.#guarded(async () => {
+      await this.#admin.query('BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()');
+      try {
+        await compactApplied(this.#admin, below);
+        await this.#admin.query('COMMIT');
+      } catch (error) {
+        await this.#admin.query('ROLLBACK').catch(() => undefined);
+        throw error;
+      }
+    });
+  }
+
+  /** A snapshot of the replicated tables for a rejoining peer, on a connection of its own that ends with it. */
+  async readSnapshot(): Promise<{ tables: SnapshotTable[]; parts: AsyncGenerator<SnapshotPart> }> {
+    const client = await connectPg(this.#url, this.#log);
+    try {
+      const { tables, parts } = await readSnapshot(client);
+      async function* closing(): AsyncGenerator<SnapshotPart> {
+        try {
+          yield* parts;
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      }
+      return { tables, parts: closing() };
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  /** Replace the replicated tables with a peer's snapshot, on a connection of its own (postgres/snapshot.ts). */
+  async loadSnapshot(tables: readonly SnapshotTable[]): Promise<SnapshotLoad> {
+    const client = await connectPg(this.#url, this.#log);
+    let load: SnapshotLoad;
+    try {
+      load = await loadSnapshot(client, tables);
+    } catch (error) {
+      await client.end().catch(() => undefined);
+      throw error;
+    }
+    const end = async (): Promise<void> => {
+      await client.end().catch(() => undefined);
+      await this.#applier.reload().catch(() => undefined);
+    };
+    return {
+      part: (part) => load.part(part),
+      commit: async () => {
+        try {
+          return await load.commit();
+        } finally {
+          await end();
+        }
+      },
+      abort: async () => {
+        await load.abort();
+        await end();
+      },
+    };
   }
 
   async publish(row: NodeRow): Promise<void> {

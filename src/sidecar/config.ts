@@ -45,6 +45,12 @@ export const configSchema = z.object({
   /** How often the status key in Redis is refreshed; it expires after three times this. */
   redisStatusIntervalMs: z.number().int().min(100).max(60_000).default(1_000),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  /** A journal segment that reaches this size is closed and a new one started; whole segments are what retention removes. */
+  journalSegmentBytes: z.number().int().min(64 * 1024).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
+  /** Past this size, the journal no longer keeps records for a peer that lacks them (it will rejoin by snapshot). */
+  journalRetainBytes: z.number().int().min(0).default(1024 * 1024 * 1024),
+  /** A node behind every peer's journal start: auto takes a snapshot from a peer; manual waits for qsync rejoin. */
+  rejoin: z.enum(['auto', 'manual']).default('auto'),
 }).strict();
 
 export type SidecarConfig = z.infer<typeof configSchema> & { readonly quorum: number; readonly heartbeatIntervalMs: number };
@@ -79,6 +85,9 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
   { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused' },
   { key: 'redisUrl', flag: 'redis-url', env: 'QSYNC_REDIS_URL', kind: 'string', help: 'Redis for discovery and events (optional): status keys, the term-fenced leader key, an event channel' },
   { key: 'redisStatusIntervalMs', flag: 'redis-status-interval-ms', env: 'QSYNC_REDIS_STATUS_INTERVAL_MS', kind: 'int', help: 'how often the node writes its status key to Redis (it expires after 3 intervals); default 1000' },
+  { key: 'journalSegmentBytes', flag: 'journal-segment-bytes', env: 'QSYNC_JOURNAL_SEGMENT_BYTES', kind: 'int', help: 'size at which a journal segment is closed and a new one started (retention removes whole segments); default 67108864 (64 MiB)' },
+  { key: 'journalRetainBytes', flag: 'journal-retain-bytes', env: 'QSYNC_JOURNAL_RETAIN_BYTES', kind: 'int', help: 'up to this size the journal keeps every record some peer lacks; past it, records a quorum holds are removed even if a peer lacks them (that peer rejoins by snapshot); default 1073741824 (1 GiB)' },
+  { key: 'rejoin', flag: 'rejoin', env: 'QSYNC_REJOIN', kind: 'string', help: 'a node that lacks records every peer has removed: auto (default) replaces its replicated tables with a peer\'s snapshot; manual waits for qsync rejoin' },
   { key: 'logLevel', flag: 'log-level', env: 'QSYNC_LOG_LEVEL', kind: 'string', help: 'fatal, error, warn, info (default), debug (one line per record) or trace' },
 ];
 

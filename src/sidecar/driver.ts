@@ -23,7 +23,7 @@ import { assert, AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
-import { LimboHistory, type RevivedRange } from '../core/history.js';
+import { historyStateParse, LimboHistory, type HistoryState, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
 import type { JournalRecord, TableMode, TxnRecord } from '../core/record.js';
@@ -33,10 +33,10 @@ import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
-import type { Clock, Database, JournalStore, NodeEvent, NodeObserver, PlantedBugs, Transport } from './io.js';
+import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
 import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
-import { readVerdicts } from './verdicts.js';
+import { checkpointState, readCheckpointState, readVerdicts } from './verdicts.js';
 
 export interface DriverOptions<S, W> {
   readonly config: SidecarConfig;
@@ -119,6 +119,23 @@ export class NodeDriver<S, W> {
   readonly #peerHeardAt = new Map<ReplicaId, number>();
   /** Samples of the journal's tail over time, to tell how old the oldest record a peer lacks is. */
   readonly #lag = new LagSampler();
+  /** Own async writes journaled and not yet committed here: retention keeps their records. */
+  readonly #ownInFlight = new Set<Lsn>();
+  /** A trim in progress (one at a time). */
+  #retaining = false;
+  #stopRetention: (() => void) | null = null;
+  /** A rejoin by snapshot in progress, from this peer. */
+  #rejoin: { readonly peer: ReplicaId } | null = null;
+  /** Why this node needs a rejoin it does not take by itself (rejoin manual), or why the last one failed; for status. */
+  #gap: string | null = null;
+  /** The operator asked for a rejoin (qsync rejoin): subscriptions ask for a snapshot. */
+  #rejoinAllowed = false;
+  /**
+   * After a rejoin: records up to here came with the snapshot's applied marks,
+   * which have holes (entries the source held prepared, its writes in flight),
+   * so each is checked by its own lsn, not by the highest applied.
+   */
+  #exactTo: VClock = [];
 
   constructor(options: DriverOptions<S, W>) {
     const { config, journal } = options;
@@ -176,7 +193,16 @@ export class NodeDriver<S, W> {
       onSent: (record) => {
         if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
       },
+      takesSnapshot: () => this.#rejoin === null && (config.rejoin === 'auto' || this.#rejoinAllowed),
+      onGap: (peer, reason) => {
+        if (this.#rejoin !== null) return; // a subscription made while one peer's snapshot loads
+        if (this.#gap === null) this.log.error({ peer, reason }, 'this node lacks records its peers no longer keep: it needs a rejoin by snapshot (qsync rejoin)');
+        this.#gap = `node ${peer}: ${reason}`;
+      },
+      serveSnapshot: (subscriber) => this.#offerSnapshot(subscriber),
+      takeSnapshot: (peer, begin) => this.#takeSnapshot(peer, begin),
     });
+    if (this.#journal.retention !== undefined) this.#stopRetention = this.#clock.every(RETENTION_CHECK_MS, () => void this.#retain());
     const tickMs = Math.max(5, Math.min(25, config.heartbeatIntervalMs / 4, config.synchroTimeoutMs / 10));
     this.#stopTicks = this.#clock.every(tickMs, () => {
       this.#elect({ kind: 'tick' });
@@ -192,6 +218,7 @@ export class NodeDriver<S, W> {
   async #recover(): Promise<void> {
     const verdicts = await readVerdicts(this.#journal, this.#self);
     this.#history = verdicts.history;
+    this.#exactTo = readCheckpointState(this.#journal)?.exactTo ?? [];
     // Both idempotent: a transient PostgreSQL failure is retried, not a failed start (simulator seeds 44, 219).
     const report = await this.#untilDone('reconciling prepared transactions', () => reconcile(this.#db, verdicts.verdict), {});
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
@@ -213,11 +240,16 @@ export class NodeDriver<S, W> {
    */
   async #replay(): Promise<number> {
     const applied = await this.#db.appliedVclock();
+    // Nothing before the journal's start is replayed: it was applied and durable before its records went.
+    const floor = this.#journal.retention?.oldestVclock ?? [];
     const ownApplied = vclockGet(applied, this.#self);
-    const recheckFrom = Math.max(0, ownApplied - OWN_RECHECK_RECORDS) as Lsn;
+    const recheckFrom = Math.max(0, ownApplied - OWN_RECHECK_RECORDS, vclockGet(floor, this.#self)) as Lsn;
     const ownHeld = ownApplied > 0 ? await this.#db.appliedLsns(this.#self, recheckFrom) : new Set<Lsn>();
     let replayed = 0;
-    const from = vclockFromEntries([...vclockEntries(applied).filter(([replica]) => replica !== this.#self), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
+    // A snapshot's marks have holes: from the journal's start up to where they reach, each record is checked by its lsn.
+    const start = (replica: ReplicaId, lsn: Lsn): Lsn => (vclockGet(this.#exactTo, replica) > vclockGet(floor, replica) ? vclockGet(floor, replica) : Math.max(lsn, vclockGet(floor, replica)) as Lsn);
+    const others = vclockEntries(vclockMerge(applied, floor)).filter(([replica]) => replica !== this.#self && replica !== REPLICA_LOCAL);
+    const from = vclockFromEntries([...others.map(([replica]) => [replica, start(replica, vclockGet(applied, replica))] as const).filter(([, lsn]) => lsn > 0), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
     for await (const record of this.#journal.cursor(from)) {
       if (record.replica === this.#self && record.lsn <= ownApplied) {
         // Sync entries are prepared before they are journaled; only an async write can be missing.
@@ -280,6 +312,7 @@ export class NodeDriver<S, W> {
   async stop(): Promise<void> {
     this.#stopping = true;
     this.#stopTicks?.();
+    this.#stopRetention?.();
     await this.#transport.stop();
     await this.#queue.catch(() => undefined);
     for (const [gid, waiter] of this.#waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
@@ -295,6 +328,7 @@ export class NodeDriver<S, W> {
    */
   #enqueue(record: JournalRecord): Promise<void> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
+    if (this.#rejoin !== null) return Promise.reject(new QsyncError('REJOINING', `node ${this.#self} is taking a snapshot from node ${this.#rejoin.peer}; it subscribes again once that is done`));
     // A duplicate from another relay: done when everything before it is.
     if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
     if (this.#history.isStale(record)) {
@@ -370,7 +404,8 @@ export class NodeDriver<S, W> {
           await this.#db.finish('rollback', [record.gid], forget);
           return;
         }
-        const outcome = await this.#db.apply(record, { prepare: record.sync && verdict === null });
+        const exact = record.lsn <= vclockGet(this.#exactTo, record.replica);
+        const outcome = await this.#db.apply(record, { prepare: record.sync && verdict === null, ...(exact ? { exact } : {}) });
         // Confirmed already: applied and committed in one go; only one prepared before (replay) needs a COMMIT PREPARED.
         if (verdict === 'confirmed') {
           if (outcome === 'skipped') await this.#db.finish('commit', [record.gid], forget);
@@ -443,7 +478,7 @@ export class NodeDriver<S, W> {
     // One pass over the journal from the lowest lsn of each owner concerned.
     const lowest = new Map<ReplicaId, number>();
     for (const r of ranges) lowest.set(r.owner, Math.min(lowest.get(r.owner) ?? Infinity, r.from));
-    const from = vclockFromEntries(vclockEntries(this.#journal.tailVclock).map(([replica, lsn]) => [replica, lowest.has(replica) ? (lowest.get(replica) as number) - 1 as Lsn : lsn] as const));
+    const from = vclockMerge(this.#journal.retention?.oldestVclock ?? [], vclockFromEntries(vclockEntries(this.#journal.tailVclock).map(([replica, lsn]) => [replica, lowest.has(replica) ? (lowest.get(replica) as number) - 1 as Lsn : lsn] as const)));
     let revived = 0;
     for await (const record of this.#journal.cursor(from)) {
       if (record.kind !== 'txn' || !record.sync || record.changes.length === 0) continue;
@@ -452,6 +487,177 @@ export class NodeDriver<S, W> {
       if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') revived += 1;
     }
     if (revived > 0) this.log.warn({ revived, ranges }, 'applied again entries rolled back too early: a later PROMOTE confirmed them');
+  }
+
+  // ---- retention and rejoin (docs/rfc/0009-retention-and-rejoin.md) ---------------
+
+  /**
+   * Remove the journal segments nothing needs any more: every record in them
+   * is applied here and durable in PostgreSQL (the compaction below waits for
+   * a WAL flush that covers every commit before it), decided (no prepared
+   * entry, no write of this node still committing), and held by every peer,
+   * or, once the journal is past journalRetainBytes, by a quorum: a peer that
+   * lacks them then rejoins by snapshot. What they decided goes into the
+   * checkpoint first.
+   */
+  async #retain(): Promise<void> {
+    const retention = this.#journal.retention;
+    if (retention === undefined || this.#retaining || this.#rejoin !== null || !this.#recovered || this.#stopping) return;
+    const starts = retention.segmentStarts;
+    if (starts.length === 0) return;
+    this.#retaining = true;
+    try {
+      const applied = this.#applied;
+      const inFlight = Math.min(...this.#ownInFlight, Number.MAX_SAFE_INTEGER) - 1;
+      const bound = new Map<number, number>(vclockEntries(applied));
+      bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), inFlight));
+      for (const entry of await this.#db.listPrepared()) bound.set(entry.replica, Math.min(bound.get(entry.replica) ?? 0, entry.lsn - 1));
+      await this.#db.compactApplied(retention.oldestVclock);
+      const peers = this.config.peers.map((p) => this.#peerVclocks.get(p.replica as ReplicaId) ?? []);
+      const holders = retention.sizeBytes > this.config.journalRetainBytes ? this.config.quorum - 1 : peers.length;
+      for (const [replica, lsn] of bound) {
+        const held = peers.map((v) => vclockGet(v, replica as ReplicaId) as number).sort((a, b) => b - a);
+        bound.set(replica, Math.min(lsn, holders === 0 ? lsn : held[holders - 1] ?? 0));
+      }
+      const limit = vclockFromEntries([...bound].filter(([, lsn]) => lsn > 0) as Array<[ReplicaId, Lsn]>);
+      const cut = starts.filter((start) => vclockCovers(limit, start, { ignoreLocal: true })).at(-1);
+      if (cut === undefined) return;
+      const history = await this.#historyAt(cut);
+      const exactTo = vclockCovers(cut, this.#exactTo, { ignoreLocal: true }) ? [] : this.#exactTo;
+      const removed = await retention.trim(cut, checkpointState(history.toState(), exactTo));
+      if (exactTo.length === 0) this.#exactTo = [];
+      this.log.debug({ removed, start: cut }, 'journal segments removed');
+    } catch (error) {
+      if (error instanceof AssertionFailed) throw error;
+      this.log.warn({ err: (error as Error).message }, 'journal retention failed; it tries again');
+    } finally {
+      this.#retaining = false;
+    }
+  }
+
+  /** The limbo history as of `vclock` (a segment's start): the checkpoint's, folded over the records up to there. */
+  async #historyAt(vclock: VClock): Promise<LimboHistory> {
+    const checkpoint = readCheckpointState(this.#journal);
+    const history = checkpoint === null ? new LimboHistory(this.#self) : LimboHistory.fromState(this.#self, checkpoint.history);
+    for await (const record of this.#journal.cursor(checkpoint?.vclock ?? [])) {
+      if (record.lsn > vclockGet(vclock, record.replica)) break;
+      history.apply(record);
+    }
+    return history;
+  }
+
+  /**
+   * A subscriber lacks records this journal no longer holds: offer the
+   * replicated tables as of the journal's start. Everything before it is in
+   * PostgreSQL (retention removes nothing else), and the relay's cursor,
+   * opened at the start before the snapshot is read, brings the rest; the
+   * snapshot's applied marks say which of those records it holds already.
+   */
+  #offerSnapshot(subscriber: ReplicaId): SnapshotOffer | null {
+    if (this.#rejoin !== null || !this.#recovered || this.#stopping) return null;
+    const checkpoint = readCheckpointState(this.#journal);
+    if (checkpoint === null) return null;
+    this.log.info({ subscriber, floor: checkpoint.vclock }, `node ${subscriber} lacks records this journal no longer holds: sending it a snapshot`);
+    return {
+      floor: checkpoint.vclock,
+      begin: async () => {
+        const { tables, parts } = await this.#db.readSnapshot();
+        return { begin: { floor: checkpoint.vclock, history: checkpoint.history, tables }, parts };
+      },
+    };
+  }
+
+  /**
+   * Take a peer's snapshot (a rejoin): in the apply queue, once this node's
+   * own writes are done, roll back what PostgreSQL holds prepared (the
+   * snapshot has what was decided), replace the replicated tables, then
+   * start the journal over at the snapshot's floor with this node's own
+   * records after it, and the peer's limbo history. Writes are refused
+   * meanwhile, and records from other links too (they come again).
+   */
+  #takeSnapshot(peer: ReplicaId, begin: SnapshotBegin): SnapshotSink | null {
+    if (this.#rejoin !== null || this.#stopping || this.#journal.retention === undefined) return null;
+    const history = historyStateParse(begin.history);
+    if (typeof history === 'string') {
+      this.log.error({ peer, reason: history }, 'a snapshot came with a malformed limbo history; refused');
+      return null;
+    }
+    this.#rejoin = { peer };
+    this.#recovered = false;
+    this.log.warn({ peer, floor: begin.floor, tables: begin.tables.map((t) => t.name) }, `rejoining by snapshot from node ${peer}: this node lacks records its peers no longer keep; its replicated tables are replaced (local tables stay)`);
+    let finish!: () => void;
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    const load = this.#queue.then(async () => {
+      await this.#until(() => this.#beforeLimbo === 0 && this.#ownInFlight.size === 0, () => !this.#stopping);
+      const prepared = await this.#db.listPrepared();
+      await this.#db.finish('rollback', prepared.map((e) => e.gid));
+      this.#prepared.clear();
+      return this.#db.loadSnapshot(begin.tables);
+    });
+    load.catch(() => undefined);
+    this.#queue = load.then(() => finished, () => finished);
+    const done = (failure: string | null): void => {
+      this.#rejoin = null;
+      this.#recovered = true;
+      this.#gap = failure === null ? null : `the rejoin by snapshot from node ${peer} failed: ${failure}`;
+      finish();
+    };
+    return {
+      part: async (part) => (await load).part(part),
+      end: async (parts) => {
+        let rows: number;
+        try {
+          rows = await (await load).commit();
+        } catch (error) {
+          done((error as Error).message);
+          throw error;
+        }
+        try {
+          await this.#startOver(begin, history);
+        } catch (error) {
+          // The old journal may be gone and the new one not whole: only a restart sorts that out.
+          done((error as Error).message);
+          this.#fatal('starting the journal over after a snapshot', error);
+          throw error;
+        }
+        this.log.info({ peer, rows, parts, vclock: this.#journal.vclock }, `rejoined by snapshot from node ${peer}: its records from the snapshot's point on follow`);
+        done(null);
+        void this.#publish();
+      },
+      abort: async (reason) => {
+        this.log.warn({ peer, reason }, 'the rejoin by snapshot was cut short; nothing of it stays, and it starts again');
+        await load.then((l) => l.abort(), () => undefined);
+        done(reason);
+      },
+    };
+  }
+
+  /** After a snapshot is loaded: the journal starts at its floor, with this node's own later records kept. */
+  async #startOver(begin: SnapshotBegin, history: HistoryState): Promise<void> {
+    const retention = this.#journal.retention as JournalRetention;
+    const self = this.#self;
+    const ownFrom = Math.max(vclockGet(begin.floor, self), vclockGet(retention.oldestVclock, self)) as Lsn;
+    const keep: JournalRecord[] = [];
+    for await (const record of this.#journal.cursor(vclockFromEntries([...vclockEntries(this.#journal.vclock).filter(([r]) => r !== self), [self, ownFrom]]))) {
+      if (record.replica === self) keep.push(record);
+    }
+    const start = vclockFromEntries([...vclockEntries(begin.floor).filter(([r]) => r !== self), ...(ownFrom > 0 ? [[self, ownFrom] as const] : [])]);
+    const adopted = this.#history.adopt(history);
+    const exactTo = vclockFromEntries(vclockEntries(await this.#db.appliedVclock()).filter(([r]) => r !== self));
+    await retention.rebase(start, keep, checkpointState(adopted.toState(), exactTo));
+    for (const record of keep) adopted.apply(record);
+    this.#history = adopted;
+    this.#exactTo = exactTo;
+    this.#revived = [];
+    this.#applied = this.#journal.vclock;
+    await this.#untilDone('applying this node\'s own records after the snapshot', () => this.#replay(), {});
+    for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
+  }
+
+  /** qsync rejoin: let subscriptions ask for a snapshot (rejoin manual); a peer that lacks nothing sends none. */
+  allowRejoin(): NodeStatus {
+    this.#rejoinAllowed = true;
+    return this.status();
   }
 
   // ---- leadership ----------------------------------------------------------------
@@ -614,8 +820,10 @@ export class NodeDriver<S, W> {
         owner, term, pending: this.#limbo?.entries.length ?? 0, oldestAgeMs: oldest === undefined ? 0 : now - oldest.createdAtMs,
         confirmedLsn: owner === NO_REPLICA ? 0 : Math.max(this.#history.confirmedLsn(owner), this.#limbo?.confirmedLsn ?? 0),
       },
-      vclock: this.#journal.vclock, applied: this.#applied, splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
-      stuck: this.#retrying === null ? null : `${this.#retrying.what} keeps failing: ${this.#retrying.error}`,
+      vclock: this.#journal.vclock, applied: this.#applied,
+      journal: { start: this.#journal.retention?.oldestVclock ?? [], bytes: this.#journal.retention?.sizeBytes ?? null },
+      splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
+      stuck: this.#retrying !== null ? `${this.#retrying.what} keeps failing: ${this.#retrying.error}` : this.#rejoin !== null ? `rejoining by snapshot from node ${this.#rejoin.peer}` : this.#gap,
       peers: this.config.peers.map((p) => {
         const replica = p.replica as ReplicaId;
         const vclock = this.#peerVclocks.get(replica) ?? [];
@@ -895,6 +1103,7 @@ export class NodeDriver<S, W> {
     let asyncTxn: TxnRecord | null = null;
     let waiting: Promise<void> | null = null;
     let counted = true;
+    let inFlight: Lsn | null = null;
     const uncount = (): void => {
       if (counted) this.#beforeLimbo -= 1;
       counted = false;
@@ -922,6 +1131,10 @@ export class NodeDriver<S, W> {
             waiting.catch(() => undefined);
           }
           const txn: TxnRecord = { kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey };
+          if (!sync) {
+            this.#ownInFlight.add(lsn);
+            inFlight = lsn;
+          }
           await this.#own.submit(txn);
           if (!sync) asyncTxn = txn;
           this.#ownDurable();
@@ -939,6 +1152,7 @@ export class NodeDriver<S, W> {
       await this.#commitJournaled(asyncTxn, error);
     } finally {
       uncount();
+      if (inFlight !== null) this.#ownInFlight.delete(inFlight);
     }
   }
 
@@ -1064,6 +1278,8 @@ export interface NodeStatus {
   readonly limbo: { readonly owner: number; readonly term: number; readonly pending: number; readonly oldestAgeMs: number; readonly confirmedLsn: number };
   readonly vclock: VClock;
   readonly applied: VClock;
+  /** Where the journal starts (records before it were removed: a peer that lacks them rejoins by snapshot) and its size. */
+  readonly journal: { readonly start: VClock; readonly bytes: number | null };
   readonly splitBrainRecords: number;
   readonly promoted: { readonly committed: number; readonly rolledBack: number };
   /** Work the journal decided that has failed 4 times in a row and is still retried (a table that differs from the leader's, PostgreSQL away); null when none. */
@@ -1082,6 +1298,9 @@ export interface NodeStatus {
  * than the writes a node has in flight at once.
  */
 const OWN_RECHECK_RECORDS = 10_000;
+
+/** How often the journal looks for segments it can remove. */
+const RETENTION_CHECK_MS = 1_000;
 
 /** Backoff between retries of work the journal already decided (apply, COMMIT/ROLLBACK PREPARED): 20 ms doubling to 1 s. */
 function retryDelayMs(attempt: number): number {

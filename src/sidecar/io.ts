@@ -7,7 +7,7 @@ import type { ElectionMessage } from '../core/election.js';
 import type { Change, JournalRecord, TableMode } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
-import type { ApplyOutcome, LeaderOutcome, PreparedStore, TableModeChange, TableModeOptions } from '../postgres/index.js';
+import type { ApplyOutcome, LeaderOutcome, PreparedStore, SnapshotLoad, SnapshotPart, SnapshotTable, TableModeChange, TableModeOptions } from '../postgres/index.js';
 
 export interface Clock {
   /** Wall-clock milliseconds as this node sees them (the simulator gives each node its own drift). */
@@ -33,6 +33,26 @@ export interface JournalStore {
   /** Durable records not covered by `from`, in journal order (local RAFT records left out). */
   cursor(from: VClock): AsyncIterable<JournalRecord>;
   close(): Promise<void>;
+  /**
+   * Retention (journal/journal.ts; docs/rfc/0009-retention-and-rejoin.md).
+   * A store without it keeps every record and never rejoins by snapshot (the
+   * simulator's, for now).
+   */
+  readonly retention?: JournalRetention;
+}
+
+export interface JournalRetention {
+  /** Where the journal starts: records before it were removed. */
+  readonly oldestVclock: VClock;
+  /** What the removed records decided (the driver's checkpoint state), from the last trim or rebase. */
+  readonly checkpoint: { readonly vclock: VClock; readonly state: unknown } | null;
+  /** Where each segment after the first starts: the points a trim can cut at. */
+  readonly segmentStarts: readonly VClock[];
+  readonly sizeBytes: number;
+  /** Remove the records before the segment that starts at `start`; `state` is what they decided. */
+  trim(start: VClock, state: unknown): Promise<unknown>;
+  /** Start over at `start` with `keep` (records of this node), after a rejoin by snapshot. */
+  rebase(start: VClock, keep: readonly JournalRecord[], state: unknown): Promise<void>;
 }
 
 /** What the driver hands the network when it starts. */
@@ -48,11 +68,39 @@ export interface TransportHandlers {
   readonly ack: () => { vclock: VClock; term: Term };
   /** A subscriber acknowledged holding `vclock`. */
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
+  /** Whether subscriptions ask for a snapshot when the peer lacks records this node needs (a rejoin). */
+  readonly takesSnapshot: () => boolean;
+  /** A peer lacks records this node needs and no snapshot was asked for: why, for status. */
+  readonly onGap: (peer: ReplicaId, reason: string) => void;
+  /** A subscriber this journal cannot serve asked for a snapshot: where it starts and its parts (null: refused). */
+  readonly serveSnapshot: (subscriber: ReplicaId) => SnapshotOffer | null;
+  /** A peer sends a snapshot: where the load goes (null: refused, one rejoin at a time). */
+  readonly takeSnapshot: (peer: ReplicaId, begin: SnapshotBegin) => SnapshotSink | null;
   readonly onRaft: (from: ReplicaId, message: ElectionMessage) => void;
   /** What to relay for a journal record (a withheld TXN of this node goes as an empty one). */
   readonly outgoing: (record: JournalRecord) => JournalRecord;
   /** A record was handed to a subscriber's link. */
   readonly onSent: (record: JournalRecord) => void;
+}
+
+/** What a snapshot starts with: the source journal's start, what it decided until there, the replicated tables. */
+export interface SnapshotBegin {
+  readonly floor: VClock;
+  readonly history: unknown;
+  readonly tables: readonly SnapshotTable[];
+}
+
+export interface SnapshotOffer {
+  /** Where the relay goes on from, once the parts are sent: the journal's start when the snapshot was taken. */
+  readonly floor: VClock;
+  /** Read once the relay's cursor at `floor` is open (it keeps the segments from a trim). */
+  begin(): Promise<{ readonly begin: SnapshotBegin; readonly parts: AsyncIterable<SnapshotPart> }>;
+}
+
+export interface SnapshotSink {
+  part(part: SnapshotPart): Promise<void>;
+  end(parts: number): Promise<void>;
+  abort(reason: string): Promise<void>;
 }
 
 /** The peer links: relay this journal to every subscriber, subscribe to every peer. */
@@ -107,6 +155,12 @@ export interface Database<S, W> extends PreparedStore {
   /** Run a schema change, marked applied under (replica, lsn) in its transaction: skipped when it already ran (postgres/tables.ts runDdl). */
   runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }>;
   publish(row: NodeRow): Promise<void>;
+  /** Drop applied marks at or below `below` (each replica's highest stays); on return, every commit before the call is durable. */
+  compactApplied(below: VClock): Promise<void>;
+  /** The replicated tables and qsync's state, from one snapshot, for a rejoining peer (postgres/snapshot.ts). */
+  readSnapshot(): Promise<{ tables: SnapshotTable[]; parts: AsyncIterable<SnapshotPart> }>;
+  /** Replace the replicated tables and qsync's state with a peer's snapshot; local tables stay. */
+  loadSnapshot(tables: readonly SnapshotTable[]): Promise<SnapshotLoad>;
   /** Run `work` as a qsync transaction on the session; PREPARE if it touched a sync table. */
   write(session: S, context: WriteContext, work: W): Promise<LeaderOutcome>;
   outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }>;

@@ -113,7 +113,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   static async start(config: SidecarConfig, log: Logger, logContext: (context: () => Record<string, unknown>) => void = () => undefined): Promise<SidecarNode> {
     let created: SidecarNode | null = null;
     const metrics = new Metrics(() => (created as SidecarNode).status(), { cluster: config.clusterId, replica: config.replicaId });
-    const journal = await Journal.open({ dir: config.dataDir, onBatch: (b) => metrics.journalBatch(b.records, b.ms) });
+    const journal = await Journal.open({ dir: config.dataDir, segmentBytesMax: config.journalSegmentBytes, onBatch: (b) => metrics.journalBatch(b.records, b.ms) });
     logContext(() => ({ term: journal.raft?.term ?? 0, role: 'starting' }));
     for (const cut of journal.recovery.cuts) log.error({ cut }, 'journal tail was cut at recovery');
     const db = await PgDatabase.connect(config.pgUrl, config.clusterId, log, async (admin) => {
@@ -234,6 +234,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
 
   demote(): NodeStatus {
     return this.#driver.demote();
+  }
+
+  rejoin(): NodeStatus {
+    return this.#driver.allowRejoin();
   }
 
   transfer(to: ReplicaId): Promise<NodeStatus> {

@@ -314,6 +314,19 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     this.#failureRate = failureRate;
   }
 
+  // The simulated journal keeps every record (no retention), so no peer ever needs a snapshot.
+  async compactApplied(): Promise<void> {
+    this.#up('compactApplied');
+  }
+
+  readSnapshot(): Promise<never> {
+    return Promise.reject(new Error('snapshots are not simulated: the simulated journal keeps every record'));
+  }
+
+  loadSnapshot(): Promise<never> {
+    return Promise.reject(new Error('snapshots are not simulated: the simulated journal keeps every record'));
+  }
+
   onLost(listener: () => void): void {
     const pg = this.#pg;
     const once = (): void => {

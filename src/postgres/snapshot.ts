@@ -1,0 +1,142 @@
+// Snapshots for a rejoin (docs/rfc/0009-retention-and-rejoin.md): a node
+// whose peers removed the journal records it lacks takes a peer's replicated
+// tables whole instead.
+//
+// The source reads them in one REPEATABLE READ transaction: the replicated
+// tables' rows, and with them qsync's own state that must agree with those
+// rows (the applied lsns, the async tables' row versions, the idempotency
+// keys). The rejoining node checks its tables' shapes against the source's,
+// sets the same modes, and replaces all of it in one transaction; its local
+// tables are not touched.
+import type pg from 'pg';
+import { QsyncError } from '../core/errors.js';
+import type { SnapshotTable } from '../core/messages.js';
+import type { TableMode } from '../core/record.js';
+import { describeTable, setTableMode, shapeMismatch, TableError } from './tables.js';
+
+export type { SnapshotTable };
+
+/** A chunk of one table's rows: a JSON array of row images (to_jsonb). */
+export interface SnapshotPart {
+  readonly table: string;
+  readonly rows: string;
+  readonly count: number;
+}
+
+/** qsync's tables that travel with the rows; qsync.applied first (the rejoining node reads it back). */
+const STATE_TABLES = ['qsync.applied', 'qsync.row_versions', 'qsync.idempotency'] as const;
+
+/** A chunk ends at this many rows or bytes, whichever comes first (a frame holds 16 MB). */
+const CHUNK_ROWS = 5_000;
+const CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * The source side, on a connection of its own: the replicated tables and
+ * their shapes, then every chunk, all from one snapshot. The transaction
+ * begins when the tables are read: what the caller must hold before that
+ * (its journal cursor) it opens before calling.
+ */
+export async function readSnapshot(client: pg.ClientBase): Promise<{ tables: SnapshotTable[]; parts: AsyncGenerator<SnapshotPart> }> {
+  await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+  try {
+    const { rows } = await client.query<{ table_name: string; mode: Exclude<TableMode, 'local'> }>('SELECT table_name, mode FROM qsync.tables ORDER BY table_name');
+    const tables: SnapshotTable[] = [];
+    for (const row of rows) tables.push({ name: row.table_name, mode: row.mode, shape: (await describeTable(client, row.table_name)).shape });
+    return { tables, parts: chunks(client, [...tables.map((t) => t.name), ...STATE_TABLES]) };
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  }
+}
+
+async function* chunks(client: pg.ClientBase, tables: readonly string[]): AsyncGenerator<SnapshotPart> {
+  try {
+    for (const table of tables) {
+      let rows: string[] = [];
+      let bytes = 0;
+      const chunk = (): SnapshotPart => {
+        const part = { table, rows: `[${rows.join(',')}]`, count: rows.length };
+        rows = [];
+        bytes = 0;
+        return part;
+      };
+      await client.query(`DECLARE qsync_snapshot NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
+      for (;;) {
+        const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_snapshot');
+        if (batch.length === 0) break;
+        for (const { row } of batch) {
+          if (rows.length >= CHUNK_ROWS || bytes + row.length > CHUNK_BYTES) yield chunk();
+          rows.push(row);
+          bytes += row.length + 1;
+        }
+      }
+      await client.query('CLOSE qsync_snapshot');
+      if (rows.length > 0) yield chunk();
+    }
+    await client.query('COMMIT');
+  } finally {
+    // Ended early (the subscriber went away): the snapshot's transaction goes.
+    await client.query('ROLLBACK').catch(() => undefined);
+  }
+}
+
+export interface SnapshotLoad {
+  part(part: SnapshotPart): Promise<void>;
+  /** Commit the whole load; returns the rows of replicated tables it loaded. */
+  commit(): Promise<number>;
+  abort(): Promise<void>;
+}
+
+/**
+ * The rejoining side, on `client` (a connection of its own): check each
+ * table against the source's shape (a difference names the column), set the
+ * source's modes (a table replicated here but not there becomes local, its
+ * rows kept), then in one transaction empty the replicated tables and qsync's
+ * state and take the source's. Prepared transactions must be gone first:
+ * they hold locks on the rows.
+ */
+export async function loadSnapshot(client: pg.ClientBase, tables: readonly SnapshotTable[]): Promise<SnapshotLoad> {
+  for (const table of tables) {
+    const here = await describeTable(client, table.name).catch((error: unknown) => {
+      throw error instanceof TableError ? new TableError(table.name, `the rejoin needs it here as on the peer: ${error.message}`) : error;
+    });
+    const mismatch = shapeMismatch(here.shape, table.shape);
+    if (mismatch !== null) throw new TableError(here.name, `its columns differ from the peer's it rejoins from: ${mismatch.replace('on the leader', 'on the peer')}`);
+  }
+  const { rows: replicated } = await client.query<{ table_name: string }>('SELECT table_name FROM qsync.tables');
+  for (const { table_name: name } of replicated) if (!tables.some((t) => t.name === name)) await setTableMode(client, name, 'local');
+  for (const table of tables) await setTableMode(client, table.name, table.mode, { expect: table.shape });
+
+  const targets = new Map<string, string>();
+  for (const name of [...tables.map((t) => t.name), ...STATE_TABLES]) {
+    const { rows } = await client.query<{ columns: string; identity: boolean }>(
+      `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) AS columns, bool_or(attidentity <> '') AS identity
+         FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''`, [name]);
+    const { columns, identity } = rows[0] as { columns: string; identity: boolean };
+    targets.set(name, `INSERT INTO ${name} (${columns})${identity ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
+  }
+  await client.query('BEGIN');
+  let loaded = 0;
+  try {
+    await client.query('SET LOCAL session_replication_role = replica');
+    for (const name of targets.keys()) await client.query(`DELETE FROM ${name}`);
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  }
+  return {
+    async part(part) {
+      const insert = targets.get(part.table);
+      if (insert === undefined) throw new QsyncError('BAD_REQUEST', `the snapshot sent rows of ${part.table}, which is not one of the tables it announced`);
+      await client.query(insert, [part.rows]);
+      if (!(STATE_TABLES as readonly string[]).includes(part.table)) loaded += part.count;
+    },
+    async commit() {
+      await client.query('COMMIT');
+      return loaded;
+    },
+    async abort() {
+      await client.query('ROLLBACK').catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,76 @@
+// The limbo history as plain data (RFC 0009): a history taken to its state and
+// back at any point of a journal decides everything after that point as the
+// history that folded the whole journal does, through msgpack too (the
+// checkpoint file and the snapshot message), and the parser refuses what is
+// malformed. Adopting a peer's history keeps this node's own withheld records.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { historyStateParse, LimboHistory } from '../../src/core/history.js';
+import { codec, type JournalRecord } from '../../src/core/record.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+
+/** A journal of limbo records from replicas 1-3: sync TXNs, CONFIRMs, ROLLBACKs and PROMOTEs, in lsn order per replica. */
+const journals = fc.array(fc.record({ replica: fc.integer({ min: 1, max: 3 }), kind: fc.constantFrom('txn', 'txn', 'confirm', 'rollback', 'promote'), back: fc.integer({ min: 0, max: 4 }), term: fc.integer({ min: 1, max: 4 }), withheld: fc.boolean() }), { maxLength: 60 })
+  .map((steps) => {
+    const lsns = [0, 0, 0, 0];
+    return steps.map(({ replica, kind, back, term, withheld }): JournalRecord => {
+      const lsn = ((lsns[replica] as number) + 1) as Lsn;
+      lsns[replica] = lsn;
+      const header = { replica: replica as ReplicaId, lsn, term: term as Term, time: lsn };
+      const before = Math.max(1, lsn - back) as Lsn;
+      switch (kind) {
+        case 'txn':
+          return { ...header, kind: 'txn', gid: `g${replica}-${lsn}`, sync: true, changes: [], idempotencyKey: null };
+        case 'confirm':
+          return { ...header, kind: 'confirm', owner: replica as ReplicaId, confirmedLsn: before };
+        case 'rollback':
+          return { ...header, kind: 'rollback', owner: replica as ReplicaId, fromLsn: before, ...(withheld ? { withheldFromLsn: before } : {}) };
+        default:
+          return { ...header, kind: 'promote', prevOwner: ((replica % 3) + 1) as ReplicaId, prevLsn: before, leader: replica as ReplicaId };
+      }
+    });
+  });
+
+function decisions(history: LimboHistory, upTo: number): unknown {
+  const verdicts: string[] = [];
+  for (let replica = 1; replica <= 3; replica += 1) {
+    for (let lsn = 1; lsn <= upTo; lsn += 1) verdicts.push(String(history.verdict(replica as ReplicaId, lsn as Lsn)));
+  }
+  return { verdicts, synchro: history.synchro, withheld: history.withheld };
+}
+
+describe('limbo history state', () => {
+  it('goes on from its state exactly as the history that folded everything', () => {
+    fc.assert(fc.property(journals, fc.nat(), fc.constantFrom(1, 2, 3), (journal, at, self) => {
+      const split = journal.length === 0 ? 0 : at % (journal.length + 1);
+      const whole = new LimboHistory(self as ReplicaId);
+      const first = new LimboHistory(self as ReplicaId);
+      journal.slice(0, split).forEach((r) => first.apply(r));
+      const state = historyStateParse(codec.unpack(codec.pack(first.toState())));
+      if (typeof state === 'string') throw new Error(state);
+      const resumed = LimboHistory.fromState(self as ReplicaId, state);
+      const revivedWhole = journal.map((r) => whole.apply(r)).slice(split);
+      const revivedResumed = journal.slice(split).map((r) => resumed.apply(r));
+      expect(revivedResumed).toEqual(revivedWhole);
+      expect(decisions(resumed, 62)).toEqual(decisions(whole, 62));
+    }), { numRuns: 300 });
+  });
+
+  it('refuses a malformed state, naming the part', () => {
+    expect(historyStateParse(null)).toMatch(/history: expected a map/);
+    expect(historyStateParse({ ...new LimboHistory(1 as ReplicaId).toState(), confirmed: [[1, -1]] })).toMatch(/history.confirmed/);
+    expect(historyStateParse({ ...new LimboHistory(1 as ReplicaId).toState(), ignored: ['x'] })).toMatch(/history.ignored/);
+  });
+
+  it('adopting a peer\'s history keeps this node\'s withheld records and withholds what a PROMOTE deposed', () => {
+    const mine = new LimboHistory(3 as ReplicaId);
+    mine.withhold({ from: 4 as Lsn, to: 5 as Lsn, reason: 'rolledBack' });
+    const peer = new LimboHistory(1 as ReplicaId);
+    peer.apply({ replica: 1 as ReplicaId, lsn: 1 as Lsn, term: 2 as Term, time: 1, kind: 'promote', prevOwner: 3 as ReplicaId, prevLsn: 7 as Lsn, leader: 1 as ReplicaId });
+    const adopted = mine.adopt(peer.toState());
+    expect(adopted.synchro).toEqual({ owner: 1, term: 2 });
+    expect(adopted.withheld).toEqual([{ from: 4, to: 5, reason: 'rolledBack' }, { from: 8, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]);
+    expect(adopted.verdict(3 as ReplicaId, 7 as Lsn)).toBe('confirmed');
+    expect(adopted.verdict(3 as ReplicaId, 8 as Lsn)).toBe('rolled-back');
+  });
+});
