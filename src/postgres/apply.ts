@@ -117,10 +117,20 @@ export class Applier {
   }
 
   async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
-    const table = this.#tables.get(change.table);
+    let table = this.#tables.get(change.table);
     if (table === undefined) {
       throw new ApplyError(`applying ${record.replica}:${record.lsn} failed: change ${index} is for ${change.table}, which is not replicated on this node; create it and run: qsync table ${record.sync ? 'sync' : 'async'} ${change.table}`,
         { replica: record.replica, lsn: record.lsn, table: change.table });
+    }
+    if (unknownColumns(change.rows, table).length > 0) {
+      // The operator may have fixed the table since the last try: look again before refusing.
+      this.#tables = await loadTables(this.#client);
+      table = this.#tables.get(change.table) ?? table;
+      const unknown = unknownColumns(change.rows, table);
+      if (unknown.length > 0) {
+        throw new ApplyError(`applying ${record.replica}:${record.lsn} failed: the rows from node ${record.replica} carry column ${unknown.join(', ')}, which ${table.name} lacks here, so their values would be lost: the table was changed outside qsync (a plain ALTER TABLE on one node). Make it the same here (ALTER TABLE ${table.name} ADD COLUMN ...), and change replicated tables with qsync ddl from now on`,
+          { replica: record.replica, lsn: record.lsn, table: table.name, columns: unknown });
+      }
     }
     const lww = !record.sync && table.mode === 'async';
     const filter = async (json: string, op: string): Promise<string> => (lww ? this.#lww(record, table, json, op) : json);
@@ -146,6 +156,26 @@ export class Applier {
     const { rows } = await this.#client.query<{ rows: string }>(LWW_SQL, [json, table.name, record.time, record.replica, table.keyNames, op]);
     return rows[0]?.rows ?? '[]';
   }
+}
+
+/**
+ * Columns the change's row images carry that the table lacks here: a shape
+ * changed outside qsync. Every image of one change comes from the same table
+ * on the writer, so the first one tells.
+ */
+function unknownColumns(rows: string, table: TableInfo): string[] {
+  const end = rows.indexOf('}, {');
+  let first: unknown = null;
+  for (const text of end > 0 ? [`${rows.slice(0, end + 1)}]`, rows] : [rows]) {
+    try {
+      first = (JSON.parse(text) as unknown[])[0];
+      break;
+    } catch {
+      // Cut inside a value: the whole text; not JSON at all: PostgreSQL says so with its SQLSTATE.
+    }
+  }
+  if (typeof first !== 'object' || first === null || Array.isArray(first)) return [];
+  return Object.keys(first).filter((name) => !table.imageNames.has(name));
 }
 
 const upsertCache = new WeakMap<TableInfo, string>();

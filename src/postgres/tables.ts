@@ -25,6 +25,8 @@ export interface TableInfo {
   readonly columns: readonly string[];
   /** Every column and its type, and the key: what must be the same on every node. */
   readonly shape: TableShape;
+  /** Every column as a row image (to_jsonb) names it, generated ones included. */
+  readonly imageNames: ReadonlySet<string>;
   readonly mode: TableMode;
 }
 
@@ -61,8 +63,8 @@ export async function describeTable(client: pg.ClientBase, table: string): Promi
       WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord`, [rel.oid]);
   if (key.rows.length === 0) throw new TableError(rel.name, `it has no primary key, and qsync replicates rows by primary key; add one: ALTER TABLE ${rel.name} ADD PRIMARY KEY (...)`);
 
-  const columns = await client.query<{ column: string; type: string; generated: string; typtype: string; base: string | null }>(
-    `SELECT quote_ident(a.attname) AS column, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated AS generated, t.typtype,
+  const columns = await client.query<{ column: string; name: string; type: string; generated: string; typtype: string; base: string | null }>(
+    `SELECT quote_ident(a.attname) AS column, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attgenerated AS generated, t.typtype,
             bt.typname AS base
        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
        LEFT JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
@@ -79,6 +81,7 @@ export async function describeTable(client: pg.ClientBase, table: string): Promi
     keyNames: key.rows.map((r) => r.name),
     columns: columns.rows.filter((c) => c.generated === '').map((c) => c.column),
     shape: { columns: columns.rows.map((c) => [c.column, c.type] as [string, string]), key: key.rows.map((r) => r.column) },
+    imageNames: new Set(columns.rows.map((c) => c.name)),
   };
 }
 
@@ -138,7 +141,7 @@ const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
 export async function setTableMode(client: pg.ClientBase, table: string, mode: TableMode, options: TableModeOptions = {}): Promise<TableModeChange> {
   await client.query('BEGIN');
   try {
-    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [], shape: { columns: [], key: [] } } : await describeTable(client, table);
+    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [], shape: { columns: [], key: [] }, imageNames: new Set<string>() } : await describeTable(client, table);
     if (mode !== 'local' && options.expect !== undefined) {
       const mismatch = shapeMismatch(info.shape, options.expect);
       if (mismatch !== null) throw new TableError(info.name, `its columns differ from the leader's: ${mismatch}`);

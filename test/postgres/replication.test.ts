@@ -266,6 +266,24 @@ describe('crashes', () => {
   });
 });
 
+describe('a table changed outside qsync', () => {
+  it('refuses rows that carry a column the table lacks here, naming it and the fix, and applies them once the table is fixed', async () => {
+    for (const node of [leader, follower]) {
+      await node.sql.query('CREATE TABLE shaped (id int PRIMARY KEY, a text)');
+      await setTableMode(node.sql, 'shaped', 'sync');
+    }
+    await applier.reload();
+    await leader.sql.query('ALTER TABLE shaped ADD COLUMN extra text'); // on the leader only, not through qsync ddl
+    const record = await leaderWrite(`INSERT INTO shaped VALUES (1, 'a', 'kept'), (2, 'b', 'also kept')`);
+    await expect(applier.apply(record, { prepare: false })).rejects.toThrow(/carry column extra, which public.shaped lacks here.*ALTER TABLE public.shaped ADD COLUMN .*qsync ddl/);
+    expect(await count(follower.sql, 'shaped')).toBe(0);
+    await follower.sql.query('ALTER TABLE shaped ADD COLUMN extra text');
+    expect(await applier.apply(record, { prepare: false })).toBe('applied');
+    await both((n) => commitPrepared(n.sql, record.gid));
+    await expectSame('shaped', 'id');
+  });
+});
+
 describe('PgDatabase reconnection', () => {
   it('a refused statement leaves the connections alone; a lost connection is reported once, and the call that reconnects fails so the node can check PostgreSQL first', async () => {
     const lines: string[] = [];
