@@ -380,6 +380,16 @@ export class Db {
     return (await this.#toLeader((id) => ({ id, op: 'table', table, mode }))) as { table: string; mode: string; copiedRows: number };
   }
 
+  /**
+   * Run a schema change on every node in journal order (as `qsync ddl`), as
+   * this connection's role: on the leader first, where PostgreSQL checks the
+   * role's privileges, then on each node under the same role (it must exist
+   * there too). Resolves with the CONFIG record's lsn.
+   */
+  async ddl(sql: string): Promise<{ lsn: number }> {
+    return (await this.#toLeader((id) => ({ id, op: 'ddl', sql }))) as { lsn: number };
+  }
+
   close(): void {
     this.#connection.close();
   }

@@ -7,12 +7,14 @@
 //   query    {i, o: 2, q: sql, p: params, c?: consistency}   a read: local (default), leader, linearizable
 //   outcome  {i, o: 3, k: idempotency key}         did that transaction commit?
 //   table    {i, o: 5, n: table, m: mode}          set a table's mode cluster-wide (table owner)
+//   ddl      {i, o: 10, q: sql}                    a schema change on every node, as the client's role
 //   begin    {i, o: 6, k?: key, t?: term}          an interactive transaction: answers {x: its id}
 //   tquery   {i, o: 7, x, q: sql, p: params}       a statement in it
 //   commit   {i, o: 8, x}   rollback {i, o: 9, x}
 //
 //   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
 import { RecordInvalid, type ErrorCode } from './errors.js';
+import { limits } from './limits.js';
 import { codec, decodeOne, type TableMode } from './record.js';
 import { isTerm, type Term } from './types.js';
 
@@ -27,6 +29,7 @@ export type ClientRequest =
   | { readonly id: number; readonly op: 'query'; readonly sql: string; readonly params: readonly unknown[]; readonly consistency: Consistency }
   | { readonly id: number; readonly op: 'outcome'; readonly idempotencyKey: string }
   | { readonly id: number; readonly op: 'table'; readonly table: string; readonly mode: TableMode }
+  | { readonly id: number; readonly op: 'ddl'; readonly sql: string }
   | { readonly id: number; readonly op: 'begin'; readonly idempotencyKey: string | null; readonly term: Term | null }
   | { readonly id: number; readonly op: 'tquery'; readonly tx: number; readonly sql: string; readonly params: readonly unknown[] }
   | { readonly id: number; readonly op: 'commit' | 'rollback'; readonly tx: number };
@@ -53,7 +56,7 @@ export type ClientResponse =
   | { readonly id: number; readonly result: unknown }
   | { readonly id: number; readonly error: ClientErrorBody };
 
-const OPS = { execute: 1, query: 2, outcome: 3, auth: 4, table: 5, begin: 6, tquery: 7, commit: 8, rollback: 9 } as const;
+const OPS = { execute: 1, query: 2, outcome: 3, auth: 4, table: 5, begin: 6, tquery: 7, commit: 8, rollback: 9, ddl: 10 } as const;
 const MODES: ReadonlySet<string> = new Set(['local', 'async', 'sync']);
 export const STATEMENTS_MAX = 1_000;
 
@@ -76,6 +79,8 @@ export function encodeRequest(request: ClientRequest): Uint8Array {
       return codec.pack({ i: request.id, o: OPS.auth, u: request.user, p: request.password });
     case 'table':
       return codec.pack({ i: request.id, o: OPS.table, n: request.table, m: request.mode });
+    case 'ddl':
+      return codec.pack({ i: request.id, o: OPS.ddl, q: request.sql });
     case 'begin': {
       const wire: Record<string, unknown> = { i: request.id, o: OPS.begin };
       if (request.idempotencyKey !== null) wire.k = request.idempotencyKey;
@@ -142,6 +147,9 @@ function parseRequest(value: unknown): ClientRequest {
       if (typeof w.n !== 'string' || w.n.length === 0 || w.n.length > 256) fail('table', 'expected a table name');
       if (typeof w.m !== 'string' || !MODES.has(w.m)) fail('mode', 'expected local, async or sync');
       return { id: id as number, op: 'table', table: w.n, mode: w.m as TableMode };
+    case OPS.ddl:
+      if (typeof w.q !== 'string' || w.q.length === 0 || w.q.length > limits.ddlBytesMax) fail('sql', `expected SQL of 1..${limits.ddlBytesMax} characters`);
+      return { id: id as number, op: 'ddl', sql: w.q };
     default:
       return fail('op', `unknown operation ${JSON.stringify(w.o ?? null)}`);
   }

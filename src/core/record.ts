@@ -111,6 +111,8 @@ export interface ConfigRecord extends RecordHeader {
   readonly shapes?: Readonly<Record<string, TableShape>>;
   /** A schema change every node runs at this point of the journal (`qsync ddl`). */
   readonly ddl?: string;
+  /** The role the schema change runs as on every node (a client library call); absent: the sidecar's own. */
+  readonly ddlRole?: string;
   readonly members?: readonly Member[];
   readonly quorum?: number;
   readonly synchroTimeoutMs?: number;
@@ -229,6 +231,7 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
     case 'config':
       if (r.tables !== undefined) wire.tb = r.tables;
       if (r.ddl !== undefined) wire.dd = r.ddl;
+      if (r.ddlRole !== undefined) wire.dr = r.ddlRole;
       if (r.shapes !== undefined) wire.sh = Object.fromEntries(Object.entries(r.shapes).map(([t, shape]) => [t, { c: shape.columns, k: shape.key }]));
       if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address }));
       if (r.quorum !== undefined) wire.q = r.quorum;
@@ -330,6 +333,7 @@ const isGid = (v: unknown): v is string => typeof v === 'string' && v.length > 0
 const isIdempotencyKey = boundedString(limits.idempotencyKeyBytesMax);
 const isTableName = boundedString(limits.tableNameBytesMax);
 const isDdl = boundedString(limits.ddlBytesMax);
+const isRoleName = boundedString(63);
 const isStringList = (v: unknown): v is string[] => Array.isArray(v) && v.length <= 1_600 && v.every((s) => typeof s === 'string' && s.length <= 1_000);
 const isColumnList = (v: unknown): v is Array<[string, string]> => Array.isArray(v) && v.length <= 1_600 && v.every((p) => isStringList(p) && p.length === 2);
 const isAddress = boundedString(256);
@@ -376,6 +380,7 @@ function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): Con
     config.tables = wire.tb as Record<string, TableMode>;
   }
   if (wire.dd !== undefined) config.ddl = field(wire, 'dd', 'ddl', isDdl, `SQL of 1..${limits.ddlBytesMax} bytes`);
+  if (wire.dr !== undefined) config.ddlRole = field(wire, 'dr', 'ddlRole', isRoleName, 'a role name of 1..63 characters');
   if (wire.sh !== undefined) {
     if (!isPlainObject(wire.sh)) fail('shapes', `expected a map of table to shape, got ${describe(wire.sh)}`);
     const shapes: Record<string, TableShape> = {};

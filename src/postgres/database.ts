@@ -126,9 +126,9 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     });
   }
 
-  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
+  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn), role?: string): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
     return this.#guarded(async () => {
-      const done = await runDdl(this.#admin, sql, replica, lsn);
+      const done = await runDdl(this.#admin, sql, replica, lsn, role);
       await this.#applier.reload();
       return done;
     });

@@ -220,7 +220,7 @@ async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<
  * prepared, where it would wait forever for a CONFIRM queued behind it.
  * A failure names the statement's error; the connection stays good.
  */
-export async function runDdl(client: pg.ClientBase, sql: string, replica: number, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
+export async function runDdl(client: pg.ClientBase, sql: string, replica: number, lsn: Lsn | (() => Lsn), role?: string): Promise<{ readonly applied: boolean; readonly lsn: Lsn }> {
   await client.query('BEGIN');
   try {
     if (typeof lsn === 'number') {
@@ -230,7 +230,10 @@ export async function runDdl(client: pg.ClientBase, sql: string, replica: number
         return { applied: false, lsn };
       }
     }
+    // As the role that asked (a client library call): PostgreSQL checks its privileges, and what it creates is the role's on every node.
+    if (role !== undefined) await client.query(`SET LOCAL ROLE ${client.escapeIdentifier(role)}`);
     await client.query(sql);
+    if (role !== undefined) await client.query('RESET ROLE');
     const at = typeof lsn === 'number' ? lsn : lsn();
     await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [replica, at]);
     await client.query('COMMIT');

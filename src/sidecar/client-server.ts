@@ -24,6 +24,8 @@ export interface RequestHandler<S extends ClientSession = ClientSession> {
   query(session: S, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown>;
   outcome(idempotencyKey: string): Promise<unknown>;
   setTableMode(session: S, table: string, mode: TableMode): Promise<unknown>;
+  /** A schema change on every node, as the session's role. */
+  clientDdl(session: S, sql: string): Promise<unknown>;
   begin(session: S, idempotencyKey: string | null, term: Term | null): Transaction;
 }
 
@@ -138,6 +140,8 @@ export class ClientServer {
           return { id: request.id, result: await this.#handler.outcome(request.idempotencyKey) };
         case 'table':
           return { id: request.id, result: await this.#handler.setTableMode(session, request.table, request.mode) };
+        case 'ddl':
+          return { id: request.id, result: await this.#handler.clientDdl(session, request.sql) };
         case 'auth':
           throw new QsyncError('AUTH', 'already authenticated on this connection');
       }

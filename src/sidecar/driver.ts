@@ -424,7 +424,7 @@ export class NodeDriver<S, W> {
         return;
       }
       case 'config':
-        if (record.ddl !== undefined && (await this.#db.runDdl(record.ddl, record.replica, record.lsn)).applied && record.replica !== this.#self) {
+        if (record.ddl !== undefined && (await this.#db.runDdl(record.ddl, record.replica, record.lsn, record.ddlRole)).applied && record.replica !== this.#self) {
           this.log.info({ leader: record.replica, lsn: record.lsn }, 'schema change applied');
         }
         for (const [table, mode] of Object.entries(record.tables ?? {})) {
@@ -1213,14 +1213,14 @@ export class NodeDriver<S, W> {
    * for comes before it in the journal, every write captured after it
    * follows it. Only the leader does it.
    */
-  async runDdl(sql: string): Promise<{ lsn: Lsn }> {
+  async runDdl(sql: string, role?: string): Promise<{ lsn: Lsn }> {
     if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; run schema changes through ${this.leaderName()}`);
     if (sql.trim() === '' || Buffer.byteLength(sql) > limits.ddlBytesMax) throw new QsyncError('BAD_REQUEST', `a schema change is SQL of 1 to ${limits.ddlBytesMax} bytes`);
     if (/^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b|;\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b/i.test(sql)) {
       throw new QsyncError('BAD_REQUEST', 'qsync ddl runs the SQL in a transaction of its own on every node: leave out BEGIN, COMMIT and ROLLBACK');
     }
-    const { lsn } = await this.#reserving((reserve) => this.#db.runDdl(sql, this.#self, () => reserve().lsn));
-    await this.#own.submit({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), ddl: sql });
+    const { lsn } = await this.#reserving((reserve) => this.#db.runDdl(sql, this.#self, () => reserve().lsn, role));
+    await this.#own.submit({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), ddl: sql, ...(role === undefined ? {} : { ddlRole: role }) });
     this.#ownDurable();
     this.log.info({ lsn }, 'schema change applied here and journaled for every node');
     return { lsn };

@@ -153,7 +153,7 @@ export interface Database<S, W> extends PreparedStore {
   /** Set a table's mode here (postgres/tables.ts setTableMode): its qualified name, shape, and on the leader the rows copied. */
   setTableMode(table: string, mode: TableMode, options?: TableModeOptions): Promise<TableModeChange>;
   /** Run a schema change, marked applied under (replica, lsn) in its transaction: skipped when it already ran (postgres/tables.ts runDdl). */
-  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn)): Promise<{ readonly applied: boolean; readonly lsn: Lsn }>;
+  runDdl(sql: string, replica: ReplicaId, lsn: Lsn | (() => Lsn), role?: string): Promise<{ readonly applied: boolean; readonly lsn: Lsn }>;
   publish(row: NodeRow): Promise<void>;
   /** Drop applied marks at or below `below` (each replica's highest stays); on return, every commit before the call is durable. */
   compactApplied(below: VClock): Promise<void>;

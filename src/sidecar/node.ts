@@ -194,7 +194,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return this.#db.tables();
   }
 
-  /** Set a table's mode on every node, for the admin interface (its token is the authority; the leader only). */
+  /** A schema change on every node, for the admin interface (its token is the authority; the leader only). */
   runDdl(sql: string): Promise<{ lsn: number }> {
     return this.#driver.runDdl(sql);
   }
@@ -403,6 +403,11 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       `SELECT pg_has_role(c.relowner, 'USAGE') AS owns FROM pg_class c WHERE c.oid = to_regclass($1)`, [table]);
     if (rows[0] !== undefined && rows[0].owns !== true) throw new QsyncError('PG_ERROR', `role ${session.user} does not own table ${table}; only its owner may change its mode`, { sqlstate: '42501' });
     return this.#driver.setTableMode(table, mode);
+  }
+
+  /** A schema change on every node (driver.runDdl) as the session's role: PostgreSQL checks its privileges. */
+  clientDdl(session: RoleSession, sql: string): Promise<unknown> {
+    return this.#driver.runDdl(sql, session.user);
   }
 
   #clientError(error: unknown): QsyncError {

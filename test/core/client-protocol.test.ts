@@ -18,6 +18,7 @@ const requests: ClientRequest[] = [
   { id: 9, op: 'tquery', tx: 8, sql: 'SELECT 1', params: [] },
   { id: 10, op: 'commit', tx: 8 },
   { id: 11, op: 'rollback', tx: 8 },
+  { id: 12, op: 'ddl', sql: 'ALTER TABLE t ADD COLUMN c int' },
 ];
 
 describe('client protocol', () => {

@@ -98,6 +98,29 @@ describe('record encoding', () => {
   });
 });
 
+describe('subscriptions and snapshots on the peer protocol', () => {
+  it.each<PeerMessage>([
+    { kind: 'subscribe', vclock: [0, 3], snapshot: false },
+    { kind: 'subscribe', vclock: [0, 3], snapshot: true },
+    { kind: 'refuse', reason: 'behind', gap: true },
+    { kind: 'snapshot', floor: [1, 133] as Lsn[], history: { h: 1 }, tables: [{ name: 'public.items', mode: 'sync', shape: { columns: [['id', 'bigint']], key: ['id'] } }] },
+    { kind: 'snapshotPart', table: 'public.items', rows: '[{"id": 1}]', count: 1 },
+    { kind: 'snapshotEnd', parts: 1 },
+  ])('round-trips %j', (message) => {
+    expect(decodeMessage(encodeMessage(message))).toEqual({ ok: true, message });
+  });
+
+  it.each([
+    [{ m: 8, f: [0, 1], t: [{ n: 'public.t', o: 'local', c: [], k: [] }] }, /tables\[0\]\.mode/],
+    [{ m: 8, f: 'x', t: [] }, /floor/],
+    [{ m: 9, n: 'public.t', r: 5, c: 1 }, /snapshotPart/],
+  ])('refuses a malformed snapshot message %j with a named field', (wire, reason) => {
+    const result = decodeMessage(codec.pack(wire));
+    expect(result.ok).toBe(false);
+    if (!result.ok) expect(result.error.message).toMatch(reason);
+  });
+});
+
 describe('election messages on the peer protocol', () => {
   const vclock = [0, 4, 2] as Lsn[];
   it.each<PeerMessage>([

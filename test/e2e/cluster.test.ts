@@ -428,6 +428,20 @@ describe('a 3-node cluster', () => {
     // Nothing of either reached a node, and the cluster goes on.
     for (const replica of [1, 2, 3]) expect(await rows(replica, `SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'legacy' AND column_name = 'x'`)).toEqual([{ n: 0 }]);
     expect((await node(3).status()).stuck).toBeNull();
+
+    // The client library's call runs as the connection's role on every node: PostgreSQL checks its privileges there.
+    const { lsn } = await db.ddl('CREATE TABLE made_by_client (id int PRIMARY KEY)');
+    expect(lsn).toBeGreaterThan(0);
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => expect(await rows(replica, `SELECT pg_get_userbyid(relowner) AS owner FROM pg_class WHERE relname = 'made_by_client'`)).toEqual([{ owner: cluster.credentials.user }]), `node ${replica} has made_by_client`);
+    }
+    const app = await connect(cluster.clientAddresses, { user: 'app', password: 'app-secret-1' });
+    try {
+      await expect(app.ddl('ALTER TABLE accounts ADD COLUMN taken text')).rejects.toThrow(/the schema change failed: must be owner of table accounts/);
+    } finally {
+      app.close();
+    }
+    for (const replica of [1, 2, 3]) expect(await rows(replica, `SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'taken'`)).toEqual([{ n: 0 }]);
   }, 90_000);
 
   it('(h) refuses garbage on the client port with a logged reason and keeps serving', async () => {

@@ -52,6 +52,8 @@ export const recordArb: fc.Arbitrary<JournalRecord> = fc.oneof(
         columns: fc.array(fc.tuple(fc.string({ minLength: 1, maxLength: 20 }), fc.constantFrom('bigint', 'text', 'numeric(10,2)')), { maxLength: 4 }),
         key: fc.array(fc.string({ minLength: 1, maxLength: 20 }), { minLength: 1, maxLength: 2 }),
       }), { maxKeys: 2 }),
+      ddl: fc.string({ minLength: 1, maxLength: 40 }),
+      ddlRole: fc.string({ minLength: 1, maxLength: 63 }),
       members: fc.array(fc.record({ replica: replicaArb, address: fc.constant('127.0.0.1:7401') }), { maxLength: 5 }),
       quorum: fc.integer({ min: 1, max: 5 }),
       synchroTimeoutMs: fc.integer({ min: 1, max: 60_000 }),
