@@ -100,8 +100,8 @@ describe('record encoding', () => {
 
 describe('subscriptions and snapshots on the peer protocol', () => {
   it.each<PeerMessage>([
-    { kind: 'subscribe', vclock: [0, 3], snapshot: false },
-    { kind: 'subscribe', vclock: [0, 3], snapshot: true },
+    { kind: 'subscribe', vclock: [0, 3] as Lsn[], snapshot: false },
+    { kind: 'subscribe', vclock: [0, 3] as Lsn[], snapshot: true },
     { kind: 'refuse', reason: 'behind', gap: true },
     { kind: 'snapshot', floor: [1, 133] as Lsn[], history: { h: 1 }, tables: [{ name: 'public.items', mode: 'sync', shape: { columns: [['id', 'bigint']], key: ['id'] } }] },
     { kind: 'snapshotPart', table: 'public.items', rows: '[{"id": 1}]', count: 1 },
