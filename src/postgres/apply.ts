@@ -212,12 +212,18 @@ export async function appliedVclock(client: pg.ClientBase): Promise<VClock> {
  * one by one any more); the vclock stays the same. Returns the rows dropped.
  */
 export async function compactApplied(client: pg.ClientBase, below?: VClock): Promise<number> {
-  const floor = below === undefined ? null : vclockEntries(below).filter(([replica]) => replica !== 0);
-  if (floor !== null && floor.length === 0) return 0;
+  if (below === undefined) {
+    const { rowCount } = await client.query(
+      'DELETE FROM qsync.applied a USING (SELECT replica_id, max(lsn) AS top FROM qsync.applied GROUP BY replica_id) m WHERE a.replica_id = m.replica_id AND a.lsn < m.top');
+    return rowCount ?? 0;
+  }
+  const floor = vclockEntries(below).filter(([replica]) => replica !== 0);
+  if (floor.length === 0) return 0;
+  // By primary-key range per replica, each one's highest found by the index: no scan of the whole table.
   const { rowCount } = await client.query(
-    `DELETE FROM qsync.applied a USING (SELECT replica_id, max(lsn) AS top FROM qsync.applied GROUP BY replica_id) m
-      WHERE a.replica_id = m.replica_id AND a.lsn < m.top
-        ${floor === null ? '' : 'AND a.lsn <= (SELECT f.lsn FROM unnest($1::int[], $2::bigint[]) AS f(replica_id, lsn) WHERE f.replica_id = a.replica_id)'}`,
-    floor === null ? [] : [floor.map(([r]) => r), floor.map(([, l]) => l)]);
+    `DELETE FROM qsync.applied a USING unnest($1::int[], $2::bigint[]) AS f(replica_id, lsn)
+      WHERE a.replica_id = f.replica_id AND a.lsn <= f.lsn
+        AND a.lsn < (SELECT max(m.lsn) FROM qsync.applied m WHERE m.replica_id = f.replica_id)`,
+    [floor.map(([r]) => r), floor.map(([, l]) => l)]);
   return rowCount ?? 0;
 }

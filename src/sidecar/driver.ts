@@ -508,20 +508,24 @@ export class NodeDriver<S, W> {
     this.#retaining = true;
     try {
       const applied = this.#applied;
-      const inFlight = Math.min(...this.#ownInFlight, Number.MAX_SAFE_INTEGER) - 1;
-      const bound = new Map<number, number>(vclockEntries(applied));
-      bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), inFlight));
-      for (const entry of await this.#db.listPrepared()) bound.set(entry.replica, Math.min(bound.get(entry.replica) ?? 0, entry.lsn - 1));
-      await this.#db.compactApplied(retention.oldestVclock);
       const peers = this.config.peers.map((p) => this.#peerVclocks.get(p.replica as ReplicaId) ?? []);
       const holders = retention.sizeBytes > this.config.journalRetainBytes ? this.config.quorum - 1 : peers.length;
+      const bound = new Map<number, number>(vclockEntries(applied));
+      bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), Math.min(...this.#ownInFlight, Number.MAX_SAFE_INTEGER) - 1));
       for (const [replica, lsn] of bound) {
         const held = peers.map((v) => vclockGet(v, replica as ReplicaId) as number).sort((a, b) => b - a);
         bound.set(replica, Math.min(lsn, holders === 0 ? lsn : held[holders - 1] ?? 0));
       }
-      const limit = vclockFromEntries([...bound].filter(([, lsn]) => lsn > 0) as Array<[ReplicaId, Lsn]>);
-      const cut = starts.filter((start) => vclockCovers(limit, start, { ignoreLocal: true })).at(-1);
+      const cutAt = (): VClock | undefined => {
+        const limit = vclockFromEntries([...bound].filter(([, lsn]) => lsn > 0) as Array<[ReplicaId, Lsn]>);
+        return starts.filter((start) => vclockCovers(limit, start, { ignoreLocal: true })).at(-1);
+      };
+      // Only when something could go does PostgreSQL hear of it: the prepared entries, then the flush.
+      if (cutAt() === undefined) return;
+      for (const entry of await this.#db.listPrepared()) bound.set(entry.replica, Math.min(bound.get(entry.replica) ?? 0, entry.lsn - 1));
+      const cut = cutAt();
       if (cut === undefined) return;
+      await this.#db.compactApplied(retention.oldestVclock);
       const history = await this.#historyAt(cut);
       const exactTo = vclockCovers(cut, this.#exactTo, { ignoreLocal: true }) ? [] : this.#exactTo;
       const removed = await retention.trim(cut, checkpointState(history.toState(), exactTo));

@@ -8,6 +8,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { gidFor } from '../../src/core/gid.js';
 import { decodeRecord, encodeRecord, type TxnRecord } from '../../src/core/record.js';
+import { vclockFromEntries } from '../../src/core/vclock.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import {
   Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
@@ -263,6 +264,18 @@ describe('crashes', () => {
       expect(await reconcile(db, () => 'rolled-back')).toMatchObject({ rolledBack: [gid] });
     }
     expect(await listPrepared(sql, CLUSTER)).toEqual([]);
+  });
+});
+
+describe('compacting applied marks', () => {
+  it('drops the marks at or below the journal\'s start and keeps each replica\'s highest', async () => {
+    await follower.sql.query('INSERT INTO qsync.applied SELECT 9, g FROM generate_series(1, 5) g');
+    const marks = async (): Promise<number[]> => (await follower.sql.query<{ lsn: string }>('SELECT lsn FROM qsync.applied WHERE replica_id = 9 ORDER BY lsn')).rows.map((r) => Number(r.lsn));
+    expect(await compactApplied(follower.sql, vclockFromEntries([[9 as ReplicaId, 3 as Lsn]]))).toBe(3);
+    expect(await marks()).toEqual([4, 5]);
+    expect(await compactApplied(follower.sql, vclockFromEntries([[9 as ReplicaId, 10 as Lsn]]))).toBe(1);
+    expect(await marks()).toEqual([5]);
+    await follower.sql.query('DELETE FROM qsync.applied WHERE replica_id = 9');
   });
 });
 
