@@ -12,7 +12,7 @@ import type pg from 'pg';
 import { QsyncError } from '../core/errors.js';
 import type { SnapshotTable } from '../core/messages.js';
 import type { TableMode } from '../core/record.js';
-import { describeTable, setTableMode, shapeMismatch, TableError } from './tables.js';
+import { describeTable, rowChunks, setTableMode, shapeMismatch, TableError } from './tables.js';
 
 export type { SnapshotTable };
 
@@ -25,10 +25,6 @@ export interface SnapshotPart {
 
 /** qsync's tables that travel with the rows; qsync.applied first (the rejoining node reads it back). */
 const STATE_TABLES = ['qsync.applied', 'qsync.row_versions', 'qsync.idempotency'] as const;
-
-/** A chunk ends at this many rows or bytes, whichever comes first (a frame holds 16 MB). */
-const CHUNK_ROWS = 5_000;
-const CHUNK_BYTES = 4 * 1024 * 1024;
 
 /**
  * The source side, on a connection of its own: the replicated tables and
@@ -51,28 +47,7 @@ export async function readSnapshot(client: pg.ClientBase): Promise<{ tables: Sna
 
 async function* chunks(client: pg.ClientBase, tables: readonly string[]): AsyncGenerator<SnapshotPart> {
   try {
-    for (const table of tables) {
-      let rows: string[] = [];
-      let bytes = 0;
-      const chunk = (): SnapshotPart => {
-        const part = { table, rows: `[${rows.join(',')}]`, count: rows.length };
-        rows = [];
-        bytes = 0;
-        return part;
-      };
-      await client.query(`DECLARE qsync_snapshot NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
-      for (;;) {
-        const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_snapshot');
-        if (batch.length === 0) break;
-        for (const { row } of batch) {
-          if (rows.length >= CHUNK_ROWS || bytes + row.length > CHUNK_BYTES) yield chunk();
-          rows.push(row);
-          bytes += row.length + 1;
-        }
-      }
-      await client.query('CLOSE qsync_snapshot');
-      if (rows.length > 0) yield chunk();
-    }
+    for (const table of tables) for await (const chunk of rowChunks(client, table)) yield { table, ...chunk };
     await client.query('COMMIT');
   } finally {
     // Ended early (the subscriber went away): the snapshot's transaction goes.

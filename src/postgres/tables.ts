@@ -129,9 +129,36 @@ export interface TableModeOptions {
   readonly leader?: { readonly replica: number; readonly reserve: () => { lsn: Lsn; gid: string } };
 }
 
-/** A copied chunk ends at this many rows or bytes, whichever comes first (a journal frame holds 16 MB). */
-const COPY_CHUNK_ROWS = 5_000;
-const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
+/** A chunk of rows ends at this many rows or bytes, whichever comes first (a journal frame holds 16 MB). */
+const CHUNK_ROWS = 5_000;
+const CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * A table's rows as row images (to_jsonb), in chunks of JSON arrays, read
+ * through a cursor in the caller's transaction (the initial copy, a snapshot).
+ */
+export async function* rowChunks(client: pg.ClientBase, table: string): AsyncGenerator<{ readonly rows: string; readonly count: number }> {
+  let rows: string[] = [];
+  let bytes = 0;
+  const chunk = (): { rows: string; count: number } => {
+    const part = { rows: `[${rows.join(',')}]`, count: rows.length };
+    rows = [];
+    bytes = 0;
+    return part;
+  };
+  await client.query(`DECLARE qsync_rows NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
+  for (;;) {
+    const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_rows');
+    if (batch.length === 0) break;
+    for (const { row } of batch) {
+      if (rows.length >= CHUNK_ROWS || bytes + row.length > CHUNK_BYTES) yield chunk();
+      rows.push(row);
+      bytes += row.length + 1;
+    }
+  }
+  await client.query('CLOSE qsync_rows');
+  if (rows.length > 0) yield chunk();
+}
 
 /**
  * Set a table's mode in one transaction: check the table (and its shape
@@ -185,28 +212,11 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
  */
 async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<TableModeOptions['leader']>): Promise<CopiedChunk[]> {
   const chunks: CopiedChunk[] = [];
-  let rows: string[] = [];
-  let bytes = 0;
-  const flush = async (): Promise<void> => {
-    if (rows.length === 0) return;
+  for await (const chunk of rowChunks(client, table)) {
     const { lsn, gid } = copy.reserve();
-    chunks.push({ lsn, gid, rows: `[${rows.join(',')}]`, count: rows.length });
+    chunks.push({ lsn, gid, ...chunk });
     await client.query('INSERT INTO qsync.applied (replica_id, lsn) VALUES ($1, $2)', [copy.replica, lsn]);
-    rows = [];
-    bytes = 0;
-  };
-  await client.query(`DECLARE qsync_copy NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
-  for (;;) {
-    const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_copy');
-    if (batch.length === 0) break;
-    for (const { row } of batch) {
-      if (rows.length >= COPY_CHUNK_ROWS || bytes + row.length > COPY_CHUNK_BYTES) await flush();
-      rows.push(row);
-      bytes += row.length + 1;
-    }
   }
-  await flush();
-  await client.query('CLOSE qsync_copy');
   return chunks;
 }
 
