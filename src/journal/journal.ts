@@ -292,6 +292,7 @@ export class Journal implements CursorSource {
    * every record appended later. Only durable records are returned.
    */
   cursor(from: VClock, options: CursorOptions = {}): JournalCursor {
+    if (this.#rebasing !== null) throw new JournalError('JOURNAL_GAP', 'the journal is being replaced by a snapshot (a rejoin); subscribe again once it is done');
     const ignoreLocal = !(options.includeLocal ?? false);
     const oldest = this.#segments[0] as Segment;
     if (!vclockCovers(from, oldest.start.vclock, { ignoreLocal })) {
@@ -387,14 +388,15 @@ export class Journal implements CursorSource {
     this.#checkpoint = { vclock: start, state };
     this.#generation += 1;
     await this.#handle.close();
-    for (const segment of this.#segments.splice(0)) await unlink(segment.path);
+    // The list keeps the old segments until the new one is in place: status and readers see a whole journal.
+    for (const segment of this.#segments) await unlink(segment.path);
     const name = segmentName(start);
     const path = join(this.dir, name);
     await rename(temporary, path);
     await fsyncDir(this.dir);
     const bytes = frames.reduce((sum, f) => sum + f.length, 0);
     const headerBytes = (frames[0] as Buffer).length;
-    this.#segments.push({ name, path, sum: vclockSum(start), start: { vclock: start, raft: this.#raft }, headerBytes, durableBytes: bytes });
+    this.#segments.splice(0, this.#segments.length, { name, path, sum: vclockSum(start), start: { vclock: start, raft: this.#raft }, headerBytes, durableBytes: bytes });
     this.#handle = await open(path, 'r+');
     this.#vclock = vclock;
     this.#tailVclock = vclock;

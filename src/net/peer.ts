@@ -50,7 +50,8 @@ async function expect<K extends PeerMessage['kind'], A extends PeerMessage['kind
     message = await link.next(timeoutMs);
   }
   if (message.kind === 'refuse') {
-    link.close(`refused by peer: ${message.reason}`);
+    // A gap is told to the node (onGap), which says it once: not a warning on every retry.
+    link.close(`refused by peer: ${message.reason}`, message.gap === true ? 'debug' : 'warn');
     throw message.gap === true ? new GapRefused(message.reason) : new LinkClosed(`refused by peer: ${message.reason}`);
   }
   if (message.kind !== kind && !(also as readonly string[]).includes(message.kind)) {
@@ -67,9 +68,9 @@ class GapRefused extends LinkClosed {
   }
 }
 
-function refuse(link: Link, reason: string, gap = false): never {
+function refuse(link: Link, reason: string, gap = false, level: 'debug' | 'info' | 'warn' = 'warn'): never {
   link.send({ kind: 'refuse', reason, ...(gap ? { gap } : {}) });
-  link.close(reason);
+  link.close(reason, level);
   throw new LinkClosed(reason);
 }
 
@@ -94,6 +95,8 @@ export class RelayServer {
   readonly #options: RelayOptions;
   readonly #server: Server;
   readonly #links = new Set<Link>();
+  /** Subscribers refused for a gap, told in the log once each (they retry every second). */
+  readonly #gapsLogged = new Set<ReplicaId>();
   /** Subscribers past the handshake, by replica: election messages can go back on their link. */
   readonly #subscribers = new Map<ReplicaId, Link>();
 
@@ -167,7 +170,12 @@ export class RelayServer {
     const oldest = journal.oldestVclock;
     if (vclockCovers(subscribe.vclock, oldest, { ignoreLocal: true })) return { cursor: journal.cursor(subscribe.vclock, { follow: true }), offer: null };
     const behind = `replica ${subscriber} lacks records this node no longer keeps (it holds ${vclockFormat(subscribe.vclock)}; this journal starts at ${vclockFormat(oldest)})`;
-    if (!subscribe.snapshot) refuse(link, `${behind}: it must rejoin by snapshot; run qsync rejoin on node ${subscriber}, or set its rejoin setting to auto`, true);
+    if (!subscribe.snapshot) {
+      const first = !this.#gapsLogged.has(subscriber);
+      this.#gapsLogged.add(subscriber);
+      refuse(link, `${behind}: it must rejoin by snapshot; run qsync rejoin on node ${subscriber}, or set its rejoin setting to auto`, true, first ? 'info' : 'debug');
+    }
+    this.#gapsLogged.delete(subscriber);
     const offer = this.#options.serveSnapshot?.(subscriber) ?? null;
     if (offer === null) refuse(link, `${behind}, and this node cannot send a snapshot now; another peer may`);
     link.log.info({ subscriber, floor: offer.floor }, 'sending a snapshot: the subscriber is behind this journal\'s start');
@@ -243,6 +251,8 @@ export interface SubscriberOptions {
 export class Subscriber {
   readonly #options: SubscriberOptions;
   #stopped = false;
+  /** The last connection was refused for a gap: the node says so (onGap), the loop need not warn. */
+  #gap = false;
   #link: Link | null = null;
   #running: Promise<void> | null = null;
   /** Why the last connection ended, for status and tests. */
@@ -281,7 +291,7 @@ export class Subscriber {
         this.lastError = (error as Error).message; // refused, unreachable, or closed during the handshake
         return false;
       });
-      if (this.connected && !this.#stopped) this.#options.log.warn({ peer: this.#options.peer.replica, reason: this.#link?.closeReason ?? this.lastError }, `peer ${this.#options.peer.replica} lost; reconnecting`);
+      if (this.connected && !this.#stopped && !this.#gap) this.#options.log.warn({ peer: this.#options.peer.replica, reason: this.#link?.closeReason ?? this.lastError }, `peer ${this.#options.peer.replica} lost; reconnecting`);
       this.connected = false;
       if (this.#stopped) break;
       backoff = handshaken ? min : Math.min(max, backoff * 2);
@@ -331,6 +341,7 @@ export class Subscriber {
     }
     this.connected = true;
     this.lastError = null;
+    this.#gap = false;
     log.info({ peer: peer.replica, address: `${peer.host}:${peer.port}` }, `peer ${peer.replica} connected`);
     link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: this.#options.takesSnapshot?.() ?? false });
     let outstanding = 0;
@@ -367,6 +378,7 @@ export class Subscriber {
         if (outstanding >= limits.linkQueueMessagesMax) await done.catch(() => undefined);
       }
     } catch (error) {
+      this.#gap = error instanceof GapRefused;
       if (error instanceof GapRefused) this.#options.onGap?.(error.reason);
       if (error instanceof LinkClosed) return true;
       if (error instanceof AssertionFailed) throw error;

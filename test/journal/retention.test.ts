@@ -71,6 +71,10 @@ describe('journal retention', () => {
     const start = vclockFromEntries([[1 as ReplicaId, 500 as Lsn], [2 as ReplicaId, 70 as Lsn], [3 as ReplicaId, 1 as Lsn]]);
     const rebased = journal.rebase(start, [txn(3, 2), txn(3, 3)], { h: 'adopted' });
     const during = journal.append(raft(2, 5, 1));
+    // Meanwhile no new cursor starts on the journal being replaced, and its start still reads.
+    expect(() => journal.cursor([])).toThrow(expect.objectContaining({ code: 'JOURNAL_GAP' }));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(journal.oldestVclock).toBeDefined();
     await rebased;
     await during;
     await expect(old.next()).rejects.toMatchObject({ code: 'JOURNAL_GAP' });
