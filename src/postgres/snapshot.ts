@@ -71,30 +71,34 @@ export interface SnapshotLoad {
  * they hold locks on the rows.
  */
 export async function loadSnapshot(client: pg.ClientBase, tables: readonly SnapshotTable[]): Promise<SnapshotLoad> {
+  // The peer's names, resolved here: only this node's canonical names (format('%I.%I')) go into SQL.
+  const canonical = new Map<string, string>(STATE_TABLES.map((t) => [t, t]));
   for (const table of tables) {
     const here = await describeTable(client, table.name).catch((error: unknown) => {
       throw error instanceof TableError ? new TableError(table.name, `the rejoin needs it here as on the peer: ${error.message}`) : error;
     });
     const mismatch = shapeMismatch(here.shape, table.shape);
     if (mismatch !== null) throw new TableError(here.name, `its columns differ from the peer's it rejoins from: ${mismatch.replace('on the leader', 'on the peer')}`);
+    canonical.set(table.name, here.name);
   }
   const { rows: replicated } = await client.query<{ table_name: string }>('SELECT table_name FROM qsync.tables');
-  for (const { table_name: name } of replicated) if (!tables.some((t) => t.name === name)) await setTableMode(client, name, 'local');
+  const kept = new Set(canonical.values());
+  for (const { table_name: name } of replicated) if (!kept.has(name)) await setTableMode(client, name, 'local');
   for (const table of tables) await setTableMode(client, table.name, table.mode, { expect: table.shape });
 
   const targets = new Map<string, string>();
-  for (const name of [...tables.map((t) => t.name), ...STATE_TABLES]) {
+  for (const [announced, name] of canonical) {
     const { rows } = await client.query<{ columns: string; identity: boolean }>(
       `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) AS columns, bool_or(attidentity <> '') AS identity
          FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''`, [name]);
     const { columns, identity } = rows[0] as { columns: string; identity: boolean };
-    targets.set(name, `INSERT INTO ${name} (${columns})${identity ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
+    targets.set(announced, `INSERT INTO ${name} (${columns})${identity ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
   }
   await client.query('BEGIN');
   let loaded = 0;
   try {
     await client.query('SET LOCAL session_replication_role = replica');
-    for (const name of targets.keys()) await client.query(`DELETE FROM ${name}`);
+    for (const name of kept) await client.query(`DELETE FROM ${name}`);
   } catch (error) {
     await client.query('ROLLBACK').catch(() => undefined);
     throw error;
