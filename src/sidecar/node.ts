@@ -47,6 +47,8 @@ interface PostgresProbe {
 
 /** How often the node probes its PostgreSQL for the status, health checks and metrics. */
 const PROBE_EVERY_MS = 1_000;
+/** How long a clean stop may take before the node gives up waiting (and the process exits). */
+const STOP_GRACE_MS = 10_000;
 
 /** A client authenticated as a PostgreSQL role; its statements run on that role's pool. */
 interface RoleSession extends ClientSession {
@@ -151,16 +153,36 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return node;
   }
 
+  /**
+   * Stop serving and release everything, in order. Bounded: a step that
+   * waits on something that does not come (an apply blocked in PostgreSQL, a
+   * request that does not end) is given up after STOP_GRACE_MS, named in the
+   * log, and the process may exit: what was acknowledged is in the journal,
+   * and the next start replays it.
+   */
   stop(): Promise<void> {
     this.#stopped ??= (async () => {
-      if (this.#probeTimer !== null) clearInterval(this.#probeTimer);
-      await this.#clients?.close();
-      await this.#adminServer?.close();
-      await this.#discovery?.close();
-      await this.#driver.stop();
-      await Promise.all([...this.#pools.values()].map((p) => p.end()));
-      await this.#db.close();
-      await this.#journal.close();
+      let step = 'client port';
+      const steps = (async () => {
+        if (this.#probeTimer !== null) clearInterval(this.#probeTimer);
+        await this.#clients?.close();
+        step = 'admin interface';
+        await this.#adminServer?.close();
+        step = 'Redis';
+        await this.#discovery?.close();
+        step = 'peer links and the apply queue';
+        await this.#driver.stop();
+        step = 'PostgreSQL connections';
+        await Promise.all([...this.#pools.values()].map((p) => p.end()));
+        await this.#db.close();
+        step = 'journal';
+        await this.#journal.close();
+      })();
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), STOP_GRACE_MS)));
+      const outcome = await Promise.race([steps.then(() => 'done' as const), late]);
+      clearTimeout(timer);
+      if (outcome === 'late') this.log.error({ step, graceMs: STOP_GRACE_MS }, `stopping took longer than ${STOP_GRACE_MS} ms at: ${step}; stopping anyway (the journal holds everything acknowledged; the next start replays it)`);
     })();
     return this.#stopped;
   }

@@ -11,6 +11,8 @@
 // it leads throughout: these tests are about replication and the limbo.
 // Elections, failover and fences are tested in election.test.ts.
 import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { connect as netConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -160,6 +162,22 @@ describe('a 3-node cluster', () => {
     await node(3).startSidecar();
     await eventually(async () => expect(await rows(3, 'SELECT count(*)::int AS n FROM accounts WHERE id BETWEEN 10 AND 14')).toEqual([{ n: 5 }]), 'node 3 catches up');
   });
+
+  it('(b) a follower whose apply is blocked in PostgreSQL still stops: the stop is given up after its grace, named in the log, and the follower catches up after', async () => {
+    await db.execute([['INSERT INTO accounts VALUES (40, $1, 0)', ['locked']]]);
+    await eventually(async () => expect(await rows(2, 'SELECT owner FROM accounts WHERE id = 40')).toEqual([{ owner: 'locked' }]), 'node 2 has the row');
+    // Someone holds the row on node 2: its apply of the next change to it waits on the lock (60 s query timeout).
+    const holder = await node(2).sql();
+    await holder.query('BEGIN; SELECT * FROM accounts WHERE id = 40 FOR UPDATE');
+    await db.execute([['UPDATE accounts SET balance = 7 WHERE id = 40', []]]);
+    await node(2).stopSidecar();
+    const log = await readFile(join(node(2).dataDir, '..', 'sidecar.log'), 'utf8');
+    expect(log).toMatch(/stopping took longer than 10000 ms at: peer links and the apply queue/);
+    await holder.query('ROLLBACK');
+    await holder.end();
+    await node(2).startSidecar();
+    await eventually(async () => expect(await rows(2, 'SELECT balance FROM accounts WHERE id = 40')).toEqual([{ balance: '7' }]), 'node 2 catches up');
+  }, 60_000);
 
   it('(c, d) with both followers down: invisible while waiting, RolledBack after the timeout, visible nowhere ever', async () => {
     await Promise.all([node(2).stopSidecar(), node(3).stopSidecar()]);

@@ -24,7 +24,7 @@ let cluster: LocalCluster;
 const results = new Map<string, DrillResult>();
 
 beforeAll(async () => {
-  cluster = await startLocalCluster({ proxies: true, synchroTimeoutMs: 3_000 });
+  cluster = await startLocalCluster({ proxies: true, synchroTimeoutMs: 3_000, ...(process.env.QSYNC_E2E_DIR === undefined ? {} : { dir: `${process.env.QSYNC_E2E_DIR}/drill` }) });
 }, 120_000);
 
 afterAll(async () => {
