@@ -88,11 +88,9 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
 
   const targets = new Map<string, string>();
   for (const [announced, name] of canonical) {
-    const { rows } = await client.query<{ columns: string; identity: boolean }>(
-      `SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) AS columns, bool_or(attidentity <> '') AS identity
-         FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''`, [name]);
-    const { columns, identity } = rows[0] as { columns: string; identity: boolean };
-    targets.set(announced, `INSERT INTO ${name} (${columns})${identity ? ' OVERRIDING SYSTEM VALUE' : ''} SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
+    // As apply's upsert does: the columns an INSERT may name, identity columns taken as given.
+    const columns = (await describeTable(client, name)).columns.join(', ');
+    targets.set(announced, `INSERT INTO ${name} (${columns}) OVERRIDING SYSTEM VALUE SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
   }
   await client.query('BEGIN');
   let loaded = 0;
