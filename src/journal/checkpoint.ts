@@ -8,12 +8,12 @@
 // rejoin by snapshot) both write the checkpoint first and change segment
 // files after it; a crash in between is finished at the next open
 // (finishInterrupted), so the checkpoint and the first segment always agree.
-import { open, readFile, readdir, rename, unlink } from 'node:fs/promises';
+import { readFile, readdir, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { codec } from '../core/record.js';
 import { vclockCompare, vclockFormat, vclockParse, type VClock } from '../core/vclock.js';
 import { encodeFrame, readFrame } from './frame.js';
-import { fsyncDir } from './fsutil.js';
+import { fsyncDir, writeDurable } from './fsutil.js';
 import { decodeSegmentHeader, parseSegmentName, segmentName } from './segment.js';
 
 export const CHECKPOINT_FILE = 'checkpoint.qsc';
@@ -62,17 +62,6 @@ export async function writeCheckpoint(dir: string, checkpoint: Checkpoint): Prom
   await writeDurable(temporary, encodeFrame(codec.pack({ vc: checkpoint.vclock, h: checkpoint.state })));
   await rename(temporary, path);
   await fsyncDir(dir);
-}
-
-export async function writeDurable(path: string, bytes: Buffer): Promise<void> {
-  const handle = await open(path, 'w');
-  try {
-    let written = 0;
-    while (written < bytes.length) written += (await handle.write(bytes, written, bytes.length - written, written)).bytesWritten;
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /**

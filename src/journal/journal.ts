@@ -20,8 +20,8 @@ import { REPLICA_LOCAL } from '../core/types.js';
 import { vclockCompare, vclockCovers, vclockEntries, vclockFollow, vclockFormat, vclockFromEntries, vclockGet, vclockSum, type VClock } from '../core/vclock.js';
 import { JournalCursor, type CursorOptions, type CursorSource } from './cursor.js';
 import { encodeFrame } from './frame.js';
-import { fsyncDir } from './fsutil.js';
-import { finishInterrupted, readCheckpoint, REBASE_FILE, writeCheckpoint, writeDurable, type Checkpoint } from './checkpoint.js';
+import { fsyncDir, writeAll, writeDurable } from './fsutil.js';
+import { finishInterrupted, readCheckpoint, REBASE_FILE, writeCheckpoint, type Checkpoint } from './checkpoint.js';
 import { recoverJournal, type JournalCut } from './recovery.js';
 import { encodeSegmentHeader, segmentName, type RaftState, type Segment } from './segment.js';
 import { processAlive } from '../os/process.js';
@@ -433,26 +433,12 @@ export class Journal implements CursorSource {
   }
 }
 
-async function writeAll(handle: FileHandle, bytes: Buffer, position: number): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) {
-    const { bytesWritten } = await handle.write(bytes, written, bytes.length - written, position + written);
-    written += bytesWritten;
-  }
-}
-
 /** Create a segment with its header, durable with its directory entry. */
 async function createSegment(dir: string, start: Segment['start']): Promise<Segment> {
   const name = segmentName(start.vclock);
   const path = join(dir, name);
   const header = encodeSegmentHeader(start);
-  const handle = await open(path, 'wx');
-  try {
-    await writeAll(handle, header, 0);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await writeDurable(path, header, 'wx');
   await fsyncDir(dir);
   return { name, path, sum: Number(name.slice(0, 20)), start, headerBytes: header.length, durableBytes: header.length };
 }
