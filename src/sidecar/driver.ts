@@ -246,10 +246,14 @@ export class NodeDriver<S, W> {
     const recheckFrom = Math.max(0, ownApplied - OWN_RECHECK_RECORDS, vclockGet(floor, this.#self)) as Lsn;
     const ownHeld = ownApplied > 0 ? await this.#db.appliedLsns(this.#self, recheckFrom) : new Set<Lsn>();
     let replayed = 0;
-    // A snapshot's marks have holes: from the journal's start up to where they reach, each record is checked by its lsn.
-    const start = (replica: ReplicaId, lsn: Lsn): Lsn => (vclockGet(this.#exactTo, replica) > vclockGet(floor, replica) ? vclockGet(floor, replica) : Math.max(lsn, vclockGet(floor, replica)) as Lsn);
-    const others = vclockEntries(vclockMerge(applied, floor)).filter(([replica]) => replica !== this.#self && replica !== REPLICA_LOCAL);
-    const from = vclockFromEntries([...others.map(([replica]) => [replica, start(replica, vclockGet(applied, replica))] as const).filter(([, lsn]) => lsn > 0), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
+    // A peer's records: from what PostgreSQL applied, never before the journal's start. After a rejoin, while the
+    // snapshot's marks (which have holes) reach past the start, from the start: each record is checked by its own lsn.
+    const fromOf = (replica: ReplicaId): Lsn => {
+      const start = vclockGet(floor, replica);
+      return vclockGet(this.#exactTo, replica) > start ? start : Math.max(vclockGet(applied, replica), start) as Lsn;
+    };
+    const peers = vclockEntries(vclockMerge(applied, floor)).map(([replica]) => replica).filter((replica) => replica !== this.#self && replica !== REPLICA_LOCAL);
+    const from = vclockFromEntries([...peers.map((replica) => [replica, fromOf(replica)] as const).filter(([, lsn]) => lsn > 0), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
     for await (const record of this.#journal.cursor(from)) {
       if (record.replica === this.#self && record.lsn <= ownApplied) {
         // Sync entries are prepared before they are journaled; only an async write can be missing.
