@@ -14,6 +14,9 @@
 //   POST /rejoin              take a peer's snapshot if this node lacks records every
 //                             peer removed (setting rejoin manual)                       (token)
 //   PUT  /tables/:name        set a table's mode on every node: {"mode": "sync"}         (token)
+//   POST /members             add a node: {"peer": "host:port", "client": ..., "admin": ...};
+//                             answers its replica id and the members (leader only)       (token)
+//   DELETE /members/:id       remove a node (leader only)                                 (token)
 //
 // Mutating requests need `Authorization: Bearer <--admin-token>`; a node
 // started without a token refuses them. Errors answer with a status code and
@@ -42,6 +45,10 @@ export interface AdminTarget {
   changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }>;
   /** Run a schema change on every node (leader only). */
   runDdl(sql: string): Promise<{ lsn: number }>;
+  /** Add a node (leader only): its replica id and the members after. */
+  addMember(member: { address: string; client?: string; admin?: string }): Promise<unknown>;
+  /** Remove a node (leader only). */
+  removeMember(replica: ReplicaId): Promise<unknown>;
   metrics(): Promise<{ contentType: string; text: string }>;
 }
 
@@ -144,6 +151,30 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
     if (typeof mode !== 'string' || !MODES.includes(mode as TableMode)) throw new QsyncError('BAD_REQUEST', `PUT /tables/${name} needs a mode: body {"mode": "sync"|"async"|"local"}, got ${JSON.stringify(mode ?? null)}`);
     return target.changeTableMode(name, mode as TableMode);
   }
+  const member = /^\/members\/([^/]+)$/.exec(url.pathname);
+  if (member !== null && method === 'DELETE') {
+    const replica = Number(member[1]);
+    mutating(`DELETE /members/${member[1] as string}`);
+    if (!isReplicaId(replica) || replica === 0) throw new QsyncError('BAD_REQUEST', `DELETE /members/<replica id 1..31>, got ${JSON.stringify(member[1])}`);
+    return target.removeMember(replica);
+  }
+  if (key === 'POST /members') {
+    mutating('POST /members');
+    const body = await readBody(request);
+    const fields = typeof body === 'object' && body !== null ? body as Record<string, unknown> : {};
+    const address = (name: string, required: boolean): string | undefined => {
+      const value = fields[name];
+      if (value === undefined && !required) return undefined;
+      if (typeof value !== 'string' || !/^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/.test(value)) {
+        throw new QsyncError('BAD_REQUEST', `POST /members needs ${required ? '' : 'an optional '}"${name}": "host:port", got ${JSON.stringify(value ?? null)}; body {"peer": "10.0.0.4:7401", "client": "10.0.0.4:7501", "admin": "10.0.0.4:7601"}`);
+      }
+      return value;
+    };
+    const peer = address('peer', true) as string;
+    const client = address('client', false);
+    const admin = address('admin', false);
+    return target.addMember({ address: peer, ...(client === undefined ? {} : { client }), ...(admin === undefined ? {} : { admin }) });
+  }
   if (key === 'POST /ddl') {
     mutating('POST /ddl');
     const body = await readBody(request);
@@ -193,7 +224,7 @@ async function route(target: AdminTarget, tokenHash: Buffer | null, request: Inc
       return target.transfer(to);
     }
     default:
-      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /rejoin, /transfer?to=N; PUT /tables/<name>`);
+      throw new QsyncError('BAD_REQUEST', `no such admin request: ${key}; try GET /status, /cluster, /health/leader, /health/replica, /metrics, /tables; POST /promote, /demote, /rejoin, /transfer?to=N, /members; PUT /tables/<name>; DELETE /members/<id>`);
   }
 }
 
@@ -203,7 +234,7 @@ function answer(response: ServerResponse, status: number, body: unknown): void {
 }
 
 /** Call a node's admin interface (the CLI and tests); a refusal throws with the node's code and message. */
-export async function adminRequest<T = SidecarStatus>(address: string, method: 'GET' | 'POST' | 'PUT', path: string, options: { token?: string; body?: unknown; timeoutMs?: number } = {}): Promise<T> {
+export async function adminRequest<T = SidecarStatus>(address: string, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, options: { token?: string; body?: unknown; timeoutMs?: number } = {}): Promise<T> {
   const headers: Record<string, string> = {};
   if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
   if (options.body !== undefined) headers['content-type'] = 'application/json';

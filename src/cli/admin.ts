@@ -67,6 +67,17 @@ For a node started with rejoin manual that lacks journal records every peer
 has removed (qsync status says so): let it replace its replicated tables with
 a peer's snapshot. Its local tables stay. A node with rejoin auto (the
 default) does this by itself.`,
+  remove: `usage: qsync remove <node> [--admin host:port] [--token T]
+
+Remove <node> from the cluster, through the leader (found for you): a CONFIG
+record confirmed by a quorum changes the members and the quorum (a majority
+of the members left). One node at a time; the leader cannot remove itself
+(qsync transfer first). The removed node stops voting and campaigning; stop
+its sidecar afterwards. Its PostgreSQL keeps its data.`,
+  leave: `usage: qsync leave [--admin host:port of the leaving node] [--token T]
+
+The node at --admin leaves the cluster: as qsync remove <its id>, asked of
+the leader. Stop its sidecar afterwards.`,
   transfer: `usage: qsync transfer <node> [--admin host:port] [--token T]
 
 Switchover: the current leader (found for you) holds new writes, waits until
@@ -127,7 +138,7 @@ function leaderOf(v: ClusterView): number {
   return v.leader;
 }
 
-async function mutate<T>(address: string, method: 'POST' | 'PUT', path: string, token: string | undefined, body?: unknown): Promise<T> {
+async function mutate<T>(address: string, method: 'POST' | 'PUT' | 'DELETE', path: string, token: string | undefined, body?: unknown): Promise<T> {
   try {
     return await adminRequest<T>(address, method, path, { ...(token === undefined ? {} : { token }), ...(body === undefined ? {} : { body }) });
   } catch (error) {
@@ -224,6 +235,38 @@ export async function ddlCommand(argv: readonly string[]): Promise<number> {
   const result = await mutate<{ lsn: number }>(adminOf(v, leaderOf(v)), 'POST', '/ddl', at.token, { sql });
   console.log(`schema change applied on node ${leaderOf(v)} and journaled at lsn ${result.lsn}; every node runs it in journal order`);
   return EXIT.ok;
+}
+
+/** What the leader answers a membership change (sidecar/node.ts JoinAnswer). */
+export interface MembersAnswer {
+  readonly replica: number;
+  readonly cluster: string;
+  readonly version: number;
+  readonly quorum: number;
+  readonly members: ReadonlyArray<{ readonly replica: number; readonly address: string; readonly client?: string; readonly admin?: string }>;
+}
+
+/** qsync remove <node> and qsync leave. */
+export async function membersCommand(command: 'remove' | 'leave', argv: readonly string[]): Promise<number> {
+  const { values, positionals } = parse(command, argv);
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  let target = positionals[0];
+  if (command === 'remove' && (target === undefined || !/^\d+$/.test(target))) throw new CliFailure(`remove which node (a replica id)?\n\n${ADMIN_HELP.remove as string}`, EXIT.usage);
+  if (command === 'leave') {
+    if (positionals.length > 0) throw new CliFailure(`qsync leave takes no node: the node at --admin leaves\n\n${ADMIN_HELP.leave as string}`, EXIT.usage);
+    target = String((await firstAnswer<SidecarStatus>({ addresses: at.addresses.slice(0, 1), token: at.token }, '/status')).replica);
+  }
+  const v = await view(at);
+  const result = await mutate<MembersAnswer>(adminOf(v, leaderOf(v)), 'DELETE', `/members/${target as string}`, at.token);
+  if (values.json === true) console.log(JSON.stringify(result, null, 2));
+  else console.log(`node ${target as string} is no longer a member of cluster ${result.cluster}: members ${result.members.map((m) => m.replica).join(', ')}, quorum ${result.quorum} (version ${result.version}); stop its sidecar now`);
+  return EXIT.ok;
+}
+
+/** Ask the leader of the cluster that `from` (a node's admin address) is in to add a node with these addresses. */
+export async function requestJoin(from: string, token: string | undefined, member: { address: string; client: string; admin?: string }): Promise<MembersAnswer> {
+  const v = await view({ addresses: [from], token });
+  return mutate<MembersAnswer>(adminOf(v, leaderOf(v)), 'POST', '/members', token, { peer: member.address, client: member.client, ...(member.admin === undefined ? {} : { admin: member.admin }) });
 }
 
 export async function control(command: 'promote' | 'demote' | 'transfer' | 'rejoin', argv: readonly string[]): Promise<number> {

@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,6 +13,7 @@ import pg from 'pg';
 import { adminRequest } from '../admin/server.js';
 import { LinkProxy } from '../drill/proxy.js';
 import { freePorts, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
+import { MEMBER_FILE } from '../sidecar/config.js';
 import type { SidecarStatus } from '../sidecar/node.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
@@ -80,7 +81,7 @@ export interface ClusterNode {
   /** The node's admin status. */
   status(): Promise<SidecarStatus>;
   /** A request to the node's admin interface, with the cluster's token. */
-  admin<T = unknown>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown): Promise<T>;
+  admin<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<T>;
   /** A connection to this node's PostgreSQL, as the test or operator. */
   sql(): Promise<pg.Client>;
 }
@@ -95,6 +96,12 @@ export interface LocalCluster {
   readonly redisUrl: string | undefined;
   /** The node accepting sync writes, once there is one (throws after `timeoutMs`). */
   leader(timeoutMs?: number, exclude?: readonly number[]): Promise<ClusterNode>;
+  /**
+   * A new node with an empty embedded PostgreSQL, started with qsync join
+   * --from node `from`'s admin address (default 1). Resolves once its sidecar
+   * is ready (its snapshot may still be loading); it joins `nodes`.
+   */
+  join(options?: { readonly from?: number; readonly args?: readonly string[] }): Promise<ClusterNode>;
   /** Cut every peer link to and from `replica` (needs `proxies`). */
   isolate(replica: number): void;
   /** Heal every cut link. */
@@ -164,54 +171,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         ...(options.sidecarArgs?.(replica) ?? []),
       ];
     };
-    const node: ClusterNode = {
-      replica, pg: server, dataDir, process: null,
-      get peerPort() {
-        return (ports[i] as { peer: number }).peer;
-      },
-      get clientPort() {
-        return (ports[i] as { client: number }).client;
-      },
-      get clientAddress() {
-        return `127.0.0.1:${(ports[i] as { client: number }).client}`;
-      },
-      get adminAddress() {
-        return `127.0.0.1:${(ports[i] as { admin: number }).admin}`;
-      },
-      startSidecar: async () => {
-        // The token goes by environment, not on the command line where ps shows it.
-        const env = { ...process.env };
-        delete env.QSYNC_ADMIN_TOKEN;
-        if (adminToken !== null) env.QSYNC_ADMIN_TOKEN = adminToken;
-        const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env });
-        track(child);
-        node.process = child;
-        const log = createWriteStream(join(root, `node${replica}`, 'sidecar.log'), { flags: 'a' });
-        child.stderr.pipe(log);
-        await new Promise<void>((ready, failed) => {
-          const lines = createInterface({ input: child.stdout });
-          lines.on('line', (line) => {
-            log.write(`${line}\n`);
-            options.onLog?.(replica, line);
-            if (line.includes('"qsync node ready"')) ready();
-          });
-          child.once('exit', (code, signal) => failed(new Error(`sidecar ${replica} exited (${code ?? signal}) before it was ready; see ${join(root, `node${replica}`, 'sidecar.log')}`)));
-        });
-      },
-      stopSidecar: async () => stopChild(node, 'SIGTERM'),
-      killSidecar: async () => stopChild(node, 'SIGKILL'),
-      pause: () => node.process?.kill('SIGSTOP'),
-      resume: () => node.process?.kill('SIGCONT'),
-      status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),
-      admin: <T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown) => adminRequest<T>(node.adminAddress, method, path, { ...(adminToken === null ? {} : { token: adminToken }), ...(body === undefined ? {} : { body }) }),
-      sql: async () => {
-        const client = new pg.Client({ connectionString: server.connectionString });
-        client.on('error', () => undefined);
-        await client.connect();
-        return client;
-      },
-    };
-    return node;
+    return nodeHandle({ replica: () => replica, server, dataDir, dir: join(root, `node${replica}`), args, ports: () => ports[i] as NodePorts, adminToken, onLog: options.onLog });
   });
   // A free port can be taken between our probe and the sidecar's bind: start again on new ports.
   for (let attempt = 1; ; attempt += 1) {
@@ -252,6 +212,28 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     redisUrl: options.redisUrl,
     leader,
     proxy,
+    join: async ({ from = 1, args: extra = [] } = {}) => {
+      const dir = join(root, `node${nodes.length + 1}`);
+      const server = await launchPostgres({ dataDir: join(dir, 'pg') });
+      const [own] = await nodePorts(1) as [NodePorts];
+      const dataDir = join(dir, 'journal');
+      const source = nodes.find((n) => n.replica === from);
+      if (source === undefined) throw new Error(`no node ${from} to join from`);
+      let replica = 0;
+      const args = (): string[] => [
+        ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'join', '--from', source.adminAddress, '--cluster-id', 'local',
+        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
+        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
+        '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
+        ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
+        ...extra,
+      ];
+      const node = nodeHandle({ replica: () => replica, server, dataDir, dir, args, ports: () => own, adminToken, onLog: options.onLog });
+      nodes.push(node);
+      await node.startSidecar();
+      replica = (JSON.parse(await readFile(join(dataDir, MEMBER_FILE), 'utf8')) as { replicaId: number }).replicaId;
+      return node;
+    },
     isolate: (replica) => {
       for (const n of nodes) {
         if (n.replica === replica) continue;
@@ -270,6 +252,67 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       if (temporary) await rm(root, { recursive: true, force: true });
     },
   };
+}
+
+type NodePorts = { readonly peer: number; readonly client: number; readonly admin: number };
+
+/** One node of a local cluster: its PostgreSQL and how its sidecar starts and is reached. */
+function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, onLog }: {
+  /** The replica id; a node that joins learns it from the leader, so it is asked for each time. */
+  replica: () => number; server: PgServer; dataDir: string; dir: string; args: () => string[]; ports: () => NodePorts; adminToken: string | null;
+  onLog: ((replica: number, line: string) => void) | undefined;
+}): ClusterNode {
+  const node: ClusterNode = {
+    get replica() {
+      return replica();
+    },
+    pg: server, dataDir, process: null,
+    get peerPort() {
+      return ports().peer;
+    },
+    get clientPort() {
+      return ports().client;
+    },
+    get clientAddress() {
+      return `127.0.0.1:${ports().client}`;
+    },
+    get adminAddress() {
+      return `127.0.0.1:${ports().admin}`;
+    },
+    startSidecar: async () => {
+      // The token goes by environment, not on the command line where ps shows it.
+      const env = { ...process.env };
+      delete env.QSYNC_ADMIN_TOKEN;
+      if (adminToken !== null) env.QSYNC_ADMIN_TOKEN = adminToken;
+      const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env });
+      track(child);
+      node.process = child;
+      const log = createWriteStream(join(dir, 'sidecar.log'), { flags: 'a' });
+      child.stderr.pipe(log);
+      await new Promise<void>((ready, failed) => {
+        const lines = createInterface({ input: child.stdout });
+        lines.on('line', (line) => {
+          log.write(`${line}\n`);
+          onLog?.(node.replica, line);
+          if (line.includes('"qsync node ready"')) ready();
+        });
+        child.once('exit', (code, signal) => failed(new Error(`sidecar ${node.replica} exited (${code ?? signal}) before it was ready; see ${join(dir, 'sidecar.log')}`)));
+      });
+    },
+    stopSidecar: async () => stopChild(node, 'SIGTERM'),
+    killSidecar: async () => stopChild(node, 'SIGKILL'),
+    pause: () => node.process?.kill('SIGSTOP'),
+    resume: () => node.process?.kill('SIGCONT'),
+    status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),
+    admin: <T>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown) => adminRequest<T>(node.adminAddress, method, path, { ...(adminToken === null ? {} : { token: adminToken }), ...(body === undefined ? {} : { body }) }),
+    sql: async () => {
+      const client = new pg.Client({ connectionString: server.connectionString });
+      client.on('error', () => undefined);
+      await client.connect();
+      return client;
+    },
+  };
+  return node;
 }
 
 async function nodePorts(count: number): Promise<Array<{ peer: number; client: number; admin: number }>> {

@@ -2,19 +2,20 @@
 // is a clear error with exit code 2; a failure to start is exit code 1.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { QsyncError } from '../core/errors.js';
 import { createLogger, prettyLines } from '../log.js';
-import { ConfigError, gatherConfig, SETTINGS, validateConfig } from '../sidecar/config.js';
+import { ConfigError, gatherConfig, JOINING_FILE, MEMBER_FILE, SETTINGS, validateConfig, type SidecarConfig } from '../sidecar/config.js';
 import { SidecarNode } from '../sidecar/node.js';
 import { CLUSTER_FILE, readClusterFile, serveControl } from '../drill/target.js';
 import { processAlive } from '../os/process.js';
 import { startLocalCluster } from './cluster.js';
 import { drill, DRILL_USAGE } from './drill.js';
-import { ADMIN_HELP, CliFailure, control, ddlCommand, EXIT, status, tableCommand } from './admin.js';
+import { ADMIN_HELP, CliFailure, control, ddlCommand, EXIT, membersCommand, requestJoin, status, tableCommand } from './admin.js';
 
 const usage = `qsync: quorum-synchronous replication for PostgreSQL
 
@@ -31,6 +32,9 @@ commands:
   demote                 the leader steps down; another node is elected
   transfer <node>        switchover: the leader hands leadership to <node>
   rejoin <node>          let <node> replace its replicated tables with a peer's snapshot
+  join --from H:P        run a new sidecar that joins a running cluster (qsync join --help)
+  remove <node>          remove a node from the cluster, through the leader
+  leave                  the node at --admin leaves the cluster
   drill <scenario>       rehearse a failover on the local cluster and check the history
   bench <name>           run a benchmark (journal, postgres, cluster, failover, all)
   start                  run one sidecar next to a PostgreSQL server (qsync start --help)
@@ -60,6 +64,20 @@ down: stop the cluster that runs from D and wait until it has stopped.`,
   bench: `usage: qsync bench <journal|postgres|cluster|failover|all> [--seconds N] [--dir PATH] [--json PATH]
 
 The same as npm run bench -- <name>: see the README's benchmark table.`,
+  join: `usage: qsync join --from host:adminPort [--token T] [settings of qsync start]
+
+Run a new sidecar next to an empty (or fresh) PostgreSQL and add it to the
+running cluster that the node at --from belongs to. The leader (found for
+you; the admin token is --token, QSYNC_ADMIN_TOKEN or --admin-token) gives the
+node a replica id through a CONFIG record and the members of the cluster;
+they are written to --data-dir/${MEMBER_FILE}. The node's first sync is a
+snapshot from a peer: missing replicated tables are created with the peer's
+columns, types and primary key (create them beforehand to have their
+indexes, defaults and constraints), their rows copied, and the journal
+follows from there. Leave out --replica-id and --peers; give the ports
+(--peer-port, --client-port, --admin-port) and --peer-host/--client-host
+as the other nodes reach this one. To start it again later: qsync start with
+the same --data-dir (or qsync join again, which does the same).`,
   start: `usage: qsync start [--config file.json] [settings]
 
 Run one sidecar next to a PostgreSQL server. Settings come from a JSON file
@@ -72,17 +90,69 @@ ${SETTINGS.map((s) => `  --${s.flag.padEnd(25)} ${s.env.padEnd(31)} ${s.help}`).
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-async function start(argv: readonly string[]): Promise<void> {
-  let config;
+/** Settings from file, environment and flags, or exit 2 with every problem. */
+function settings(command: string, argv: readonly string[], complete: (raw: Record<string, unknown>) => Record<string, unknown> = (raw) => raw): SidecarConfig {
   try {
-    config = validateConfig(gatherConfig(argv, process.env));
+    return validateConfig(complete(gatherConfig(argv, process.env)));
   } catch (error) {
     if (error instanceof ConfigError || error instanceof TypeError || error instanceof SyntaxError) {
-      console.error(`qsync start: ${(error as Error).message}\n\nrun qsync help for the settings`);
+      console.error(`qsync ${command}: ${(error as Error).message}\n\nrun qsync ${command} --help for the settings`);
       process.exit(2);
     }
     throw error;
   }
+}
+
+/**
+ * qsync join: ask the cluster's leader for a replica id and the members,
+ * write them into the data directory with the joining marker, then run the
+ * sidecar. A data directory that joined already just starts.
+ */
+async function joinCluster(argv: readonly string[]): Promise<void> {
+  const rest: string[] = [];
+  let from: string | undefined;
+  let token: string | undefined;
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i] as string;
+    const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    if (flag === '--from' || flag === '--token') {
+      const value = inline ?? argv[(i += 1)];
+      if (value === undefined) throw new CliFailure(`${flag} needs a value\n\n${HELP.join as string}`, EXIT.usage);
+      if (flag === '--from') from = value;
+      else token = value;
+    } else {
+      rest.push(arg);
+    }
+  }
+  const raw = gatherConfig(rest, process.env);
+  const dataDir = typeof raw.dataDir === 'string' ? raw.dataDir : undefined;
+  if (dataDir !== undefined && existsSync(join(dataDir, MEMBER_FILE))) {
+    await start(rest, 'join');
+    return;
+  }
+  if (from === undefined) throw new CliFailure(`join which cluster? give --from with a member's admin address\n\n${HELP.join as string}`, EXIT.usage);
+  if (raw.replicaId !== undefined || raw.peers !== undefined) throw new CliFailure('qsync join takes the replica id and the peers from the leader: leave out --replica-id and --peers', EXIT.usage);
+  // Check every other setting before the cluster hears of this node.
+  const config = settings('join', rest, (r) => ({ ...r, replicaId: 31, peers: [], clusterId: r.clusterId ?? 'joining' }));
+  if (config.peerPort === 0 || config.clientPort === 0 || config.adminPort === 0) throw new CliFailure('qsync join needs fixed ports (--peer-port, --client-port, --admin-port): the other nodes are told them', EXIT.usage);
+  const answer = await requestJoin(from, token ?? process.env.QSYNC_ADMIN_TOKEN ?? config.adminToken, {
+    address: `${config.peerHost}:${config.peerPort}`, client: `${config.clientHost}:${config.clientPort}`,
+    ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }),
+  });
+  if (raw.clusterId !== undefined && raw.clusterId !== answer.cluster) throw new CliFailure(`--cluster-id ${String(raw.clusterId)} differs from the cluster at ${from} (${answer.cluster}); node ${answer.replica} was added to it: remove it (qsync remove ${answer.replica}) or join with --cluster-id ${answer.cluster}`, EXIT.failed);
+  const peers = answer.members.filter((m) => m.replica !== answer.replica).map((m) => {
+    const at = m.address.lastIndexOf(':');
+    return { replica: m.replica, host: m.address.slice(0, at), port: Number(m.address.slice(at + 1)), ...(m.client === undefined ? {} : { client: m.client }), ...(m.admin === undefined ? {} : { admin: m.admin }) };
+  });
+  await mkdir(config.dataDir, { recursive: true });
+  await writeFile(join(config.dataDir, JOINING_FILE), '');
+  await writeFile(join(config.dataDir, MEMBER_FILE), `${JSON.stringify({ replicaId: answer.replica, clusterId: answer.cluster, peers }, null, 2)}\n`);
+  console.error(`qsync join: node ${answer.replica} is a member of cluster ${answer.cluster} (members ${answer.members.map((m) => m.replica).join(', ')}, quorum ${answer.quorum}); starting it`);
+  await start(rest, 'join');
+}
+
+async function start(argv: readonly string[], command = 'start'): Promise<void> {
+  const config = settings(command, argv);
   let context = (): Record<string, unknown> => ({ role: 'starting' });
   const log = createLogger({ node: config.replicaId }, undefined, config.logLevel, () => context());
   let node: SidecarNode;
@@ -91,7 +161,7 @@ async function start(argv: readonly string[]): Promise<void> {
   } catch (error) {
     if (!(error instanceof QsyncError)) throw error;
     log.fatal({ code: error.code }, error.message);
-    console.error(`qsync start: ${error.message}`);
+    console.error(`qsync ${command}: ${error.message}`);
     process.exit(1);
   }
   const started = node;
@@ -189,6 +259,12 @@ async function main(command: string | undefined, rest: readonly string[]): Promi
     return EXIT.ok;
   }
   switch (command) {
+    case 'join':
+      await joinCluster(rest);
+      return EXIT.ok;
+    case 'remove':
+    case 'leave':
+      return membersCommand(command, rest);
     case 'start':
       await start(rest);
       return EXIT.ok;

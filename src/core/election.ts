@@ -87,7 +87,13 @@ export type ElectionEvent =
   /** Operator: a leader steps down and does not campaign for one election timeout. */
   | { readonly kind: 'demote' }
   /** Leader: hand leadership to `to` (the shell checked it is up to date). */
-  | { readonly kind: 'transfer'; readonly to: ReplicaId };
+  | { readonly kind: 'transfer'; readonly to: ReplicaId }
+  /**
+   * A membership change took effect (core/membership.ts). A node no longer
+   * among `members` neither votes nor campaigns (mode off) and, leading,
+   * steps down; `mode` is the node's configured mode, for when it is a member.
+   */
+  | { readonly kind: 'members'; readonly members: readonly ReplicaId[]; readonly quorum: number; readonly mode: ElectionMode };
 
 /** What the shell knows at the time of a step. */
 export interface ElectionContext {
@@ -141,7 +147,19 @@ export function electionStep(state: ElectionState, event: ElectionEvent, ctx: El
     case 'transfer':
       if (state.role !== 'leader' || event.to === state.config.self || !state.config.members.includes(event.to)) return idle(state);
       return { state, persist: null, messages: [{ to: event.to, message: { type: 'timeoutNow', term: state.term } }] };
+    case 'members':
+      return reconfigure(state, event.members, event.quorum, event.mode);
   }
+}
+
+function reconfigure(state: ElectionState, members: readonly ReplicaId[], quorum: number, mode: ElectionMode): ElectionStep {
+  assert(quorum >= 1 && quorum <= members.length, `quorum ${quorum} of ${members.length}`);
+  const member = members.includes(state.config.self);
+  const config: ElectionConfig = { ...state.config, members, quorum, mode: member ? mode : 'off' };
+  const kept = <V>(map: ReadonlyMap<ReplicaId, V>): Map<ReplicaId, V> => new Map([...map].filter(([m]) => members.includes(m)));
+  const next: ElectionState = { ...state, config, votes: new Set([...state.votes].filter((m) => members.includes(m))), answeredAtMs: kept(state.answeredAtMs) };
+  if (member || state.role === 'follower') return idle(next);
+  return idle({ ...next, role: 'follower', leader: NO_REPLICA, armed: false, votes: new Set() });
 }
 
 /** Whether this node may campaign on its own. */

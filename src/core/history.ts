@@ -22,6 +22,7 @@
 // it. Why that is safe: docs/rfc/0003-stale-records.md.
 //
 // Mutable and pure: no I/O, no clock; recovery folds thousands of records.
+import { MEMBERSHIP_NONE, membershipNote, membershipSettle, membershipStateParse, type Membership, type MembershipState } from './membership.js';
 import type { JournalRecord } from './record.js';
 import type { Lsn, ReplicaId, Term } from './types.js';
 import { isSynchro, type WithheldRange } from './withheld.js';
@@ -54,6 +55,8 @@ export interface HistoryState {
   readonly rolledBack: ReadonlyArray<readonly [number, ReadonlyArray<{ readonly from: number; readonly until: number; readonly voidable?: true }>]>;
   readonly withheld: readonly WithheldRange[];
   readonly ignored: readonly string[];
+  /** Absent in checkpoints written before membership changes: none. */
+  readonly membership?: MembershipState;
 }
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
@@ -71,6 +74,8 @@ export function historyStateParse(value: unknown): HistoryState | string {
   if (!Array.isArray(v.withheld) || !v.withheld.every((w: unknown) => typeof w === 'object' && w !== null && isCount((w as WithheldRange).from) && isCount((w as WithheldRange).to)
     && ['rolledBack', 'deposed'].includes((w as WithheldRange).reason))) return 'history.withheld: expected ranges';
   if (!Array.isArray(v.ignored) || !v.ignored.every((i: unknown) => typeof i === 'string' && /^\d+:\d+$/.test(i))) return 'history.ignored: expected replica:lsn strings';
+  const membership = membershipStateParse(v.membership);
+  if (typeof membership === 'string') return `history.${membership}`;
   return value as HistoryState;
 }
 
@@ -83,6 +88,8 @@ export class LimboHistory {
   #withheld: WithheldRange[] = [];
   /** Stale records ignored, by replica:lsn (rare: one per deposed leader's in-flight record). */
   readonly #ignored = new Set<string>();
+  /** Membership records and the one in effect (core/membership.ts). */
+  #membership: MembershipState = MEMBERSHIP_NONE;
 
   constructor(self: ReplicaId) {
     this.self = self;
@@ -96,6 +103,7 @@ export class LimboHistory {
     for (const [owner, ranges] of state.rolledBack) history.#rolledBack.set(owner, ranges.map((r) => ({ from: r.from, until: r.until, ...(r.voidable === true ? { voidable: true as const } : {}) })));
     history.#withheld = state.withheld.map((r) => ({ ...r }));
     for (const key of state.ignored) history.#ignored.add(key);
+    history.#membership = state.membership ?? MEMBERSHIP_NONE;
     return history;
   }
 
@@ -107,6 +115,7 @@ export class LimboHistory {
       rolledBack: [...this.#rolledBack].map(([owner, ranges]) => [owner, ranges.map((r) => ({ ...r }))] as const),
       withheld: this.#withheld.map((r) => ({ ...r })),
       ignored: [...this.#ignored],
+      membership: this.#membership,
     };
   }
 
@@ -134,6 +143,11 @@ export class LimboHistory {
     return (this.#confirmed.get(owner) ?? 0) as Lsn;
   }
 
+  /** The membership in effect: the confirmed membership record of the highest version; null: the static configuration. */
+  get membership(): Membership | null {
+    return this.#membership.current;
+  }
+
   /** This node's own records that it relays as empty TXNs. */
   get withheld(): readonly WithheldRange[] {
     return this.#withheld;
@@ -146,6 +160,13 @@ export class LimboHistory {
    * applies them again from its journal.
    */
   apply(record: JournalRecord): RevivedRange[] {
+    if (record.kind === 'config' && record.members !== undefined) this.#membership = membershipNote(this.#membership, record);
+    const revived = this.#decide(record);
+    if (this.#membership.candidates.length > 0) this.#membership = membershipSettle(this.#membership, (replica, lsn) => this.verdict(replica, lsn));
+    return revived;
+  }
+
+  #decide(record: JournalRecord): RevivedRange[] {
     if (this.isStale(record)) {
       if (record.kind === 'txn') {
         if (this.verdict(record.replica, record.lsn) === null) this.#rollBack(record.replica, record.lsn, record.lsn + 1, true);

@@ -64,7 +64,9 @@ export type LimboEvent =
   | { readonly kind: 'tick'; readonly nowMs: number }
   | { readonly kind: 'rollbackJournaled'; readonly fromLsn: Lsn; readonly recordLsn: Lsn }
   /** Leadership lost: nothing pending can be answered with certainty any more. */
-  | { readonly kind: 'abandon' };
+  | { readonly kind: 'abandon' }
+  /** A membership change took effect: quorums are counted among the new members from here on. */
+  | { readonly kind: 'members'; readonly members: readonly ReplicaId[]; readonly quorum: number };
 
 export type LimboAction =
   /** Write CONFIRM(confirmedLsn), COMMIT PREPARED the gids, answer their clients. */
@@ -101,6 +103,11 @@ export function limboStep(state: LimboState, event: LimboEvent): LimboStep {
       return timeout(settle(state), event.nowMs);
     case 'rollbackJournaled':
       return settle({ ...state, rollingBack: state.rollingBack.map((r) => (r.fromLsn === event.fromLsn ? { ...r, recordLsn: event.recordLsn } : r)) });
+    case 'members': {
+      assert(event.members.includes(state.config.owner), 'the owner stays a member');
+      assert(event.quorum >= 1 && event.quorum <= event.members.length, `quorum ${event.quorum} of ${event.members.length}`);
+      return settle({ ...state, config: { ...state.config, members: event.members, quorum: event.quorum } });
+    }
     case 'abandon': {
       const gids = [...state.rollingBack.flatMap((r) => r.gids), ...state.entries.map((e) => e.gid)];
       return { state: { ...state, entries: [], rollingBack: [] }, actions: gids.length > 0 ? [{ kind: 'unknown', gids }] : [] };

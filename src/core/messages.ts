@@ -37,7 +37,8 @@ export type PeerMessage =
   | { readonly kind: 'welcome'; readonly proof: Uint8Array }
   /** `gap`: the subscriber is behind the relay's journal start and did not ask for a snapshot. */
   | { readonly kind: 'refuse'; readonly reason: string; readonly gap?: boolean }
-  | { readonly kind: 'subscribe'; readonly vclock: VClock; readonly snapshot: boolean }
+  /** snapshot: take one when behind the relay's start; join: a new node, whose first sync is always a snapshot. */
+  | { readonly kind: 'subscribe'; readonly vclock: VClock; readonly snapshot: boolean; readonly join?: boolean }
   | { readonly kind: 'snapshot'; readonly floor: VClock; readonly history: unknown; readonly tables: readonly SnapshotTable[] }
   | { readonly kind: 'snapshotPart'; readonly table: string; readonly rows: string; readonly count: number }
   | { readonly kind: 'snapshotEnd'; readonly parts: number }
@@ -77,7 +78,7 @@ export function encodeMessage(message: PeerMessage): Uint8Array {
     case 'refuse':
       return codec.pack(message.gap === true ? { m: CODES.refuse, e: message.reason, g: true } : { m: CODES.refuse, e: message.reason });
     case 'subscribe':
-      return codec.pack(message.snapshot ? { m: CODES.subscribe, vc: message.vclock, s: true } : { m: CODES.subscribe, vc: message.vclock });
+      return codec.pack({ m: CODES.subscribe, vc: message.vclock, ...(message.snapshot ? { s: true } : {}), ...(message.join === true ? { j: true } : {}) });
     case 'snapshot':
       return codec.pack({ m: CODES.snapshot, f: message.floor, h: message.history, t: message.tables.map((t) => ({ n: t.name, o: t.mode, c: t.shape.columns, k: t.shape.key })) });
     case 'snapshotPart':
@@ -153,7 +154,7 @@ function parse(value: unknown): PeerMessage {
       if (typeof w.e !== 'string') fail('reason', 'expected a string');
       return { kind: 'refuse', reason: w.e.slice(0, 1000), gap: w.g === true };
     case CODES.subscribe:
-      return { kind: 'subscribe', vclock: vclock(w.vc), snapshot: w.s === true };
+      return { kind: 'subscribe', vclock: vclock(w.vc), snapshot: w.s === true || w.j === true, ...(w.j === true ? { join: true } : {}) };
     case CODES.snapshot: {
       const floor = vclockParse(w.f);
       if (typeof floor === 'string') fail('floor', floor);

@@ -95,7 +95,12 @@ export interface DemoteRecord extends RecordHeader {
 
 export interface Member {
   readonly replica: ReplicaId;
+  /** The peer address, host:port. */
   readonly address: string;
+  /** The client address, given to clients with NOT_LEADER. */
+  readonly client?: string;
+  /** The admin HTTP address. */
+  readonly admin?: string;
 }
 
 /** A replicated table's columns (quoted name, type) and primary key: what every node must agree on. */
@@ -113,8 +118,10 @@ export interface ConfigRecord extends RecordHeader {
   readonly ddl?: string;
   /** The role the schema change runs as on every node (a client library call); absent: the sidecar's own. */
   readonly ddlRole?: string;
+  /** A membership change (core/membership.ts): every member after it, the quorum, and the version it becomes. */
   readonly members?: readonly Member[];
   readonly quorum?: number;
+  readonly membersVersion?: number;
   readonly synchroTimeoutMs?: number;
   readonly electionTimeoutMs?: number;
 }
@@ -233,8 +240,9 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
       if (r.ddl !== undefined) wire.dd = r.ddl;
       if (r.ddlRole !== undefined) wire.dr = r.ddlRole;
       if (r.shapes !== undefined) wire.sh = Object.fromEntries(Object.entries(r.shapes).map(([t, shape]) => [t, { c: shape.columns, k: shape.key }]));
-      if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address }));
+      if (r.members !== undefined) wire.m = r.members.map((m) => ({ r: m.replica, a: m.address, ...(m.client === undefined ? {} : { c: m.client }), ...(m.admin === undefined ? {} : { ad: m.admin }) }));
       if (r.quorum !== undefined) wire.q = r.quorum;
+      if (r.membersVersion !== undefined) wire.mv = r.membersVersion;
       if (r.synchroTimeoutMs !== undefined) wire.st = r.synchroTimeoutMs;
       if (r.electionTimeoutMs !== undefined) wire.et = r.electionTimeoutMs;
       break;
@@ -400,10 +408,17 @@ function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): Con
       return {
         replica: field(m, 'r', `members[${i}].replica`, isReplicatedId, 'a replica id 1..31'),
         address: field(m, 'a', `members[${i}].address`, isAddress, 'a host:port string'),
+        ...(m.c === undefined ? {} : { client: field(m, 'c', `members[${i}].client`, isAddress, 'a host:port string') }),
+        ...(m.ad === undefined ? {} : { admin: field(m, 'ad', `members[${i}].admin`, isAddress, 'a host:port string') }),
       };
     });
+    if (new Set(config.members.map((m) => m.replica)).size !== config.members.length) fail('members', 'a replica id appears twice');
   }
   if (wire.q !== undefined) config.quorum = field(wire, 'q', 'quorum', isPositiveInt, 'a positive integer');
+  if (wire.mv !== undefined) config.membersVersion = field(wire, 'mv', 'membersVersion', isPositiveInt, 'a positive integer');
+  if ((config.members === undefined) !== (config.membersVersion === undefined) || (config.members !== undefined && (config.quorum === undefined || config.quorum > config.members.length))) {
+    fail('members', 'a membership change carries members, a quorum of at most their number, and a version');
+  }
   if (wire.st !== undefined) config.synchroTimeoutMs = field(wire, 'st', 'synchroTimeoutMs', isPositiveInt, 'a positive integer');
   if (wire.et !== undefined) config.electionTimeoutMs = field(wire, 'et', 'electionTimeoutMs', isPositiveInt, 'a positive integer');
   return config;

@@ -168,8 +168,8 @@ export class RelayServer {
   #cursorFor(link: Link, subscriber: ReplicaId, subscribe: PeerMessage & { kind: 'subscribe' }): { cursor: JournalCursor; offer: SnapshotOffer | null } {
     const { journal } = this.#options;
     const oldest = journal.oldestVclock;
-    if (vclockCovers(subscribe.vclock, oldest, { ignoreLocal: true })) return { cursor: journal.cursor(subscribe.vclock, { follow: true }), offer: null };
-    const behind = `replica ${subscriber} lacks records this node no longer keeps (it holds ${vclockFormat(subscribe.vclock)}; this journal starts at ${vclockFormat(oldest)})`;
+    if (subscribe.join !== true && vclockCovers(subscribe.vclock, oldest, { ignoreLocal: true })) return { cursor: journal.cursor(subscribe.vclock, { follow: true }), offer: null };
+    const behind = subscribe.join === true ? `replica ${subscriber} is joining the cluster` : `replica ${subscriber} lacks records this node no longer keeps (it holds ${vclockFormat(subscribe.vclock)}; this journal starts at ${vclockFormat(oldest)})`;
     if (!subscribe.snapshot) {
       const first = !this.#gapsLogged.has(subscriber);
       this.#gapsLogged.add(subscriber);
@@ -238,6 +238,8 @@ export interface SubscriberOptions {
   readonly onRaft?: (message: ElectionMessage) => void;
   /** Whether to ask for a snapshot should the peer lack records this node needs. */
   readonly takesSnapshot?: () => boolean;
+  /** A new node (qsync join): its first sync is a snapshot, whatever its vclock. */
+  readonly joining?: () => boolean;
   /** The peer lacks records this node needs, and no snapshot was asked for. */
   readonly onGap?: (reason: string) => void;
   /** The peer sends a snapshot: where it goes (null: refused). */
@@ -343,7 +345,8 @@ export class Subscriber {
     this.lastError = null;
     this.#gap = false;
     log.info({ peer: peer.replica, address: `${peer.host}:${peer.port}` }, `peer ${peer.replica} connected`);
-    link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: this.#options.takesSnapshot?.() ?? false });
+    const join = this.#options.joining?.() ?? false;
+    link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: join || (this.#options.takesSnapshot?.() ?? false), ...(join ? { join } : {}) });
     let outstanding = 0;
     let ackPending = false;
     let failure: Error | null = null;

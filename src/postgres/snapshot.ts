@@ -62,6 +62,28 @@ export interface SnapshotLoad {
   abort(): Promise<void>;
 }
 
+/** An identifier as quote_ident writes it, and a type as format_type does: what a peer's shape may carry into SQL. */
+const IDENT = /^(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")$/;
+const QUALIFIED = /^(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")\.(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")$/;
+const TYPE = /^[A-Za-z_][A-Za-z0-9_ .,()"[\]]*$/;
+
+/**
+ * A table the snapshot announces and this node lacks (a node joining):
+ * created with the peer's columns, types and primary key. Defaults,
+ * constraints and indexes are not part of a shape: create the tables before
+ * joining to have them.
+ */
+async function createMissing(client: pg.ClientBase, table: SnapshotTable): Promise<void> {
+  const { rows } = await client.query<{ found: boolean }>('SELECT to_regclass($1) IS NOT NULL AS found', [table.name]);
+  if (rows[0]?.found === true) return;
+  const { columns, key } = table.shape;
+  const safe = QUALIFIED.test(table.name) && columns.length > 0 && columns.every(([c, t]) => IDENT.test(c) && TYPE.test(t) && !t.includes('--')) && key.length > 0 && key.every((k) => IDENT.test(k));
+  if (!safe) throw new TableError(table.name, 'it does not exist here, and the peer\'s description of it cannot be made into a CREATE TABLE safely; create it as on the peer');
+  const schema = table.name.slice(0, table.name.search(/\.(?=(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")$)/));
+  await client.query(`CREATE SCHEMA IF NOT EXISTS ${schema}`);
+  await client.query(`CREATE TABLE ${table.name} (${columns.map(([c, t]) => `${c} ${t}`).join(', ')}, PRIMARY KEY (${key.join(', ')}))`);
+}
+
 /**
  * The rejoining side, on `client` (a connection of its own): check each
  * table against the source's shape (a difference names the column), set the
@@ -74,6 +96,7 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
   // The peer's names, resolved here: only this node's canonical names (format('%I.%I')) go into SQL.
   const canonical = new Map<string, string>(STATE_TABLES.map((t) => [t, t]));
   for (const table of tables) {
+    await createMissing(client, table);
     const here = await describeTable(client, table.name).catch((error: unknown) => {
       throw error instanceof TableError ? new TableError(table.name, `the rejoin needs it here as on the peer: ${error.message}`) : error;
     });

@@ -1,6 +1,7 @@
 // Sidecar configuration: a JSON file, then QSYNC_* environment variables,
 // then flags (later sources win), validated at once with every problem listed.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { QsyncError } from '../core/errors.js';
@@ -127,6 +128,34 @@ function readConfigFile(file: string): Record<string, unknown> {
   return parsed as Record<string, unknown>;
 }
 
+/** What qsync join writes into the data directory: the id the node joined as, its cluster and the members then. */
+export const MEMBER_FILE = 'member.json';
+/** Present from qsync join until the node has loaded its first snapshot. */
+export const JOINING_FILE = 'joining';
+
+/**
+ * A data directory a node joined with (qsync join) supplies the replica id,
+ * the cluster id and the first peers; a setting given otherwise must agree.
+ */
+function readMemberFile(raw: Record<string, unknown>): void {
+  if (typeof raw.dataDir !== 'string') return;
+  const file = join(raw.dataDir, MEMBER_FILE);
+  if (!existsSync(file)) return;
+  let member: { replicaId?: unknown; clusterId?: unknown; peers?: unknown };
+  try {
+    member = JSON.parse(readFileSync(file, 'utf8')) as typeof member;
+  } catch (error) {
+    throw new ConfigError([`--data-dir: ${file} (written by qsync join) cannot be read: ${(error as Error).message}`]);
+  }
+  const problems: string[] = [];
+  for (const key of ['replicaId', 'clusterId'] as const) {
+    if (raw[key] !== undefined && raw[key] !== member[key]) problems.push(`--${key === 'replicaId' ? 'replica-id' : 'cluster-id'}: ${JSON.stringify(raw[key])} differs from ${JSON.stringify(member[key])}, which this data directory joined as (${file}); leave it out`);
+    raw[key] ??= member[key];
+  }
+  raw.peers ??= member.peers;
+  if (problems.length > 0) throw new ConfigError(problems);
+}
+
 /** Read file, environment and flags into one raw object (not yet validated). */
 export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Record<string, unknown> {
   const options: Record<string, { type: 'string' | 'boolean' }> = { config: { type: 'string' } };
@@ -141,6 +170,7 @@ export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): R
     const fromFlag = values[s.flag];
     if (fromFlag !== undefined) raw[s.key] = typeof fromFlag === 'boolean' ? fromFlag : convert(s.kind, fromFlag);
   }
+  readMemberFile(raw);
   return raw;
 }
 

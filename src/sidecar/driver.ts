@@ -26,7 +26,9 @@ import { parseGid } from '../core/gid.js';
 import { historyStateParse, LimboHistory, type HistoryState, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
-import type { JournalRecord, TableMode, TxnRecord } from '../core/record.js';
+import { membershipChange, type Membership, type MembershipChange } from '../core/membership.js';
+import type { ConfigRecord, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
+import { gidFor } from '../core/gid.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
 import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
 import { emptied, isWithheld } from '../core/withheld.js';
@@ -52,6 +54,8 @@ export interface DriverOptions<S, W> {
   readonly bugs?: PlantedBugs;
   /** Told of commits, elections, step-downs, timeouts and refusals (metrics, Redis events). */
   readonly observe?: NodeObserver;
+  /** A new node (qsync join): its first sync is a snapshot; `done` once one is loaded. */
+  readonly joining?: { readonly done: () => void };
 }
 
 interface Waiter {
@@ -136,6 +140,20 @@ export class NodeDriver<S, W> {
    * so each is checked by its own lsn, not by the highest applied.
    */
   #exactTo: VClock = [];
+  /** The membership version the election, the limbo and the transport were last told of (0: the static configuration). */
+  #membersVersion = 0;
+  /** Gids standing for membership records in the limbo: no prepared transaction is behind them. */
+  readonly #memberGids = new Set<string>();
+  /** A membership change this leader is making (one at a time). */
+  #changingMembers = false;
+  /** A new node that has not loaded its first snapshot yet. */
+  #joining: { readonly done: () => void } | null;
+  /**
+   * The last membership change this leader made, up to its CONFIRM: the next
+   * one waits until a quorum of its members holds that. (A new leader needs
+   * no such wait: its PROMOTE, held by a quorum, follows the CONFIRM.)
+   */
+  #membersTarget: { readonly version: number; readonly lsn: Lsn } | null = null;
 
   constructor(options: DriverOptions<S, W>) {
     const { config, journal } = options;
@@ -148,12 +166,13 @@ export class NodeDriver<S, W> {
     this.#onFatal = options.onFatal;
     this.#bugs = options.bugs ?? {};
     this.#observe = options.observe ?? (() => undefined);
+    this.#joining = options.joining ?? null;
+    this.#history = new LimboHistory(this.#self);
     const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
     this.#election = electionCreate({
       self: this.#self, members: this.#members, quorum: config.quorum,
       mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
     }, durable, options.seed, this.#clock.nowMs());
-    this.#history = new LimboHistory(this.#self);
     this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
     this.#db.onLost(() => this.#lost());
@@ -172,14 +191,54 @@ export class NodeDriver<S, W> {
     return this.#election.term;
   }
 
+  /** The membership in effect: the last confirmed membership record, or the static configuration (version 0). */
+  get membership(): Membership {
+    const confirmed = this.#history.membership;
+    if (confirmed !== null) return confirmed;
+    const { config } = this;
+    const self: Member = { replica: this.#self, address: `${config.peerHost}:${config.peerPort}`, client: `${config.clientHost}:${config.clientPort}`, ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }) };
+    const peers = config.peers.map((p): Member => ({ replica: p.replica as ReplicaId, address: `${p.host}:${p.port}`, ...(p.client === undefined ? {} : { client: p.client }), ...(p.admin === undefined ? {} : { admin: p.admin }) }));
+    return { members: [self, ...peers].sort((a, b) => a.replica - b.replica), quorum: config.quorum, version: 0 };
+  }
+
   get #members(): ReplicaId[] {
-    return [this.#self, ...this.config.peers.map((p) => p.replica as ReplicaId)];
+    return this.membership.members.map((m) => m.replica);
+  }
+
+  get #quorum(): number {
+    return this.membership.quorum;
+  }
+
+  /** The other members. */
+  get #peers(): readonly Member[] {
+    return this.membership.members.filter((m) => m.replica !== this.#self);
+  }
+
+  /**
+   * After the history took records: if they put a new membership into effect,
+   * tell the election, the limbo and the peer links.
+   */
+  #membershipFollow(): void {
+    const membership = this.#history.membership;
+    if (membership === null || membership.version === this.#membersVersion) return;
+    this.#membersVersion = membership.version;
+    const members = membership.members.map((m) => m.replica);
+    this.#election = electionStep(this.#election, { kind: 'members', members, quorum: membership.quorum, mode: this.config.electionMode }, { nowMs: this.#clock.nowMs(), vclock: this.#journal.vclock }).state;
+    if (this.#limbo !== null && members.includes(this.#self)) this.#step({ kind: 'members', members, quorum: membership.quorum });
+    this.#transport.setPeers(this.#peers);
+    const removed = !members.includes(this.#self);
+    this.log[removed ? 'error' : 'info']({ version: membership.version, members, quorum: membership.quorum }, removed
+      ? `node ${this.#self} is no longer a member of the cluster: it neither votes nor campaigns; stop its sidecar (its PostgreSQL keeps its data)`
+      : `membership version ${membership.version} in effect: nodes ${members.join(', ')}, quorum ${membership.quorum}`);
+    if (removed && this.#writable) this.#stepDown('removed from the cluster');
+    this.#emit({ kind: 'membership', term: this.term, version: membership.version, members, quorum: membership.quorum });
   }
 
   /** Recover, then serve: peer links and the tick. */
   async start(): Promise<void> {
     await this.#recover();
     this.#recovered = true;
+    this.#membershipFollow();
     // qsync.node may still say what a previous life of this node was (a leader): it starts as a follower.
     void this.#publish();
     const { config } = this;
@@ -194,6 +253,7 @@ export class NodeDriver<S, W> {
         if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
       },
       takesSnapshot: () => this.#rejoin === null && (config.rejoin === 'auto' || this.#rejoinAllowed),
+      joining: () => this.#rejoin === null && this.#joining !== null,
       onGap: (peer, reason) => {
         if (this.#rejoin !== null) return; // a subscription made while one peer's snapshot loads
         if (this.#gap === null) this.log.error({ peer, reason }, 'this node lacks records its peers no longer keep: it needs a rejoin by snapshot (qsync rejoin)');
@@ -343,6 +403,7 @@ export class NodeDriver<S, W> {
       this.#emit({ kind: 'splitBrain', term: this.term, from: record.replica, recordTerm: record.term, lsn: record.lsn });
     }
     this.#revived.push(...this.#history.apply(record));
+    this.#membershipFollow();
     this.#hybrid = Math.max(this.#hybrid, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
@@ -512,8 +573,8 @@ export class NodeDriver<S, W> {
     this.#retaining = true;
     try {
       const applied = this.#applied;
-      const peers = this.config.peers.map((p) => this.#peerVclocks.get(p.replica as ReplicaId) ?? []);
-      const holders = retention.sizeBytes > this.config.journalRetainBytes ? this.config.quorum - 1 : peers.length;
+      const peers = this.#peers.map((p) => this.#peerVclocks.get(p.replica) ?? []);
+      const holders = retention.sizeBytes > this.config.journalRetainBytes ? this.#quorum - 1 : peers.length;
       const bound = new Map<number, number>(vclockEntries(applied));
       bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), Math.min(...this.#ownInFlight, Number.MAX_SAFE_INTEGER) - 1));
       for (const [replica, lsn] of bound) {
@@ -563,9 +624,9 @@ export class NodeDriver<S, W> {
    */
   #offerSnapshot(subscriber: ReplicaId): SnapshotOffer | null {
     if (this.#rejoin !== null || !this.#recovered || this.#stopping) return null;
-    const checkpoint = readCheckpointState(this.#journal);
-    if (checkpoint === null) return null;
-    this.log.info({ subscriber, floor: checkpoint.vclock }, `node ${subscriber} lacks records this journal no longer holds: sending it a snapshot`);
+    // A journal that never removed a record starts at nothing, with nothing decided (a node joining).
+    const checkpoint = readCheckpointState(this.#journal) ?? { vclock: [], history: new LimboHistory(this.#self).toState(), exactTo: [] };
+    this.log.info({ subscriber, floor: checkpoint.vclock }, `node ${subscriber} needs a snapshot (it joins, or lacks records this journal no longer holds): sending one`);
     return {
       floor: checkpoint.vclock,
       begin: async () => {
@@ -592,7 +653,9 @@ export class NodeDriver<S, W> {
     }
     this.#rejoin = { peer };
     this.#recovered = false;
-    this.log.warn({ peer, floor: begin.floor, tables: begin.tables.map((t) => t.name) }, `rejoining by snapshot from node ${peer}: this node lacks records its peers no longer keep; its replicated tables are replaced (local tables stay)`);
+    const tables = begin.tables.map((t) => t.name);
+    if (this.#joining === null) this.log.warn({ peer, floor: begin.floor, tables }, `rejoining by snapshot from node ${peer}: this node lacks records its peers no longer keep; its replicated tables are replaced (local tables stay)`);
+    else this.log.info({ peer, floor: begin.floor, tables }, `joining: taking a snapshot from node ${peer}; tables missing here are created with its columns and primary key`);
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));
     const load = this.#queue.then(async () => {
@@ -628,8 +691,10 @@ export class NodeDriver<S, W> {
           this.#fatal('starting the journal over after a snapshot', error);
           throw error;
         }
-        this.log.info({ peer, rows, parts, vclock: this.#journal.vclock }, `rejoined by snapshot from node ${peer}: its records from the snapshot's point on follow`);
+        this.log.info({ peer, rows, parts, vclock: this.#journal.vclock }, `${this.#joining === null ? 'rejoined' : 'joined'} by snapshot from node ${peer}: its records from the snapshot's point on follow`);
         done(null);
+        this.#joining?.done();
+        this.#joining = null;
         void this.#publish();
       },
       abort: async (reason) => {
@@ -655,6 +720,7 @@ export class NodeDriver<S, W> {
     await retention.rebase(start, keep, checkpointState(adopted.toState(), exactTo));
     for (const record of keep) adopted.apply(record);
     this.#history = adopted;
+    this.#membershipFollow();
     this.#exactTo = exactTo;
     this.#revived = [];
     this.#applied = this.#journal.vclock;
@@ -759,7 +825,7 @@ export class NodeDriver<S, W> {
     this.#queue = applied.catch(() => undefined);
     await applied;
     if (!still()) return;
-    const quorum = this.config.quorum - (this.#bugs.quorumOffByOne === true ? 1 : 0);
+    const quorum = this.#quorum - (this.#bugs.quorumOffByOne === true ? 1 : 0);
     this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
     this.#ownDurable();
     if (!(await this.#until(() => this.#quorumHolds(vclockFromEntries([[this.#self, lsn]])), still))) return;
@@ -773,7 +839,7 @@ export class NodeDriver<S, W> {
 
   #quorumHolds(target: VClock): boolean {
     const holders = this.#members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target));
-    return holders.length >= this.config.quorum;
+    return holders.length >= this.#quorum;
   }
 
   /** Poll until `done` (true) or until `still` stops holding (false). */
@@ -832,8 +898,9 @@ export class NodeDriver<S, W> {
       journal: { start: this.#journal.retention?.oldestVclock ?? [], bytes: this.#journal.retention?.sizeBytes ?? null },
       splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
       stuck: this.#retrying !== null ? `${this.#retrying.what} keeps failing: ${this.#retrying.error}` : this.#rejoin !== null ? `rejoining by snapshot from node ${this.#rejoin.peer}` : this.#gap,
-      peers: this.config.peers.map((p) => {
-        const replica = p.replica as ReplicaId;
+      members: { version: this.membership.version, quorum: this.#quorum, nodes: this.membership.members },
+      peers: this.#peers.map((p) => {
+        const replica = p.replica;
         const vclock = this.#peerVclocks.get(replica) ?? [];
         const heardAt = this.#peerHeardAt.get(replica);
         const lag = this.#lag.lag(vclock, tail, now);
@@ -888,7 +955,7 @@ export class NodeDriver<S, W> {
    */
   async transfer(to: ReplicaId): Promise<NodeStatus> {
     if (!this.#writable) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; transfer from the leader`);
-    if (!this.config.peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
+    if (!this.#peers.some((p) => p.replica === to)) throw new QsyncError('BAD_REQUEST', `replica ${to} is not a peer of node ${this.#self}`);
     if (this.#transfer !== null) throw new QsyncError('BAD_REQUEST', 'a transfer is already in progress');
     const term = this.term;
     const budgetMs = 3 * this.config.electionTimeoutMs;
@@ -910,6 +977,89 @@ export class NodeDriver<S, W> {
     }
   }
 
+  /**
+   * Add a node or remove one (docs/rfc/0010-membership.md): only a leader
+   * whose own term's PROMOTE a quorum holds (it has confirmed an entry of its
+   * term), one change at a time, one node at a time. The CONFIG record is a
+   * limbo entry: confirmed by a quorum of the members before it, it takes
+   * effect on each node as that node learns so. Resolves once a quorum of the
+   * new members holds the confirmation too, so that the next change cannot
+   * meet a node still counting quorums among the members before this one.
+   */
+  async changeMembers(change: MembershipChange): Promise<{ membership: Membership; replica: ReplicaId }> {
+    if (!this.#writable) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change membership through ${this.leaderName()}`);
+    if (this.#changingMembers) throw new QsyncError('BAD_REQUEST', 'a membership change is in progress; one node at a time: retry once it is done');
+    const current = this.membership;
+    if (change.kind === 'add') {
+      // A join retried (its first answer was lost): the node is a member already.
+      const same = current.members.find((m) => m.address === change.member.address && m.client === change.member.client && m.admin === change.member.admin);
+      if (same !== undefined) return { membership: current, replica: same.replica };
+    }
+    const held = this.#membersHeld();
+    if (held !== null) throw new QsyncError('BAD_REQUEST', held);
+    const taken = vclockEntries(this.#journal.tailVclock).map(([replica]) => replica).filter((r) => r !== REPLICA_LOCAL);
+    const next = membershipChange(current, change, taken, this.#self);
+    if (typeof next === 'string') throw new QsyncError('BAD_REQUEST', next);
+    const replica = change.kind === 'remove' ? change.replica : (next.members.find((m) => !current.members.some((c) => c.replica === m.replica)) as Member).replica;
+    this.#changingMembers = true;
+    try {
+      let gid = '';
+      const decided = new Promise<void>((resolve, reject) => {
+        const { lsn } = this.#own.reserve();
+        gid = gidFor(this.config.clusterId, this.#self, lsn);
+        this.#memberGids.add(gid);
+        this.#waiters.set(gid, { resolve, reject });
+        const record: ConfigRecord = { kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), members: next.members, quorum: next.quorum, membersVersion: next.version };
+        this.#own.submit(record).then(() => this.#ownDurable(), (error: unknown) => this.#fatal('journaling a membership change', error));
+      });
+      this.log.info({ change: change.kind, replica, version: next.version, members: next.members.map((m) => m.replica), quorum: next.quorum }, `membership change: ${change.kind === 'add' ? `adding node ${replica}` : `removing node ${replica}`}`);
+      await decided.finally(() => this.#memberGids.delete(gid));
+      // The CONFIRM was appended before the entry was answered.
+      this.#membersTarget = { version: next.version, lsn: vclockGet(this.#journal.tailVclock, this.#self) };
+      const term = this.term;
+      const inTime = this.#clock.nowMs() + this.config.synchroTimeoutMs;
+      const settled = await this.#until(() => this.#membersHeld() === null, () => !this.#stopping && this.#election.term === term && this.#clock.nowMs() < inTime);
+      if (!settled) {
+        throw new QsyncError('OUTCOME_UNKNOWN', `the membership change to version ${next.version} is confirmed, but a quorum of the new members did not hold it within ${this.config.synchroTimeoutMs} ms; the next change waits for that (see qsync status)`);
+      }
+      return { membership: next, replica };
+    } finally {
+      this.#changingMembers = false;
+    }
+  }
+
+  /** Why the membership is not yet safe to change again (this leader's last change not held by a quorum of its members), or null. */
+  #membersHeld(): string | null {
+    const target = this.#membersTarget;
+    if (target === null) return null;
+    const membership = this.membership;
+    if (membership.version < target.version) return `membership version ${target.version} is not in effect here yet`;
+    const confirm = vclockFromEntries([[this.#self, target.lsn]]);
+    const holders = membership.members.filter((m) => vclockCovers(m.replica === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m.replica) ?? [], confirm)).length;
+    if (membership.version > target.version || holders >= membership.quorum) {
+      this.#membersTarget = null;
+      return null;
+    }
+    return `the last membership change (version ${target.version}) is held by ${holders} of its ${membership.members.length} members, not yet by a quorum of ${membership.quorum}: the next change waits for that`;
+  }
+
+  /** A membership record this leader wrote: a limbo entry with no prepared transaction behind it. */
+  #memberEntry(record: ConfigRecord): void {
+    const gid = gidFor(this.config.clusterId, this.#self, record.lsn);
+    if (this.#limbo === null) {
+      this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while the membership change was written; the next leader decides it (see qsync status)`));
+      return;
+    }
+    this.#step({ kind: 'append', entry: { lsn: record.lsn, gid, createdAtMs: this.#clock.nowMs() } });
+  }
+
+  /** Answer the membership entries among `gids` (null: confirmed); the rest are prepared transactions. */
+  #settleMembers(gids: readonly string[], error: QsyncError | null): string[] {
+    if (this.#memberGids.size === 0) return [...gids];
+    for (const gid of gids) if (this.#memberGids.has(gid)) this.#settle(gid, error);
+    return gids.filter((gid) => !this.#memberGids.has(gid));
+  }
+
   // ---- the limbo -----------------------------------------------------------------
 
   #step(event: LimboEvent): void {
@@ -926,7 +1076,7 @@ export class NodeDriver<S, W> {
         // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
         const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
         void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
-        this.#finishUntilDone('commit', action.gids, (gid) => {
+        this.#finishUntilDone('commit', this.#settleMembers(action.gids, null), (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, null);
         }, (gid) => this.#settle(gid, null));
@@ -937,7 +1087,7 @@ export class NodeDriver<S, W> {
         return;
       case 'rolledBack':
         // A quorum holds the ROLLBACK: no new leader can commit these any more.
-        this.#finishUntilDone('rollback', action.gids, (gid) => {
+        this.#finishUntilDone('rollback', this.#settleMembers(action.gids, new QsyncError('ROLLED_BACK', `the membership change was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`)), (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
         });
@@ -974,7 +1124,7 @@ export class NodeDriver<S, W> {
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
       this.#ownDurable();
-      this.#finishUntilDone('rollback', unsent, (gid) => {
+      this.#finishUntilDone('rollback', this.#settleMembers(unsent, new QsyncError('ROLLED_BACK', `the membership change was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`)), (gid) => {
         this.#prepared.delete(gid);
         this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
       });
@@ -995,6 +1145,11 @@ export class NodeDriver<S, W> {
 
   #ownAppended(record: JournalRecord): void {
     this.#revived.push(...this.#history.apply(record));
+    this.#membershipFollow();
+    if (record.kind === 'config' && record.members !== undefined) {
+      this.#memberEntry(record);
+      return;
+    }
     if (record.kind !== 'txn' || !record.sync) return;
     if (isWithheld(this.#history.withheld, record)) {
       // Written after a PROMOTE deposed this node: void, relayed to no one as written. Certain.
@@ -1258,7 +1413,7 @@ export class NodeDriver<S, W> {
     const leader = this.#election.leader;
     if (leader === NO_REPLICA) return undefined;
     if (leader === this.#self) return `${this.config.clientHost}:${this.config.clientPort}`;
-    return this.config.peers.find((p) => p.replica === leader)?.client;
+    return this.#peers.find((p) => p.replica === leader)?.client;
   }
 
   leaderName(): string {
@@ -1292,6 +1447,8 @@ export interface NodeStatus {
   readonly promoted: { readonly committed: number; readonly rolledBack: number };
   /** Work the journal decided that has failed 4 times in a row and is still retried (a table that differs from the leader's, PostgreSQL away); null when none. */
   readonly stuck: string | null;
+  /** The membership in effect: version 0 is the static configuration (--peers), each change adds one. */
+  readonly members: { readonly version: number; readonly quorum: number; readonly nodes: readonly Member[] };
   /** Per peer: its link is up, what it acknowledged, how far behind this journal's tail it is, when it was last heard. */
   readonly peers: ReadonlyArray<{
     readonly replica: number; readonly connected: boolean; readonly vclock: VClock;

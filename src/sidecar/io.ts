@@ -4,7 +4,7 @@
 // (test/sim) passes simulated ones driven by one seed. The driver itself is
 // the same code in both, so what the simulator finds is in production.
 import type { ElectionMessage } from '../core/election.js';
-import type { Change, JournalRecord, TableMode } from '../core/record.js';
+import type { Change, JournalRecord, Member, TableMode } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { ApplyOutcome, LeaderOutcome, PreparedStore, SnapshotLoad, SnapshotPart, SnapshotTable, TableModeChange, TableModeOptions } from '../postgres/index.js';
@@ -70,6 +70,8 @@ export interface TransportHandlers {
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
   /** Whether subscriptions ask for a snapshot when the peer lacks records this node needs (a rejoin). */
   readonly takesSnapshot: () => boolean;
+  /** A new node (qsync join) that has not loaded its first snapshot: every subscription asks for one. */
+  readonly joining: () => boolean;
   /** A peer lacks records this node needs and no snapshot was asked for: why, for status. */
   readonly onGap: (peer: ReplicaId, reason: string) => void;
   /** A subscriber this journal cannot serve asked for a snapshot: where it starts and its parts (null: refused). */
@@ -107,6 +109,8 @@ export interface SnapshotSink {
 export interface Transport {
   start(handlers: TransportHandlers): Promise<void>;
   sendRaft(to: ReplicaId, message: ElectionMessage): void;
+  /** The other members changed: subscribe to new ones, drop the links to those gone. Before start: the peers to start with. */
+  setPeers(peers: readonly Member[]): void;
   connected(replica: ReplicaId): boolean;
   stop(): Promise<void>;
 }
@@ -200,6 +204,8 @@ export type NodeEvent =
   /** A limbo record of an older term, taken without effect. */
   | { readonly kind: 'splitBrain'; readonly term: Term; readonly from: ReplicaId; readonly recordTerm: Term; readonly lsn: Lsn }
   /** A write that named an older term than this node's, refused. */
-  | { readonly kind: 'staleTerm'; readonly term: Term; readonly given: Term };
+  | { readonly kind: 'staleTerm'; readonly term: Term; readonly given: Term }
+  /** A membership change took effect here. */
+  | { readonly kind: 'membership'; readonly term: Term; readonly version: number; readonly members: readonly ReplicaId[]; readonly quorum: number };
 
 export type NodeObserver = (event: NodeEvent) => void;

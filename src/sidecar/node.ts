@@ -7,6 +7,8 @@
 // the driver recovers and serves.
 import pg from 'pg';
 import { randomInt, createHash } from 'node:crypto';
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { Metrics } from '../admin/metrics.js';
 import { adminRequest, AdminServer } from '../admin/server.js';
 import { clusterView, type ClusterView } from '../admin/view.js';
@@ -15,7 +17,7 @@ import { connect as connectClient, QsyncClientError, type Db } from '../client/i
 import type { Consistency, Statement } from '../core/client-protocol.js';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
-import type { TableMode } from '../core/record.js';
+import type { Member, TableMode } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
@@ -23,11 +25,20 @@ import { TcpTransport } from '../net/transport.js';
 import { checkServer, migrate } from '../postgres/index.js';
 import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
-import type { SidecarConfig } from './config.js';
+import { JOINING_FILE, type SidecarConfig } from './config.js';
 import { NodeDriver, type NodeStatus } from './driver.js';
 import type { Clock, NodeEvent } from './io.js';
 
 export type { NodeStatus } from './driver.js';
+
+/** What POST /members and DELETE /members/:id answer: the node added or removed, and the members after. */
+export interface JoinAnswer {
+  readonly replica: number;
+  readonly cluster: string;
+  readonly version: number;
+  readonly quorum: number;
+  readonly members: readonly Member[];
+}
 
 /** The node's status as the admin interface shows it: the driver's, plus what only production has. */
 export interface SidecarStatus extends NodeStatus {
@@ -101,6 +112,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers }),
       seed: randomInt(1, 2 ** 32 - 1),
       observe: (event) => this.#observe(event),
+      ...(existsSync(join(config.dataDir, JOINING_FILE)) ? { joining: { done: () => rmSync(join(config.dataDir, JOINING_FILE), { force: true }) } } : {}),
       onFatal: () => {
         process.exitCode = 1;
         void this.stop().finally(() => process.exit(1));
@@ -209,7 +221,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   cluster(): Promise<ClusterView> {
-    return clusterView(this.status(), this.config.peers, (admin) => adminRequest<SidecarStatus>(admin, 'GET', '/status', { timeoutMs: 1_000 }));
+    const self = this.config.replicaId;
+    return clusterView(this.status(), this.#driver.membership.members.filter((m) => m.replica !== self), (admin) => adminRequest<SidecarStatus>(admin, 'GET', '/status', { timeoutMs: 1_000 }));
   }
 
   tables(): Promise<Array<{ table: string; mode: TableMode }>> {
@@ -219,6 +232,17 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** A schema change on every node, for the admin interface (its token is the authority; the leader only). */
   runDdl(sql: string): Promise<{ lsn: number }> {
     return this.#driver.runDdl(sql);
+  }
+
+  /** Add a node (leader only): the replica id it takes and the members, for qsync join. */
+  async addMember(member: { address: string; client?: string; admin?: string }): Promise<JoinAnswer> {
+    const { membership, replica } = await this.#driver.changeMembers({ kind: 'add', member });
+    return { replica, cluster: this.config.clusterId, version: membership.version, quorum: membership.quorum, members: membership.members };
+  }
+
+  async removeMember(replica: ReplicaId): Promise<JoinAnswer> {
+    const { membership } = await this.#driver.changeMembers({ kind: 'remove', replica });
+    return { replica, cluster: this.config.clusterId, version: membership.version, quorum: membership.quorum, members: membership.members };
   }
 
   changeTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {

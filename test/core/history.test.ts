@@ -10,9 +10,10 @@ import { codec, type JournalRecord } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 
 /** A journal of limbo records from replicas 1-3: sync TXNs, CONFIRMs, ROLLBACKs and PROMOTEs, in lsn order per replica. */
-const journals = fc.array(fc.record({ replica: fc.integer({ min: 1, max: 3 }), kind: fc.constantFrom('txn', 'txn', 'confirm', 'rollback', 'promote'), back: fc.integer({ min: 0, max: 4 }), term: fc.integer({ min: 1, max: 4 }), withheld: fc.boolean() }), { maxLength: 60 })
+const journals = fc.array(fc.record({ replica: fc.integer({ min: 1, max: 3 }), kind: fc.constantFrom('txn', 'txn', 'confirm', 'rollback', 'promote', 'members'), back: fc.integer({ min: 0, max: 4 }), term: fc.integer({ min: 1, max: 4 }), withheld: fc.boolean() }), { maxLength: 60 })
   .map((steps) => {
     const lsns = [0, 0, 0, 0];
+    let version = 0;
     return steps.map(({ replica, kind, back, term, withheld }): JournalRecord => {
       const lsn = ((lsns[replica] as number) + 1) as Lsn;
       lsns[replica] = lsn;
@@ -23,6 +24,10 @@ const journals = fc.array(fc.record({ replica: fc.integer({ min: 1, max: 3 }), k
           return { ...header, kind: 'txn', gid: `g${replica}-${lsn}`, sync: true, changes: [], idempotencyKey: null };
         case 'confirm':
           return { ...header, kind: 'confirm', owner: replica as ReplicaId, confirmedLsn: before };
+        case 'members':
+          // A membership change (RFC 0010): every one a version higher than the last, 2 to 4 members.
+          version += 1;
+          return { ...header, kind: 'config', members: Array.from({ length: 2 + (version % 3) }, (_, i) => ({ replica: (i + 1) as ReplicaId, address: `127.0.0.1:${7401 + i}` })), quorum: 2, membersVersion: version };
         case 'rollback':
           return { ...header, kind: 'rollback', owner: replica as ReplicaId, fromLsn: before, ...(withheld ? { withheldFromLsn: before } : {}) };
         default:
@@ -36,7 +41,7 @@ function decisions(history: LimboHistory, upTo: number): unknown {
   for (let replica = 1; replica <= 3; replica += 1) {
     for (let lsn = 1; lsn <= upTo; lsn += 1) verdicts.push(String(history.verdict(replica as ReplicaId, lsn as Lsn)));
   }
-  return { verdicts, synchro: history.synchro, withheld: history.withheld };
+  return { verdicts, synchro: history.synchro, withheld: history.withheld, membership: history.membership };
 }
 
 describe('limbo history state', () => {

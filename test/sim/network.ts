@@ -87,7 +87,8 @@ export class SimNetwork {
   }
 
   /** A node's transport for one life. */
-  transport(node: number, peers: readonly number[], life: Life, disk: SimDisk): Transport {
+  transport(node: number, startPeers: readonly number[], life: Life, disk: SimDisk): Transport {
+    let peers = startPeers;
     let endpoint: Endpoint | null = null;
     return {
       start: async (handlers) => {
@@ -97,6 +98,12 @@ export class SimNetwork {
       },
       sendRaft: (to, message) => {
         if (endpoint !== null) this.#datagram(endpoint, to, message);
+      },
+      // The simulated clusters keep their static membership; a peer added would be subscribed to here.
+      setPeers: (members) => {
+        const added = members.map((m) => m.replica as number).filter((p) => !peers.includes(p));
+        if (endpoint !== null) for (const peer of added) this.#subscribeLoop(endpoint, peer, 50);
+        peers = [...peers, ...added];
       },
       connected: (replica) => [...this.#streams].some((s) => s.open && s.subscriber === endpoint && s.relay.node === replica),
       stop: async () => {

@@ -54,12 +54,12 @@ export const recordArb: fc.Arbitrary<JournalRecord> = fc.oneof(
       }), { maxKeys: 2 }),
       ddl: fc.string({ minLength: 1, maxLength: 40 }),
       ddlRole: fc.string({ minLength: 1, maxLength: 63 }),
-      members: fc.array(fc.record({ replica: replicaArb, address: fc.constant('127.0.0.1:7401') }), { maxLength: 5 }),
-      quorum: fc.integer({ min: 1, max: 5 }),
+      membership: fc.uniqueArray(fc.record({ replica: replicaArb, address: fc.constant('127.0.0.1:7401'), client: fc.option(fc.constant('127.0.0.1:7501'), { nil: undefined }) }), { minLength: 1, maxLength: 5, selector: (m) => m.replica })
+        .chain((members) => fc.record({ members: fc.constant(members.map(({ client, ...m }) => (client === undefined ? m : { ...m, client }))), quorum: fc.integer({ min: 1, max: members.length }), membersVersion: fc.integer({ min: 1, max: 1_000 }) })),
       synchroTimeoutMs: fc.integer({ min: 1, max: 60_000 }),
       electionTimeoutMs: fc.integer({ min: 1, max: 60_000 }),
     },
     { requiredKeys: ['h'] },
-  ).map(({ h, ...p }) => ({ ...h, kind: 'config' as const, ...p })),
+  ).map(({ h, membership, ...p }) => ({ ...h, kind: 'config' as const, ...p, ...membership })),
   fc.record({ h: headerArb, vote: fc.integer({ min: 0, max: 31 }).map((n) => n as ReplicaId) }).map(({ h, vote }) => ({ ...h, replica: 0 as ReplicaId, kind: 'raft' as const, vote })),
 );
