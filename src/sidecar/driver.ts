@@ -153,7 +153,7 @@ export class NodeDriver<S, W> {
    * one waits until a quorum of its members holds that. (A new leader needs
    * no such wait: its PROMOTE, held by a quorum, follows the CONFIRM.)
    */
-  #membersTarget: { readonly version: number; readonly lsn: Lsn } | null = null;
+  #membersTarget: { readonly version: number; readonly lsn: Lsn; readonly before: Membership } | null = null;
 
   constructor(options: DriverOptions<S, W>) {
     const { config, journal } = options;
@@ -231,6 +231,7 @@ export class NodeDriver<S, W> {
       ? `node ${this.#self} is no longer a member of the cluster: it neither votes nor campaigns; stop its sidecar (its PostgreSQL keeps its data)`
       : `membership version ${membership.version} in effect: nodes ${members.join(', ')}, quorum ${membership.quorum}`);
     if (removed && this.#writable) this.#stepDown('removed from the cluster');
+    if (removed) void this.#publish();
     this.#emit({ kind: 'membership', term: this.term, version: membership.version, members, quorum: membership.quorum });
   }
 
@@ -1015,7 +1016,7 @@ export class NodeDriver<S, W> {
       this.log.info({ change: change.kind, replica, version: next.version, members: next.members.map((m) => m.replica), quorum: next.quorum }, `membership change: ${change.kind === 'add' ? `adding node ${replica}` : `removing node ${replica}`}`);
       await decided.finally(() => this.#memberGids.delete(gid));
       // The CONFIRM was appended before the entry was answered.
-      this.#membersTarget = { version: next.version, lsn: vclockGet(this.#journal.tailVclock, this.#self) };
+      this.#membersTarget = { version: next.version, lsn: vclockGet(this.#journal.tailVclock, this.#self), before: current };
       const term = this.term;
       const inTime = this.#clock.nowMs() + this.config.synchroTimeoutMs;
       const settled = await this.#until(() => this.#membersHeld() === null, () => !this.#stopping && this.#election.term === term && this.#clock.nowMs() < inTime);
@@ -1034,13 +1035,14 @@ export class NodeDriver<S, W> {
     if (target === null) return null;
     const membership = this.membership;
     if (membership.version < target.version) return `membership version ${target.version} is not in effect here yet`;
+    // By a quorum of the members after it and of those before it: whichever a lagging node still counts in.
     const confirm = vclockFromEntries([[this.#self, target.lsn]]);
-    const holders = membership.members.filter((m) => vclockCovers(m.replica === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m.replica) ?? [], confirm)).length;
-    if (membership.version > target.version || holders >= membership.quorum) {
+    const holders = (m: Membership): number => m.members.filter((x) => vclockCovers(x.replica === this.#self ? this.#journal.vclock : this.#peerVclocks.get(x.replica) ?? [], confirm)).length;
+    if (membership.version > target.version || (holders(membership) >= membership.quorum && holders(target.before) >= target.before.quorum)) {
       this.#membersTarget = null;
       return null;
     }
-    return `the last membership change (version ${target.version}) is held by ${holders} of its ${membership.members.length} members, not yet by a quorum of ${membership.quorum}: the next change waits for that`;
+    return `the last membership change (version ${target.version}) is held by ${holders(membership)} of its ${membership.members.length} members (quorum ${membership.quorum}) and ${holders(target.before)} of the ${target.before.members.length} before it (quorum ${target.before.quorum}): the next change waits for a quorum of both`;
   }
 
   /** A membership record this leader wrote: a limbo entry with no prepared transaction behind it. */
