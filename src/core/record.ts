@@ -20,7 +20,8 @@ import { isLsn, isReplicaId, isTerm, REPLICA_LOCAL, type Lsn, type ReplicaId, ty
 
 export type RecordKind = 'txn' | 'confirm' | 'rollback' | 'promote' | 'demote' | 'config' | 'raft';
 export type TableMode = 'local' | 'async' | 'sync';
-export type ChangeOp = 'insert' | 'update' | 'delete';
+/** copy: rows a table held when it became replicated, in COPY text format (RFC 0008). */
+export type ChangeOp = 'insert' | 'update' | 'delete' | 'copy';
 /**
  * Row images travel as PostgreSQL's own jsonb text (a JSON array of row
  * objects), never parsed in Node: JSON.parse would round a bigint or a
@@ -48,6 +49,12 @@ export interface Change {
    * deleted, so that a primary-key change replicates.
    */
   readonly oldKeys?: RowsJson;
+  /**
+   * For a copy, the columns of each COPY line (quoted as quote_ident does), in
+   * order; `rows` is then PostgreSQL's COPY text, not JSON: read ten times
+   * faster than row images on the leader, and loaded three times faster.
+   */
+  readonly columns?: readonly string[];
 }
 
 export interface TxnRecord extends RecordHeader {
@@ -145,7 +152,7 @@ export type DecodeResult = { readonly ok: true; readonly record: JournalRecord }
 
 const KIND_CODES: Readonly<Record<RecordKind, number>> = { txn: 1, confirm: 2, rollback: 3, promote: 4, demote: 5, config: 6, raft: 7 };
 const KIND_BY_CODE = new Map(Object.entries(KIND_CODES).map(([kind, code]) => [code, kind as RecordKind]));
-const OP_CODES: Readonly<Record<ChangeOp, number>> = { insert: 1, update: 2, delete: 3 };
+const OP_CODES: Readonly<Record<ChangeOp, number>> = { insert: 1, update: 2, delete: 3, copy: 4 };
 const OP_BY_CODE = new Map(Object.entries(OP_CODES).map(([op, code]) => [code, op as ChangeOp]));
 const TABLE_MODES: ReadonlySet<string> = new Set<TableMode>(['local', 'async', 'sync']);
 
@@ -215,7 +222,7 @@ export function recordToWire(r: JournalRecord): Record<string, unknown> {
     case 'txn':
       wire.g = r.gid;
       wire.s = r.sync;
-      wire.c = r.changes.map((c) => (c.oldKeys === undefined ? { t: c.table, o: OP_CODES[c.op], r: c.rows } : { t: c.table, o: OP_CODES[c.op], r: c.rows, ok: c.oldKeys }));
+      wire.c = r.changes.map((c) => ({ t: c.table, o: OP_CODES[c.op], r: c.rows, ...(c.oldKeys === undefined ? {} : { ok: c.oldKeys }), ...(c.columns === undefined ? {} : { cl: c.columns }) }));
       wire.i = r.idempotencyKey;
       break;
     case 'confirm':
@@ -371,6 +378,12 @@ function parseChange(value: unknown, index: number): Change {
   const table = field(value, 't', `${name}.table`, isTableName, `a string of 1..${limits.tableNameBytesMax} bytes`);
   const op = typeof value.o === 'number' ? OP_BY_CODE.get(value.o) : undefined;
   if (op === undefined) fail(`${name}.op`, `unknown operation ${JSON.stringify(value.o ?? null)}`);
+  if (op === 'copy') {
+    if (typeof value.r !== 'string') fail(`${name}.rows`, `expected COPY text, got ${describe(value.r)}`);
+    const columns = field(value, 'cl', `${name}.columns`, (v: unknown): v is string[] => isStringList(v) && v.length > 0, 'a non-empty array of column names');
+    return { table, op, rows: value.r, columns };
+  }
+  if (value.cl !== undefined) fail(`${name}.columns`, `only a copy carries columns, not ${op}`);
   const rows = parseRows(value.r, `${name}.rows`);
   if (value.ok === undefined) return { table, op, rows };
   if (op !== 'update') fail(`${name}.oldKeys`, `only an update carries old keys, not ${op}`);

@@ -1361,7 +1361,7 @@ export class NodeDriver<S, W> {
     const time = this.#now();
     const durable = [
       this.#own.submit({ kind: 'config', replica: this.#self, lsn: configLsn, term, time, tables: { [name]: mode }, ...(mode === 'local' ? {} : { shapes: { [name]: shape } }) }),
-      ...copied.map((chunk) => this.#own.submit({ kind: 'txn', replica: this.#self, lsn: chunk.lsn, term, time, gid: chunk.gid, sync: false, changes: [{ table: name, op: 'insert', rows: chunk.rows }], idempotencyKey: null })),
+      ...copied.map((chunk) => this.#own.submit({ kind: 'txn', replica: this.#self, lsn: chunk.lsn, term, time, gid: chunk.gid, sync: false, changes: [{ table: name, op: 'copy', rows: chunk.rows, columns: chunk.columns }], idempotencyKey: null })),
     ];
     await Promise.all(durable);
     this.#ownDurable();

@@ -397,3 +397,75 @@ describe('async tables: last writer wins', () => {
 });
 
 let pendingApply: Promise<unknown> = Promise.resolve();
+
+describe('the rows a table held when it became replicated (COPY text)', () => {
+  let copyLsn = 0;
+  /** Mark `table` on the leader, which copies its rows; the chunks as TXN records through the codec. */
+  async function copied(table: string, mode: 'sync' | 'async'): Promise<TxnRecord[]> {
+    // Above every lsn of replica 1 the tests before applied, so that none is skipped as applied.
+    copyLsn = Math.max(copyLsn, 100_000);
+    const change = await setTableMode(leader.sql, table, mode, { leader: { replica: 1, reserve: () => ({ lsn: (copyLsn += 1) as Lsn, gid: gidFor(CLUSTER, 1 as ReplicaId, copyLsn as Lsn) }) } });
+    await applier.reload(); // the follower's modes changed
+    return change.copied.map((chunk) => {
+      const record: TxnRecord = {
+        kind: 'txn', replica: 1 as ReplicaId, lsn: chunk.lsn, term: 1 as Term, time: 5_000, gid: chunk.gid, sync: false, idempotencyKey: null,
+        changes: [{ table: change.name, op: 'copy', rows: chunk.rows, columns: chunk.columns }],
+      };
+      const wire = decodeRecord(encodeRecord(record));
+      if (!wire.ok) throw wire.error;
+      return wire.record as TxnRecord;
+    });
+  }
+
+  it('loads every type exactly, a value of 200,000 two-byte characters included, marked applied on the leader', async () => {
+    const ddl = `CREATE TABLE seed (id bigint PRIMARY KEY, name text, qty numeric(40,10), f float8, tags text[], doc jsonb, at timestamptz, blob bytea,
+      len int GENERATED ALWAYS AS (length(name)) STORED)`;
+    await both((n) => n.sql.query(ddl));
+    await leader.sql.query(`INSERT INTO seed (id, name, qty, f, tags, doc, at, blob) VALUES
+      (1, E'tab\\there, newline\\nthere, back\\\\slash', 123456789012345678901234567890.0123456789, 1e-300, ARRAY['a,b', NULL, '"q"'], '{"k": [1, "x"]}', '2026-11-22 10:00:00.123456+01', '\\x00ff'),
+      (2, repeat('ü', 200000), -1, 'NaN', '{}', 'null', NULL, NULL)`);
+    await leader.sql.query('INSERT INTO seed (id, name) SELECT g, md5(g::text) FROM generate_series(3, 60000) g');
+    await setTableMode(follower.sql, 'seed', 'sync');
+    const records = await copied('seed', 'sync');
+    expect(records.length).toBeGreaterThan(1); // 60,000 rows: more than one chunk
+    expect(records.reduce((n, r) => n + (r.changes[0]?.rows.split('\n').length ?? 1) - 1, 0)).toBe(60_000);
+    for (const record of records) expect(await applier.apply(record, { prepare: false })).toBe('applied');
+    await expectSame('seed', 'id');
+    const marks = await leader.sql.query<{ n: number }>('SELECT count(*)::int AS n FROM qsync.applied WHERE replica_id = 1 AND lsn = ANY($1)', [records.map((r) => r.lsn)]);
+    expect(marks.rows).toEqual([{ n: records.length }]);
+    // Applied again (replay after a crash): skipped.
+    expect(await applier.apply(records[0] as TxnRecord, { prepare: false })).toBe('skipped');
+  });
+
+  it('takes the leader\'s row where the table here holds the key already, and keeps the rows only this node has', async () => {
+    await both((n) => n.sql.query('CREATE TABLE seed2 (id int PRIMARY KEY, v text NOT NULL)'));
+    await leader.sql.query(`INSERT INTO seed2 VALUES (1, 'leader'), (2, 'leader')`);
+    await follower.sql.query(`INSERT INTO seed2 VALUES (2, 'follower'), (3, 'only here')`);
+    await setTableMode(follower.sql, 'seed2', 'sync');
+    for (const record of await copied('seed2', 'sync')) expect(await applier.apply(record, { prepare: false })).toBe('applied');
+    expect((await follower.sql.query('SELECT id, v FROM seed2 ORDER BY id')).rows).toEqual([{ id: 1, v: 'leader' }, { id: 2, v: 'leader' }, { id: 3, v: 'only here' }]);
+  });
+
+  it('judges an async table\'s copied rows by last writer wins', async () => {
+    await both((n) => n.sql.query('CREATE TABLE seed3 (k text PRIMARY KEY, v text)'));
+    await leader.sql.query(`INSERT INTO seed3 VALUES ('old', 'leader'), ('new', 'leader')`);
+    await setTableMode(follower.sql, 'seed3', 'async');
+    // The follower wrote 'new' after the copy's time (5,000), and 'old' before it.
+    await follower.sql.query(`INSERT INTO seed3 VALUES ('old', 'follower'), ('new', 'follower')`);
+    await follower.sql.query(`INSERT INTO qsync.row_versions VALUES ('public.seed3', '{"k": "old"}', 4000, 2), ('public.seed3', '{"k": "new"}', 6000, 2)`);
+    for (const record of await copied('seed3', 'async')) expect(await applier.apply(record, { prepare: false })).toBe('applied');
+    expect((await follower.sql.query('SELECT k, v FROM seed3 ORDER BY k')).rows).toEqual([{ k: 'new', v: 'follower' }, { k: 'old', v: 'leader' }]);
+  });
+
+  it('names a column the rows carry and the table here lacks, and applies once it is added', async () => {
+    await leader.sql.query('CREATE TABLE seed4 (id int PRIMARY KEY, extra text)');
+    await follower.sql.query('CREATE TABLE seed4 (id int PRIMARY KEY)');
+    await leader.sql.query(`INSERT INTO seed4 VALUES (1, 'x')`);
+    await setTableMode(follower.sql, 'seed4', 'sync');
+    const [record] = await copied('seed4', 'sync');
+    await expect(applier.apply(record as TxnRecord, { prepare: false })).rejects.toThrow(/carry column extra, which public.seed4 lacks here/);
+    await follower.sql.query('ALTER TABLE seed4 ADD COLUMN extra text');
+    expect(await applier.apply(record as TxnRecord, { prepare: false })).toBe('applied');
+    await expectSame('seed4', 'id');
+  });
+});

@@ -28,6 +28,7 @@ const tableArb = fc.string({ minLength: 1, maxLength: 20 });
 const changeArb: fc.Arbitrary<Change> = fc.oneof(
   fc.record({ table: tableArb, op: fc.constantFrom('insert' as const, 'delete' as const), rows: rowsArb }),
   fc.record({ table: tableArb, op: fc.constant('update' as const), rows: rowsArb, oldKeys: rowsArb }),
+  fc.record({ table: tableArb, op: fc.constant('copy' as const), rows: fc.string({ maxLength: 60 }), columns: fc.array(fc.string({ minLength: 1, maxLength: 10 }), { minLength: 1, maxLength: 3 }) }),
 );
 
 const headerArb = fc.record({ replica: replicaArb, lsn: lsnArb, term: termArb, time: fc.integer({ min: 0, max: 2 ** 52 }) });
