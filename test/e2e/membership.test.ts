@@ -81,6 +81,13 @@ describe('membership through the journal', () => {
     const load = writer(100_000);
     const joined = await cluster.join();
     expect(joined.replica).toBe(4);
+    // The writer goes on while node 4 loads its snapshot and follows the records after it.
+    await eventually(async () => {
+      const status = await joined.status();
+      expect(status.stuck).toBeNull();
+      expect(status.members.version).toBe(1);
+    }, 'node 4 loaded its snapshot', 30_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
     const rounds = await load.stop();
     expect(rounds).toBeGreaterThan(0);
 
