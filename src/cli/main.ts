@@ -7,6 +7,7 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { splitAddress } from '../core/address.js';
 import { QsyncError } from '../core/errors.js';
 import { createLogger, prettyLines } from '../log.js';
 import { ConfigError, gatherConfig, JOINING_FILE, MEMBER_FILE, SETTINGS, validateConfig, type SidecarConfig } from '../sidecar/config.js';
@@ -140,10 +141,7 @@ async function joinCluster(argv: readonly string[]): Promise<void> {
     ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }),
   });
   if (raw.clusterId !== undefined && raw.clusterId !== answer.cluster) throw new CliFailure(`--cluster-id ${String(raw.clusterId)} differs from the cluster at ${from} (${answer.cluster}); node ${answer.replica} was added to it: remove it (qsync remove ${answer.replica}) or join with --cluster-id ${answer.cluster}`, EXIT.failed);
-  const peers = answer.members.filter((m) => m.replica !== answer.replica).map((m) => {
-    const at = m.address.lastIndexOf(':');
-    return { replica: m.replica, host: m.address.slice(0, at), port: Number(m.address.slice(at + 1)), ...(m.client === undefined ? {} : { client: m.client }), ...(m.admin === undefined ? {} : { admin: m.admin }) };
-  });
+  const peers = answer.members.filter((m) => m.replica !== answer.replica).map((m) => ({ replica: m.replica, ...splitAddress(m.address), ...(m.client === undefined ? {} : { client: m.client }), ...(m.admin === undefined ? {} : { admin: m.admin }) }));
   await mkdir(config.dataDir, { recursive: true });
   await writeFile(join(config.dataDir, JOINING_FILE), '');
   await writeFile(join(config.dataDir, MEMBER_FILE), `${JSON.stringify({ replicaId: answer.replica, clusterId: answer.cluster, peers }, null, 2)}\n`);

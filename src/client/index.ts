@@ -12,6 +12,7 @@
 // NotLeader, StaleTerm, RolledBack (certain: the transaction is visible
 // nowhere, ever), OutcomeUnknown (ask outcome(key) later), LimboFull, PgError.
 import { connect as netConnect } from 'node:net';
+import { splitAddress } from '../core/address.js';
 import { decodeResponse, encodeRequest, type ClientErrorBody, type ClientRequest, type ClientResponse, type Consistency, type ResultSet } from '../core/client-protocol.js';
 import type { Term } from '../core/types.js';
 import { createLogger } from '../log.js';
@@ -97,7 +98,7 @@ class Connection {
   }
 
   static #connect(address: string, timeoutMs: number, requestTimeoutMs: number): Promise<Connection> {
-    const [host, port] = splitAddress(address);
+    const { host, port } = splitAddress(address);
     return new Promise((resolve, reject) => {
       const socket = netConnect({ host, port });
       const timer = setTimeout(() => socket.destroy(new Error(`connecting to ${address} timed out after ${timeoutMs} ms`)), timeoutMs);
@@ -165,11 +166,6 @@ class Connection {
 
 /** How long a request waits for its answer; interactive statements (tquery) wait for the application instead. */
 const REQUEST_TIMEOUT_MS = 60_000;
-
-function splitAddress(address: string): [string, number] {
-  const at = address.lastIndexOf(':');
-  return [address.slice(0, at), Number(address.slice(at + 1))];
-}
 
 /** A PostgreSQL role and its password: the client's statements run with that role's privileges. */
 export interface Credentials {

@@ -1,6 +1,7 @@
 // The peer network over TCP (sidecar/io.ts Transport): one relay server that
 // streams this journal to every subscriber, and one subscriber per peer.
 // Election messages go on whichever link to the peer is up.
+import { splitAddress } from '../core/address.js';
 import type { ElectionMessage } from '../core/election.js';
 import type { Member } from '../core/record.js';
 import type { ReplicaId } from '../core/types.js';
@@ -48,10 +49,7 @@ export class TcpTransport implements Transport {
    * the secret: a removed node still hears the records that removed it.
    */
   setPeers(peers: readonly Member[]): void {
-    this.#peers = peers.map((m) => {
-      const at = m.address.lastIndexOf(':');
-      return { replica: m.replica, host: m.address.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port: Number(m.address.slice(at + 1)) };
-    });
+    this.#peers = peers.map((m) => ({ replica: m.replica, ...splitAddress(m.address) }));
     if (this.#handlers !== null) this.#follow();
   }
 

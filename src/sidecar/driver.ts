@@ -839,8 +839,12 @@ export class NodeDriver<S, W> {
   }
 
   #quorumHolds(target: VClock): boolean {
-    const holders = this.#members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target));
-    return holders.length >= this.#quorum;
+    return this.#holding(target, this.#members) >= this.#quorum;
+  }
+
+  /** How many of `members` are known to hold `target` durably (this node: its journal; peers: their acks). */
+  #holding(target: VClock, members: readonly ReplicaId[]): number {
+    return members.filter((m) => vclockCovers(m === this.#self ? this.#journal.vclock : this.#peerVclocks.get(m) ?? [], target)).length;
   }
 
   /** Poll until `done` (true) or until `still` stops holding (false). */
@@ -1037,7 +1041,7 @@ export class NodeDriver<S, W> {
     if (membership.version < target.version) return `membership version ${target.version} is not in effect here yet`;
     // By a quorum of the members after it and of those before it: whichever a lagging node still counts in.
     const confirm = vclockFromEntries([[this.#self, target.lsn]]);
-    const holders = (m: Membership): number => m.members.filter((x) => vclockCovers(x.replica === this.#self ? this.#journal.vclock : this.#peerVclocks.get(x.replica) ?? [], confirm)).length;
+    const holders = (m: Membership): number => this.#holding(confirm, m.members.map((x) => x.replica));
     if (membership.version > target.version || (holders(membership) >= membership.quorum && holders(target.before) >= target.before.quorum)) {
       this.#membersTarget = null;
       return null;

@@ -17,6 +17,7 @@ import { connect as connectClient, QsyncClientError, type Db } from '../client/i
 import type { Consistency, Statement } from '../core/client-protocol.js';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
+import type { MembershipChange } from '../core/membership.js';
 import type { Member, TableMode } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import { Journal } from '../journal/index.js';
@@ -235,13 +236,16 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   /** Add a node (leader only): the replica id it takes and the members, for qsync join. */
-  async addMember(member: { address: string; client?: string; admin?: string }): Promise<JoinAnswer> {
-    const { membership, replica } = await this.#driver.changeMembers({ kind: 'add', member });
-    return { replica, cluster: this.config.clusterId, version: membership.version, quorum: membership.quorum, members: membership.members };
+  addMember(member: { address: string; client?: string; admin?: string }): Promise<JoinAnswer> {
+    return this.#changeMembers({ kind: 'add', member });
   }
 
-  async removeMember(replica: ReplicaId): Promise<JoinAnswer> {
-    const { membership } = await this.#driver.changeMembers({ kind: 'remove', replica });
+  removeMember(replica: ReplicaId): Promise<JoinAnswer> {
+    return this.#changeMembers({ kind: 'remove', replica });
+  }
+
+  async #changeMembers(change: MembershipChange): Promise<JoinAnswer> {
+    const { membership, replica } = await this.#driver.changeMembers(change);
     return { replica, cluster: this.config.clusterId, version: membership.version, quorum: membership.quorum, members: membership.members };
   }
 
