@@ -1099,7 +1099,7 @@ export class NodeDriver<S, W> {
         });
         return;
       case 'unknown':
-        for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
+        for (const gid of this.#settleMembers(action.gids, MEMBERS_UNKNOWN)) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
         return;
       case 'full':
         this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
@@ -1137,7 +1137,7 @@ export class NodeDriver<S, W> {
     }).catch((error: unknown) => this.#fatal('journaling ROLLBACK', error));
     if (sent.length === 0) return;
     this.#clock.after(this.config.synchroTimeoutMs, () => {
-      for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
+      for (const gid of this.#settleMembers(sent, MEMBERS_UNKNOWN)) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
     });
   }
 
@@ -1469,6 +1469,9 @@ export interface NodeStatus {
  * than the writes a node has in flight at once.
  */
 const OWN_RECHECK_RECORDS = 10_000;
+
+/** A membership change whose fate the next leader decides (it keeps it if it holds it). */
+const MEMBERS_UNKNOWN = new QsyncError('OUTCOME_UNKNOWN', 'the outcome of the membership change is not known yet: the next leader keeps it if it holds it; qsync status shows the members in effect');
 
 /** How often the journal looks for segments it can remove. */
 const RETENTION_CHECK_MS = 1_000;

@@ -14,6 +14,7 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import type { ElectionMessage } from '../../src/core/election.js';
 import { QsyncError } from '../../src/core/errors.js';
+import type { ReplicaId } from '../../src/core/types.js';
 import { configSchema, type SidecarConfig } from '../../src/sidecar/config.js';
 import { NodeDriver } from '../../src/sidecar/driver.js';
 import type { Clock, PlantedBugs } from '../../src/sidecar/io.js';
@@ -94,6 +95,8 @@ class World {
   #writes = 0;
   #clientsOn = true;
   #faultUntil = 0;
+  /** An operator's removal of a node was asked for (at most one per run). */
+  #removed = false;
   /** Per node: the highest term its messages carried, and the vote it granted in it. */
   readonly #told = new Map<number, { term: number; vote: number }>();
 
@@ -293,6 +296,22 @@ class World {
         }
       } else if (roll < 0.85) {
         this.#cut([], 'healed');
+      } else if (roll < 0.88 && !this.#removed) {
+        // An operator removes a node that is not the leader (RFC 0010): once per run, under whatever faults are on.
+        const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+        const victim = this.#rng.pick(this.#nodes.filter((n) => n !== leader));
+        if (leader?.driver != null) {
+          this.#removed = true;
+          this.#note(`operator: remove n${victim.id} (asked of n${leader.id})`);
+          leader.driver.changeMembers({ kind: 'remove', replica: victim.id as ReplicaId }).then(
+            ({ membership }) => this.#note(`n${victim.id} removed: members ${membership.members.map((m) => m.replica).join(',')}, quorum ${membership.quorum}`),
+            (error: unknown) => {
+              this.#note(`removing n${victim.id} failed: ${(error as Error).message}`);
+              // Refused before anything was written: another try may come.
+              if ((error as { code?: string }).code === 'NOT_LEADER' || (error as { code?: string }).code === 'BAD_REQUEST') this.#removed = false;
+            },
+          );
+        }
       } else if (roll < 0.92) {
         // PostgreSQL alone: the sidecar stays up and must make it agree with the journal again.
         const victim = this.#rng.pick(this.#nodes);
