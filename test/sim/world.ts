@@ -302,7 +302,7 @@ class World {
         const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
         const members = leader?.driver?.membership.members.map((m) => m.replica as number) ?? [];
         const victim = this.#rng.pick(this.#nodes.filter((n) => n !== leader && members.includes(n.id)));
-        if (leader?.driver != null) {
+        if (leader !== undefined && leader.driver !== null) {
           this.#removals += 1;
           this.#note(`operator: remove n${victim.id} (asked of n${leader.id})`);
           leader.driver.changeMembers({ kind: 'remove', replica: victim.id as ReplicaId }).then(
