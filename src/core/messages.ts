@@ -40,7 +40,8 @@ export type PeerMessage =
   /** snapshot: take one when behind the relay's start; join: a new node, whose first sync is always a snapshot. */
   | { readonly kind: 'subscribe'; readonly vclock: VClock; readonly snapshot: boolean; readonly join?: boolean }
   | { readonly kind: 'snapshot'; readonly floor: VClock; readonly history: unknown; readonly tables: readonly SnapshotTable[] }
-  | { readonly kind: 'snapshotPart'; readonly table: string; readonly rows: string; readonly count: number }
+  /** rows: COPY text lines of `columns`. */
+  | { readonly kind: 'snapshotPart'; readonly table: string; readonly columns: readonly string[]; readonly rows: string; readonly count: number }
   | { readonly kind: 'snapshotEnd'; readonly parts: number }
   | { readonly kind: 'record'; readonly record: JournalRecord }
   | { readonly kind: 'ack'; readonly vclock: VClock; readonly term: Term }
@@ -82,7 +83,7 @@ export function encodeMessage(message: PeerMessage): Uint8Array {
     case 'snapshot':
       return codec.pack({ m: CODES.snapshot, f: message.floor, h: message.history, t: message.tables.map((t) => ({ n: t.name, o: t.mode, c: t.shape.columns, k: t.shape.key })) });
     case 'snapshotPart':
-      return codec.pack({ m: CODES.snapshotPart, n: message.table, r: message.rows, c: message.count });
+      return codec.pack({ m: CODES.snapshotPart, n: message.table, cl: message.columns, r: message.rows, c: message.count });
     case 'snapshotEnd':
       return codec.pack({ m: CODES.snapshotEnd, c: message.parts });
     case 'record':
@@ -171,7 +172,8 @@ function parse(value: unknown): PeerMessage {
     }
     case CODES.snapshotPart:
       if (typeof w.n !== 'string' || typeof w.r !== 'string' || !Number.isSafeInteger(w.c)) fail('snapshotPart', 'expected a table, rows and a count');
-      return { kind: 'snapshotPart', table: w.n, rows: w.r, count: w.c as number };
+      if (!Array.isArray(w.cl) || w.cl.length === 0 || w.cl.length > 1_600 || !w.cl.every((c: unknown) => typeof c === 'string' && c.length <= 1_000)) fail('snapshotPart.columns', 'expected the column names of the COPY lines');
+      return { kind: 'snapshotPart', table: w.n, columns: w.cl as string[], rows: w.r, count: w.c as number };
     case CODES.snapshotEnd:
       if (!Number.isSafeInteger(w.c)) fail('parts', 'expected an integer');
       return { kind: 'snapshotEnd', parts: w.c as number };

@@ -188,7 +188,7 @@ export class RelayServer {
     let sent = 0;
     for await (const part of parts) {
       if (link.closeReason !== null) throw new LinkClosed(link.closeReason);
-      if (!link.send({ kind: 'snapshotPart', table: part.table, rows: part.rows, count: part.count })) await link.drain();
+      if (!link.send({ kind: 'snapshotPart', table: part.table, columns: part.columns, rows: part.rows, count: part.count })) await link.drain();
       sent += 1;
     }
     link.send({ kind: 'snapshotEnd', parts: sent });

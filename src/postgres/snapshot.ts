@@ -8,17 +8,21 @@
 // keys). The rejoining node checks its tables' shapes against the source's,
 // sets the same modes, and replaces all of it in one transaction; its local
 // tables are not touched.
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 import { QsyncError } from '../core/errors.js';
 import type { SnapshotTable } from '../core/messages.js';
 import type { TableMode } from '../core/record.js';
-import { describeTable, rowChunks, setTableMode, shapeMismatch, TableError } from './tables.js';
+import { copyChunks, describeTable, setTableMode, shapeMismatch, TableError } from './tables.js';
 
 export type { SnapshotTable };
 
-/** A chunk of one table's rows: a JSON array of row images (to_jsonb). */
+/** A chunk of one table's rows: COPY text lines of `columns` (as the initial copy sends them, RFC 0008). */
 export interface SnapshotPart {
   readonly table: string;
+  readonly columns: readonly string[];
   readonly rows: string;
   readonly count: number;
 }
@@ -47,7 +51,10 @@ export async function readSnapshot(client: pg.ClientBase): Promise<{ tables: Sna
 
 async function* chunks(client: pg.ClientBase, tables: readonly string[]): AsyncGenerator<SnapshotPart> {
   try {
-    for (const table of tables) for await (const chunk of rowChunks(client, table)) yield { table, ...chunk };
+    for (const table of tables) {
+      const { columns } = await describeTable(client, table);
+      for await (const chunk of copyChunks(client, `COPY ${table} (${columns.join(', ')}) TO STDOUT`)) yield { table, columns, ...chunk };
+    }
     await client.query('COMMIT');
   } finally {
     // Ended early (the subscriber went away): the snapshot's transaction goes.
@@ -109,12 +116,9 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
   for (const { table_name: name } of replicated) if (!kept.has(name)) await setTableMode(client, name, 'local');
   for (const table of tables) await setTableMode(client, table.name, table.mode, { expect: table.shape });
 
-  const targets = new Map<string, string>();
-  for (const [announced, name] of canonical) {
-    // As apply's upsert does: the columns an INSERT may name, identity columns taken as given.
-    const columns = (await describeTable(client, name)).columns.join(', ');
-    targets.set(announced, `INSERT INTO ${name} (${columns}) OVERRIDING SYSTEM VALUE SELECT ${columns} FROM jsonb_populate_recordset(NULL::${name}, $1::jsonb)`);
-  }
+  // The columns COPY may name here (generated ones are not), by the peer's name of the table.
+  const targets = new Map<string, { readonly name: string; readonly columns: ReadonlySet<string> }>();
+  for (const [announced, name] of canonical) targets.set(announced, { name, columns: new Set((await describeTable(client, name)).columns) });
   await client.query('BEGIN');
   let loaded = 0;
   try {
@@ -126,9 +130,12 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
   }
   return {
     async part(part) {
-      const insert = targets.get(part.table);
-      if (insert === undefined) throw new QsyncError('BAD_REQUEST', `the snapshot sent rows of ${part.table}, which is not one of the tables it announced`);
-      await client.query(insert, [part.rows]);
+      const target = targets.get(part.table);
+      if (target === undefined) throw new QsyncError('BAD_REQUEST', `the snapshot sent rows of ${part.table}, which is not one of the tables it announced`);
+      const unknown = part.columns.find((c) => !target.columns.has(c));
+      if (unknown !== undefined || part.columns.length === 0) throw new TableError(target.name, `the snapshot's rows carry column ${unknown ?? '(none)'}, which it lacks here`);
+      // The tables were emptied above: COPY straight in (only names this node resolved go into SQL).
+      await pipeline(Readable.from([part.rows]), client.query(copyFrom(`COPY ${target.name} (${part.columns.join(', ')}) FROM STDIN`)));
       if (!(STATE_TABLES as readonly string[]).includes(part.table)) loaded += part.count;
     },
     async commit() {

@@ -134,37 +134,8 @@ export interface TableModeOptions {
 }
 
 /** A chunk of rows ends at this many rows or bytes, whichever comes first (a journal frame holds 16 MB). */
-const CHUNK_ROWS = 5_000;
+const CHUNK_ROWS = 50_000;
 const CHUNK_BYTES = 4 * 1024 * 1024;
-/** COPY lines are a third of row images' size and load without a per-row parse: fewer, larger chunks. */
-const COPY_CHUNK_ROWS = 50_000;
-
-/**
- * A table's rows as row images (to_jsonb), in chunks of JSON arrays, read
- * through a cursor in the caller's transaction (the initial copy, a snapshot).
- */
-export async function* rowChunks(client: pg.ClientBase, table: string): AsyncGenerator<{ readonly rows: string; readonly count: number }> {
-  let rows: string[] = [];
-  let bytes = 0;
-  const chunk = (): { rows: string; count: number } => {
-    const part = { rows: `[${rows.join(',')}]`, count: rows.length };
-    rows = [];
-    bytes = 0;
-    return part;
-  };
-  await client.query(`DECLARE qsync_rows NO SCROLL CURSOR FOR SELECT to_jsonb(t)::text AS row FROM ${table} t`);
-  for (;;) {
-    const { rows: batch } = await client.query<{ row: string }>('FETCH 1000 FROM qsync_rows');
-    if (batch.length === 0) break;
-    for (const { row } of batch) {
-      if (rows.length >= CHUNK_ROWS || bytes + row.length > CHUNK_BYTES) yield chunk();
-      rows.push(row);
-      bytes += row.length + 1;
-    }
-  }
-  await client.query('CLOSE qsync_rows');
-  if (rows.length > 0) yield chunk();
-}
 
 /**
  * Set a table's mode in one transaction: check the table (and its shape
@@ -234,7 +205,7 @@ async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<
  * (a line is a row: a newline inside a value is written as \\n). The stream
  * is decoded as UTF-8 across its pieces, which may cut a character.
  */
-async function* copyChunks(client: pg.ClientBase, sql: string): AsyncGenerator<{ readonly rows: string; readonly count: number }> {
+export async function* copyChunks(client: pg.ClientBase, sql: string): AsyncGenerator<{ readonly rows: string; readonly count: number }> {
   const decoder = new StringDecoder('utf8');
   let lines: string[] = [];
   let bytes = 0;
@@ -250,7 +221,7 @@ async function* copyChunks(client: pg.ClientBase, sql: string): AsyncGenerator<{
     let at = 0;
     for (let next = text.indexOf('\n'); next !== -1; next = text.indexOf('\n', at)) {
       const line = text.slice(at, next + 1);
-      if (lines.length >= COPY_CHUNK_ROWS || bytes + line.length > CHUNK_BYTES) yield take();
+      if (lines.length >= CHUNK_ROWS || bytes + line.length > CHUNK_BYTES) yield take();
       lines.push(line);
       bytes += line.length;
       at = next + 1;

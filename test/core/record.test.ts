@@ -104,7 +104,7 @@ describe('subscriptions and snapshots on the peer protocol', () => {
     { kind: 'subscribe', vclock: [0, 3] as Lsn[], snapshot: true },
     { kind: 'refuse', reason: 'behind', gap: true },
     { kind: 'snapshot', floor: [1, 133] as Lsn[], history: { h: 1 }, tables: [{ name: 'public.items', mode: 'sync', shape: { columns: [['id', 'bigint']], key: ['id'] } }] },
-    { kind: 'snapshotPart', table: 'public.items', rows: '[{"id": 1}]', count: 1 },
+    { kind: 'snapshotPart', table: 'public.items', columns: ['id', '"Name"'], rows: '1\tx\n', count: 1 },
     { kind: 'snapshotEnd', parts: 1 },
   ])('round-trips %j', (message) => {
     expect(decodeMessage(encodeMessage(message))).toEqual({ ok: true, message });
@@ -114,6 +114,7 @@ describe('subscriptions and snapshots on the peer protocol', () => {
     [{ m: 8, f: [0, 1], t: [{ n: 'public.t', o: 'local', c: [], k: [] }] }, /tables\[0\]\.mode/],
     [{ m: 8, f: 'x', t: [] }, /floor/],
     [{ m: 9, n: 'public.t', r: 5, c: 1 }, /snapshotPart/],
+    [{ m: 9, n: 'public.t', r: '1\n', c: 1 }, /snapshotPart.columns/],
   ])('refuses a malformed snapshot message %j with a named field', (wire, reason) => {
     const result = decodeMessage(codec.pack(wire));
     expect(result.ok).toBe(false);
