@@ -19,7 +19,7 @@ benchmarks:
   compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
               INSERTs at 1, 16 and 64 clients, runs alternating native/qsync; ratios, fsyncs per commit,
               sidecar peak memory, an SVG chart (about 8 minutes with the defaults)
-  copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows
+  copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows; then a fourth node joins and loads them by snapshot
   all         every benchmark above but compare, one after another
 
 options:
