@@ -238,8 +238,8 @@ export interface SubscriberOptions {
   readonly onRaft?: (message: ElectionMessage) => void;
   /** Whether to ask for a snapshot should the peer lack records this node needs. */
   readonly takesSnapshot?: () => boolean;
-  /** A new node (qsync join): its first sync is a snapshot, whatever its vclock. */
-  readonly joining?: () => boolean;
+  /** A new node (qsync join): its first sync is a snapshot, whatever its vclock; `wait`: not from this peer, not yet. */
+  readonly joining?: () => 'join' | 'wait' | 'no';
   /** The peer lacks records this node needs, and no snapshot was asked for. */
   readonly onGap?: (reason: string) => void;
   /** The peer sends a snapshot: where it goes (null: refused). */
@@ -288,6 +288,11 @@ export class Subscriber {
     const max = this.#options.backoffMsMax ?? 1_000;
     let backoff = min;
     while (!this.#stopped) {
+      if (this.#options.joining?.() === 'wait') {
+        // A node joining takes one snapshot, from one peer: the others wait until it is loaded.
+        await new Promise((r) => setTimeout(r, min));
+        continue;
+      }
       const handshaken = await this.#session().catch((error: unknown) => {
         if (error instanceof AssertionFailed) throw error;
         this.lastError = (error as Error).message; // refused, unreachable, or closed during the handshake
@@ -345,7 +350,12 @@ export class Subscriber {
     this.lastError = null;
     this.#gap = false;
     log.info({ peer: peer.replica, address: `${peer.host}:${peer.port}` }, `peer ${peer.replica} connected`);
-    const join = this.#options.joining?.() ?? false;
+    const joining = this.#options.joining?.() ?? 'no';
+    if (joining === 'wait') {
+      link.close('joining: another peer\'s snapshot is asked for', 'debug');
+      throw new LinkClosed('joining: another peer\'s snapshot is asked for');
+    }
+    const join = joining === 'join';
     link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: join || (this.#options.takesSnapshot?.() ?? false), ...(join ? { join } : {}) });
     let outstanding = 0;
     let ackPending = false;

@@ -70,7 +70,7 @@ export class TcpTransport implements Transport {
         vclock: handlers.subscribeFrom, onRecord: handlers.onRecord, ack: handlers.ack,
         onRaft: (message) => handlers.onRaft(replica, message),
         takesSnapshot: handlers.takesSnapshot,
-        joining: handlers.joining,
+        joining: () => handlers.joining(replica),
         onGap: (reason) => handlers.onGap(replica, reason),
         takeSnapshot: (begin) => handlers.takeSnapshot(replica, begin),
       });

@@ -148,6 +148,8 @@ export class NodeDriver<S, W> {
   #changingMembers = false;
   /** A new node that has not loaded its first snapshot yet. */
   #joining: { readonly done: () => void } | null;
+  /** The peer a joining node asks for its snapshot, and since when (another is tried after JOIN_ASK_MS). */
+  #joinAsked: { readonly peer: ReplicaId; readonly sinceMs: number } | null = null;
   /**
    * The last membership change this leader made, up to its CONFIRM: the next
    * one waits until a quorum of its members holds that. (A new leader needs
@@ -254,7 +256,7 @@ export class NodeDriver<S, W> {
         if (record.replica === this.#self) this.#sentOwnLsn = Math.max(this.#sentOwnLsn, record.lsn);
       },
       takesSnapshot: () => this.#rejoin === null && (config.rejoin === 'auto' || this.#rejoinAllowed),
-      joining: () => this.#rejoin === null && this.#joining !== null,
+      joining: (peer) => this.#joinFrom(peer),
       onGap: (peer, reason) => {
         if (this.#rejoin !== null) return; // a subscription made while one peer's snapshot loads
         if (this.#gap === null) this.log.error({ peer, reason }, 'this node lacks records its peers no longer keep: it needs a rejoin by snapshot (qsync rejoin)');
@@ -727,6 +729,22 @@ export class NodeDriver<S, W> {
     this.#applied = this.#journal.vclock;
     await this.#untilDone('applying this node\'s own records after the snapshot', () => this.#replay(), {});
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
+  }
+
+  /**
+   * A joining node's subscription to `peer`: one peer at a time is asked for
+   * the snapshot (each would read every replicated table for it); the others
+   * wait, and while it loads. A peer that has not begun one within
+   * JOIN_ASK_MS gives its turn to the next that asks.
+   */
+  #joinFrom(peer: ReplicaId): 'join' | 'wait' | 'no' {
+    if (this.#joining === null) return 'no';
+    if (this.#rejoin !== null) return 'wait';
+    const now = this.#clock.nowMs();
+    const asked = this.#joinAsked;
+    if (asked !== null && asked.peer !== peer && now - asked.sinceMs < JOIN_ASK_MS) return 'wait';
+    if (asked?.peer !== peer) this.#joinAsked = { peer, sinceMs: now };
+    return 'join';
   }
 
   /** qsync rejoin: let subscriptions ask for a snapshot (rejoin manual); a peer that lacks nothing sends none. */
@@ -1472,6 +1490,9 @@ const OWN_RECHECK_RECORDS = 10_000;
 
 /** A membership change whose fate the next leader decides (it keeps it if it holds it). */
 const MEMBERS_UNKNOWN = new QsyncError('OUTCOME_UNKNOWN', 'the outcome of the membership change is not known yet: the next leader keeps it if it holds it; qsync status shows the members in effect');
+
+/** How long a joining node waits for the peer it asked for a snapshot before it asks another. */
+const JOIN_ASK_MS = 10_000;
 
 /** How often the journal looks for segments it can remove. */
 const RETENTION_CHECK_MS = 1_000;

@@ -70,8 +70,12 @@ export interface TransportHandlers {
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
   /** Whether subscriptions ask for a snapshot when the peer lacks records this node needs (a rejoin). */
   readonly takesSnapshot: () => boolean;
-  /** A new node (qsync join) that has not loaded its first snapshot: every subscription asks for one. */
-  readonly joining: () => boolean;
+  /**
+   * A new node (qsync join) that has not loaded its first snapshot: `join`,
+   * the subscription to this peer asks for one; `wait`, another peer's is
+   * asked or loading, do not subscribe yet; `no`, not joining.
+   */
+  readonly joining: (peer: ReplicaId) => 'join' | 'wait' | 'no';
   /** A peer lacks records this node needs and no snapshot was asked for: why, for status. */
   readonly onGap: (peer: ReplicaId, reason: string) => void;
   /** A subscriber this journal cannot serve asked for a snapshot: where it starts and its parts (null: refused). */

@@ -1,8 +1,9 @@
 // Membership changes on a real cluster (RFC 0010): a fourth node joins with
 // qsync join under a writer and ends with the same rows; the quorum grows
 // with it (two nodes of four no longer confirm a sync write); the change
-// survives a restart; refusals say what to do; qsync leave removes the node
-// again and the quorum shrinks back.
+// survives a restart; refusals say what to do; the new node can lead, and
+// must hand leadership over before it leaves; qsync leave removes it again
+// and the quorum shrinks back.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -156,6 +157,15 @@ describe('membership through the journal', () => {
 
   it('qsync leave removes the node: the quorum is 2 of 3 again and the node stops voting', async () => {
     const leaving = node(4);
+    // Leading, it cannot leave: it says to hand leadership over first.
+    const before = await cluster.leader();
+    if (before.replica !== 4) await before.admin('POST', '/transfer?to=4');
+    expect((await cluster.leader()).replica).toBe(4);
+    const refused = await qsync(['leave', '--admin', leaving.adminAddress]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/node 4 is the leader and cannot remove itself: hand leadership over first \(qsync transfer\)/);
+    await leaving.admin('POST', '/transfer?to=1');
+    expect((await cluster.leader()).replica).toBe(1);
     const result = await qsync(['leave', '--admin', leaving.adminAddress]);
     expect(result.stderr).toBe('');
     expect(result.stdout).toMatch(/node 4 is no longer a member of cluster local: members 1, 2, 3, quorum 2 \(version 2\)/);
