@@ -156,6 +156,8 @@ export class NodeDriver<S, W> {
    * no such wait: its PROMOTE, held by a quorum, follows the CONFIRM.)
    */
   #membersTarget: { readonly version: number; readonly lsn: Lsn; readonly before: Membership } | null = null;
+  /** The members the settings name (--peers, member.json): version 0, in effect until a change is confirmed. */
+  readonly #configured: Membership;
 
   constructor(options: DriverOptions<S, W>) {
     const { config, journal } = options;
@@ -169,6 +171,7 @@ export class NodeDriver<S, W> {
     this.#bugs = options.bugs ?? {};
     this.#observe = options.observe ?? (() => undefined);
     this.#joining = options.joining ?? null;
+    this.#configured = configuredMembership(config);
     this.#history = new LimboHistory(this.#self);
     const durable = { term: (journal.raft?.term ?? 0) as Term, vote: (journal.raft?.vote ?? 0) as ReplicaId };
     this.#election = electionCreate({
@@ -195,12 +198,7 @@ export class NodeDriver<S, W> {
 
   /** The membership in effect: the last confirmed membership record, or the static configuration (version 0). */
   get membership(): Membership {
-    const confirmed = this.#history.membership;
-    if (confirmed !== null) return confirmed;
-    const { config } = this;
-    const self: Member = { replica: this.#self, address: `${config.peerHost}:${config.peerPort}`, client: `${config.clientHost}:${config.clientPort}`, ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }) };
-    const peers = config.peers.map((p): Member => ({ replica: p.replica as ReplicaId, address: `${p.host}:${p.port}`, ...(p.client === undefined ? {} : { client: p.client }), ...(p.admin === undefined ? {} : { admin: p.admin }) }));
-    return { members: [self, ...peers].sort((a, b) => a.replica - b.replica), quorum: config.quorum, version: 0 };
+    return this.#history.membership ?? this.#configured;
   }
 
   get #members(): ReplicaId[] {
@@ -1031,7 +1029,7 @@ export class NodeDriver<S, W> {
         const { lsn } = this.#own.reserve();
         gid = gidFor(this.config.clusterId, this.#self, lsn);
         this.#memberGids.add(gid);
-        this.#waiters.set(gid, { resolve, reject });
+        this.#waiters.set(gid, { resolve, reject: (error) => reject(membersOutcome(error, next.version)) });
         const record: ConfigRecord = { kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), members: next.members, quorum: next.quorum, membersVersion: next.version };
         this.#own.submit(record).then(() => this.#ownDurable(), (error: unknown) => this.#fatal('journaling a membership change', error));
       });
@@ -1071,17 +1069,10 @@ export class NodeDriver<S, W> {
   #memberEntry(record: ConfigRecord): void {
     const gid = gidFor(this.config.clusterId, this.#self, record.lsn);
     if (this.#limbo === null) {
-      this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while the membership change was written; the next leader decides it (see qsync status)`));
+      this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `node ${this.#self} lost leadership while the membership change was written`));
       return;
     }
     this.#step({ kind: 'append', entry: { lsn: record.lsn, gid, createdAtMs: this.#clock.nowMs() } });
-  }
-
-  /** Answer the membership entries among `gids` (null: confirmed); the rest are prepared transactions. */
-  #settleMembers(gids: readonly string[], error: QsyncError | null): string[] {
-    if (this.#memberGids.size === 0) return [...gids];
-    for (const gid of gids) if (this.#memberGids.has(gid)) this.#settle(gid, error);
-    return gids.filter((gid) => !this.#memberGids.has(gid));
   }
 
   // ---- the limbo -----------------------------------------------------------------
@@ -1100,7 +1091,7 @@ export class NodeDriver<S, W> {
         // answer at once. (After a crash the journal lacks the CONFIRM; the entry is found committed.)
         const { durable } = this.#own.append((lsn) => ({ kind: 'confirm', replica: this.#self, lsn, term: this.term, time: this.#now(), owner: this.#self, confirmedLsn: action.confirmedLsn }));
         void durable.then(() => this.#ownDurable()).catch((error: unknown) => this.#fatal('journaling CONFIRM', error));
-        this.#finishUntilDone('commit', this.#settleMembers(action.gids, null), (gid) => {
+        this.#finishUntilDone('commit', action.gids, (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, null);
         }, (gid) => this.#settle(gid, null));
@@ -1111,13 +1102,13 @@ export class NodeDriver<S, W> {
         return;
       case 'rolledBack':
         // A quorum holds the ROLLBACK: no new leader can commit these any more.
-        this.#finishUntilDone('rollback', this.#settleMembers(action.gids, new QsyncError('ROLLED_BACK', `the membership change was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`)), (gid) => {
+        this.#finishUntilDone('rollback', action.gids, (gid) => {
           this.#prepared.delete(gid);
           this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms`));
         });
         return;
       case 'unknown':
-        for (const gid of this.#settleMembers(action.gids, MEMBERS_UNKNOWN)) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
+        for (const gid of action.gids) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `the outcome of ${gid} is not known; ask for it by idempotency key`));
         return;
       case 'full':
         this.#settle(action.gid, new QsyncError('OUTCOME_UNKNOWN', `the limbo was full when ${action.gid} arrived`));
@@ -1148,14 +1139,14 @@ export class NodeDriver<S, W> {
     void durable.then(async () => {
       this.#step({ kind: 'rollbackJournaled', fromLsn, recordLsn: lsn });
       this.#ownDurable();
-      this.#finishUntilDone('rollback', this.#settleMembers(unsent, new QsyncError('ROLLED_BACK', `the membership change was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`)), (gid) => {
+      this.#finishUntilDone('rollback', unsent, (gid) => {
         this.#prepared.delete(gid);
         this.#settle(gid, new QsyncError('ROLLED_BACK', `transaction ${gid} was rolled back: no quorum held it within ${this.config.synchroTimeoutMs} ms, and no peer received it`));
       });
     }).catch((error: unknown) => this.#fatal('journaling ROLLBACK', error));
     if (sent.length === 0) return;
     this.#clock.after(this.config.synchroTimeoutMs, () => {
-      for (const gid of this.#settleMembers(sent, MEMBERS_UNKNOWN)) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
+      for (const gid of sent) this.#settle(gid, new QsyncError('OUTCOME_UNKNOWN', `transaction ${gid} is being rolled back, but a peer holds it and no quorum has confirmed the rollback yet; ask for its outcome by idempotency key`));
     });
   }
 
@@ -1212,8 +1203,11 @@ export class NodeDriver<S, W> {
    * final once a quorum holds it, whatever this PostgreSQL does.
    */
   #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void, answerEarly?: (gid: string) => void): void {
-    if (gids.length === 0) return;
-    const left = new Set(gids);
+    // A membership entry has no prepared transaction behind it: decided here and now.
+    const prepared = gids.filter((gid) => !this.#memberGids.has(gid));
+    for (const gid of gids) if (this.#memberGids.has(gid)) each(gid);
+    if (prepared.length === 0) return;
+    const left = new Set(prepared);
     const finish = (): Promise<void> => this.#db.finish(verb, [...left], (gid) => {
       left.delete(gid);
       each(gid);
@@ -1223,7 +1217,7 @@ export class NodeDriver<S, W> {
       for (const gid of left) answerEarly?.(gid);
     };
     const what = `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries`;
-    this.#untilDone(what, finish, { verb, transactions: gids.length }, firstFailure).catch((error: unknown) => {
+    this.#untilDone(what, finish, { verb, transactions: prepared.length }, firstFailure).catch((error: unknown) => {
       if (error instanceof AssertionFailed) this.#fatal(what, error);
     });
   }
@@ -1488,8 +1482,19 @@ export interface NodeStatus {
  */
 const OWN_RECHECK_RECORDS = 10_000;
 
-/** A membership change whose fate the next leader decides (it keeps it if it holds it). */
-const MEMBERS_UNKNOWN = new QsyncError('OUTCOME_UNKNOWN', 'the outcome of the membership change is not known yet: the next leader keeps it if it holds it; qsync status shows the members in effect');
+/** The members the settings name, this node included. */
+function configuredMembership(config: SidecarConfig): Membership {
+  const self: Member = { replica: config.replicaId as ReplicaId, address: `${config.peerHost}:${config.peerPort}`, client: `${config.clientHost}:${config.clientPort}`, ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }) };
+  const peers = config.peers.map((p): Member => ({ replica: p.replica as ReplicaId, address: `${p.host}:${p.port}`, ...(p.client === undefined ? {} : { client: p.client }), ...(p.admin === undefined ? {} : { admin: p.admin }) }));
+  return { members: [self, ...peers].sort((a, b) => a.replica - b.replica), quorum: config.quorum, version: 0 };
+}
+
+/** What the operator hears when a membership entry is not confirmed: the limbo's answer, told of the change. */
+function membersOutcome(error: QsyncError, version: number): QsyncError {
+  return new QsyncError(error.code, error.code === 'ROLLED_BACK'
+    ? `the membership change to version ${version} was rolled back: no quorum held it in time; nothing changed`
+    : `the outcome of the membership change to version ${version} is not known yet: the next leader keeps it if it holds it; qsync status shows the members in effect`);
+}
 
 /** How long a joining node waits for the peer it asked for a snapshot before it asks another. */
 const JOIN_ASK_MS = 10_000;
