@@ -109,6 +109,20 @@ export function membershipChange(current: Membership, change: MembershipChange, 
   return next;
 }
 
+/**
+ * Whether the last change, from `before` to `after`, may be followed by
+ * another: a quorum of `after` and a quorum of `before` hold its CONFIRM
+ * (`holds`). Until then some node may still count quorums among `before`,
+ * and one more change would let it meet a membership two nodes away, whose
+ * quorums need not intersect its own (4 -> 3: two of the three left are not
+ * three of the four). Null when it may; else why not.
+ */
+export function membershipSettled(before: Membership, after: Membership, holds: (replica: ReplicaId) => boolean): string | null {
+  const holders = (m: Membership): number => m.members.filter((x) => holds(x.replica)).length;
+  if (holders(after) >= after.quorum && holders(before) >= before.quorum) return null;
+  return `the last membership change (version ${after.version}) is held by ${holders(after)} of its ${after.members.length} members (quorum ${after.quorum}) and ${holders(before)} of the ${before.members.length} before it (quorum ${before.quorum}): the next change waits for a quorum of both`;
+}
+
 /** Check a membership state read from a checkpoint or a peer; a sentence saying what is wrong, or the state. */
 export function membershipStateParse(value: unknown): MembershipState | string {
   if (value === undefined) return MEMBERSHIP_NONE;

@@ -26,7 +26,7 @@ import { parseGid } from '../core/gid.js';
 import { historyStateParse, LimboHistory, type HistoryState, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
 import { limits } from '../core/limits.js';
-import { membershipChange, type Membership, type MembershipChange } from '../core/membership.js';
+import { membershipChange, membershipSettled, type Membership, type MembershipChange } from '../core/membership.js';
 import type { ConfigRecord, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
 import { gidFor } from '../core/gid.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
@@ -1055,14 +1055,10 @@ export class NodeDriver<S, W> {
     if (target === null) return null;
     const membership = this.membership;
     if (membership.version < target.version) return `membership version ${target.version} is not in effect here yet`;
-    // By a quorum of the members after it and of those before it: whichever a lagging node still counts in.
     const confirm = vclockFromEntries([[this.#self, target.lsn]]);
-    const holders = (m: Membership): number => this.#holding(confirm, m.members.map((x) => x.replica));
-    if (membership.version > target.version || (holders(membership) >= membership.quorum && holders(target.before) >= target.before.quorum)) {
-      this.#membersTarget = null;
-      return null;
-    }
-    return `the last membership change (version ${target.version}) is held by ${holders(membership)} of its ${membership.members.length} members (quorum ${membership.quorum}) and ${holders(target.before)} of the ${target.before.members.length} before it (quorum ${target.before.quorum}): the next change waits for a quorum of both`;
+    const why = membership.version > target.version ? null : membershipSettled(target.before, membership, (m) => this.#holding(confirm, [m]) === 1);
+    if (why === null) this.#membersTarget = null;
+    return why;
   }
 
   /** A membership record this leader wrote: a limbo entry with no prepared transaction behind it. */

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { electionCreate, electionStep, NO_REPLICA } from '../../src/core/election.js';
 import { LimboHistory } from '../../src/core/history.js';
 import { limboCreate, limboStep } from '../../src/core/limbo.js';
-import { MEMBERSHIP_NONE, membershipChange, membershipNote, membershipSettle, membershipStateParse, type Membership } from '../../src/core/membership.js';
+import { MEMBERSHIP_NONE, membershipChange, membershipNote, membershipSettle, membershipSettled, membershipStateParse, type Membership } from '../../src/core/membership.js';
 import type { ConfigRecord, JournalRecord, Member } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 
@@ -105,6 +105,21 @@ describe('a membership change', () => {
     expect(membershipChange(three, { kind: 'add', member: { address: '127.0.0.1:7402' } }, [], r(1))).toMatch(/node 2 already has the peer address/);
     const full: Membership = { members: [member(1)], quorum: 1, version: 3 };
     expect(membershipChange(full, { kind: 'add', member: { address: 'x:1' } }, [r(31)], r(1))).toMatch(/no replica id is left/);
+  });
+});
+
+describe('the next change', () => {
+  const four: Membership = { members: [1, 2, 3, 4].map(member), quorum: 3, version: 1 };
+  const held = (...ids: number[]) => (replica: ReplicaId): boolean => ids.includes(replica);
+
+  it('waits until a quorum of the members before the last change holds it too, not only of those after', () => {
+    // 4 -> 3 (node 4 removed): nodes 1 and 2 hold the CONFIRM, a quorum of the three left but not of the four.
+    const three3 = membershipChange(four, { kind: 'remove', replica: r(4) }, [], r(1)) as Membership;
+    expect(membershipSettled(four, three3, held(1, 2))).toMatch(/held by 2 of its 3 members \(quorum 2\) and 2 of the 4 before it \(quorum 3\)/);
+    expect(membershipSettled(four, three3, held(1, 2, 4))).toBeNull();
+    // 3 -> 4 (node 4 added): a quorum of the four is needed, which the old three alone make up.
+    expect(membershipSettled(three, four, held(1, 2))).toMatch(/held by 2 of its 4 members/);
+    expect(membershipSettled(three, four, held(1, 2, 3))).toBeNull();
   });
 });
 
