@@ -102,6 +102,7 @@ async function createMissing(client: pg.ClientBase, table: SnapshotTable): Promi
 export async function loadSnapshot(client: pg.ClientBase, tables: readonly SnapshotTable[]): Promise<SnapshotLoad> {
   // The peer's names, resolved here: only this node's canonical names (format('%I.%I')) go into SQL.
   const canonical = new Map<string, string>(STATE_TABLES.map((t) => [t, t]));
+  const columnsOf = new Map<string, readonly string[]>();
   for (const table of tables) {
     await createMissing(client, table);
     const here = await describeTable(client, table.name).catch((error: unknown) => {
@@ -110,6 +111,7 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
     const mismatch = shapeMismatch(here.shape, table.shape);
     if (mismatch !== null) throw new TableError(here.name, `its columns differ from the peer's it rejoins from: ${mismatch.replace('on the leader', 'on the peer')}`);
     canonical.set(table.name, here.name);
+    columnsOf.set(here.name, here.columns);
   }
   const { rows: replicated } = await client.query<{ table_name: string }>('SELECT table_name FROM qsync.tables');
   const kept = new Set(canonical.values());
@@ -118,7 +120,7 @@ export async function loadSnapshot(client: pg.ClientBase, tables: readonly Snaps
 
   // The columns COPY may name here (generated ones are not), by the peer's name of the table.
   const targets = new Map<string, { readonly name: string; readonly columns: ReadonlySet<string> }>();
-  for (const [announced, name] of canonical) targets.set(announced, { name, columns: new Set((await describeTable(client, name)).columns) });
+  for (const [announced, name] of canonical) targets.set(announced, { name, columns: new Set(columnsOf.get(name) ?? (await describeTable(client, name)).columns) });
   await client.query('BEGIN');
   let loaded = 0;
   try {

@@ -145,7 +145,7 @@ const CHUNK_BYTES = 4 * 1024 * 1024;
 export async function setTableMode(client: pg.ClientBase, table: string, mode: TableMode, options: TableModeOptions = {}): Promise<TableModeChange> {
   await client.query('BEGIN');
   try {
-    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [], shape: { columns: [], key: [] }, imageNames: new Set<string>() } : await describeTable(client, table);
+    const info = mode === 'local' ? { ...(await resolveOnly(client, table)), keyNames: [], columns: [], shape: { columns: [], key: [] }, imageNames: new Set<string>() } : await describeTable(client, table);
     if (mode !== 'local' && options.expect !== undefined) {
       const mismatch = shapeMismatch(info.shape, options.expect);
       if (mismatch !== null) throw new TableError(info.name, `its columns differ from the leader's: ${mismatch}`);
@@ -172,7 +172,7 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
         [info.name, mode, info.keyNames]);
     }
     const lsn = options.leader?.reserve().lsn ?? null;
-    const copied = mode !== 'local' && before.length === 0 && options.leader !== undefined ? await copyRows(client, info.name, options.leader) : [];
+    const copied = mode !== 'local' && before.length === 0 && options.leader !== undefined ? await copyRows(client, info.name, info.columns, options.leader) : [];
     await client.query('COMMIT');
     return { name: info.name, shape: info.shape, lsn, copied };
   } catch (error) {
@@ -187,8 +187,7 @@ export async function setTableMode(client: pg.ClientBase, table: string, mode: T
  * and captured. Each chunk's lsn is marked applied here, so replay on this
  * node never applies it again.
  */
-async function copyRows(client: pg.ClientBase, table: string, copy: NonNullable<TableModeOptions['leader']>): Promise<CopiedChunk[]> {
-  const { columns } = await describeTable(client, table);
+async function copyRows(client: pg.ClientBase, table: string, columns: readonly string[], copy: NonNullable<TableModeOptions['leader']>): Promise<CopiedChunk[]> {
   const chunks: CopiedChunk[] = [];
   for await (const chunk of copyChunks(client, `COPY ${table} (${columns.join(', ')}) TO STDOUT`)) {
     const { lsn, gid } = copy.reserve();
