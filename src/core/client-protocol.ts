@@ -15,7 +15,7 @@
 //   answer   {i, r: result} | {i, e: {c: code, m: message, s?: sqlstate, l?: leader, t?: term}}
 import { RecordInvalid, type ErrorCode } from './errors.js';
 import { limits } from './limits.js';
-import { codec, decodeOne, type TableMode } from './record.js';
+import { codec, decodeOne, shown, type TableMode } from './record.js';
 import { isTerm, type Term } from './types.js';
 
 export interface Statement {
@@ -151,7 +151,7 @@ function parseRequest(value: unknown): ClientRequest {
       if (typeof w.q !== 'string' || w.q.length === 0 || w.q.length > limits.ddlBytesMax) fail('sql', `expected SQL of 1..${limits.ddlBytesMax} characters`);
       return { id: id as number, op: 'ddl', sql: w.q };
     default:
-      return fail('op', `unknown operation ${JSON.stringify(w.o ?? null)}`);
+      return fail('op', `unknown operation ${shown(w.o)}`);
   }
 }
 

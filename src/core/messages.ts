@@ -17,7 +17,7 @@
 import type { ElectionMessage } from './election.js';
 import { RecordInvalid } from './errors.js';
 import { limits } from './limits.js';
-import { codec, decodeOne, parseRecord, recordToWire, type JournalRecord, type TableShape } from './record.js';
+import { codec, decodeOne, parseRecord, recordToWire, shown, type JournalRecord, type TableShape } from './record.js';
 import { isReplicaId, isTerm, type ReplicaId, type Term } from './types.js';
 import { vclockParse, type VClock } from './vclock.js';
 
@@ -135,7 +135,7 @@ function parseRaft(w: Record<string, unknown>): ElectionMessage {
     case RAFT_CODES.timeoutNow:
       return { type: 'timeoutNow', term };
     default:
-      return fail('type', `unknown election message type ${JSON.stringify(w.y ?? null)}`);
+      return fail('type', `unknown election message type ${shown(w.y)}`);
   }
 }
 
@@ -188,7 +188,7 @@ function parse(value: unknown): PeerMessage {
     case CODES.raft:
       return { kind: 'raft', message: parseRaft(w) };
     default:
-      return fail('message', `unknown message code ${JSON.stringify(w.m ?? null)}`);
+      return fail('message', `unknown message code ${shown(w.m)}`);
   }
 }
 

@@ -159,9 +159,11 @@ const TABLE_MODES: ReadonlySet<string> = new Set<TableMode>(['local', 'async', '
 /**
  * One codec for the journal and the wire. `useRecords: false` keeps every
  * frame self-contained: no structure shared between frames that a reader
- * starting mid-stream would lack.
+ * starting mid-stream would lack. `int64AsType: 'number'`: a 64-bit integer
+ * decodes as a Number (imprecise past 2^53, so every isSafeInteger check
+ * refuses it), never as a BigInt that arithmetic and JSON would throw on.
  */
-export const codec = new Packr({ useRecords: false, variableMapSize: true });
+export const codec = new Packr({ useRecords: false, variableMapSize: true, int64AsType: 'number' });
 
 /**
  * Encode a record. The wire form is checked by the same validation the
@@ -199,7 +201,9 @@ export function decodeOne<T>(bytes: Uint8Array, what: string, parse: (value: unk
     return { ok: true, value: parse(values[0]) };
   } catch (error) {
     if (error instanceof RecordInvalid) return { ok: false, error };
-    throw error;
+    // A parser that meets a value it did not foresee (an exotic msgpack extension, a getter that
+    // throws) has still been given bad input: the decoder's contract is its own error, nothing else.
+    return { ok: false, error: new RecordInvalid(what, `could not be read (${(error as Error).name})`, { cause: error }) };
   }
 }
 
@@ -280,9 +284,23 @@ function field<T>(wire: Wire, key: string, name: string, check: (v: unknown) => 
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
+  if (typeof value === 'bigint') return 'an integer outside the safe range';
   if (Array.isArray(value)) return 'an array';
   if (value instanceof Uint8Array) return 'binary';
   return typeof value === 'number' && !Number.isSafeInteger(value) ? `the number ${value}` : typeof value;
+}
+
+/**
+ * A decoded value as an error message may show it: a short string or a safe
+ * integer as itself, anything else by its kind. Never throws: decoded input
+ * can be a BigInt, an object of any depth or an exotic msgpack extension
+ * (JSON.stringify throws on the first).
+ */
+export function shown(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+  if (typeof value === 'number' && Number.isSafeInteger(value)) return String(value);
+  if (typeof value === 'boolean' || value === undefined) return String(value);
+  return describe(value);
 }
 
 function isPositiveLsn(v: unknown): v is Lsn {
@@ -310,7 +328,7 @@ function fromWire(value: unknown): JournalRecord {
   if (!isPlainObject(value)) fail('body', `expected a map, got ${describe(value)}`);
   const kindCode = value.k;
   const kind = typeof kindCode === 'number' ? KIND_BY_CODE.get(kindCode) : undefined;
-  if (kind === undefined) fail('kind', `unknown record kind ${JSON.stringify(kindCode ?? null)}`);
+  if (kind === undefined) fail('kind', `unknown record kind ${shown(kindCode)}`);
   const replica = field(value, 'r', 'replica', isReplicaId, 'a replica id 0..31');
   const lsn = field(value, 'l', 'lsn', isPositiveLsn, 'a positive integer');
   const term = field(value, 't', 'term', isTerm, 'a non-negative integer');
@@ -377,7 +395,7 @@ function parseChange(value: unknown, index: number): Change {
   if (!isPlainObject(value)) fail(name, `expected a map, got ${describe(value)}`);
   const table = field(value, 't', `${name}.table`, isTableName, `a string of 1..${limits.tableNameBytesMax} bytes`);
   const op = typeof value.o === 'number' ? OP_BY_CODE.get(value.o) : undefined;
-  if (op === undefined) fail(`${name}.op`, `unknown operation ${JSON.stringify(value.o ?? null)}`);
+  if (op === undefined) fail(`${name}.op`, `unknown operation ${shown(value.o)}`);
   if (op === 'copy') {
     if (typeof value.r !== 'string') fail(`${name}.rows`, `expected COPY text, got ${describe(value.r)}`);
     const columns = field(value, 'cl', `${name}.columns`, (v: unknown): v is string[] => isStringList(v) && v.length > 0, 'a non-empty array of column names');
@@ -396,7 +414,7 @@ function parseConfig(wire: Wire, header: RecordHeader & { kind: 'config' }): Con
     if (!isPlainObject(wire.tb)) fail('tables', `expected a map of table to mode, got ${describe(wire.tb)}`);
     for (const [table, mode] of Object.entries(wire.tb)) {
       if (!isTableName(table)) fail('tables', `table name of ${Buffer.byteLength(table)} bytes`);
-      if (typeof mode !== 'string' || !TABLE_MODES.has(mode)) fail(`tables.${table}`, `expected local, async or sync, got ${JSON.stringify(mode)}`);
+      if (typeof mode !== 'string' || !TABLE_MODES.has(mode)) fail(`tables.${table}`, `expected local, async or sync, got ${shown(mode)}`);
     }
     config.tables = wire.tb as Record<string, TableMode>;
   }
