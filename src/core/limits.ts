@@ -27,6 +27,31 @@ export const limits = {
   linkQueueMessagesMax: 1024,
   /** Time a peer has to complete the handshake. */
   handshakeTimeoutMs: 5_000,
+  /**
+   * Bytes a connection may send before it has authenticated: what a peer's
+   * hello or a client's auth request needs (a 1 KiB password at most), no
+   * more. Past it the connection is closed; nothing larger is ever buffered
+   * for a stranger.
+   */
+  handshakeBytesMax: 2 * 1024,
+  /** Connections a port holds at once (peer and client ports); past this a new one is closed at once. */
+  connectionsMax: 1_024,
+  /** Connections not yet authenticated on one port at once, from all addresses / from one address. */
+  unauthenticatedMax: 64,
+  unauthenticatedPerAddressMax: 16,
+  /** Authentications checked at once on the client port (each is a PostgreSQL login). */
+  authConcurrentMax: 4,
+  /** A failed authentication delays the next one from that address: doubling from the first, up to the last. */
+  authBackoffMs: [50, 2_000] as const,
+  /** Addresses whose failed authentications are remembered (the oldest is forgotten first). */
+  authAddressesMax: 4_096,
+  /** Connections the admin HTTP interface holds at once, and how long it waits for headers, a request, and between keep-alive requests. */
+  adminConnectionsMax: 64,
+  adminHeadersTimeoutMs: 5_000,
+  adminRequestTimeoutMs: 30_000,
+  adminKeepAliveTimeoutMs: 5_000,
+  /** Bytes of a request body the admin interface reads. */
+  adminBodyBytesMax: 64 * 1024,
   /** Bytes a journal cursor reads from disk at a time. */
   journalCursorChunkBytes: 1024 * 1024,
 } as const;

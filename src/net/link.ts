@@ -5,6 +5,11 @@
 //
 // Messages are read with next(), in order. When the reader falls behind, the
 // socket is paused, so a fast sender cannot grow memory without bound.
+//
+// A link that serves strangers starts unauthenticated: it accepts at most
+// limits.handshakeBytesMax bytes in all, and no frame larger, until its owner
+// calls authenticated(). Any exception while reading closes the link, never
+// the process.
 import type { Socket } from 'node:net';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
@@ -33,18 +38,28 @@ const peerCodec: LinkCodec<PeerMessage, PeerMessage> = {
   encode: encodeMessage,
 };
 
+export interface LinkOptions {
+  /** Bound the bytes read until authenticated() (a server's side, or a client of a peer not yet proven). */
+  readonly handshake?: boolean;
+}
+
 export class FramedLink<In, Out> {
   readonly socket: Socket;
   readonly log: Logger;
   readonly #codec: LinkCodec<In, Out>;
   #buffer: Buffer = Buffer.alloc(0);
+  /** Bytes this link may still receive before it authenticates; null once authenticated (or never bounded). */
+  #handshakeBytesLeft: number | null;
+  #frameBytesMax: number;
   #queue: In[] = [];
   #waiter: { resolve: (m: In) => void; reject: (e: Error) => void } | null = null;
   #closeReason: string | null = null;
 
-  constructor(socket: Socket, log: Logger, codec: LinkCodec<In, Out>) {
+  constructor(socket: Socket, log: Logger, codec: LinkCodec<In, Out>, options: LinkOptions = {}) {
     this.socket = socket;
     this.#codec = codec;
+    this.#handshakeBytesLeft = options.handshake === true ? limits.handshakeBytesMax : null;
+    this.#frameBytesMax = options.handshake === true ? limits.handshakeBytesMax : limits.frameBytesMax;
     // An outgoing socket has no remote address until it connects.
     this.log = socket.remoteAddress === undefined ? log : log.child({ peer: `${socket.remoteAddress}:${socket.remotePort}` });
     socket.setNoDelay(true);
@@ -52,6 +67,16 @@ export class FramedLink<In, Out> {
     // Ordinary ends are debug lines: a peer lost is its own info line (peer.ts), and clients come and go.
     socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'debug'));
     socket.on('close', () => this.close('connection closed by the other side', 'debug'));
+  }
+
+  /** The other side proved who it is: frames up to limits.frameBytesMax from now on. */
+  authenticated(): void {
+    this.#handshakeBytesLeft = null;
+    this.#frameBytesMax = limits.frameBytesMax;
+  }
+
+  get isAuthenticated(): boolean {
+    return this.#handshakeBytesLeft === null;
   }
 
   /** Messages received and not yet read. */
@@ -105,9 +130,11 @@ export class FramedLink<In, Out> {
     });
   }
 
-  close(reason: string, level: 'debug' | 'info' | 'warn' = 'warn'): void {
+  close(reason: string, level: 'debug' | 'info' | 'warn' | 'error' = 'warn'): void {
     if (this.#closeReason !== null) return;
     this.#closeReason = reason;
+    this.#buffer = Buffer.alloc(0);
+    this.#queue = [];
     this.log[level]({ reason }, 'link closed');
     this.socket.destroy();
     const waiter = this.#waiter;
@@ -117,11 +144,24 @@ export class FramedLink<In, Out> {
 
   #receive(chunk: Buffer): void {
     if (this.#closeReason !== null) return;
+    if (this.#handshakeBytesLeft !== null) {
+      this.#handshakeBytesLeft -= chunk.length;
+      if (this.#handshakeBytesLeft < 0) return this.close(`sent more than ${limits.handshakeBytesMax} bytes before authenticating`);
+    }
+    try {
+      this.#readFrames(chunk);
+    } catch (error) {
+      // The decoders return their errors; anything else thrown here is still this connection's input.
+      this.close(`reading its input failed: ${(error as Error).message}`, 'error');
+    }
+  }
+
+  #readFrames(chunk: Buffer): void {
     this.#buffer = this.#buffer.length === 0 ? chunk : Buffer.concat([this.#buffer, chunk]);
     let offset = 0;
-    for (;;) {
+    while (this.#closeReason === null) {
       // readFrame refuses a length over the limit before the frame is buffered.
-      const frame = readFrame(this.#buffer, offset, limits.frameBytesMax);
+      const frame = readFrame(this.#buffer, offset, this.#frameBytesMax);
       if (frame.kind === 'incomplete') break;
       if (frame.kind === 'corrupt') return this.close(`malformed frame: ${frame.reason}`);
       offset = frame.end;
@@ -147,6 +187,6 @@ export class FramedLink<In, Out> {
 /** A link between sidecars. */
 export class Link extends FramedLink<PeerMessage, PeerMessage> {
   constructor(socket: Socket, log: Logger) {
-    super(socket, log, peerCodec);
+    super(socket, log, peerCodec, { handshake: true });
   }
 }

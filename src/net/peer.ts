@@ -19,6 +19,7 @@ import type { SnapshotBegin, SnapshotOffer, SnapshotSink } from '../sidecar/io.j
 import { vclockCovers, vclockFormat } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
+import { PortGuard, type Admission } from './guard.js';
 import { Link, LinkClosed } from './link.js';
 import { listen } from './listen.js';
 
@@ -99,10 +100,15 @@ export class RelayServer {
   readonly #gapsLogged = new Set<ReplicaId>();
   /** Subscribers past the handshake, by replica: election messages can go back on their link. */
   readonly #subscribers = new Map<ReplicaId, Link>();
+  readonly #guard: PortGuard;
 
   constructor(options: RelayOptions) {
     this.#options = options;
-    this.#server = createServer((socket) => void this.#serve(socket));
+    this.#guard = new PortGuard('peer', options.log);
+    this.#server = createServer((socket) => {
+      const admission = this.#guard.admit(socket);
+      if (admission !== null) void this.#serve(socket, admission);
+    });
     this.#server.on('error', (error) => options.log.error({ err: error }, 'peer server error'));
   }
 
@@ -123,12 +129,14 @@ export class RelayServer {
     return true;
   }
 
-  async #serve(socket: Socket): Promise<void> {
+  async #serve(socket: Socket, admission: Admission): Promise<void> {
     const link = new Link(socket, this.#options.log);
     this.#links.add(link);
     let subscriber: ReplicaId | null = null;
     try {
       subscriber = await this.#handshake(link);
+      link.authenticated();
+      admission.authenticated();
       const from = subscriber;
       this.#subscribers.get(from)?.close(`replica ${from} subscribed again`, 'info');
       this.#subscribers.set(from, link);
@@ -137,9 +145,9 @@ export class RelayServer {
       const cursor = this.#cursorFor(link, subscriber, subscribe);
       await Promise.all([this.#relay(link, subscriber, cursor.cursor, cursor.offer), this.#readAcks(link, subscriber)]);
     } catch (error) {
-      if (error instanceof AssertionFailed) throw error;
-      // A journal gap or corruption, or a closed link: this link ends, the node goes on.
-      if (!(error instanceof LinkClosed)) link.close(`relay failed: ${(error as Error).message}`);
+      // A journal gap or corruption, a closed link, even a failed assertion while serving this
+      // subscriber: this link ends with the reason in the log, and the node goes on.
+      if (!(error instanceof LinkClosed)) link.close(`relay failed: ${(error as Error).message}`, error instanceof AssertionFailed ? 'error' : 'warn');
     } finally {
       this.#links.delete(link);
       if (subscriber !== null && this.#subscribers.get(subscriber) === link) this.#subscribers.delete(subscriber);
@@ -346,6 +354,7 @@ export class Subscriber {
     if (!proofMatches(proof(me.secret, 'relay', me.cluster, peer.replica, me.replica, hello.nonce, mine), welcome.proof)) {
       refuse(link, `replica ${peer.replica} did not prove the cluster secret`);
     }
+    link.authenticated();
     this.connected = true;
     this.lastError = null;
     this.#gap = false;

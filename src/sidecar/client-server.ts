@@ -1,14 +1,17 @@
 // The client port: framed msgpack requests with ids, answered as they finish
 // (pipelining). A malformed request closes that connection with a logged
 // reason; an operating error is answered with its code and the connection
-// stays open.
-import { createServer, type Server } from 'node:net';
+// stays open. Before it authenticates, a connection may send only what an
+// auth request needs, and logins are gated (net/guard.ts): a stranger can
+// neither swell the process nor exhaust PostgreSQL's connection slots.
+import { createServer, type Server, type Socket } from 'node:net';
 import { decodeRequest, encodeResponse, type ClientErrorBody, type ClientRequest, type ClientResponse, type Consistency, type Statement } from '../core/client-protocol.js';
 import { AssertionFailed } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
+import { AuthGate, PortGuard, type Admission } from '../net/guard.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
 import { listen } from '../net/listen.js';
 
@@ -47,12 +50,24 @@ export class ClientServer {
   readonly #log: Logger;
   readonly #server: Server;
   readonly #links = new Set<FramedLink<ClientRequest, ClientResponse>>();
+  readonly #guard: PortGuard;
+  readonly #logins = new AuthGate();
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the node's session type is its own
   constructor(handler: RequestHandler<any>, log: Logger) {
     this.#handler = handler;
     this.#log = log.child({ port: 'client' });
-    this.#server = createServer((socket) => void this.#serve(new FramedLink(socket, this.#log, { decode: decodeRequest, encode: encodeResponse })));
+    this.#guard = new PortGuard('client', this.#log);
+    this.#server = createServer((socket) => this.#accept(socket));
+    this.#server.on('error', (error) => this.#log.error({ err: error }, 'client server error'));
+  }
+
+  #accept(socket: Socket): void {
+    const admission = this.#guard.admit(socket);
+    if (admission === null) return;
+    const link = new FramedLink(socket, this.#log, { decode: decodeRequest, encode: encodeResponse }, { handshake: true });
+    // Whatever goes wrong while serving one connection ends that connection, never the process.
+    this.#serve(link, admission).catch((error: unknown) => link.close(`serving the connection failed: ${(error as Error).message}`, 'error'));
   }
 
   listen(port: number, host = '127.0.0.1'): Promise<number> {
@@ -64,18 +79,27 @@ export class ClientServer {
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 
-  async #serve(link: FramedLink<ClientRequest, ClientResponse>): Promise<void> {
+  async #serve(link: FramedLink<ClientRequest, ClientResponse>, admission: Admission): Promise<void> {
     this.#links.add(link);
     let inFlight = 0;
     let slot: (() => void) | null = null;
     const transactions = new Map<number, Transaction>();
+    const reply = (response: ClientResponse): void => {
+      try {
+        link.send(response);
+      } catch (error) {
+        // A result that cannot be encoded (or is over the frame limit) is answered as an error instead.
+        link.send({ id: response.id, error: { code: 'BAD_REQUEST', message: `the answer could not be sent: ${(error as Error).message}` } });
+      }
+    };
     try {
       const session = await this.#authenticate(link);
+      link.authenticated();
+      admission.authenticated();
       for (;;) {
         const request = await link.next();
         inFlight += 1;
-        void this.#answer(session, request, transactions).then((response) => {
-          link.send(response);
+        void this.#answer(session, request, transactions).then(reply, (error: unknown) => link.close(`answering request ${request.id} failed: ${(error as Error).message}`, 'error')).finally(() => {
           inFlight -= 1;
           slot?.();
         });
@@ -99,7 +123,7 @@ export class ClientServer {
       throw new LinkClosed(`${request.op} before auth`);
     }
     try {
-      const session = await this.#handler.authenticate(request.user, request.password);
+      const session = await this.#logins.run(link.socket.remoteAddress ?? 'unknown', () => this.#handler.authenticate(request.user, request.password));
       link.send({ id: request.id, result: { user: session.user } });
       return session;
     } catch (error) {
