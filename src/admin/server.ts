@@ -23,7 +23,9 @@
 // { error: { code, message } }; nothing a request carries can stop the node.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { QsyncError, type ErrorCode } from '../core/errors.js';
+import { limits } from '../core/limits.js';
 import type { TableMode } from '../core/record.js';
 import { isReplicaId, type ReplicaId } from '../core/types.js';
 import { vclockMissing } from '../core/vclock.js';
@@ -56,7 +58,7 @@ const STATUS_OF: Partial<Record<ErrorCode, number>> = {
   BAD_REQUEST: 400, PG_TABLE: 400, PG_ERROR: 400, AUTH: 401, FORBIDDEN: 403, NOT_LEADER: 409, STALE_TERM: 409,
 };
 
-const BODY_BYTES_MAX = 64 * 1024;
+const BODY_BYTES_MAX = limits.adminBodyBytesMax;
 
 /** A plain-text answer, not JSON (metrics). */
 class Text {
@@ -70,10 +72,21 @@ class Answer {
 
 export class AdminServer {
   readonly #server: Server;
+  /** Connections with a request being answered: the idle timeout leaves them alone. */
+  readonly #busy = new WeakSet<Socket>();
 
   constructor(target: AdminTarget, token: string | undefined, log: Logger) {
     const tokenHash = token === undefined ? null : sha256(token);
-    this.#server = createServer((request, response) => {
+    // Bounded like every port: slow or idle connections are closed (headers, whole request, keep-alive),
+    // and past the cap a new connection is closed at once. requestTimeout bounds receiving a request, not
+    // answering it: a table copy may take minutes.
+    this.#server = createServer({
+      headersTimeout: limits.adminHeadersTimeoutMs, requestTimeout: limits.adminRequestTimeoutMs,
+      keepAliveTimeout: limits.adminKeepAliveTimeoutMs, connectionsCheckingInterval: 1_000,
+    }, (request, response) => {
+      const socket = request.socket;
+      this.#busy.add(socket);
+      response.once('close', () => this.#busy.delete(socket));
       void route(target, tokenHash, request).then(
         (body) => {
           if (body instanceof Text) {
@@ -98,6 +111,11 @@ export class AdminServer {
   }
 
   listen(port: number, host: string): Promise<number> {
+    this.#server.maxConnections = limits.adminConnectionsMax;
+    // Node's timeouts start with a request's first byte: a connection that sends nothing is closed here.
+    this.#server.on('connection', (socket: Socket) => socket.setTimeout(limits.adminHeadersTimeoutMs, () => {
+      if (!this.#busy.has(socket)) socket.destroy();
+    }));
     return listen(this.#server, port, host);
   }
 
@@ -137,14 +155,31 @@ async function readBody(request: IncomingMessage): Promise<unknown> {
 
 const MODES: readonly TableMode[] = ['sync', 'async', 'local'];
 
+/** The request's target as a URL; a malformed one is the client's error (400), not the server's. */
+function targetOf(request: IncomingMessage): URL {
+  try {
+    return new URL(request.url ?? '/', 'http://admin');
+  } catch {
+    throw new QsyncError('BAD_REQUEST', `the request target ${JSON.stringify((request.url ?? '').slice(0, 200))} is not a valid path`);
+  }
+}
+
+function decodedSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new QsyncError('BAD_REQUEST', `the path segment ${JSON.stringify(segment.slice(0, 200))} is not valid percent-encoding`);
+  }
+}
+
 async function route(target: AdminTarget, tokenHash: Buffer | null, request: IncomingMessage): Promise<unknown> {
-  const url = new URL(request.url ?? '/', 'http://admin');
+  const url = targetOf(request);
   const method = request.method ?? 'GET';
   const key = `${method} ${url.pathname}`;
   const mutating = (what: string): void => authorise(tokenHash, request, what);
   const table = /^\/tables\/([^/]+)$/.exec(url.pathname);
   if (table !== null && method === 'PUT') {
-    const name = decodeURIComponent(table[1] as string);
+    const name = decodedSegment(table[1] as string);
     mutating(`PUT /tables/${name}`);
     const body = await readBody(request);
     const mode = url.searchParams.get('mode') ?? (typeof body === 'object' && body !== null ? (body as { mode?: unknown }).mode : undefined);
