@@ -32,6 +32,18 @@ export function vclockGet(vclock: VClock, replica: ReplicaId): Lsn {
   return vclock[replica] ?? (0 as Lsn);
 }
 
+/**
+ * Where a record (replica, lsn) stands against the vclock of what a node
+ * holds: held already (a duplicate), the next one of its replica, or past a
+ * gap. Only `next` may be journaled: a journal holds each replica's records
+ * without holes, and a record past a gap from a peer is refused before any
+ * of it reaches the journal or PostgreSQL.
+ */
+export function vclockPlace(vclock: VClock, replica: ReplicaId, lsn: Lsn): 'held' | 'next' | 'gap' {
+  const last = vclockGet(vclock, replica);
+  return lsn <= last ? 'held' : lsn === last + 1 ? 'next' : 'gap';
+}
+
 /** The clock after a record (replica, lsn); lsns of one replica only grow. */
 export function vclockFollow(vclock: VClock, replica: ReplicaId, lsn: Lsn): VClock {
   assert(isReplicaId(replica), `replica id ${replica} out of range`);

@@ -21,7 +21,7 @@
 // leadership stops writes at once; PostgreSQL's fence follows qsync.node.
 import { assert, AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
-import { QsyncError } from '../core/errors.js';
+import { QsyncError, RecordInvalid } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
 import { historyStateParse, LimboHistory, type HistoryState, type RevivedRange } from '../core/history.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
@@ -30,7 +30,7 @@ import { membershipChange, membershipSettled, type Membership, type MembershipCh
 import type { ConfigRecord, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
 import { gidFor } from '../core/gid.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
-import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, type VClock } from '../core/vclock.js';
+import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, vclockPlace, type VClock } from '../core/vclock.js';
 import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
@@ -394,8 +394,15 @@ export class NodeDriver<S, W> {
   #enqueue(record: JournalRecord): Promise<void> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
     if (this.#rejoin !== null) return Promise.reject(new QsyncError('REJOINING', `node ${this.#self} is taking a snapshot from node ${this.#rejoin.peer}; it subscribes again once that is done`));
+    const place = vclockPlace(this.#journal.tailVclock, record.replica, record.lsn);
     // A duplicate from another relay: done when everything before it is.
-    if (record.lsn <= vclockGet(this.#journal.tailVclock, record.replica)) return this.#queue;
+    if (place === 'held') return this.#queue;
+    if (place === 'gap' && this.#bugs.gapAccepted !== true) {
+      // Refused before the history, the journal or PostgreSQL sees any of it: the link closes, the node
+      // goes on, and the peer resends from this node's vclock when it subscribes again.
+      const held = vclockGet(this.#journal.tailVclock, record.replica);
+      return Promise.reject(new RecordInvalid('lsn', `record ${record.replica}:${record.lsn} does not follow lsn ${held} of replica ${record.replica}, the last this node holds: a gap`));
+    }
     if (this.#history.isStale(record)) {
       // Journaled, so the writer's later records still arrive; decides nothing (docs/rfc/0003-stale-records.md).
       this.splitBrainRecords += 1;
@@ -408,9 +415,11 @@ export class NodeDriver<S, W> {
     this.#hybrid = Math.max(this.#hybrid, record.time);
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
+    // Journal, then apply: PostgreSQL never holds a record the journal may lose (a row applied and
+    // then refused by the journal would stay on this node alone). A burst still shares one fsync.
     const run = this.#queue.then(async () => {
-      await this.#applyUntilDone(record);
       await durable;
+      await this.#applyUntilDone(record);
       this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
     });
     this.#queue = run.catch(() => undefined);

@@ -186,6 +186,8 @@ export interface PlantedBugs {
   readonly quorumOffByOne?: boolean;
   /** Election messages leave before the RAFT record with the term and vote is durable. */
   readonly raftUnsynced?: boolean;
+  /** A record from a peer past a gap in this node's vclock is taken (and fails to journal) instead of refused. */
+  readonly gapAccepted?: boolean;
 }
 
 /**

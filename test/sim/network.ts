@@ -4,6 +4,9 @@
 // subscribes again from its vclock. Election messages are datagrams on top:
 // delayed (so reordered), dropped and duplicated at the seed's rates, and
 // only where a stream between the two nodes is up, as in production.
+// A relay may also leave a gap in its stream (`gapRate`), as a faulty or
+// hostile peer would: the subscriber must refuse the record past it before
+// its journal or PostgreSQL sees it, and subscribe again.
 import type { ElectionMessage } from '../../src/core/election.js';
 import type { JournalRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type ReplicaId } from '../../src/core/types.js';
@@ -20,6 +23,9 @@ export interface NetworkProfile {
   readonly latencyMsMax: number;
   readonly dropRate: number;
   readonly duplicateRate: number;
+  /** Per record relayed: the chance that the relay skips it, leaving a gap (drawn from `gaps`, not the main generator). */
+  readonly gapRate: number;
+  readonly gaps: Rng;
 }
 
 interface Endpoint {
@@ -160,6 +166,10 @@ export class SimNetwork {
       for (; next < records.length; next += 1) {
         const record = records[next] as JournalRecord;
         if (record.replica === REPLICA_LOCAL || record.replica === subscriber.node || record.lsn <= vclockGet(from, record.replica)) continue;
+        if (this.#profile.gapRate > 0 && this.#profile.gaps.chance(this.#profile.gapRate)) {
+          this.#observer.trace(`relay ${relay.node} skips ${record.replica}:${record.lsn} to ${subscriber.node}: a gap`);
+          continue;
+        }
         const outgoing = relay.handlers.outgoing(record);
         relay.handlers.onSent(outgoing);
         this.#down(stream, () => this.#receive(stream, outgoing));
