@@ -12,7 +12,7 @@ import pg from 'pg';
 import { gidFor } from '../src/core/gid.js';
 import type { TxnRecord } from '../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
-import { Applier, commitPrepared, launchPostgres, migrate, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
+import { Applier, commitPrepared, launchPostgres, migrate, readCaptureKey, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
 import { closedLoop } from './stats.js';
 
 export interface PostgresBenchOptions {
@@ -54,6 +54,7 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
     await client.connect();
     return client;
   }));
+  const captureKey = await readCaptureKey(monitor);
   const before = await walFsyncs(monitor);
   const run = await closedLoop(sessions, seconds, async (caller) => {
     const client = clients[caller] as pg.Client;
@@ -71,7 +72,7 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
       await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
       await client.query(`PREPARE TRANSACTION '${gid}'`);
     } else {
-      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, reserve: () => ({ lsn, gid, time: lsn }), idempotencyKey: null }, async (c) => {
+      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, captureKey, reserve: () => ({ lsn, gid, time: lsn }), idempotencyKey: null }, async (c) => {
         await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
       });
     }

@@ -10,13 +10,25 @@ import type { Lsn, ReplicaId } from '../core/types.js';
 
 const OPS: Readonly<Record<string, ChangeOp>> = { i: 'insert', u: 'update', d: 'delete' };
 
-// qsync.capture() (migrations/0002) deletes this transaction's rows from the
+// qsync.capture() (migrations/0003) deletes this transaction's rows from the
 // buffer, stamps async keys, and records the applied lsn and idempotency key;
 // it runs as the schema owner, so the client's role needs no privilege on qsync.
-const CAPTURE_SQL = 'SELECT table_name, op, rows, old_keys, mode FROM qsync.capture($1, $2, $3, $4)';
+// It takes the node's capture key first: a client that calls it cannot take
+// its own changes, and a change not taken cannot commit (the third fence).
+const CAPTURE_SQL = 'SELECT table_name, op, rows, old_keys, mode FROM qsync.capture($1, $2, $3, $4, $5)';
+
+/** This node's capture key, which only the sidecar's own connections can read. */
+export async function readCaptureKey(client: pg.ClientBase): Promise<string> {
+  const { rows } = await client.query<{ key: string }>('SELECT key FROM qsync.capture_key');
+  const key = rows[0]?.key;
+  if (key === undefined) throw new Error('qsync.capture_key is empty: the schema was not migrated to version 3');
+  return key;
+}
 
 /** What the captured transaction will be in the journal. */
 export interface CaptureStamp {
+  /** The proof that the sidecar takes the changes (readCaptureKey). */
+  readonly captureKey: string;
   /** Hybrid time: orders the write against concurrent async writes on other nodes. */
   readonly time: number;
   readonly replica: ReplicaId;
@@ -33,7 +45,7 @@ export interface Captured {
 
 export async function capture(client: pg.ClientBase, stamp: CaptureStamp): Promise<Captured> {
   const { rows } = await client.query<{ table_name: string; op: string; rows: string; old_keys: string | null; mode: string | null }>({
-    name: 'qsync_capture', text: CAPTURE_SQL, values: [stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey],
+    name: 'qsync_capture', text: CAPTURE_SQL, values: [stamp.captureKey, stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey],
   });
   let sync = false;
   const changes = rows.map((row): Change => {

@@ -10,6 +10,7 @@ import type { VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
 import { Applier, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
+import { readCaptureKey } from './capture.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
 import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
@@ -36,6 +37,8 @@ export class PgDatabase implements Database<PgSession, PgWork> {
   readonly #url: string;
   readonly #cluster: string;
   readonly #log: Logger;
+  /** Proves to PostgreSQL that this sidecar takes a write's changes (the third fence, migrations/0003). */
+  readonly #captureKey: string;
   #admin: pg.Client;
   #applier: Applier;
   /** Connections for COMMIT/ROLLBACK PREPARED, run in parallel so PostgreSQL group-commits them. */
@@ -47,8 +50,9 @@ export class PgDatabase implements Database<PgSession, PgWork> {
   /** The listeners heard of the current connections' loss already. */
   #lostTold = false;
 
-  private constructor(url: string, cluster: string, log: Logger, admin: pg.Client, applier: Applier) {
+  private constructor(url: string, cluster: string, log: Logger, admin: pg.Client, applier: Applier, captureKey: string) {
     this.#url = url;
+    this.#captureKey = captureKey;
     this.#cluster = cluster;
     this.#log = log;
     this.#admin = admin;
@@ -66,7 +70,8 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     const admin = await connectPg(url, log);
     try {
       await prepare(admin);
-      return new PgDatabase(url, cluster, log, admin, await Applier.create(await connectPg(url, log)));
+      const captureKey = await readCaptureKey(admin);
+      return new PgDatabase(url, cluster, log, admin, await Applier.create(await connectPg(url, log)), captureKey);
     } catch (error) {
       await admin.end().catch(() => undefined);
       throw error;
@@ -208,7 +213,7 @@ export class PgDatabase implements Database<PgSession, PgWork> {
   async write(session: PgSession, context: WriteContext, work: PgWork): Promise<LeaderOutcome> {
     const client = await session.pool.connect();
     try {
-      return await runLeaderWrite(client, context, work);
+      return await runLeaderWrite(client, { ...context, captureKey: this.#captureKey }, work);
     } finally {
       client.release();
     }

@@ -22,6 +22,8 @@ import { capture } from './capture.js';
 
 export interface LeaderWrite {
   readonly term: Term;
+  /** This node's capture key (capture.ts): without it the changes cannot be taken, nor committed. */
+  readonly captureKey: string;
   readonly replica: ReplicaId;
   readonly idempotencyKey: string | null;
   /**
@@ -49,7 +51,7 @@ export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, 
   try {
     await body(client);
     const { lsn, gid, time } = write.reserve();
-    const { changes, sync } = await capture(client, { time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
+    const { changes, sync } = await capture(client, { captureKey: write.captureKey, time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
     if (changes.length === 0) {
       await client.query('COMMIT');
       open = false;

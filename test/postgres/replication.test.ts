@@ -11,7 +11,7 @@ import { decodeRecord, encodeRecord, type TxnRecord } from '../../src/core/recor
 import { vclockFromEntries } from '../../src/core/vclock.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import {
-  Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
+  Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, readCaptureKey, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
 } from '../../src/postgres/index.js';
 import { createLogger } from '../../src/log.js';
 import { PgDatabase } from '../../src/postgres/database.js';
@@ -22,6 +22,8 @@ let leader: TestNode;
 let follower: TestNode;
 let applier: Applier;
 let lsn = 0;
+let leaderKey = '';
+let followerKey = '';
 
 const SCHEMA = `
   CREATE TABLE items (
@@ -40,10 +42,20 @@ beforeAll(async () => {
     await setTableMode(node.sql, 'kv', 'async');
   }
   applier = await Applier.create(await follower.connect());
+  [leaderKey, followerKey] = await Promise.all([readCaptureKey(leader.sql), readCaptureKey(follower.sql)]);
 });
 afterAll(async () => {
   await Promise.all([leader?.destroy(), follower?.destroy()]);
 });
+
+/**
+ * Plant rows in a replicated table as a test's starting state (the row
+ * versions are planted beside them): as a replica session, since a plain
+ * write to a replicated table cannot commit outside qsync.
+ */
+async function planted(node: TestNode, sql: string): Promise<void> {
+  await node.sql.query(`BEGIN; SET LOCAL session_replication_role = replica; ${sql}; COMMIT`);
+}
 
 /** Run `sql` on the leader as one qsync write; return the TXN record as a peer would receive it. */
 async function leaderWrite(sql: string, options: { idempotencyKey?: string; params?: unknown[] } = {}): Promise<TxnRecord> {
@@ -51,7 +63,7 @@ async function leaderWrite(sql: string, options: { idempotencyKey?: string; para
   const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
   const gid = gidFor(CLUSTER, header.replica, header.lsn);
   const session = await leader.connect();
-  const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
+  const outcome = await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
     await c.query(sql, options.params);
   });
   await session.end();
@@ -116,7 +128,7 @@ describe('capture → record → apply as a prepared transaction', () => {
       const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await leader.connect();
-      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: 'multi-1' }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: 'multi-1' }, async (c) => {
         await c.query(`INSERT INTO pairs VALUES (3, 'z', 'new')`);
         await c.query(`UPDATE pairs SET v = v || '+' WHERE a = 3`);
         await c.query(`UPDATE pairs SET b = 'w' WHERE a = 1 AND b = 'x'`);
@@ -241,7 +253,7 @@ describe('crashes', () => {
       await session.query(`SELECT set_config('qsync.term', '1', true)`);
       await session.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
     } else {
-      await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
+      await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
       });
       if (verdict === 'finished') await commitPrepared(leader.sql, gid);
@@ -331,7 +343,7 @@ describe('async tables: last writer wins', () => {
       const header = { replica: replica as ReplicaId, lsn: (9_000 + time) as Lsn, term: 1 as Term, time };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await node.connect();
-      const outcome = await runLeaderWrite(session, { ...header, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
+      const outcome = await runLeaderWrite(session, { ...header, captureKey: node === leader ? leaderKey : followerKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO kv VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, [value]);
       });
       await session.end();
@@ -358,7 +370,7 @@ describe('async tables: last writer wins', () => {
     // A local writer on the follower: written and captured at time 500, not yet committed.
     const local = await follower.connect();
     await runLeaderWrite(local, {
-      term: 1 as Term, replica: 2 as ReplicaId, idempotencyKey: null,
+      term: 1 as Term, replica: 2 as ReplicaId, idempotencyKey: null, captureKey: followerKey,
       reserve: () => ({ lsn: (20_000 + remoteTime) as Lsn, gid: gidFor(CLUSTER, 2 as ReplicaId, (20_000 + remoteTime) as Lsn), time: 500 }),
       journal: async () => {
         // While the local transaction is still open, a remote write of the same key arrives.
@@ -384,7 +396,7 @@ describe('async tables: last writer wins', () => {
   it('applies a newer remote UPDATE over an older row: the key that stays is judged once, not as a delete and then an upsert', async () => {
     // The e2e flake: node 2 updated a row it had from node 1; applied on node 1, the update's
     // old key was judged first (bumping the version), and the new image then lost to itself.
-    await follower.sql.query(`INSERT INTO kv VALUES ('moved-not', 'old')`);
+    await planted(follower, `INSERT INTO kv VALUES ('moved-not', 'old')`);
     await follower.sql.query(`INSERT INTO qsync.row_versions (table_name, key, time, replica_id) VALUES ('public.kv', '{"k": "moved-not"}', 100, 2)`);
     const update: TxnRecord = {
       kind: 'txn', replica: 1 as ReplicaId, lsn: 40_000 as Lsn, term: 1 as Term, time: 300, gid: gidFor(CLUSTER, 1 as ReplicaId, 40_000 as Lsn), sync: false, idempotencyKey: null,
@@ -451,7 +463,7 @@ describe('the rows a table held when it became replicated (COPY text)', () => {
     await leader.sql.query(`INSERT INTO seed3 VALUES ('old', 'leader'), ('new', 'leader')`);
     await setTableMode(follower.sql, 'seed3', 'async');
     // The follower wrote 'new' after the copy's time (5,000), and 'old' before it.
-    await follower.sql.query(`INSERT INTO seed3 VALUES ('old', 'follower'), ('new', 'follower')`);
+    await planted(follower, `INSERT INTO seed3 VALUES ('old', 'follower'), ('new', 'follower')`);
     await follower.sql.query(`INSERT INTO qsync.row_versions VALUES ('public.seed3', '{"k": "old"}', 4000, 2), ('public.seed3', '{"k": "new"}', 6000, 2)`);
     for (const record of await copied('seed3', 'async')) expect(await applier.apply(record, { prepare: false })).toBe('applied');
     expect((await follower.sql.query('SELECT k, v FROM seed3 ORDER BY k')).rows).toEqual([{ k: 'new', v: 'follower' }, { k: 'old', v: 'leader' }]);
