@@ -71,6 +71,13 @@ interface RoleSession extends ClientSession {
 
 /** Distinct roles with a pool at once; a further one is refused until the node restarts. */
 const ROLE_POOLS_MAX = 64;
+/** Connections of one role's pool at most. */
+const ROLE_POOL_CONNECTIONS_MAX = 16;
+/**
+ * PostgreSQL connections kept out of the clients' budget: the sidecar's own
+ * (admin, apply, COMMIT/ROLLBACK PREPARED, snapshots) and a few for an operator.
+ */
+const OWN_CONNECTIONS_RESERVED = 24;
 
 /** The wall clock and Node's timers. */
 export const systemClock: Clock = {
@@ -92,6 +99,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   readonly #journal: Journal;
   readonly #db: PgDatabase;
   readonly #pools = new Map<string, pg.Pool>();
+  /** PostgreSQL connections the role pools may still take (read from the server at start). */
+  #clientConnectionsLeft = 0;
   #clients: ClientServer | null = null;
   #adminServer: AdminServer | null = null;
   #discovery: RedisDiscovery | null = null;
@@ -139,6 +148,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     });
     const node = new SidecarNode(config, log, journal, db, metrics);
     created = node;
+    node.#clientConnectionsLeft = await clientConnectionBudget(db.admin);
     logContext(() => node.logContext());
     await node.#driver.start();
     await node.#probe();
@@ -305,14 +315,20 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const existing = this.#pools.get(key);
     if (existing !== undefined) return { user, password, pool: existing };
     if (this.#pools.size >= ROLE_POOLS_MAX) throw new QsyncError('AUTH', `this node serves ${ROLE_POOLS_MAX} roles already`);
+    // Every pool's connections come out of one budget below PostgreSQL's max_connections, so that
+    // clients can never take the connections qsync itself needs.
+    const max = Math.min(ROLE_POOL_CONNECTIONS_MAX, this.#clientConnectionsLeft);
+    if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles; raise max_connections, or have clients share fewer roles`);
+    this.#clientConnectionsLeft -= max;
     const url = new URL(this.config.pgUrl);
     url.username = encodeURIComponent(user);
     url.password = encodeURIComponent(password);
-    const pool = new pg.Pool({ connectionString: url.toString(), max: 16 });
+    const pool = new pg.Pool({ connectionString: url.toString(), max });
     guardPool(pool, this.log, `role ${user}`);
     try {
       await pool.query('SELECT 1');
     } catch (error) {
+      this.#clientConnectionsLeft += max;
       await pool.end();
       const pgError = error as { code?: string; message?: string };
       throw new QsyncError('AUTH', `PostgreSQL refused role ${user}: ${pgError.message ?? String(error)}`, { sqlstate: pgError.code });
@@ -431,11 +447,26 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       throw new QsyncError('BAD_REQUEST', 'linearizable reads (a read index confirmed by a quorum) are not built yet; use leader (reads on the current leader) for now');
     }
     if (consistency === 'leader' && !this.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#driver.leaderName()}`);
+    // A read runs in a READ ONLY transaction, as one statement (the extended protocol takes no more):
+    // the read API cannot write, whatever the statement SETs.
+    const client = await session.pool.connect().catch((error: unknown) => {
+      throw this.#clientError(error);
+    });
+    let open = false;
+    let broken = false;
     try {
-      const r = await session.pool.query({ text: sql, values: [...params] });
+      await client.query('BEGIN READ ONLY');
+      open = true;
+      const r = await client.query({ text: sql, values: [...params], queryMode: 'extended' } as pg.QueryConfig);
+      await client.query('COMMIT');
+      open = false;
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };
     } catch (error) {
+      // A connection that cannot even roll back is not given to the next read.
+      if (open) await client.query('ROLLBACK').catch(() => (broken = true));
       throw this.#clientError(error);
+    } finally {
+      client.release(broken);
     }
   }
 
@@ -475,6 +506,19 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     }
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
+}
+
+/**
+ * How many PostgreSQL connections the clients' role pools may hold in all:
+ * the server's max_connections, less the slots it reserves for superusers
+ * and for pg_use_reserved_connections, less the sidecar's own.
+ */
+async function clientConnectionBudget(admin: pg.Client): Promise<number> {
+  const { rows } = await admin.query<{ max: number; reserved: number }>(`
+    SELECT current_setting('max_connections')::int AS max,
+           current_setting('superuser_reserved_connections')::int + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) AS reserved`);
+  const { max, reserved } = rows[0] as { max: number; reserved: number };
+  return Math.max(ROLE_POOL_CONNECTIONS_MAX, max - reserved - OWN_CONNECTIONS_RESERVED);
 }
 
 /** Errors of a connection attempt to PostgreSQL (errno, or the server refusing sessions): the request never started. */
