@@ -35,7 +35,10 @@ export class QsyncClientError extends Error {
 export class NotLeader extends QsyncClientError {}
 export class StaleTerm extends QsyncClientError {}
 export class RolledBack extends QsyncClientError {}
-export class OutcomeUnknown extends QsyncClientError {}
+/** The transaction may or may not have committed: ask outcome(idempotencyKey), when it had one. */
+export class OutcomeUnknown extends QsyncClientError {
+  idempotencyKey: string | undefined;
+}
 export class LimboFull extends QsyncClientError {}
 export class PgError extends QsyncClientError {}
 
@@ -69,7 +72,16 @@ export interface ExecuteOptions {
   readonly forward?: boolean;
 }
 
-type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void; op: ClientRequest['op'] };
+type Pending = { resolve: (value: unknown) => void; reject: (error: Error) => void; op: ClientRequest['op']; idempotencyKey: string | null };
+
+/** Requests whose lost answer may hide a commit: their outcome is unknown, never a plain failure. */
+const MAY_HAVE_COMMITTED: ReadonlySet<ClientRequest['op']> = new Set(['execute', 'commit', 'ddl', 'table']);
+
+/** An OutcomeUnknown carries the idempotency key to ask with, and its message says how. */
+function withKey(error: unknown, idempotencyKey: string | null): unknown {
+  if (error instanceof OutcomeUnknown) error.idempotencyKey ??= idempotencyKey ?? undefined;
+  return error;
+}
 
 class Connection {
   readonly address: string;
@@ -119,10 +131,11 @@ class Connection {
    * `timeoutMs` (a frozen process keeps its sockets open) costs the whole
    * connection: every request on it fails as if the connection were lost.
    */
-  request(make: (id: number) => ClientRequest, timeoutMs = this.#requestTimeoutMs): Promise<unknown> {
+  request(make: (id: number) => ClientRequest, timeoutMs = this.#requestTimeoutMs, idempotencyKey: string | null = null): Promise<unknown> {
     const request = make(this.#nextId++);
+    const key = 'idempotencyKey' in request && request.op === 'execute' ? request.idempotencyKey : idempotencyKey;
     const answered = new Promise((resolve, reject) => {
-      this.#pending.set(request.id, { resolve, reject, op: request.op });
+      this.#pending.set(request.id, { resolve, reject: (error) => reject(withKey(error, key) as Error), op: request.op, idempotencyKey: key });
       if (!this.#link.send(request) && this.#link.closeReason !== null) this.#fail(this.#link.closeReason);
     });
     if (!Number.isFinite(timeoutMs)) return answered;
@@ -158,8 +171,13 @@ class Connection {
     for (const [id, pending] of this.#pending) {
       this.#pending.delete(id);
       // A write whose answer was lost may or may not have committed.
-      const code = pending.op === 'execute' ? 'OUTCOME_UNKNOWN' : 'PG_ERROR';
-      pending.reject(typed({ code, message: `connection to ${this.address} lost before the answer (${reason})` } as ClientErrorBody));
+      const lost = `connection to ${this.address} lost before the answer (${reason})`;
+      if (!MAY_HAVE_COMMITTED.has(pending.op)) {
+        pending.reject(typed({ code: 'PG_ERROR', message: lost }));
+        continue;
+      }
+      const ask = pending.idempotencyKey === null ? 'it carried no idempotency key to ask with (pass one to make the outcome knowable)' : `ask outcome(${JSON.stringify(pending.idempotencyKey)}) once a leader answers, or retry with the same key`;
+      pending.reject(typed({ code: 'OUTCOME_UNKNOWN', message: `${lost}: the ${pending.op} may have committed; ${ask}` }));
     }
   }
 }
@@ -271,7 +289,7 @@ export class Db {
       await connection.request((rid) => ({ id: rid, op: 'rollback', tx: id })).catch(() => undefined);
       throw error;
     }
-    await connection.request((rid) => ({ id: rid, op: 'commit', tx: id }));
+    await connection.request((rid) => ({ id: rid, op: 'commit', tx: id }), undefined, options.idempotencyKey ?? null);
     return result;
   }
 
