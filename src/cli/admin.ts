@@ -2,7 +2,8 @@
 // `transfer`, over the nodes' admin interfaces (like patronictl over
 // Patroni's REST API). Which node: --admin host:port, else QSYNC_ADMIN, else
 // the local cluster's file (--cluster-dir, default .qsync/cluster). The
-// token for mutating requests: --token, else QSYNC_ADMIN_TOKEN, else that file.
+// token for mutating requests: --token-file, else QSYNC_ADMIN_TOKEN, else that
+// file; never --token, since ps shows a command line to every local user.
 //
 // Exit codes: 0 done; 1 refused or failed (the message says why); 2 usage;
 // 3 no node reachable. `status` exits 1 when the cluster is degraded: no
@@ -13,6 +14,7 @@ import type { ClusterView } from '../admin/view.js';
 import { connect } from '../client/index.js';
 import { QsyncError } from '../core/errors.js';
 import { readClusterFile } from '../drill/target.js';
+import { readSecretFile } from '../sidecar/config.js';
 import type { SidecarStatus } from '../sidecar/node.js';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3 } as const;
@@ -24,7 +26,7 @@ export class CliFailure extends Error {
   }
 }
 
-const COMMON = { admin: { type: 'string' }, token: { type: 'string' }, 'cluster-dir': { type: 'string', default: '.qsync/cluster' }, json: { type: 'boolean' } } as const;
+const COMMON = { admin: { type: 'string' }, token: { type: 'string' }, 'token-file': { type: 'string' }, 'cluster-dir': { type: 'string', default: '.qsync/cluster' }, json: { type: 'boolean' } } as const;
 
 export const ADMIN_HELP: Readonly<Record<string, string>> = {
   status: `usage: qsync status [--admin host:port] [--json]
@@ -34,18 +36,19 @@ the leader (records and seconds) and limbo length. --json prints the whole
 view. Exit 0: a leader and every node running; 1: degraded (no leader, a
 node unreachable or without PostgreSQL, or a node whose apply keeps failing,
 shown under the table); 3: no node answered.`,
-  table: `usage: qsync table <sync|async|local> <table> [--admin host:port] [--token T]
+  table: `usage: qsync table <sync|async|local> <table> [--admin host:port] [--token-file F]
        qsync table list [--admin host:port] [--json]
-       qsync table <sync|async|local> <table> --node host:port --user U --password P
+       QSYNC_PASSWORD=P qsync table <sync|async|local> <table> --node host:port --user U
 
 Set a table's mode on every node, through the leader (found for you), or list
-the tables qsync knows and their modes. With --node/--user/--password the mode
+the tables qsync knows and their modes. With --node/--user (password in
+QSYNC_PASSWORD) the mode
 is set as that PostgreSQL role through the client port instead of the admin
 interface; the role must own the table. A table that holds rows on the
 leader when it becomes replicated brings them to every node (the other nodes'
 tables should be empty; their columns must match, or that node says which
 column differs and waits until it is fixed).`,
-  ddl: `usage: qsync ddl "<sql>" [--admin host:port] [--token T]
+  ddl: `usage: qsync ddl "<sql>" [--admin host:port] [--token-file F]
 
 Run a schema change (ALTER TABLE ... ADD COLUMN, CREATE INDEX, CREATE TABLE)
 on every node: on the leader (found for you) in a transaction of its own, then
@@ -53,32 +56,32 @@ on each other node at the same point of the journal, so replicated tables keep
 the same shape. Leave out BEGIN/COMMIT; the SQL must give the same result on
 every node (no now() or random() defaults on a table with rows). To drop a
 replicated table, make it local first.`,
-  promote: `usage: qsync promote [<node>] [--admin host:port] [--token T]
+  promote: `usage: qsync promote [<node>] [--admin host:port] [--token-file F]
 
 Make <node> (default: the node at --admin) campaign now; returns once it
 accepts writes. For election mode manual, or as an override.`,
-  demote: `usage: qsync demote [--admin host:port] [--token T]
+  demote: `usage: qsync demote [--admin host:port] [--token-file F]
 
 The current leader (found for you) steps down and stays quiet for two
 election timeouts; another node is elected.`,
-  rejoin: `usage: qsync rejoin <node> [--admin host:port] [--token T]
+  rejoin: `usage: qsync rejoin <node> [--admin host:port] [--token-file F]
 
 For a node started with rejoin manual that lacks journal records every peer
 has removed (qsync status says so): let it replace its replicated tables with
 a peer's snapshot. Its local tables stay. A node with rejoin auto (the
 default) does this by itself.`,
-  remove: `usage: qsync remove <node> [--admin host:port] [--token T]
+  remove: `usage: qsync remove <node> [--admin host:port] [--token-file F]
 
 Remove <node> from the cluster, through the leader (found for you): a CONFIG
 record confirmed by a quorum changes the members and the quorum (a majority
 of the members left). One node at a time; the leader cannot remove itself
 (qsync transfer first). The removed node stops voting and campaigning; stop
 its sidecar afterwards. Its PostgreSQL keeps its data.`,
-  leave: `usage: qsync leave [--admin host:port of the leaving node] [--token T]
+  leave: `usage: qsync leave [--admin host:port of the leaving node] [--token-file F]
 
 The node at --admin leaves the cluster: as qsync remove <its id>, asked of
 the leader. Stop its sidecar afterwards.`,
-  transfer: `usage: qsync transfer <node> [--admin host:port] [--token T]
+  transfer: `usage: qsync transfer <node> [--admin host:port] [--token-file F]
 
 Switchover: the current leader (found for you) holds new writes, waits until
 <node> holds its whole journal, and hands leadership over; no write fails.`,
@@ -89,9 +92,19 @@ interface Where {
   readonly token: string | undefined;
 }
 
-async function where(values: { admin?: string | undefined; token?: string | undefined; 'cluster-dir'?: string | undefined }): Promise<Where> {
+/** The admin token from --token-file or QSYNC_ADMIN_TOKEN; --token is refused with where to put it instead. */
+export function adminTokenOf(values: { token?: string | undefined; 'token-file'?: string | undefined }): string | undefined {
+  if (values.token !== undefined) throw new CliFailure('--token: a secret is never taken from the command line, where ps shows it to every local user; put it in a file (--token-file F, mode 0600) or in QSYNC_ADMIN_TOKEN', EXIT.usage);
+  const file = values['token-file'];
+  if (file === undefined) return process.env.QSYNC_ADMIN_TOKEN === '' ? undefined : process.env.QSYNC_ADMIN_TOKEN;
+  const read = readSecretFile(file);
+  if (!read.ok) throw new CliFailure(`--token-file: ${read.problem}`, EXIT.usage);
+  return read.value;
+}
+
+async function where(values: { admin?: string | undefined; token?: string | undefined; 'token-file'?: string | undefined; 'cluster-dir'?: string | undefined }): Promise<Where> {
   const given = (...texts: Array<string | undefined>): string | undefined => texts.find((t) => t !== undefined && t !== '');
-  const token = given(values.token, process.env.QSYNC_ADMIN_TOKEN);
+  const token = adminTokenOf(values);
   const admin = given(values.admin, process.env.QSYNC_ADMIN);
   if (admin !== undefined) return { addresses: [admin], token };
   try {
@@ -190,13 +203,14 @@ export function table(header: readonly string[], rows: ReadonlyArray<readonly st
 export async function tableCommand(argv: readonly string[]): Promise<number> {
   const { values, positionals } = parse('table', argv, { node: { type: 'string' }, user: { type: 'string' }, password: { type: 'string' } });
   const [verb, name] = positionals;
-  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'token-file': str(values['token-file']), 'cluster-dir': str(values['cluster-dir']) });
   if (verb === 'list') {
     const tables = await firstAnswer<Array<{ table: string; mode: string }>>(at, '/tables');
     console.log(values.json === true ? JSON.stringify(tables, null, 2) : tables.length === 0 ? 'no tables are replicated yet: qsync table sync <table>' : table(['Table', 'Mode'], tables.map((t) => [t.table, t.mode])));
     return EXIT.ok;
   }
   if ((verb !== 'sync' && verb !== 'async' && verb !== 'local') || name === undefined) throw new CliFailure(`which mode and table?\n\n${ADMIN_HELP.table as string}`, EXIT.usage);
+  if (values.password !== undefined) throw new CliFailure('--password: a password is never taken from the command line, where ps shows it to every local user; set QSYNC_PASSWORD', EXIT.usage);
   if (values.node !== undefined || values.user !== undefined) {
     // As a PostgreSQL role through the client port (the role must own the table).
     let db;
@@ -230,7 +244,7 @@ export async function ddlCommand(argv: readonly string[]): Promise<number> {
   const { values, positionals } = parse('ddl', argv);
   const [sql] = positionals;
   if (sql === undefined || positionals.length > 1) throw new CliFailure(`give the SQL as one quoted argument\n\n${ADMIN_HELP.ddl as string}`, EXIT.usage);
-  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'token-file': str(values['token-file']), 'cluster-dir': str(values['cluster-dir']) });
   const v = await view(at);
   const result = await mutate<{ lsn: number }>(adminOf(v, leaderOf(v)), 'POST', '/ddl', at.token, { sql });
   console.log(`schema change applied on node ${leaderOf(v)} and journaled at lsn ${result.lsn}; every node runs it in journal order`);
@@ -249,7 +263,7 @@ export interface MembersAnswer {
 /** qsync remove <node> and qsync leave. */
 export async function membersCommand(command: 'remove' | 'leave', argv: readonly string[]): Promise<number> {
   const { values, positionals } = parse(command, argv);
-  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'token-file': str(values['token-file']), 'cluster-dir': str(values['cluster-dir']) });
   let target = positionals[0];
   if (command === 'remove' && (target === undefined || !/^\d+$/.test(target))) throw new CliFailure(`remove which node (a replica id)?\n\n${ADMIN_HELP.remove as string}`, EXIT.usage);
   if (command === 'leave') {
@@ -275,7 +289,7 @@ export async function control(command: 'promote' | 'demote' | 'transfer' | 'rejo
   if (target !== undefined && !/^\d+$/.test(target)) throw new CliFailure(`<node> is a replica id, got ${JSON.stringify(target)}\n\n${ADMIN_HELP[command] as string}`, EXIT.usage);
   if (command === 'transfer' && target === undefined) throw new CliFailure(`transfer to which node?\n\n${ADMIN_HELP.transfer as string}`, EXIT.usage);
   if (command === 'rejoin' && target === undefined) throw new CliFailure(`rejoin which node?\n\n${ADMIN_HELP.rejoin as string}`, EXIT.usage);
-  const at = await where({ admin: str(values.admin), token: str(values.token), 'cluster-dir': str(values['cluster-dir']) });
+  const at = await where({ admin: str(values.admin), token: str(values.token), 'token-file': str(values['token-file']), 'cluster-dir': str(values['cluster-dir']) });
   // --json: the node's status after the change, and nothing else on stdout.
   const say = (text: string): void => {
     if (values.json !== true) console.log(text);

@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -127,7 +127,11 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   const count = options.nodes ?? 3;
   await mkdir(root, { recursive: true });
   await chmod(root, 0o755); // PostgreSQL runs as the postgres OS user under root and must reach its directory
-  const secret = options.secret ?? 'local-cluster-secret-0123456789';
+  // A random secret per cluster, in its directory, readable by its owner only; sidecars read the
+  // file (--secret-file), so the secret is never on a command line where ps shows it.
+  const secretFile = join(root, SECRET_FILE);
+  await writeFile(secretFile, `${options.secret ?? randomBytes(24).toString('hex')}\n`, { mode: 0o600 });
+  await chmod(secretFile, 0o600);
   const adminToken = options.adminToken === undefined ? randomBytes(16).toString('hex') : options.adminToken;
   let ports = await nodePorts(count);
   // proxies[i][j]: node i+1's connection to node j+1's peer port.
@@ -162,7 +166,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}`).filter((_, j) => j !== i).join(',');
       return [
         ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
-        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
+        '--data-dir', dataDir, '--secret-file', secretFile,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
         '--election-mode', options.electionModes?.[replica] ?? 'candidate',
@@ -222,7 +226,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       let replica = 0;
       const args = (): string[] => [
         ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'join', '--from', source.adminAddress, '--cluster-id', 'local',
-        '--pg-url', server.connectionString, '--data-dir', dataDir, '--secret', secret,
+        '--data-dir', dataDir, '--secret-file', secretFile,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
         ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
@@ -256,6 +260,9 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
 
 type NodePorts = { readonly peer: number; readonly client: number; readonly admin: number };
 
+/** The cluster secret's file in the cluster's directory (mode 0600). */
+export const SECRET_FILE = 'secret';
+
 /** One node of a local cluster: its PostgreSQL and how its sidecar starts and is reached. */
 function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, onLog }: {
   /** The replica id; a node that joins learns it from the leader, so it is asked for each time. */
@@ -280,8 +287,9 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
       return `127.0.0.1:${ports().admin}`;
     },
     startSidecar: async () => {
-      // The token goes by environment, not on the command line where ps shows it.
-      const env = { ...process.env };
+      // The token and PostgreSQL's URL (it holds a password) go by environment, not on the command
+      // line where ps shows them to every local user.
+      const env: NodeJS.ProcessEnv = { ...process.env, QSYNC_PG_URL: server.connectionString };
       delete env.QSYNC_ADMIN_TOKEN;
       if (adminToken !== null) env.QSYNC_ADMIN_TOKEN = adminToken;
       const child = spawn(process.execPath, args(), { stdio: ['ignore', 'pipe', 'pipe'], env });

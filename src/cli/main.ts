@@ -16,7 +16,7 @@ import { CLUSTER_FILE, readClusterFile, serveControl } from '../drill/target.js'
 import { processAlive } from '../os/process.js';
 import { startLocalCluster } from './cluster.js';
 import { drill, DRILL_USAGE } from './drill.js';
-import { ADMIN_HELP, CliFailure, control, ddlCommand, EXIT, membersCommand, requestJoin, status, tableCommand } from './admin.js';
+import { ADMIN_HELP, adminTokenOf, CliFailure, control, ddlCommand, EXIT, membersCommand, requestJoin, status, tableCommand } from './admin.js';
 
 const usage = `qsync: quorum-synchronous replication for PostgreSQL
 
@@ -45,7 +45,7 @@ commands:
 The operator commands (status, table, promote, demote, transfer, rejoin) find the
 nodes from --admin host:port, QSYNC_ADMIN, or the local cluster's file
 (--cluster-dir, default .qsync/cluster); mutating ones need the admin token
-(--token, QSYNC_ADMIN_TOKEN, or that file).
+(--token-file F, QSYNC_ADMIN_TOKEN, or that file; never on the command line).
 
 exit codes: 0 done; 1 refused or failed (the message says why); 2 usage; 3 no node reachable
 `;
@@ -56,7 +56,8 @@ const HELP: Readonly<Record<string, string>> = {
        qsync cluster down [--dir D]
 
 up: start 3 embedded PostgreSQL servers and 3 sidecars on free ports, data in D
-(default .qsync/cluster), table demo in sync mode, link proxies and a
+(default .qsync/cluster), a random cluster secret in D/secret (mode 0600),
+table demo in sync mode, link proxies and a
 fault-injection control port on loopback for drills; D/cluster.json tells the
 other commands where the nodes are. In a terminal it shows the sidecars' log
 lines (info and above) unless --quiet. Ctrl-C (or qsync cluster down) stops it.
@@ -65,11 +66,11 @@ down: stop the cluster that runs from D and wait until it has stopped.`,
   bench: `usage: qsync bench <journal|postgres|cluster|failover|all> [--seconds N] [--dir PATH] [--json PATH]
 
 The same as npm run bench -- <name>: see the README's benchmark table.`,
-  join: `usage: qsync join --from host:adminPort [--token T] [settings of qsync start]
+  join: `usage: qsync join --from host:adminPort [--token-file F] [settings of qsync start]
 
 Run a new sidecar next to an empty (or fresh) PostgreSQL and add it to the
 running cluster that the node at --from belongs to. The leader (found for
-you; the admin token is --token, QSYNC_ADMIN_TOKEN or --admin-token) gives the
+you; the admin token is --token-file, QSYNC_ADMIN_TOKEN or the node's own) gives the
 node a replica id through a CONFIG record and the members of the cluster;
 they are written to --data-dir/${MEMBER_FILE}. The node's first sync is a
 snapshot from a peer: missing replicated tables are created with the peer's
@@ -116,11 +117,11 @@ async function joinCluster(argv: readonly string[]): Promise<void> {
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i] as string;
     const [flag, inline] = arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
-    if (flag === '--from' || flag === '--token') {
+    if (flag === '--from' || flag === '--token' || flag === '--token-file') {
       const value = inline ?? argv[(i += 1)];
       if (value === undefined) throw new CliFailure(`${flag} needs a value\n\n${HELP.join as string}`, EXIT.usage);
       if (flag === '--from') from = value;
-      else token = value;
+      else token = adminTokenOf(flag === '--token' ? { token: value } : { 'token-file': value });
     } else {
       rest.push(arg);
     }
@@ -136,7 +137,7 @@ async function joinCluster(argv: readonly string[]): Promise<void> {
   // Check every other setting before the cluster hears of this node.
   const config = settings('join', rest, (r) => ({ ...r, replicaId: 31, peers: [], clusterId: r.clusterId ?? 'joining' }));
   if (config.peerPort === 0 || config.clientPort === 0 || config.adminPort === 0) throw new CliFailure('qsync join needs fixed ports (--peer-port, --client-port, --admin-port): the other nodes are told them', EXIT.usage);
-  const answer = await requestJoin(from, token ?? process.env.QSYNC_ADMIN_TOKEN ?? config.adminToken, {
+  const answer = await requestJoin(from, token ?? adminTokenOf({}) ?? config.adminToken, {
     address: `${config.peerHost}:${config.peerPort}`, client: `${config.clientHost}:${config.clientPort}`,
     ...(config.adminPort === undefined ? {} : { admin: `${config.adminHost}:${config.adminPort}` }),
   });

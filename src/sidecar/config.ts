@@ -1,6 +1,6 @@
 // Sidecar configuration: a JSON file, then QSYNC_* environment variables,
 // then flags (later sources win), validated at once with every problem listed.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
@@ -63,13 +63,14 @@ export class ConfigError extends QsyncError<'CONFIG'> {
 }
 
 /** Settings, their flag, environment variable and meaning: the README's reference is drawn from this. */
-export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string }> = [
+export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> | 'secretFile' | 'adminTokenFile'; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string; secret?: true }> = [
   { key: 'replicaId', flag: 'replica-id', env: 'QSYNC_REPLICA_ID', kind: 'int', help: 'this node\'s replica id, 1-31, unique in the cluster' },
   { key: 'clusterId', flag: 'cluster-id', env: 'QSYNC_CLUSTER_ID', kind: 'string', help: 'the cluster\'s name; peers with another one are refused' },
   { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort[+adminPort]], e.g. 2@127.0.0.1:7402+7502+7602,3@127.0.0.1:7403+7503+7603' },
   { key: 'pgUrl', flag: 'pg-url', env: 'QSYNC_PG_URL', kind: 'string', help: 'connection string of this node\'s PostgreSQL (a role that may create the qsync schema and set session_replication_role)' },
   { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
-  { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters' },
+  { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', secret: true, help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters. From the environment or the config file, never a flag; or from a file (secretFile)' },
+  { key: 'secretFile', flag: 'secret-file', env: 'QSYNC_SECRET_FILE', kind: 'string', help: 'a file holding the cluster secret (mode 0600 or stricter: a file others may read is refused)' },
   { key: 'insecure', flag: 'insecure', env: 'QSYNC_INSECURE', kind: 'bool', help: 'run without a secret; allowed only when every address is loopback' },
   { key: 'electionMode', flag: 'election-mode', env: 'QSYNC_ELECTION_MODE', kind: 'string', help: 'candidate (votes and campaigns; default), voter (votes only), manual (votes; campaigns after qsync promote), off (neither)' },
   { key: 'electionTimeoutMs', flag: 'election-timeout-ms', env: 'QSYNC_ELECTION_TIMEOUT_MS', kind: 'int', help: 'how long without a leader before a node campaigns (randomised up to 1.5x); a leader that hears no quorum for this long steps down; default 1000' },
@@ -83,7 +84,8 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema>; 
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
   { key: 'adminHost', flag: 'admin-host', env: 'QSYNC_ADMIN_HOST', kind: 'string', help: 'address the admin HTTP interface binds to; default 127.0.0.1' },
   { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, health, metrics, promote, demote, transfer, tables); none when unset' },
-  { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused' },
+  { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', secret: true, help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused. From the environment or the config file, never a flag; or from a file (adminTokenFile)' },
+  { key: 'adminTokenFile', flag: 'admin-token-file', env: 'QSYNC_ADMIN_TOKEN_FILE', kind: 'string', help: 'a file holding the admin token (mode 0600 or stricter)' },
   { key: 'redisUrl', flag: 'redis-url', env: 'QSYNC_REDIS_URL', kind: 'string', help: 'Redis for discovery and events (optional): status keys, the term-fenced leader key, an event channel' },
   { key: 'redisStatusIntervalMs', flag: 'redis-status-interval-ms', env: 'QSYNC_REDIS_STATUS_INTERVAL_MS', kind: 'int', help: 'how often the node writes its status key to Redis (it expires after 3 intervals); default 1000' },
   { key: 'journalSegmentBytes', flag: 'journal-segment-bytes', env: 'QSYNC_JOURNAL_SEGMENT_BYTES', kind: 'int', help: 'size at which a journal segment is closed and a new one started (retention removes whole segments); default 67108864 (64 MiB)' },
@@ -164,14 +166,52 @@ export function gatherConfig(argv: readonly string[], env: NodeJS.ProcessEnv): R
   const raw: Record<string, unknown> = {};
   const file = values.config ?? env.QSYNC_CONFIG;
   if (typeof file === 'string') Object.assign(raw, readConfigFile(file));
+  const problems: string[] = [];
   for (const s of SETTINGS) {
     const fromEnv = env[s.env];
     if (fromEnv !== undefined) raw[s.key] = convert(s.kind, fromEnv);
     const fromFlag = values[s.flag];
-    if (fromFlag !== undefined) raw[s.key] = typeof fromFlag === 'boolean' ? fromFlag : convert(s.kind, fromFlag);
+    if (fromFlag === undefined) continue;
+    // The command line is public: ps shows it to every local user.
+    if (s.secret === true) problems.push(`--${s.flag}: a secret is never taken from the command line, where ps shows it to every local user; put it in a file (--${s.flag}-file, mode 0600), in ${s.env}, or in the config file`);
+    else if (s.key === 'pgUrl' && typeof fromFlag === 'string' && urlPassword(fromFlag)) problems.push('--pg-url: carries a password, which ps shows to every local user; leave it out of the URL and set PGPASSWORD or a ~/.pgpass file, or give the whole URL in QSYNC_PG_URL or the config file');
+    else raw[s.key] = typeof fromFlag === 'boolean' ? fromFlag : convert(s.kind, fromFlag);
   }
+  for (const [fileKey, key] of [['secretFile', 'secret'], ['adminTokenFile', 'adminToken']] as const) {
+    const file = raw[fileKey];
+    delete raw[fileKey];
+    if (typeof file !== 'string') continue;
+    const read = readSecretFile(file);
+    if (read.ok) raw[key] = read.value;
+    else problems.push(`--${fileKey === 'secretFile' ? 'secret-file' : 'admin-token-file'}: ${read.problem}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
   readMemberFile(raw);
   return raw;
+}
+
+function urlPassword(url: string): boolean {
+  try {
+    return new URL(url).password !== '';
+  } catch {
+    return false; // validation names a malformed URL
+  }
+}
+
+/** A secret's file: its first line, from a file only its owner may read. */
+export function readSecretFile(file: string): { ok: true; value: string } | { ok: false; problem: string } {
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(file).mode;
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    return { ok: false, problem: `cannot read ${file}: ${(error as Error).message}` };
+  }
+  if ((mode & 0o077) !== 0) return { ok: false, problem: `${file} may be read by others (mode ${(mode & 0o777).toString(8)}); chmod 600 ${file}` };
+  const value = text.split('\n')[0]?.trim() ?? '';
+  if (value === '') return { ok: false, problem: `${file} is empty` };
+  return { ok: true, value };
 }
 
 /** Validate; throws ConfigError listing every problem with the flag that sets it. */

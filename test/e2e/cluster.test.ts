@@ -343,7 +343,8 @@ describe('a 3-node cluster', () => {
       await client.query('CREATE TABLE later (id int PRIMARY KEY, v text)');
       await client.end();
     }
-    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'table', 'sync', 'later', '--node', node(2).clientAddress, '--user', cluster.credentials.user, '--password', cluster.credentials.password]);
+    // The password by environment: the CLI refuses it on the command line, where ps shows it.
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'table', 'sync', 'later', '--node', node(2).clientAddress, '--user', cluster.credentials.user], { env: { ...process.env, QSYNC_PASSWORD: cluster.credentials.password } });
     expect(stdout).toContain('public.later is now sync on every node');
     for (const replica of [1, 2, 3]) {
       await eventually(async () => expect(await rows(replica, `SELECT mode FROM qsync.tables WHERE table_name = 'public.later'`)).toEqual([{ mode: 'sync' }]), `node ${replica} mode`);
@@ -418,7 +419,8 @@ describe('a 3-node cluster', () => {
   }, 90_000);
 
   it('(9) qsync ddl adds a column on every node in journal order while a writer keeps inserting; a bad or transaction-wrapped DDL is a clear error', async () => {
-    const admin = ['--admin', node(1).adminAddress, '--token', cluster.adminToken];
+    const admin = ['--admin', node(1).adminAddress];
+    const withToken = { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } };
     let writing = true;
     let written = 0;
     const writer = (async () => {
@@ -428,7 +430,7 @@ describe('a 3-node cluster', () => {
       }
     })();
     await new Promise((resolve) => setTimeout(resolve, 200));
-    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin]);
+    const { stdout } = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin], withToken);
     expect(stdout).toMatch(/schema change applied on node 1 and journaled at lsn \d+/);
     await db.execute([["INSERT INTO legacy (id, v, note) VALUES (3000001, 'after', 'with a note')", []]]);
     const before = written;
@@ -439,9 +441,9 @@ describe('a 3-node cluster', () => {
     const [expected] = await rows(1, digest) as Array<{ n: number }>;
     for (const replica of [2, 3]) await eventually(async () => expect(await rows(replica, digest)).toEqual([expected]), `node ${replica} rows`, 30_000);
     expect(await rows(3, 'SELECT note FROM legacy WHERE id = 3000001')).toEqual([{ note: 'with a note' }]);
-    const bad = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin]).catch((error: { code: number; stderr: string }) => error);
+    const bad = await run(process.execPath, ['bin/qsync.js', 'ddl', 'ALTER TABLE legacy ADD COLUMN note text', ...admin], withToken).catch((error: { code: number; stderr: string }) => error);
     expect(bad).toMatchObject({ code: 1, stderr: expect.stringMatching(/the schema change failed: column "note" of relation "legacy" already exists/) });
-    const wrapped = await run(process.execPath, ['bin/qsync.js', 'ddl', 'BEGIN; ALTER TABLE legacy ADD COLUMN x int; COMMIT', ...admin]).catch((error: { code: number; stderr: string }) => error);
+    const wrapped = await run(process.execPath, ['bin/qsync.js', 'ddl', 'BEGIN; ALTER TABLE legacy ADD COLUMN x int; COMMIT', ...admin], withToken).catch((error: { code: number; stderr: string }) => error);
     expect(wrapped).toMatchObject({ code: 1, stderr: expect.stringMatching(/leave out BEGIN, COMMIT and ROLLBACK/) });
     // Nothing of either reached a node, and the cluster goes on.
     for (const replica of [1, 2, 3]) expect(await rows(replica, `SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'legacy' AND column_name = 'x'`)).toEqual([{ n: 0 }]);

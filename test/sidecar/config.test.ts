@@ -17,7 +17,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const BASE = ['--replica-id', '1', '--cluster-id', 'prod', '--peers', '2@127.0.0.1:7402+7502+7602', '--pg-url', 'postgresql://u:p@127.0.0.1/db', '--data-dir', '/tmp/x', '--peer-port', '7401', '--client-port', '7501', '--insecure'];
+const BASE = ['--replica-id', '1', '--cluster-id', 'prod', '--peers', '2@127.0.0.1:7402+7502+7602', '--pg-url', 'postgresql://u@127.0.0.1/db', '--data-dir', '/tmp/x', '--peer-port', '7401', '--client-port', '7501', '--insecure'];
 
 function problems(argv: readonly string[], env: NodeJS.ProcessEnv = {}): readonly string[] {
   try {
@@ -48,7 +48,23 @@ describe('configuration', () => {
     expect(text).toMatch(/--quorum: .*majority/);
     expect(text).toMatch(/--admin-token: required when the admin interface binds to 0.0.0.0/);
     expect(text).toMatch(/--heartbeat-interval-ms: 900 must be at most half the election timeout/);
-    expect(problems([...BASE, '--admin-port', '7601', '--admin-host', '0.0.0.0', '--admin-token', 'short']).join('\n')).toMatch(/--admin-token: at least 16 characters/);
+    expect(problems([...BASE, '--admin-port', '7601', '--admin-host', '0.0.0.0'], { QSYNC_ADMIN_TOKEN: 'short' }).join('\n')).toMatch(/--admin-token: at least 16 characters/);
+  });
+
+  it('takes secrets from a file or the environment, never from the command line', async () => {
+    const noInsecure = BASE.filter((a) => a !== '--insecure');
+    // On the command line, ps shows them to every local user: refused, with where to put them instead.
+    const argv = problems([...noInsecure, '--secret', 'a-secret-of-24-characters', '--admin-token', 'a-token-of-24-characters', '--pg-url', 'postgresql://u:pw@127.0.0.1/db']).join('\n');
+    expect(argv).toMatch(/--secret: a secret is never taken from the command line.*--secret-file, mode 0600.*QSYNC_SECRET/);
+    expect(argv).toMatch(/--admin-token: a secret is never taken from the command line/);
+    expect(argv).toMatch(/--pg-url: carries a password.*PGPASSWORD/);
+    expect(validateConfig(gatherConfig(noInsecure, { QSYNC_SECRET: 'a-secret-of-24-characters' })).secret).toBe('a-secret-of-24-characters');
+    const file = join(dir, 'secret');
+    await writeFile(file, 'a-secret-from-a-file-0123\n', { mode: 0o600 });
+    expect(validateConfig(gatherConfig([...noInsecure, '--secret-file', file], {})).secret).toBe('a-secret-from-a-file-0123');
+    const open = join(dir, 'secret-open');
+    await writeFile(open, 'a-secret-from-a-file-0123\n', { mode: 0o644 });
+    expect(problems([...noInsecure, '--secret-file', open]).join('\n')).toMatch(/may be read by others \(mode 644\); chmod 600/);
   });
 
   it('reads a JSON file, then the environment, then flags; later sources win', async () => {
