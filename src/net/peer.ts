@@ -7,6 +7,7 @@
 // Nothing a peer sends can crash the process: every refusal closes that one
 // link with a logged reason, and the server keeps accepting.
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { AssertionFailed } from '../core/assert.js';
 import { limits } from '../core/limits.js';
 import type { ElectionMessage } from '../core/election.js';
@@ -20,6 +21,7 @@ import { vclockCovers, vclockFormat } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
 import { PortGuard, type Admission } from './guard.js';
+import type { PeerTls } from './tls.js';
 import { Link, LinkClosed } from './link.js';
 import { listen } from './listen.js';
 
@@ -30,6 +32,8 @@ export interface PeerIdentity {
   readonly cluster: string;
   readonly replica: ReplicaId;
   readonly secret: string;
+  /** Mutual TLS under the cluster CA on every peer link (tls.ts); absent: plain TCP. */
+  readonly tls?: PeerTls;
 }
 
 /** Why a hello is refused, or null to accept it. */
@@ -105,10 +109,20 @@ export class RelayServer {
   constructor(options: RelayOptions) {
     this.#options = options;
     this.#guard = new PortGuard('peer', options.log);
-    this.#server = createServer((socket) => {
+    const accept = (socket: Socket): void => {
       const admission = this.#guard.admit(socket);
       if (admission !== null) void this.#serve(socket, admission);
-    });
+    };
+    const tls = options.identity.tls;
+    if (tls === undefined) {
+      this.#server = createServer(accept);
+    } else {
+      // A connection counts once its TLS handshake is done; before that, maxConnections and the
+      // handshake timeout bound it. A refused certificate is one debug line, not a warning per stranger.
+      this.#server = createTlsServer(tls.server, accept);
+      this.#server.maxConnections = limits.connectionsMax;
+      this.#server.on('tlsClientError', (error) => options.log.debug({ err: error.message }, 'peer TLS handshake refused'));
+    }
     this.#server.on('error', (error) => options.log.error({ err: error }, 'peer server error'));
   }
 
@@ -342,7 +356,7 @@ export class Subscriber {
   /** One connection: resolves true when it got past the handshake. */
   async #session(): Promise<boolean> {
     const { identity: me, peer, log } = this.#options;
-    const socket = connect({ host: peer.host, port: peer.port });
+    const socket = me.tls === undefined ? connect({ host: peer.host, port: peer.port }) : tlsConnect({ host: peer.host, port: peer.port, ...me.tls.client });
     const link = new Link(socket, log.child({ link: `subscriber->${peer.replica}` }));
     this.#link = link;
     const hello = await expect(link, 'hello', limits.handshakeTimeoutMs);

@@ -41,6 +41,10 @@ export const configSchema = z.object({
   adminPort: z.number().int().min(0).max(65535).optional(),
   /** Bearer token the admin interface's mutating requests need; without one they are refused. */
   adminToken: z.string().min(16, 'at least 16 characters').optional(),
+  /** Mutual TLS on peer links under the cluster CA (net/tls.ts): PEM files, all three or none. */
+  peerTlsCert: z.string().min(1).optional(),
+  peerTlsKey: z.string().min(1).optional(),
+  peerTlsCa: z.string().min(1).optional(),
   /** Redis for discovery and events (optional): redis://host:port/db. */
   redisUrl: z.string().regex(/^rediss?:\/\/.+/, 'a redis:// or rediss:// URL').optional(),
   /** How often the status key in Redis is refreshed; it expires after three times this. */
@@ -86,6 +90,9 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
   { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, health, metrics, promote, demote, transfer, tables); none when unset' },
   { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', secret: true, help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused. From the environment or the config file, never a flag; or from a file (adminTokenFile)' },
   { key: 'adminTokenFile', flag: 'admin-token-file', env: 'QSYNC_ADMIN_TOKEN_FILE', kind: 'string', help: 'a file holding the admin token (mode 0600 or stricter)' },
+  { key: 'peerTlsCert', flag: 'peer-tls-cert', env: 'QSYNC_PEER_TLS_CERT', kind: 'string', help: 'PEM file of this node\'s certificate, signed by the cluster CA: peer links use mutual TLS (with peerTlsKey and peerTlsCa)' },
+  { key: 'peerTlsKey', flag: 'peer-tls-key', env: 'QSYNC_PEER_TLS_KEY', kind: 'string', help: 'PEM file of that certificate\'s private key (mode 0600)' },
+  { key: 'peerTlsCa', flag: 'peer-tls-ca', env: 'QSYNC_PEER_TLS_CA', kind: 'string', help: 'PEM file of the cluster CA\'s certificate: only peers with a certificate it signed are accepted, either way' },
   { key: 'redisUrl', flag: 'redis-url', env: 'QSYNC_REDIS_URL', kind: 'string', help: 'Redis for discovery and events (optional): status keys, the term-fenced leader key, an event channel' },
   { key: 'redisStatusIntervalMs', flag: 'redis-status-interval-ms', env: 'QSYNC_REDIS_STATUS_INTERVAL_MS', kind: 'int', help: 'how often the node writes its status key to Redis (it expires after 3 intervals); default 1000' },
   { key: 'journalSegmentBytes', flag: 'journal-segment-bytes', env: 'QSYNC_JOURNAL_SEGMENT_BYTES', kind: 'int', help: 'size at which a journal segment is closed and a new one started (retention removes whole segments); default 67108864 (64 MiB)' },
@@ -241,6 +248,8 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   const hosts = [c.peerHost, c.clientHost, ...c.peers.map((p) => p.host)];
   if (c.secret === undefined && c.insecure && !hosts.every((h) => LOOPBACK.test(h))) problems.push('--insecure: allowed only when every address is loopback');
   if (c.adminPort !== undefined && c.adminToken === undefined && !LOOPBACK.test(c.adminHost)) problems.push(`--admin-token: required when the admin interface binds to ${c.adminHost}, beyond loopback`);
+  const tlsGiven = [c.peerTlsCert, c.peerTlsKey, c.peerTlsCa].filter((f) => f !== undefined).length;
+  if (tlsGiven !== 0 && tlsGiven !== 3) problems.push('--peer-tls-cert, --peer-tls-key, --peer-tls-ca: give all three (peer links use mutual TLS) or none');
   if (problems.length > 0) throw new ConfigError(problems);
   return { ...c, quorum, heartbeatIntervalMs };
 }

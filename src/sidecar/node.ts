@@ -22,6 +22,7 @@ import type { Member, TableMode } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
+import { loadPeerTls, type PeerTls } from '../net/tls.js';
 import { TcpTransport } from '../net/transport.js';
 import { checkServer, migrate } from '../postgres/index.js';
 import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
@@ -110,13 +111,13 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   #postgres: PostgresProbe = { reachable: true, prepared: null, error: null, checkedAt: null };
   #probeTimer: NodeJS.Timeout | null = null;
 
-  private constructor(config: SidecarConfig, log: Logger, journal: Journal, db: PgDatabase, metrics: Metrics) {
+  private constructor(config: SidecarConfig, log: Logger, journal: Journal, db: PgDatabase, metrics: Metrics, tls: PeerTls | undefined) {
     this.config = config;
     this.log = log;
     this.#journal = journal;
     this.#db = db;
     this.#metrics = metrics;
-    const identity = { cluster: config.clusterId, replica: config.replicaId as ReplicaId, secret: config.secret ?? `insecure:${config.clusterId}` };
+    const identity = { cluster: config.clusterId, replica: config.replicaId as ReplicaId, secret: config.secret ?? `insecure:${config.clusterId}`, ...(tls === undefined ? {} : { tls }) };
     this.#driver = new NodeDriver({
       config, log, clock: systemClock, journal, db,
       transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers }),
@@ -135,6 +136,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
    * should carry (term and role), as soon as the journal knows the term.
    */
   static async start(config: SidecarConfig, log: Logger, logContext: (context: () => Record<string, unknown>) => void = () => undefined): Promise<SidecarNode> {
+    // The TLS files first: a wrong path or an open key fails before anything is opened.
+    const tls = config.peerTlsCert === undefined || config.peerTlsKey === undefined || config.peerTlsCa === undefined ? undefined
+      : loadPeerTls({ cert: config.peerTlsCert, key: config.peerTlsKey, ca: config.peerTlsCa });
     let created: SidecarNode | null = null;
     const metrics = new Metrics(() => (created as SidecarNode).status(), { cluster: config.clusterId, replica: config.replicaId });
     const journal = await Journal.open({ dir: config.dataDir, segmentBytesMax: config.journalSegmentBytes, onBatch: (b) => metrics.journalBatch(b.records, b.ms) });
@@ -146,7 +150,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       // Follower until elected: the fence refuses sync writes here from the first moment.
       await admin.query(`UPDATE qsync.node SET replica_id = $1, cluster_id = $2, term = $3, role = 'follower', leader_id = 0, leader_address = ''`, [config.replicaId, config.clusterId, journal.raft?.term ?? 0]);
     });
-    const node = new SidecarNode(config, log, journal, db, metrics);
+    const node = new SidecarNode(config, log, journal, db, metrics, tls);
     created = node;
     node.#clientConnectionsLeft = await clientConnectionBudget(db.admin);
     logContext(() => node.logContext());

@@ -2,7 +2,9 @@
 // every record it lacks (not its own), first from the files then live, and
 // its acks reach the relay; and every bad input (wrong secret either way,
 // wrong cluster, garbage, oversized or unknown frames, silence) closes only
-// that link with a logged reason while the relay keeps serving.
+// that link with a logged reason while the relay keeps serving. With peer TLS,
+// only nodes whose certificate the cluster CA signed get past the first byte.
+import { chmod } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { codec, type JournalRecord } from '../../src/core/record.js';
@@ -12,6 +14,8 @@ import { Journal } from '../../src/journal/index.js';
 import { encodeFrame } from '../../src/journal/frame.js';
 import { createLogger } from '../../src/log.js';
 import { RelayServer, Subscriber, type PeerIdentity } from '../../src/net/peer.js';
+import { loadPeerTls, type PeerTlsFiles } from '../../src/net/tls.js';
+import { clusterCa } from '../support/tls.js';
 import { key, nextTxn, readAll, tempDir } from '../support/journal.js';
 
 interface Captured {
@@ -150,5 +154,84 @@ describe('refusals', () => {
     await relayJournal.append(nextTxn(relayJournal, 1));
     good.sub.start();
     await until(() => vclockGet(good.journal.vclock, 1 as ReplicaId) === 1, 'still serving');
+  });
+});
+
+describe('peer TLS (mutual, under the cluster CA)', () => {
+  let certs: Record<string, PeerTlsFiles>;
+  let foreign: Record<string, PeerTlsFiles>;
+  let tlsRelay: RelayServer;
+  let tlsPort: number;
+  let tlsRelayLog: Captured;
+
+  beforeEach(async () => {
+    const temp = await tempDir();
+    cleanups.push(temp.cleanup);
+    certs = await clusterCa(temp.dir, 'c1', ['node1', 'node2']);
+    foreign = await clusterCa(temp.dir, 'other', ['node2']);
+    tlsRelayLog = capturedLog(1);
+    tlsRelay = new RelayServer({ identity: { ...relayId, tls: loadPeerTls(certs.node1 as PeerTlsFiles) }, journal: relayJournal, log: tlsRelayLog.log, onAck: () => undefined });
+    tlsPort = await tlsRelay.listen(0);
+    cleanups.push(async () => tlsRelay.close());
+  });
+
+  /** A subscriber (replica 2) to the TLS relay, with the given TLS files or none. */
+  async function tlsSubscriber(files: PeerTlsFiles | null): Promise<{ journal: Journal; sub: Subscriber }> {
+    const temp = await tempDir();
+    const journal = await Journal.open({ dir: temp.dir });
+    const sub = new Subscriber({
+      identity: { ...relayId, replica: 2 as ReplicaId, ...(files === null ? {} : { tls: loadPeerTls(files) }) },
+      peer: { replica: 1 as ReplicaId, host: '127.0.0.1', port: tlsPort }, log: capturedLog(2).log, backoffMsMin: 20, backoffMsMax: 100,
+      vclock: () => journal.tailVclock,
+      onRecord: async (record) => {
+        if (record.lsn > vclockGet(journal.tailVclock, record.replica)) await journal.append(record);
+      },
+      ack: () => ({ vclock: journal.vclock, term: 7 as Term }),
+    });
+    cleanups.push(async () => sub.stop(), async () => journal.close(), temp.cleanup);
+    return { journal, sub };
+  }
+
+  it('streams records between nodes whose certificates the cluster CA signed', async () => {
+    for (let i = 0; i < 5; i += 1) await relayJournal.append(nextTxn(relayJournal, 1));
+    const { journal, sub } = await tlsSubscriber(certs.node2 as PeerTlsFiles);
+    sub.start();
+    await until(() => vclockGet(journal.vclock, 1 as ReplicaId) === 5, 'records over TLS');
+    expect(sub.connected).toBe(true);
+  });
+
+  it('refuses a peer without TLS and a peer whose certificate another CA signed; neither receives a record', async () => {
+    await relayJournal.append(nextTxn(relayJournal, 1));
+    const plain = await tlsSubscriber(null);
+    const stranger = await tlsSubscriber(foreign.node2 as PeerTlsFiles);
+    plain.sub.start();
+    stranger.sub.start();
+    await until(() => plain.sub.lastError !== null && stranger.sub.lastError !== null, 'both refused');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(plain.journal.vclock).toEqual([]);
+    expect(stranger.journal.vclock).toEqual([]);
+    expect(plain.sub.connected || stranger.sub.connected).toBe(false);
+    // A plain TCP client gets TLS, never a qsync hello in the clear.
+    const socket = connect({ host: '127.0.0.1', port: tlsPort });
+    socket.on('error', () => undefined);
+    const received: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    socket.write(encodeFrame(codec.pack({ m: 1 })));
+    await new Promise<void>((resolve) => {
+      socket.once('close', () => resolve());
+      setTimeout(resolve, 500);
+    });
+    socket.destroy();
+    expect(Buffer.concat(received).includes(Buffer.from('c1'))).toBe(false);
+    // And the relay still serves a good peer.
+    const good = await tlsSubscriber(certs.node2 as PeerTlsFiles);
+    good.sub.start();
+    await until(() => vclockGet(good.journal.vclock, 1 as ReplicaId) === 1, 'a good peer served');
+  });
+
+  it('refuses to start on a private key others may read, naming the fix', async () => {
+    const open = certs.node1 as PeerTlsFiles;
+    await chmod(open.key, 0o644);
+    expect(() => loadPeerTls(open)).toThrow(/may be read by others; chmod 600/);
   });
 });
