@@ -22,8 +22,9 @@
 // started without a token refuses them. Errors answer with a status code and
 // { error: { code, message } }; nothing a request carries can stop the node.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { splitAddress } from '../core/address.js';
 import { QsyncError, type ErrorCode } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { TableMode } from '../core/record.js';
@@ -272,11 +273,18 @@ function answer(response: ServerResponse, status: number, body: unknown): void {
 export async function adminRequest<T = SidecarStatus>(address: string, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, options: { token?: string; body?: unknown; timeoutMs?: number } = {}): Promise<T> {
   const headers: Record<string, string> = {};
   if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
-  if (options.body !== undefined) headers['content-type'] = 'application/json';
-  const response = await fetch(`http://${address}${path}`, {
-    method, headers, signal: AbortSignal.timeout(options.timeoutMs ?? 30_000), ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
-  });
-  const body = (await response.json()) as T & { error?: { code: string; message: string } & Record<string, unknown> };
+  const payload = options.body === undefined ? null : Buffer.from(JSON.stringify(options.body));
+  if (payload !== null) {
+    headers['content-type'] = 'application/json';
+    headers['content-length'] = String(payload.length);
+  }
+  const text = await httpText(address, method, path, headers, payload, options.timeoutMs ?? 30_000);
+  let body: T & { error?: { code: string; message: string } & Record<string, unknown> };
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    throw new QsyncError('BAD_REQUEST', `${address}${path} did not answer JSON: ${text.slice(0, 200)}`);
+  }
   if (body.error !== undefined) {
     const { code, message, ...context } = body.error;
     // The node's own code, so callers can tell NOT_LEADER from BAD_REQUEST; an unknown one stays BAD_REQUEST.
@@ -284,3 +292,31 @@ export async function adminRequest<T = SidecarStatus>(address: string, method: '
   }
   return body;
 }
+
+/**
+ * One HTTP request with node:http, its body as text. Not fetch: a sidecar
+ * asks its peers' admin interfaces (GET /cluster), and undici, loaded on
+ * first use, costs a sidecar some 20 MiB of resident memory.
+ */
+function httpText(address: string, method: string, path: string, headers: Record<string, string>, payload: Buffer | null, timeoutMs: number): Promise<string> {
+  const { host, port } = splitAddress(address);
+  return new Promise((resolve, reject) => {
+    const request = httpRequest({ host, port, method, path, headers, timeout: timeoutMs, agent: false }, (response) => {
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      response.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (bytes > ANSWER_BYTES_MAX) request.destroy(new Error(`the answer of ${address}${path} is over ${ANSWER_BYTES_MAX} bytes`));
+        else chunks.push(chunk);
+      });
+      response.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      response.on('error', reject);
+    });
+    request.on('timeout', () => request.destroy(new Error(`${address} did not answer ${method} ${path} within ${timeoutMs} ms`)));
+    request.on('error', reject);
+    request.end(payload ?? undefined);
+  });
+}
+
+/** An admin answer larger than this is refused (a status or cluster view is a few KiB; metrics some tens). */
+const ANSWER_BYTES_MAX = 16 * 1024 * 1024;

@@ -135,8 +135,8 @@ function view(at: Where): Promise<ClusterView> {
 }
 
 function describe(error: unknown): string {
-  const e = error as Error & { cause?: { code?: string } };
-  return e.cause?.code === 'ECONNREFUSED' ? 'connection refused' : e.message;
+  const e = error as Error & { code?: string };
+  return e.code === 'ECONNREFUSED' ? 'connection refused' : e.message;
 }
 
 function adminOf(v: ClusterView, replica: number): string {
