@@ -89,6 +89,8 @@ class Connection {
   readonly #pending = new Map<number, Pending>();
   readonly #requestTimeoutMs: number;
   #nextId = 1;
+  /** The client moved to another node: close once the last answer is in. */
+  #closing = false;
 
   private constructor(address: string, link: FramedLink<ClientResponse, ClientRequest>, requestTimeoutMs: number) {
     this.address = address;
@@ -147,6 +149,12 @@ class Connection {
     this.#link.close(reason, 'info');
   }
 
+  /** Close once no request waits for its answer. */
+  closeWhenIdle(): void {
+    this.#closing = true;
+    if (this.#pending.size === 0) this.close('client moved to another node');
+  }
+
   get closed(): boolean {
     return this.#link.closeReason !== null;
   }
@@ -158,6 +166,7 @@ class Connection {
         const pending = this.#pending.get(response.id);
         if (pending === undefined) continue;
         this.#pending.delete(response.id);
+        if (this.#closing && this.#pending.size === 0) this.close('client moved to another node');
         if ('error' in response) pending.reject(typed(response.error));
         else pending.resolve(response.result);
       }
@@ -300,15 +309,17 @@ export class Db {
     const termed = term !== null && term !== undefined;
     for (let attempt = 0; ; attempt += 1) {
       if (this.#connection.closed) await this.#moveTo(undefined, attempt, deadline);
-      const watch = this.#watchLeader(this.#connection);
+      const used = this.#connection;
+      const watch = this.#watchLeader(used);
       try {
-        return await this.#connection.request(make);
+        return await used.request(make);
       } catch (error) {
         // A StaleTerm for a request that named no term: the node's fence refused it during a change of
         // leader; nothing was done, as with NotLeader.
         const moved = error instanceof NotLeader || (error instanceof StaleTerm && !termed);
         if (!moved || Date.now() >= deadline) throw error;
-        await this.#moveTo((error as QsyncClientError).leader, attempt, deadline);
+        // Another request that was refused the same way has moved the client already: follow it.
+        if (this.#connection === used) await this.#moveTo((error as QsyncClientError).leader, attempt, deadline);
       } finally {
         watch();
       }
@@ -361,7 +372,9 @@ export class Db {
     for (const address of order) {
       try {
         const connection = await Connection.open(address, this.#credentials, this.#timeoutMs, this.#requestTimeoutMs);
-        this.#connection.close();
+        // Requests still waiting on the old connection get their own answers (most often NotLeader,
+        // and they follow): closing it under them would turn each into an unknown outcome.
+        this.#connection.closeWhenIdle();
         this.#connection = connection;
         return;
       } catch (error) {
