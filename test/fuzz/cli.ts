@@ -21,7 +21,7 @@ const { values } = parseArgs({
 });
 
 function failures(report: HostileReport): string[] {
-  const found: string[] = [];
+  const found: string[] = report.harnessFaults.map((f) => `the harness failed an input: ${f}`);
   if (report.crashes.length > 0) found.push(`processes died: ${report.crashes.join('; ')}`);
   if (report.stateChanges.length > 0) found.push(`state moved: ${report.stateChanges.join('; ')}`);
   if (report.writes.failed > 0 || report.writes.ok === 0) found.push(`sync writes: ${report.writes.ok} ok, ${report.writes.failed} failed (${report.writes.errors.join('; ')})`);

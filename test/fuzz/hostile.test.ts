@@ -21,6 +21,7 @@ beforeAll(async () => {
 afterAll(async () => cluster?.stop());
 
 it('sent every kind of input to every port', () => {
+  expect(report.harnessFaults).toEqual([]);
   for (const port of ['peer', 'client', 'admin'] as const) expect(report.inputs[port].sent).toBe(150);
   for (const kind of ['oversized', 'bigint', 'deep', 'declared', 'flood']) expect(report.inputs.peer.byKind[kind] ?? 0, kind).toBeGreaterThan(0);
   for (const kind of ['hello-wrong-proof', 'hello-replayed', 'hello-foreign-cluster']) expect(report.inputs.peer.byKind[kind] ?? 0, kind).toBeGreaterThan(0);

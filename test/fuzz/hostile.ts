@@ -66,6 +66,8 @@ export interface HostileReport {
   readonly tablesIdentical: boolean;
   /** Peak resident set per sidecar, MiB (VmHWM at the end, and the highest VmRSS sampled). */
   readonly rssPeakMiB: Record<number, number>;
+  /** Inputs this harness failed to make or send (its own faults, not the cluster's). */
+  readonly harnessFaults: readonly string[];
   readonly durationMs: number;
 }
 
@@ -99,8 +101,9 @@ function randomValue(rng: Rng, depth: number): unknown {
     case 8: return new Date(rng.int(0, 2 ** 40));
     case 9: return Array.from({ length: rng.int(0, 4) }, () => randomValue(rng, depth - 1));
     default: {
+      // Own properties, even one named __proto__ (an assignment would set the prototype instead).
       const map: Record<string, unknown> = {};
-      for (let i = rng.int(0, 5); i > 0; i -= 1) map[rng.pick(KEYS)] = randomValue(rng, depth - 1);
+      for (let i = rng.int(0, 5); i > 0; i -= 1) Object.defineProperty(map, rng.pick(KEYS), { value: randomValue(rng, depth - 1), enumerable: true, writable: true, configurable: true });
       return map;
     }
   }
@@ -113,7 +116,7 @@ function shaped(rng: Rng, codeKey: 'm' | 'o'): Record<string, unknown> {
 }
 
 /** One connection's worth of hostile bytes for a framed port, and its kind. */
-function framedInput(rng: Rng, codeKey: 'm' | 'o'): { kind: string; bytes: Buffer } {
+export function framedInput(rng: Rng, codeKey: 'm' | 'o'): { kind: string; bytes: Buffer } {
   const kinds = ['bytes', 'truncated', 'oversized', 'value', 'shaped', 'bigint', 'deep', 'ext', 'declared', 'flood', 'zero'] as const;
   const kind = rng.pick(kinds);
   switch (kind) {
@@ -242,7 +245,7 @@ function peerInput(rng: Rng, secret: string, cluster: string, staleNonce: { valu
 }
 
 /** Client-port inputs: hostile frames before auth, requests before auth, wrong passwords, and garbage after a good login. */
-function clientInput(rng: Rng, credentials: { user: string; password: string }, table: string): { kind: string; converse: () => Promise<Buffer | null> } {
+export function clientInput(rng: Rng, credentials: { user: string; password: string }, table: string): { kind: string; converse: () => Promise<Buffer | null> } {
   const choice = rng.int(0, 9);
   const auth = (password: string): Buffer => frame(encodeRequest({ id: 1, op: 'auth', user: credentials.user, password }));
   if (choice === 0) return { kind: 'auth-wrong', converse: () => Promise.resolve(auth(`wrong-${rng.int(0, 1e9)}`)) };
@@ -264,7 +267,7 @@ function clientInput(rng: Rng, credentials: { user: string; password: string }, 
 }
 
 /** Admin-port inputs: malformed HTTP, bad targets, wrong tokens on mutating routes, oversized headers and bodies. */
-function adminInput(rng: Rng): { kind: string; bytes: Buffer } {
+export function adminInput(rng: Rng): { kind: string; bytes: Buffer } {
   const method = rng.pick(['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'GE T', '\u0000GET']);
   const target = rng.pick([
     '/status', '/cluster', '/health/leader', '/health/replica?lag=-1', '/health/replica?lag=x', '/metrics', '/tables', '/tables/%ZZ', '/tables/%',
@@ -282,11 +285,15 @@ function adminInput(rng: Rng): { kind: string; bytes: Buffer } {
   return { kind: ['bytes', 'big-header', 'bad-body', 'lying-length', 'request', 'request'][kind] as string, bytes: Buffer.from(text, 'latin1') };
 }
 
-/** Run `count` tasks, `width` at a time. */
-async function pool(count: number, width: number, task: (i: number) => Promise<void>): Promise<void> {
+/** Run `count` tasks, `width` at a time; a task that throws (a fault of this harness) is noted, and the rest go on. */
+async function pool(count: number, width: number, task: (i: number) => Promise<void>, faults: string[]): Promise<void> {
   let next = 0;
   await Promise.all(Array.from({ length: Math.min(width, count) }, async () => {
-    for (let i = next++; i < count; i = next++) await task(i);
+    for (let i = next++; i < count; i = next++) {
+      await task(i).catch((error: unknown) => {
+        if (faults.length < 10) faults.push(`input ${i}: ${(error as Error).stack ?? String(error)}`);
+      });
+    }
   }));
 }
 
@@ -392,6 +399,7 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
   const clientRng = new Rng(rng.fork());
   const adminRng = new Rng(rng.fork());
   const every = Math.max(1, Math.floor(options.inputs / 10));
+  const harnessFaults: string[] = [];
 
   const peers = pool(options.inputs, width, async (i) => {
     const t = targets[i % targets.length] as Target;
@@ -399,14 +407,14 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     count('peer', input.kind);
     await probe(t.peerPort, input.converse, 60);
     if ((i + 1) % every === 0) say(`peer ${i + 1}/${options.inputs}`);
-  });
+  }, harnessFaults);
   const clients = pool(options.inputs, width, async (i) => {
     const t = targets[i % targets.length] as Target;
     const input = clientInput(clientRng, cluster.credentials, options.table);
     count('client', input.kind);
     await probe(t.clientPort, () => input.converse(), 60);
     if ((i + 1) % every === 0) say(`client ${i + 1}/${options.inputs}`);
-  });
+  }, harnessFaults);
   const admins = pool(options.inputs, width, async (i) => {
     const t = targets[i % targets.length] as Target;
     const input = adminInput(adminRng);
@@ -421,7 +429,7 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     http[klass] = (http[klass] ?? 0) + 1;
     if (status === '500' && http500.length < 20) http500.push(`${input.bytes.toString('latin1').split('\r\n')[0]?.slice(0, 120) ?? ''} -> ${answer.toString('latin1').split('\r\n\r\n')[1]?.slice(0, 200) ?? ''}`);
     if ((i + 1) % every === 0) say(`admin ${i + 1}/${options.inputs}`);
-  });
+  }, harnessFaults);
   await Promise.all([peers, clients, admins]);
 
   say(`idle floods: ${options.idle} connections to each port of the leader`);
@@ -465,7 +473,8 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     }
   }
   return {
-    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin }, logins, writes, crashes,
-    before, after, stateChanges, tablesIdentical, rssPeakMiB, durationMs: Date.now() - started,
+    // A copy: the cluster's own stop, after this report, ends the processes too.
+    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin }, logins, writes, crashes: [...crashes],
+    before, after, stateChanges, tablesIdentical, rssPeakMiB, harnessFaults, durationMs: Date.now() - started,
   };
 }
