@@ -464,6 +464,28 @@ describe('a 3-node cluster', () => {
     for (const replica of [1, 2, 3]) expect(await rows(replica, `SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'taken'`)).toEqual([{ n: 0 }]);
   }, 90_000);
 
+  it('(i) a lost answer to an interactive COMMIT is OutcomeUnknown with its idempotency key, and the key tells the truth', async () => {
+    // The leader freezes after the transaction's statement: the COMMIT's answer cannot come in time.
+    const client = await connect([node(1).clientAddress], { ...cluster.credentials, requestTimeoutMs: 700 });
+    let error: unknown;
+    try {
+      error = await client.transaction(async (tx) => {
+        await tx.query('INSERT INTO accounts VALUES (3000, $1, 0)', ['lost commit']);
+        node(1).pause();
+      }, { idempotencyKey: 'lost-commit-3000' }).catch((e: unknown) => e);
+    } finally {
+      node(1).resume();
+      client.close();
+    }
+    expect(error).toBeInstanceOf(OutcomeUnknown);
+    expect(error).toMatchObject({ idempotencyKey: 'lost-commit-3000', message: expect.stringMatching(/may have committed; ask outcome\("lost-commit-3000"\)/) });
+    // Whatever happened, the key and every node agree.
+    await eventually(async () => {
+      const { committed } = await db.outcome('lost-commit-3000');
+      for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT count(*)::int AS n FROM accounts WHERE id = 3000')).toEqual([{ n: committed ? 1 : 0 }]);
+    }, 'the outcome and the nodes agree');
+  });
+
   it('(h) refuses garbage on the client port with a logged reason and keeps serving', async () => {
     const socket = netConnect({ host: '127.0.0.1', port: node(1).clientPort });
     socket.on('error', () => undefined);

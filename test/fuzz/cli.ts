@@ -16,7 +16,7 @@ const RSS_MIB_MAX = 150;
 const { values } = parseArgs({
   options: {
     inputs: { type: 'string', default: '10000' }, seed: { type: 'string', default: '1' }, idle: { type: 'string', default: '500' },
-    logins: { type: 'string', default: '300' }, json: { type: 'string' }, concurrency: { type: 'string', default: '8' },
+    logins: { type: 'string', default: '300' }, swell: { type: 'string', default: '24' }, json: { type: 'string' }, concurrency: { type: 'string', default: '8' },
   },
 });
 
@@ -26,6 +26,7 @@ function failures(report: HostileReport): string[] {
   if (report.stateChanges.length > 0) found.push(`state moved: ${report.stateChanges.join('; ')}`);
   if (report.writes.failed > 0 || report.writes.ok === 0) found.push(`sync writes: ${report.writes.ok} ok, ${report.writes.failed} failed (${report.writes.errors.join('; ')})`);
   if (!report.tablesIdentical) found.push('the tables differ between nodes');
+  if (report.logins.tooManyClients > 0) found.push(`PostgreSQL ran out of connection slots for ${report.logins.tooManyClients} logins`);
   if (report.http500.length > 0) found.push(`admin answered 500: ${report.http500.join('; ')}`);
   for (const [replica, mib] of Object.entries(report.rssPeakMiB)) if (mib > RSS_MIB_MAX) found.push(`node ${replica} peaked at ${mib.toFixed(1)} MiB`);
   return found;
@@ -38,7 +39,7 @@ const cluster = await startLocalCluster({
 let report: HostileReport;
 try {
   report = await attack(cluster, {
-    seed: Number(values.seed), inputs: Number(values.inputs), idle: Number(values.idle), idleHoldMs: 3_000, logins: Number(values.logins),
+    seed: Number(values.seed), inputs: Number(values.inputs), idle: Number(values.idle), idleHoldMs: 3_000, logins: Number(values.logins), swell: Number(values.swell),
     concurrency: Number(values.concurrency), table: 'fuzzed', progress: (line) => process.stderr.write(`${line}\n`),
   });
 } finally {
@@ -50,7 +51,8 @@ console.log(`seed ${report.seed}, ${(report.durationMs / 1000).toFixed(0)} s`);
 for (const port of ['peer', 'client', 'admin'] as const) console.log(`${port}: ${report.inputs[port].sent} inputs (${kinds(report.inputs[port].byKind)})`);
 console.log(`admin answers: ${kinds(report.http)}; 500s: ${report.http500.length}`);
 for (const port of ['peer', 'client', 'admin'] as const) console.log(`idle flood on the leader's ${port} port: ${report.idle[port].opened} opened, ${report.idle[port].closedByServer} closed by the server`);
-console.log(`login flood: ${report.logins.refused} refused with AUTH, ${report.logins.closed} closed unanswered, ${report.logins.other} other`);
+console.log(`login flood: ${report.logins.refused} refused with AUTH, ${report.logins.closed} closed unanswered, ${report.logins.other} other; PostgreSQL out of slots: ${report.logins.tooManyClients}`);
+console.log(`swell: ${report.swelled.map((b) => `${(b / 1048576).toFixed(1)} MiB`).join(' and ')} written by ${values.swell} connections each to the peer and client ports before they were closed`);
 console.log(`sync writes during the attack: ${report.writes.ok} ok, ${report.writes.failed} failed`);
 console.log(`crashes: ${report.crashes.length}; state changes: ${report.stateChanges.length}; tables identical: ${report.tablesIdentical}`);
 console.log(`peak RSS (MiB): ${Object.entries(report.rssPeakMiB).map(([r, m]) => `node ${r} ${m.toFixed(1)}`).join(', ')}`);

@@ -4,7 +4,23 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startLocalCluster, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect } from '../../src/client/index.js';
+import { readFile, stat } from 'node:fs/promises';
+import { connect as netConnect } from 'node:net';
 import { attack, type HostileReport } from './hostile.js';
+
+/** One raw HTTP request (targets fetch would refuse to send), the answer's text. */
+function rawHttp(address: string, text: string): Promise<string> {
+  const [host, port] = address.split(':');
+  return new Promise((resolve) => {
+    const socket = netConnect({ host, port: Number(port) });
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')));
+    socket.on('error', () => resolve(answer));
+    socket.on('close', () => resolve(answer));
+    socket.once('connect', () => socket.write(text));
+    setTimeout(() => socket.destroy(), 2_000);
+  });
+}
 
 let cluster: LocalCluster;
 let report: HostileReport;
@@ -15,7 +31,7 @@ beforeAll(async () => {
     electionTimeoutMs: 3_000,
     tables: [{ ddl: 'CREATE TABLE fuzzed (id bigint PRIMARY KEY, note text)', name: 'fuzzed', mode: 'sync' }],
   });
-  report = await attack(cluster, { seed: 19, inputs: 150, idle: 150, idleHoldMs: 1_500, logins: 60, table: 'fuzzed' });
+  report = await attack(cluster, { seed: 19, inputs: 150, idle: 150, idleHoldMs: 1_500, logins: 300, swell: 24, table: 'fuzzed' });
 }, 240_000);
 
 afterAll(async () => cluster?.stop());
@@ -57,13 +73,36 @@ it('idle floods were cut by the caps, and a login flood left PostgreSQL able to 
   expect(report.idle.peer.closedByServer).toBeGreaterThan(0);
   expect(report.idle.client.closedByServer).toBeGreaterThan(0);
   expect(report.idle.admin.closedByServer).toBeGreaterThan(0);
-  expect(report.logins.refused + report.logins.closed + report.logins.other).toBe(60);
+  expect(report.logins.refused + report.logins.closed + report.logins.other).toBe(300);
   expect(report.logins.other).toBe(0);
+  // 300 concurrent wrong passwords once took 105 of PostgreSQL's connection slots' worth of refusals.
+  expect(report.logins.tooManyClients).toBe(0);
   const db = await connect(cluster.clientAddresses, cluster.credentials);
   try {
     expect(await db.query('SELECT count(*)::int AS n FROM fuzzed')).toMatchObject({ rows: [{ n: report.writes.ok }] });
   } finally {
     db.close();
+  }
+});
+
+it('a malformed admin target is a 400, not a 500', async () => {
+  const [node] = cluster.nodes;
+  for (const target of ['/tables/%ZZ', 'http://[']) {
+    const answer = await rawHttp(node?.adminAddress ?? '', `PUT ${target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    expect(answer, target).toMatch(/^HTTP\/1\.1 400 /);
+  }
+});
+
+it('no secret is on a sidecar\'s command line, and the cluster\'s own secret is random and private', async () => {
+  const secret = (await readFile(cluster.secretFile, 'utf8')).trim();
+  expect(secret).toMatch(/^[0-9a-f]{48}$/);
+  expect((await stat(cluster.secretFile)).mode & 0o777).toBe(0o600);
+  for (const node of cluster.nodes) {
+    const argv = (await readFile(`/proc/${node.process?.pid ?? 0}/cmdline`, 'utf8')).split('\0').join(' ');
+    expect(argv).toContain('--secret-file');
+    expect(argv).not.toContain(secret);
+    expect(argv).not.toMatch(/postgres(ql)?:\/\/[^ /]*:[^ /]*@/); // no URL with a password
+    expect(argv).not.toContain(cluster.adminToken);
   }
 });
 

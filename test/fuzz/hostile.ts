@@ -33,6 +33,8 @@ export interface HostileOptions {
   readonly idleHoldMs: number;
   /** Concurrent logins with a wrong password on the leader's client port. */
   readonly logins: number;
+  /** Connections to the leader's peer and client ports that each send 4 MiB of one large frame before authenticating. */
+  readonly swell: number;
   /** The sync table the writer inserts into: (id bigint primary key, note text). */
   readonly table: string;
   /** Connections in flight per port kind. */
@@ -55,7 +57,9 @@ export interface HostileReport {
   readonly http: Record<string, number>;
   readonly http500: readonly string[];
   readonly idle: Record<'peer' | 'client' | 'admin', { opened: number; closedByServer: number }>;
-  readonly logins: { refused: number; closed: number; other: number };
+  readonly logins: { refused: number; closed: number; other: number; tooManyClients: number };
+  /** Bytes the swelling connections got written before the server closed them (peer port, client port). */
+  readonly swelled: readonly number[];
   readonly writes: { ok: number; failed: number; errors: readonly string[] };
   /** Sidecars that exited during the run. */
   readonly crashes: readonly string[];
@@ -329,9 +333,35 @@ async function idleFlood(port: number, count: number, holdMs: number): Promise<{
   return { opened: count, closedByServer };
 }
 
+/**
+ * Connections that declare an 8 MiB frame and send 4 MiB of it without
+ * authenticating, held open together: a sidecar that buffered a stranger's
+ * frame held 16 MiB per connection (issue 19, finding 3). Resolves with how
+ * many bytes the server took in all before closing them.
+ */
+async function swell(port: number, count: number): Promise<number> {
+  const header = Buffer.alloc(8);
+  header.writeUInt32BE(8 * 1024 * 1024, 0);
+  const body = Buffer.alloc(4 * 1024 * 1024, 0x61);
+  const taken = await Promise.all(Array.from({ length: count }, () => new Promise<number>((resolve) => {
+    const socket = netConnect({ host: '127.0.0.1', port });
+    socket.on('error', () => undefined);
+    const timer = setTimeout(() => socket.destroy(), 3_000);
+    socket.once('connect', () => {
+      socket.write(header);
+      socket.write(body);
+    });
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve(socket.bytesWritten);
+    });
+  })));
+  return taken.reduce((a, b) => a + b, 0);
+}
+
 /** Wrong-password logins, all at once; how each ended. */
-async function loginFlood(port: number, count: number, user: string): Promise<{ refused: number; closed: number; other: number }> {
-  const tally = { refused: 0, closed: 0, other: 0 };
+async function loginFlood(port: number, count: number, user: string): Promise<{ refused: number; closed: number; other: number; tooManyClients: number }> {
+  const tally = { refused: 0, closed: 0, other: 0, tooManyClients: 0 };
   await Promise.all(Array.from({ length: count }, (_, i) => new Promise<void>((resolve) => {
     const socket = netConnect({ host: '127.0.0.1', port });
     let buffer = Buffer.alloc(0);
@@ -342,6 +372,8 @@ async function loginFlood(port: number, count: number, user: string): Promise<{ 
     socket.once('close', () => {
       clearTimeout(timer);
       const text = buffer.toString('latin1');
+      // PostgreSQL out of connection slots: what a legitimate client would meet too.
+      if (text.includes('too many clients')) tally.tooManyClients += 1;
       if (text.includes('AUTH')) tally.refused += 1;
       else if (buffer.length === 0) tally.closed += 1;
       else tally.other += 1;
@@ -438,6 +470,8 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     idleFlood(leaderTarget.clientPort, options.idle, options.idleHoldMs),
     idleFlood(leaderTarget.adminPort, options.idle, options.idleHoldMs),
   ]);
+  say(`swell: ${options.swell} connections each sending 4 MiB of an 8 MiB frame before authenticating, to the leader's peer and client ports`);
+  const swelled = await Promise.all([swell(leaderTarget.peerPort, options.swell), swell(leaderTarget.clientPort, options.swell)]);
   say(`login flood: ${options.logins} wrong passwords at once`);
   const logins = await loginFlood(leaderTarget.clientPort, options.logins, cluster.credentials.user);
 
@@ -474,7 +508,7 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
   }
   return {
     // A copy: the cluster's own stop, after this report, ends the processes too.
-    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin }, logins, writes, crashes: [...crashes],
+    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin }, logins, swelled, writes, crashes: [...crashes],
     before, after, stateChanges, tablesIdentical, rssPeakMiB, harnessFaults, durationMs: Date.now() - started,
   };
 }
