@@ -470,19 +470,19 @@ describe('a 3-node cluster', () => {
     let error: unknown;
     try {
       error = await client.transaction(async (tx) => {
-        await tx.query('INSERT INTO accounts VALUES (3000, $1, 0)', ['lost commit']);
+        await tx.query('INSERT INTO accounts VALUES (777001, $1, 0)', ['lost commit']);
         node(1).pause();
-      }, { idempotencyKey: 'lost-commit-3000' }).catch((e: unknown) => e);
+      }, { idempotencyKey: 'lost-commit-777001' }).catch((e: unknown) => e);
     } finally {
       node(1).resume();
       client.close();
     }
     expect(error).toBeInstanceOf(OutcomeUnknown);
-    expect(error).toMatchObject({ idempotencyKey: 'lost-commit-3000', message: expect.stringMatching(/may have committed; ask outcome\("lost-commit-3000"\)/) });
+    expect(error).toMatchObject({ idempotencyKey: 'lost-commit-777001', message: expect.stringMatching(/may have committed; ask outcome\("lost-commit-777001"\)/) });
     // Whatever happened, the key and every node agree.
     await eventually(async () => {
-      const { committed } = await db.outcome('lost-commit-3000');
-      for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT count(*)::int AS n FROM accounts WHERE id = 3000')).toEqual([{ n: committed ? 1 : 0 }]);
+      const { committed } = await db.outcome('lost-commit-777001');
+      for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT count(*)::int AS n FROM accounts WHERE id = 777001')).toEqual([{ n: committed ? 1 : 0 }]);
     }, 'the outcome and the nodes agree');
   });
 
