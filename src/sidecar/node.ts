@@ -319,24 +319,29 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const existing = this.#pools.get(key);
     if (existing !== undefined) return { user, password, pool: existing };
     if (this.#pools.size >= ROLE_POOLS_MAX) throw new QsyncError('AUTH', `this node serves ${ROLE_POOLS_MAX} roles already`);
+    const url = new URL(this.config.pgUrl);
+    url.username = encodeURIComponent(user);
+    url.password = encodeURIComponent(password);
+    // The login is checked on one connection of its own: a refused one holds nothing after it.
+    const check = new pg.Client({ connectionString: url.toString(), connectionTimeoutMillis: 10_000 });
+    check.on('error', () => undefined);
+    try {
+      await check.connect();
+    } catch (error) {
+      const pgError = error as { code?: string; message?: string };
+      throw new QsyncError('AUTH', `PostgreSQL refused role ${user}: ${pgError.message ?? String(error)}`, { sqlstate: pgError.code });
+    } finally {
+      await check.end().catch(() => undefined);
+    }
+    const again = this.#pools.get(key);
+    if (again !== undefined) return { user, password, pool: again };
     // Every pool's connections come out of one budget below PostgreSQL's max_connections, so that
     // clients can never take the connections qsync itself needs.
     const max = Math.min(ROLE_POOL_CONNECTIONS_MAX, this.#clientConnectionsLeft);
     if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles; raise max_connections, or have clients share fewer roles`);
     this.#clientConnectionsLeft -= max;
-    const url = new URL(this.config.pgUrl);
-    url.username = encodeURIComponent(user);
-    url.password = encodeURIComponent(password);
     const pool = new pg.Pool({ connectionString: url.toString(), max });
     guardPool(pool, this.log, `role ${user}`);
-    try {
-      await pool.query('SELECT 1');
-    } catch (error) {
-      this.#clientConnectionsLeft += max;
-      await pool.end();
-      const pgError = error as { code?: string; message?: string };
-      throw new QsyncError('AUTH', `PostgreSQL refused role ${user}: ${pgError.message ?? String(error)}`, { sqlstate: pgError.code });
-    }
     this.#pools.set(key, pool);
     return { user, password, pool };
   }
