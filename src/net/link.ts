@@ -75,10 +75,6 @@ export class FramedLink<In, Out> {
     this.#frameBytesMax = limits.frameBytesMax;
   }
 
-  get isAuthenticated(): boolean {
-    return this.#handshakeBytesLeft === null;
-  }
-
   /** Messages received and not yet read. */
   get queued(): number {
     return this.#queue.length;
