@@ -21,49 +21,27 @@ export interface Admission {
   authenticated(): void;
 }
 
-export interface GuardLimits {
-  readonly connectionsMax: number;
-  readonly unauthenticatedMax: number;
-  readonly unauthenticatedPerAddressMax: number;
-}
-
-export const portLimits: GuardLimits = {
-  connectionsMax: limits.connectionsMax,
-  unauthenticatedMax: limits.unauthenticatedMax,
-  unauthenticatedPerAddressMax: limits.unauthenticatedPerAddressMax,
-};
-
 export class PortGuard {
   readonly #port: string;
   readonly #log: Logger;
-  readonly #limits: GuardLimits;
   #connections = 0;
   #unauthenticated = 0;
   readonly #unauthenticatedBy = new Map<string, number>();
   #refused = 0;
   #refusedLoggedAt = 0;
 
-  constructor(port: string, log: Logger, guardLimits: GuardLimits = portLimits) {
+  constructor(port: string, log: Logger) {
     this.#port = port;
     this.#log = log;
-    this.#limits = guardLimits;
-  }
-
-  get connections(): number {
-    return this.#connections;
-  }
-
-  get unauthenticated(): number {
-    return this.#unauthenticated;
   }
 
   /** Take a new connection in, or close it at once (null) when a cap is reached. */
   admit(socket: Socket): Admission | null {
     const address = socket.remoteAddress ?? 'unknown';
     const fromAddress = this.#unauthenticatedBy.get(address) ?? 0;
-    const full = this.#connections >= this.#limits.connectionsMax ? `${this.#limits.connectionsMax} connections`
-      : this.#unauthenticated >= this.#limits.unauthenticatedMax ? `${this.#limits.unauthenticatedMax} connections not yet authenticated`
-        : fromAddress >= this.#limits.unauthenticatedPerAddressMax ? `${this.#limits.unauthenticatedPerAddressMax} connections not yet authenticated from ${address}`
+    const full = this.#connections >= limits.connectionsMax ? `${limits.connectionsMax} connections`
+      : this.#unauthenticated >= limits.unauthenticatedMax ? `${limits.unauthenticatedMax} connections not yet authenticated`
+        : fromAddress >= limits.unauthenticatedPerAddressMax ? `${limits.unauthenticatedPerAddressMax} connections not yet authenticated from ${address}`
           : null;
     if (full !== null) {
       socket.on('error', () => undefined);
