@@ -8,6 +8,7 @@
 // pg_ctl and signals directly, so that a test can stop a server `immediate`ly,
 // SIGKILL its postmaster, and start it again on the same directory.
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
@@ -212,6 +213,7 @@ async function initialise(dataDir: string, password: string): Promise<void> {
   }
   const conf = join(dataDir, 'postgresql.conf');
   await writeFile(conf, `${await readFile(conf, 'utf8')}\ninclude_if_exists = '${CONF_FILE}'\n`);
+  await writeFile(join(dataDir, PASSWORD_FILE), `${password}\n`, { mode: 0o600 });
 }
 
 function renderSettings(settings: Readonly<Record<string, string | number>>): string {
@@ -247,7 +249,7 @@ async function serverOn(prepared: Prepared, port: number, options: LaunchOptions
   const { dataDir, temporary, identity, pgCtlPath } = prepared;
   await writeFile(join(dataDir, CONF_FILE), renderSettings({ ...DEFAULT_SETTINGS, ...options.settings, port }));
   const logFile = join(dataDir, 'qsync-postgres.log');
-  const password = PASSWORD;
+  const password = await passwordOf(dataDir);
   const pgCtl = async (args: string[]): Promise<void> => {
     try {
       await run(pgCtlPath, ['-D', dataDir, ...args], { ...identity, env: { ...process.env, LC_ALL: 'C' } });
@@ -289,8 +291,24 @@ async function serverOn(prepared: Prepared, port: number, options: LaunchOptions
   return server;
 }
 
-const PASSWORD = 'qsync';
+/**
+ * The superuser's password: random for each data directory and kept in it
+ * (mode 0600, in a directory only PostgreSQL's owner may enter), never a
+ * constant a local user could guess. A data directory initialised before
+ * this file existed keeps the old fixed password.
+ */
+const PASSWORD_FILE = 'qsync-password';
+const PASSWORD_BEFORE_FILE = 'qsync';
 const PORT_ATTEMPTS = 3;
+
+async function passwordOf(dataDir: string): Promise<string> {
+  try {
+    return (await readFile(join(dataDir, PASSWORD_FILE), 'utf8')).trim();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return PASSWORD_BEFORE_FILE;
+    throw error;
+  }
+}
 
 export async function launchPostgres(options: LaunchOptions = {}): Promise<PgServer> {
   installExitHook();
@@ -308,7 +326,7 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
   try {
     const maybeIdentity = await runAs().catch(() => ({})); // no postgres user yet: initdb creates it
     await checkReachable(dataDir, maybeIdentity);
-    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, PASSWORD);
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, randomBytes(18).toString('base64url'));
     const prepared: Prepared = { dataDir, temporary, identity: await runAs(), pgCtlPath: pg_ctl };
     for (let attempt = 1; ; attempt += 1) {
       const server = await serverOn(prepared, options.port ?? (await freePort()), options);

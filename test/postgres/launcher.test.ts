@@ -2,11 +2,12 @@
 // root: under root the test runs the launcher in a child process with the
 // postgres user's uid; otherwise the child already runs as a normal user.
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, readdir } from 'node:fs/promises';
+import { chmod, mkdir, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { externalPostgres, launchPostgres } from '../../src/postgres/index.js';
 import { tempDir } from '../support/journal.js';
@@ -31,6 +32,31 @@ describe('embedded PostgreSQL launcher', () => {
     const seen = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as { uid: number; prepared: string; restarted: boolean };
     expect(seen.uid).not.toBe(0);
     expect(seen).toMatchObject({ prepared: '128', restarted: true });
+  });
+});
+
+describe('the superuser password of a launched server', () => {
+  it('is random for each data directory, kept in it with mode 0600, and the same after a restart', async () => {
+    const temp = await tempDir();
+    await chmod(temp.dir, 0o755); // under root, the postgres OS user must reach the data directories
+    try {
+      const [a, b] = await Promise.all([launchPostgres({ dataDir: join(temp.dir, 'a') }), launchPostgres({ dataDir: join(temp.dir, 'b') })]);
+      await Promise.all([a.stop(), b.stop()]);
+      expect(a.password).toMatch(/^[A-Za-z0-9_-]{24}$/);
+      expect(b.password).not.toBe(a.password);
+      expect((await stat(join(temp.dir, 'a', 'qsync-password'))).mode & 0o777).toBe(0o600);
+      const again = await launchPostgres({ dataDir: join(temp.dir, 'a') });
+      try {
+        expect(again.password).toBe(a.password);
+        const client = new pg.Client({ connectionString: again.connectionString });
+        await client.connect();
+        await client.end();
+      } finally {
+        await again.stop();
+      }
+    } finally {
+      await temp.cleanup();
+    }
   });
 });
 
