@@ -67,6 +67,8 @@ export interface ClusterOptions {
   readonly sidecarArgs?: (replica: number) => readonly string[];
   /** Extra node options for the sidecar processes (e.g. --cpu-prof, to see where a benchmark's time goes). */
   readonly nodeArgs?: readonly string[];
+  /** Start a sidecar again, a second later, when it exits by itself (not stopped or killed through its handle): qsync cluster up. */
+  readonly restartSidecars?: boolean;
 }
 
 export interface ClusterNode {
@@ -186,7 +188,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         ...(options.sidecarArgs?.(replica) ?? []),
       ];
     };
-    return nodeHandle({ replica: () => replica, server, dataDir, dir: join(root, `node${replica}`), args, ports: () => ports[i] as NodePorts, adminToken, onLog: options.onLog });
+    return nodeHandle({ replica: () => replica, server, dataDir, dir: join(root, `node${replica}`), args, ports: () => ports[i] as NodePorts, adminToken, onLog: options.onLog, restart: options.restartSidecars === true });
   });
   // A free port can be taken between our probe and the sidecar's bind: start again on new ports.
   for (let attempt = 1; ; attempt += 1) {
@@ -244,7 +246,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
         ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
         ...extra,
       ];
-      const node = nodeHandle({ replica: () => replica, server, dataDir, dir, args, ports: () => own, adminToken, onLog: options.onLog });
+      const node = nodeHandle({ replica: () => replica, server, dataDir, dir, args, ports: () => own, adminToken, onLog: options.onLog, restart: options.restartSidecars === true });
       nodes.push(node);
       await node.startSidecar();
       replica = (JSON.parse(await readFile(join(dataDir, MEMBER_FILE), 'utf8')) as { replicaId: number }).replicaId;
@@ -276,11 +278,15 @@ type NodePorts = { readonly peer: number; readonly client: number; readonly admi
 export const SECRET_FILE = 'secret';
 
 /** One node of a local cluster: its PostgreSQL and how its sidecar starts and is reached. */
-function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, onLog }: {
+function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, onLog, restart = false }: {
   /** The replica id; a node that joins learns it from the leader, so it is asked for each time. */
   replica: () => number; server: PgServer; dataDir: string; dir: string; args: () => string[]; ports: () => NodePorts; adminToken: string | null;
   onLog: ((replica: number, line: string) => void) | undefined;
+  /** Start the sidecar again when it exits by itself. */
+  restart?: boolean;
 }): ClusterNode {
+  /** The sidecar is being stopped or killed through this handle: its exit is expected. */
+  let stopping = false;
   const node: ClusterNode = {
     get replica() {
       return replica();
@@ -318,9 +324,34 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
         });
         child.once('exit', (code, signal) => failed(new Error(`sidecar ${node.replica} exited (${code ?? signal}) before it was ready; see ${join(dir, 'sidecar.log')}`)));
       });
+      if (restart) {
+        child.once('exit', (code, signal) => {
+          if (stopping || node.process !== child) return;
+          node.process = null;
+          log.write(`${JSON.stringify({ level: 50, time: Date.now(), node: node.replica, code, signal, msg: 'the sidecar exited by itself; starting it again in 1 s' })}\n`);
+          onLog?.(node.replica, JSON.stringify({ level: 50, time: Date.now(), node: node.replica, msg: `sidecar exited by itself (${code ?? signal}); starting it again in 1 s` }));
+          setTimeout(() => {
+            if (!stopping && node.process === null) void node.startSidecar().catch(() => undefined);
+          }, 1_000).unref();
+        });
+      }
     },
-    stopSidecar: async () => stopChild(node, 'SIGTERM'),
-    killSidecar: async () => stopChild(node, 'SIGKILL'),
+    stopSidecar: async () => {
+      stopping = true;
+      try {
+        await stopChild(node, 'SIGTERM');
+      } finally {
+        stopping = false;
+      }
+    },
+    killSidecar: async () => {
+      stopping = true;
+      try {
+        await stopChild(node, 'SIGKILL');
+      } finally {
+        stopping = false;
+      }
+    },
     pause: () => node.process?.kill('SIGSTOP'),
     resume: () => node.process?.kill('SIGCONT'),
     status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),

@@ -57,7 +57,7 @@ const HELP: Readonly<Record<string, string>> = {
 
 up: start 3 embedded PostgreSQL servers and 3 sidecars on free ports, data in D
 (default .qsync/cluster), a random cluster secret in D/secret (mode 0600),
-table demo in sync mode, link proxies and a
+table demo in sync mode, a sidecar that exits by itself started again, link proxies and a
 fault-injection control port on loopback for drills; D/cluster.json tells the
 other commands where the nodes are. In a terminal it shows the sidecars' log
 lines (info and above) unless --quiet. Ctrl-C (or qsync cluster down) stops it.
@@ -183,6 +183,7 @@ async function clusterUp(argv: readonly string[]): Promise<void> {
   const cluster = await startLocalCluster({
     dir: values.dir,
     proxies: true,
+    restartSidecars: true,
     tables: [{ ddl: 'CREATE TABLE IF NOT EXISTS demo (id bigint PRIMARY KEY, note text)', name: 'demo', mode: 'sync' }],
     ...(values['redis-url'] === undefined ? {} : { redisUrl: values['redis-url'] }),
     ...(pretty === null ? {} : {

@@ -6,6 +6,7 @@ import { startLocalCluster, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect } from '../../src/client/index.js';
 import { readFile, stat } from 'node:fs/promises';
 import { connect as netConnect } from 'node:net';
+import { eventually } from '../support/cluster.js';
 import { attack, type HostileReport } from './hostile.js';
 
 /** One raw HTTP request (targets fetch would refuse to send), the answer's text. */
@@ -27,6 +28,8 @@ let report: HostileReport;
 
 beforeAll(async () => {
   cluster = await startLocalCluster({
+    // As qsync cluster up: a sidecar that exits by itself is started again (the last test).
+    restartSidecars: true,
     // Above the default: on 2 shared cores the attack itself must not starve heartbeats into an election.
     electionTimeoutMs: 3_000,
     tables: [{ ddl: 'CREATE TABLE fuzzed (id bigint PRIMARY KEY, note text)', name: 'fuzzed', mode: 'sync' }],
@@ -108,4 +111,15 @@ it('no secret is on a sidecar\'s command line, and the cluster\'s own secret is 
 
 it('no sidecar held more than 150 MiB at its peak', () => {
   for (const [replica, mib] of Object.entries(report.rssPeakMiB)) expect(mib, `node ${replica}`).toBeLessThanOrEqual(150);
+});
+
+it('as under qsync cluster up, a sidecar that exits by itself is started again', async () => {
+  const node = cluster.nodes[2];
+  const pid = node?.process?.pid;
+  expect(pid).toBeDefined();
+  process.kill(pid as number, 'SIGKILL'); // not through its handle: as if it had died
+  await eventually(async () => {
+    expect(node?.process?.pid).not.toBe(pid);
+    expect((await node?.status())?.replica).toBe(3);
+  }, 'node 3 is back', 30_000);
 });
