@@ -159,7 +159,10 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       }
     }
   }
-  const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg') })));
+  // One superuser password for the cluster's servers (random; kept in each data directory): a
+  // client's credentials must work on whichever node it reaches.
+  const password = randomBytes(18).toString('base64url');
+  const servers = await Promise.all(Array.from({ length: count }, (_, i) => launchPostgres({ dataDir: join(root, `node${i + 1}`, 'pg'), password })));
   for (const server of servers) {
     const client = new pg.Client({ connectionString: server.connectionString });
     await client.connect();
@@ -232,7 +235,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     proxy,
     join: async ({ from = 1, args: extra = [] } = {}) => {
       const dir = join(root, `node${nodes.length + 1}`);
-      const server = await launchPostgres({ dataDir: join(dir, 'pg') });
+      const server = await launchPostgres({ dataDir: join(dir, 'pg'), password: servers[0]?.password ?? password });
       const [own] = await nodePorts(1) as [NodePorts];
       const dataDir = join(dir, 'journal');
       const source = nodes.find((n) => n.replica === from);

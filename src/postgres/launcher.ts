@@ -50,6 +50,12 @@ export interface LaunchOptions {
   readonly port?: number;
   /** Extra postgresql.conf settings, over qsync's defaults. */
   readonly settings?: Readonly<Record<string, string | number>>;
+  /**
+   * The superuser's password for a data directory initialised now (default: a
+   * random one); a directory initialised before keeps its own. The nodes of
+   * one cluster share one, so that a client's credentials work on every node.
+   */
+  readonly password?: string;
 }
 
 const USER = 'postgres';
@@ -326,7 +332,7 @@ export async function launchPostgres(options: LaunchOptions = {}): Promise<PgSer
   try {
     const maybeIdentity = await runAs().catch(() => ({})); // no postgres user yet: initdb creates it
     await checkReachable(dataDir, maybeIdentity);
-    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, randomBytes(18).toString('base64url'));
+    if (!existsSync(join(dataDir, 'PG_VERSION'))) await initialise(dataDir, options.password ?? randomBytes(18).toString('base64url'));
     const prepared: Prepared = { dataDir, temporary, identity: await runAs(), pgCtlPath: pg_ctl };
     for (let attempt = 1; ; attempt += 1) {
       const server = await serverOn(prepared, options.port ?? (await freePort()), options);
