@@ -52,7 +52,7 @@ for (const port of ['peer', 'client', 'admin'] as const) console.log(`${port}: $
 console.log(`admin answers: ${kinds(report.http)}; 500s: ${report.http500.length}`);
 for (const port of ['peer', 'client', 'admin'] as const) console.log(`idle flood on the leader's ${port} port: ${report.idle[port].opened} opened, ${report.idle[port].closedByServer} closed by the server`);
 console.log(`login flood: ${report.logins.refused} refused with AUTH, ${report.logins.closed} closed unanswered, ${report.logins.other} other; PostgreSQL out of slots: ${report.logins.tooManyClients}`);
-console.log(`swell: ${report.swelled.map((b) => `${(b / 1048576).toFixed(1)} MiB`).join(' and ')} written by ${values.swell} connections each to the peer and client ports before they were closed`);
+console.log(`swell: of ${values.swell} connections each sending 4 MiB of an 8 MiB frame before authenticating, the server closed ${report.swelled.join(' (peer port) and ')} (client port)`);
 console.log(`sync writes during the attack: ${report.writes.ok} ok, ${report.writes.failed} failed`);
 console.log(`crashes: ${report.crashes.length}; state changes: ${report.stateChanges.length}; tables identical: ${report.tablesIdentical}`);
 console.log(`peak RSS (MiB): ${Object.entries(report.rssPeakMiB).map(([r, m]) => `node ${r} ${m.toFixed(1)}`).join(', ')}`);

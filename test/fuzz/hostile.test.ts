@@ -80,6 +80,8 @@ it('idle floods were cut by the caps, and a login flood left PostgreSQL able to 
   expect(report.logins.other).toBe(0);
   // 300 concurrent wrong passwords once took 105 of PostgreSQL's connection slots' worth of refusals.
   expect(report.logins.tooManyClients).toBe(0);
+  // Every connection that swelled a frame before authenticating was closed by the server.
+  expect(report.swelled).toEqual([24, 24]);
   const db = await connect(cluster.clientAddresses, cluster.credentials);
   try {
     expect(await db.query('SELECT count(*)::int AS n FROM fuzzed')).toMatchObject({ rows: [{ n: report.writes.ok }] });

@@ -58,7 +58,7 @@ export interface HostileReport {
   readonly http500: readonly string[];
   readonly idle: Record<'peer' | 'client' | 'admin', { opened: number; closedByServer: number }>;
   readonly logins: { refused: number; closed: number; other: number; tooManyClients: number };
-  /** Bytes the swelling connections got written before the server closed them (peer port, client port). */
+  /** Swelling connections the server closed (peer port, client port). */
   readonly swelled: readonly number[];
   readonly writes: { ok: number; failed: number; errors: readonly string[] };
   /** Sidecars that exited during the run. */
@@ -337,26 +337,30 @@ async function idleFlood(port: number, count: number, holdMs: number): Promise<{
  * Connections that declare an 8 MiB frame and send 4 MiB of it without
  * authenticating, held open together: a sidecar that buffered a stranger's
  * frame held 16 MiB per connection (issue 19, finding 3). Resolves with how
- * many bytes the server took in all before closing them.
+ * many the server closed before this side gave up on them (3 s).
  */
 async function swell(port: number, count: number): Promise<number> {
   const header = Buffer.alloc(8);
   header.writeUInt32BE(8 * 1024 * 1024, 0);
   const body = Buffer.alloc(4 * 1024 * 1024, 0x61);
-  const taken = await Promise.all(Array.from({ length: count }, () => new Promise<number>((resolve) => {
+  const closed = await Promise.all(Array.from({ length: count }, () => new Promise<boolean>((resolve) => {
     const socket = netConnect({ host: '127.0.0.1', port });
+    let ours = false;
     socket.on('error', () => undefined);
-    const timer = setTimeout(() => socket.destroy(), 3_000);
+    const timer = setTimeout(() => {
+      ours = true;
+      socket.destroy();
+    }, 3_000);
     socket.once('connect', () => {
       socket.write(header);
       socket.write(body);
     });
     socket.once('close', () => {
       clearTimeout(timer);
-      resolve(socket.bytesWritten);
+      resolve(!ours);
     });
   })));
-  return taken.reduce((a, b) => a + b, 0);
+  return closed.filter(Boolean).length;
 }
 
 /** Wrong-password logins, all at once; how each ended. */
