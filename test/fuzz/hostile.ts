@@ -337,7 +337,7 @@ async function idleFlood(port: number, count: number, holdMs: number): Promise<{
  * Connections that declare an 8 MiB frame and send 4 MiB of it without
  * authenticating, held open together: a sidecar that buffered a stranger's
  * frame held 16 MiB per connection (issue 19, finding 3). Resolves with how
- * many the server closed before this side gave up on them (3 s).
+ * many the server closed before this side gave up on them (10 s).
  */
 async function swell(port: number, count: number): Promise<number> {
   const header = Buffer.alloc(8);
@@ -350,7 +350,7 @@ async function swell(port: number, count: number): Promise<number> {
     const timer = setTimeout(() => {
       ours = true;
       socket.destroy();
-    }, 3_000);
+    }, 10_000);
     socket.once('connect', () => {
       socket.write(header);
       socket.write(body);
