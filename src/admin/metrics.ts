@@ -21,6 +21,7 @@ export class Metrics {
   readonly #splitBrain: Counter;
   readonly #staleTerm: Counter<'where'>;
   readonly #limboTimeouts: Counter;
+  readonly #refused: Counter<'port' | 'reason'>;
   readonly #status: () => SidecarStatus;
   /** One status per scrape, read by every gauge. */
   #snapshot: SidecarStatus | null = null;
@@ -38,6 +39,7 @@ export class Metrics {
     this.#splitBrain = new Counter({ name: 'qsync_split_brain_rejections_total', help: 'Limbo records from an older term taken without effect (a deposed leader\'s writes)', registers });
     this.#staleTerm = new Counter({ name: 'qsync_stale_term_rejections_total', help: 'Writes refused for naming an older term (where: the sidecar, or PostgreSQL\'s fence)', labelNames: ['where'], registers });
     this.#limboTimeouts = new Counter({ name: 'qsync_limbo_timeouts_total', help: 'Synchro timeouts: no quorum in time, a ROLLBACK written', registers });
+    this.#refused = new Counter({ name: 'qsync_connections_refused_total', help: 'Connections closed by a port\'s guard (reason: a connection cap) and failed logins (reason login)', labelNames: ['port', 'reason'], registers });
     // Initialised to 0, so that rate() works from the first scrape.
     for (const result of ['started', 'won']) this.#elections.inc({ result }, 0);
     for (const where of ['sidecar', 'postgres']) this.#staleTerm.inc({ where }, 0);
@@ -84,6 +86,11 @@ export class Metrics {
         return;
       default:
     }
+  }
+
+  /** A port's guard closed a connection at a cap, or a login failed (net/guard.ts). */
+  refused(port: string, reason: 'cap' | 'login'): void {
+    this.#refused.inc({ port, reason });
   }
 
   /** PostgreSQL's fence refused a write for its term (SQLSTATE QS002). */

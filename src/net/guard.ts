@@ -16,6 +16,9 @@ import type { Logger } from '../log.js';
 /** How often refused connections are summed up in the log. */
 const REFUSALS_LOG_EVERY_MS = 5_000;
 
+/** Told of each refusal, for metrics: a connection closed at a cap, or a failed login. */
+export type RefusalObserver = (port: string, reason: 'cap' | 'login') => void;
+
 export interface Admission {
   /** The connection proved who it is: it no longer counts as unauthenticated. */
   authenticated(): void;
@@ -30,9 +33,12 @@ export class PortGuard {
   #refused = 0;
   #refusedLoggedAt = 0;
 
-  constructor(port: string, log: Logger) {
+  readonly #observe: RefusalObserver;
+
+  constructor(port: string, log: Logger, observe: RefusalObserver = () => undefined) {
     this.#port = port;
     this.#log = log;
+    this.#observe = observe;
   }
 
   /** Take a new connection in, or close it at once (null) when a cap is reached. */
@@ -69,6 +75,7 @@ export class PortGuard {
   }
 
   #refusedOne(why: string): void {
+    this.#observe(this.#port, 'cap');
     this.#refused += 1;
     const now = Date.now();
     if (now - this.#refusedLoggedAt < REFUSALS_LOG_EVERY_MS) return;
@@ -97,7 +104,10 @@ export class AuthGate {
   /** Failed logins per address: how many in a row, and until when the next waits. */
   readonly #failures = new Map<string, { count: number; untilMs: number }>();
 
-  constructor(concurrent: number = limits.authConcurrentMax) {
+  readonly #observe: RefusalObserver;
+
+  constructor(observe: RefusalObserver = () => undefined, concurrent: number = limits.authConcurrentMax) {
+    this.#observe = observe;
     this.#concurrent = concurrent;
   }
 
@@ -112,7 +122,10 @@ export class AuthGate {
       this.#failures.delete(address);
       return done;
     } catch (error) {
-      if (isRefusal(error)) this.#failed(address);
+      if (isRefusal(error)) {
+        this.#failed(address);
+        this.#observe('client', 'login');
+      }
       throw error;
     } finally {
       this.#running -= 1;

@@ -20,7 +20,7 @@ import type { SnapshotBegin, SnapshotOffer, SnapshotSink } from '../sidecar/io.j
 import { vclockCovers, vclockFormat } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
-import { PortGuard, type Admission } from './guard.js';
+import { PortGuard, type Admission, type RefusalObserver } from './guard.js';
 import type { PeerTls } from './tls.js';
 import { Link, LinkClosed } from './link.js';
 import { listen } from './listen.js';
@@ -93,6 +93,8 @@ export interface RelayOptions {
   readonly onRaft?: (from: ReplicaId, message: ElectionMessage) => void;
   /** A subscriber behind this journal's start asked for a snapshot (null: refused). */
   readonly serveSnapshot?: (subscriber: ReplicaId) => SnapshotOffer | null;
+  /** Told of each connection the port's guard closes at a cap (metrics). */
+  readonly onRefused?: RefusalObserver;
 }
 
 /** The relay side: accepts subscribers and streams them the journal. */
@@ -108,7 +110,7 @@ export class RelayServer {
 
   constructor(options: RelayOptions) {
     this.#options = options;
-    this.#guard = new PortGuard('peer', options.log);
+    this.#guard = new PortGuard('peer', options.log, options.onRefused);
     const accept = (socket: Socket): void => {
       const admission = this.#guard.admit(socket);
       if (admission !== null) void this.#serve(socket, admission);

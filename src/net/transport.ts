@@ -8,6 +8,7 @@ import type { ReplicaId } from '../core/types.js';
 import type { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
 import type { Transport, TransportHandlers } from '../sidecar/io.js';
+import type { RefusalObserver } from './guard.js';
 import { RelayServer, Subscriber, type PeerIdentity } from './peer.js';
 
 export interface TcpTransportOptions {
@@ -16,6 +17,8 @@ export interface TcpTransportOptions {
   readonly log: Logger;
   readonly listen: { readonly host: string; readonly port: number };
   readonly peers: ReadonlyArray<{ readonly replica: number; readonly host: string; readonly port: number }>;
+  /** Told of each connection the peer port's guard closes at a cap (metrics). */
+  readonly onRefused?: RefusalObserver;
 }
 
 type PeerAddress = TcpTransportOptions['peers'][number];
@@ -38,6 +41,7 @@ export class TcpTransport implements Transport {
     this.#relay = new RelayServer({
       identity, journal, log,
       onAck: handlers.onAck, outgoing: handlers.outgoing, onRaft: handlers.onRaft, onSent: handlers.onSent, serveSnapshot: handlers.serveSnapshot,
+      ...(this.#options.onRefused === undefined ? {} : { onRefused: this.#options.onRefused }),
     });
     await this.#relay.listen(listen.port, listen.host);
     this.#follow();

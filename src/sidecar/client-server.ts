@@ -11,7 +11,7 @@ import { QsyncError } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
-import { AuthGate, PortGuard, type Admission } from '../net/guard.js';
+import { AuthGate, PortGuard, type Admission, type RefusalObserver } from '../net/guard.js';
 import { FramedLink, LinkClosed } from '../net/link.js';
 import { listen } from '../net/listen.js';
 
@@ -51,13 +51,14 @@ export class ClientServer {
   readonly #server: Server;
   readonly #links = new Set<FramedLink<ClientRequest, ClientResponse>>();
   readonly #guard: PortGuard;
-  readonly #logins = new AuthGate();
+  readonly #logins: AuthGate;
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the node's session type is its own
-  constructor(handler: RequestHandler<any>, log: Logger) {
+  constructor(handler: RequestHandler<any>, log: Logger, observe?: RefusalObserver) {
     this.#handler = handler;
     this.#log = log.child({ port: 'client' });
-    this.#guard = new PortGuard('client', this.#log);
+    this.#guard = new PortGuard('client', this.#log, observe);
+    this.#logins = new AuthGate(observe);
     this.#server = createServer((socket) => this.#accept(socket));
     this.#server.on('error', (error) => this.#log.error({ err: error }, 'client server error'));
   }

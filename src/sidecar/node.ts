@@ -120,7 +120,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const identity = { cluster: config.clusterId, replica: config.replicaId as ReplicaId, secret: config.secret ?? `insecure:${config.clusterId}`, ...(tls === undefined ? {} : { tls }) };
     this.#driver = new NodeDriver({
       config, log, clock: systemClock, journal, db,
-      transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers }),
+      transport: new TcpTransport({ identity, journal, log, listen: { host: config.peerHost, port: config.peerPort }, peers: config.peers, onRefused: (port, reason) => metrics.refused(port, reason) }),
       seed: randomInt(1, 2 ** 32 - 1),
       observe: (event) => this.#observe(event),
       ...(existsSync(join(config.dataDir, JOINING_FILE)) ? { joining: { done: () => rmSync(join(config.dataDir, JOINING_FILE), { force: true }) } } : {}),
@@ -158,7 +158,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     await node.#probe();
     node.#probeTimer = setInterval(() => void node.#probe(), PROBE_EVERY_MS);
     node.#probeTimer.unref();
-    node.#clients = new ClientServer(node, log);
+    node.#clients = new ClientServer(node, log, (port, reason) => metrics.refused(port, reason));
     await node.#clients.listen(config.clientPort, config.clientHost);
     if (config.adminPort !== undefined) {
       node.#adminServer = new AdminServer(node, config.adminToken, log);

@@ -90,6 +90,15 @@ it('idle floods were cut by the caps, and a login flood left PostgreSQL able to 
   }
 });
 
+it('the leader\'s metrics count the connections its guards closed and the failed logins', async () => {
+  const leader = await cluster.leader();
+  const text = await (await fetch(`http://${leader.adminAddress}/metrics`)).text();
+  const sample = (labels: string): number => Number(new RegExp(`^qsync_connections_refused_total\\{[^}]*${labels}[^}]*\\} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  expect(sample('port="client",reason="cap"')).toBeGreaterThan(0);
+  expect(sample('port="peer",reason="cap"')).toBeGreaterThan(0);
+  expect(sample('port="client",reason="login"')).toBeGreaterThan(0);
+});
+
 it('a malformed admin target is a 400, not a 500', async () => {
   const [node] = cluster.nodes;
   for (const target of ['/tables/%ZZ', 'http://[']) {
