@@ -25,6 +25,13 @@ export const limits = {
   limboEntriesMax: 100,
   /** Messages received on a link and not yet handled; past this the socket is paused. */
   linkQueueMessagesMax: 1024,
+  /**
+   * Bytes of records from one peer handed to the node and not yet durable and
+   * applied; past this the subscriber reads no further until they are. Well
+   * below journalQueueBytesMax, so that a burst from peers (a catch-up of large
+   * records, or a hostile one) waits instead of overflowing the journal's queue.
+   */
+  peerInFlightBytesMax: 64 * 1024 * 1024,
   /** Time a peer has to complete the handshake. */
   handshakeTimeoutMs: 5_000,
   /**

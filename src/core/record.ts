@@ -207,6 +207,18 @@ export function decodeOne<T>(bytes: Uint8Array, what: string, parse: (value: unk
   }
 }
 
+/**
+ * About how many bytes a record takes: its rows' text (a TXN's bulk) and the
+ * SQL of a schema change, plus a little for the rest. For flow control, not
+ * for framing.
+ */
+export function recordBytes(record: JournalRecord): number {
+  let bytes = 64;
+  if (record.kind === 'txn') for (const change of record.changes) bytes += change.rows.length + ('oldKeys' in change && change.oldKeys !== undefined ? change.oldKeys.length : 0) + 32;
+  if (record.kind === 'config' && record.ddl !== undefined) bytes += record.ddl.length;
+  return bytes;
+}
+
 /** Check a decoded msgpack value and build a record from it. */
 export function parseRecord(value: unknown): DecodeResult {
   try {

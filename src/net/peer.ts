@@ -12,7 +12,7 @@ import { AssertionFailed } from '../core/assert.js';
 import { limits } from '../core/limits.js';
 import type { ElectionMessage } from '../core/election.js';
 import { PROTOCOL_VERSION, type PeerMessage } from '../core/messages.js';
-import type { JournalRecord } from '../core/record.js';
+import { recordBytes, type JournalRecord } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { Journal, JournalCursor } from '../journal/index.js';
@@ -383,10 +383,13 @@ export class Subscriber {
     const join = joining === 'join';
     link.send({ kind: 'subscribe', vclock: this.#options.vclock(), snapshot: join || (this.#options.takesSnapshot?.() ?? false), ...(join ? { join } : {}) });
     let outstanding = 0;
+    /** Bytes of the records handed over and not yet done: the journal's queue of what is not yet durable is bounded too. */
+    let outstandingBytes = 0;
     let ackPending = false;
     let failure: Error | null = null;
-    const completed = (): void => {
+    const completed = (bytes: number): void => {
       outstanding -= 1;
+      outstandingBytes -= bytes;
       if (ackPending) return;
       ackPending = true;
       // One ack covers every record completed in this turn of the event loop.
@@ -407,13 +410,16 @@ export class Subscriber {
           continue;
         }
         if (failure !== null) throw failure;
+        const bytes = recordBytes(message.record);
         outstanding += 1;
+        outstandingBytes += bytes;
         const done = this.#options.onRecord(message.record);
-        done.then(completed, (error: Error) => {
+        done.then(() => completed(bytes), (error: Error) => {
           failure = error;
           link.close(`applying a record from replica ${peer.replica} failed: ${error.message}`);
         });
-        if (outstanding >= limits.linkQueueMessagesMax) await done.catch(() => undefined);
+        // Records complete in order: waiting for this one waits for every one before it.
+        if (outstanding >= limits.linkQueueMessagesMax || outstandingBytes >= limits.peerInFlightBytesMax) await done.catch(() => undefined);
       }
     } catch (error) {
       this.#gap = error instanceof GapRefused;

@@ -89,6 +89,37 @@ describe('relay and subscribe', () => {
   });
 });
 
+describe('flow control', () => {
+  it('hands the node at most peerInFlightBytesMax of records not yet done, then reads on as they complete', async () => {
+    const count = 72;
+    for (let i = 0; i < count; i += 1) await relayJournal.append(nextTxn(relayJournal, 1, 1024 * 1024));
+    const temp = await tempDir();
+    const journal = await Journal.open({ dir: temp.dir });
+    let handed = 0;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const sub = new Subscriber({
+      identity: { ...relayId, replica: 2 as ReplicaId }, peer: { replica: 1 as ReplicaId, host: '127.0.0.1', port }, log: capturedLog(2).log,
+      vclock: () => journal.tailVclock,
+      onRecord: async (record) => {
+        handed += 1;
+        const appended = journal.append(record);
+        await released;
+        await appended;
+      },
+      ack: () => ({ vclock: journal.vclock, term: 7 as Term }),
+    });
+    cleanups.push(async () => sub.stop(), async () => journal.close(), temp.cleanup);
+    sub.start();
+    await until(() => handed >= 60, 'records handed over');
+    await new Promise((r) => setTimeout(r, 300));
+    // Each record carries a little over 1 MiB of rows: the 64 MiB bound stops the reading near 64 of them.
+    expect(handed).toBeLessThanOrEqual(64);
+    release();
+    await until(() => vclockGet(journal.vclock, 1 as ReplicaId) === count, 'every record, once they complete');
+  });
+});
+
 describe('refusals', () => {
   it('refuses a subscriber with the wrong secret, logs why, and keeps serving', async () => {
     const bad = await subscriberNode({ ...relayId, replica: 2 as ReplicaId, secret: 'wrong' });
