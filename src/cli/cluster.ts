@@ -290,6 +290,14 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
 }): ClusterNode {
   /** The sidecar is being stopped or killed through this handle: its exit is expected. */
   let stopping = false;
+  const ending = async (signal: NodeJS.Signals): Promise<void> => {
+    stopping = true;
+    try {
+      await stopChild(node, signal);
+    } finally {
+      stopping = false;
+    }
+  };
   const node: ClusterNode = {
     get replica() {
       return replica();
@@ -339,22 +347,8 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
         });
       }
     },
-    stopSidecar: async () => {
-      stopping = true;
-      try {
-        await stopChild(node, 'SIGTERM');
-      } finally {
-        stopping = false;
-      }
-    },
-    killSidecar: async () => {
-      stopping = true;
-      try {
-        await stopChild(node, 'SIGKILL');
-      } finally {
-        stopping = false;
-      }
-    },
+    stopSidecar: async () => ending('SIGTERM'),
+    killSidecar: async () => ending('SIGKILL'),
     pause: () => node.process?.kill('SIGSTOP'),
     resume: () => node.process?.kill('SIGCONT'),
     status: () => adminRequest<SidecarStatus>(node.adminAddress, 'GET', '/status'),
