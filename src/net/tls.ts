@@ -5,10 +5,11 @@
 // is read; the HMAC handshake over the cluster secret still runs inside it and
 // is what proves which replica a peer is, so peers are addressed by IP and no
 // certificate needs to name one (host names are not checked).
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { ConnectionOptions, TlsOptions } from 'node:tls';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
+import { notPrivate } from '../os/files.js';
 
 export interface PeerTlsFiles {
   /** PEM: this node's certificate (and chain), signed by the cluster CA. */
@@ -28,7 +29,7 @@ export interface PeerTls {
 export function loadPeerTls(files: PeerTlsFiles): PeerTls {
   const read = (what: string, file: string, privateKey = false): Buffer => {
     try {
-      if (privateKey && (statSync(file).mode & 0o077) !== 0) throw new Error(`it may be read by others; chmod 600 ${file}`);
+      if (privateKey && notPrivate(file) !== null) throw new Error(`it may be read by others; chmod 600 ${file}`);
       return readFileSync(file);
     } catch (error) {
       throw new QsyncError('CONFIG', `peer TLS: cannot use the ${what} ${file}: ${(error as Error).message}`, { file });

@@ -1,11 +1,12 @@
 // Sidecar configuration: a JSON file, then QSYNC_* environment variables,
 // then flags (later sources win), validated at once with every problem listed.
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { QsyncError } from '../core/errors.js';
 import { checkQuorum, quorumDefault } from '../core/quorum.js';
+import { notPrivate } from '../os/files.js';
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|::1)$/;
 
@@ -207,15 +208,15 @@ function urlPassword(url: string): boolean {
 
 /** A secret's file: its first line, from a file only its owner may read. */
 export function readSecretFile(file: string): { ok: true; value: string } | { ok: false; problem: string } {
-  let mode: number;
+  let open: string | null;
   let text: string;
   try {
-    mode = statSync(file).mode;
+    open = notPrivate(file);
     text = readFileSync(file, 'utf8');
   } catch (error) {
     return { ok: false, problem: `cannot read ${file}: ${(error as Error).message}` };
   }
-  if ((mode & 0o077) !== 0) return { ok: false, problem: `${file} may be read by others (mode ${(mode & 0o777).toString(8)}); chmod 600 ${file}` };
+  if (open !== null) return { ok: false, problem: open };
   const value = text.split('\n')[0]?.trim() ?? '';
   if (value === '') return { ok: false, problem: `${file} is empty` };
   return { ok: true, value };
