@@ -32,6 +32,23 @@ export const limits = {
    * records, or a hostile one) waits instead of overflowing the journal's queue.
    */
   peerInFlightBytesMax: 64 * 1024 * 1024,
+  /**
+   * Bytes of journaled records waiting to reach PostgreSQL here (the apply
+   * queue: behind a sync TXN the limbo has not decided, or a slow apply);
+   * past this, records from peers are taken no further until some are applied.
+   */
+  applyQueueBytesMax: 64 * 1024 * 1024,
+  /** Records, and their bytes, that one PostgreSQL transaction of the apply queue commits together. */
+  applyBatchRecordsMax: 256,
+  applyBatchBytesMax: 4 * 1024 * 1024,
+  /**
+   * How long a relay holds a third node's record (the leader's, relayed by a
+   * follower) for its subscriber's ack before sending it anyway, and how many
+   * it holds at most (RFC 0012): no copy while the subscriber hears the writer
+   * directly, one delay late when it does not.
+   */
+  relayThirdPartyDelayMs: 100,
+  relayHeldMax: 4_096,
   /** Time a peer has to complete the handshake. */
   handshakeTimeoutMs: 5_000,
   /**

@@ -14,10 +14,10 @@ import type { ElectionMessage } from '../core/election.js';
 import { PROTOCOL_VERSION, type PeerMessage } from '../core/messages.js';
 import { recordBytes, type JournalRecord } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
-import type { VClock } from '../core/vclock.js';
 import type { Journal, JournalCursor } from '../journal/index.js';
 import type { SnapshotBegin, SnapshotOffer, SnapshotSink } from '../sidecar/io.js';
-import { vclockCovers, vclockFormat } from '../core/vclock.js';
+import { vclockCompare, vclockCovers, vclockFormat, type VClock } from '../core/vclock.js';
+import { RelayFilter } from '../core/relay-filter.js';
 import type { Logger } from '../log.js';
 import { nonce, proof, proofMatches } from './auth.js';
 import { PortGuard, type Admission, type RefusalObserver } from './guard.js';
@@ -27,6 +27,9 @@ import { listen } from './listen.js';
 
 /** How often a subscriber acknowledges even without records from this link. */
 const ACK_REFRESH_MS = 1_000;
+
+/** How often a subscriber looks whether its vclock moved (records from other links), to acknowledge it on this one. */
+const ACK_CHANGED_MS = 20;
 
 export interface PeerIdentity {
   readonly cluster: string;
@@ -159,7 +162,8 @@ export class RelayServer {
       const subscribe = await expect(link, 'subscribe', limits.handshakeTimeoutMs, (m) => this.#options.onRaft?.(from, m));
       link.log.info({ subscriber, vclock: subscribe.vclock }, 'subscriber joined');
       const cursor = this.#cursorFor(link, subscriber, subscribe);
-      await Promise.all([this.#relay(link, subscriber, cursor.cursor, cursor.offer), this.#readAcks(link, subscriber)]);
+      const filter = new RelayFilter({ relay: this.#options.identity.replica, subscriber, delayMs: limits.relayThirdPartyDelayMs, heldMax: limits.relayHeldMax });
+      await Promise.all([this.#relay(link, subscriber, cursor.cursor, cursor.offer, filter), this.#readAcks(link, subscriber, filter)]);
     } catch (error) {
       // A journal gap or corruption, a closed link, even a failed assertion while serving this
       // subscriber: this link ends with the reason in the log, and the node goes on.
@@ -219,25 +223,38 @@ export class RelayServer {
     link.log.info({ parts: sent }, 'snapshot sent; the records after it follow');
   }
 
-  async #relay(link: Link, subscriber: ReplicaId, cursor: JournalCursor, offer: SnapshotOffer | null): Promise<void> {
+  /**
+   * Stream the journal to a subscriber, as the filter says: this node's
+   * records at once, a third node's only if the subscriber has not
+   * acknowledged it within the relay delay (core/relay-filter.ts).
+   */
+  async #relay(link: Link, subscriber: ReplicaId, cursor: JournalCursor, offer: SnapshotOffer | null, filter: RelayFilter): Promise<void> {
+    const send = (records: readonly JournalRecord[]): boolean => {
+      let written = true;
+      for (const record of records) {
+        const outgoing = this.#options.outgoing?.(record) ?? record;
+        written = link.send({ kind: 'record', record: outgoing }) && written;
+        this.#options.onSent?.(outgoing, subscriber);
+      }
+      return written;
+    };
+    const due = setInterval(() => send(filter.due(Date.now())), Math.max(5, limits.relayThirdPartyDelayMs / 4));
     try {
       if (offer !== null) await this.#sendSnapshot(link, offer);
       for await (const record of cursor) {
         if (link.closeReason !== null) break;
-        if (record.replica === subscriber) continue; // it has its own records
-        const outgoing = this.#options.outgoing?.(record) ?? record;
-        const written = link.send({ kind: 'record', record: outgoing });
-        this.#options.onSent?.(outgoing, subscriber);
-        if (!written) await link.drain();
+        if (!send(filter.offer(record, Date.now()))) await link.drain();
       }
     } finally {
+      clearInterval(due);
       await cursor.return();
     }
   }
 
-  async #readAcks(link: Link, subscriber: ReplicaId): Promise<void> {
+  async #readAcks(link: Link, subscriber: ReplicaId, filter: RelayFilter): Promise<void> {
     for (;;) {
       const ack = await expect(link, 'ack', undefined, (m) => this.#options.onRaft?.(subscriber, m));
+      filter.acked(ack.vclock);
       this.#options.onAck(subscriber, ack.vclock, ack.term);
     }
   }
@@ -387,6 +404,13 @@ export class Subscriber {
     let outstandingBytes = 0;
     let ackPending = false;
     let failure: Error | null = null;
+    /** The last ack sent on this link, and when. */
+    let acked: { vclock: VClock; atMs: number } = { vclock: [], atMs: 0 };
+    const sendAck = (): void => {
+      const ack = this.#options.ack();
+      acked = { vclock: ack.vclock, atMs: Date.now() };
+      link.send({ kind: 'ack', ...ack });
+    };
     const completed = (bytes: number): void => {
       outstanding -= 1;
       outstandingBytes -= bytes;
@@ -395,13 +419,17 @@ export class Subscriber {
       // One ack covers every record completed in this turn of the event loop.
       setImmediate(() => {
         ackPending = false;
-        link.send({ kind: 'ack', ...this.#options.ack() });
+        sendAck();
       });
     };
-    // Records from other links move this node's vclock too: tell the relay every second, so that every
-    // node (not only the leader, which hears heartbeat replies) knows what each peer holds and when it
-    // last heard from it (lag, status). An ack is always true: what is durable and applied here.
-    const refresh = setInterval(() => link.send({ kind: 'ack', ...this.#options.ack() }), ACK_REFRESH_MS);
+    // Records from other links move this node's vclock too: tell the relay soon when it changed (a relay
+    // sends a third node's record only if this node has not acknowledged it: RFC 0012), and every second
+    // anyway, so that every node (not only the leader, which hears heartbeat replies) knows what each peer
+    // holds and when it last heard from it (lag, status). An ack is always true: what is durable here.
+    const refresh = setInterval(() => {
+      if (Date.now() - acked.atMs < ACK_REFRESH_MS && vclockCompare(this.#options.ack().vclock, acked.vclock) === 'equal') return;
+      sendAck();
+    }, ACK_CHANGED_MS);
     try {
       for (let first = true; ; first = false) {
         const message = await expect(link, 'record', undefined, this.#options.onRaft, first ? ['snapshot' as const] : []);

@@ -16,7 +16,7 @@ import { assert } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import type { Change, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
-import { vclockEntries, vclockFromEntries, type VClock } from '../core/vclock.js';
+import { vclockEntries, vclockFromEntries, vclockGet, type VClock } from '../core/vclock.js';
 import { loadTables, type TableInfo } from './tables.js';
 
 export class ApplyError extends QsyncError<'PG_APPLY'> {
@@ -119,7 +119,82 @@ export class Applier {
     }
   }
 
-  async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
+  /**
+   * Apply TXNs in journal order in one transaction that commits without
+   * waiting for its WAL flush (the journal repairs a lost tail: RFC 0007),
+   * each with its applied mark, so the rows and the marks of the whole batch
+   * commit or vanish together. Two round trips when every change is a plain
+   * upsert or delete (the statements go as one simple query); async changes
+   * (last-writer-wins) and copies add theirs. Skips each record already
+   * applied: by its own lsn when at or below `exactTo`, else by the highest.
+   * Throws on any failure with nothing applied: the caller retries, or
+   * applies the records one by one to find the one that fails.
+   */
+  async applyBatch(records: readonly TxnRecord[], exactTo: VClock): Promise<number> {
+    const client = this.#client;
+    if (records.length === 0) return 0;
+    for (const r of records) assert(Number.isSafeInteger(r.replica) && Number.isSafeInteger(r.lsn), 'record header is not integers');
+    const replicas = [...new Set(records.map((r) => r.replica))];
+    const exact = records.filter((r) => r.lsn <= vclockGet(exactTo, r.replica));
+    const head = `BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off;
+      SELECT replica_id, max(lsn)::text AS lsn FROM qsync.applied WHERE replica_id IN (${replicas.join(', ')}) GROUP BY replica_id;
+      SELECT replica_id, lsn::text AS lsn FROM qsync.applied WHERE ${exact.length === 0 ? 'false' : `(replica_id, lsn) IN (${exact.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')})`};
+      SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid IN (${records.map((r) => client.escapeLiteral(r.gid)).join(', ')})`;
+    try {
+      const results = (await client.query(head)) as unknown as Array<{ rows: Array<Record<string, string | number>> }>;
+      const [highest, exactHeld, prepared] = results.slice(-3).map((r) => r.rows);
+      const top = new Map((highest ?? []).map((row) => [Number(row.replica_id), Number(row.lsn)]));
+      const held = new Set((exactHeld ?? []).map((row) => `${row.replica_id}:${row.lsn}`));
+      const preparedGids = new Set((prepared ?? []).map((row) => String(row.gid)));
+      const fresh = records.filter((r) => !preparedGids.has(r.gid) && (r.lsn <= vclockGet(exactTo, r.replica) ? !held.has(`${r.replica}:${r.lsn}`) : r.lsn > (top.get(r.replica) ?? 0)));
+      let sql = '';
+      for (const record of fresh) {
+        for (const [index, change] of record.changes.entries()) {
+          const table = await this.#tableFor(record, change, index);
+          const inline = change.op !== 'copy' && !(!record.sync && table.mode === 'async') ? inlineChange(client, table, change) : null;
+          if (inline !== null) {
+            sql += inline;
+            continue;
+          }
+          if (sql !== '') await client.query(sql);
+          sql = '';
+          await this.#applyChange(record, change, index);
+        }
+      }
+      const keyed = fresh.filter((r) => r.idempotencyKey !== null);
+      if (keyed.length > 0) sql += `INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ${keyed.map((r) => `(${client.escapeLiteral(r.idempotencyKey as string)}, ${r.replica}, ${r.lsn})`).join(', ')} ON CONFLICT (key) DO NOTHING; `;
+      if (fresh.length > 0) sql += `INSERT INTO qsync.applied (replica_id, lsn) VALUES ${fresh.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')}; `;
+      await client.query(`${sql}COMMIT`);
+      return fresh.length;
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      if (error instanceof ApplyError) throw error;
+      const pgError = error as { code?: string; message?: string };
+      const first = records[0] as TxnRecord;
+      throw new ApplyError(`applying ${records.length} records from ${first.replica}:${first.lsn} failed: ${pgError.message ?? String(error)}`,
+        { replica: first.replica, lsn: first.lsn, records: records.length, sqlstate: pgError.code }, { cause: error });
+    }
+  }
+
+  /**
+   * Why this node could not apply `record`, from the tables it knows (null:
+   * it can): a table not replicated here, or row images with a column the
+   * table lacks. Checked when a record arrives, before it is acknowledged:
+   * a node that acknowledged what it cannot apply would count in a quorum and
+   * could then win an election it cannot complete (RFC 0012).
+   */
+  unfit(record: TxnRecord): string | null {
+    for (const change of record.changes) {
+      const table = this.#tables.get(change.table);
+      if (table === undefined) return `${change.table} is not replicated on this node; create it and run: qsync table ${record.sync ? 'sync' : 'async'} ${change.table}`;
+      const unknown = unknownColumns(change, table);
+      if (unknown.length > 0) return `the rows from node ${record.replica} carry column ${unknown.join(', ')}, which ${table.name} lacks here: make the table the same here (ALTER TABLE ${table.name} ADD COLUMN ...)`;
+    }
+    return null;
+  }
+
+  /** The table a change is for, or ApplyError saying why it cannot be applied here. */
+  async #tableFor(record: TxnRecord, change: Change, index: number): Promise<TableInfo> {
     let table = this.#tables.get(change.table);
     if (table === undefined) {
       throw new ApplyError(`applying ${record.replica}:${record.lsn} failed: change ${index} is for ${change.table}, which is not replicated on this node; create it and run: qsync table ${record.sync ? 'sync' : 'async'} ${change.table}`,
@@ -135,6 +210,11 @@ export class Applier {
           { replica: record.replica, lsn: record.lsn, table: table.name, columns: unknown });
       }
     }
+    return table;
+  }
+
+  async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
+    const table = await this.#tableFor(record, change, index);
     const lww = !record.sync && table.mode === 'async';
     if (change.op === 'copy') {
       const rows = await this.#copyIn(table, change, lww);
@@ -217,6 +297,20 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
   }
   if (typeof first !== 'object' || first === null || Array.isArray(first)) return [];
   return Object.keys(first).filter((name) => !table.imageNames.has(name));
+}
+
+/**
+ * A plain change as SQL text with its rows inlined as an escaped literal
+ * (what goes into one simple query with the rest of a batch): an upsert, a
+ * delete, or for an update that moved keys, the delete of the keys it moved
+ * away from and then the upsert.
+ */
+function inlineChange(client: pg.ClientBase, table: TableInfo, change: Change): string {
+  const keys = table.keyColumns.join(', ');
+  const from = (json: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${client.escapeLiteral(json)}::jsonb)`;
+  if (change.op === 'delete') return `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.rows)}); `;
+  const moved = change.op === 'update' && change.oldKeys !== undefined ? `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.oldKeys)} EXCEPT ${from(change.rows)}); ` : '';
+  return `${moved}${upsertSql(table).replace('$1::jsonb', () => `${client.escapeLiteral(change.rows)}::jsonb`)}; `;
 }
 
 const UNIQUE_VIOLATION = '23505';

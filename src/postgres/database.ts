@@ -4,7 +4,7 @@
 // connections broken; the next call reconnects first (the driver retries).
 import pg from 'pg';
 import { QsyncError } from '../core/errors.js';
-import type { JournalRecord, TableMode } from '../core/record.js';
+import type { JournalRecord, TableMode, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
@@ -101,6 +101,18 @@ export class PgDatabase implements Database<PgSession, PgWork> {
 
   apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome> {
     return this.#guarded(() => this.#applier.apply(record, options));
+  }
+
+  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void> {
+    await this.#guarded(() => this.#applier.applyBatch(records, options.exactTo));
+  }
+
+  unfit(record: TxnRecord): string | null {
+    return this.#applier.unfit(record);
+  }
+
+  reloadTables(): Promise<void> {
+    return this.#guarded(() => this.#applier.reload());
   }
 
   finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {

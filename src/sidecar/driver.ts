@@ -19,6 +19,7 @@
 // waits until a quorum holds its journal, writes PROMOTE, and accepts sync
 // writes only once a quorum holds the PROMOTE too (`#writable`). Losing
 // leadership stops writes at once; PostgreSQL's fence follows qsync.node.
+import { ApplyQueue } from '../core/apply-queue.js';
 import { assert, AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError, RecordInvalid } from '../core/errors.js';
@@ -30,7 +31,7 @@ import { membershipChange, membershipSettled, type Membership, type MembershipCh
 import type { ConfigRecord, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
 import { gidFor } from '../core/gid.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../core/types.js';
-import { vclockCovers, vclockEntries, vclockFollow, vclockFromEntries, vclockGet, vclockMerge, vclockPlace, type VClock } from '../core/vclock.js';
+import { vclockCovers, vclockEntries, vclockFromEntries, vclockGet, vclockMerge, vclockPlace, type VClock } from '../core/vclock.js';
 import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
@@ -95,7 +96,29 @@ export class NodeDriver<S, W> {
   /** Prepared transactions of a previous owner that PROMOTEs applied here committed and rolled back (since start). */
   readonly promoted = { committed: 0, rolledBack: 0 };
   #limbo: LimboState | null = null;
-  #applied: VClock;
+  /**
+   * Journaled records on their way to PostgreSQL, in journal order: a sync
+   * TXN waits at the head until the history decides it (RFC 0012). #admit
+   * pushes, #drain applies, #replay starts it over from PostgreSQL's applied
+   * vclock.
+   */
+  readonly #applyQueue = new ApplyQueue(limits.applyQueueBytesMax, []);
+  /** A #drain is chained on #queue or running. */
+  #draining = false;
+  /** This node's own records a replay brings back into the apply queue: lsns in (from, to]. */
+  #replayOwn = { from: 0, to: 0 };
+  /** The last record from a peer taken in: a duplicate of one is done when it is. */
+  #intake: Promise<void> = Promise.resolve();
+  /**
+   * Records durable here that this node could not apply when they came (a
+   * table missing, a column it lacks): acknowledgements stop before the first
+   * of each replica, so this node counts in no quorum for them (RFC 0012).
+   * An entry goes once the apply queue passes its record, or once the tables
+   * fit it after a reload. At most UNFIT_KEPT keep their record for that.
+   */
+  #unfit: Array<{ readonly replica: ReplicaId; readonly lsn: Lsn; readonly record: TxnRecord | null; readonly reason: string }> = [];
+  #unfitCheckedAtMs = 0;
+  /** Serialises everything on the apply connection: the apply queue's steps, resync, snapshot loads. */
   #queue: Promise<void> = Promise.resolve();
   readonly #waiters = new Map<string, Waiter>();
   /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
@@ -178,9 +201,13 @@ export class NodeDriver<S, W> {
       self: this.#self, members: this.#members, quorum: config.quorum,
       mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
     }, durable, options.seed, this.#clock.nowMs());
-    this.#applied = journal.vclock;
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
     this.#db.onLost(() => this.#lost());
+  }
+
+  /** What PostgreSQL holds: everything durable in the journal up to each replica's first record still in the apply queue. */
+  get #applied(): VClock {
+    return this.#applyQueue.appliedVclock(this.#journal.vclock);
   }
 
   get #self(): ReplicaId {
@@ -246,7 +273,7 @@ export class NodeDriver<S, W> {
     await this.#transport.start({
       subscribeFrom: () => this.#journal.tailVclock,
       onRecord: (record) => this.#enqueue(record),
-      ack: () => ({ vclock: vclockMerge(this.#applied, vclockFromEntries([[this.#self, vclockGet(this.#journal.vclock, this.#self)]])), term: this.term }),
+      ack: () => ({ vclock: this.#acknowledged(), term: this.term }),
       onAck: (replica, vclock, term) => this.#onAck(replica, vclock, term),
       onRaft: (from, message) => this.#elect({ kind: 'message', from, message }),
       outgoing: (record) => (record.replica === this.#self && isWithheld(this.#history.withheld, record) ? emptied(config.clusterId, record) : record),
@@ -269,6 +296,7 @@ export class NodeDriver<S, W> {
       this.#elect({ kind: 'tick' });
       this.#step({ kind: 'tick', nowMs: this.#clock.nowMs() });
       this.#lag.note(this.#journal.tailVclock, this.#clock.nowMs());
+      if (this.#unfit.length > 0) this.#kick();
     });
   }
 
@@ -283,21 +311,25 @@ export class NodeDriver<S, W> {
     // Both idempotent: a transient PostgreSQL failure is retried, not a failed start (simulator seeds 44, 219).
     const report = await this.#untilDone('reconciling prepared transactions', () => reconcile(this.#db, verdicts.verdict), {});
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
-    await this.#untilDone('applying again entries a PROMOTE revived', () => this.#revive(verdicts.revived), {});
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
     const replayed = await this.#untilDone('replaying the journal into PostgreSQL', () => this.#replay(), {});
-    this.#applied = this.#journal.vclock;
-    if (replayed > 0) this.log.info({ replayed }, 'replayed journal records PostgreSQL lacked');
+    if (replayed > 0) this.log.info({ replayed }, 'applied journaled writes of this node whose COMMIT had not reached PostgreSQL');
+    // After the replay has set where the apply queue starts: what lies past it, the queue applies.
+    await this.#untilDone('applying again entries a PROMOTE revived', () => this.#revive(verdicts.revived), {});
+    this.#kick();
   }
 
   /**
-   * Apply the journaled records PostgreSQL lacks; returns how many. Peers'
-   * records are applied one at a time in journal order, so PostgreSQL holds a
-   * prefix of each peer's: its applied vclock says where to start. This
-   * node's own writes commit concurrently, each in its session, so one may
-   * have failed at COMMIT (PostgreSQL or the sidecar died) while later ones
-   * committed: the own records below the highest applied are checked one by
-   * one, and an async write missing is applied from its TXN. Idempotent.
+   * Start the apply queue over from what PostgreSQL holds: the journaled
+   * records it lacks are read back in journal order (RFC 0012: through the
+   * queue, so a sync TXN still waits for its verdict). Peers' records reach
+   * PostgreSQL in journal order, so it holds a prefix of each peer's: its
+   * applied vclock says where to start. This node's own writes commit
+   * concurrently, each in its session, so one may have failed at COMMIT
+   * (PostgreSQL or the sidecar died) while later ones committed: the own
+   * records below the highest applied are checked one by one, and an async
+   * write missing is applied from its TXN here; returns how many were.
+   * Idempotent.
    */
   async #replay(): Promise<number> {
     const applied = await this.#db.appliedVclock();
@@ -307,6 +339,18 @@ export class NodeDriver<S, W> {
     const recheckFrom = Math.max(0, ownApplied - OWN_RECHECK_RECORDS, vclockGet(floor, this.#self)) as Lsn;
     const ownHeld = ownApplied > 0 ? await this.#db.appliedLsns(this.#self, recheckFrom) : new Set<Lsn>();
     let replayed = 0;
+    if (ownApplied > recheckFrom) {
+      const others = vclockEntries(this.#journal.tailVclock).filter(([replica]) => replica !== this.#self);
+      for await (const record of this.#journal.cursor(vclockFromEntries([...others, [this.#self, recheckFrom]]))) {
+        if (record.replica !== this.#self || record.lsn > ownApplied) continue;
+        // Sync entries are prepared before they are journaled; only an async write can be missing.
+        if (record.kind !== 'txn' || record.sync || record.changes.length === 0 || ownHeld.has(record.lsn)) continue;
+        if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') {
+          this.log.warn({ lsn: record.lsn }, 'applied a journaled write of this node whose COMMIT had not reached PostgreSQL');
+          replayed += 1;
+        }
+      }
+    }
     // A peer's records: from what PostgreSQL applied, never before the journal's start. After a rejoin, while the
     // snapshot's marks (which have holes) reach past the start, from the start: each record is checked by its own lsn.
     const fromOf = (replica: ReplicaId): Lsn => {
@@ -314,20 +358,10 @@ export class NodeDriver<S, W> {
       return vclockGet(this.#exactTo, replica) > start ? start : Math.max(vclockGet(applied, replica), start) as Lsn;
     };
     const peers = vclockEntries(vclockMerge(applied, floor)).map(([replica]) => replica).filter((replica) => replica !== this.#self && replica !== REPLICA_LOCAL);
-    const from = vclockFromEntries([...peers.map((replica) => [replica, fromOf(replica)] as const).filter(([, lsn]) => lsn > 0), ...(recheckFrom > 0 ? [[this.#self, recheckFrom] as const] : [])]);
-    for await (const record of this.#journal.cursor(from)) {
-      if (record.replica === this.#self && record.lsn <= ownApplied) {
-        // Sync entries are prepared before they are journaled; only an async write can be missing.
-        if (record.kind !== 'txn' || record.sync || record.changes.length === 0 || ownHeld.has(record.lsn)) continue;
-        if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') {
-          this.log.warn({ lsn: record.lsn }, 'applied a journaled write of this node whose COMMIT had not reached PostgreSQL');
-          replayed += 1;
-        }
-        continue;
-      }
-      await this.#apply(record);
-      replayed += 1;
-    }
+    // This node's records past the highest applied (its CONFIRMs, ROLLBACKs, a write whose COMMIT failed) go
+    // through the queue as well; those it writes from now on do not.
+    this.#replayOwn = { from: ownApplied, to: vclockGet(this.#journal.tailVclock, this.#self) };
+    this.#applyQueue.reset(vclockFromEntries([...peers.map((replica) => [replica, fromOf(replica)] as const).filter(([, lsn]) => lsn > 0), ...(ownApplied > 0 ? [[this.#self, ownApplied] as const] : [])]));
     return replayed;
   }
 
@@ -341,15 +375,19 @@ export class NodeDriver<S, W> {
     if (this.#stopping) return;
     if (!this.#resyncPending) this.log.warn('lost the connection to PostgreSQL: once it is back, it is checked against the journal');
     this.#resyncPending = true;
-    const run = this.#queue.then(() => this.#untilDone('checking PostgreSQL against the journal', () => this.#resyncIfLost(), {}));
+    const run = this.#queue.then(() => this.#untilDone('checking PostgreSQL against the journal', async () => {
+      await this.#resyncIfLost();
+    }, {}));
     this.#queue = run.catch((error: unknown) => this.#fatal('checking PostgreSQL against the journal', error));
   }
 
-  async #resyncIfLost(): Promise<void> {
-    if (!this.#resyncPending) return;
+  /** Resync if PostgreSQL went away since; true when it did (the apply queue started over). */
+  async #resyncIfLost(): Promise<boolean> {
+    if (!this.#resyncPending) return false;
     this.#resyncPending = false;
     try {
       await this.#resync();
+      return true;
     } catch (error) {
       this.#resyncPending = true;
       throw error;
@@ -370,6 +408,7 @@ export class NodeDriver<S, W> {
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
     const replayed = await this.#replay();
     void this.#publish();
+    this.#kick();
     this.log.info({ committed: report.committed.length, rolledBack: report.rolledBack.length, kept: report.kept.length, replayed }, 'PostgreSQL is back and agrees with the journal');
   }
 
@@ -387,16 +426,18 @@ export class NodeDriver<S, W> {
 
   /**
    * Take a record from a peer. Synchronously, in arrival order: drop a
-   * duplicate, refuse an older term, and queue the journal append, so that a
-   * burst shares one fsync. Apply runs in journal order behind it; the record
-   * counts as applied (and is acknowledged) once both are done.
+   * duplicate, refuse a gap, take an older term without effect, and queue the
+   * journal append, so that a burst shares one fsync. Once durable, the
+   * record is checked against this node's tables and joins the apply queue;
+   * from then on it is acknowledged (RFC 0012). It reaches PostgreSQL in
+   * journal order, a sync TXN once the limbo has decided it.
    */
   #enqueue(record: JournalRecord): Promise<void> {
     if (record.replica === this.#self || record.replica === REPLICA_LOCAL) return Promise.resolve();
     if (this.#rejoin !== null) return Promise.reject(new QsyncError('REJOINING', `node ${this.#self} is taking a snapshot from node ${this.#rejoin.peer}; it subscribes again once that is done`));
     const place = vclockPlace(this.#journal.tailVclock, record.replica, record.lsn);
     // A duplicate from another relay: done when everything before it is.
-    if (place === 'held') return this.#queue;
+    if (place === 'held') return this.#intake;
     if (place === 'gap' && this.#bugs.gapAccepted !== true) {
       // Refused before the history, the journal or PostgreSQL sees any of it: the link closes, the node
       // goes on, and the peer resends from this node's vclock when it subscribes again.
@@ -416,22 +457,170 @@ export class NodeDriver<S, W> {
     const durable = this.#journal.append(record);
     durable.catch((error: unknown) => this.#fatal('journaling a record from a peer', error));
     // Journal, then apply: PostgreSQL never holds a record the journal may lose (a row applied and
-    // then refused by the journal would stay on this node alone). A burst still shares one fsync.
-    const run = this.#queue.then(async () => {
-      await durable;
-      await this.#applyUntilDone(record);
-      this.#applied = vclockFollow(this.#applied, record.replica, record.lsn);
-    });
-    this.#queue = run.catch(() => undefined);
-    return run;
+    // then refused by the journal would stay on this node alone).
+    const taken = durable.then(() => this.#admit(record));
+    this.#intake = taken.catch(() => undefined);
+    return this.#bugs.ackBeforeDurable === true ? Promise.resolve() : taken;
+  }
+
+  /** A durable record from a peer: checked against this node's tables, then queued for PostgreSQL. */
+  #admit(record: JournalRecord): void {
+    if (record.kind === 'txn' && record.changes.length > 0) {
+      const reason = this.#db.unfit(record);
+      if (reason !== null) this.#noteUnfit(record, reason);
+    }
+    this.#applyQueue.push(record);
+    this.#kick();
+  }
+
+  #noteUnfit(record: TxnRecord, reason: string): void {
+    const first = !this.#unfit.some((u) => u.replica === record.replica);
+    if (first) this.log.error({ replica: record.replica, lsn: record.lsn, reason }, `node ${this.#self} cannot apply record ${record.replica}:${record.lsn} and does not acknowledge it, nor what follows it from node ${record.replica}: ${reason}`);
+    if (first || this.#unfit.length < UNFIT_KEPT) this.#unfit.push({ replica: record.replica, lsn: record.lsn, record: this.#unfit.length < UNFIT_KEPT ? record : null, reason });
   }
 
   /**
-   * A journaled record must reach PostgreSQL before anything after it: the
-   * journal already holds it, so a peer will not send it again. Transient
-   * failures (a deadlock with a local writer on an async table, a restarting
-   * PostgreSQL) are retried with backoff; the queue waits, and acks stop.
+   * What this node acknowledges: what its journal holds durably, short of the
+   * first record of each replica it could not apply. Acknowledged records
+   * count towards a quorum; applying them waits for the limbo's verdict.
    */
+  #acknowledged(): VClock {
+    return this.#fit(this.#bugs.ackBeforeDurable === true ? this.#journal.tailVclock : this.#journal.vclock);
+  }
+
+  /** `durable` short of the first record of each replica this node could not apply. */
+  #fit(durable: VClock): VClock {
+    if (this.#unfit.length === 0) return durable;
+    return vclockFromEntries(vclockEntries(durable).map(([replica, lsn]) => {
+      const cap = Math.min(lsn, ...this.#unfit.filter((u) => u.replica === replica).map((u) => u.lsn - 1));
+      return [replica, cap as Lsn] as const;
+    }).filter(([, lsn]) => lsn > 0));
+  }
+
+  /**
+   * Drop the unfit entries the apply queue has passed (applied, or skipped as
+   * rolled back); at most once a second, and after a schema change applied,
+   * read the tables again and drop those that now fit.
+   */
+  async #recheckUnfit(force: boolean): Promise<void> {
+    if (this.#unfit.length === 0) return;
+    const applied = this.#applied;
+    this.#unfit = this.#unfit.filter((u) => vclockGet(applied, u.replica) < u.lsn);
+    const now = this.#clock.nowMs();
+    if (this.#unfit.length === 0 || (!force && now - this.#unfitCheckedAtMs < UNFIT_RECHECK_MS)) return;
+    this.#unfitCheckedAtMs = now;
+    try {
+      await this.#db.reloadTables();
+    } catch (error) {
+      // PostgreSQL away: the apply queue's next step finds out and resyncs; this is tried again.
+      this.log.debug({ err: (error as Error).message }, 'reading the tables again failed');
+      return;
+    }
+    this.#unfit = this.#unfit.filter((u) => u.record === null || this.#db.unfit(u.record) !== null);
+  }
+
+  // ---- the apply queue (RFC 0012) ------------------------------------------------
+
+  /** Chain a #drain on the apply connection's queue, unless one is chained or running. */
+  #kick(): void {
+    if (this.#draining || this.#stopping) return;
+    this.#draining = true;
+    const run = this.#queue.then(() => this.#drain());
+    this.#queue = run.then(() => {
+      this.#draining = false;
+      // Something may have come between the drain's last look and now.
+      if (this.#drainable()) this.#kick();
+    }, (error: unknown) => {
+      this.#draining = false;
+      this.#fatal('applying journaled records', error);
+    });
+  }
+
+  #drainable(): boolean {
+    const queue = this.#applyQueue;
+    return (queue.length === 0 && queue.spilled) || queue.next(this.#history, this.#stepBounds) !== null;
+  }
+
+  get #stepBounds(): { recordsMax: number; bytesMax: number; undecidedApplied?: boolean } {
+    return { recordsMax: limits.applyBatchRecordsMax, bytesMax: limits.applyBatchBytesMax, ...(this.#bugs.applyBeforeConfirm === true ? { undecidedApplied: true } : {}) };
+  }
+
+  /**
+   * Apply from the queue's head until it is empty or waits for the limbo: a
+   * run of TXNs as one PostgreSQL transaction, any other record by itself.
+   * A record applied is durable in the journal, so a peer will not send it
+   * again: transient failures are retried with backoff, and the queue waits.
+   */
+  async #drain(): Promise<void> {
+    const queue = this.#applyQueue;
+    let schemaChanged = false;
+    while (!this.#stopping && this.#rejoin === null) {
+      if (queue.length === 0 && queue.spilled) {
+        await this.#refill();
+        if (queue.length === 0) break;
+      }
+      const step = queue.next(this.#history, this.#stepBounds);
+      if (step === null) break;
+      const first = step.kind === 'one' ? step.record : step.records[0] as JournalRecord;
+      const outcome = await this.#untilDone('applying a record', async () => {
+        if (await this.#resyncIfLost()) return 'started over' as const;
+        if (step.kind === 'one') await this.#apply(step.record);
+        else await this.#applyRun(step.records);
+        return 'applied' as const;
+      }, { replica: first.replica, lsn: first.lsn, ...(step.kind === 'txns' ? { records: step.records.length } : {}) });
+      if (outcome === 'started over') continue;
+      queue.done(step.kind === 'one' ? 1 : step.records.length);
+      if (step.kind === 'one' && step.record.kind === 'config') schemaChanged = true;
+    }
+    await this.#recheckUnfit(schemaChanged);
+  }
+
+  /** The queue ran empty with records left in the journal only: read them back, up to the queue's bound. */
+  async #refill(): Promise<void> {
+    const queue = this.#applyQueue;
+    for await (const record of this.#journal.cursor(queue.held)) {
+      const queued = record.replica !== this.#self || (record.lsn > this.#replayOwn.from && record.lsn <= this.#replayOwn.to);
+      if (!queue.refill(record, queued)) return;
+    }
+    queue.refilled(this.#journal.vclock);
+  }
+
+  /**
+   * A run of TXNs from the queue, each as the history decided it: a sync TXN
+   * reaches here confirmed (or rolled back: skipped). Prepared here, it is an
+   * entry of this node's own, from when it led: finished by its verdict.
+   */
+  async #applyRun(records: ReadonlyArray<TxnRecord>): Promise<void> {
+    const apply: TxnRecord[] = [];
+    const finish = { commit: [] as string[], rollback: [] as string[] };
+    for (const record of records) {
+      if (this.#history.ignored(record) || (record.changes.length === 0 && record.replica === this.#self)) continue;
+      const verdict = record.sync ? this.#history.verdict(record.replica, record.lsn) : null;
+      if (this.#prepared.has(record.gid)) {
+        if (verdict !== null) finish[verdict === 'confirmed' ? 'commit' : 'rollback'].push(record.gid);
+      } else if (verdict !== 'rolled-back') {
+        apply.push(record);
+      }
+    }
+    const forget = (gid: string): void => {
+      this.#prepared.delete(gid);
+    };
+    if (finish.rollback.length > 0) await this.#db.finish('rollback', finish.rollback, forget);
+    if (finish.commit.length > 0) await this.#db.finish('commit', finish.commit, forget);
+    if (apply.length === 0) return;
+    try {
+      await this.#db.applyBatch(apply, { exactTo: this.#exactTo });
+    } catch (error) {
+      if (apply.length === 1 || !(error instanceof QsyncError && error.code === 'PG_APPLY')) throw error;
+      // One of them fails: one transaction each, in order, so that the error names it (each skips what is applied).
+      for (const record of apply) {
+        const exact = record.lsn <= vclockGet(this.#exactTo, record.replica);
+        await this.#db.apply(record, { prepare: false, ...(exact ? { exact } : {}) });
+      }
+    }
+  }
+
+  /** Apply one record outside the queue's order (this node's PROMOTE): retried like a step of the queue. */
   #applyUntilDone(record: JournalRecord): Promise<void> {
     return this.#untilDone('applying a record', async () => {
       await this.#resyncIfLost();
@@ -460,7 +649,12 @@ export class NodeDriver<S, W> {
     }
   }
 
-  /** Apply one journaled record to PostgreSQL (DESIGN.md §5). Idempotent: replay runs it again after a crash. */
+  /**
+   * Apply one journaled record to PostgreSQL (DESIGN.md §5, RFC 0012): a
+   * CONFIRM or ROLLBACK finishes what this node holds prepared (its own
+   * entries, from when it led); a PROMOTE decides a deposed owner's.
+   * Idempotent: replay runs it again after a crash.
+   */
   async #apply(record: JournalRecord): Promise<void> {
     if (this.#history.ignored(record)) return;
     if (this.log.isLevelEnabled('debug')) {
@@ -470,25 +664,9 @@ export class NodeDriver<S, W> {
       this.#prepared.delete(gid);
     };
     switch (record.kind) {
-      case 'txn': {
-        if (record.changes.length === 0 && record.replica === this.#self) return;
-        // The history may have decided the entry already: its CONFIRM or ROLLBACK is queued behind it,
-        // it arrived after a PROMOTE deposed its writer, or this is replay after a crash.
-        const verdict = record.sync ? this.#history.verdict(record.replica, record.lsn) : null;
-        if (verdict === 'rolled-back') {
-          await this.#db.finish('rollback', [record.gid], forget);
-          return;
-        }
-        const exact = record.lsn <= vclockGet(this.#exactTo, record.replica);
-        const outcome = await this.#db.apply(record, { prepare: record.sync && verdict === null, ...(exact ? { exact } : {}) });
-        // Confirmed already: applied and committed in one go; only one prepared before (replay) needs a COMMIT PREPARED.
-        if (verdict === 'confirmed') {
-          if (outcome === 'skipped') await this.#db.finish('commit', [record.gid], forget);
-        } else if (record.sync && outcome !== 'applied') {
-          this.#prepared.add(record.gid);
-        }
+      case 'txn':
+        await this.#applyRun([record]);
         return;
-      }
       case 'confirm':
         await this.#db.finish('commit', this.#preparedOf(record.owner, 1, record.confirmedLsn), forget);
         return;
@@ -555,8 +733,12 @@ export class NodeDriver<S, W> {
     for (const r of ranges) lowest.set(r.owner, Math.min(lowest.get(r.owner) ?? Infinity, r.from));
     const from = vclockMerge(this.#journal.retention?.oldestVclock ?? [], vclockFromEntries(vclockEntries(this.#journal.tailVclock).map(([replica, lsn]) => [replica, lowest.has(replica) ? (lowest.get(replica) as number) - 1 as Lsn : lsn] as const)));
     let revived = 0;
+    // Past what the apply queue has passed, it is still to come: the queue applies it, confirmed now, in its
+    // turn. Applied here first, its mark would make the queue skip the records before it (simulator seed 4).
+    const passed = this.#applied;
     for await (const record of this.#journal.cursor(from)) {
       if (record.kind !== 'txn' || !record.sync || record.changes.length === 0) continue;
+      if (record.lsn > vclockGet(passed, record.replica)) continue;
       if (!ranges.some((r) => r.owner === record.replica && record.lsn >= r.from && record.lsn <= r.to)) continue;
       if (this.#history.verdict(record.replica, record.lsn) !== 'confirmed') continue;
       if ((await this.#db.apply(record, { prepare: false, exact: true })) === 'applied') revived += 1;
@@ -733,7 +915,6 @@ export class NodeDriver<S, W> {
     this.#membershipFollow();
     this.#exactTo = exactTo;
     this.#revived = [];
-    this.#applied = this.#journal.vclock;
     await this.#untilDone('applying this node\'s own records after the snapshot', () => this.#replay(), {});
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
   }
@@ -772,7 +953,9 @@ export class NodeDriver<S, W> {
     if (event.kind === 'message' && event.message.type === 'heartbeatReply' && event.message.term === this.term) this.#heard(event.from, event.message.vclock);
     const before = this.#election;
     const planted = this.#bugs.voteIgnoresVclock === true && event.kind === 'message' && event.message.type === 'vote';
-    const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#journal.vclock });
+    // Records this node could not apply count as not held, in its votes and its candidacy: it acknowledged
+    // none of them, so no quorum counted it for them, and a leader must be able to apply what it holds.
+    const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#fit(this.#journal.vclock) });
     this.#election = step.state;
     if (step.persist !== null) {
       const { term, vote } = step.persist;
@@ -850,6 +1033,9 @@ export class NodeDriver<S, W> {
     const applied = this.#queue.then(() => this.#applyUntilDone(record));
     this.#queue = applied.catch(() => undefined);
     await applied;
+    // The previous owner's entries the PROMOTE keeps reach PostgreSQL through the apply queue (RFC 0012):
+    // this node takes writes only once they are there.
+    if (!(await this.#until(() => vclockCovers(this.#applied, vclockFromEntries([...vclockEntries(target).filter(([r]) => r !== this.#self && r !== REPLICA_LOCAL)])), still))) return;
     if (!still()) return;
     const quorum = this.#quorum - (this.#bugs.quorumOffByOne === true ? 1 : 0);
     this.#limbo = limboCreate({ owner: this.#self, members: this.#members, quorum, synchroTimeoutMs: this.config.synchroTimeoutMs }, lsn);
@@ -1166,6 +1352,8 @@ export class NodeDriver<S, W> {
   #ownAppended(record: JournalRecord): void {
     this.#revived.push(...this.#history.apply(record));
     this.#membershipFollow();
+    // A PROMOTE of this node decides the entries waiting in the apply queue.
+    if (record.kind === 'promote') this.#kick();
     if (record.kind === 'config' && record.members !== undefined) {
       this.#memberEntry(record);
       return;
@@ -1486,6 +1674,12 @@ export interface NodeStatus {
  * than the writes a node has in flight at once.
  */
 const OWN_RECHECK_RECORDS = 10_000;
+
+/** Unfit records kept whole, to be checked again once the tables change (the first of each replica is always noted). */
+const UNFIT_KEPT = 256;
+
+/** How often unfit records are checked against the tables read again. */
+const UNFIT_RECHECK_MS = 1_000;
 
 /** The members the settings name, this node included. */
 function configuredMembership(config: SidecarConfig): Membership {

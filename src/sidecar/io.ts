@@ -4,7 +4,7 @@
 // (test/sim) passes simulated ones driven by one seed. The driver itself is
 // the same code in both, so what the simulator finds is in production.
 import type { ElectionMessage } from '../core/election.js';
-import type { Change, JournalRecord, Member, TableMode } from '../core/record.js';
+import type { Change, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { ApplyOutcome, LeaderOutcome, PreparedStore, SnapshotLoad, SnapshotPart, SnapshotTable, TableModeChange, TableModeOptions } from '../postgres/index.js';
@@ -153,6 +153,21 @@ export interface Database<S, W> extends PreparedStore {
    */
   apply(record: JournalRecord & { kind: 'txn' }, options: { prepare: boolean; exact?: boolean }): Promise<ApplyOutcome>;
   /**
+   * Apply TXNs of peers (or replayed ones) in journal order in one
+   * transaction, each with its applied mark in the same commit; idempotent
+   * like apply. Records at or below `exactTo` are skipped only if their very
+   * lsn is applied. Throws with nothing applied on any failure.
+   */
+  applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void>;
+  /**
+   * Why this node could not apply `record`, from what it knows of its tables
+   * (a table not replicated here, a column it lacks); null when it can.
+   * Synchronous: it runs as each record arrives, before it is acknowledged.
+   */
+  unfit(record: TxnRecord): string | null;
+  /** Read the tables' shapes again (unfit said no: the operator may have fixed them). */
+  reloadTables(): Promise<void>;
+  /**
    * `listener` runs each time PostgreSQL goes away under the running node (it
    * crashed or restarted): what it committed without waiting for the flush
    * may be gone, and prepared transactions finished since may be back.
@@ -188,6 +203,14 @@ export interface PlantedBugs {
   readonly raftUnsynced?: boolean;
   /** A record from a peer past a gap in this node's vclock is taken (and fails to journal) instead of refused. */
   readonly gapAccepted?: boolean;
+  /** Acknowledgements count records appended but not yet durable in the journal. */
+  readonly ackBeforeDurable?: boolean;
+  /** A follower applies a sync TXN as soon as it is durable, before the limbo decides it. */
+  readonly applyBeforeConfirm?: boolean;
+  /** A batch of applied TXNs commits its applied marks in a transaction apart from its rows (marks first). */
+  readonly batchMarksApart?: boolean;
+  /** Relays drop a third node's records instead of sending them late (core/relay-filter.ts; the simulator's network runs it). */
+  readonly relayDropsThirdParty?: boolean;
 }
 
 /**

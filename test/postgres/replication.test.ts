@@ -196,6 +196,60 @@ describe('capture → record → apply as a prepared transaction', () => {
   });
 });
 
+describe('the apply queue: many confirmed records in one transaction', () => {
+  /** Leader writes, committed on the leader (a sync one through COMMIT PREPARED), as records for the follower. */
+  async function written(sqls: readonly string[], key?: string): Promise<TxnRecord[]> {
+    const records: TxnRecord[] = [];
+    for (const [i, sql] of sqls.entries()) {
+      const record = await leaderWrite(sql, i === 0 && key !== undefined ? { idempotencyKey: key } : {});
+      if (record.sync) await commitPrepared(leader.sql, record.gid);
+      records.push(record);
+    }
+    return records;
+  }
+
+  it('applies inserts, key-moving updates, deletes and async rows in journal order, with their marks, exactly once', async () => {
+    const records = await written([
+      `INSERT INTO pairs VALUES (40, 'a', 'one'), (40, 'b', 'two'), (41, 'a', 'three')`,
+      `UPDATE pairs SET b = 'c', v = v || '!' WHERE a = 40 AND b = 'a'`,
+      `DELETE FROM pairs WHERE a = 41`,
+      `INSERT INTO kv VALUES ('batch-1', 'x'), ('batch-2', 'y')`,
+      `UPDATE pairs SET v = 'it''s $& $1 \\ done' WHERE a = 40 AND b = 'b'`,
+    ], 'batch-key');
+    expect(records.map((r) => r.sync)).toEqual([true, true, true, false, true]);
+    const before = await appliedVclock(follower.sql);
+    expect(await applier.applyBatch(records, [])).toBe(5);
+    expect(await expectSame('pairs', 'a, b')).toEqual(expect.arrayContaining(['{"a": 40, "b": "b", "v": "it\'s $& $1 \\\\ done"}', '{"a": 40, "b": "c", "v": "one!"}']));
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM pairs WHERE a = 41`)).rows).toEqual([{ n: 0 }]);
+    expect((await follower.sql.query(`SELECT v FROM kv WHERE k LIKE 'batch-%' ORDER BY k`)).rows).toEqual([{ v: 'x' }, { v: 'y' }]);
+    expect((await follower.sql.query(`SELECT lsn::int FROM qsync.idempotency WHERE key = 'batch-key'`)).rows).toEqual([{ lsn: records[0]?.lsn }]);
+    expect(await appliedVclock(follower.sql)).toEqual([0, Math.max(records.at(-1)?.lsn ?? 0, before[1] ?? 0)]);
+    // Again, whole or in part: nothing is applied twice.
+    expect(await applier.applyBatch(records, [])).toBe(0);
+    expect(await applier.applyBatch(records.slice(2), [])).toBe(0);
+    await both((n) => planted(n, `DELETE FROM kv WHERE k LIKE 'batch-%'; DELETE FROM qsync.row_versions WHERE table_name = 'public.kv'`));
+  });
+
+  it('applies nothing of a batch when one record fails: no row and no mark', async () => {
+    const [good, other] = await written([`INSERT INTO pairs VALUES (50, 'a', 'good')`, `INSERT INTO pairs VALUES (51, 'a', 'good')`]);
+    const bad: TxnRecord = { ...(other as TxnRecord), changes: [{ table: 'public.pairs', op: 'insert', rows: '[{"a": "fifty", "b": "x"}]' }] };
+    await expect(applier.applyBatch([good as TxnRecord, bad], [])).rejects.toMatchObject({ code: 'PG_APPLY', context: { sqlstate: '22P02' } });
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM pairs WHERE a IN (50, 51)`)).rows).toEqual([{ n: 0 }]);
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.applied WHERE lsn IN ($1, $2)`, [good?.lsn, other?.lsn])).rows).toEqual([{ n: 0 }]);
+    expect(await applier.applyBatch([good as TxnRecord, other as TxnRecord], [])).toBe(2);
+    await expectSame('pairs', 'a, b');
+  });
+
+  it('tells, before anything is applied, a record this node could not apply: a table not replicated here, a column it lacks', async () => {
+    const [record] = await written([`INSERT INTO pairs VALUES (60, 'a', 'fits')`]);
+    const fits = record as TxnRecord;
+    expect(applier.unfit(fits)).toBeNull();
+    expect(applier.unfit({ ...fits, changes: [{ table: 'public.nowhere', op: 'insert', rows: '[]' }] })).toMatch(/public.nowhere is not replicated on this node; create it and run: qsync table sync public.nowhere/);
+    expect(applier.unfit({ ...fits, changes: [{ table: 'public.pairs', op: 'insert', rows: '[{"a": 1, "b": "x", "v": "y", "w": "z"}]' }] })).toMatch(/carry column w, which public.pairs lacks here/);
+    expect(await applier.applyBatch([fits], [])).toBe(1);
+  });
+});
+
 describe('crashes', () => {
   it('keeps a prepared transaction, invisible and locked, across a SIGKILL of the postmaster', async () => {
     const record = await leaderWrite(`UPDATE items SET name = 'after crash' WHERE id = 3`);

@@ -10,12 +10,15 @@
 import type { ElectionMessage } from '../../src/core/election.js';
 import type { JournalRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type ReplicaId } from '../../src/core/types.js';
-import { vclockGet, type VClock } from '../../src/core/vclock.js';
+import { limits } from '../../src/core/limits.js';
+import { RelayFilter } from '../../src/core/relay-filter.js';
+import { vclockCompare, vclockGet, type VClock } from '../../src/core/vclock.js';
 import type { Transport, TransportHandlers } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 import type { SimDisk } from './storage.js';
 
-/** A subscriber's periodic ack, as src/net/peer.ts sends it. */
+/** A subscriber's acks besides those for the stream's own records, as src/net/peer.ts sends them: when its vclock moved, looked at this often, and every second anyway. */
+const ACK_CHANGED_MS = 20;
 const ACK_REFRESH_MS = 1_000;
 
 export interface NetworkProfile {
@@ -26,6 +29,8 @@ export interface NetworkProfile {
   /** Per record relayed: the chance that the relay skips it, leaving a gap (drawn from `gaps`, not the main generator). */
   readonly gapRate: number;
   readonly gaps: Rng;
+  /** Planted bug: relays drop a third node's records instead of sending them late (core/relay-filter.ts). */
+  readonly thirdPartyDropped?: boolean;
 }
 
 interface Endpoint {
@@ -39,10 +44,14 @@ interface Endpoint {
 interface Stream {
   readonly subscriber: Endpoint;
   readonly relay: Endpoint;
+  /** The relay's rule for this subscriber: the production one. */
+  readonly filter: RelayFilter;
   open: boolean;
   /** Delivery times so far, per direction: a stream never reorders. */
   downAt: number;
   upAt: number;
+  /** The last ack the subscriber sent on this stream, and when. */
+  acked: { vclock: VClock; atMs: number };
 }
 
 export interface NetworkObserver {
@@ -137,26 +146,61 @@ export class SimNetwork {
 
   #open(subscriber: Endpoint, relay: Endpoint): void {
     const now = this.#scheduler.now;
-    const stream: Stream = { subscriber, relay, open: true, downAt: now, upAt: now };
+    const filter = new RelayFilter({
+      relay: relay.node as ReplicaId, subscriber: subscriber.node as ReplicaId, delayMs: limits.relayThirdPartyDelayMs, heldMax: limits.relayHeldMax,
+      ...(this.#profile.thirdPartyDropped === true ? { thirdPartyDropped: true } : {}),
+    });
+    const stream: Stream = { subscriber, relay, filter, open: true, downAt: now, upAt: now, acked: { vclock: [], atMs: -Infinity } };
     this.#streams.add(stream);
     // SUBSCRIBE travels up; the relay then streams what the subscriber lacks, from its journal's disk.
     const from = subscriber.handlers.subscribeFrom();
     this.#up(stream, () => this.#relay(stream, from));
-    // As in production (src/net/peer.ts): the subscriber also acks every second, records or not.
+    // As in production (src/net/peer.ts): the subscriber also acks when its vclock moved, and every second anyway.
     const refresh = (): void => {
-      this.#scheduler.after(ACK_REFRESH_MS, () => {
+      this.#scheduler.after(ACK_CHANGED_MS, () => {
         if (!stream.open) return;
-        const ack = subscriber.handlers.ack();
-        this.#up(stream, () => relay.handlers.onAck(subscriber.node as ReplicaId, ack.vclock, ack.term));
+        const { vclock } = subscriber.handlers.ack();
+        if (this.#scheduler.now - stream.acked.atMs >= ACK_REFRESH_MS || vclockCompare(vclock, stream.acked.vclock) !== 'equal') this.#ack(stream);
         refresh();
       }, subscriber.life);
     };
     refresh();
   }
 
+  /** The subscriber acknowledges what it holds on this stream; the relay's filter and node hear it. */
+  #ack(stream: Stream): void {
+    const { subscriber, relay } = stream;
+    const ack = subscriber.handlers.ack();
+    stream.acked = { vclock: ack.vclock, atMs: this.#scheduler.now };
+    this.#up(stream, () => {
+      stream.filter.acked(ack.vclock);
+      relay.handlers.onAck(subscriber.node as ReplicaId, ack.vclock, ack.term);
+    });
+  }
+
   #relay(stream: Stream, from: VClock): void {
-    const { relay, subscriber } = stream;
+    const { relay, subscriber, filter } = stream;
     let next = 0;
+    const send = (records: readonly JournalRecord[]): void => {
+      for (const record of records) {
+        const outgoing = relay.handlers.outgoing(record);
+        relay.handlers.onSent(outgoing);
+        this.#down(stream, () => this.#receive(stream, outgoing));
+      }
+    };
+    // A third node's records fall due after the relay delay: look again then.
+    let armed = false;
+    const arm = (): void => {
+      const dueMs = filter.nextDueMs;
+      if (dueMs === null || armed) return;
+      armed = true;
+      this.#scheduler.at(Math.max(dueMs, this.#scheduler.now), () => {
+        armed = false;
+        if (!stream.open) return;
+        send(filter.due(this.#scheduler.now));
+        arm();
+      }, relay.life);
+    };
     const pump = (): void => {
       if (!stream.open) {
         relay.disk.listeners.delete(pump);
@@ -170,10 +214,9 @@ export class SimNetwork {
           this.#observer.trace(`relay ${relay.node} skips ${record.replica}:${record.lsn} to ${subscriber.node}: a gap`);
           continue;
         }
-        const outgoing = relay.handlers.outgoing(record);
-        relay.handlers.onSent(outgoing);
-        this.#down(stream, () => this.#receive(stream, outgoing));
+        send(filter.offer(record, this.#scheduler.now));
       }
+      arm();
     };
     relay.disk.listeners.add(pump);
     pump();
@@ -182,9 +225,7 @@ export class SimNetwork {
   #receive(stream: Stream, record: JournalRecord): void {
     const { subscriber, relay } = stream;
     subscriber.handlers.onRecord(record).then(() => {
-      if (!stream.open) return;
-      const ack = subscriber.handlers.ack();
-      this.#up(stream, () => relay.handlers.onAck(subscriber.node as ReplicaId, ack.vclock, ack.term));
+      if (stream.open) this.#ack(stream);
     }, (error: Error) => {
       this.#observer.trace(`link ${subscriber.node}<-${relay.node} closed: ${error.message}`);
       this.#close(stream);

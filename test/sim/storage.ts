@@ -12,7 +12,7 @@ import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/co
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
 import { parseGid } from '../../src/core/gid.js';
 import type { ApplyOutcome, LeaderOutcome, PreparedEntry, TableModeChange } from '../../src/postgres/index.js';
-import type { Database, JournalStore, NodeRow, WriteContext } from '../../src/sidecar/io.js';
+import type { Database, JournalStore, NodeRow, PlantedBugs, WriteContext } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 
 // ---- the journal ----------------------------------------------------------------
@@ -201,6 +201,29 @@ export class SimPg {
   }
 
   /**
+   * One transaction of the apply queue: several records' puts and applied
+   * marks, committed without waiting for the flush, so a crash undoes the
+   * whole batch or none of it. `marksApart` (a planted bug): the marks commit
+   * first, by themselves, and a crash may keep them and lose the rows.
+   */
+  commitBatch(items: ReadonlyArray<{ readonly gid: string; readonly puts: readonly Put[]; readonly time: number; readonly replica: ReplicaId; readonly lsn: Lsn; readonly idempotencyKey: string | null }>, marksApart: boolean): void {
+    if (marksApart) {
+      for (const item of items) this.#unflushed.push(this.#undoPoint([], item.replica, item.lsn, item.idempotencyKey));
+      for (const item of items) this.#mark(item.replica, item.lsn, item.idempotencyKey);
+    }
+    const undos = items.map((item) => {
+      const undo = this.#undoPoint(item.puts, item.replica, item.lsn, item.idempotencyKey);
+      this.#write(item.puts, item.time, item.replica, true);
+      this.#mark(item.replica, item.lsn, item.idempotencyKey);
+      return undo;
+    });
+    this.#unflushed.push(() => {
+      for (const undo of undos.reverse()) undo();
+    });
+    for (const item of items) if (item.puts.some((p) => p.table === 's')) this.#observer.decided(this.node, 'committed', item.gid, item.puts);
+  }
+
+  /**
    * Commit puts at once (an async transaction). `lww`: a peer's write, judged
    * by last-writer-wins. `flushed`: a client session's COMMIT, which waits for
    * the flush; the applier's does not.
@@ -303,8 +326,10 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
   readonly #rng: Rng;
   readonly #life: Life;
   readonly #failureRate: number;
+  readonly #bugs: PlantedBugs;
 
-  constructor(pg: SimPg, cluster: string, sleep: (ms: number) => Promise<void>, now: () => number, rng: Rng, life: Life, failureRate: number) {
+  constructor(pg: SimPg, cluster: string, sleep: (ms: number) => Promise<void>, now: () => number, rng: Rng, life: Life, failureRate: number, bugs: PlantedBugs = {}) {
+    this.#bugs = bugs;
     this.#pg = pg;
     this.#cluster = cluster;
     this.#sleep = sleep;
@@ -396,6 +421,29 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     }
     pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true, false);
     return this.#answer('applied', epoch);
+  }
+
+  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void> {
+    const first = records[0];
+    if (first === undefined) return;
+    const epoch = this.#up(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
+    this.#flaky(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
+    const pg = this.#pg;
+    const fresh = records.filter((r) => !pg.prepared.has(r.gid) && (r.lsn <= vclockGet(options.exactTo, r.replica)
+      ? !pg.appliedExact.has(`${r.replica}:${r.lsn}`)
+      : r.lsn > vclockGet(pg.applied, r.replica)));
+    pg.commitBatch(fresh.map((r) => ({ gid: r.gid, puts: decodePuts(r), time: r.time, replica: r.replica, lsn: r.lsn, idempotencyKey: r.idempotencyKey })), this.#bugs.batchMarksApart === true);
+    await this.#answer(undefined, epoch);
+  }
+
+  unfit(): string | null {
+    // The simulated tables are the same on every node.
+    return null;
+  }
+
+  async reloadTables(): Promise<void> {
+    const epoch = this.#up('reading the tables');
+    await this.#answer(undefined, epoch);
   }
 
   async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {

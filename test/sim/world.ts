@@ -22,7 +22,7 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty'] as const;
 
 /** A relay leaves a gap in one record of 500 on half the seeds (from a generator of its own). */
 function gapsOf(seed: number): { gapRate: number; gaps: Rng } {
@@ -119,6 +119,7 @@ class World {
       dropRate: this.#rng.range(0, 0.1), duplicateRate: this.#rng.range(0, 0.05),
       // Its own generator, so that the seeds' other draws stay as they were: half the seeds have gaps.
       ...gapsOf(options.seed),
+      ...(options.bug === 'relayDropsThirdParty' ? { thirdPartyDropped: true } : {}),
     }, {
       sent: (from, to, message) => this.#sent(from, to, message),
       trace: (line) => this.#note(line),
@@ -145,6 +146,7 @@ class World {
       await this.#runUntil(faultMs);
       this.#heal();
       await this.#liveness();
+      await this.#relayed();
       this.#clientsOn = false;
       await this.#runUntil(this.#scheduler.now + 3 * SYNCHRO_TIMEOUT_MS + CLIENT_TIMEOUT_MS);
       this.#converged();
@@ -175,6 +177,8 @@ class World {
   }
 
   #note(line: string): void {
+    // The trace ends at the violation: what the run does after it (links closing, a heal) is noise.
+    if (this.#violation !== null && !line.startsWith('VIOLATION: ')) return;
     this.#trace.push(`${(this.#scheduler.now / 1000).toFixed(3).padStart(8)}s ${line}`);
     if (this.#trace.length > this.#traceMax) this.#trace.shift();
   }
@@ -237,7 +241,7 @@ class World {
     }));
     const driver = new NodeDriver<SimSession, readonly Put[]>({
       config: this.#config(node), log, clock, journal,
-      db: new SimDatabase(node.pg, CLUSTER, clock.sleep, () => this.#scheduler.now, rng, life, 0.02),
+      db: new SimDatabase(node.pg, CLUSTER, clock.sleep, () => this.#scheduler.now, rng, life, 0.02, this.#bugs),
       transport: this.#network.transport(node.id, this.#nodes.filter((n) => n !== node).map((n) => n.id), life, node.disk),
       seed: rng.fork(), bugs: this.#bugs,
       onFatal: (what, error) => this.#fail(`node ${node.id}: ${what} failed: ${(error as Error).message}`),
@@ -531,6 +535,29 @@ class World {
     }
     if (!ok) this.#fail(`liveness: no sync write succeeded within ${20 * ELECTION_TIMEOUT_MS} ms of a healthy cluster (leaders: ${this.#nodes.map((n) => `n${n.id}=${n.driver?.election.role ?? 'down'}/${n.driver?.election.term ?? '-'}`).join(' ')})`);
     if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
+  /**
+   * With the leader and one follower cut apart (each hears the other only
+   * through a third node, as in a ring of majorities), the follower still
+   * gets every record the leader writes, a relay delay late: a relay that
+   * drops a third node's records instead of sending them late fails here.
+   */
+  async #relayed(): Promise<void> {
+    const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+    const cut = this.#nodes.find((n) => n !== leader && n.driver !== null && n.life.alive);
+    if (leader === undefined || cut === undefined) return;
+    this.#network.partition([[leader.id, cut.id], [cut.id, leader.id]]);
+    this.#note(`network: n${leader.id} and n${cut.id} cut apart, to check relays`);
+    const writes = [0, 1, 2].map(() => this.#syncWrite(0, leader));
+    await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+    await Promise.all(writes);
+    const written = leader.disk.records.filter((r) => r.replica === leader.id);
+    await this.#runUntil(this.#scheduler.now + 2_000);
+    const missing = written.filter((w) => !cut.disk.records.some((r) => r.replica === w.replica && r.lsn === w.lsn));
+    if (missing.length > 0) this.#fail(`node ${cut.id}, cut from leader ${leader.id} but linked to the others, lacks ${missing.length} of its records after 2 s (first ${missing[0]?.replica}:${missing[0]?.lsn}): nothing relayed them`);
+    if (this.#violation !== null) throw new Violation(this.#violation);
+    this.#heal();
   }
 
   /** After quiescing: the same rows everywhere, every acknowledged write on every node, no limbo left. */
