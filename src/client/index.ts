@@ -16,7 +16,7 @@ import { splitAddress } from '../core/address.js';
 import { decodeResponse, encodeRequest, type ClientErrorBody, type ClientRequest, type ClientResponse, type Consistency, type ResultSet } from '../core/client-protocol.js';
 import type { Term } from '../core/types.js';
 import { createLogger } from '../log.js';
-import { FramedLink, LinkClosed } from '../net/link.js';
+import { FramedLink, LinkClosed, PEER_CLOSED } from '../net/link.js';
 
 export class QsyncClientError extends Error {
   readonly code: string;
@@ -100,15 +100,27 @@ class Connection {
   }
 
   /** Open and authenticate. */
+  /**
+   * Connect and log in. A node closes a connection it takes in over one of
+   * its caps (too many logging in at once from this address: a pool opening
+   * all its connections together, most often) before it answers: that one is
+   * tried again, with backoff, within the timeout.
+   */
   static async open(address: string, credentials: Credentials, timeoutMs: number, requestTimeoutMs: number): Promise<Connection> {
-    const connection = await Connection.#connect(address, timeoutMs, requestTimeoutMs);
-    try {
-      await connection.request((id) => ({ id, op: 'auth', user: credentials.user, password: credentials.password }));
-    } catch (error) {
-      connection.close();
-      throw error;
+    const deadline = Date.now() + timeoutMs;
+    for (let delayMs = 20; ; delayMs = Math.min(1_000, delayMs * 2)) {
+      const connection = await Connection.#connect(address, Math.max(1, deadline - Date.now()), requestTimeoutMs);
+      try {
+        await connection.request((id) => ({ id, op: 'auth', user: credentials.user, password: credentials.password }));
+        return connection;
+      } catch (error) {
+        // Wrong credentials are answered (AUTH) before the node closes: final.
+        const refused = !(error instanceof QsyncClientError && error.code === 'AUTH') && connection.#link.closeReason === PEER_CLOSED;
+        connection.close();
+        if (!refused || Date.now() + delayMs >= deadline) throw error;
+        await new Promise((resolve) => setTimeout(resolve, delayMs * (0.5 + Math.random())));
+      }
     }
-    return connection;
   }
 
   static #connect(address: string, timeoutMs: number, requestTimeoutMs: number): Promise<Connection> {

@@ -18,6 +18,9 @@ import { decodeMessage, encodeMessage, type PeerMessage } from '../core/messages
 import { encodeFrame, readFrame } from '../journal/frame.js';
 import type { Logger } from '../log.js';
 
+/** The close reason of a link whose other side ended the connection. */
+export const PEER_CLOSED = 'connection closed by the other side';
+
 export class LinkClosed extends QsyncError<'LINK_CLOSED'> {
   constructor(reason: string) {
     super('LINK_CLOSED', `link closed: ${reason}`, { reason });
@@ -68,7 +71,7 @@ export class FramedLink<In, Out> {
     socket.on('data', (chunk: Buffer) => this.#receive(chunk));
     // Ordinary ends are debug lines: a peer lost is its own info line (peer.ts), and clients come and go.
     socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'debug'));
-    socket.on('close', () => this.close('connection closed by the other side', 'debug'));
+    socket.on('close', () => this.close(PEER_CLOSED, 'debug'));
   }
 
   /** The other side proved who it is: frames up to limits.frameBytesMax from now on. */

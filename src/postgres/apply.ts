@@ -147,20 +147,20 @@ export class Applier {
       const held = new Set((exactHeld ?? []).map((row) => `${row.replica_id}:${row.lsn}`));
       const preparedGids = new Set((prepared ?? []).map((row) => String(row.gid)));
       const fresh = records.filter((r) => !preparedGids.has(r.gid) && (r.lsn <= vclockGet(exactTo, r.replica) ? !held.has(`${r.replica}:${r.lsn}`) : r.lsn > (top.get(r.replica) ?? 0)));
-      let sql = '';
+      const statements = new BatchStatements(client);
       for (const record of fresh) {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
-          const inline = change.op !== 'copy' && !(!record.sync && table.mode === 'async') ? inlineChange(client, table, change) : null;
-          if (inline !== null) {
-            sql += inline;
+          if (change.op !== 'copy' && !(!record.sync && table.mode === 'async')) {
+            statements.add(table, change);
             continue;
           }
-          if (sql !== '') await client.query(sql);
-          sql = '';
+          const before = statements.take();
+          if (before !== '') await client.query(before);
           await this.#applyChange(record, change, index);
         }
       }
+      let sql = statements.take();
       const keyed = fresh.filter((r) => r.idempotencyKey !== null);
       if (keyed.length > 0) sql += `INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ${keyed.map((r) => `(${client.escapeLiteral(r.idempotencyKey as string)}, ${r.replica}, ${r.lsn})`).join(', ')} ON CONFLICT (key) DO NOTHING; `;
       if (fresh.length > 0) sql += `INSERT INTO qsync.applied (replica_id, lsn) VALUES ${fresh.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')}; `;
@@ -300,17 +300,65 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
 }
 
 /**
- * A plain change as SQL text with its rows inlined as an escaped literal
- * (what goes into one simple query with the rest of a batch): an upsert, a
- * delete, or for an update that moved keys, the delete of the keys it moved
- * away from and then the upsert.
+ * The plain changes of a batch as SQL text, in order, their rows inlined as
+ * escaped literals (for one simple query): a delete; for an update that moved
+ * keys, the delete of the keys it moved away from; and upserts, where a run of
+ * consecutive upserts into one table is one statement that keeps, per key,
+ * the last image (as applying them one after the other would).
  */
-function inlineChange(client: pg.ClientBase, table: TableInfo, change: Change): string {
-  const keys = table.keyColumns.join(', ');
-  const from = (json: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${client.escapeLiteral(json)}::jsonb)`;
-  if (change.op === 'delete') return `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.rows)}); `;
-  const moved = change.op === 'update' && change.oldKeys !== undefined ? `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.oldKeys)} EXCEPT ${from(change.rows)}); ` : '';
-  return `${moved}${upsertSql(table).replace('$1::jsonb', () => `${client.escapeLiteral(change.rows)}::jsonb`)}; `;
+class BatchStatements {
+  readonly #client: pg.ClientBase;
+  #sql = '';
+  #run: { readonly table: TableInfo; readonly rows: string[] } | null = null;
+
+  constructor(client: pg.ClientBase) {
+    this.#client = client;
+  }
+
+  add(table: TableInfo, change: Change): void {
+    const keys = table.keyColumns.join(', ');
+    const from = (json: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${this.#client.escapeLiteral(json)}::jsonb)`;
+    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) this.#close();
+    if (change.op === 'delete') {
+      this.#sql += `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.rows)}); `;
+      return;
+    }
+    if (change.op === 'update' && change.oldKeys !== undefined) this.#sql += `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.oldKeys)} EXCEPT ${from(change.rows)}); `;
+    if (this.#run?.table !== table) this.#close();
+    if (this.#run === null) this.#run = { table, rows: [] };
+    this.#run.rows.push(`${this.#client.escapeLiteral(change.rows)}::jsonb`);
+  }
+
+  /** The statements so far; the builder starts empty again. */
+  take(): string {
+    this.#close();
+    const sql = this.#sql;
+    this.#sql = '';
+    return sql;
+  }
+
+  #close(): void {
+    const run = this.#run;
+    if (run === null) return;
+    this.#run = null;
+    const [only] = run.rows;
+    this.#sql += `${run.rows.length === 1 && only !== undefined ? upsertSql(run.table).replace('$1::jsonb', () => only) : mergedUpsertSql(run.table, run.rows)}; `;
+  }
+}
+
+/** One upsert of several changes' rows into a table: the last image of each key wins, as in order. */
+function mergedUpsertSql(table: TableInfo, literals: readonly string[]): string {
+  const columns = table.columns.join(', ');
+  const keys = table.keyColumns.map((k) => `k.${k}`).join(', ');
+  const others = table.columns.filter((c) => !table.keyColumns.includes(c));
+  const onConflict = others.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${others.map((c) => `${c} = excluded.${c}`).join(', ')}`;
+  return `INSERT INTO ${table.name} (${columns}) OVERRIDING SYSTEM VALUE
+    SELECT ${columns} FROM (
+      SELECT DISTINCT ON (${keys}) k.* FROM (
+        SELECT p.*, e.n AS qsync_n FROM jsonb_array_elements(${literals.join(' || ')}) WITH ORDINALITY AS e(value, n), LATERAL jsonb_populate_record(NULL::${table.name}, e.value) AS p
+      ) k ORDER BY ${keys}, k.qsync_n DESC
+    ) last
+    ON CONFLICT (${table.keyColumns.join(', ')}) ${onConflict}`;
 }
 
 const UNIQUE_VIOLATION = '23505';

@@ -230,6 +230,21 @@ describe('the apply queue: many confirmed records in one transaction', () => {
     await both((n) => planted(n, `DELETE FROM kv WHERE k LIKE 'batch-%'; DELETE FROM qsync.row_versions WHERE table_name = 'public.kv'`));
   });
 
+  it('upserts consecutive changes into one table as one statement, the last image of each key winning as in order', async () => {
+    const record = (n: number, rows: unknown[]): TxnRecord => ({
+      kind: 'txn', replica: 9 as ReplicaId, lsn: n as Lsn, term: 1 as Term, time: n, gid: gidFor(CLUSTER, 9 as ReplicaId, n as Lsn), sync: true,
+      changes: [{ table: 'public.pairs', op: 'insert', rows: JSON.stringify(rows) }], idempotencyKey: null,
+    });
+    const batch = [
+      record(1, [{ a: 80, b: 'x', v: 'first' }]),
+      record(2, [{ a: 80, b: 'x', v: 'second' }, { a: 81, b: 'x', v: 'other' }]),
+      record(3, [{ a: 80, b: 'x', v: 'third' }]),
+    ];
+    expect(await applier.applyBatch(batch, [])).toBe(3);
+    expect((await follower.sql.query(`SELECT a, v FROM pairs WHERE a IN (80, 81) ORDER BY a`)).rows).toEqual([{ a: 80, v: 'third' }, { a: 81, v: 'other' }]);
+    await planted(follower, `DELETE FROM pairs WHERE a IN (80, 81); DELETE FROM qsync.applied WHERE replica_id = 9`);
+  });
+
   it('applies nothing of a batch when one record fails: no row and no mark', async () => {
     const [good, other] = await written([`INSERT INTO pairs VALUES (50, 'a', 'good')`, `INSERT INTO pairs VALUES (51, 'a', 'good')`]);
     const bad: TxnRecord = { ...(other as TxnRecord), changes: [{ table: 'public.pairs', op: 'insert', rows: '[{"a": "fifty", "b": "x"}]' }] };
