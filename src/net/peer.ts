@@ -28,7 +28,7 @@ import { listen } from './listen.js';
 /** How often a subscriber acknowledges even without records from this link. */
 const ACK_REFRESH_MS = 1_000;
 
-/** How often a subscriber looks whether its vclock moved (records from other links), to acknowledge it on this one. */
+/** After its journal moved (records from other links), how soon a subscriber acknowledges on this one: acks of a burst share one message. */
 const ACK_CHANGED_MS = 20;
 
 export interface PeerIdentity {
@@ -238,15 +238,27 @@ export class RelayServer {
       }
       return written;
     };
-    const due = setInterval(() => send(filter.due(Date.now())), Math.max(5, limits.relayThirdPartyDelayMs / 4));
+    // Woken when the oldest held record falls due, and only while one is held: an idle link costs nothing.
+    let timer: NodeJS.Timeout | null = null;
+    const arm = (): void => {
+      const dueMs = filter.nextDueMs;
+      if (timer !== null || dueMs === null || link.closeReason !== null) return;
+      timer = setTimeout(() => {
+        timer = null;
+        send(filter.due(Date.now()));
+        arm();
+      }, Math.max(1, dueMs - Date.now()));
+    };
     try {
       if (offer !== null) await this.#sendSnapshot(link, offer);
       for await (const record of cursor) {
         if (link.closeReason !== null) break;
-        if (!send(filter.offer(record, Date.now()))) await link.drain();
+        const written = send(filter.offer(record, Date.now()));
+        arm();
+        if (!written) await link.drain();
       }
     } finally {
-      clearInterval(due);
+      if (timer !== null) clearTimeout(timer);
       await cursor.return();
     }
   }
@@ -275,6 +287,8 @@ export interface SubscriberOptions {
   readonly onRecord: (record: JournalRecord) => Promise<void>;
   /** What to acknowledge: the node's durable-and-applied vclock and its term. */
   readonly ack: () => { vclock: VClock; term: Term };
+  /** Resolves at the node's next journal flush: the subscriber then acknowledges on this link too (RFC 0012). */
+  readonly moved?: () => Promise<void>;
   /** An election message from the peer. */
   readonly onRaft?: (message: ElectionMessage) => void;
   /** Whether to ask for a snapshot should the peer lack records this node needs. */
@@ -427,9 +441,16 @@ export class Subscriber {
     // anyway, so that every node (not only the leader, which hears heartbeat replies) knows what each peer
     // holds and when it last heard from it (lag, status). An ack is always true: what is durable here.
     const refresh = setInterval(() => {
-      if (Date.now() - acked.atMs < ACK_REFRESH_MS && vclockCompare(this.#options.ack().vclock, acked.vclock) === 'equal') return;
-      sendAck();
-    }, ACK_CHANGED_MS);
+      if (Date.now() - acked.atMs >= ACK_REFRESH_MS) sendAck();
+    }, ACK_REFRESH_MS);
+    // Woken by the journal's flushes (records from any link, or this node's own), not by a timer: idle, nothing runs.
+    void (async () => {
+      while (link.closeReason === null && this.#options.moved !== undefined) {
+        await this.#options.moved();
+        await new Promise((resolve) => setTimeout(resolve, ACK_CHANGED_MS));
+        if (link.closeReason === null && vclockCompare(this.#options.ack().vclock, acked.vclock) !== 'equal') sendAck();
+      }
+    })();
     try {
       for (let first = true; ; first = false) {
         const message = await expect(link, 'record', undefined, this.#options.onRaft, first ? ['snapshot' as const] : []);

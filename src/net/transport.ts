@@ -71,7 +71,7 @@ export class TcpTransport implements Transport {
       if (this.#subscribers.has(replica)) continue;
       const subscriber = new Subscriber({
         identity, peer: { replica, host: peer.host, port: peer.port }, log,
-        vclock: handlers.subscribeFrom, onRecord: handlers.onRecord, ack: handlers.ack,
+        vclock: handlers.subscribeFrom, onRecord: handlers.onRecord, ack: handlers.ack, moved: () => this.#options.journal.waitForDurable(),
         onRaft: (message) => handlers.onRaft(replica, message),
         takesSnapshot: handlers.takesSnapshot,
         joining: () => handlers.joining(replica),
