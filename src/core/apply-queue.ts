@@ -44,6 +44,8 @@ export class ApplyQueue {
   #records: JournalRecord[] = [];
   #head = 0;
   #bytes = 0;
+  /** CONFIG records queued, not yet applied (a table mode or a schema change still to come). */
+  #configs = 0;
   /** Every record taken: queued, applied, or let go as not this queue's (refill). Invariant: a prefix of the journal per replica. */
   #held: VClock = [];
   /**
@@ -65,6 +67,11 @@ export class ApplyQueue {
 
   get length(): number {
     return this.#records.length - this.#head;
+  }
+
+  /** A CONFIG record waits in the queue, or may (spilled): the tables will change before what follows it is applied. */
+  get schemaPending(): boolean {
+    return this.#configs > 0 || this.#spilled;
   }
 
   /** Records past #held are in the journal only: read them back with refill once the queue runs empty. */
@@ -93,7 +100,7 @@ export class ApplyQueue {
 
   /** A refill read to the journal's durable end: if nothing was let go meanwhile, pushes are kept again. */
   refilled(durable: VClock): void {
-    if (vclockCovers(this.#held, durable, { ignoreLocal: true })) this.#spilled = false;
+    if (this.#bytes < this.#bytesMax && vclockCovers(this.#held, durable, { ignoreLocal: true })) this.#spilled = false;
   }
 
   /** Everything after `from` is to be read from the journal again (replay: PostgreSQL holds `from`). */
@@ -101,6 +108,7 @@ export class ApplyQueue {
     this.#records = [];
     this.#head = 0;
     this.#bytes = 0;
+    this.#configs = 0;
     this.#held = from;
     this.#spilled = true;
   }
@@ -108,6 +116,7 @@ export class ApplyQueue {
   #keep(record: JournalRecord): void {
     this.#records.push(record);
     this.#bytes += recordBytes(record);
+    if (record.kind === 'config') this.#configs += 1;
     this.#held = vclockFollow(this.#held, record.replica, record.lsn);
     if (this.#bytes >= this.#bytesMax) this.#spilled = true;
   }
@@ -146,6 +155,7 @@ export class ApplyQueue {
       const record = this.#records[this.#head] as JournalRecord;
       this.#head += 1;
       this.#bytes -= recordBytes(record);
+      if (record.kind === 'config') this.#configs -= 1;
     }
     if (this.#head > 1024 && this.#head * 2 > this.#records.length) {
       this.#records = this.#records.slice(this.#head);

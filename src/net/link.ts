@@ -70,7 +70,8 @@ export class FramedLink<In, Out> {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.#receive(chunk));
     // Ordinary ends are debug lines: a peer lost is its own info line (peer.ts), and clients come and go.
-    socket.on('error', (error) => this.close(`socket error: ${error.message}`, 'debug'));
+    // A reset is the other side closing too (a port's guard destroys a connection it refuses at a cap).
+    socket.on('error', (error) => this.close((error as NodeJS.ErrnoException).code === 'ECONNRESET' ? PEER_CLOSED : `socket error: ${error.message}`, 'debug'));
     socket.on('close', () => this.close(PEER_CLOSED, 'debug'));
   }
 

@@ -420,6 +420,39 @@ describe('a 3-node cluster', () => {
     await eventually(async () => expect((await node(3).status()).stuck).toBeNull(), 'node 3 no longer stuck');
   }, 90_000);
 
+  it('(8b) a follower whose table cannot take a sync write does not acknowledge it: with the other follower down the write rolls back, and the follower says why (RFC 0012)', async () => {
+    for (const n of cluster.nodes) {
+      const client = await n.sql();
+      await client.query('CREATE TABLE narrow (id int PRIMARY KEY, label text)');
+      await client.end();
+    }
+    await db.setTableMode('narrow', 'sync');
+    await db.execute([["INSERT INTO narrow VALUES (1, 'one')", []]]);
+    await eventually(async () => expect(await rows(2, 'SELECT label FROM narrow')).toEqual([{ label: 'one' }]), 'node 2 row');
+    // Changed outside qsync on node 2: the leader's rows now carry a column its table lacks.
+    const client = await node(2).sql();
+    await client.query('ALTER TABLE narrow DROP COLUMN label');
+    await node(3).stopSidecar();
+    // A node reads its tables' shapes again every second.
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    try {
+      const error = await db.execute([["INSERT INTO narrow VALUES (2, 'two')", []]]).then(() => null, (e: unknown) => e);
+      expect(error).toBeInstanceOf(RolledBack);
+      expect((error as RolledBack).message).toMatch(/no quorum held it within 1500 ms/);
+      const log = await readFile(join(node(2).dataDir, '..', 'sidecar.log'), 'utf8');
+      expect(log).toMatch(/node 2 cannot apply record 1:\d+ and does not acknowledge it, nor what follows it from node 1: the rows from node 1 carry column label, which public.narrow lacks here/);
+      await client.query('ALTER TABLE narrow ADD COLUMN label text');
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      await db.execute([["INSERT INTO narrow VALUES (3, 'three')", []]]);
+    } finally {
+      await client.end();
+      await node(3).startSidecar();
+    }
+    for (const replica of [1, 2, 3]) {
+      await eventually(async () => expect(await rows(replica, 'SELECT id, label FROM narrow ORDER BY id')).toEqual([{ id: 1, label: replica === 2 ? null : 'one' }, { id: 3, label: 'three' }]), `node ${replica} rows`, 30_000);
+    }
+  }, 60_000);
+
   it('(9) qsync ddl adds a column on every node in journal order while a writer keeps inserting; a bad or transaction-wrapped DDL is a clear error', async () => {
     const admin = ['--admin', node(1).adminAddress];
     const withToken = { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } };
