@@ -209,6 +209,16 @@ export class NodeDriver<S, W> {
     this.#db.onLost(() => this.#lost());
   }
 
+  /**
+   * Records checked by their own lsn when applied: a rejoin's (#exactTo), and
+   * this node's own that a replay brought back, since its later writes commit
+   * concurrently with the queue and may already be applied above them
+   * (simulator seed 3133).
+   */
+  get #exactApply(): VClock {
+    return this.#replayOwn.to > 0 ? vclockMerge(this.#exactTo, vclockFromEntries([[this.#self, this.#replayOwn.to as Lsn]])) : this.#exactTo;
+  }
+
   /** What PostgreSQL holds: everything durable in the journal up to each replica's first record still in the apply queue. */
   get #applied(): VClock {
     return this.#applyQueue.appliedVclock(this.#journal.vclock);
@@ -642,12 +652,12 @@ export class NodeDriver<S, W> {
     if (finish.commit.length > 0) await this.#db.finish('commit', finish.commit, forget);
     if (apply.length === 0) return;
     try {
-      await this.#db.applyBatch(apply, { exactTo: this.#exactTo });
+      await this.#db.applyBatch(apply, { exactTo: this.#exactApply });
     } catch (error) {
       if (apply.length === 1 || !(error instanceof QsyncError && error.code === 'PG_APPLY')) throw error;
       // One of them fails: one transaction each, in order, so that the error names it (each skips what is applied).
       for (const record of apply) {
-        const exact = record.lsn <= vclockGet(this.#exactTo, record.replica);
+        const exact = record.lsn <= vclockGet(this.#exactApply, record.replica);
         await this.#db.apply(record, { prepare: false, ...(exact ? { exact } : {}) });
       }
     }
