@@ -27,14 +27,24 @@ export interface Decisions {
   ignored(record: JournalRecord): boolean;
 }
 
-/** What to apply next: TXNs in journal order (one PostgreSQL transaction), or one other record by itself. */
+/**
+ * What to apply next: a run of TXNs in journal order (one PostgreSQL
+ * transaction), with the inert records among them, which leave with it; or
+ * one other record by itself.
+ */
 export type ApplyStep =
-  | { readonly kind: 'txns'; readonly records: ReadonlyArray<JournalRecord & { kind: 'txn' }> }
+  | { readonly kind: 'txns'; readonly records: readonly JournalRecord[] }
   | { readonly kind: 'one'; readonly record: JournalRecord };
 
 export interface StepBounds {
   readonly recordsMax: number;
   readonly bytesMax: number;
+  /**
+   * A record other than a TXN that needs no PostgreSQL work here (a CONFIRM
+   * when this node holds nothing prepared): a run of TXNs goes on past it, so
+   * the entries of several CONFIRMs share one transaction.
+   */
+  readonly inert?: (record: JournalRecord) => boolean;
   /** Planted bug (simulator): an undecided sync TXN does not wait. */
   readonly undecidedApplied?: boolean;
 }
@@ -136,12 +146,13 @@ export class ApplyQueue {
     if (first === undefined) return null;
     const waits = (r: JournalRecord): boolean => bounds.undecidedApplied !== true && ApplyQueue.waits(r, decisions);
     if (waits(first)) return null;
-    if (first.kind !== 'txn') return { kind: 'one', record: first };
-    const run: Array<JournalRecord & { kind: 'txn' }> = [first];
+    const rides = (r: JournalRecord): boolean => r.kind === 'txn' || bounds.inert?.(r) === true;
+    if (!rides(first)) return { kind: 'one', record: first };
+    const run: JournalRecord[] = [first];
     let bytes = recordBytes(first);
     for (let i = this.#head + 1; i < this.#records.length && run.length < bounds.recordsMax; i += 1) {
       const record = this.#records[i] as JournalRecord;
-      if (record.kind !== 'txn' || waits(record)) break;
+      if (!rides(record) || waits(record)) break;
       bytes += recordBytes(record);
       if (bytes > bounds.bytesMax) break;
       run.push(record);

@@ -127,27 +127,36 @@ export class Applier {
    * upsert or delete (the statements go as one simple query); async changes
    * (last-writer-wins) and copies add theirs. Skips each record already
    * applied: by its own lsn when at or below `exactTo`, else by the highest.
+   * Unless `checked`, records above `exactTo` are taken as not applied yet
+   * (the apply queue's first attempt) and the whole batch is one round trip;
+   * one applied after all fails it on its mark's primary key.
    * Throws on any failure with nothing applied: the caller retries, or
    * applies the records one by one to find the one that fails.
    */
-  async applyBatch(records: readonly TxnRecord[], exactTo: VClock): Promise<number> {
+  async applyBatch(records: readonly TxnRecord[], exactTo: VClock, checked = true): Promise<number> {
     const client = this.#client;
     if (records.length === 0) return 0;
     for (const r of records) assert(Number.isSafeInteger(r.replica) && Number.isSafeInteger(r.lsn), 'record header is not integers');
     const replicas = [...new Set(records.map((r) => r.replica))];
     const exact = records.filter((r) => r.lsn <= vclockGet(exactTo, r.replica));
-    const head = `BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off;
+    const begin = 'BEGIN; SET LOCAL session_replication_role = replica; SET LOCAL synchronous_commit = off; ';
+    const head = `${begin}
       SELECT replica_id, max(lsn)::text AS lsn FROM qsync.applied WHERE replica_id IN (${replicas.join(', ')}) GROUP BY replica_id;
       SELECT replica_id, lsn::text AS lsn FROM qsync.applied WHERE ${exact.length === 0 ? 'false' : `(replica_id, lsn) IN (${exact.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')})`};
       SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND gid IN (${records.map((r) => client.escapeLiteral(r.gid)).join(', ')})`;
+    let opened = false;
     try {
-      const results = (await client.query(head)) as unknown as Array<{ rows: Array<Record<string, string | number>> }>;
-      const [highest, exactHeld, prepared] = results.slice(-3).map((r) => r.rows);
-      const top = new Map((highest ?? []).map((row) => [Number(row.replica_id), Number(row.lsn)]));
-      const held = new Set((exactHeld ?? []).map((row) => `${row.replica_id}:${row.lsn}`));
-      const preparedGids = new Set((prepared ?? []).map((row) => String(row.gid)));
-      const fresh = records.filter((r) => !preparedGids.has(r.gid) && (r.lsn <= vclockGet(exactTo, r.replica) ? !held.has(`${r.replica}:${r.lsn}`) : r.lsn > (top.get(r.replica) ?? 0)));
-      const statements = new BatchStatements(client);
+      let fresh = records;
+      if (checked || exact.length > 0) {
+        const results = (await client.query(head)) as unknown as Array<{ rows: Array<Record<string, string | number>> }>;
+        opened = true;
+        const [highest, exactHeld, prepared] = results.slice(-3).map((r) => r.rows);
+        const top = new Map((highest ?? []).map((row) => [Number(row.replica_id), Number(row.lsn)]));
+        const held = new Set((exactHeld ?? []).map((row) => `${row.replica_id}:${row.lsn}`));
+        const preparedGids = new Set((prepared ?? []).map((row) => String(row.gid)));
+        fresh = records.filter((r) => !preparedGids.has(r.gid) && (r.lsn <= vclockGet(exactTo, r.replica) ? !held.has(`${r.replica}:${r.lsn}`) : r.lsn > (top.get(r.replica) ?? 0)));
+      }
+      const statements = new BatchStatements(client, opened ? '' : begin);
       for (const record of fresh) {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
@@ -308,11 +317,13 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
  */
 class BatchStatements {
   readonly #client: pg.ClientBase;
-  #sql = '';
+  #sql: string;
   #run: { readonly table: TableInfo; readonly rows: string[] } | null = null;
 
-  constructor(client: pg.ClientBase) {
+  /** `sql`: what goes first (the BEGIN of a batch not opened by its checks). */
+  constructor(client: pg.ClientBase, sql = '') {
     this.#client = client;
+    this.#sql = sql;
   }
 
   add(table: TableInfo, change: Change): void {

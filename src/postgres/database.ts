@@ -103,8 +103,8 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#guarded(() => this.#applier.apply(record, options));
   }
 
-  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void> {
-    await this.#guarded(() => this.#applier.applyBatch(records, options.exactTo));
+  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock; checked: boolean }): Promise<void> {
+    await this.#guarded(() => this.#applier.applyBatch(records, options.exactTo, options.checked));
   }
 
   unfit(record: TxnRecord): string | null {

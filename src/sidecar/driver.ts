@@ -19,7 +19,7 @@
 // waits until a quorum holds its journal, writes PROMOTE, and accepts sync
 // writes only once a quorum holds the PROMOTE too (`#writable`). Losing
 // leadership stops writes at once; PostgreSQL's fence follows qsync.node.
-import { ApplyQueue } from '../core/apply-queue.js';
+import { ApplyQueue, type StepBounds } from '../core/apply-queue.js';
 import { assert, AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError, RecordInvalid } from '../core/errors.js';
@@ -584,8 +584,13 @@ export class NodeDriver<S, W> {
     return (queue.length === 0 && queue.spilled) || queue.next(this.#history, this.#stepBounds) !== null;
   }
 
-  get #stepBounds(): { recordsMax: number; bytesMax: number; undecidedApplied?: boolean } {
-    return { recordsMax: limits.applyBatchRecordsMax, bytesMax: limits.applyBatchBytesMax, ...(this.#bugs.applyBeforeConfirm === true ? { undecidedApplied: true } : {}) };
+  get #stepBounds(): StepBounds {
+    return {
+      recordsMax: limits.applyBatchRecordsMax, bytesMax: limits.applyBatchBytesMax,
+      // A CONFIRM finishes only what this node holds prepared (its own entries, from when it led).
+      inert: (record) => record.kind === 'raft' || record.kind === 'demote' || (record.kind === 'confirm' && this.#prepared.size === 0),
+      ...(this.#bugs.applyBeforeConfirm === true ? { undecidedApplied: true } : {}),
+    };
   }
 
   /**
@@ -605,10 +610,14 @@ export class NodeDriver<S, W> {
       const step = queue.next(this.#history, this.#stepBounds);
       if (step === null) break;
       const first = step.kind === 'one' ? step.record : step.records[0] as JournalRecord;
+      let attempts = 0;
       const outcome = await this.#untilDone('applying a record', async () => {
+        attempts += 1;
         if (await this.#resyncIfLost()) return 'started over' as const;
         if (step.kind === 'one') await this.#apply(step.record);
-        else await this.#applyRun(step.records);
+        // The queue starts at what PostgreSQL holds and applies in order: on a first attempt its records are
+        // not applied yet, and the batch skips the checks. A retry checks (a commit whose answer was lost).
+        else await this.#applyRun(step.records.filter((r): r is TxnRecord => r.kind === 'txn'), { checked: attempts > 1 });
         return 'applied' as const;
       }, { replica: first.replica, lsn: first.lsn, ...(step.kind === 'txns' ? { records: step.records.length } : {}) });
       if (outcome === 'started over') continue;
@@ -633,7 +642,7 @@ export class NodeDriver<S, W> {
    * reaches here confirmed (or rolled back: skipped). Prepared here, it is an
    * entry of this node's own, from when it led: finished by its verdict.
    */
-  async #applyRun(records: ReadonlyArray<TxnRecord>): Promise<void> {
+  async #applyRun(records: ReadonlyArray<TxnRecord>, options: { checked: boolean }): Promise<void> {
     const apply: TxnRecord[] = [];
     const finish = { commit: [] as string[], rollback: [] as string[] };
     for (const record of records) {
@@ -652,7 +661,7 @@ export class NodeDriver<S, W> {
     if (finish.commit.length > 0) await this.#db.finish('commit', finish.commit, forget);
     if (apply.length === 0) return;
     try {
-      await this.#db.applyBatch(apply, { exactTo: this.#exactApply });
+      await this.#db.applyBatch(apply, { exactTo: this.#exactApply, checked: options.checked });
     } catch (error) {
       if (apply.length === 1 || !(error instanceof QsyncError && error.code === 'PG_APPLY')) throw error;
       // One of them fails: one transaction each, in order, so that the error names it (each skips what is applied).
@@ -708,7 +717,7 @@ export class NodeDriver<S, W> {
     };
     switch (record.kind) {
       case 'txn':
-        await this.#applyRun([record]);
+        await this.#applyRun([record], { checked: true });
         return;
       case 'confirm':
         await this.#db.finish('commit', this.#preparedOf(record.owner, 1, record.confirmedLsn), forget);

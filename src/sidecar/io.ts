@@ -156,9 +156,12 @@ export interface Database<S, W> extends PreparedStore {
    * Apply TXNs of peers (or replayed ones) in journal order in one
    * transaction, each with its applied mark in the same commit; idempotent
    * like apply. Records at or below `exactTo` are skipped only if their very
-   * lsn is applied. Throws with nothing applied on any failure.
+   * lsn is applied. Unless `checked`, records above it are taken as not
+   * applied yet (the caller knows: the apply queue's first attempt), which
+   * saves a round trip; one applied after all fails the batch on its mark.
+   * Throws with nothing applied on any failure.
    */
-  applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void>;
+  applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock; checked: boolean }): Promise<void>;
   /**
    * Why this node could not apply `record`, from what it knows of its tables
    * (a table not replicated here, a column it lacks); null when it can.

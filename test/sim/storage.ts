@@ -423,13 +423,16 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     return this.#answer('applied', epoch);
   }
 
-  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock }): Promise<void> {
+  async applyBatch(records: readonly TxnRecord[], options: { exactTo: VClock; checked: boolean }): Promise<void> {
     const first = records[0];
     if (first === undefined) return;
     const epoch = this.#up(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     this.#flaky(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     const pg = this.#pg;
-    const fresh = records.filter((r) => !pg.prepared.has(r.gid) && (r.lsn <= vclockGet(options.exactTo, r.replica)
+    // Unchecked, a record applied already fails the batch on its mark, as qsync.applied's primary key does.
+    const unchecked = !options.checked && records.every((r) => r.lsn > vclockGet(options.exactTo, r.replica));
+    if (unchecked && records.some((r) => pg.appliedExact.has(`${r.replica}:${r.lsn}`))) throw pgError('23505', 'duplicate key value violates unique constraint "applied_pkey"');
+    const fresh = unchecked ? records : records.filter((r) => !pg.prepared.has(r.gid) && (r.lsn <= vclockGet(options.exactTo, r.replica)
       ? !pg.appliedExact.has(`${r.replica}:${r.lsn}`)
       : r.lsn > vclockGet(pg.applied, r.replica)));
     pg.commitBatch(fresh.map((r) => ({ gid: r.gid, puts: decodePuts(r), time: r.time, replica: r.replica, lsn: r.lsn, idempotencyKey: r.idempotencyKey })), this.#bugs.batchMarksApart === true);

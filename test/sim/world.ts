@@ -55,6 +55,8 @@ const CLUSTER = 'sim';
 const ELECTION_TIMEOUT_MS = 1_000;
 const SYNCHRO_TIMEOUT_MS = 1_500;
 const CLIENT_TIMEOUT_MS = 4_000;
+/** How soon a follower cut from the leader holds its records through a relay (relay phase). */
+const RELAYED_WITHIN_MS = 5_000;
 
 type WriteStatus = 'pending' | 'acked' | 'rolled-back' | 'unknown' | 'refused';
 
@@ -540,7 +542,8 @@ class World {
   /**
    * With the leader and one follower cut apart (each hears the other only
    * through a third node, as in a ring of majorities), the follower still
-   * gets every record the leader writes, a relay delay late: a relay that
+   * gets every record the leader writes, a relay delay late (within
+   * RELAYED_WITHIN_MS, which leaves room for gaps to heal): a relay that
    * drops a third node's records instead of sending them late fails here.
    */
   async #relayed(): Promise<void> {
@@ -553,9 +556,10 @@ class World {
     await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
     await Promise.all(writes);
     const written = leader.disk.records.filter((r) => r.replica === leader.id);
-    await this.#runUntil(this.#scheduler.now + 2_000);
+    // Long enough for links closed by the relays' simulated gaps to subscribe again, more than once.
+    await this.#runUntil(this.#scheduler.now + RELAYED_WITHIN_MS);
     const missing = written.filter((w) => !cut.disk.records.some((r) => r.replica === w.replica && r.lsn === w.lsn));
-    if (missing.length > 0) this.#fail(`node ${cut.id}, cut from leader ${leader.id} but linked to the others, lacks ${missing.length} of its records after 2 s (first ${missing[0]?.replica}:${missing[0]?.lsn}): nothing relayed them`);
+    if (missing.length > 0) this.#fail(`node ${cut.id}, cut from leader ${leader.id} but linked to the others, lacks ${missing.length} of its records after ${RELAYED_WITHIN_MS / 1000} s (first ${missing[0]?.replica}:${missing[0]?.lsn}): nothing relayed them`);
     if (this.#violation !== null) throw new Violation(this.#violation);
     this.#heal();
   }
