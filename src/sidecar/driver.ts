@@ -39,6 +39,7 @@ import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
 import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
+import { UnfitRecords } from './unfit.js';
 import { checkpointState, readCheckpointState, readVerdicts } from './verdicts.js';
 
 export interface DriverOptions<S, W> {
@@ -109,14 +110,8 @@ export class NodeDriver<S, W> {
   #replayOwn = { from: 0, to: 0 };
   /** The last record from a peer taken in: a duplicate of one is done when it is. */
   #intake: Promise<void> = Promise.resolve();
-  /**
-   * Records durable here that this node could not apply when they came (a
-   * table missing, a column it lacks): acknowledgements stop before the first
-   * of each replica, so this node counts in no quorum for them (RFC 0012).
-   * An entry goes once the apply queue passes its record, or once the tables
-   * fit it after a reload. At most UNFIT_KEPT keep their record for that.
-   */
-  #unfit: Array<{ readonly replica: ReplicaId; readonly lsn: Lsn; readonly record: TxnRecord | null; readonly reason: string }> = [];
+  /** Records durable here that this node could not apply when they came: acknowledgements stop before them (unfit.ts). */
+  readonly #unfit = new UnfitRecords();
   #unfitCheckedAtMs = 0;
   /** Serialises everything on the apply connection: the apply queue's steps, resync, snapshot loads. */
   #queue: Promise<void> = Promise.resolve();
@@ -322,7 +317,7 @@ export class NodeDriver<S, W> {
       this.#elect({ kind: 'tick' });
       this.#step({ kind: 'tick', nowMs: this.#clock.nowMs() });
       this.#lag.note(this.#journal.tailVclock, this.#clock.nowMs());
-      if (this.#unfit.length > 0) {
+      if (!this.#unfit.none) {
         this.#liftUnfit();
         this.#kick();
       }
@@ -506,9 +501,9 @@ export class NodeDriver<S, W> {
   }
 
   #noteUnfit(record: TxnRecord, reason: string): void {
-    const first = !this.#unfit.some((u) => u.replica === record.replica);
-    if (first) this.log.error({ replica: record.replica, lsn: record.lsn, reason }, `node ${this.#self} cannot apply record ${record.replica}:${record.lsn} and does not acknowledge it, nor what follows it from node ${record.replica}: ${reason}`);
-    if (first || this.#unfit.length < UNFIT_KEPT) this.#unfit.push({ replica: record.replica, lsn: record.lsn, record: this.#unfit.length < UNFIT_KEPT ? record : null, reason });
+    if (this.#unfit.note(record, reason)) {
+      this.log.error({ replica: record.replica, lsn: record.lsn, reason }, `node ${this.#self} cannot apply record ${record.replica}:${record.lsn} and does not acknowledge it, nor what follows it from node ${record.replica}: ${reason}`);
+    }
   }
 
   /**
@@ -517,40 +512,22 @@ export class NodeDriver<S, W> {
    * count towards a quorum; applying them waits for the limbo's verdict.
    */
   #acknowledged(): VClock {
-    return this.#fit(this.#bugs.ackBeforeDurable === true ? this.#journal.tailVclock : this.#journal.vclock);
+    return this.#unfit.cap(this.#bugs.ackBeforeDurable === true ? this.#journal.tailVclock : this.#journal.vclock);
   }
 
-  /** `durable` short of the first record of each replica this node could not apply. */
-  #fit(durable: VClock): VClock {
-    if (this.#unfit.length === 0) return durable;
-    return vclockFromEntries(vclockEntries(durable).map(([replica, lsn]) => {
-      const cap = Math.min(lsn, ...this.#unfit.filter((u) => u.replica === replica).map((u) => u.lsn - 1));
-      return [replica, cap as Lsn] as const;
-    }).filter(([, lsn]) => lsn > 0));
-  }
-
-  /**
-   * Unfit records no longer hold acknowledgements back once the apply queue
-   * has passed them, or once the limbo rolled them back: nothing of them will
-   * be applied, and the ROLLBACK after them must be acknowledged for the
-   * leader to hear a quorum hold it.
-   */
   #liftUnfit(): void {
-    if (this.#unfit.length === 0) return;
-    const applied = this.#applied;
-    this.#unfit = this.#unfit.filter((u) => vclockGet(applied, u.replica) < u.lsn && this.#history.verdict(u.replica, u.lsn) !== 'rolled-back');
+    this.#unfit.lift(this.#applied, (replica, lsn) => this.#history.verdict(replica, lsn) === 'rolled-back');
   }
 
   /**
-   * Drop the unfit entries the apply queue has passed (applied, or skipped as
-   * rolled back); at most once a second, and after a schema change applied,
-   * read the tables again and drop those that now fit.
+   * Lift the unfit entries the queue passed or the limbo rolled back; at most
+   * once a second, and after a schema change applied, read the tables again
+   * and drop those that now fit.
    */
   async #recheckUnfit(force: boolean): Promise<void> {
     this.#liftUnfit();
-    if (this.#unfit.length === 0) return;
     const now = this.#clock.nowMs();
-    if (this.#unfit.length === 0 || (!force && now - this.#unfitCheckedAtMs < UNFIT_RECHECK_MS)) return;
+    if (this.#unfit.none || (!force && now - this.#unfitCheckedAtMs < UNFIT_RECHECK_MS)) return;
     this.#unfitCheckedAtMs = now;
     try {
       await this.#db.reloadTables();
@@ -559,7 +536,7 @@ export class NodeDriver<S, W> {
       this.log.debug({ err: (error as Error).message }, 'reading the tables again failed');
       return;
     }
-    this.#unfit = this.#unfit.filter((u) => u.record === null || this.#db.unfit(u.record) !== null);
+    this.#unfit.recheck((record) => this.#db.unfit(record));
   }
 
   // ---- the apply queue (RFC 0012) ------------------------------------------------
@@ -1014,7 +991,7 @@ export class NodeDriver<S, W> {
     const planted = this.#bugs.voteIgnoresVclock === true && event.kind === 'message' && event.message.type === 'vote';
     // Records this node could not apply count as not held, in its votes and its candidacy: it acknowledged
     // none of them, so no quorum counted it for them, and a leader must be able to apply what it holds.
-    const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#fit(this.#journal.vclock) });
+    const step = electionStep(before, event, { nowMs: this.#clock.nowMs(), vclock: planted ? [] : this.#unfit.cap(this.#journal.vclock) });
     this.#election = step.state;
     if (step.persist !== null) {
       const { term, vote } = step.persist;
@@ -1173,7 +1150,7 @@ export class NodeDriver<S, W> {
       journal: { start: this.#journal.retention?.oldestVclock ?? [], bytes: this.#journal.retention?.sizeBytes ?? null },
       splitBrainRecords: this.splitBrainRecords, promoted: { ...this.promoted },
       stuck: this.#retrying !== null ? `${this.#retrying.what} keeps failing: ${this.#retrying.error}`
-        : this.#unfit[0] !== undefined ? `not acknowledging records of node ${this.#unfit[0].replica} from lsn ${this.#unfit[0].lsn}: this node could not apply them: ${this.#unfit[0].reason}`
+        : this.#unfit.first !== undefined ? `not acknowledging records of node ${this.#unfit.first.replica} from lsn ${this.#unfit.first.lsn}: this node could not apply them: ${this.#unfit.first.reason}`
           : this.#rejoin !== null ? `rejoining by snapshot from node ${this.#rejoin.peer}` : this.#gap,
       members: { version: this.membership.version, quorum: this.#quorum, nodes: this.membership.members },
       peers: this.#peers.map((p) => {
@@ -1735,9 +1712,6 @@ export interface NodeStatus {
  * than the writes a node has in flight at once.
  */
 const OWN_RECHECK_RECORDS = 10_000;
-
-/** Unfit records kept whole, to be checked again once the tables change (the first of each replica is always noted). */
-const UNFIT_KEPT = 256;
 
 /** How often unfit records are checked against the tables read again. */
 const UNFIT_RECHECK_MS = 1_000;
