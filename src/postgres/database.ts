@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
 import { Applier, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
 import { readCaptureKey } from './capture.js';
+import { corkWrites } from './cork.js';
 import { runLeaderWrite, type LeaderOutcome } from './leader.js';
 import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
@@ -340,7 +341,10 @@ function isStatementError(error: unknown): boolean {
  */
 export function guardPool(pool: pg.Pool, log: Logger, name: string): void {
   pool.on('error', (error) => log.warn({ pool: name, err: error.message }, 'idle PostgreSQL connection failed'));
-  pool.on('connect', (client) => client.on('error', (error) => log.warn({ pool: name, err: error.message }, 'PostgreSQL connection failed')));
+  pool.on('connect', (client) => {
+    client.on('error', (error) => log.warn({ pool: name, err: error.message }, 'PostgreSQL connection failed'));
+    corkWrites(client);
+  });
 }
 
 /** A connected client whose errors are logged, never thrown at the event loop. */
@@ -348,5 +352,6 @@ async function connectPg(url: string, log: Logger): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: url, ...PG_TIMEOUTS });
   client.on('error', (error) => log.warn({ err: error.message }, 'PostgreSQL connection failed'));
   await client.connect();
+  corkWrites(client);
   return client;
 }
