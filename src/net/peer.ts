@@ -86,7 +86,7 @@ export interface RelayOptions {
   readonly identity: PeerIdentity;
   readonly journal: Journal;
   readonly log: Logger;
-  /** A subscriber acknowledged holding `vclock` durably (journal and PostgreSQL). */
+  /** A subscriber acknowledged holding `vclock` durably in its journal (RFC 0012). */
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
   /** What to send for a journal record (the node sends a rolled-back TXN of its own as an empty one). */
   readonly outgoing?: (record: JournalRecord) => JournalRecord;
@@ -280,12 +280,12 @@ export interface SubscriberOptions {
   readonly vclock: () => VClock;
   /**
    * Hand a record to the node, in arrival order; the returned promise
-   * resolves once it is durable and applied (or was a duplicate). The
+   * resolves once it is durable (or was a duplicate). The
    * subscriber does not wait for it before handing over the next record, so a
    * burst shares one journal fsync; it acknowledges as records complete.
    */
   readonly onRecord: (record: JournalRecord) => Promise<void>;
-  /** What to acknowledge: the node's durable-and-applied vclock and its term. */
+  /** What to acknowledge: the node's durable vclock (short of records it could not apply) and its term. */
   readonly ack: () => { vclock: VClock; term: Term };
   /** Resolves at the node's next journal flush: the subscriber then acknowledges on this link too (RFC 0012). */
   readonly moved?: () => Promise<void>;

@@ -10,10 +10,12 @@
 // vclock); then serve, as a follower until elected. When PostgreSQL alone
 // crashes or restarts, the same is done again once it is back (#resync).
 //
-// Records from peers go through one queue, in arrival order: drop what the
-// journal already holds, refuse a limbo record older than the limbo's term
-// (split-brain), append (durable), apply to PostgreSQL, then count as
-// applied; acks report that vclock.
+// Records from peers, in arrival order: drop what the journal already holds,
+// refuse a gap, take a limbo record of an older term without effect
+// (split-brain), append; once durable and checked against this node's tables
+// they are acknowledged and join the apply queue, which brings them to
+// PostgreSQL in journal order, a sync TXN once the limbo decided it
+// (docs/rfc/0012-followers-hold-the-limbo.md).
 //
 // Leadership (DESIGN.md §6): the election core decides who leads; the winner
 // waits until a quorum holds its journal, writes PROMOTE, and accepts sync
@@ -631,11 +633,8 @@ export class NodeDriver<S, W> {
         apply.push(record);
       }
     }
-    const forget = (gid: string): void => {
-      this.#prepared.delete(gid);
-    };
-    if (finish.rollback.length > 0) await this.#db.finish('rollback', finish.rollback, forget);
-    if (finish.commit.length > 0) await this.#db.finish('commit', finish.commit, forget);
+    if (finish.rollback.length > 0) await this.#db.finish('rollback', finish.rollback, this.#forget);
+    if (finish.commit.length > 0) await this.#db.finish('commit', finish.commit, this.#forget);
     if (apply.length === 0) return;
     try {
       await this.#db.applyBatch(apply, { exactTo: this.#exactApply, checked: options.checked });
@@ -648,6 +647,11 @@ export class NodeDriver<S, W> {
       }
     }
   }
+
+  /** A prepared transaction finished: no longer this node's to decide. */
+  readonly #forget = (gid: string): void => {
+    this.#prepared.delete(gid);
+  };
 
   /** Apply one record outside the queue's order (this node's PROMOTE): retried like a step of the queue. */
   #applyUntilDone(record: JournalRecord): Promise<void> {
@@ -689,9 +693,7 @@ export class NodeDriver<S, W> {
     if (this.log.isLevelEnabled('debug')) {
       this.log.debug({ replica: record.replica, lsn: record.lsn, kind: record.kind, recordTerm: record.term, ...(record.kind === 'txn' ? { sync: record.sync, changes: record.changes.length } : {}) }, 'applying a record');
     }
-    const forget = (gid: string): void => {
-      this.#prepared.delete(gid);
-    };
+    const forget = this.#forget;
     switch (record.kind) {
       case 'txn':
         await this.#applyRun([record], { checked: true });

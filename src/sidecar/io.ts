@@ -61,10 +61,11 @@ export interface TransportHandlers {
   readonly subscribeFrom: () => VClock;
   /**
    * A record relayed by a peer, in arrival order per link; resolves once it
-   * is durable and applied (or was a duplicate), rejects to close the link.
+   * is durable (or was a duplicate), rejects to close the link. Applying it
+   * comes later, in the apply queue (RFC 0012).
    */
   readonly onRecord: (record: JournalRecord) => Promise<void>;
-  /** What to acknowledge to a relay: durable-and-applied vclock and term. */
+  /** What to acknowledge to a relay: the durable vclock, short of records this node could not apply, and the term. */
   readonly ack: () => { vclock: VClock; term: Term };
   /** A subscriber acknowledged holding `vclock`. */
   readonly onAck: (replica: ReplicaId, vclock: VClock, term: Term) => void;
