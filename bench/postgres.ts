@@ -1,18 +1,23 @@
 // PostgreSQL-layer benchmark, on one embedded server:
 //
-// 1. One-row INSERT transactions at 1, 16 and 64 concurrent sessions, three ways:
+// 1. One-row INSERT transactions at 1, 16 and 64 concurrent sessions, five ways:
 //    `commit` (plain, local table), `2pc` (plain PREPARE + COMMIT PREPARED),
-//    and `qsync` (sync table: fence + capture triggers, capture, applied lsn,
-//    PREPARE, COMMIT PREPARED). Reports tx/s, p50/p99 and WAL fsyncs per
-//    transaction (pg_stat_io), which is how "the capture path adds no more
-//    than one fsync over plain two-phase commit" is checked.
+//    `qsync` (sync table: fence + capture triggers, capture, applied lsn,
+//    PREPARE, COMMIT PREPARED, each its own round trip), `pipe` (the same on
+//    a pipelining connection: BEGIN and the INSERT in one round trip, as the
+//    sidecar runs it), and `open` (the alternative of docs/rfc/0013: the
+//    transaction held open, not prepared, and committed with
+//    synchronous_commit=off). Reports tx/s, p50/p99 and WAL fsyncs per
+//    transaction (pg_stat_io). Every connection corks its writes, as the
+//    sidecar's do.
 // 2. Apply throughput in rows/s for batches of 1, 100 and 1000 rows, committed
 //    (async) and prepared then committed (sync).
 import pg from 'pg';
 import { gidFor } from '../src/core/gid.js';
 import type { TxnRecord } from '../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
-import { Applier, commitPrepared, launchPostgres, migrate, readCaptureKey, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
+import { Applier, capture, commitPrepared, launchPostgres, migrate, readCaptureKey, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
+import { corkWrites } from '../src/postgres/cork.js';
 import { closedLoop } from './stats.js';
 
 export interface PostgresBenchOptions {
@@ -21,7 +26,8 @@ export interface PostgresBenchOptions {
   readonly batches: readonly number[];
 }
 
-type WriteMode = 'commit' | '2pc' | 'qsync';
+type WriteMode = 'commit' | '2pc' | 'qsync' | 'pipe' | 'open';
+const WRITE_MODES: readonly WriteMode[] = ['commit', '2pc', 'qsync', 'pipe', 'open'];
 
 export interface WriteRow {
   readonly mode: WriteMode;
@@ -50,8 +56,9 @@ export async function walFsyncs(client: pg.Client): Promise<number> {
 
 async function writeCase(connectionString: string, monitor: pg.Client, mode: WriteMode, sessions: number, seconds: number, ids: { next: number }, lsns: { next: number }): Promise<WriteRow> {
   const clients = await Promise.all(Array.from({ length: sessions }, async () => {
-    const client = new pg.Client({ connectionString });
+    const client = new pg.Client({ connectionString, pipeline: mode === 'pipe' || mode === 'open' });
     await client.connect();
+    corkWrites(client);
     return client;
   }));
   const captureKey = await readCaptureKey(monitor);
@@ -67,6 +74,17 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
     }
     const lsn = (lsns.next += 1) as Lsn;
     const gid = gidFor(CLUSTER, 1 as ReplicaId, lsn);
+    if (mode === 'open') {
+      await Promise.all([
+        client.query(`BEGIN; SET LOCAL qsync.term = '1'; SET LOCAL synchronous_commit = off`),
+        client.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']),
+      ]);
+      // Its own round trip, as in the sidecar: the write's time is read once the statements ran.
+      const captured = await capture(client, { captureKey, time: lsn, replica: 1 as ReplicaId, lsn, idempotencyKey: null });
+      if (!captured.sync) throw new Error('open: the INSERT was not captured as sync');
+      await client.query('COMMIT');
+      return;
+    }
     if (mode === '2pc') {
       await client.query('BEGIN');
       await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
@@ -120,7 +138,7 @@ export async function runPostgresBench(options: PostgresBenchOptions): Promise<{
     console.log('mode    sessions       tx/s   p50 ms   p99 ms  WAL fsyncs/tx');
     const writes: WriteRow[] = [];
     for (const sessions of options.sessions) {
-      for (const mode of ['commit', '2pc', 'qsync'] as const) {
+      for (const mode of WRITE_MODES) {
         const row = await writeCase(server.connectionString, monitor, mode, sessions, options.seconds, ids, lsns);
         writes.push(row);
         console.log(`${mode.padEnd(6)}  ${String(sessions).padStart(8)}  ${row.txPerSec.toFixed(0).padStart(9)}  ${row.p50Ms.toFixed(2).padStart(7)}  ${row.p99Ms.toFixed(2).padStart(7)}  ${row.walFsyncsPerTx.toFixed(2).padStart(13)}`);

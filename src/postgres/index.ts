@@ -6,4 +6,5 @@ export { Applier, ApplyError, appliedLsns, appliedVclock, compactApplied, type A
 export { listPrepared, commitPrepared, rollbackPrepared, reconcile, type JournalVerdict, type PreparedEntry, type ReconcileReport, type PreparedStore } from './twophase.js';
 export { checkServer, PgCheckError, SERVER_VERSION_MIN } from './checks.js';
 export { runLeaderWrite, type LeaderWrite, type LeaderOutcome } from './leader.js';
+export { pipelines, queryAll } from './pipeline.js';
 export { type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';

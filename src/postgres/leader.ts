@@ -1,6 +1,6 @@
 // The PostgreSQL side of a write through qsync (DESIGN.md §8):
 //
-//   BEGIN; SET LOCAL qsync.term; <statements>
+//   BEGIN; SET LOCAL qsync.term; <statements>   (one round trip on a pipelining client)
 //   reserve the TXN's lsn (as late as possible: lsns are journaled in order)
 //   capture (row images, applied lsn, idempotency key)
 //   sync table touched:  PREPARE TRANSACTION gid, then journal the TXN
@@ -19,6 +19,7 @@ import { assert } from '../core/assert.js';
 import type { Change } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import { capture } from './capture.js';
+import { pipelines } from './pipeline.js';
 
 export interface LeaderWrite {
   readonly term: Term;
@@ -45,11 +46,17 @@ export type LeaderOutcome =
 
 export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, body: (client: pg.ClientBase) => Promise<void>): Promise<LeaderOutcome> {
   assert(Number.isSafeInteger(write.term) && write.term >= 0, `term ${write.term} is not a non-negative integer`);
-  // One round trip: the term is an integer, safe to inline.
-  await client.query(`BEGIN; SET LOCAL qsync.term = '${write.term}'`);
+  // The term is an integer, safe to inline. On a pipelining client the BEGIN leaves with the
+  // body's statements (pipeline.ts): one round trip for both. A BEGIN fails only on a broken
+  // connection or an aborted transaction, and either fails every statement behind it too.
+  const begun = client.query(`BEGIN; SET LOCAL qsync.term = '${write.term}'`);
+  if (pipelines(client)) begun.catch(() => undefined);
+  else await begun;
   let open = true;
   try {
-    await body(client);
+    const failed = await body(client).then(() => null, (error: unknown) => ({ error }));
+    await begun;
+    if (failed !== null) throw failed.error;
     const { lsn, gid, time } = write.reserve();
     const { changes, sync } = await capture(client, { captureKey: write.captureKey, time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
     if (changes.length === 0) {

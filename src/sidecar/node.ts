@@ -24,7 +24,7 @@ import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
 import { loadPeerTls, type PeerTls } from '../net/tls.js';
 import { TcpTransport } from '../net/transport.js';
-import { checkServer, migrate } from '../postgres/index.js';
+import { checkServer, migrate, queryAll } from '../postgres/index.js';
 import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import { JOINING_FILE, type SidecarConfig } from './config.js';
@@ -340,7 +340,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     const max = Math.min(ROLE_POOL_CONNECTIONS_MAX, this.#clientConnectionsLeft);
     if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles; raise max_connections, or have clients share fewer roles`);
     this.#clientConnectionsLeft -= max;
-    const pool = new pg.Pool({ connectionString: url.toString(), max });
+    // Pipelining: a write's BEGIN and statements leave in one round trip (postgres/pipeline.ts).
+    const pool = new pg.Pool({ connectionString: url.toString(), max, pipeline: true });
     guardPool(pool, this.log, `role ${user}`);
     this.#pools.set(key, pool);
     return { user, password, pool };
@@ -352,12 +353,11 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       await this.#driver.settled();
       if (!this.isLeader) return this.#forward(session, statements, idempotencyKey, term);
     }
-    const results: Array<{ rows: unknown[]; rowCount: number }> = [];
+    let results: Array<{ rows: unknown[]; rowCount: number }> = [];
     await this.#write(session, idempotencyKey, term, async (c) => {
-      for (const s of statements) {
-        const r = await c.query({ text: s.sql, values: [...s.params] });
-        results.push({ rows: r.rows, rowCount: r.rowCount ?? 0 });
-      }
+      // Pipelined: the statements leave together, behind the write's BEGIN (postgres/pipeline.ts).
+      const answers = await queryAll(c, statements.map((s) => ({ text: s.sql, values: [...s.params] })));
+      results = answers.map((r) => ({ rows: r.rows, rowCount: r.rowCount ?? 0 }));
     });
     return results;
   }

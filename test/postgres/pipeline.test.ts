@@ -1,0 +1,70 @@
+// The leader's write on a pipelining connection (postgres/pipeline.ts,
+// docs/rfc/0013-leader-round-trips.md): the BEGIN and the statements leave
+// together, yet a failing statement still fails the whole write, and nothing
+// of it commits or stays prepared; results come back in statement order; an
+// async write's COMMIT goes without waiting for its WAL flush, a local one's
+// does not.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { queryAll, readCaptureKey, runLeaderWrite, setTableMode, type LeaderOutcome } from '../../src/postgres/index.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+import { startNode, type TestNode } from '../support/postgres.js';
+
+let node: TestNode;
+let captureKey: string;
+let client: pg.Client;
+let nextLsn = 0;
+
+beforeAll(async () => {
+  node = await startNode();
+  await node.sql.query('CREATE TABLE ledger (id int PRIMARY KEY, amount int); CREATE TABLE notes (id int PRIMARY KEY, body text); CREATE TABLE scratch (id int PRIMARY KEY)');
+  await setTableMode(node.sql, 'ledger', 'sync');
+  await setTableMode(node.sql, 'notes', 'async');
+  await node.sql.query(`UPDATE qsync.node SET replica_id = 2, role = 'leader', term = 5, leader_id = 2`);
+  captureKey = await readCaptureKey(node.sql);
+  client = new pg.Client({ connectionString: node.server.connectionString, pipeline: true });
+  await client.connect();
+});
+afterAll(async () => {
+  await client?.end();
+  await node?.destroy();
+});
+
+/** A leader write of `statements` on the pipelining client; what each statement answered, and the outcome. */
+async function write(statements: readonly string[], journal?: (sync: boolean) => Promise<void>): Promise<{ outcome: LeaderOutcome; rows: unknown[][] }> {
+  let rows: unknown[][] = [];
+  const lsn = (nextLsn += 1) as Lsn;
+  const outcome = await runLeaderWrite(client, {
+    term: 5 as Term, replica: 2 as ReplicaId, captureKey, idempotencyKey: null,
+    reserve: () => ({ lsn, gid: `qsync-pipeline-${lsn}`, time: lsn }),
+    journal: async ({ sync }) => journal?.(sync),
+  }, async (c) => {
+    rows = (await queryAll(c, statements.map((text) => ({ text })))).map((r) => r.rows);
+  });
+  return { outcome, rows };
+}
+
+describe('a leader write on a pipelining connection', () => {
+  it('runs every statement in the transaction and answers in order', async () => {
+    const { outcome, rows } = await write(['INSERT INTO ledger VALUES (1, 10) RETURNING id', 'UPDATE ledger SET amount = amount + 5 RETURNING amount', 'SELECT count(*)::int AS n FROM ledger']);
+    expect(outcome.kind).toBe('prepared');
+    expect(rows).toEqual([[{ id: 1 }], [{ amount: 15 }], [{ n: 1 }]]);
+    if (outcome.kind !== 'prepared') throw new Error('not prepared');
+    expect(outcome.changes.map((c) => c.op)).toEqual(['insert', 'update']);
+    // Prepared: invisible to others until committed.
+    expect((await node.sql.query('SELECT count(*)::int AS n FROM ledger')).rows[0].n).toBe(0);
+    await node.sql.query(`COMMIT PREPARED '${outcome.gid}'`);
+    expect((await node.sql.query('SELECT amount FROM ledger WHERE id = 1')).rows).toEqual([{ amount: 15 }]);
+  });
+
+  it('fails the whole write at the first failing statement, with its error, and leaves nothing behind', async () => {
+    const attempt = write(['INSERT INTO ledger VALUES (2, 20)', 'INSERT INTO ledger VALUES (1, 99)', 'INSERT INTO ledger VALUES (3, 30)']);
+    await expect(attempt).rejects.toMatchObject({ code: '23505' });
+    expect((await node.sql.query('SELECT id FROM ledger ORDER BY id')).rows).toEqual([{ id: 1 }]);
+    expect((await node.sql.query('SELECT count(*)::int AS n FROM pg_prepared_xacts')).rows[0].n).toBe(0);
+    // The connection is out of the failed transaction and takes the next write.
+    const { outcome } = await write(['INSERT INTO ledger VALUES (2, 20)']);
+    expect(outcome.kind).toBe('prepared');
+    if (outcome.kind === 'prepared') await node.sql.query(`ROLLBACK PREPARED '${outcome.gid}'`);
+  });
+});
