@@ -4,7 +4,7 @@
 //   reserve the TXN's lsn (as late as possible: lsns are journaled in order)
 //   capture (row images, applied lsn, idempotency key)
 //   sync table touched:  PREPARE TRANSACTION gid, then journal the TXN
-//   async tables only:   journal the TXN, then COMMIT
+//   async tables only:   journal the TXN, then COMMIT (without waiting for its WAL flush)
 //
 // Journaling an async TXN before its COMMIT means a crash can never leave a
 // committed write the journal does not know (and so never replicates): if the
@@ -71,7 +71,9 @@ export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, 
       return { kind: 'prepared', lsn, gid, changes };
     }
     await write.journal?.({ lsn, gid, time, sync, changes });
-    await client.query('COMMIT');
+    // The journal holds the TXN durably: the COMMIT need not wait for its own WAL flush. A crash
+    // of PostgreSQL that loses it is repaired from the journal (the driver's replay, RFC 0013).
+    await client.query('SET LOCAL synchronous_commit = off; COMMIT');
     open = false;
     return { kind: 'committed', lsn, gid, changes };
   } catch (error) {

@@ -67,4 +67,27 @@ describe('a leader write on a pipelining connection', () => {
     expect(outcome.kind).toBe('prepared');
     if (outcome.kind === 'prepared') await node.sql.query(`ROLLBACK PREPARED '${outcome.gid}'`);
   });
+
+  it('commits an async write once journaled, without a WAL flush of its own; a local write flushes', async () => {
+    const flushes = async (): Promise<number> => {
+      await client.query('SELECT pg_stat_force_next_flush()');
+      const { rows } = await node.sql.query(`SELECT coalesce(sum(fsyncs), 0)::int AS n FROM pg_stat_get_backend_io($1) WHERE object = 'wal'`, [(client as unknown as { processID: number }).processID]);
+      return rows[0].n as number;
+    };
+    const seen: string[] = [];
+    const before = await flushes();
+    const asyncWrite = await write(['INSERT INTO notes VALUES (1, $$a$$)'], async (sync) => {
+      seen.push(sync ? 'sync' : 'async');
+      // Before the COMMIT the write is invisible to others.
+      expect((await node.sql.query('SELECT count(*)::int AS n FROM notes')).rows[0].n).toBe(0);
+    });
+    expect(asyncWrite.outcome.kind).toBe('committed');
+    expect(seen).toEqual(['async']);
+    expect((await node.sql.query('SELECT body FROM notes')).rows).toEqual([{ body: 'a' }]);
+    expect(await flushes()).toBe(before);
+    // The setting ended with that transaction: a local write (nothing replicated, no journal) flushes its COMMIT.
+    const local = await write(['INSERT INTO scratch VALUES (1)']);
+    expect(local.outcome.kind).toBe('empty');
+    expect(await flushes()).toBeGreaterThan(before);
+  });
 });

@@ -507,7 +507,8 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     session();
     // Judged by last-writer-wins too: in PostgreSQL the local write holds the row's lock, so a peer's
     // write applied meanwhile waits for this commit and is then judged against its version; the same end.
-    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true, true);
+    // Not flushed (synchronous_commit off): the journal holds the TXN, and replay repairs a lost COMMIT.
+    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true, false);
     return { kind: 'committed', lsn, gid, changes };
   }
 
