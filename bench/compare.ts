@@ -80,11 +80,17 @@ const median = (values: readonly number[]): number => {
   return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 };
 
-/** CPU seconds (user + system) a process has used so far, 0 once it is gone (Linux /proc). */
+/**
+ * CPU seconds (user + system) a process and its children that ended have
+ * used so far, 0 once it is gone (Linux /proc). A PostgreSQL backend that
+ * exits during a run moves its CPU into the postmaster's children's times:
+ * without them a tree's total could fall (a negative figure per commit).
+ */
 function cpuSeconds(pid: number): number {
   try {
     const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (CLK_TCK 100)
+    // utime, stime, cutime, cstime in clock ticks (CLK_TCK 100)
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
   } catch {
     return 0;
   }

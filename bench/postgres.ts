@@ -16,7 +16,8 @@ import pg from 'pg';
 import { gidFor } from '../src/core/gid.js';
 import type { TxnRecord } from '../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
-import { Applier, capture, commitPrepared, launchPostgres, migrate, readCaptureKey, runLeaderWrite, setTableMode } from '../src/postgres/index.js';
+import { Applier, capture, commitPrepared, launchPostgres, migrate, PgLeaderTransaction, readCaptureKey, setTableMode } from '../src/postgres/index.js';
+import { leaderWrite } from '../src/sidecar/leader-write.js';
 import { corkWrites } from '../src/postgres/cork.js';
 import { closedLoop } from './stats.js';
 
@@ -90,7 +91,8 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
       await client.query('INSERT INTO plain_items VALUES ($1, $2, now())', [id, 'payload']);
       await client.query(`PREPARE TRANSACTION '${gid}'`);
     } else {
-      await runLeaderWrite(client, { term: 1 as Term, replica: 1 as ReplicaId, captureKey, reserve: () => ({ lsn, gid, time: lsn }), idempotencyKey: null }, async (c) => {
+      const tx = new PgLeaderTransaction(client, { term: 1 as Term, replica: 1 as ReplicaId, idempotencyKey: null }, captureKey);
+      await leaderWrite(tx, { reserve: () => ({ lsn, gid, time: lsn }), journal: () => Promise.resolve() }, async (c) => {
         await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
       });
     }

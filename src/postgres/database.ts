@@ -8,11 +8,11 @@ import type { JournalRecord, TableMode, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
-import type { Database, NodeRow, WriteContext } from '../sidecar/io.js';
+import type { Database, NodeRow } from '../sidecar/io.js';
 import { Applier, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
 import { readCaptureKey } from './capture.js';
 import { corkWrites } from './cork.js';
-import { runLeaderWrite, type LeaderOutcome } from './leader.js';
+import { PgLeaderTransaction, type LeaderTransaction, type PgWork, type WriteOpening } from './leader.js';
 import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
 import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
@@ -22,8 +22,7 @@ export interface PgSession {
   readonly pool: pg.Pool;
 }
 
-/** A write's work: its statements, run on the transaction's connection. */
-export type PgWork = (client: pg.ClientBase) => Promise<void>;
+export type { PgWork } from './leader.js';
 
 /**
  * Bounds for the sidecar's own connections: a connection caught by a
@@ -223,10 +222,10 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     await this.#control.query('UPDATE qsync.node SET term = $1, role = $2, leader_id = $3, leader_address = $4', [row.term, row.role, row.leader, row.leaderAddress]);
   }
 
-  async write(session: PgSession, context: WriteContext, work: PgWork): Promise<LeaderOutcome> {
+  async write<T>(session: PgSession, opening: WriteOpening, order: (tx: LeaderTransaction<PgWork>) => Promise<T>): Promise<T> {
     const client = await session.pool.connect();
     try {
-      return await runLeaderWrite(client, { ...context, captureKey: this.#captureKey }, work);
+      return await order(new PgLeaderTransaction(client, opening, this.#captureKey));
     } finally {
       client.release();
     }

@@ -5,6 +5,6 @@ export { capture, readCaptureKey, type Captured, type CaptureStamp } from './cap
 export { Applier, ApplyError, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome } from './apply.js';
 export { listPrepared, commitPrepared, rollbackPrepared, reconcile, type JournalVerdict, type PreparedEntry, type ReconcileReport, type PreparedStore } from './twophase.js';
 export { checkServer, PgCheckError, SERVER_VERSION_MIN } from './checks.js';
-export { runLeaderWrite, type LeaderWrite, type LeaderOutcome } from './leader.js';
+export { PgLeaderTransaction, type LeaderOutcome, type LeaderTransaction, type PgWork, type WriteOpening } from './leader.js';
 export { pipelines, queryAll } from './pipeline.js';
 export { type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';

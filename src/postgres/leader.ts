@@ -1,41 +1,39 @@
-// The PostgreSQL side of a write through qsync (DESIGN.md §8):
+// One client transaction on the leader's PostgreSQL, as the primitives the
+// sidecar's order of duties calls (sidecar/leader-write.ts runs them top to
+// bottom, in production and in the simulator alike):
 //
-//   BEGIN; SET LOCAL qsync.term; <statements>   (one round trip on a pipelining client)
-//   reserve the TXN's lsn (as late as possible: lsns are journaled in order)
-//   capture (row images, applied lsn, idempotency key)
-//   sync table touched:  PREPARE TRANSACTION gid, then journal the TXN
-//   async tables only:   journal the TXN, then COMMIT (without waiting for its WAL flush)
-//
-// Journaling an async TXN before its COMMIT means a crash can never leave a
-// committed write the journal does not know (and so never replicates): if the
-// sidecar dies between the two, replay applies the journaled TXN at restart;
-// if the COMMIT fails (PostgreSQL died), the driver applies it from the TXN
-// once PostgreSQL is back (RFC 0007).
-// A sync TXN is journaled after PREPARE, so the limbo entry exists in
-// PostgreSQL before any peer hears of it; the caller then waits for the
-// quorum and COMMIT PREPAREs or ROLLBACK PREPAREs it.
+//   run       BEGIN; SET LOCAL qsync.term; <statements>   (one round trip on a pipelining client)
+//   capture   row images, applied lsn, idempotency key (capture.ts)
+//   prepare   PREPARE TRANSACTION gid
+//   commit    COMMIT, without waiting for its WAL flush once the journal holds the TXN
+//   rollback  ROLLBACK
 import type pg from 'pg';
 import { assert } from '../core/assert.js';
 import type { Change } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
-import { capture } from './capture.js';
+import { capture, type Captured } from './capture.js';
 import { pipelines } from './pipeline.js';
 
-export interface LeaderWrite {
+/** A write's identity in PostgreSQL: the term the fence checks it under, and what capture records. */
+export interface WriteOpening {
   readonly term: Term;
-  /** This node's capture key (capture.ts): without it the changes cannot be taken, nor committed. */
-  readonly captureKey: string;
   readonly replica: ReplicaId;
   readonly idempotencyKey: string | null;
-  /**
-   * The lsn, gid and hybrid time this transaction's TXN record will have,
-   * called right before capture. The time is read then, not at BEGIN: by then
-   * the node's clock has passed every record it applied, so the write's
-   * versions are newer than any it overwrites (last-writer-wins on async tables).
-   */
-  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
-  /** Journal the TXN; resolves when durable. Without it, nothing is journaled (tests, benchmarks). */
-  readonly journal?: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
+}
+
+/**
+ * One client transaction on the leader's PostgreSQL. The simulator's
+ * PostgreSQL implements the same primitives; the order is not theirs.
+ */
+export interface LeaderTransaction<W> {
+  /** BEGIN under the opening's term (the fence checks it) and run the work's statements. */
+  run(work: W): Promise<void>;
+  /** Take the transaction's changes, stamped with its TXN's lsn and hybrid time. */
+  capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured>;
+  prepare(gid: string): Promise<void>;
+  /** COMMIT. `journaled`: the journal holds the TXN durably, so the COMMIT need not wait for its WAL flush. */
+  commit(journaled: boolean): Promise<void>;
+  rollback(): Promise<void>;
 }
 
 export type LeaderOutcome =
@@ -44,40 +42,50 @@ export type LeaderOutcome =
   /** Nothing replicated was written: committed locally; the reserved lsn carries no changes. */
   | { readonly kind: 'empty'; readonly lsn: Lsn; readonly gid: string };
 
-export async function runLeaderWrite(client: pg.ClientBase, write: LeaderWrite, body: (client: pg.ClientBase) => Promise<void>): Promise<LeaderOutcome> {
-  assert(Number.isSafeInteger(write.term) && write.term >= 0, `term ${write.term} is not a non-negative integer`);
-  // The term is an integer, safe to inline. On a pipelining client the BEGIN leaves with the
-  // body's statements (pipeline.ts): one round trip for both. A BEGIN fails only on a broken
-  // connection or an aborted transaction, and either fails every statement behind it too.
-  const begun = client.query(`BEGIN; SET LOCAL qsync.term = '${write.term}'`);
-  if (pipelines(client)) begun.catch(() => undefined);
-  else await begun;
-  let open = true;
-  try {
-    const failed = await body(client).then(() => null, (error: unknown) => ({ error }));
+/** A write's work in PostgreSQL: its statements, run on the transaction's connection. */
+export type PgWork = (client: pg.ClientBase) => Promise<void>;
+
+/** The primitives on one connection (checked out by the caller, who releases it). */
+export class PgLeaderTransaction implements LeaderTransaction<PgWork> {
+  readonly #client: pg.ClientBase;
+  readonly #opening: WriteOpening;
+  /** This node's capture key (capture.ts): without it the changes cannot be taken, nor committed. */
+  readonly #captureKey: string;
+
+  constructor(client: pg.ClientBase, opening: WriteOpening, captureKey: string) {
+    assert(Number.isSafeInteger(opening.term) && opening.term >= 0, `term ${opening.term} is not a non-negative integer`);
+    this.#client = client;
+    this.#opening = opening;
+    this.#captureKey = captureKey;
+  }
+
+  async run(work: PgWork): Promise<void> {
+    const client = this.#client;
+    // The term is an integer, safe to inline. On a pipelining client the BEGIN leaves with the
+    // work's statements (pipeline.ts): one round trip for both. A BEGIN fails only on a broken
+    // connection or an aborted transaction, and either fails every statement behind it too.
+    const begun = client.query(`BEGIN; SET LOCAL qsync.term = '${this.#opening.term}'`);
+    if (pipelines(client)) begun.catch(() => undefined);
+    else await begun;
+    const failed = await work(client).then(() => null, (error: unknown) => ({ error }));
     await begun;
     if (failed !== null) throw failed.error;
-    const { lsn, gid, time } = write.reserve();
-    const { changes, sync } = await capture(client, { captureKey: write.captureKey, time, replica: write.replica, lsn, idempotencyKey: write.idempotencyKey });
-    if (changes.length === 0) {
-      await client.query('COMMIT');
-      open = false;
-      return { kind: 'empty', lsn, gid };
-    }
-    if (sync) {
-      await client.query(`PREPARE TRANSACTION ${client.escapeLiteral(gid)}`);
-      open = false;
-      await write.journal?.({ lsn, gid, time, sync, changes });
-      return { kind: 'prepared', lsn, gid, changes };
-    }
-    await write.journal?.({ lsn, gid, time, sync, changes });
-    // The journal holds the TXN durably: the COMMIT need not wait for its own WAL flush. A crash
-    // of PostgreSQL that loses it is repaired from the journal (the driver's replay, RFC 0013).
-    await client.query('SET LOCAL synchronous_commit = off; COMMIT');
-    open = false;
-    return { kind: 'committed', lsn, gid, changes };
-  } catch (error) {
-    if (open) await client.query('ROLLBACK');
-    throw error;
+  }
+
+  capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
+    return capture(this.#client, { captureKey: this.#captureKey, replica: this.#opening.replica, idempotencyKey: this.#opening.idempotencyKey, ...stamp });
+  }
+
+  async prepare(gid: string): Promise<void> {
+    await this.#client.query(`PREPARE TRANSACTION ${this.#client.escapeLiteral(gid)}`);
+  }
+
+  async commit(journaled: boolean): Promise<void> {
+    // A crash of PostgreSQL that loses a journaled COMMIT is repaired from the journal (the driver's replay, RFC 0013).
+    await this.#client.query(journaled ? 'SET LOCAL synchronous_commit = off; COMMIT' : 'COMMIT');
+  }
+
+  async rollback(): Promise<void> {
+    await this.#client.query('ROLLBACK');
   }
 }

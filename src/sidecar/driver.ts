@@ -39,6 +39,7 @@ import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
+import { leaderWrite, type WriteSteps } from './leader-write.js';
 import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
 import { UnfitRecords } from './unfit.js';
@@ -1524,8 +1525,7 @@ export class NodeDriver<S, W> {
     };
     this.#beforeLimbo += 1;
     try {
-      const outcome = await this.#db.write(session, {
-        term: writeTerm, replica: this.#self, idempotencyKey,
+      const steps: WriteSteps = {
         // One time per write, read at capture: it stamps the async keys' versions and travels
         // in the TXN, so last-writer-wins compares the same value on every node.
         reserve: () => {
@@ -1553,7 +1553,8 @@ export class NodeDriver<S, W> {
           if (!sync) asyncTxn = txn;
           this.#ownDurable();
         },
-      }, work);
+      };
+      const outcome = await this.#db.write(session, { term: writeTerm, replica: this.#self, idempotencyKey }, (tx) => leaderWrite(tx, steps, work, this.#bugs));
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
       if (outcome.kind === 'empty') {
         written.mode = 'local';

@@ -4,10 +4,10 @@
 // (test/sim) passes simulated ones driven by one seed. The driver itself is
 // the same code in both, so what the simulator finds is in production.
 import type { ElectionMessage } from '../core/election.js';
-import type { Change, JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
+import type { JournalRecord, Member, TableMode, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { VClock } from '../core/vclock.js';
-import type { ApplyOutcome, LeaderOutcome, PreparedStore, SnapshotLoad, SnapshotPart, SnapshotTable, TableModeChange, TableModeOptions } from '../postgres/index.js';
+import type { ApplyOutcome, LeaderTransaction, PreparedStore, SnapshotLoad, SnapshotPart, SnapshotTable, TableModeChange, TableModeOptions, WriteOpening } from '../postgres/index.js';
 
 export interface Clock {
   /** Wall-clock milliseconds as this node sees them (the simulator gives each node its own drift). */
@@ -121,14 +121,6 @@ export interface Transport {
 }
 
 /** The fields of a leader write the driver fills in (postgres/leader.ts LeaderWrite). */
-export interface WriteContext {
-  readonly term: Term;
-  readonly replica: ReplicaId;
-  readonly idempotencyKey: string | null;
-  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
-  readonly journal: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
-}
-
 /** What qsync.node says, which PostgreSQL's fence follows. */
 export interface NodeRow {
   readonly term: Term;
@@ -188,8 +180,12 @@ export interface Database<S, W> extends PreparedStore {
   readSnapshot(): Promise<{ tables: SnapshotTable[]; parts: AsyncIterable<SnapshotPart> }>;
   /** Replace the replicated tables and qsync's state with a peer's snapshot; local tables stay. */
   loadSnapshot(tables: readonly SnapshotTable[]): Promise<SnapshotLoad>;
-  /** Run `work` as a qsync transaction on the session; PREPARE if it touched a sync table. */
-  write(session: S, context: WriteContext, work: W): Promise<LeaderOutcome>;
+  /**
+   * Run the leader's order of duties (leader-write.ts) on a transaction of the
+   * session: production checks out one of the role's connections and gives
+   * it back once `order` is done.
+   */
+  write<T>(session: S, opening: WriteOpening, order: (tx: LeaderTransaction<W>) => Promise<T>): Promise<T>;
   outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }>;
   close(): Promise<void>;
 }
@@ -215,6 +211,10 @@ export interface PlantedBugs {
   readonly batchMarksApart?: boolean;
   /** Relays drop a third node's records instead of sending them late (core/relay-filter.ts; the simulator's network runs it). */
   readonly relayDropsThirdParty?: boolean;
+  /** The leader journals a sync TXN before its PREPARE (leader-write.ts). */
+  readonly journalBeforePrepare?: boolean;
+  /** The leader COMMITs an async write before its TXN is journaled (leader-write.ts). */
+  readonly commitBeforeJournal?: boolean;
 }
 
 /**

@@ -7,9 +7,9 @@
 // qsync (migrations/0003, docs/rfc/0011-hostile-input.md).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { readCaptureKey, runLeaderWrite, setTableMode } from '../../src/postgres/index.js';
+import { readCaptureKey, setTableMode } from '../../src/postgres/index.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
-import { startNode, type TestNode } from '../support/postgres.js';
+import { leaderWriteOn, startNode, type TestNode } from '../support/postgres.js';
 
 let node: TestNode;
 beforeAll(async () => {
@@ -141,7 +141,7 @@ describe('the fence cannot be forged by a role with ordinary privileges', () => 
 
   it('lets the sidecar\'s own write through: its capture key takes the changes before PREPARE', async () => {
     const captureKey = await readCaptureKey(node.sql);
-    const outcome = await runLeaderWrite(writer, { term: TERM as Term, replica: 2 as ReplicaId, captureKey, idempotencyKey: null, reserve: () => ({ lsn: 706 as Lsn, gid: 'qsync-fence-706', time: 706 }) }, async (c) => {
+    const outcome = await leaderWriteOn(writer, { term: TERM as Term, replica: 2 as ReplicaId, captureKey, idempotencyKey: null, reserve: () => ({ lsn: 706 as Lsn, gid: 'qsync-fence-706', time: 706 }) }, async (c) => {
       await c.query('INSERT INTO ledger VALUES (706, 1)');
     });
     expect(outcome.kind).toBe('prepared');

@@ -6,9 +6,9 @@
 // does not.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { queryAll, readCaptureKey, runLeaderWrite, setTableMode, type LeaderOutcome } from '../../src/postgres/index.js';
+import { queryAll, readCaptureKey, setTableMode, type LeaderOutcome } from '../../src/postgres/index.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
-import { startNode, type TestNode } from '../support/postgres.js';
+import { leaderWriteOn, startNode, type TestNode } from '../support/postgres.js';
 
 let node: TestNode;
 let captureKey: string;
@@ -34,7 +34,7 @@ afterAll(async () => {
 async function write(statements: readonly string[], journal?: (sync: boolean) => Promise<void>): Promise<{ outcome: LeaderOutcome; rows: unknown[][] }> {
   let rows: unknown[][] = [];
   const lsn = (nextLsn += 1) as Lsn;
-  const outcome = await runLeaderWrite(client, {
+  const outcome = await leaderWriteOn(client, {
     term: 5 as Term, replica: 2 as ReplicaId, captureKey, idempotencyKey: null,
     reserve: () => ({ lsn, gid: `qsync-pipeline-${lsn}`, time: lsn }),
     journal: async ({ sync }) => journal?.(sync),

@@ -11,11 +11,11 @@ import { decodeRecord, encodeRecord, type TxnRecord } from '../../src/core/recor
 import { vclockFromEntries } from '../../src/core/vclock.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import {
-  Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, readCaptureKey, reconcile, rollbackPrepared, runLeaderWrite, setTableMode, type JournalVerdict,
+  Applier, appliedVclock, commitPrepared, compactApplied, listPrepared, readCaptureKey, reconcile, rollbackPrepared, setTableMode, type JournalVerdict,
 } from '../../src/postgres/index.js';
 import { createLogger } from '../../src/log.js';
 import { PgDatabase } from '../../src/postgres/database.js';
-import { startNode, tableImage, type TestNode } from '../support/postgres.js';
+import { leaderWriteOn, startNode, tableImage, type TestNode } from '../support/postgres.js';
 
 const CLUSTER = 'test';
 let leader: TestNode;
@@ -63,7 +63,7 @@ async function leaderWrite(sql: string, options: { idempotencyKey?: string; para
   const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
   const gid = gidFor(CLUSTER, header.replica, header.lsn);
   const session = await leader.connect();
-  const outcome = await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
+  const outcome = await leaderWriteOn(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: options.idempotencyKey ?? null }, async (c) => {
     await c.query(sql, options.params);
   });
   await session.end();
@@ -128,7 +128,7 @@ describe('capture → record → apply as a prepared transaction', () => {
       const header = { replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: 1_000 + lsn };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await leader.connect();
-      const outcome = await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: 'multi-1' }, async (c) => {
+      const outcome = await leaderWriteOn(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: 'multi-1' }, async (c) => {
         await c.query(`INSERT INTO pairs VALUES (3, 'z', 'new')`);
         await c.query(`UPDATE pairs SET v = v || '+' WHERE a = 3`);
         await c.query(`UPDATE pairs SET b = 'w' WHERE a = 1 AND b = 'x'`);
@@ -322,7 +322,7 @@ describe('crashes', () => {
       await session.query(`SELECT set_config('qsync.term', '1', true)`);
       await session.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
     } else {
-      await runLeaderWrite(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
+      await leaderWriteOn(session, { ...header, captureKey: leaderKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO items (id, name) VALUES ($1, 'crash')`, [id]);
       });
       if (verdict === 'finished') await commitPrepared(leader.sql, gid);
@@ -412,7 +412,7 @@ describe('async tables: last writer wins', () => {
       const header = { replica: replica as ReplicaId, lsn: (9_000 + time) as Lsn, term: 1 as Term, time };
       const gid = gidFor(CLUSTER, header.replica, header.lsn);
       const session = await node.connect();
-      const outcome = await runLeaderWrite(session, { ...header, captureKey: node === leader ? leaderKey : followerKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
+      const outcome = await leaderWriteOn(session, { ...header, captureKey: node === leader ? leaderKey : followerKey, reserve: () => ({ lsn: header.lsn, gid, time: header.time }), idempotencyKey: null }, async (c) => {
         await c.query(`INSERT INTO kv VALUES ('k', $1) ON CONFLICT (k) DO UPDATE SET v = excluded.v`, [value]);
       });
       await session.end();
@@ -438,7 +438,7 @@ describe('async tables: last writer wins', () => {
     const key = `race-${remoteTime}`;
     // A local writer on the follower: written and captured at time 500, not yet committed.
     const local = await follower.connect();
-    await runLeaderWrite(local, {
+    await leaderWriteOn(local, {
       term: 1 as Term, replica: 2 as ReplicaId, idempotencyKey: null, captureKey: followerKey,
       reserve: () => ({ lsn: (20_000 + remoteTime) as Lsn, gid: gidFor(CLUSTER, 2 as ReplicaId, (20_000 + remoteTime) as Lsn), time: 500 }),
       journal: async () => {

@@ -3,7 +3,7 @@
 // invariant; seeds that once found a real bug stay here as regressions; and
 // each planted bug must be caught within a bounded number of seeds.
 import { describe, expect, test } from 'vitest';
-import { PLANTED_BUGS, simulate, type SimResult } from './world.js';
+import { PLANTED_BUGS, simulate, type PlantedBug, type SimResult } from './world.js';
 
 /** Seeds that found real bugs, kept as regressions (see docs/rfc/0002-simulator.md). */
 const REGRESSION_SEEDS = [13, 19, 25, 31, 38, 39, 41, 44, 53, 116, 159, 181, 219, 301];
@@ -34,15 +34,17 @@ test('a seed replays exactly: the same trace and the same counts', async () => {
 
 describe('planted bugs are caught', () => {
   // voteIgnoresVclock breaks about 1 seed in 20 (seeds 1..200: 10-11 failures), first at seed 52 since
-  // subscribers ack every second; the others within a few seeds. Seeds are fixed: this never flakes.
-  const SEEDS_MAX = 80;
-  test.each(PLANTED_BUGS)('%s is caught within 80 seeds', async (bug) => {
+  // subscribers ack every second; the others within a few seeds. commitBeforeJournal needs a sidecar
+  // crash inside one journal fsync after an async COMMIT: about 1 seed in 50 (seeds 1..400: 8), first
+  // at seed 132. Seeds are fixed: this never flakes.
+  const seedsMax = (bug: PlantedBug): number => (bug === 'commitBeforeJournal' ? 150 : 80);
+  test.each(PLANTED_BUGS)('%s is caught within its fixed seeds', async (bug) => {
     let caught: SimResult | null = null;
-    for (let seed = 1; seed <= SEEDS_MAX && caught === null; seed += 1) {
+    for (let seed = 1; seed <= seedsMax(bug) && caught === null; seed += 1) {
       const result = await simulate({ seed, bug });
       if (!result.ok) caught = result;
     }
-    expect(caught, `${bug} was not caught in ${SEEDS_MAX} seeds`).not.toBeNull();
+    expect(caught, `${bug} was not caught in ${seedsMax(bug)} seeds`).not.toBeNull();
     const found = caught as SimResult;
     // The report names the violation and ends its trace there.
     expect(found.violation).toMatch(/.+/);

@@ -10,9 +10,9 @@
 import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
-import { parseGid } from '../../src/core/gid.js';
-import type { ApplyOutcome, LeaderOutcome, PreparedEntry, TableModeChange } from '../../src/postgres/index.js';
-import type { Database, JournalStore, NodeRow, PlantedBugs, WriteContext } from '../../src/sidecar/io.js';
+import { gidFor, parseGid } from '../../src/core/gid.js';
+import type { ApplyOutcome, Captured, LeaderTransaction, PreparedEntry, TableModeChange, WriteOpening } from '../../src/postgres/index.js';
+import type { Database, JournalStore, NodeRow, PlantedBugs } from '../../src/sidecar/io.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 
 // ---- the journal ----------------------------------------------------------------
@@ -475,41 +475,14 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
   }
 
   /**
-   * BEGIN; the puts (the fence checks a sync table's write against qsync.node);
-   * capture; PREPARE (sync) or journal then COMMIT (async). The session is one
-   * connection: a PostgreSQL crash at any point before the COMMIT answers ends
-   * the transaction.
+   * A client session's transaction: the driver's order of duties
+   * (src/sidecar/leader-write.ts) runs over its primitives. The session is
+   * one connection: a PostgreSQL crash at any point before the COMMIT
+   * answers ends the transaction.
    */
-  async write(_session: SimSession, context: WriteContext, puts: readonly Put[]): Promise<LeaderOutcome> {
+  async write<T>(_session: SimSession, opening: WriteOpening, order: (tx: LeaderTransaction<readonly Put[]>) => Promise<T>): Promise<T> {
     const epoch = this.#up('a client session');
-    const pg = this.#pg;
-    const session = (): void => {
-      if (pg.epoch !== epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
-    };
-    await this.#sleep(this.#rng.range(0.2, 3));
-    session();
-    const sync = puts.some((p) => p.table === 's');
-    if (sync && pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
-    if (sync && pg.row.term !== context.term) throw pgError('QS002', `qsync: stale term ${context.term} (node term ${pg.row.term})`);
-    const { lsn, gid, time } = context.reserve();
-    if (puts.length === 0) return { kind: 'empty', lsn, gid };
-    const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
-    if (sync) {
-      pg.prepare(gid, { replica: context.replica, lsn, puts, time, idempotencyKey: context.idempotencyKey });
-      await context.journal({ lsn, gid, time, sync, changes });
-      return { kind: 'prepared', lsn, gid, changes };
-    }
-    await context.journal({ lsn, gid, time, sync, changes });
-    // The COMMIT's round trip: other sessions' COMMITs may overtake it, and either crash may end it.
-    await this.#sleep(this.#rng.range(0.1, 2));
-    // The session died with the sidecar: PostgreSQL rolled the transaction back; replay applies the journaled TXN.
-    if (!this.#life.alive) return new Promise(() => undefined);
-    session();
-    // Judged by last-writer-wins too: in PostgreSQL the local write holds the row's lock, so a peer's
-    // write applied meanwhile waits for this commit and is then judged against its version; the same end.
-    // Not flushed (synchronous_commit off): the journal holds the TXN, and replay repairs a lost COMMIT.
-    pg.commitNow(gid, puts, time, context.replica, lsn, context.idempotencyKey, true, false);
-    return { kind: 'committed', lsn, gid, changes };
+    return order(new SimLeaderTransaction(this.#pg, epoch, opening, this.#cluster, this.#sleep, this.#rng, this.#life));
   }
 
   async outcome(idempotencyKey: string): Promise<{ committed: false } | { committed: true; replica: number; lsn: number }> {
@@ -520,5 +493,78 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
 
   async close(): Promise<void> {
     // Nothing to release.
+  }
+}
+
+/** One client transaction on a simulated PostgreSQL: the primitives under the leader's order of duties. */
+class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
+  readonly #pg: SimPg;
+  readonly #epoch: number;
+  readonly #opening: WriteOpening;
+  readonly #cluster: string;
+  readonly #sleep: (ms: number) => Promise<void>;
+  readonly #rng: Rng;
+  readonly #life: Life;
+  #puts: readonly Put[] = [];
+  #stamp: { readonly lsn: Lsn; readonly time: number } | null = null;
+
+  constructor(pg: SimPg, epoch: number, opening: WriteOpening, cluster: string, sleep: (ms: number) => Promise<void>, rng: Rng, life: Life) {
+    this.#pg = pg;
+    this.#epoch = epoch;
+    this.#opening = opening;
+    this.#cluster = cluster;
+    this.#sleep = sleep;
+    this.#rng = rng;
+    this.#life = life;
+  }
+
+  #session(): void {
+    if (this.#pg.epoch !== this.#epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
+  }
+
+  /** BEGIN and the puts: the fence checks a sync table's write against qsync.node. */
+  async run(puts: readonly Put[]): Promise<void> {
+    await this.#sleep(this.#rng.range(0.2, 3));
+    this.#session();
+    const sync = puts.some((p) => p.table === 's');
+    if (sync && this.#pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
+    if (sync && this.#pg.row.term !== this.#opening.term) throw pgError('QS002', `qsync: stale term ${this.#opening.term} (node term ${this.#pg.row.term})`);
+    this.#puts = puts;
+  }
+
+  async capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
+    this.#stamp = stamp;
+    const puts = this.#puts;
+    const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
+    return { changes, sync: puts.some((p) => p.table === 's') };
+  }
+
+  async prepare(gid: string): Promise<void> {
+    const { lsn, time } = this.#stamped();
+    this.#pg.prepare(gid, { replica: this.#opening.replica, lsn, puts: this.#puts, time, idempotencyKey: this.#opening.idempotencyKey });
+  }
+
+  async commit(journaled: boolean): Promise<void> {
+    if (this.#puts.length === 0) return;
+    const { lsn, time } = this.#stamped();
+    // The COMMIT's round trip: other sessions' COMMITs may overtake it, and either crash may end it.
+    await this.#sleep(this.#rng.range(0.1, 2));
+    // The session died with the sidecar: PostgreSQL rolled the transaction back; replay applies the journaled TXN.
+    if (!this.#life.alive) return new Promise(() => undefined);
+    this.#session();
+    // Judged by last-writer-wins too: in PostgreSQL the local write holds the row's lock, so a peer's
+    // write applied meanwhile waits for this commit and is then judged against its version; the same end.
+    // Journaled: not flushed (synchronous_commit off), and replay repairs a lost COMMIT.
+    const gid = gidFor(this.#cluster, this.#opening.replica, lsn);
+    this.#pg.commitNow(gid, this.#puts, time, this.#opening.replica, lsn, this.#opening.idempotencyKey, true, !journaled);
+  }
+
+  async rollback(): Promise<void> {
+    // Nothing of an unprepared transaction outlives it.
+  }
+
+  #stamped(): { readonly lsn: Lsn; readonly time: number } {
+    if (this.#stamp === null) throw new Error('a simulated write was prepared or committed before its capture');
+    return this.#stamp;
   }
 }

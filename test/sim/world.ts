@@ -22,7 +22,7 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal'] as const;
 
 /** A relay leaves a gap in one record of 500 on half the seeds (from a generator of its own). */
 function gapsOf(seed: number): { gapRate: number; gaps: Rng } {

@@ -1,7 +1,10 @@
 // Real PostgreSQL for tests: launched from the embedded binaries on a free
 // port in a temp directory, migrated, and destroyed afterwards.
 import pg from 'pg';
-import { launchPostgres, migrate, type LaunchOptions, type PgServer } from '../../src/postgres/index.js';
+import type { Change } from '../../src/core/record.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
+import { launchPostgres, migrate, PgLeaderTransaction, type LaunchOptions, type LeaderOutcome, type PgServer, type PgWork } from '../../src/postgres/index.js';
+import { leaderWrite } from '../../src/sidecar/leader-write.js';
 
 export interface TestNode {
   readonly server: PgServer;
@@ -45,4 +48,16 @@ export async function startNode(options: LaunchOptions & { migrate?: boolean } =
 export async function tableImage(client: pg.ClientBase, table: string, orderBy: string): Promise<string[]> {
   const { rows } = await client.query<{ row: string }>(`SELECT to_jsonb(t)::text AS row FROM ${table} t ORDER BY ${orderBy}`);
   return rows.map((r) => r.row);
+}
+
+/**
+ * The leader's order of duties (src/sidecar/leader-write.ts) on one
+ * connection, as the sidecar runs it; without `journal`, nothing is journaled.
+ */
+export function leaderWriteOn(client: pg.ClientBase, write: {
+  readonly term: Term; readonly replica: ReplicaId; readonly captureKey: string; readonly idempotencyKey: string | null;
+  readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
+  readonly journal?: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
+}, body: PgWork): Promise<LeaderOutcome> {
+  return leaderWrite(new PgLeaderTransaction(client, write, write.captureKey), { reserve: write.reserve, journal: write.journal ?? (() => Promise.resolve()) }, body);
 }
