@@ -27,29 +27,63 @@ export class ApplyError extends QsyncError<'PG_APPLY'> {
 
 export type ApplyOutcome = 'applied' | 'prepared' | 'skipped';
 
-// Last-writer-wins for one change of an async table: returns the rows that
-// win, records the losers, and makes the winners the keys' new versions.
-// The version upsert is conditional, so PostgreSQL judges each key against
-// its latest committed version, waiting for a local writer that holds it:
-// a judgement from this statement's snapshot alone could let an older write
-// overwrite a newer one that was still uncommitted. The rows it wrote
-// (RETURNING) are the winners.
-const LWW_SQL = `
-WITH incoming AS (
-  SELECT r AS img, qsync.key_of(r, $5::text[]) AS key FROM jsonb_array_elements($1::jsonb) AS r
+// Last-writer-wins for one change of an async table, as one statement that
+// judges the change's keys and applies the winners (`action` reads them from
+// the CTE `winners`, a jsonb array of row images), records the losers, and
+// makes the winners the keys' new versions. The version upsert is
+// conditional, so PostgreSQL judges each key against its latest committed
+// version, waiting for a local writer that holds it: a judgement from this
+// statement's snapshot alone could let an older write overwrite a newer one
+// that was still uncommitted. Inlined literals (escaped) and validated
+// integers only, so that a batch's statements go as one simple query.
+function lwwSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, op: string, incomingImages: string, action: string): string {
+  assert(Number.isSafeInteger(record.time) && Number.isSafeInteger(record.replica), 'record version is not integers');
+  const name = client.escapeLiteral(table.name);
+  const keyNames = `ARRAY[${table.keyNames.map((k) => client.escapeLiteral(k)).join(', ')}]::text[]`;
+  return `WITH incoming AS (
+  SELECT r AS img, qsync.key_of(r, ${keyNames}) AS key FROM jsonb_array_elements(${incomingImages}) AS r
 ), won AS (
   INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
-  SELECT DISTINCT ON (key) $2, key, $3, $4 FROM incoming
+  SELECT DISTINCT ON (key) ${name}, key, ${record.time}, ${record.replica} FROM incoming
   ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
     WHERE (qsync.row_versions.time, qsync.row_versions.replica_id) < (excluded.time, excluded.replica_id)
   RETURNING key
 ), logged AS (
   INSERT INTO qsync.conflicts (table_name, op, key, lost, lost_replica, lost_time, kept_replica, kept_time)
-  SELECT $2, $6, i.key, i.img, $4, $3, coalesce(v.replica_id, 0), coalesce(v.time, 0)
-    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = $2 AND v.key = i.key
+  SELECT ${name}, ${client.escapeLiteral(op)}, i.key, i.img, ${record.replica}, ${record.time}, coalesce(v.replica_id, 0), coalesce(v.time, 0)
+    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = ${name} AND v.key = i.key
    WHERE i.key NOT IN (SELECT key FROM won)
+), winners AS (
+  SELECT coalesce(jsonb_agg(img), '[]') AS rows FROM incoming WHERE key IN (SELECT key FROM won)
 )
-SELECT coalesce(jsonb_agg(img), '[]')::text AS rows FROM incoming WHERE key IN (SELECT key FROM won)`;
+${action}; `;
+}
+
+/**
+ * The statements that apply one change: a delete; for an update that moved
+ * keys, the delete of the keys it moved away from; then the upsert. On an
+ * async table (`lww`) each goes through last-writer-wins. `rows(json)` turns
+ * row images into the SQL of a jsonb value.
+ */
+function changeSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): string {
+  const keys = table.keyColumns.join(', ');
+  const literal = (json: string): string => `${client.escapeLiteral(json)}::jsonb`;
+  const from = (jsonb: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${jsonb})`;
+  const judged = (op: string, images: string, action: (winners: string) => string): string =>
+    (lww ? lwwSql(client, table, record, op, images, action('(SELECT rows FROM winners)')) : `${action(images)}; `);
+  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)})`;
+  if (change.op === 'delete') return judged('delete', literal(change.rows), remove);
+  let sql = '';
+  if (change.op === 'update' && change.oldKeys !== undefined) {
+    // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
+    // judging a key that stayed would bump its version, and the row image would then lose to it.
+    // Named qsync_moved.*, never by a short alias: an alias that matches a column name (say k) would make
+    // to_jsonb(k) take that column instead of the row.
+    const moved = `(SELECT coalesce(jsonb_agg(to_jsonb(qsync_moved.*)), '[]') FROM (${from(literal(change.oldKeys))} EXCEPT ${from(literal(change.rows))}) qsync_moved)`;
+    sql += judged('delete', moved, remove);
+  }
+  return sql + judged(change.op, literal(change.rows), (jsonb) => upsertSql(table).replace('$1::jsonb', () => jsonb));
+}
 
 export class Applier {
   readonly #client: pg.ClientBase;
@@ -123,9 +157,9 @@ export class Applier {
    * Apply TXNs in journal order in one transaction that commits without
    * waiting for its WAL flush (the journal repairs a lost tail: RFC 0007),
    * each with its applied mark, so the rows and the marks of the whole batch
-   * commit or vanish together. Two round trips when every change is a plain
-   * upsert or delete (the statements go as one simple query); async changes
-   * (last-writer-wins) and copies add theirs. Skips each record already
+   * commit or vanish together. Two round trips when every change is an
+   * upsert or delete, last-writer-wins ones included (the statements go as
+   * one simple query); copies add theirs. Skips each record already
    * applied: by its own lsn when at or below `exactTo`, else by the highest.
    * Unless `checked`, records above `exactTo` are taken as not applied yet
    * (the apply queue's first attempt) and the whole batch is one round trip;
@@ -160,8 +194,8 @@ export class Applier {
       for (const record of fresh) {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
-          if (change.op !== 'copy' && !(!record.sync && table.mode === 'async')) {
-            statements.add(table, change);
+          if (change.op !== 'copy') {
+            statements.add(table, record, change);
             continue;
           }
           const before = statements.take();
@@ -230,23 +264,7 @@ export class Applier {
       if (rows !== null) await this.#applyChange(record, { table: change.table, op: 'insert', rows }, index);
       return;
     }
-    const filter = async (json: string, op: string): Promise<string> => (lww ? this.#lww(record, table, json, op) : json);
-    const client = this.#client;
-    const keys = table.keyColumns.join(', ');
-    const from = (param: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${param}::jsonb)`;
-    if (change.op === 'delete') {
-      await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')})`, [await filter(change.rows, 'delete')]);
-      return;
-    }
-    if (change.op === 'update' && change.oldKeys !== undefined) {
-      // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
-      // judging a key that stayed would bump its version, and the row image would then lose to it.
-      const { rows: [moved] } = await client.query<{ keys: string }>(
-        `SELECT coalesce(jsonb_agg(to_jsonb(k)), '[]')::text AS keys FROM (${from('$1')} EXCEPT ${from('$2')}) k`, [change.oldKeys, change.rows]);
-      const gone = moved?.keys ?? '[]';
-      if (gone !== '[]') await client.query(`DELETE FROM ${table.name} WHERE (${keys}) IN (${from('$1')})`, [await filter(gone, 'delete')]);
-    }
-    await client.query(upsertSql(table), [await filter(change.rows, change.op)]);
+    await this.#client.query(changeSql(this.#client, table, record, change, lww));
   }
 
   /**
@@ -279,11 +297,6 @@ export class Applier {
     await client.query('DROP TABLE qsync_copy_in');
     return rows[0]?.rows ?? '[]';
   }
-
-  async #lww(record: TxnRecord, table: TableInfo, json: string, op: string): Promise<string> {
-    const { rows } = await this.#client.query<{ rows: string }>(LWW_SQL, [json, table.name, record.time, record.replica, table.keyNames, op]);
-    return rows[0]?.rows ?? '[]';
-  }
 }
 
 /**
@@ -309,11 +322,11 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
 }
 
 /**
- * The plain changes of a batch as SQL text, in order, their rows inlined as
- * escaped literals (for one simple query): a delete; for an update that moved
- * keys, the delete of the keys it moved away from; and upserts, where a run of
- * consecutive upserts into one table is one statement that keeps, per key,
- * the last image (as applying them one after the other would).
+ * The changes of a batch (all but copies) as SQL text, in order, their rows
+ * inlined as escaped literals (for one simple query): each as changeSql
+ * writes it, except that a run of consecutive plain upserts into one table
+ * is one statement that keeps, per key, the last image (as applying them one
+ * after the other would).
  */
 class BatchStatements {
   readonly #client: pg.ClientBase;
@@ -326,15 +339,13 @@ class BatchStatements {
     this.#sql = sql;
   }
 
-  add(table: TableInfo, change: Change): void {
-    const keys = table.keyColumns.join(', ');
-    const from = (json: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${this.#client.escapeLiteral(json)}::jsonb)`;
-    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) this.#close();
-    if (change.op === 'delete') {
-      this.#sql += `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.rows)}); `;
+  add(table: TableInfo, record: TxnRecord, change: Change): void {
+    const lww = !record.sync && table.mode === 'async';
+    if (lww || change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) {
+      this.#close();
+      this.#sql += changeSql(this.#client, table, record, change, lww);
       return;
     }
-    if (change.op === 'update' && change.oldKeys !== undefined) this.#sql += `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(change.oldKeys)} EXCEPT ${from(change.rows)}); `;
     if (this.#run?.table !== table) this.#close();
     if (this.#run === null) this.#run = { table, rows: [] };
     this.#run.rows.push(`${this.#client.escapeLiteral(change.rows)}::jsonb`);

@@ -475,6 +475,40 @@ describe('async tables: last writer wins', () => {
     expect((await follower.sql.query(`SELECT v FROM kv WHERE k = 'moved-not'`)).rows).toEqual([{ v: 'new' }]);
     expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts WHERE key = '{"k": "moved-not"}'`)).rows).toEqual([{ n: 0 }]);
   });
+
+  it('judges each async change of a batch in order, in one transaction, as one by one would', async () => {
+    // A newer version is already here for b; the batch then brings, in journal order: a and b from node 1
+    // at time 600, a again from node 3 at an older time (loses), a delete of c at 650 (wins over the planted
+    // 100), and an update moving d to e at 700.
+    await planted(follower, `INSERT INTO kv VALUES ('batch-b', 'here'), ('batch-c', 'old'), ('batch-d', 'old')`);
+    await follower.sql.query(`INSERT INTO qsync.row_versions (table_name, key, time, replica_id) VALUES
+      ('public.kv', '{"k": "batch-b"}', 900, 2), ('public.kv', '{"k": "batch-c"}', 100, 2), ('public.kv', '{"k": "batch-d"}', 100, 2)`);
+    const txn = (replica: number, at: number, time: number, change: TxnRecord['changes'][number]): TxnRecord => ({
+      kind: 'txn', replica: replica as ReplicaId, lsn: at as Lsn, term: 1 as Term, time, gid: gidFor(CLUSTER, replica as ReplicaId, at as Lsn), sync: false, idempotencyKey: null, changes: [change],
+    });
+    const batch = [
+      txn(1, 50_001, 600, { table: 'public.kv', op: 'insert', rows: JSON.stringify([{ k: 'batch-a', v: 'a from 1' }, { k: 'batch-b', v: 'b from 1' }]) }),
+      txn(3, 50_001, 550, { table: 'public.kv', op: 'update', rows: JSON.stringify([{ k: 'batch-a', v: 'a from 3' }]) }),
+      txn(1, 50_002, 650, { table: 'public.kv', op: 'delete', rows: JSON.stringify([{ k: 'batch-c' }]) }),
+      txn(1, 50_003, 700, { table: 'public.kv', op: 'update', rows: JSON.stringify([{ k: 'batch-e', v: 'moved' }]), oldKeys: JSON.stringify([{ k: 'batch-d' }]) }),
+    ];
+    expect(await applier.applyBatch(batch, [], false)).toBe(4);
+    expect((await follower.sql.query(`SELECT k, v FROM kv WHERE k LIKE 'batch-%' ORDER BY k`)).rows).toEqual([
+      { k: 'batch-a', v: 'a from 1' }, { k: 'batch-b', v: 'here' }, { k: 'batch-e', v: 'moved' },
+    ]);
+    const lost = await follower.sql.query(`SELECT key->>'k' AS k, op, lost_replica, kept_replica, kept_time::int FROM qsync.conflicts WHERE key->>'k' LIKE 'batch-%' ORDER BY key->>'k'`);
+    expect(lost.rows).toEqual([
+      { k: 'batch-a', op: 'update', lost_replica: 3, kept_replica: 1, kept_time: 600 },
+      { k: 'batch-b', op: 'insert', lost_replica: 1, kept_replica: 2, kept_time: 900 },
+    ]);
+    const versions = await follower.sql.query(`SELECT key->>'k' AS k, time::int, replica_id FROM qsync.row_versions WHERE key->>'k' LIKE 'batch-%' ORDER BY key->>'k'`);
+    expect(versions.rows).toEqual([
+      { k: 'batch-a', time: 600, replica_id: 1 }, { k: 'batch-b', time: 900, replica_id: 2 }, { k: 'batch-c', time: 650, replica_id: 1 },
+      { k: 'batch-d', time: 700, replica_id: 1 }, { k: 'batch-e', time: 700, replica_id: 1 },
+    ]);
+    expect((await follower.sql.query(`SELECT replica_id, lsn::int FROM qsync.applied WHERE lsn BETWEEN 50001 AND 50003 ORDER BY replica_id, lsn`)).rows)
+      .toEqual([{ replica_id: 1, lsn: 50_001 }, { replica_id: 1, lsn: 50_002 }, { replica_id: 1, lsn: 50_003 }, { replica_id: 3, lsn: 50_001 }]);
+  });
 });
 
 let pendingApply: Promise<unknown> = Promise.resolve();
