@@ -22,7 +22,7 @@
 // writes only once a quorum holds the PROMOTE too (`#writable`). Losing
 // leadership stops writes at once; PostgreSQL's fence follows qsync.node.
 import { ApplyQueue, type StepBounds } from '../core/apply-queue.js';
-import { assert, AssertionFailed } from '../core/assert.js';
+import { AssertionFailed } from '../core/assert.js';
 import { electionCreate, electionStep, NO_REPLICA, type ElectionEvent, type ElectionState } from '../core/election.js';
 import { QsyncError, RecordInvalid } from '../core/errors.js';
 import { parseGid } from '../core/gid.js';
@@ -39,10 +39,10 @@ import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
 import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
-import { leaderWrite, type WriteSteps } from './leader-write.js';
 import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
 import { UnfitRecords } from './unfit.js';
+import { Writes, type WritesHost } from './writes.js';
 import { checkpointState, readCheckpointState, readVerdicts } from './verdicts.js';
 
 export interface DriverOptions<S, W> {
@@ -119,8 +119,6 @@ export class NodeDriver<S, W> {
   /** Serialises everything on the apply connection: the apply queue's steps, resync, snapshot loads. */
   #queue: Promise<void> = Promise.resolve();
   readonly #waiters = new Map<string, Waiter>();
-  /** Writes started and not yet in the limbo (or finished): with the limbo's entries, what may become prepared. */
-  #beforeLimbo = 0;
   #stopping = false;
   /** Work the journal decided that keeps failing (an apply, a check of PostgreSQL), for status. */
   #retrying: { readonly what: string; readonly error: string } | null = null;
@@ -146,8 +144,8 @@ export class NodeDriver<S, W> {
   readonly #peerHeardAt = new Map<ReplicaId, number>();
   /** Samples of the journal's tail over time, to tell how old the oldest record a peer lacks is. */
   readonly #lag = new LagSampler();
-  /** Own async writes journaled and not yet committed here: retention keeps their records. */
-  readonly #ownInFlight = new Set<Lsn>();
+  /** The leader's write path (writes.ts): its writes before the limbo and its own async writes in flight. */
+  readonly #writes: Writes<S, W>;
   /** A trim in progress (one at a time). */
   #retaining = false;
   #stopRetention: (() => void) | null = null;
@@ -204,6 +202,7 @@ export class NodeDriver<S, W> {
       mode: config.electionMode, electionTimeoutMs: config.electionTimeoutMs, heartbeatMs: config.heartbeatIntervalMs,
     }, durable, options.seed, this.#clock.nowMs());
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
+    this.#writes = new Writes(this.#writesHost(), this.#db, this.#own, this.#clock, this.#bugs);
     this.#db.onLost(() => this.#lost());
   }
 
@@ -805,7 +804,7 @@ export class NodeDriver<S, W> {
       const peers = this.#peers.map((p) => this.#peerVclocks.get(p.replica) ?? []);
       const holders = retention.sizeBytes > this.config.journalRetainBytes ? this.#quorum - 1 : peers.length;
       const bound = new Map<number, number>(vclockEntries(applied));
-      bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), Math.min(...this.#ownInFlight, Number.MAX_SAFE_INTEGER) - 1));
+      bound.set(this.#self, Math.min(vclockGet(this.#journal.vclock, this.#self), Math.min(...this.#writes.ownInFlight, Number.MAX_SAFE_INTEGER) - 1));
       for (const [replica, lsn] of bound) {
         const held = peers.map((v) => vclockGet(v, replica as ReplicaId) as number).sort((a, b) => b - a);
         bound.set(replica, Math.min(lsn, holders === 0 ? lsn : held[holders - 1] ?? 0));
@@ -890,7 +889,7 @@ export class NodeDriver<S, W> {
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));
     const load = this.#queue.then(async () => {
-      await this.#until(() => this.#beforeLimbo === 0 && this.#ownInFlight.size === 0, () => !this.#stopping);
+      await this.#until(() => this.#writes.beforeLimbo === 0 && this.#writes.ownInFlight.size === 0, () => !this.#stopping);
       const prepared = await this.#db.listPrepared();
       await this.#db.finish('rollback', prepared.map((e) => e.gid));
       this.#prepared.clear();
@@ -1222,7 +1221,7 @@ export class NodeDriver<S, W> {
     this.#transfer = new Promise<void>((resolve) => (done = resolve));
     try {
       // The tail, not the durable vclock: a CONFIRM still being written would leave `to` behind, and refused.
-      const caughtUp = await this.#until(() => this.#beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.tailVclock), within);
+      const caughtUp = await this.#until(() => this.#writes.beforeLimbo === 0 && (this.#limbo?.entries.length ?? 0) === 0 && vclockCovers(this.#peerVclocks.get(to) ?? [], this.#journal.tailVclock), within);
       if (!caughtUp) throw new QsyncError('BAD_REQUEST', `replica ${to} did not catch up within ${budgetMs} ms; leadership stays with node ${this.#self}`);
       this.#elect({ kind: 'transfer', to });
       await this.#until(() => this.#election.leader === to, () => !this.#stopping && this.#clock.nowMs() < deadline);
@@ -1480,184 +1479,52 @@ export class NodeDriver<S, W> {
     return this.#hybrid;
   }
 
-  // ---- writes --------------------------------------------------------------------
+  // ---- writes (writes.ts) -----------------------------------------------------------
+
+  /** What the write path reads and asks of the node. */
+  #writesHost(): WritesHost {
+    return {
+      log: this.log,
+      self: this.#self,
+      term: () => this.term,
+      isLeader: () => this.isLeader,
+      recovered: () => this.#recovered,
+      limboEntries: () => this.#limbo?.entries.length ?? 0,
+      settled: () => this.settled(),
+      notLeader: (code, message) => this.notLeader(code, message),
+      leaderName: () => this.leaderName(),
+      now: () => this.#now(),
+      emit: (event) => this.#emit(event),
+      waitFor: (gid) => new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject })),
+      ownDurable: () => this.#ownDurable(),
+      inQueue: (what, work, context) => {
+        const run = this.#queue.then(() => this.#untilDone(what, work, context));
+        this.#queue = run.then(() => undefined, () => undefined);
+        return run;
+      },
+    };
+  }
 
   /**
    * The write path: run `work` in a qsync transaction on the session, journal
    * it in lsn order, and for a sync transaction wait until the limbo decides it.
    */
-  async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
-    const written = { mode: 'none' as 'sync' | 'async' | 'local' | 'none', limboSince: null as number | null };
-    try {
-      await this.#write(session, idempotencyKey, term, work, written);
-      this.#emit({ kind: 'commit', mode: written.mode, outcome: 'committed', limboMs: written.limboSince === null ? null : this.#clock.nowMs() - written.limboSince });
-    } catch (error) {
-      const code = error instanceof QsyncError ? error.code : null;
-      const outcome = code === 'ROLLED_BACK' ? 'rolledBack' : code === 'OUTCOME_UNKNOWN' ? 'unknown' : 'failed';
-      this.#emit({ kind: 'commit', mode: written.mode, outcome, limboMs: null });
-      throw error;
-    }
-  }
-
-  async #write(session: S, idempotencyKey: string | null, term: Term | null, work: W, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
-    if (term !== null && term < this.term) {
-      this.#emit({ kind: 'staleTerm', term: this.term, given: term });
-      throw this.notLeader('STALE_TERM', `stale term ${term} (current ${this.term})`);
-    }
-    if (!this.#recovered) throw this.notLeader('NOT_LEADER', `node ${this.#self} is starting: it takes writes once PostgreSQL agrees with its journal`);
-    await this.settled();
-    // The term the fence checks this write under is the term its TXN carries, even if the node
-    // learns a newer one while the write runs.
-    const writeTerm = this.term;
-    if (this.isLeader && (this.#limbo?.entries.length ?? 0) + this.#beforeLimbo >= limits.limboEntriesMax) {
-      throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
-    }
-    let reserved: Lsn | null = null;
-    let journaled = false;
-    /** The async TXN once durable: from then on the write will commit, here too. */
-    let asyncTxn: TxnRecord | null = null;
-    let waiting: Promise<void> | null = null;
-    let counted = true;
-    let inFlight: Lsn | null = null;
-    const uncount = (): void => {
-      if (counted) this.#beforeLimbo -= 1;
-      counted = false;
-    };
-    this.#beforeLimbo += 1;
-    try {
-      const steps: WriteSteps = {
-        // One time per write, read at capture: it stamps the async keys' versions and travels
-        // in the TXN, so last-writer-wins compares the same value on every node.
-        reserve: () => {
-          const r = this.#own.reserve();
-          reserved = r.lsn;
-          return { ...r, time: this.#now() };
-        },
-        journal: async ({ lsn, gid, time, sync, changes }) => {
-          journaled = true;
-          written.mode = sync ? 'sync' : 'async';
-          if (sync) written.limboSince = this.#clock.nowMs();
-          uncount(); // from here on the limbo counts it
-          if (sync) {
-            waiting = new Promise<void>((resolve, reject) => this.#waiters.set(gid, { resolve, reject }));
-            // It may be settled while the TXN is still being journaled (a full limbo, a lost leadership),
-            // before the await below: that must not count as an unhandled rejection, which ends the process.
-            waiting.catch(() => undefined);
-          }
-          const txn: TxnRecord = { kind: 'txn', replica: this.#self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey };
-          if (!sync) {
-            this.#ownInFlight.add(lsn);
-            inFlight = lsn;
-          }
-          await this.#own.submit(txn);
-          if (!sync) asyncTxn = txn;
-          this.#ownDurable();
-        },
-      };
-      const outcome = await this.#db.write(session, { term: writeTerm, replica: this.#self, idempotencyKey }, (tx) => leaderWrite(tx, steps, work, this.#bugs));
-      // Nothing replicated was written: a plain local commit, and the lsn goes back.
-      if (outcome.kind === 'empty') {
-        written.mode = 'local';
-        this.#own.release(outcome.lsn, this.term, this.#now());
-      }
-      if (waiting !== null) await waiting;
-    } catch (error) {
-      if (reserved !== null && !journaled) this.#own.release(reserved, this.term, this.#now());
-      if (asyncTxn === null) throw error;
-      await this.#commitJournaled(asyncTxn, error);
-    } finally {
-      uncount();
-      if (inFlight !== null) this.#ownInFlight.delete(inFlight);
-    }
-  }
-
-  /**
-   * An async write of this node is journaled, so every peer will apply it,
-   * but its COMMIT failed here (PostgreSQL went away, most often). Apply it
-   * from its TXN, unless this very lsn reached PostgreSQL after all: then it
-   * has committed here too, and its client hears so. If the node stops first,
-   * its next start applies it (#replay) and the client hears OUTCOME_UNKNOWN.
-   */
-  async #commitJournaled(txn: TxnRecord, error: unknown): Promise<void> {
-    this.log.warn({ lsn: txn.lsn, err: (error as Error).message }, 'the COMMIT of a journaled async write failed; applying it from the journal');
-    const run = this.#queue.then(() => this.#untilDone('applying a journaled write whose COMMIT failed', () => this.#db.apply(txn, { prepare: false, exact: true }), { lsn: txn.lsn }));
-    this.#queue = run.then(() => undefined, () => undefined);
-    try {
-      await run;
-    } catch {
-      throw new QsyncError('OUTCOME_UNKNOWN', `write ${txn.gid} is journaled and will be applied, but the node stopped before PostgreSQL held it; ask for its outcome by idempotency key`);
-    }
+  write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
+    return this.#writes.write(session, idempotencyKey, term, work);
   }
 
   outcome(idempotencyKey: string): Promise<unknown> {
-    return this.#db.outcome(idempotencyKey);
+    return this.#writes.outcome(idempotencyKey);
   }
 
-  /**
-   * Set a table's mode on every node: here first, then through a CONFIG
-   * record that each node applies in journal order, with the table's shape,
-   * which each node checks its own table against. A table that becomes
-   * replicated brings the rows it holds here: copied in the same transaction
-   * (writers wait on the new triggers' lock), they follow the CONFIG as TXNs,
-   * so every write after them is captured and none is both copied and
-   * captured. The lsns are reserved before that transaction commits: no
-   * captured write can come before the CONFIG. Only the leader does it.
-   */
-  async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
-    if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; change table modes through ${this.leaderName()}`);
-    const { name, shape, lsn: configLsn, copied } = await this.#reserving((reserve) => this.#db.setTableMode(table, mode, { leader: { replica: this.#self, reserve } }));
-    assert(configLsn !== null, `the mode of ${name} changed without a CONFIG lsn`);
-    const term = this.term;
-    const time = this.#now();
-    const durable = [
-      this.#own.submit({ kind: 'config', replica: this.#self, lsn: configLsn, term, time, tables: { [name]: mode }, ...(mode === 'local' ? {} : { shapes: { [name]: shape } }) }),
-      ...copied.map((chunk) => this.#own.submit({ kind: 'txn', replica: this.#self, lsn: chunk.lsn, term, time, gid: chunk.gid, sync: false, changes: [{ table: name, op: 'copy', rows: chunk.rows, columns: chunk.columns }], idempotencyKey: null })),
-    ];
-    await Promise.all(durable);
-    this.#ownDurable();
-    const copiedRows = copied.reduce((sum, chunk) => sum + chunk.count, 0);
-    if (copiedRows > 0) this.log.info({ table: name, mode, rows: copiedRows, records: copied.length }, 'copied the rows the table held to every node through the journal');
-    return { table: name, mode, copiedRows };
+  /** Set a table's mode on every node (writes.ts); only the leader does it. */
+  setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
+    return this.#writes.setTableMode(table, mode);
   }
 
-  /**
-   * Run a schema change on every node: here first, in a transaction that
-   * holds its locks (an ALTER TABLE keeps the table's writers out), then
-   * through a CONFIG record each node runs in journal order. Its lsn is
-   * reserved once the locks are held and before the commit: what it waited
-   * for comes before it in the journal, every write captured after it
-   * follows it. Only the leader does it.
-   */
-  async runDdl(sql: string, role?: string): Promise<{ lsn: Lsn }> {
-    if (!this.isLeader) throw this.notLeader('NOT_LEADER', `node ${this.#self} is not the leader; run schema changes through ${this.leaderName()}`);
-    if (sql.trim() === '' || Buffer.byteLength(sql) > limits.ddlBytesMax) throw new QsyncError('BAD_REQUEST', `a schema change is SQL of 1 to ${limits.ddlBytesMax} bytes`);
-    if (/^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b|;\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b/i.test(sql)) {
-      throw new QsyncError('BAD_REQUEST', 'qsync ddl runs the SQL in a transaction of its own on every node: leave out BEGIN, COMMIT and ROLLBACK');
-    }
-    const { lsn } = await this.#reserving((reserve) => this.#db.runDdl(sql, this.#self, () => reserve().lsn, role));
-    await this.#own.submit({ kind: 'config', replica: this.#self, lsn, term: this.term, time: this.#now(), ddl: sql, ...(role === undefined ? {} : { ddlRole: role }) });
-    this.#ownDurable();
-    this.log.info({ lsn }, 'schema change applied here and journaled for every node');
-    return { lsn };
-  }
-
-  /**
-   * Run leader work that reserves own lsns inside its PostgreSQL transaction;
-   * if it fails, every lsn it reserved is given back (or filled), so the
-   * journal has no gap.
-   */
-  async #reserving<T>(work: (reserve: () => { lsn: Lsn; gid: string }) => Promise<T>): Promise<T> {
-    const reserved: Lsn[] = [];
-    try {
-      return await work(() => {
-        const r = this.#own.reserve();
-        reserved.push(r.lsn);
-        return r;
-      });
-    } catch (error) {
-      for (const lsn of reserved.reverse()) this.#own.release(lsn, this.term, this.#now());
-      throw error;
-    }
+  /** Run a schema change on every node (writes.ts); only the leader does it. */
+  runDdl(sql: string, role?: string): Promise<{ lsn: Lsn }> {
+    return this.#writes.runDdl(sql, role);
   }
 
   /** The leader's client address, if a leader is known. */

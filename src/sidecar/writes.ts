@@ -1,0 +1,246 @@
+// The leader's write path (issue 20, deliver 6: the driver split by duty):
+// a client transaction through the order of duties (leader-write.ts), its
+// wait for the limbo, a journaled async write whose COMMIT failed, and the
+// two operator writes that reserve own lsns inside a PostgreSQL transaction
+// (a table's mode, a schema change). The driver passes what it owns through
+// WritesHost; this module owns the counts below and nothing else.
+import { assert } from '../core/assert.js';
+import { QsyncError } from '../core/errors.js';
+import { limits } from '../core/limits.js';
+import type { TableMode, TxnRecord } from '../core/record.js';
+import type { Lsn, ReplicaId, Term } from '../core/types.js';
+import type { Logger } from '../log.js';
+import type { Clock, Database, NodeEvent, PlantedBugs } from './io.js';
+import { leaderWrite, type WriteSteps } from './leader-write.js';
+import type { OwnLog } from './own-log.js';
+
+/** What the write path reads and asks of the rest of the node (the driver). */
+export interface WritesHost {
+  readonly log: Logger;
+  readonly self: ReplicaId;
+  term(): Term;
+  isLeader(): boolean;
+  /** PostgreSQL agrees with the journal: writes may begin. */
+  recovered(): boolean;
+  /** Entries the limbo holds now. */
+  limboEntries(): number;
+  /** Resolves once a leadership change under way has settled. */
+  settled(): Promise<void>;
+  notLeader(code: 'NOT_LEADER' | 'STALE_TERM', message: string): QsyncError;
+  leaderName(): string;
+  /** The node's hybrid clock (strictly increasing, never behind anything seen). */
+  now(): number;
+  emit(event: NodeEvent): void;
+  /** Resolves when the limbo confirms `gid`; rejects with the client's error when it does not. */
+  waitFor(gid: string): Promise<void>;
+  /** Own records became durable: the links may send them. */
+  ownDurable(): void;
+  /** Run `work` in the apply queue's order, retried until done (a transient failure is retried, not thrown). */
+  inQueue<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>): Promise<T>;
+}
+
+export class Writes<S, W> {
+  readonly #host: WritesHost;
+  readonly #db: Database<S, W>;
+  readonly #own: OwnLog;
+  readonly #clock: Clock;
+  readonly #bugs: PlantedBugs;
+  /** Writes past their checks and not yet journaled: the limbo's bound counts them (written here only). */
+  #beforeLimbo = 0;
+  /** This node's async writes journaled and not yet committed here (written here only). */
+  readonly #ownInFlight = new Set<Lsn>();
+
+  constructor(host: WritesHost, db: Database<S, W>, own: OwnLog, clock: Clock, bugs: PlantedBugs) {
+    this.#host = host;
+    this.#db = db;
+    this.#own = own;
+    this.#clock = clock;
+    this.#bugs = bugs;
+  }
+
+  /** Writes not yet in the limbo: a transfer and a snapshot load wait for none. */
+  get beforeLimbo(): number {
+    return this.#beforeLimbo;
+  }
+
+  /** Own async writes journaled but not yet committed here: retention keeps their records, a snapshot load waits for none. */
+  get ownInFlight(): ReadonlySet<Lsn> {
+    return this.#ownInFlight;
+  }
+
+  /**
+   * The write path: run `work` in a qsync transaction on the session, journal
+   * it in lsn order, and for a sync transaction wait until the limbo decides it.
+   */
+  async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
+    const written = { mode: 'none' as 'sync' | 'async' | 'local' | 'none', limboSince: null as number | null };
+    try {
+      await this.#write(session, idempotencyKey, term, work, written);
+      this.#host.emit({ kind: 'commit', mode: written.mode, outcome: 'committed', limboMs: written.limboSince === null ? null : this.#clock.nowMs() - written.limboSince });
+    } catch (error) {
+      const code = error instanceof QsyncError ? error.code : null;
+      const outcome = code === 'ROLLED_BACK' ? 'rolledBack' : code === 'OUTCOME_UNKNOWN' ? 'unknown' : 'failed';
+      this.#host.emit({ kind: 'commit', mode: written.mode, outcome, limboMs: null });
+      throw error;
+    }
+  }
+
+  async #write(session: S, idempotencyKey: string | null, term: Term | null, work: W, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
+    if (term !== null && term < this.#host.term()) {
+      this.#host.emit({ kind: 'staleTerm', term: this.#host.term(), given: term });
+      throw this.#host.notLeader('STALE_TERM', `stale term ${term} (current ${this.#host.term()})`);
+    }
+    if (!this.#host.recovered()) throw this.#host.notLeader('NOT_LEADER', `node ${this.#host.self} is starting: it takes writes once PostgreSQL agrees with its journal`);
+    await this.#host.settled();
+    // The term the fence checks this write under is the term its TXN carries, even if the node
+    // learns a newer one while the write runs.
+    const writeTerm = this.#host.term();
+    if (this.#host.isLeader() && this.#host.limboEntries() + this.#beforeLimbo >= limits.limboEntriesMax) {
+      throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
+    }
+    let reserved: Lsn | null = null;
+    let journaled = false;
+    /** The async TXN once durable: from then on the write will commit, here too. */
+    let asyncTxn: TxnRecord | null = null;
+    let waiting: Promise<void> | null = null;
+    let counted = true;
+    let inFlight: Lsn | null = null;
+    const uncount = (): void => {
+      if (counted) this.#beforeLimbo -= 1;
+      counted = false;
+    };
+    this.#beforeLimbo += 1;
+    try {
+      const steps: WriteSteps = {
+        // One time per write, read at capture: it stamps the async keys' versions and travels
+        // in the TXN, so last-writer-wins compares the same value on every node.
+        reserve: () => {
+          const r = this.#own.reserve();
+          reserved = r.lsn;
+          return { ...r, time: this.#host.now() };
+        },
+        journal: async ({ lsn, gid, time, sync, changes }) => {
+          journaled = true;
+          written.mode = sync ? 'sync' : 'async';
+          if (sync) written.limboSince = this.#clock.nowMs();
+          uncount(); // from here on the limbo counts it
+          if (sync) {
+            waiting = this.#host.waitFor(gid);
+            // It may be settled while the TXN is still being journaled (a full limbo, a lost leadership),
+            // before the await below: that must not count as an unhandled rejection, which ends the process.
+            waiting.catch(() => undefined);
+          }
+          const txn: TxnRecord = { kind: 'txn', replica: this.#host.self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey };
+          if (!sync) {
+            this.#ownInFlight.add(lsn);
+            inFlight = lsn;
+          }
+          await this.#own.submit(txn);
+          if (!sync) asyncTxn = txn;
+          this.#host.ownDurable();
+        },
+      };
+      const outcome = await this.#db.write(session, { term: writeTerm, replica: this.#host.self, idempotencyKey }, (tx) => leaderWrite(tx, steps, work, this.#bugs));
+      // Nothing replicated was written: a plain local commit, and the lsn goes back.
+      if (outcome.kind === 'empty') {
+        written.mode = 'local';
+        this.#own.release(outcome.lsn, this.#host.term(), this.#host.now());
+      }
+      if (waiting !== null) await waiting;
+    } catch (error) {
+      if (reserved !== null && !journaled) this.#own.release(reserved, this.#host.term(), this.#host.now());
+      if (asyncTxn === null) throw error;
+      await this.#commitJournaled(asyncTxn, error);
+    } finally {
+      uncount();
+      if (inFlight !== null) this.#ownInFlight.delete(inFlight);
+    }
+  }
+
+  /**
+   * An async write of this node is journaled, so every peer will apply it,
+   * but its COMMIT failed here (PostgreSQL went away, most often). Apply it
+   * from its TXN, unless this very lsn reached PostgreSQL after all: then it
+   * has committed here too, and its client hears so. If the node stops first,
+   * its next start applies it (#replay) and the client hears OUTCOME_UNKNOWN.
+   */
+  async #commitJournaled(txn: TxnRecord, error: unknown): Promise<void> {
+    this.#host.log.warn({ lsn: txn.lsn, err: (error as Error).message }, 'the COMMIT of a journaled async write failed; applying it from the journal');
+    try {
+      await this.#host.inQueue('applying a journaled write whose COMMIT failed', () => this.#db.apply(txn, { prepare: false, exact: true }), { lsn: txn.lsn });
+    } catch {
+      throw new QsyncError('OUTCOME_UNKNOWN', `write ${txn.gid} is journaled and will be applied, but the node stopped before PostgreSQL held it; ask for its outcome by idempotency key`);
+    }
+  }
+
+  outcome(idempotencyKey: string): Promise<unknown> {
+    return this.#db.outcome(idempotencyKey);
+  }
+
+  /**
+   * Set a table's mode on every node: here first, then through a CONFIG
+   * record that each node applies in journal order, with the table's shape,
+   * which each node checks its own table against. A table that becomes
+   * replicated brings the rows it holds here: copied in the same transaction
+   * (writers wait on the new triggers' lock), they follow the CONFIG as TXNs,
+   * so every write after them is captured and none is both copied and
+   * captured. The lsns are reserved before that transaction commits: no
+   * captured write can come before the CONFIG. Only the leader does it.
+   */
+  async setTableMode(table: string, mode: TableMode): Promise<{ table: string; mode: TableMode; copiedRows: number }> {
+    if (!this.#host.isLeader()) throw this.#host.notLeader('NOT_LEADER', `node ${this.#host.self} is not the leader; change table modes through ${this.#host.leaderName()}`);
+    const { name, shape, lsn: configLsn, copied } = await this.#reserving((reserve) => this.#db.setTableMode(table, mode, { leader: { replica: this.#host.self, reserve } }));
+    assert(configLsn !== null, `the mode of ${name} changed without a CONFIG lsn`);
+    const term = this.#host.term();
+    const time = this.#host.now();
+    const durable = [
+      this.#own.submit({ kind: 'config', replica: this.#host.self, lsn: configLsn, term, time, tables: { [name]: mode }, ...(mode === 'local' ? {} : { shapes: { [name]: shape } }) }),
+      ...copied.map((chunk) => this.#own.submit({ kind: 'txn', replica: this.#host.self, lsn: chunk.lsn, term, time, gid: chunk.gid, sync: false, changes: [{ table: name, op: 'copy', rows: chunk.rows, columns: chunk.columns }], idempotencyKey: null })),
+    ];
+    await Promise.all(durable);
+    this.#host.ownDurable();
+    const copiedRows = copied.reduce((sum, chunk) => sum + chunk.count, 0);
+    if (copiedRows > 0) this.#host.log.info({ table: name, mode, rows: copiedRows, records: copied.length }, 'copied the rows the table held to every node through the journal');
+    return { table: name, mode, copiedRows };
+  }
+
+  /**
+   * Run a schema change on every node: here first, in a transaction that
+   * holds its locks (an ALTER TABLE keeps the table's writers out), then
+   * through a CONFIG record each node runs in journal order. Its lsn is
+   * reserved once the locks are held and before the commit: what it waited
+   * for comes before it in the journal, every write captured after it
+   * follows it. Only the leader does it.
+   */
+  async runDdl(sql: string, role?: string): Promise<{ lsn: Lsn }> {
+    if (!this.#host.isLeader()) throw this.#host.notLeader('NOT_LEADER', `node ${this.#host.self} is not the leader; run schema changes through ${this.#host.leaderName()}`);
+    if (sql.trim() === '' || Buffer.byteLength(sql) > limits.ddlBytesMax) throw new QsyncError('BAD_REQUEST', `a schema change is SQL of 1 to ${limits.ddlBytesMax} bytes`);
+    if (/^\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b|;\s*(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION|END)\b/i.test(sql)) {
+      throw new QsyncError('BAD_REQUEST', 'qsync ddl runs the SQL in a transaction of its own on every node: leave out BEGIN, COMMIT and ROLLBACK');
+    }
+    const { lsn } = await this.#reserving((reserve) => this.#db.runDdl(sql, this.#host.self, () => reserve().lsn, role));
+    await this.#own.submit({ kind: 'config', replica: this.#host.self, lsn, term: this.#host.term(), time: this.#host.now(), ddl: sql, ...(role === undefined ? {} : { ddlRole: role }) });
+    this.#host.ownDurable();
+    this.#host.log.info({ lsn }, 'schema change applied here and journaled for every node');
+    return { lsn };
+  }
+
+  /**
+   * Run leader work that reserves own lsns inside its PostgreSQL transaction;
+   * if it fails, every lsn it reserved is given back (or filled), so the
+   * journal has no gap.
+   */
+  async #reserving<T>(work: (reserve: () => { lsn: Lsn; gid: string }) => Promise<T>): Promise<T> {
+    const reserved: Lsn[] = [];
+    try {
+      return await work(() => {
+        const r = this.#own.reserve();
+        reserved.push(r.lsn);
+        return r;
+      });
+    } catch (error) {
+      for (const lsn of reserved.reverse()) this.#own.release(lsn, this.#host.term(), this.#host.now());
+      throw error;
+    }
+  }
+}
