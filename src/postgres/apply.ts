@@ -27,62 +27,102 @@ export class ApplyError extends QsyncError<'PG_APPLY'> {
 
 export type ApplyOutcome = 'applied' | 'prepared' | 'skipped';
 
-// Last-writer-wins for one change of an async table, as one statement that
-// judges the change's keys and applies the winners (`action` reads them from
-// the CTE `winners`, a jsonb array of row images), records the losers, and
-// makes the winners the keys' new versions. The version upsert is
-// conditional, so PostgreSQL judges each key against its latest committed
-// version, waiting for a local writer that holds it: a judgement from this
-// statement's snapshot alone could let an older write overwrite a newer one
-// that was still uncommitted. Inlined literals (escaped) and validated
-// integers only, so that a batch's statements go as one simple query.
-function lwwSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, op: string, incomingImages: string, action: string): string {
-  assert(Number.isSafeInteger(record.time) && Number.isSafeInteger(record.replica), 'record version is not integers');
+/**
+ * One change of an async table as last-writer-wins judges it: the change's
+ * op, its row images as SQL of a jsonb array, and the version of its TXN.
+ */
+interface LwwEntry {
+  readonly op: string;
+  readonly rows: string;
+  readonly time: number;
+  readonly replica: number;
+}
+
+// Last-writer-wins for a run of changes to one async table, in journal order,
+// as one statement: for each key the image of the highest version (time, then
+// replica; among a TXN's own changes, its last) is written if that version is
+// at least the key's latest committed one, and becomes the key's version; an
+// entry that a version before it outranked is recorded as lost, as applying
+// the changes one by one would. The version upsert is conditional, so
+// PostgreSQL judges each key against its latest committed version, waiting for
+// a local writer that holds it: a judgement from this statement's snapshot
+// alone could let an older write overwrite a newer one that was still
+// uncommitted. A version equal to the key's is this very TXN (a replica's
+// hybrid time never repeats), so its later change to a key applies over its
+// earlier one. Versions are compared as time * 32 + replica (replicas are 1 to
+// 31). Escaped literals and validated integers only: a batch's statements go
+// as one simple query.
+function lwwSql(client: pg.ClientBase, table: TableInfo, entries: readonly LwwEntry[]): string {
+  const changes = entries.map((e, n) => {
+    const version = e.time * 32 + e.replica;
+    assert(Number.isSafeInteger(version) && e.replica >= 1 && e.replica <= 31, `version ${e.time}/${e.replica} is out of range`);
+    return `(${n + 1}, ${client.escapeLiteral(e.op)}, ${version}::bigint, ${e.rows})`;
+  });
   const name = client.escapeLiteral(table.name);
+  const keys = table.keyColumns.join(', ');
   const keyNames = `ARRAY[${table.keyNames.map((k) => client.escapeLiteral(k)).join(', ')}]::text[]`;
-  return `WITH incoming AS (
-  SELECT r AS img, qsync.key_of(r, ${keyNames}) AS key FROM jsonb_array_elements(${incomingImages}) AS r
+  const winners = (deletes: boolean): string => `(SELECT coalesce(jsonb_agg(img), '[]') FROM judged WHERE wins AND rank = 1 AND ${deletes ? "op = 'delete'" : "op <> 'delete'"})`;
+  return `WITH changes (n, op, version, rows) AS (VALUES ${changes.join(', ')}),
+incoming AS (
+  SELECT c.n, e.i, c.op, c.version, e.img, qsync.key_of(e.img, ${keyNames}) AS key
+    FROM changes c CROSS JOIN LATERAL jsonb_array_elements(c.rows) WITH ORDINALITY AS e(img, i)
+), ranked AS (
+  SELECT i.op, i.version, i.img, i.key,
+         max(i.version) OVER (PARTITION BY i.key ORDER BY i.n, i.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before,
+         row_number() OVER (PARTITION BY i.key ORDER BY i.version DESC, i.n DESC, i.i DESC) AS rank
+    FROM incoming i
 ), won AS (
   INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
-  SELECT DISTINCT ON (key) ${name}, key, ${record.time}, ${record.replica} FROM incoming
+  SELECT ${name}, key, version / 32, version % 32 FROM ranked WHERE rank = 1
   ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
-    WHERE (qsync.row_versions.time, qsync.row_versions.replica_id) < (excluded.time, excluded.replica_id)
+    WHERE (qsync.row_versions.time, qsync.row_versions.replica_id) <= (excluded.time, excluded.replica_id)
   RETURNING key
+), judged AS (
+  SELECT r.*, r.key IN (SELECT key FROM won) AS wins, coalesce(v.time * 32 + v.replica_id, 0) AS held
+    FROM ranked r LEFT JOIN qsync.row_versions v ON v.table_name = ${name} AND v.key = r.key
 ), logged AS (
   INSERT INTO qsync.conflicts (table_name, op, key, lost, lost_replica, lost_time, kept_replica, kept_time)
-  SELECT ${name}, ${client.escapeLiteral(op)}, i.key, i.img, ${record.replica}, ${record.time}, coalesce(v.replica_id, 0), coalesce(v.time, 0)
-    FROM incoming i LEFT JOIN qsync.row_versions v ON v.table_name = ${name} AND v.key = i.key
-   WHERE i.key NOT IN (SELECT key FROM won)
-), winners AS (
-  SELECT coalesce(jsonb_agg(img), '[]') AS rows FROM incoming WHERE key IN (SELECT key FROM won)
+  SELECT ${name}, op, key, img, version % 32, version / 32, kept % 32, kept / 32
+    FROM (SELECT j.*, CASE WHEN wins THEN greatest(held, coalesce(before, 0)) ELSE held END AS kept FROM judged j) j
+   WHERE NOT wins OR version < greatest(held, coalesce(before, 0))
+), removed AS (
+  DELETE FROM ${table.name} WHERE (${keys}) IN (SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${winners(true)}))
 )
-${action}; `;
+${upsertSql(table).replace('$1::jsonb', () => winners(false))}; `;
 }
 
 /**
- * The statements that apply one change: a delete; for an update that moved
- * keys, the delete of the keys it moved away from; then the upsert. On an
- * async table (`lww`) each goes through last-writer-wins. `rows(json)` turns
- * row images into the SQL of a jsonb value.
+ * A change as statements: a delete; for an update that moved keys, the
+ * delete of the keys it moved away from; then the upsert. On an async table
+ * (`lww`) the same as entries for lwwSql, which the caller runs.
  */
-function changeSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): string {
+function changeParts(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change): { sql: string; lww: LwwEntry[] } {
   const keys = table.keyColumns.join(', ');
   const literal = (json: string): string => `${client.escapeLiteral(json)}::jsonb`;
   const from = (jsonb: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${jsonb})`;
-  const judged = (op: string, images: string, action: (winners: string) => string): string =>
-    (lww ? lwwSql(client, table, record, op, images, action('(SELECT rows FROM winners)')) : `${action(images)}; `);
-  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)})`;
-  if (change.op === 'delete') return judged('delete', literal(change.rows), remove);
+  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)}); `;
+  const entry = (op: string, rows: string): LwwEntry => ({ op, rows, time: record.time, replica: record.replica });
+  if (change.op === 'delete') return { sql: remove(literal(change.rows)), lww: [entry('delete', literal(change.rows))] };
   let sql = '';
+  const lww: LwwEntry[] = [];
   if (change.op === 'update' && change.oldKeys !== undefined) {
     // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
     // judging a key that stayed would bump its version, and the row image would then lose to it.
     // Named qsync_moved.*, never by a short alias: an alias that matches a column name (say k) would make
     // to_jsonb(k) take that column instead of the row.
     const moved = `(SELECT coalesce(jsonb_agg(to_jsonb(qsync_moved.*)), '[]') FROM (${from(literal(change.oldKeys))} EXCEPT ${from(literal(change.rows))}) qsync_moved)`;
-    sql += judged('delete', moved, remove);
+    sql += remove(moved);
+    lww.push(entry('delete', moved));
   }
-  return sql + judged(change.op, literal(change.rows), (jsonb) => upsertSql(table).replace('$1::jsonb', () => jsonb));
+  sql += `${upsertSql(table).replace('$1::jsonb', () => literal(change.rows))}; `;
+  lww.push(entry(change.op, literal(change.rows)));
+  return { sql, lww };
+}
+
+/** The statements that apply one change (async ones through last-writer-wins). */
+function changeSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): string {
+  const parts = changeParts(client, table, record, change);
+  return lww ? lwwSql(client, table, parts.lww) : parts.sql;
 }
 
 export class Applier {
@@ -326,12 +366,14 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
  * inlined as escaped literals (for one simple query): each as changeSql
  * writes it, except that a run of consecutive plain upserts into one table
  * is one statement that keeps, per key, the last image (as applying them one
- * after the other would).
+ * after the other would), and a run of consecutive async changes to one
+ * table is one last-writer-wins statement (lwwSql).
  */
 class BatchStatements {
   readonly #client: pg.ClientBase;
   #sql: string;
   #run: { readonly table: TableInfo; readonly rows: string[] } | null = null;
+  #lww: { readonly table: TableInfo; readonly entries: LwwEntry[] } | null = null;
 
   /** `sql`: what goes first (the BEGIN of a batch not opened by its checks). */
   constructor(client: pg.ClientBase, sql = '') {
@@ -340,14 +382,19 @@ class BatchStatements {
   }
 
   add(table: TableInfo, record: TxnRecord, change: Change): void {
-    const lww = !record.sync && table.mode === 'async';
-    if (lww || change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) {
-      this.#close();
-      this.#sql += changeSql(this.#client, table, record, change, lww);
+    if (!record.sync && table.mode === 'async') {
+      // Consecutive async changes to one table: one last-writer-wins statement for the run.
+      if (this.#lww?.table !== table) this.#close();
+      this.#lww ??= { table, entries: [] };
+      this.#lww.entries.push(...changeParts(this.#client, table, record, change).lww);
       return;
     }
-    if (this.#run?.table !== table) this.#close();
-    if (this.#run === null) this.#run = { table, rows: [] };
+    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined) || this.#run?.table !== table) this.#close();
+    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) {
+      this.#sql += changeSql(this.#client, table, record, change, false);
+      return;
+    }
+    this.#run ??= { table, rows: [] };
     this.#run.rows.push(`${this.#client.escapeLiteral(change.rows)}::jsonb`);
   }
 
@@ -361,8 +408,11 @@ class BatchStatements {
 
   #close(): void {
     const run = this.#run;
-    if (run === null) return;
+    const lww = this.#lww;
     this.#run = null;
+    this.#lww = null;
+    if (lww !== null) this.#sql += lwwSql(this.#client, lww.table, lww.entries);
+    if (run === null) return;
     const [only] = run.rows;
     this.#sql += `${run.rows.length === 1 && only !== undefined ? upsertSql(run.table).replace('$1::jsonb', () => only) : mergedUpsertSql(run.table, run.rows)}; `;
   }

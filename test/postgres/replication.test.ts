@@ -509,6 +509,23 @@ describe('async tables: last writer wins', () => {
     expect((await follower.sql.query(`SELECT replica_id, lsn::int FROM qsync.applied WHERE lsn BETWEEN 50001 AND 50003 ORDER BY replica_id, lsn`)).rows)
       .toEqual([{ replica_id: 1, lsn: 50_001 }, { replica_id: 1, lsn: 50_002 }, { replica_id: 1, lsn: 50_003 }, { replica_id: 3, lsn: 50_001 }]);
   });
+
+  it('applies every change of one async transaction to the same key, the last one last: they share one version', async () => {
+    // One transaction inserted a key and then updated it (two statements, two changes, one version).
+    const twice: TxnRecord = {
+      kind: 'txn', replica: 1 as ReplicaId, lsn: 60_001 as Lsn, term: 1 as Term, time: 800, gid: gidFor(CLUSTER, 1 as ReplicaId, 60_001 as Lsn), sync: false, idempotencyKey: null,
+      changes: [
+        { table: 'public.kv', op: 'insert', rows: JSON.stringify([{ k: 'twice', v: 'first' }]) },
+        { table: 'public.kv', op: 'update', rows: JSON.stringify([{ k: 'twice', v: 'second' }]) },
+      ],
+    };
+    const inBatch = { ...twice, lsn: 60_002 as Lsn, gid: gidFor(CLUSTER, 1 as ReplicaId, 60_002 as Lsn), time: 801,
+      changes: twice.changes.map((c) => ({ ...c, rows: c.rows.replace(/twice/g, 'twice-batch') })) };
+    expect(await applier.apply(twice, { prepare: false })).toBe('applied');
+    expect(await applier.applyBatch([inBatch], [], false)).toBe(1);
+    expect((await follower.sql.query(`SELECT k, v FROM kv WHERE k LIKE 'twice%' ORDER BY k`)).rows).toEqual([{ k: 'twice', v: 'second' }, { k: 'twice-batch', v: 'second' }]);
+    expect((await follower.sql.query(`SELECT count(*)::int AS n FROM qsync.conflicts WHERE key->>'k' LIKE 'twice%'`)).rows).toEqual([{ n: 0 }]);
+  });
 });
 
 let pendingApply: Promise<unknown> = Promise.resolve();
