@@ -32,6 +32,13 @@ export interface PgConnection {
 export interface PgServer extends PgConnection {
   /** The data directory, or null for a server qsync did not start. */
   readonly dataDir: string | null;
+  /**
+   * The same server over its Unix socket (in the data directory), for a
+   * process on this machine: each query costs both sides less than over
+   * TCP (docs/rfc/0013-leader-round-trips.md). Null when qsync did not
+   * start the server, or the socket's path would be too long for the OS.
+   */
+  readonly localConnectionString: string | null;
   /** The postmaster's pid while it runs (from postmaster.pid), else null. */
   pid(): Promise<number | null>;
   start(): Promise<void>;
@@ -253,7 +260,10 @@ interface Prepared {
 /** Write the settings for `port` and build the server's handle (not started). */
 async function serverOn(prepared: Prepared, port: number, options: LaunchOptions): Promise<PgServer> {
   const { dataDir, temporary, identity, pgCtlPath } = prepared;
-  await writeFile(join(dataDir, CONF_FILE), renderSettings({ ...DEFAULT_SETTINGS, ...options.settings, port }));
+  // A socket path must fit the OS's sockaddr_un (108 bytes with its NUL); PostgreSQL refuses to start otherwise.
+  const socketDir = resolve(dataDir);
+  const socket = options.settings?.unix_socket_directories === undefined && Buffer.byteLength(`${socketDir}/.s.PGSQL.${port}.lock`) < 100 ? socketDir : null;
+  await writeFile(join(dataDir, CONF_FILE), renderSettings({ ...DEFAULT_SETTINGS, ...(socket === null ? {} : { unix_socket_directories: socket }), ...options.settings, port }));
   const logFile = join(dataDir, 'qsync-postgres.log');
   const password = await passwordOf(dataDir);
   const pgCtl = async (args: string[]): Promise<void> => {
@@ -268,6 +278,7 @@ async function serverOn(prepared: Prepared, port: number, options: LaunchOptions
   const server: PgServer = {
     host: '127.0.0.1', port, user: USER, password, database: DATABASE,
     connectionString: `postgresql://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
+    localConnectionString: socket === null ? null : `postgresql://${USER}:${password}@localhost:${port}/${DATABASE}?host=${encodeURIComponent(socket)}`,
     dataDir,
     pid: async () => {
       const pid = readPid(dataDir);
@@ -358,7 +369,7 @@ export function externalPostgres(connectionString: string): PgServer {
   const port = Number(url.port || 5432);
   return {
     host: url.hostname, port, user: decodeURIComponent(url.username), password: decodeURIComponent(url.password),
-    database: url.pathname.replace(/^\//, '') || 'postgres', connectionString, dataDir: null,
+    database: url.pathname.replace(/^\//, '') || 'postgres', connectionString, localConnectionString: null, dataDir: null,
     pid: async () => null,
     start: async () => undefined,
     stop: async () => undefined,

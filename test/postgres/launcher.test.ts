@@ -60,6 +60,37 @@ describe('the superuser password of a launched server', () => {
   });
 });
 
+describe('the local connection of a launched server', () => {
+  it('goes over the Unix socket in the data directory, with the same credentials; a path too long for a socket keeps TCP only', async () => {
+    const temp = await tempDir();
+    await chmod(temp.dir, 0o755); // under root, the postgres OS user must reach the data directories
+    try {
+      const server = await launchPostgres({ dataDir: join(temp.dir, 'short') });
+      try {
+        expect(server.localConnectionString).toContain(`?host=${encodeURIComponent(join(temp.dir, 'short'))}`);
+        const client = new pg.Client({ connectionString: server.localConnectionString ?? '' });
+        await client.connect();
+        // No server address: the session came over the Unix socket, not TCP.
+        expect((await client.query('SELECT inet_server_addr() AS addr')).rows).toEqual([{ addr: null }]);
+        await client.end();
+      } finally {
+        await server.stop();
+      }
+      const long = await launchPostgres({ dataDir: join(temp.dir, 'd'.repeat(100)) });
+      try {
+        expect(long.localConnectionString).toBeNull();
+        const client = new pg.Client({ connectionString: long.connectionString });
+        await client.connect();
+        await client.end();
+      } finally {
+        await long.stop();
+      }
+    } finally {
+      await temp.cleanup();
+    }
+  });
+});
+
 describe('an existing server by connection string', () => {
   it('is described from the URL and never stopped or killed by qsync', async () => {
     const server = externalPostgres('postgresql://app%40x:s%3Acret@db.internal:6543/orders');
