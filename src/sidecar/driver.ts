@@ -337,7 +337,8 @@ export class NodeDriver<S, W> {
     // Both idempotent: a transient PostgreSQL failure is retried, not a failed start (simulator seeds 44, 219).
     const report = await this.#untilDone('reconciling prepared transactions', () => reconcile(this.#db, verdicts.verdict), {});
     this.log.info({ ...report, vclock: this.#journal.vclock }, 'reconciled prepared transactions with the journal');
-    for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
+    // Retried too: a PostgreSQL crash right here failed the start (simulator seed 21154).
+    for (const entry of await this.#untilDone('listing prepared transactions', () => this.#db.listPrepared(), {})) this.#prepared.add(entry.gid);
     const replayed = await this.#untilDone('replaying the journal into PostgreSQL', () => this.#replay(), {});
     if (replayed > 0) this.log.info({ replayed }, 'applied journaled writes of this node whose COMMIT had not reached PostgreSQL');
     // After the replay has set where the apply queue starts: what lies past it, the queue applies.
