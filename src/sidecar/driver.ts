@@ -17,6 +17,10 @@
 // PostgreSQL in journal order, a sync TXN once the limbo decided it
 // (docs/rfc/0012-followers-hold-the-limbo.md).
 //
+// Writes: the leader's write path is writes.ts, which runs the order of
+// duties in leader-write.ts; the driver gives it the limbo's answers
+// (waitFor) and its apply queue (inQueue).
+//
 // Leadership (DESIGN.md §6): the election core decides who leads; the winner
 // waits until a quorum holds its journal, writes PROMOTE, and accepts sync
 // writes only once a quorum holds the PROMOTE too (`#writable`). Losing
