@@ -94,34 +94,38 @@ ${upsertSql(table).replace('$1::jsonb', () => winners(false))}; `;
 /**
  * A change as statements: a delete; for an update that moved keys, the
  * delete of the keys it moved away from; then the upsert. On an async table
- * (`lww`) the same as entries for lwwSql, which the caller runs.
+ * the same as entries for lwwSql instead, which the caller runs (each row
+ * image is escaped once, for the one form asked).
  */
-function changeParts(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change): { sql: string; lww: LwwEntry[] } {
+function changeParts(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): { sql: string; lww: LwwEntry[] } {
   const keys = table.keyColumns.join(', ');
   const literal = (json: string): string => `${client.escapeLiteral(json)}::jsonb`;
   const from = (jsonb: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${jsonb})`;
-  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)}); `;
-  const entry = (op: string, rows: string): LwwEntry => ({ op, rows, time: record.time, replica: record.replica });
-  if (change.op === 'delete') return { sql: remove(literal(change.rows)), lww: [entry('delete', literal(change.rows))] };
-  let sql = '';
-  const lww: LwwEntry[] = [];
+  const parts = { sql: '', lww: [] as LwwEntry[] };
+  const add = (op: string, jsonb: string, sql: (jsonb: string) => string): void => {
+    if (lww) parts.lww.push({ op, rows: jsonb, time: record.time, replica: record.replica });
+    else parts.sql += `${sql(jsonb)}; `;
+  };
+  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)})`;
+  const rows = literal(change.rows);
+  if (change.op === 'delete') {
+    add('delete', rows, remove);
+    return parts;
+  }
   if (change.op === 'update' && change.oldKeys !== undefined) {
     // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
     // judging a key that stayed would bump its version, and the row image would then lose to it.
     // Named qsync_moved.*, never by a short alias: an alias that matches a column name (say k) would make
     // to_jsonb(k) take that column instead of the row.
-    const moved = `(SELECT coalesce(jsonb_agg(to_jsonb(qsync_moved.*)), '[]') FROM (${from(literal(change.oldKeys))} EXCEPT ${from(literal(change.rows))}) qsync_moved)`;
-    sql += remove(moved);
-    lww.push(entry('delete', moved));
+    add('delete', `(SELECT coalesce(jsonb_agg(to_jsonb(qsync_moved.*)), '[]') FROM (${from(literal(change.oldKeys))} EXCEPT ${from(rows)}) qsync_moved)`, remove);
   }
-  sql += `${upsertSql(table).replace('$1::jsonb', () => literal(change.rows))}; `;
-  lww.push(entry(change.op, literal(change.rows)));
-  return { sql, lww };
+  add(change.op, rows, (jsonb) => upsertSql(table).replace('$1::jsonb', () => jsonb));
+  return parts;
 }
 
 /** The statements that apply one change (async ones through last-writer-wins). */
 function changeSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): string {
-  const parts = changeParts(client, table, record, change);
+  const parts = changeParts(client, table, record, change, lww);
   return lww ? lwwSql(client, table, parts.lww) : parts.sql;
 }
 
@@ -386,7 +390,7 @@ class BatchStatements {
       // Consecutive async changes to one table: one last-writer-wins statement for the run.
       if (this.#lww?.table !== table) this.#close();
       this.#lww ??= { table, entries: [] };
-      this.#lww.entries.push(...changeParts(this.#client, table, record, change).lww);
+      this.#lww.entries.push(...changeParts(this.#client, table, record, change, true).lww);
       return;
     }
     if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined) || this.#run?.table !== table) this.#close();
