@@ -78,6 +78,10 @@ export interface ClusterNode {
   readonly clientPort: number;
   readonly clientAddress: string;
   readonly adminAddress: string;
+  /** The node's SQL port: PostgreSQL's own protocol (front/server.ts). */
+  readonly sqlPort: number;
+  /** A postgresql:// URL of the SQL port, as the cluster's superuser (psql, drivers). */
+  readonly sqlUrl: string;
   readonly dataDir: string;
   /** The sidecar process, while it runs. */
   process: ChildProcess | null;
@@ -177,13 +181,13 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
     const replica = i + 1;
     const dataDir = join(root, `node${replica}`, 'journal');
     const args = (): string[] => {
-      const own = ports[i] as { peer: number; client: number; admin: number };
+      const own = ports[i] as NodePorts;
       const peerPort = (p: { peer: number }, j: number): number => proxies.get(`${replica}>${j + 1}`)?.port ?? p.peer;
-      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}`).filter((_, j) => j !== i).join(',');
+      const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}+${p.sql}`).filter((_, j) => j !== i).join(',');
       return [
         ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
         '--data-dir', dataDir, '--secret-file', secretFile,
-        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
+        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin), '--sql-port', String(own.sql),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
         '--election-mode', options.electionModes?.[replica] ?? 'candidate',
         ...(options.redisUrl === undefined ? [] : ['--redis-url', options.redisUrl]),
@@ -244,7 +248,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       const args = (): string[] => [
         ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'join', '--from', source.adminAddress, '--cluster-id', 'local',
         '--data-dir', dataDir, '--secret-file', secretFile,
-        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin),
+        '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin), '--sql-port', String(own.sql),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
         ...(options.logLevel === undefined ? [] : ['--log-level', options.logLevel]),
         ...extra,
@@ -275,7 +279,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   };
 }
 
-type NodePorts = { readonly peer: number; readonly client: number; readonly admin: number };
+type NodePorts = { readonly peer: number; readonly client: number; readonly admin: number; readonly sql: number };
 
 /** The cluster secret's file in the cluster's directory (mode 0600). */
 export const SECRET_FILE = 'secret';
@@ -314,6 +318,12 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
     },
     get adminAddress() {
       return `127.0.0.1:${ports().admin}`;
+    },
+    get sqlPort() {
+      return ports().sql;
+    },
+    get sqlUrl() {
+      return `postgresql://${encodeURIComponent(server.user)}:${encodeURIComponent(server.password)}@127.0.0.1:${ports().sql}/${server.database}`;
     },
     startSidecar: async () => {
       // The token and PostgreSQL's URL (it holds a password) go by environment, not on the command
@@ -364,9 +374,9 @@ function nodeHandle({ replica, server, dataDir, dir, args, ports, adminToken, on
   return node;
 }
 
-async function nodePorts(count: number): Promise<Array<{ peer: number; client: number; admin: number }>> {
-  const ports = await freePorts(count * 3);
-  return Array.from({ length: count }, (_, i) => ({ peer: ports[3 * i] as number, client: ports[3 * i + 1] as number, admin: ports[3 * i + 2] as number }));
+async function nodePorts(count: number): Promise<NodePorts[]> {
+  const ports = await freePorts(count * 4);
+  return Array.from({ length: count }, (_, i) => ({ peer: ports[4 * i] as number, client: ports[4 * i + 1] as number, admin: ports[4 * i + 2] as number, sql: ports[4 * i + 3] as number }));
 }
 
 async function stopChild(node: ClusterNode, signal: NodeJS.Signals): Promise<void> {

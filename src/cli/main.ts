@@ -172,6 +172,15 @@ async function start(argv: readonly string[], command = 'start'): Promise<void> 
   process.once('SIGTERM', stop);
 }
 
+/** One libpq URL naming every node's SQL port, that finds whichever leads (target_session_attrs=read-write). */
+export function multiHostUrl(urls: readonly string[]): string {
+  const parsed = urls.map((u) => new URL(u));
+  const first = parsed[0];
+  if (first === undefined) return '';
+  const hosts = parsed.map((u) => `${u.hostname}:${u.port}`).join(',');
+  return `postgresql://${first.username}:${first.password}@${hosts}${first.pathname}?target_session_attrs=read-write`;
+}
+
 async function clusterUp(argv: readonly string[]): Promise<void> {
   const { values } = parseArgs({ args: [...argv], options: { dir: { type: 'string', default: '.qsync/cluster' }, 'redis-url': { type: 'string' }, quiet: { type: 'boolean' } } });
   const existing = await readClusterFile(values.dir).catch(() => null);
@@ -197,10 +206,12 @@ async function clusterUp(argv: readonly string[]): Promise<void> {
   const leader = await cluster.leader();
   console.log('');
   for (const node of cluster.nodes) {
-    console.log(`node ${node.replica}${node === leader ? ' (leader)' : '         '}  client ${node.clientAddress}  admin ${node.adminAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
+    console.log(`node ${node.replica}${node === leader ? ' (leader)' : '         '}  sql ${node.sqlUrl}\n         client ${node.clientAddress}  admin ${node.adminAddress}  peer 127.0.0.1:${node.peerPort}  postgres ${node.pg.connectionString}`);
   }
   const dirFlag = values.dir === '.qsync/cluster' ? '' : ` --cluster-dir ${values.dir}`;
-  console.log(`\ntable demo is sync. From the client library:\n  const db = await connect(${JSON.stringify(cluster.clientAddresses)}, ${JSON.stringify(cluster.credentials)});\n  await db.execute([["INSERT INTO demo VALUES ($1, $2)", [1, 'hello']]]);`);
+  const multiHost = multiHostUrl(cluster.nodes.map((n) => n.sqlUrl));
+  console.log(`\ntable demo is sync. Through the SQL port, with any PostgreSQL client:\n  psql "${multiHost}" -c "INSERT INTO demo VALUES (1, 'hello')"`);
+  console.log(`\nFrom the client library:\n  const db = await connect(${JSON.stringify(cluster.clientAddresses)}, ${JSON.stringify(cluster.credentials)});\n  await db.execute([["INSERT INTO demo VALUES ($1, $2)", [1, 'hello']]]);`);
   console.log(`\nIn another terminal: qsync status${dirFlag}   qsync transfer 2${dirFlag}   qsync drill kill-leader${dirFlag}`);
   console.log(`Metrics: curl http://${cluster.nodes[0]?.adminAddress ?? ''}/metrics    admin token: in ${join(values.dir, CLUSTER_FILE)}`);
   console.log(`Ctrl-C or qsync cluster down${values.dir === '.qsync/cluster' ? '' : ` --dir ${values.dir}`} stops the cluster.`);

@@ -63,6 +63,13 @@ export const limits = {
   /** Connections not yet authenticated on one port at once, from all addresses / from one address. */
   unauthenticatedMax: 64,
   unauthenticatedPerAddressMax: 16,
+  /**
+   * The SQL port's caps (front/server.ts): a driver's pool opens its
+   * connections all at once, from one address, so its login burst is larger
+   * than the client port's; each is still bounded, and an authenticated
+   * session costs a PostgreSQL connection, which max_connections bounds too.
+   */
+  sqlPort: { connectionsMax: 1_024, unauthenticatedMax: 256, unauthenticatedPerAddressMax: 128 },
   /** Authentications checked at once on the client port (each is a PostgreSQL login). */
   authConcurrentMax: 4,
   /** A failed authentication delays the next one from that address: doubling from the first, up to the last. */

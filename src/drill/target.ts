@@ -16,6 +16,8 @@ export interface DrillNode {
   readonly clientAddress: string;
   readonly adminAddress: string;
   readonly pgUrl: string;
+  /** The node's SQL port as a postgresql:// URL (PostgreSQL's own protocol, through qsync), when it has one. */
+  readonly sqlUrl?: string;
 }
 
 export type NodeAction = 'kill-sidecar' | 'start-sidecar' | 'stop-sidecar' | 'pause' | 'resume' | 'kill-postgres' | 'start-postgres';
@@ -44,7 +46,7 @@ export function localTarget(cluster: LocalCluster): DrillTarget {
     return found;
   };
   return {
-    nodes: cluster.nodes.map((n) => ({ replica: n.replica, clientAddress: n.clientAddress, adminAddress: n.adminAddress, pgUrl: n.pg.connectionString })),
+    nodes: cluster.nodes.map((n) => ({ replica: n.replica, clientAddress: n.clientAddress, adminAddress: n.adminAddress, pgUrl: n.pg.connectionString, sqlUrl: n.sqlUrl })),
     credentials: cluster.credentials,
     cluster: 'local',
     adminToken: cluster.adminToken,

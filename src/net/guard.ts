@@ -19,6 +19,15 @@ const REFUSALS_LOG_EVERY_MS = 5_000;
 /** Told of each refusal, for metrics: a connection closed at a cap, or a failed login. */
 export type RefusalObserver = (port: string, reason: 'cap' | 'login') => void;
 
+/** What a port holds at most: connections, those not yet authenticated, and those from one address. */
+export interface PortCaps {
+  readonly connectionsMax: number;
+  readonly unauthenticatedMax: number;
+  readonly unauthenticatedPerAddressMax: number;
+}
+
+const DEFAULT_CAPS: PortCaps = limits;
+
 export interface Admission {
   /** The connection proved who it is: it no longer counts as unauthenticated. */
   authenticated(): void;
@@ -34,20 +43,23 @@ export class PortGuard {
   #refusedLoggedAt = 0;
 
   readonly #observe: RefusalObserver;
+  readonly #caps: PortCaps;
 
-  constructor(port: string, log: Logger, observe: RefusalObserver = () => undefined) {
+  constructor(port: string, log: Logger, observe: RefusalObserver = () => undefined, caps: PortCaps = DEFAULT_CAPS) {
     this.#port = port;
     this.#log = log;
     this.#observe = observe;
+    this.#caps = caps;
   }
 
   /** Take a new connection in, or close it at once (null) when a cap is reached. */
   admit(socket: Socket): Admission | null {
     const address = socket.remoteAddress ?? 'unknown';
     const fromAddress = this.#unauthenticatedBy.get(address) ?? 0;
-    const full = this.#connections >= limits.connectionsMax ? `${limits.connectionsMax} connections`
-      : this.#unauthenticated >= limits.unauthenticatedMax ? `${limits.unauthenticatedMax} connections not yet authenticated`
-        : fromAddress >= limits.unauthenticatedPerAddressMax ? `${limits.unauthenticatedPerAddressMax} connections not yet authenticated from ${address}`
+    const caps = this.#caps;
+    const full = this.#connections >= caps.connectionsMax ? `${caps.connectionsMax} connections`
+      : this.#unauthenticated >= caps.unauthenticatedMax ? `${caps.unauthenticatedMax} connections not yet authenticated`
+        : fromAddress >= caps.unauthenticatedPerAddressMax ? `${caps.unauthenticatedPerAddressMax} connections not yet authenticated from ${address}`
           : null;
     if (full !== null) {
       socket.on('error', () => undefined);

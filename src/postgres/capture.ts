@@ -15,7 +15,7 @@ const OPS: Readonly<Record<string, ChangeOp>> = { i: 'insert', u: 'update', d: '
 // it runs as the schema owner, so the client's role needs no privilege on qsync.
 // It takes the node's capture key first: a client that calls it cannot take
 // its own changes, and a change not taken cannot commit (the third fence).
-const CAPTURE_SQL = 'SELECT table_name, op, rows, old_keys, mode FROM qsync.capture($1, $2, $3, $4, $5)';
+export const CAPTURE_SQL = 'SELECT table_name, op, rows, old_keys, mode FROM qsync.capture($1, $2, $3, $4, $5)';
 
 /** This node's capture key, which only the sidecar's own connections can read. */
 export async function readCaptureKey(client: pg.ClientBase): Promise<string> {
@@ -43,10 +43,27 @@ export interface Captured {
   readonly sync: boolean;
 }
 
+/** One row of qsync.capture(), as text. */
+export interface CapturedRow {
+  readonly table_name: string;
+  readonly op: string;
+  readonly rows: string;
+  readonly old_keys: string | null;
+  readonly mode: string | null;
+}
+
+/** CAPTURE_SQL's parameters, in order. */
+export function captureValues(stamp: CaptureStamp): unknown[] {
+  return [stamp.captureKey, stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey];
+}
+
 export async function capture(client: pg.ClientBase, stamp: CaptureStamp): Promise<Captured> {
-  const { rows } = await client.query<{ table_name: string; op: string; rows: string; old_keys: string | null; mode: string | null }>({
-    name: 'qsync_capture', text: CAPTURE_SQL, values: [stamp.captureKey, stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey],
-  });
+  const { rows } = await client.query<CapturedRow>({ name: 'qsync_capture', text: CAPTURE_SQL, values: captureValues(stamp) });
+  return captured(rows);
+}
+
+/** The changes capture took, in statement order, and whether any is to a sync table. */
+export function captured(rows: readonly CapturedRow[]): Captured {
   let sync = false;
   const changes = rows.map((row): Change => {
     const op = OPS[row.op];

@@ -231,6 +231,22 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     }
   }
 
+  /** This node's capture key (capture.ts), for the SQL front's sessions. */
+  get captureKey(): string {
+    return this.#captureKey;
+  }
+
+  /**
+   * A role's stored password verifier, for the SQL front (front/auth.ts):
+   * null when the role does not exist, may not log in, has expired or has no
+   * password, which the front answers as a wrong password.
+   */
+  async roleVerifier(role: string): Promise<string | null> {
+    const { rows } = await this.#control.query<{ verifier: string | null }>(
+      `SELECT rolpassword AS verifier FROM pg_authid WHERE rolname = $1 AND rolcanlogin AND (rolvaliduntil IS NULL OR rolvaliduntil > now())`, [role]);
+    return rows[0]?.verifier ?? null;
+  }
+
   /** A health probe on its own connection: PostgreSQL answers, and how many transactions it holds prepared. */
   async probe(timeoutMs: number): Promise<{ prepared: number }> {
     const { rows } = await this.#control.query<{ prepared: number }>({ text: 'SELECT count(*)::int AS prepared FROM pg_prepared_xacts', query_timeout: timeoutMs } as pg.QueryConfig);

@@ -16,6 +16,8 @@ const peerSchema = z.object({
   client: z.string().optional(),
   /** The peer's admin HTTP address, for GET /cluster. */
   admin: z.string().optional(),
+  /** The peer's SQL port (host:port), named in the hint of a sync write refused on a follower. */
+  sql: z.string().optional(),
 }).strict();
 
 export const configSchema = z.object({
@@ -37,6 +39,9 @@ export const configSchema = z.object({
   peerPort: z.number().int().min(0).max(65535),
   clientHost: z.string().default('127.0.0.1'),
   clientPort: z.number().int().min(0).max(65535),
+  sqlHost: z.string().default('127.0.0.1'),
+  /** The SQL port: PostgreSQL's own protocol in front of the node (front/server.ts); absent: none. */
+  sqlPort: z.number().int().min(0).max(65535).optional(),
   adminHost: z.string().default('127.0.0.1'),
   /** The admin HTTP interface; absent: none. */
   adminPort: z.number().int().min(0).max(65535).optional(),
@@ -71,7 +76,7 @@ export class ConfigError extends QsyncError<'CONFIG'> {
 export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> | 'secretFile' | 'adminTokenFile'; flag: string; env: string; kind: 'int' | 'string' | 'bool' | 'peers'; help: string; secret?: true }> = [
   { key: 'replicaId', flag: 'replica-id', env: 'QSYNC_REPLICA_ID', kind: 'int', help: 'this node\'s replica id, 1-31, unique in the cluster' },
   { key: 'clusterId', flag: 'cluster-id', env: 'QSYNC_CLUSTER_ID', kind: 'string', help: 'the cluster\'s name; peers with another one are refused' },
-  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort[+adminPort]], e.g. 2@127.0.0.1:7402+7502+7602,3@127.0.0.1:7403+7503+7603' },
+  { key: 'peers', flag: 'peers', env: 'QSYNC_PEERS', kind: 'peers', help: 'the other nodes: replica@host:peerPort[+clientPort[+adminPort[+sqlPort]]], e.g. 2@127.0.0.1:7402+7502+7602+7702,3@127.0.0.1:7403+7503+7603+7703' },
   { key: 'pgUrl', flag: 'pg-url', env: 'QSYNC_PG_URL', kind: 'string', help: 'connection string of this node\'s PostgreSQL (a role that may create the qsync schema and set session_replication_role)' },
   { key: 'dataDir', flag: 'data-dir', env: 'QSYNC_DATA_DIR', kind: 'string', help: 'where the journal lives' },
   { key: 'secret', flag: 'secret', env: 'QSYNC_SECRET', kind: 'string', secret: true, help: 'the cluster secret peers prove with HMAC-SHA256; at least 16 characters. From the environment or the config file, never a flag; or from a file (secretFile)' },
@@ -87,6 +92,8 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
   { key: 'peerPort', flag: 'peer-port', env: 'QSYNC_PEER_PORT', kind: 'int', help: 'port for other sidecars' },
   { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
+  { key: 'sqlHost', flag: 'sql-host', env: 'QSYNC_SQL_HOST', kind: 'string', help: 'address the SQL port binds to; default 127.0.0.1' },
+  { key: 'sqlPort', flag: 'sql-port', env: 'QSYNC_SQL_PORT', kind: 'int', help: 'port speaking PostgreSQL\'s own protocol: psql, drivers and ORMs connect here as their PostgreSQL roles and write sync tables unmodified; none when unset' },
   { key: 'adminHost', flag: 'admin-host', env: 'QSYNC_ADMIN_HOST', kind: 'string', help: 'address the admin HTTP interface binds to; default 127.0.0.1' },
   { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, health, metrics, promote, demote, transfer, tables); none when unset' },
   { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', secret: true, help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused. From the environment or the config file, never a flag; or from a file (adminTokenFile)' },
@@ -104,11 +111,12 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
 
 function parsePeers(text: string): unknown {
   return text.split(',').filter((p) => p.trim() !== '').map((p) => {
-    const match = /^(\d+)@(.+):(\d+)(?:\+(\d+))?(?:\+(\d+))?$/.exec(p.trim());
+    const match = /^(\d+)@(.+):(\d+)(?:\+(\d+))?(?:\+(\d+))?(?:\+(\d+))?$/.exec(p.trim());
     if (match === null) return p;
     const peer: Record<string, unknown> = { replica: Number(match[1]), host: match[2], port: Number(match[3]) };
     if (match[4] !== undefined) peer.client = `${match[2]}:${match[4]}`;
     if (match[5] !== undefined) peer.admin = `${match[2]}:${match[5]}`;
+    if (match[6] !== undefined) peer.sql = `${match[2]}:${match[6]}`;
     return peer;
   });
 }

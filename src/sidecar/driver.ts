@@ -41,6 +41,7 @@ import { vclockCovers, vclockEntries, vclockFromEntries, vclockGet, vclockMerge,
 import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import { reconcile } from '../postgres/twophase.js';
+import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
 import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
 import { LagSampler } from './lag.js';
@@ -1516,6 +1517,11 @@ export class NodeDriver<S, W> {
    */
   write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
     return this.#writes.write(session, idempotencyKey, term, work);
+  }
+
+  /** The write path for a transaction a client already ran on its own session (writes.ts, the SQL front). */
+  commitOpen<X>(open: (opening: WriteOpening) => LeaderTransaction<X>, work: X, idempotencyKey: string | null, term: Term): Promise<void> {
+    return this.#writes.commitOpen(open, work, idempotencyKey, term);
   }
 
   outcome(idempotencyKey: string): Promise<unknown> {

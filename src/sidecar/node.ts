@@ -26,6 +26,9 @@ import { loadPeerTls, type PeerTls } from '../net/tls.js';
 import { TcpTransport } from '../net/transport.js';
 import { checkServer, migrate, queryAll } from '../postgres/index.js';
 import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
+import { parseVerifier } from '../front/auth.js';
+import { targetOf } from '../front/backend.js';
+import { SqlFront } from '../front/server.js';
 import { ClientServer, type ClientSession, type RequestHandler, type Transaction } from './client-server.js';
 import { JOINING_FILE, type SidecarConfig } from './config.js';
 import { NodeDriver, type NodeStatus } from './driver.js';
@@ -103,6 +106,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   /** PostgreSQL connections the role pools may still take (read from the server at start). */
   #clientConnectionsLeft = 0;
   #clients: ClientServer | null = null;
+  #sql: SqlFront | null = null;
   #adminServer: AdminServer | null = null;
   #discovery: RedisDiscovery | null = null;
   #stopped: Promise<void> | null = null;
@@ -160,6 +164,10 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     node.#probeTimer.unref();
     node.#clients = new ClientServer(node, log, (port, reason) => metrics.refused(port, reason));
     await node.#clients.listen(config.clientPort, config.clientHost);
+    if (config.sqlPort !== undefined) {
+      node.#sql = node.#sqlFront(metrics);
+      await node.#sql.listen(config.sqlPort, config.sqlHost);
+    }
     if (config.adminPort !== undefined) {
       node.#adminServer = new AdminServer(node, config.adminToken, log);
       await node.#adminServer.listen(config.adminPort, config.adminHost);
@@ -193,6 +201,8 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       const steps = (async () => {
         if (this.#probeTimer !== null) clearInterval(this.#probeTimer);
         await this.#clients?.close();
+        step = 'SQL port';
+        await this.#sql?.close();
         step = 'admin interface';
         await this.#adminServer?.close();
         step = 'Redis';
@@ -309,6 +319,35 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   // ---- clients -------------------------------------------------------------------
+
+  /** The SQL port (front/server.ts): sessions as the clients' own roles, their COMMITs through the write path. */
+  #sqlFront(metrics: Metrics): SqlFront {
+    const driver = this.#driver;
+    return new SqlFront({
+      log: this.log,
+      target: targetOf(this.config.pgUrl),
+      term: () => driver.term,
+      isLeader: () => driver.isLeader,
+      leaderSql: () => this.#leaderSql(),
+      captureKey: () => this.#db.captureKey,
+      verifier: async (role) => parseVerifier(await this.#db.roleVerifier(role)),
+      commit: async (open, term) => {
+        try {
+          await driver.commitOpen(open, null, null, term);
+        } catch (error) {
+          throw this.#clientError(error);
+        }
+      },
+    }, (port, reason) => metrics.refused(port, reason));
+  }
+
+  /** The leader's SQL address, as this node knows it (its own, or from --peers). */
+  #leaderSql(): string | null {
+    const leader = this.#driver.status().leader;
+    if (leader === null) return null;
+    if (leader === this.config.replicaId) return this.config.sqlPort === undefined ? null : `${this.config.sqlHost}:${this.config.sqlPort}`;
+    return this.config.peers.find((p) => p.replica === leader)?.sql ?? null;
+  }
 
   /**
    * Check a client's role and password by connecting as it: PostgreSQL

@@ -10,6 +10,7 @@ import { limits } from '../core/limits.js';
 import type { TableMode, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { Logger } from '../log.js';
+import type { LeaderOutcome, LeaderTransaction, WriteOpening } from '../postgres/index.js';
 import type { Clock, Database, NodeEvent, PlantedBugs } from './io.js';
 import { leaderWrite, type WriteSteps } from './leader-write.js';
 import type { OwnLog } from './own-log.js';
@@ -38,6 +39,9 @@ export interface WritesHost {
   /** Run `work` in the apply queue's order, retried until done (a transient failure is retried, not thrown). */
   inQueue<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>): Promise<T>;
 }
+
+/** Run the order of duties (leader-write.ts) on a transaction opened under `opening`. */
+type WriteOrder = (opening: WriteOpening, steps: WriteSteps) => Promise<LeaderOutcome>;
 
 export class Writes<S, W> {
   readonly #host: WritesHost;
@@ -72,10 +76,23 @@ export class Writes<S, W> {
    * The write path: run `work` in a qsync transaction on the session, journal
    * it in lsn order, and for a sync transaction wait until the limbo decides it.
    */
-  async write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
+  write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
+    return this.#counted(idempotencyKey, term, (opening, steps) => this.#db.write(session, opening, (tx) => leaderWrite(tx, steps, work, this.#bugs)));
+  }
+
+  /**
+   * The same path for a transaction a client has already run on a session of
+   * its own (the SQL front, front/session.ts): its statements ran under
+   * `term`, which the fence checked; from capture on, the order is the same.
+   */
+  commitOpen<X>(open: (opening: WriteOpening) => LeaderTransaction<X>, work: X, idempotencyKey: string | null, term: Term): Promise<void> {
+    return this.#counted(idempotencyKey, term, (opening, steps) => leaderWrite(open(opening), steps, work, this.#bugs));
+  }
+
+  async #counted(idempotencyKey: string | null, term: Term | null, order: WriteOrder): Promise<void> {
     const written = { mode: 'none' as 'sync' | 'async' | 'local' | 'none', limboSince: null as number | null };
     try {
-      await this.#write(session, idempotencyKey, term, work, written);
+      await this.#write(idempotencyKey, term, order, written);
       this.#host.emit({ kind: 'commit', mode: written.mode, outcome: 'committed', limboMs: written.limboSince === null ? null : this.#clock.nowMs() - written.limboSince });
     } catch (error) {
       const code = error instanceof QsyncError ? error.code : null;
@@ -85,7 +102,7 @@ export class Writes<S, W> {
     }
   }
 
-  async #write(session: S, idempotencyKey: string | null, term: Term | null, work: W, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
+  async #write(idempotencyKey: string | null, term: Term | null, order: WriteOrder, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
     if (term !== null && term < this.#host.term()) {
       this.#host.emit({ kind: 'staleTerm', term: this.#host.term(), given: term });
       throw this.#host.notLeader('STALE_TERM', `stale term ${term} (current ${this.#host.term()})`);
@@ -140,7 +157,7 @@ export class Writes<S, W> {
           this.#host.ownDurable();
         },
       };
-      const outcome = await this.#db.write(session, { term: writeTerm, replica: this.#host.self, idempotencyKey }, (tx) => leaderWrite(tx, steps, work, this.#bugs));
+      const outcome = await order({ term: writeTerm, replica: this.#host.self, idempotencyKey }, steps);
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
       if (outcome.kind === 'empty') {
         written.mode = 'local';

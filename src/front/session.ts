@@ -1,0 +1,540 @@
+// One SQL-front client and its own PostgreSQL session (session mode, as
+// PgBouncer's): what the client sends is relayed as it came, what PostgreSQL
+// answers is relayed back, and the front steps in at three points only.
+//
+//   * Before a transaction starts (the session is idle): it sets qsync.term
+//     for the session when the node's term changed since, and when the
+//     client's next statements may write but would run in an implicit
+//     transaction (an autocommit statement, a simple query of several, an
+//     extended-protocol pipeline up to its Sync), it opens an explicit one
+//     first, so that the transaction is still open when they are done.
+//   * A COMMIT (or END) of a transaction that is open: the front does not send
+//     it. The sidecar's order of duties takes over (capture, then PREPARE and
+//     the limbo, or the journal and COMMIT), and the client hears COMMIT only
+//     once it is decided, or the error that says how it ended.
+//   * The end of an implicit transaction the front opened: the same.
+//
+// The client's ReadyForQuery says what the client's own view is: a
+// transaction the front opened for it is invisible to it. The front's own
+// statements on the session run as units (messages up to a ReadyForQuery)
+// queued behind the client's, so they leave in the same round trip.
+import type { Socket } from 'node:net';
+import { serialize } from 'pg-protocol';
+import type { DatabaseError } from 'pg-protocol/dist/messages.js';
+import { QsyncError } from '../core/errors.js';
+import type { Term } from '../core/types.js';
+import type { Logger } from '../log.js';
+import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
+import { CAPTURE_SQL } from '../postgres/capture.js';
+import { dataRow, errorOf, type Backend } from './backend.js';
+import type { Inbox } from './inbox.js';
+import { classify, splitStatements, type StatementKind } from './sql.js';
+import { FRONT_STATEMENTS, FrontTransaction, type InternalResult, type InternalRunner } from './transaction.js';
+import { BodyReader, commandComplete, errorResponse, fieldsMessage, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
+
+/** What a session asks of the node. */
+export interface SessionHost {
+  readonly log: Logger;
+  term(): Term;
+  isLeader(): boolean;
+  /** The leader's SQL address, for a hint, when known. */
+  leaderSql(): string | null;
+  /** This node's capture key (postgres/capture.ts). */
+  captureKey(): string;
+  /** Commit a transaction the client ran, through the leader's order of duties (writes.ts commitOpen). */
+  commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term): Promise<void>;
+}
+
+/** Named statements and portals a client may have at once (PostgreSQL has no bound; the front's bookkeeping does). */
+const NAMED_MAX = 10_000;
+
+/** The ParameterStatus values that tell libpq and JDBC which node takes writes (target_session_attrs=read-write). */
+export function leadershipParameters(leader: boolean): Array<[string, string]> {
+  const value = leader ? 'off' : 'on';
+  return [['default_transaction_read_only', value], ['in_hot_standby', value]];
+}
+
+interface Sink {
+  message(m: Message): void;
+  /** ReadyForQuery came; `lost`: the session ended before it did. */
+  end(status: TransactionStatus, lost?: boolean): void;
+}
+
+/** What the front's own statements get when the PostgreSQL session has ended. */
+function sessionLost(): DatabaseError {
+  return Object.assign(new Error('qsync: the PostgreSQL session of this client ended'), { code: '08006' }) as unknown as DatabaseError;
+}
+
+interface UnitEnd {
+  readonly status: TransactionStatus;
+  readonly errored: boolean;
+}
+
+const type = (c: string): number => c.charCodeAt(0);
+const T = { query: type('Q'), parse: type('P'), bind: type('B'), describe: type('D'), execute: type('E'), close: type('C'), flush: type('H'), sync: type('S'),
+  functionCall: type('F'), terminate: type('X'), copyData: type('d'), copyDone: type('c'), copyFail: type('f'),
+  ready: type('Z'), error: type('E'), notice: type('N'), complete: type('C'), parameter: type('S'), dataRow: type('D') } as const;
+
+export class Session implements InternalRunner {
+  readonly #host: SessionHost;
+  readonly #client: Socket;
+  readonly #inbox: Inbox;
+  readonly #backend: Backend;
+  readonly #sinks: Sink[] = [];
+  /** PostgreSQL's transaction status at its last ReadyForQuery. */
+  #status: TransactionStatus = 'I';
+  /** The client opened a transaction block (BEGIN) that has not ended. */
+  #clientInTx = false;
+  /** The front opened the current transaction block for the client's implicit transaction. */
+  #wrapped = false;
+  /** The term qsync.term holds in the session (null: not set, or the client may have changed it). */
+  #termSet: Term | null = null;
+  /** The term the open transaction's writes ran under. */
+  #txTerm: Term | null = null;
+  /** The front's named statements exist in the session. */
+  #named = false;
+  readonly #statements = new Map<string, StatementKind>();
+  readonly #portals = new Map<string, StatementKind>();
+  /** The relay unit of an extended-protocol pipeline under way (up to its Sync). */
+  #segment: Promise<UnitEnd> | null = null;
+  /** After an error in a pipeline the front answered itself: drop the client's messages up to its Sync. */
+  #discarding = false;
+  /** A COMMIT is being decided: a cancel request does not reach it (PostgreSQL ignores cancels in its own sync-rep wait). */
+  #committing = false;
+  #leaderReported: boolean;
+  #clientBlocked = false;
+  #backendBlocked = false;
+  #closed = false;
+
+  constructor(host: SessionHost, client: Socket, inbox: Inbox, backend: Backend, leaderReported: boolean) {
+    this.#host = host;
+    this.#client = client;
+    this.#inbox = inbox;
+    this.#backend = backend;
+    this.#leaderReported = leaderReported;
+    inbox.direct = (m) => this.#toBackend(m.raw);
+    backend.listen((m) => this.#fromBackend(m), (error) => this.#backendGone(error));
+  }
+
+  get committing(): boolean {
+    return this.#committing;
+  }
+
+  /** Serve the client until it leaves; resolves when both sides are closed. Never throws. */
+  async serve(): Promise<void> {
+    try {
+      for (let m = await this.#inbox.next(); m !== null && !this.#closed; m = await this.#inbox.next()) {
+        if (m.type === T.terminate) break;
+        await this.#handle(m);
+      }
+    } catch (error) {
+      const e = error as { sqlstate?: string; message?: string };
+      this.#toClient(errorResponse(e.sqlstate ?? '08P01', e.message ?? String(error), { severity: 'FATAL' }));
+      this.#host.log.debug({ err: e.message }, 'SQL front: a session ended on an error');
+    } finally {
+      this.#close();
+    }
+  }
+
+  async #handle(m: Message): Promise<void> {
+    switch (m.type) {
+      case T.query:
+        return this.#simpleQuery(new BodyReader(m.body).cstring());
+      case T.parse: case T.bind: case T.describe: case T.execute: case T.close: case T.flush:
+        return this.#extended(m);
+      case T.sync:
+        return this.#sync();
+      case T.functionCall:
+        await this.#prepareIdle(['write']);
+        return this.#finish(await this.#relay(m.raw), true);
+      case T.copyData: case T.copyDone: case T.copyFail:
+        this.#toBackend(m.raw);
+        return;
+      default:
+        throw Object.assign(new Error(`invalid frontend message type ${m.type}`), { sqlstate: '08P01' });
+    }
+  }
+
+  // ---- simple query ---------------------------------------------------------------
+
+  async #simpleQuery(text: string): Promise<void> {
+    const statements = splitStatements(text);
+    const commits = statements?.some((s) => s.kind === 'commit' || s.kind === 'commitChain') === true;
+    if (statements === null || !commits) {
+      await this.#prepareIdle(statements === null ? ['write'] : statements.map((s) => s.kind));
+      return this.#finish(await this.#relay(serialize.query(text)), true);
+    }
+    // Several statements with a COMMIT among them: the runs between COMMITs go as they came, each
+    // COMMIT is decided by the front, and an error ends the query there, as PostgreSQL would.
+    let run: string[] = [];
+    let kinds: StatementKind[] = [];
+    const flush = async (): Promise<boolean> => {
+      if (run.length === 0) return true;
+      await this.#prepareIdle(kinds);
+      const end = await this.#relay(serialize.query(run.join(';')));
+      run = [];
+      kinds = [];
+      if (end.errored) await this.#rollbackWrap();
+      return !end.errored;
+    };
+    for (const s of statements) {
+      if (s.kind !== 'commit' && s.kind !== 'commitChain') {
+        run.push(s.text);
+        kinds.push(s.kind);
+        continue;
+      }
+      if (!(await flush())) return this.#ready();
+      if (!(await this.#commitStatement(s.text, s.kind === 'commitChain'))) return this.#ready();
+    }
+    if (!(await flush())) return this.#ready();
+    return this.#finish({ status: this.#status, errored: false }, true);
+  }
+
+  /** A COMMIT statement: taken over when a transaction is open; otherwise PostgreSQL answers it. */
+  async #commitStatement(text: string, chain: boolean): Promise<boolean> {
+    if (this.#status !== 'T') return !(await this.#relay(serialize.query(text))).errored;
+    if (!(await this.#takeOverCommit())) return false;
+    this.#toClient(commandComplete('COMMIT'));
+    if (chain) {
+      // AND CHAIN: a new transaction at once; the characteristics of the one before are not carried over.
+      await this.#prepareIdle(['begin']);
+      await this.internal(serialize.query('BEGIN'));
+      this.#clientInTx = true;
+    }
+    return true;
+  }
+
+  // ---- extended query -------------------------------------------------------------
+
+  async #extended(m: Message): Promise<void> {
+    if (this.#discarding) return;
+    const kind = this.#track(m);
+    if (this.#segment === null) {
+      await this.#prepareIdle(this.#pipelineKinds(m));
+      this.#segment = this.#relay(null);
+    }
+    if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain')) return this.#commitInPipeline(kind === 'commitChain');
+    this.#toBackend(m.raw);
+  }
+
+  /** Remember what each named statement and portal is; the kind an Execute runs. */
+  #track(m: Message): StatementKind | null {
+    const body = new BodyReader(m.body);
+    if (m.type === T.parse) {
+      const name = body.cstring();
+      this.#remember(this.#statements, name, classify(body.cstring()));
+    } else if (m.type === T.bind) {
+      const portal = body.cstring();
+      this.#remember(this.#portals, portal, this.#statements.get(body.cstring()) ?? 'write');
+    } else if (m.type === T.close) {
+      const what = body.bytes(1).toString('latin1');
+      (what === 'S' ? this.#statements : this.#portals).delete(body.cstring());
+    } else if (m.type === T.execute) {
+      return this.#portals.get(body.cstring()) ?? 'write';
+    }
+    return null;
+  }
+
+  #remember(map: Map<string, StatementKind>, name: string, kind: StatementKind): void {
+    if (!map.has(name) && map.size >= NAMED_MAX) throw Object.assign(new Error(`a session of the qsync SQL port holds at most ${NAMED_MAX} named statements and portals`), { sqlstate: '54000' });
+    map.set(name, kind);
+  }
+
+  /** What the pipeline that starts with `first` runs, as far as it has arrived: up to its Sync. */
+  #pipelineKinds(first: Message): StatementKind[] {
+    const kinds: StatementKind[] = [];
+    const parsed = new Map<string, StatementKind>();
+    for (const m of [first, ...this.#inbox.queued]) {
+      if (m.type === T.sync) break;
+      const body = new BodyReader(m.body);
+      if (m.type === T.parse) {
+        const name = body.cstring();
+        parsed.set(name, classify(body.cstring()));
+      } else if (m.type === T.bind) {
+        body.cstring();
+        const statement = body.cstring();
+        kinds.push(parsed.get(statement) ?? this.#statements.get(statement) ?? 'write');
+      }
+    }
+    return kinds;
+  }
+
+  /** An Execute of COMMIT inside a pipeline: end the pipeline so far, then decide the COMMIT. */
+  async #commitInPipeline(chain: boolean): Promise<void> {
+    this.#toBackend(serialize.sync());
+    const end = await this.#closeSegment();
+    if (end.errored) {
+      // PostgreSQL skipped the rest up to its Sync, which the front has just sent: skip the client's rest too.
+      this.#discarding = true;
+      return;
+    }
+    if (!(await this.#commitStatement('COMMIT', chain))) this.#discarding = true;
+  }
+
+  async #sync(): Promise<void> {
+    if (this.#discarding) {
+      this.#discarding = false;
+      await this.#rollbackWrap();
+      return this.#ready();
+    }
+    if (this.#segment === null) return this.#finish({ status: this.#status, errored: false }, true);
+    this.#toBackend(serialize.sync());
+    return this.#finish(await this.#closeSegment(), true);
+  }
+
+  async #closeSegment(): Promise<UnitEnd> {
+    const end = await (this.#segment as Promise<UnitEnd>);
+    this.#segment = null;
+    return end;
+  }
+
+  // ---- transactions -----------------------------------------------------------------
+
+  /**
+   * Before statements run on an idle session: the term, the front's named
+   * statements, and an explicit transaction when they may write but would
+   * run in an implicit one. Queued ahead of them, not waited for.
+   */
+  async #prepareIdle(kinds: readonly StatementKind[]): Promise<void> {
+    if (this.#status !== 'I' || this.#sinks.length > 0) return;
+    const units: Buffer[] = [];
+    if (!this.#named) {
+      units.push(serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' }), serialize.parse({ name: FRONT_STATEMENTS.term, text: "SELECT set_config('qsync.term', $1, false)" }),
+        serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync());
+      this.#named = true;
+    }
+    const term = this.#host.term();
+    if (this.#termSet !== term) {
+      units.push(serialize.bind({ statement: FRONT_STATEMENTS.term, values: [String(term)] }), serialize.execute({}), serialize.sync());
+      this.#termSet = term;
+    }
+    this.#txTerm = term;
+    const wrap = kinds.includes('write') && !kinds.includes('outside') && kinds[0] !== 'begin';
+    if (wrap) {
+      units.push(serialize.bind({ statement: FRONT_STATEMENTS.begin }), serialize.execute({}), serialize.sync());
+      this.#wrapped = true;
+    }
+    if (units.length === 0) return;
+    // Each Sync above ends one unit; their answers are the front's own.
+    const syncs = units.filter((u) => u[0] === T.sync).length;
+    const results = Array.from({ length: syncs }, () => this.#unit(this.#internalSink()));
+    this.#toBackend(Buffer.concat(units));
+    void Promise.all(results).then((rs) => {
+      const failed = rs.find((r) => r.error !== null);
+      if (failed !== undefined) this.#host.log.warn({ err: failed.error?.message }, 'SQL front: a statement of the front\'s own failed before a client\'s');
+    });
+  }
+
+  /** The end of what the client sent up to a ReadyForQuery: an implicit transaction the front opened is decided now. */
+  async #finish(end: UnitEnd, ready: boolean): Promise<void> {
+    if (this.#wrapped && !this.#clientInTx) {
+      if (end.status === 'T' && !end.errored) await this.#takeOverCommit();
+      else await this.#rollbackWrap();
+    }
+    if (ready) this.#ready();
+  }
+
+  /** A transaction the front opened for the client ends with the client's error: roll it back. */
+  async #rollbackWrap(): Promise<void> {
+    if (!this.#wrapped || this.#clientInTx) return;
+    this.#wrapped = false;
+    if (this.#status !== 'I') await this.internal(serialize.query('ROLLBACK'));
+  }
+
+  /**
+   * Decide the open transaction through the leader's order of duties. Its
+   * outcome's error goes to the client; whatever happened, the session is
+   * left with no transaction open.
+   */
+  async #takeOverCommit(): Promise<boolean> {
+    this.#committing = true;
+    let tx: FrontTransaction | null = null;
+    try {
+      await this.#host.commit((opening) => (tx = new FrontTransaction(this, opening, this.#host.captureKey())), this.#txTerm ?? this.#host.term());
+      return true;
+    } catch (error) {
+      this.#toClient(this.#errorFor(error));
+      return false;
+    } finally {
+      this.#committing = false;
+      this.#wrapped = false;
+      this.#clientInTx = false;
+      if ((tx === null || (tx as FrontTransaction).open) && this.#status !== 'I' && !this.#backend.closed) await this.internal(serialize.query('ROLLBACK'));
+    }
+  }
+
+  /** The client's view of the transaction: one the front opened for it does not show. */
+  #ready(): void {
+    const leader = this.#host.isLeader();
+    if (leader !== this.#leaderReported) {
+      // Leadership changed: said before ReadyForQuery, where PostgreSQL reports its own changes.
+      this.#leaderReported = leader;
+      for (const [name, value] of leadershipParameters(leader)) this.#toClient(parameterStatus(name, value));
+    }
+    this.#toClient(readyForQuery(this.#clientInTx ? this.#status : 'I'));
+  }
+
+  // ---- units and what PostgreSQL answers --------------------------------------------
+
+  /** The front's own statements: their rows and error, nothing relayed. */
+  internal(messages: Buffer): Promise<InternalResult> {
+    if (this.#backend.closed) return Promise.resolve({ status: 'I', rows: [], error: sessionLost() });
+    const result = this.#unit(this.#internalSink());
+    this.#toBackend(messages);
+    return result;
+  }
+
+  #internalSink(): Sink & { result: Promise<InternalResult> } {
+    const rows: Array<Array<string | null>> = [];
+    let error: DatabaseError | null = null;
+    let done!: (r: InternalResult) => void;
+    const result = new Promise<InternalResult>((resolve) => (done = resolve));
+    return {
+      result,
+      message: (m) => {
+        // The front's own statements change nothing in the client's view (the callers say what they did).
+        if (m.type === T.dataRow) rows.push(dataRow(m));
+        else if (m.type === T.error) error ??= errorOf(m);
+      },
+      end: (status, lost) => done({ status, rows, error: lost === true ? error ?? sessionLost() : error }),
+    };
+  }
+
+  #unit(sink: Sink & { result: Promise<InternalResult> }): Promise<InternalResult> {
+    this.#sinks.push(sink);
+    return sink.result;
+  }
+
+  /** Relay what PostgreSQL answers to `messages` (or to the pipeline the client sends next) up to its ReadyForQuery. */
+  #relay(messages: Buffer | null): Promise<UnitEnd> {
+    if (this.#backend.closed) return Promise.resolve({ status: 'I', errored: true });
+    let errored = false;
+    const wrapped = this.#wrapped;
+    const ended = new Promise<UnitEnd>((resolve) => {
+      this.#sinks.push({
+        message: (m) => {
+          if (m.type === T.error) {
+            errored = true;
+            return this.#toClient(this.#rewriteError(m));
+          }
+          // The front's BEGIN came first: the client's own BEGIN is no warning to it.
+          if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
+          if (m.type === T.complete) this.#observeTag(m);
+          this.#toClient(this.#rewriteParameter(m));
+        },
+        end: (status, lost) => resolve({ status, errored: errored || lost === true }),
+      });
+    });
+    if (messages !== null) this.#toBackend(messages);
+    return ended;
+  }
+
+  #fromBackend(m: Message): void {
+    if (m.type === T.ready) {
+      this.#status = String.fromCharCode(m.body[0] ?? 0x49) as TransactionStatus;
+      this.#sinks.shift()?.end(this.#status);
+      return;
+    }
+    const sink = this.#sinks[0];
+    // Between units: a notification, a notice or a parameter change; relayed.
+    if (sink === undefined) this.#toClient(this.#rewriteParameter(m));
+    else sink.message(m);
+  }
+
+  /** What a command's tag says about the transaction and the session. */
+  #observeTag(m: Message): void {
+    const tag = m.body.toString('latin1', 0, Math.max(0, m.body.length - 1));
+    if (tag === 'BEGIN' || tag === 'START TRANSACTION') {
+      // The client's own block from here on, even where the front had opened one for it.
+      this.#clientInTx = true;
+      this.#wrapped = false;
+    } else if (tag === 'COMMIT' || tag === 'ROLLBACK' || tag === 'PREPARE TRANSACTION') {
+      this.#clientInTx = false;
+      this.#wrapped = false;
+    } else if (tag === 'SET' || tag === 'RESET' || tag.startsWith('DISCARD') || tag === 'DEALLOCATE ALL') {
+      this.#termSet = null;
+      if (tag !== 'SET' && tag !== 'RESET') this.#named = false;
+    }
+  }
+
+  /** Which node takes writes, as the front says it (libpq's target_session_attrs reads these). */
+  #rewriteParameter(m: Message): Buffer {
+    if (m.type !== T.parameter) return m.raw;
+    const [name] = m.body.toString('utf8').split('\0');
+    const own = leadershipParameters(this.#host.isLeader()).find(([n]) => n === name);
+    return own === undefined ? m.raw : parameterStatus(own[0], own[1]);
+  }
+
+  /** The fence's errors as a PostgreSQL client understands them. */
+  #rewriteError(m: Message): Buffer {
+    const fields = readFields(m.body);
+    const code = fields.get('C');
+    if (code === 'QS001') {
+      fields.set('C', '25006');
+      const leader = this.#host.leaderSql();
+      fields.set('H', leader === null ? 'This node does not take writes to sync tables; connect to the leader (libpq: target_session_attrs=read-write).'
+        : `Write sync tables through the leader's SQL port, ${leader} (libpq: list every node and set target_session_attrs=read-write).`);
+    } else if (code === 'QS002') {
+      fields.set('C', '40001');
+    } else if (code === 'QS005') {
+      fields.set('H', 'Through the qsync SQL port, a write that runs as a pipeline after a read needs BEGIN first; through PostgreSQL directly, replicated tables cannot be written.');
+    } else {
+      return m.raw;
+    }
+    return fieldsMessage('E', fields);
+  }
+
+  /** A commit that did not commit, as the client hears it. */
+  #errorFor(error: unknown): Buffer {
+    if (error instanceof QsyncError) {
+      const hint = error.code === 'NOT_LEADER' || error.code === 'STALE_TERM' ? this.#host.leaderSql() : null;
+      const sqlstate = { ROLLED_BACK: '40000', OUTCOME_UNKNOWN: '08007', LIMBO_FULL: '53000', NOT_LEADER: '25006', STALE_TERM: '40001' }[error.code as string]
+        ?? (typeof error.context.sqlstate === 'string' ? error.context.sqlstate : 'XX000');
+      return errorResponse(sqlstate, `qsync: ${error.message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });
+    }
+    const e = error as { code?: unknown; message?: string };
+    return errorResponse(typeof e.code === 'string' && e.code.length === 5 ? e.code : 'XX000', e.message ?? String(error));
+  }
+
+  // ---- sockets ----------------------------------------------------------------------
+
+  #toClient(data: Buffer): void {
+    if (this.#client.destroyed) return;
+    if (!this.#client.write(data) && !this.#clientBlocked) {
+      this.#clientBlocked = true;
+      this.#backend.pause();
+      this.#client.once('drain', () => {
+        this.#clientBlocked = false;
+        this.#backend.resume();
+      });
+    }
+  }
+
+  #toBackend(data: Buffer): void {
+    if (this.#backend.closed) return;
+    if (!this.#backend.write(data) && !this.#backendBlocked) {
+      this.#backendBlocked = true;
+      this.#client.pause();
+      this.#backend.onDrain(() => {
+        this.#backendBlocked = false;
+        this.#client.resume();
+      });
+    }
+  }
+
+  #backendGone(error: Error | null): void {
+    if (this.#closed) return;
+    this.#toClient(errorResponse('57P01', `qsync: the PostgreSQL session ended${error === null ? '' : `: ${error.message}`}`, { severity: 'FATAL' }));
+    this.#status = 'I';
+    for (const sink of this.#sinks.splice(0)) sink.end('I', true);
+    this.#close();
+  }
+
+  #close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    // A commit being decided goes on: its outcome does not depend on the client.
+    this.#backend.close();
+    this.#client.end();
+  }
+}

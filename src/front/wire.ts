@@ -1,0 +1,179 @@
+// PostgreSQL's frontend/backend protocol v3, as the SQL front needs it: the
+// framing of what a client sends (its startup packet, then typed messages),
+// with every length checked against a limit before anything is buffered for
+// it, and the few backend messages the front writes itself. What PostgreSQL
+// sends back is split by the same framing and relayed as it came; the
+// messages the front must read (authentication, errors, rows of its own
+// statements) are decoded by node-postgres' own parser (backend.ts).
+
+/** Startup packet codes (the int32 after the length). */
+export const PROTOCOL_3_0 = 3 << 16;
+export const SSL_REQUEST = 80877103;
+export const GSSENC_REQUEST = 80877104;
+export const CANCEL_REQUEST = 80877102;
+
+/** A client sent what the protocol does not allow: the connection is closed after one ErrorResponse. */
+export class WireError extends Error {
+  constructor(readonly sqlstate: string, message: string) {
+    super(message);
+    this.name = 'WireError';
+  }
+}
+
+/** One typed message: its type byte and its body (without the length). */
+export interface Message {
+  readonly type: number;
+  readonly body: Buffer;
+  /** The whole message as it came, to relay without copying. */
+  readonly raw: Buffer;
+}
+
+/**
+ * Splits a byte stream into frames. A frame's declared length is checked as
+ * soon as its header is in: a length out of bounds fails at once, before a
+ * byte of its body is kept.
+ */
+export class Frames {
+  #buffer: Buffer = Buffer.alloc(0);
+  #offset = 0;
+
+  constructor(readonly what: string) {}
+
+  /** Bytes received and not yet returned as frames. */
+  get pending(): number {
+    return this.#buffer.length - this.#offset;
+  }
+
+  push(chunk: Buffer): void {
+    this.#buffer = this.#offset === this.#buffer.length ? chunk : Buffer.concat([this.#buffer.subarray(this.#offset), chunk]);
+    this.#offset = 0;
+  }
+
+  /** A startup-phase packet (int32 length, then its body, no type byte), or null until complete. */
+  startup(bytesMax: number): Buffer | null {
+    if (this.pending < 4) return null;
+    const length = this.#buffer.readInt32BE(this.#offset);
+    if (length < 8 || length > bytesMax) throw new WireError('08P01', `invalid ${this.what} startup packet length ${length} (at most ${bytesMax} bytes)`);
+    if (this.pending < length) return null;
+    const body = this.#buffer.subarray(this.#offset + 4, this.#offset + length);
+    this.#offset += length;
+    return body;
+  }
+
+  /** A typed message, or null until complete. */
+  message(bytesMax: number): Message | null {
+    if (this.pending < 5) return null;
+    const length = this.#buffer.readInt32BE(this.#offset + 1);
+    if (length < 4 || length > bytesMax) {
+      throw new WireError(length < 4 ? '08P01' : '54000', `invalid ${this.what} message length ${length} (type ${JSON.stringify(String.fromCharCode(this.#buffer[this.#offset] ?? 0))}, at most ${bytesMax} bytes)`);
+    }
+    if (this.pending < length + 1) return null;
+    const start = this.#offset;
+    this.#offset += length + 1;
+    return { type: this.#buffer[start] as number, body: this.#buffer.subarray(start + 5, start + length + 1), raw: this.#buffer.subarray(start, start + length + 1) };
+  }
+}
+
+/** Reads the NUL-terminated strings and integers of a message body, failing on a body cut short. */
+export class BodyReader {
+  #offset = 0;
+
+  constructor(readonly body: Buffer) {}
+
+  get done(): boolean {
+    return this.#offset >= this.body.length;
+  }
+
+  cstring(): string {
+    const end = this.body.indexOf(0, this.#offset);
+    if (end < 0) throw new WireError('08P01', 'invalid message format: a string has no terminator');
+    const text = this.body.toString('utf8', this.#offset, end);
+    this.#offset = end + 1;
+    return text;
+  }
+
+  int32(): number {
+    if (this.#offset + 4 > this.body.length) throw new WireError('08P01', 'invalid message format: message cut short');
+    const value = this.body.readInt32BE(this.#offset);
+    this.#offset += 4;
+    return value;
+  }
+
+  int16(): number {
+    if (this.#offset + 2 > this.body.length) throw new WireError('08P01', 'invalid message format: message cut short');
+    const value = this.body.readInt16BE(this.#offset);
+    this.#offset += 2;
+    return value;
+  }
+
+  bytes(length: number): Buffer {
+    if (length < 0 || this.#offset + length > this.body.length) throw new WireError('08P01', 'invalid message format: message cut short');
+    const out = this.body.subarray(this.#offset, this.#offset + length);
+    this.#offset += length;
+    return out;
+  }
+}
+
+// ---- messages the front writes ----------------------------------------------------
+
+export function message(type: string, ...parts: Array<Buffer | string | number>): Buffer {
+  const buffers = parts.map((p) => (typeof p === 'number' ? int32(p) : typeof p === 'string' ? cstring(p) : p));
+  const length = buffers.reduce((sum, b) => sum + b.length, 4);
+  const header = Buffer.alloc(5);
+  header.write(type, 0, 'latin1');
+  header.writeInt32BE(length, 1);
+  return Buffer.concat([header, ...buffers]);
+}
+
+export function int32(value: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32BE(value);
+  return b;
+}
+
+export function cstring(text: string): Buffer {
+  return Buffer.concat([Buffer.from(text, 'utf8'), Buffer.from([0])]);
+}
+
+export const authenticationOk = (): Buffer => message('R', 0);
+export const authenticationMd5 = (salt: Buffer): Buffer => message('R', 5, salt);
+export const authenticationSasl = (mechanisms: readonly string[]): Buffer => message('R', 10, ...mechanisms, Buffer.from([0]));
+export const authenticationSaslContinue = (data: string): Buffer => message('R', 11, Buffer.from(data));
+export const authenticationSaslFinal = (data: string): Buffer => message('R', 12, Buffer.from(data));
+export const backendKeyData = (pid: number, secret: number): Buffer => message('K', pid, secret);
+export const parameterStatus = (name: string, value: string): Buffer => message('S', name, value);
+export const readyForQuery = (status: TransactionStatus): Buffer => message('Z', Buffer.from(status, 'latin1'));
+export const commandComplete = (tag: string): Buffer => message('C', tag);
+export const negotiateProtocolVersion = (minor: number, unrecognized: readonly string[]): Buffer => message('v', PROTOCOL_3_0 | minor, unrecognized.length, ...unrecognized);
+
+/** What ReadyForQuery says: idle, in a transaction block, in a failed one. */
+export type TransactionStatus = 'I' | 'T' | 'E';
+
+/** An error's fields by their one-letter codes (S severity, C SQLSTATE, M message, D detail, H hint, ...). */
+export type ErrorFields = ReadonlyMap<string, string>;
+
+export function errorResponse(sqlstate: string, text: string, more: { detail?: string; hint?: string; severity?: 'ERROR' | 'FATAL' } = {}): Buffer {
+  const fields = new Map<string, string>([['S', more.severity ?? 'ERROR'], ['V', more.severity ?? 'ERROR'], ['C', sqlstate], ['M', text]]);
+  if (more.detail !== undefined) fields.set('D', more.detail);
+  if (more.hint !== undefined) fields.set('H', more.hint);
+  return fieldsMessage('E', fields);
+}
+
+export function fieldsMessage(type: 'E' | 'N', fields: ErrorFields): Buffer {
+  const parts: Buffer[] = [];
+  for (const [code, value] of fields) parts.push(Buffer.from(code, 'latin1'), cstring(value));
+  parts.push(Buffer.from([0]));
+  return message(type, ...parts);
+}
+
+/** An ErrorResponse's or NoticeResponse's fields. */
+export function readFields(body: Buffer): Map<string, string> {
+  const fields = new Map<string, string>();
+  const reader = new BodyReader(body);
+  while (!reader.done) {
+    const code = reader.bytes(1)[0] as number;
+    if (code === 0) break;
+    fields.set(String.fromCharCode(code), reader.cstring());
+  }
+  return fields;
+}

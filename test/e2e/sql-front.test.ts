@@ -1,0 +1,290 @@
+// The SQL port end to end (issue 21): a real local cluster (3 embedded
+// PostgreSQL servers, 3 sidecar processes), and node-postgres, an unmodified
+// PostgreSQL driver, connecting to the sidecars' SQL ports as PostgreSQL
+// roles. Tries to break what the port promises: a sync write through it is
+// on every node once acknowledged, and on none when its quorum is gone; the
+// role's own privileges and password hold; the transaction semantics a
+// driver expects (explicit, implicit, several statements, extended protocol,
+// errors) are PostgreSQL's; a follower refuses sync writes as a hot standby
+// would; hostile bytes end one connection, never the port.
+import { readFile, writeFile } from 'node:fs/promises';
+import { connect as netConnect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { eventually, rowsOn } from '../support/cluster.js';
+
+let cluster: LocalCluster;
+const SYNCHRO_TIMEOUT_MS = 1500;
+
+beforeAll(async () => {
+  cluster = await startLocalCluster({
+    synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
+    electionTimeoutMs: 3_000,
+    electionModes: { 2: 'voter', 3: 'voter' },
+    proxies: true,
+    tables: [
+      { ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' },
+      { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
+    ],
+  });
+  for (const n of cluster.nodes) {
+    const client = await n.sql();
+    await client.query(`CREATE ROLE app LOGIN PASSWORD 'app-secret-1'; GRANT SELECT, INSERT, UPDATE, DELETE ON accounts, notes TO app;
+                        SET password_encryption = 'md5'; CREATE ROLE legacy LOGIN PASSWORD 'legacy-secret-1'; RESET password_encryption;
+                        GRANT SELECT, INSERT ON accounts TO legacy; CREATE ROLE nologin PASSWORD 'nologin-secret-1'`);
+    await client.end();
+  }
+}, 120_000);
+
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+const node = (replica: number): ClusterNode => cluster.nodes[replica - 1] as ClusterNode;
+const rows = (replica: number, sql: string, params: unknown[] = []): Promise<unknown[]> => rowsOn(node(replica), sql, params);
+
+/** A node-postgres client on a node's SQL port, as `user`. */
+async function sqlClient(replica: number, user = 'app', password = 'app-secret-1'): Promise<pg.Client> {
+  const client = new pg.Client({ host: '127.0.0.1', port: node(replica).sqlPort, user, password, database: 'postgres' });
+  client.on('error', () => undefined);
+  await client.connect();
+  return client;
+}
+
+const everywhere = async (sql: string, params: unknown[] = []): Promise<unknown[][]> => Promise.all([1, 2, 3].map((r) => rows(r, sql, params)));
+
+describe('SQL port: sync writes from an unmodified driver', () => {
+  it('an autocommit INSERT is on every node once acknowledged', async () => {
+    const client = await sqlClient(1);
+    const r = await client.query("INSERT INTO accounts VALUES (1, 'ann', 10)");
+    expect(r.command).toBe('INSERT');
+    expect(r.rowCount).toBe(1);
+    // Acknowledged: a quorum holds it, and the leader committed it; the followers apply it.
+    expect(await rows(1, 'SELECT owner FROM accounts WHERE id = 1')).toEqual([{ owner: 'ann' }]);
+    await eventually(async () => expect(await everywhere('SELECT owner, balance::int AS balance FROM accounts WHERE id = 1')).toEqual([[{ owner: 'ann', balance: 10 }], [{ owner: 'ann', balance: 10 }], [{ owner: 'ann', balance: 10 }]]), 'the autocommit INSERT on every node');
+    await client.end();
+  });
+
+  it('an explicit transaction commits at COMMIT, with parameters and a named prepared statement', async () => {
+    const client = await sqlClient(1);
+    await client.query('BEGIN');
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [2, 'bob', 20] });
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [3, 'cy', 30] });
+    // Not committed yet: invisible elsewhere.
+    expect(await rows(1, 'SELECT id FROM accounts WHERE id IN (2, 3)')).toEqual([]);
+    const done = await client.query('COMMIT');
+    expect(done.command).toBe('COMMIT');
+    await eventually(async () => expect((await everywhere('SELECT id FROM accounts WHERE id IN (2, 3) ORDER BY id')).map((r) => r.length)).toEqual([2, 2, 2]), 'the two rows of the transaction on every node');
+    // The prepared statement lives on in the session, as on PostgreSQL.
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [4, 'di', 40] });
+    await eventually(async () => expect((await everywhere('SELECT id FROM accounts WHERE id = 4')).map((r) => r.length)).toEqual([1, 1, 1]), 'the row of the prepared statement on every node');
+    await client.end();
+  });
+
+  it('several statements in one simple query, COMMIT among them, and a ROLLBACK that leaves nothing', async () => {
+    const client = await sqlClient(1);
+    const results = await client.query("BEGIN; INSERT INTO accounts VALUES (5, 'ed', 50); UPDATE accounts SET balance = 51 WHERE id = 5; COMMIT; SELECT balance::int AS b FROM accounts WHERE id = 5") as unknown as pg.QueryResult[];
+    expect(results.map((r) => r.command)).toEqual(['BEGIN', 'INSERT', 'UPDATE', 'COMMIT', 'SELECT']);
+    expect(results[4]?.rows).toEqual([{ b: 51 }]);
+    await client.query('BEGIN');
+    await client.query("INSERT INTO accounts VALUES (6, 'fay', 60)");
+    await client.query('ROLLBACK');
+    await eventually(async () => expect((await everywhere('SELECT balance::int AS b FROM accounts WHERE id = 5')).flat()).toEqual([{ b: 51 }, { b: 51 }, { b: 51 }]), 'the multi-statement transaction on every node');
+    expect((await everywhere('SELECT 1 FROM accounts WHERE id = 6')).flat()).toEqual([]);
+    await client.end();
+  });
+
+  it('an error inside a transaction fails it as PostgreSQL does, and nothing of it commits', async () => {
+    const client = await sqlClient(1);
+    await client.query('BEGIN');
+    await client.query("INSERT INTO accounts VALUES (7, 'gus', 70)");
+    await expect(client.query("INSERT INTO accounts VALUES (7, 'dup', 0)")).rejects.toMatchObject({ code: '23505' });
+    await expect(client.query('SELECT 1')).rejects.toMatchObject({ code: '25P02' });
+    const end = await client.query('COMMIT');
+    expect(end.command).toBe('ROLLBACK');
+    // An autocommit statement that fails leaves the session idle and usable.
+    await expect(client.query("INSERT INTO accounts VALUES (1, 'again', 0)")).rejects.toMatchObject({ code: '23505' });
+    expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    expect((await everywhere('SELECT 1 FROM accounts WHERE id = 7')).flat()).toEqual([]);
+    await client.end();
+  });
+
+  it('async tables: an autocommit write through the port replicates, also from a follower', async () => {
+    const client = await sqlClient(2);
+    await client.query("INSERT INTO notes VALUES ('n1', 'from node 2')");
+    await eventually(async () => expect((await everywhere("SELECT body FROM notes WHERE id = 'n1'")).flat()).toEqual([{ body: 'from node 2' }, { body: 'from node 2' }, { body: 'from node 2' }]), 'the async note on every node');
+    await client.end();
+  });
+
+  it('a pool of 32 sessions writing at once: every acknowledged write is on every node', async () => {
+    const pool = new pg.Pool({ host: '127.0.0.1', port: node(1).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', max: 32 });
+    const ids = Array.from({ length: 200 }, (_, i) => 1000 + i);
+    await Promise.all(ids.map((id) => pool.query('INSERT INTO accounts VALUES ($1, $2, $3)', [id, `p${id}`, id])));
+    await pool.end();
+    await eventually(async () => expect((await everywhere('SELECT count(*)::int AS n FROM accounts WHERE id >= 1000 AND id < 1200')).flat()).toEqual([{ n: 200 }, { n: 200 }, { n: 200 }]), 'the 200 writes of the pool on every node');
+  });
+});
+
+describe('SQL port: leadership as PostgreSQL clients read it', () => {
+  it('the leader reports read-write, a follower read-only and hot standby', async () => {
+    const reported = async (replica: number): Promise<Record<string, string>> => {
+      const client = new pg.Client({ host: '127.0.0.1', port: node(replica).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres' });
+      const params: Record<string, string> = {};
+      (client as unknown as { connection: { on(e: string, f: (m: { parameterName: string; parameterValue: string }) => void): void } }).connection
+        .on('parameterStatus', (m) => (params[m.parameterName] = m.parameterValue));
+      await client.connect();
+      await client.end();
+      return params;
+    };
+    expect(await reported(1)).toMatchObject({ default_transaction_read_only: 'off', in_hot_standby: 'off', session_authorization: 'app' });
+    expect(await reported(2)).toMatchObject({ default_transaction_read_only: 'on', in_hot_standby: 'on' });
+  });
+
+  it('a sync write on a follower is refused with 25006 and names the leader', async () => {
+    const client = await sqlClient(2);
+    const error = await client.query("INSERT INTO accounts VALUES (8, 'hal', 80)").catch((e: unknown) => e) as { code?: string; hint?: string };
+    expect(error.code).toBe('25006');
+    expect(error.hint).toContain(`127.0.0.1:${node(1).sqlPort}`);
+    // Reads and the session go on.
+    expect((await client.query('SELECT count(*)::int AS n FROM accounts WHERE id = 1')).rows).toEqual([{ n: 1 }]);
+    expect((await everywhere('SELECT 1 FROM accounts WHERE id = 8')).flat()).toEqual([]);
+    await client.end();
+  });
+});
+
+describe('SQL port: the limbo behind COMMIT', () => {
+  it('a commit whose quorum is gone is rolled back with a class 40 error and is on no node', async () => {
+    const client = await sqlClient(1);
+    cluster.proxy(1, 2).cut();
+    cluster.proxy(1, 3).cut();
+    cluster.proxy(2, 1).cut();
+    cluster.proxy(3, 1).cut();
+    try {
+      const error = await client.query("INSERT INTO accounts VALUES (9, 'ivy', 90)").catch((e: unknown) => e) as { code?: string; message?: string };
+      expect(error.code).toBe('40000');
+      expect(error.message).toMatch(/quorum|rolled back/i);
+    } finally {
+      cluster.heal();
+    }
+    expect((await everywhere('SELECT 1 FROM accounts WHERE id = 9')).flat()).toEqual([]);
+    // Nothing stays prepared on the leader.
+    await eventually(async () => expect(await rows(1, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]), 'nothing prepared after the rollback');
+    // The session is usable again once the quorum is back.
+    await cluster.leader();
+    await eventually(async () => expect((await client.query("INSERT INTO accounts VALUES (10, 'jo', 100) ON CONFLICT DO NOTHING")).command).toBe('INSERT'), 'a write once the quorum is back');
+    await client.end();
+  });
+
+  it('a client that leaves while its commit waits changes nothing: the commit is decided, nothing stays prepared', async () => {
+    const client = await sqlClient(1);
+    cluster.proxy(1, 2).cut();
+    cluster.proxy(1, 3).cut();
+    const pending = client.query("INSERT INTO accounts VALUES (11, 'kim', 110)").catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 200));
+    (client as unknown as { connection: { stream: Socket } }).connection.stream.destroy();
+    cluster.heal();
+    await pending;
+    // Decided one way, on every node alike, and nothing left prepared.
+    await eventually(async () => {
+      const seen = (await everywhere('SELECT 1 AS x FROM accounts WHERE id = 11')).map((r) => r.length);
+      expect(new Set(seen).size).toBe(1);
+      expect(await rows(1, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    }, 'one outcome on every node, nothing prepared');
+  });
+});
+
+describe('SQL port: roles and passwords are PostgreSQL\'s', () => {
+  it('a wrong password gets 28P01; an unknown role and one that may not log in get the same', async () => {
+    for (const [user, password] of [['app', 'wrong'], ['ghost', 'whatever'], ['nologin', 'nologin-secret-1']] as const) {
+      await expect(sqlClient(1, user, password)).rejects.toMatchObject({ code: '28P01', message: `password authentication failed for user "${user}"` });
+    }
+  });
+
+  it('an md5 password works where pg_hba.conf allows md5, and is refused as PostgreSQL refuses it where it asks SCRAM', async () => {
+    await expect(sqlClient(2, 'legacy', 'legacy-secret-1')).rejects.toMatchObject({ code: '28P01', detail: expect.stringMatching(/md5.*SCRAM/) });
+    // Node 1 lets the role use md5, as an operator would for a legacy role.
+    const dataDir = node(1).pg.dataDir as string;
+    const hba = await readFile(join(dataDir, 'pg_hba.conf'), 'utf8');
+    await writeFile(join(dataDir, 'pg_hba.conf'), `local all legacy md5\nhost all legacy 127.0.0.1/32 md5\n${hba}`);
+    await rows(1, 'SELECT pg_reload_conf()');
+    const client = await sqlClient(1, 'legacy', 'legacy-secret-1');
+    expect((await client.query('SELECT current_user AS u, session_user AS s')).rows).toEqual([{ u: 'legacy', s: 'legacy' }]);
+    await client.query("INSERT INTO accounts VALUES (12, 'leo', 120)");
+    await eventually(async () => expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 12')).map((r) => r.length)).toEqual([1, 1, 1]), 'the md5 role\'s write on every node');
+    // Exactly the role's privileges: it may not update, nor become another role.
+    await expect(client.query('UPDATE accounts SET balance = 0 WHERE id = 12')).rejects.toMatchObject({ code: '42501' });
+    await expect(client.query('SET ROLE postgres')).rejects.toMatchObject({ code: '42501' });
+    await client.end();
+  });
+});
+
+describe('SQL port: hostile input', () => {
+  const raw = (replica: number): Promise<Socket> => new Promise((resolve, reject) => {
+    const s = netConnect(node(replica).sqlPort, '127.0.0.1', () => resolve(s));
+    s.on('error', reject);
+  });
+  const answer = (s: Socket): Promise<Buffer> => new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('close', () => resolve(Buffer.concat(chunks)));
+    s.on('error', () => undefined);
+  });
+
+  it('garbage, a 2^31 length and an oversized startup packet each get an error and a closed connection; the port serves on', async () => {
+    for (const bytes of [Buffer.from('GET / HTTP/1.1\r\n\r\n'), Buffer.from([0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]), Buffer.concat([Buffer.from([0, 0, 0x4e, 0x30]), Buffer.alloc(100)])]) {
+      const s = await raw(1);
+      const got = answer(s);
+      s.write(bytes);
+      const reply = await got;
+      expect(String.fromCharCode(reply[0] ?? 0)).toBe('E');
+      expect(reply.toString('latin1')).toMatch(/length|protocol/);
+    }
+    const client = await sqlClient(1);
+    expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    await client.end();
+  });
+
+  it('a message over the cap after login ends that session only', async () => {
+    const other = await sqlClient(1);
+    const victim = await sqlClient(1);
+    const socket = (victim as unknown as { connection: { stream: Socket } }).connection.stream;
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    const header = Buffer.alloc(5);
+    header.write('Q');
+    header.writeInt32BE(2 ** 30, 1);
+    socket.write(header);
+    await closed;
+    expect((await other.query('SELECT 2 AS two')).rows).toEqual([{ two: 2 }]);
+    await other.end();
+  });
+
+  it('SSL and GSS encryption requests are declined and the client goes on in the clear', async () => {
+    const client = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', ssl: { rejectUnauthorized: false } });
+    client.on('error', () => undefined);
+    await expect(client.connect()).rejects.toThrow(/SSL/);
+    const s = await raw(1);
+    const got = new Promise<Buffer>((resolve) => s.once('data', resolve));
+    s.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]));
+    expect((await got).toString()).toBe('N');
+    s.destroy();
+  });
+});
+
+describe('SQL port: cancel', () => {
+  it('a cancel request stops a long query of that session only', async () => {
+    const client = await sqlClient(1);
+    const other = await sqlClient(1);
+    const long = client.query('SELECT pg_sleep(30)').catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 300));
+    // node-postgres cancels with the key the front gave it, over a connection of its own.
+    const canceller = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres' });
+    await (canceller as unknown as { cancel(c: pg.Client, q: unknown): void }).cancel(client, (client as unknown as { activeQuery: unknown }).activeQuery);
+    expect(await long).toMatchObject({ code: '57014' });
+    expect((await client.query('SELECT 3 AS three')).rows).toEqual([{ three: 3 }]);
+    expect((await other.query('SELECT 4 AS four')).rows).toEqual([{ four: 4 }]);
+    await client.end();
+    await other.end();
+  }, 20_000);
+});
