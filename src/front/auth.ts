@@ -78,9 +78,12 @@ export class ScramServer {
   #serverFirst = '';
   #nonce = '';
   #gs2 = '';
+  readonly #serverNonce: string;
 
-  constructor(verifier: Extract<Verifier, { kind: 'scram' }>) {
+  /** `serverNonce`: fixed only by a test vector; random otherwise. */
+  constructor(verifier: Extract<Verifier, { kind: 'scram' }>, serverNonce = randomBytes(18).toString('base64')) {
     this.#verifier = verifier;
+    this.#serverNonce = serverNonce;
   }
 
   /** The client-first-message in; the server-first-message out. */
@@ -95,7 +98,7 @@ export class ScramServer {
     const nonce = attrs.find(([k]) => k === 'r')?.[1];
     if (attrs.some(([k]) => k === 'm')) throw new AuthFailed('08P01', 'SCRAM extensions are not supported');
     if (nonce === undefined || !/^[\x21-\x2b\x2d-\x7e]+$/.test(nonce)) throw new AuthFailed('08P01', 'SCRAM client nonce missing or not printable');
-    this.#nonce = nonce + randomBytes(18).toString('base64');
+    this.#nonce = nonce + this.#serverNonce;
     this.#serverFirst = `r=${this.#nonce},s=${this.#verifier.salt},i=${this.#verifier.iterations}`;
     return this.#serverFirst;
   }

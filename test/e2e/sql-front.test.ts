@@ -7,6 +7,7 @@
 // driver expects (explicit, implicit, several statements, extended protocol,
 // errors) are PostgreSQL's; a follower refuses sync writes as a hot standby
 // would; hostile bytes end one connection, never the port.
+import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -124,6 +125,34 @@ describe('SQL port: sync writes from an unmodified driver', () => {
     await Promise.all(ids.map((id) => pool.query('INSERT INTO accounts VALUES ($1, $2, $3)', [id, `p${id}`, id])));
     await pool.end();
     await eventually(async () => expect((await everywhere('SELECT count(*)::int AS n FROM accounts WHERE id >= 1000 AND id < 1200')).flat()).toEqual([{ n: 200 }, { n: 200 }, { n: 200 }]), 'the 200 writes of the pool on every node');
+  });
+});
+
+describe('SQL port: psql', () => {
+  const psql = async (args: readonly string[], input?: string): Promise<{ stdout: string; stderr: string; code: number }> => {
+    const url = `postgresql://app:app-secret-1@127.0.0.1:${node(1).sqlPort}/postgres`;
+    return new Promise((resolve) => {
+      const child = execFile('psql', [url, '-X', '-v', 'ON_ERROR_STOP=1', ...args], { timeout: 20_000 }, (error, stdout, stderr) => {
+        resolve({ stdout, stderr, code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1 });
+      });
+      if (input !== undefined) child.stdin?.end(input);
+    });
+  };
+
+  it('a multi-statement transaction and \\copy in both directions, through psql in simple mode', async () => {
+    const tx = await psql(['-c', "BEGIN; INSERT INTO accounts VALUES (20, 'psql', 1); UPDATE accounts SET balance = 2 WHERE id = 20; COMMIT"]);
+    expect(tx).toMatchObject({ code: 0, stderr: '' });
+    const copied = await psql(['-c', '\\copy accounts FROM STDIN'], '21\tcopy-a\t21\n22\tcopy-b\t22\n');
+    expect(copied).toMatchObject({ code: 0, stdout: 'COPY 2\n' });
+    await eventually(async () => expect((await everywhere('SELECT id, balance::int AS b FROM accounts WHERE id BETWEEN 20 AND 22 ORDER BY id')).map((r) => r.length)).toEqual([3, 3, 3]), 'the rows psql wrote on every node');
+    expect(await rows(3, 'SELECT balance::int AS b FROM accounts WHERE id = 20')).toEqual([{ b: 2 }]);
+    const out = await psql(['-c', '\\copy (SELECT id FROM accounts WHERE id BETWEEN 20 AND 22 ORDER BY id) TO STDOUT']);
+    expect(out).toMatchObject({ code: 0, stdout: '20\n21\n22\n' });
+    // A bad row fails the whole COPY, and nothing of it is anywhere.
+    const bad = await psql(['-c', '\\copy accounts FROM STDIN'], '23\tok\t23\nnot-a-number\tbad\t0\n');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/invalid input syntax/);
+    expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 23')).flat()).toEqual([]);
   });
 });
 
