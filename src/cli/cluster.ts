@@ -279,6 +279,15 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
   };
 }
 
+/** One libpq URL naming every node's SQL port, that finds whichever leads (target_session_attrs=read-write). */
+export function multiHostUrl(urls: readonly string[]): string {
+  const parsed = urls.map((u) => new URL(u));
+  const first = parsed[0];
+  if (first === undefined) return '';
+  const hosts = parsed.map((u) => `${u.hostname}:${u.port}`).join(',');
+  return `postgresql://${first.username}:${first.password}@${hosts}${first.pathname}?target_session_attrs=read-write`;
+}
+
 type NodePorts = { readonly peer: number; readonly client: number; readonly admin: number; readonly sql: number };
 
 /** The cluster secret's file in the cluster's directory (mode 0600). */

@@ -14,7 +14,7 @@ import { ConfigError, gatherConfig, JOINING_FILE, MEMBER_FILE, SETTINGS, validat
 import { SidecarNode } from '../sidecar/node.js';
 import { CLUSTER_FILE, readClusterFile, serveControl } from '../drill/target.js';
 import { processAlive } from '../os/process.js';
-import { startLocalCluster } from './cluster.js';
+import { multiHostUrl, startLocalCluster } from './cluster.js';
 import { drill, DRILL_USAGE } from './drill.js';
 import { ADMIN_HELP, adminTokenOf, CliFailure, control, ddlCommand, EXIT, membersCommand, requestJoin, status, tableCommand } from './admin.js';
 
@@ -170,15 +170,6 @@ async function start(argv: readonly string[], command = 'start'): Promise<void> 
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
-}
-
-/** One libpq URL naming every node's SQL port, that finds whichever leads (target_session_attrs=read-write). */
-export function multiHostUrl(urls: readonly string[]): string {
-  const parsed = urls.map((u) => new URL(u));
-  const first = parsed[0];
-  if (first === undefined) return '';
-  const hosts = parsed.map((u) => `${u.hostname}:${u.port}`).join(',');
-  return `postgresql://${first.username}:${first.password}@${hosts}${first.pathname}?target_session_attrs=read-write`;
 }
 
 async function clusterUp(argv: readonly string[]): Promise<void> {

@@ -10,7 +10,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+import { multiHostUrl, startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
+
 import { eventually, rowsOn } from '../support/cluster.js';
 import { connect, NotLeader, OutcomeUnknown, RolledBack, StaleTerm, type Db } from '../../src/client/index.js';
 
@@ -136,6 +137,39 @@ describe('elections on a 3-node cluster', () => {
     expect(writer.acked.length).toBeGreaterThan(5);
     expect((await cluster.leader()).replica).toBe(target.replica);
     expect(await converged('transfer')).toEqual(writer.acked);
+  });
+
+  it('(h2) a libpq multi-host URL with target_session_attrs=read-write finds the leader\'s SQL port before and after a transfer; no acknowledged write is lost', async () => {
+    const leader = await cluster.leader();
+    const url = multiHostUrl(cluster.nodes.map((n) => n.sqlUrl));
+    const acked: number[] = [];
+    const failed: string[] = [];
+    let stopped = false;
+    // A script as a user would write it: psql (libpq) connecting anew for each write, with the multi-host URL.
+    const writer = (async () => {
+      for (let id = 7000; !stopped; id += 1) {
+        try {
+          await run('psql', [url, '-X', '-v', 'ON_ERROR_STOP=1', '-c', `INSERT INTO accounts VALUES (${id}, 'libpq', 0)`], { timeout: 20_000 });
+          acked.push(id);
+        } catch (error) {
+          failed.push((error as { stderr?: string }).stderr ?? String(error));
+        }
+      }
+    })();
+    await eventually(async () => expect(acked.length).toBeGreaterThan(3), 'writes through the multi-host URL');
+    const target = others(leader.replica)[0] as ClusterNode;
+    await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress], { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } });
+    const before = acked.length;
+    await eventually(async () => expect(acked.length).toBeGreaterThan(before + 3), 'writes through the multi-host URL after the transfer');
+    stopped = true;
+    await writer;
+    // Where it connects now is the new leader.
+    const { stdout } = await run('psql', [url, '-X', '-At', '-c', 'SHOW port']);
+    expect(Number(stdout.trim())).toBe(target.pg.port);
+    // A write refused during the hand-over is one the client saw fail; none it saw succeed is missing.
+    const onAll = await converged('libpq');
+    expect(onAll.filter((id) => acked.includes(id))).toEqual(acked);
+    for (const text of failed) expect(text).toMatch(/read-only|not the leader|25006|40001|could not|server closed|terminat/i);
   });
 
   it('(b) SIGKILL of the leader: a new leader takes sync writes, nothing acknowledged is lost, and the old node converges', async () => {
