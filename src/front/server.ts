@@ -121,6 +121,7 @@ export class SqlFront {
         const value = reader.cstring();
         if (params.size >= STARTUP_PARAMETERS_MAX) throw new WireError('08P01', `a startup packet names at most ${STARTUP_PARAMETERS_MAX} parameters`);
         if (key.startsWith('_pq_.')) unrecognized.push(key);
+        else if (key.startsWith('qsync.') || (key === 'options' && /qsync\./i.test(value))) throw new WireError('42501', `the SQL port sets qsync's own settings itself; leave ${key === 'options' ? 'qsync.* out of options' : key} out of the connection`);
         else params.set(key, value);
       }
       if ((code & 0xffff) > 0 || unrecognized.length > 0) socket.write(negotiateProtocolVersion(0, unrecognized));
@@ -131,6 +132,8 @@ export class SqlFront {
       }
       inbox.messages(limits.handshakeBytesMax);
       const auth = await this.#gate.run(socket.remoteAddress ?? 'unknown', () => this.#authenticate(socket, inbox, user));
+      // Marks the session as the SQL port's (migrations/0005: its schema changes to replicated tables are refused).
+      params.set('qsync.via_front', 'on');
       return { backend: await Backend.open(this.#host.target, params, auth, limits.handshakeTimeoutMs), params };
     }
   }

@@ -22,6 +22,7 @@ import type { Socket } from 'node:net';
 import { serialize } from 'pg-protocol';
 import type { DatabaseError } from 'pg-protocol/dist/messages.js';
 import { QsyncError } from '../core/errors.js';
+import { limits } from '../core/limits.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
@@ -42,7 +43,7 @@ export interface SessionHost {
   /** This node's capture key (postgres/capture.ts). */
   captureKey(): string;
   /** Commit a transaction the client ran, through the leader's order of duties (writes.ts commitOpen). */
-  commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term): Promise<void>;
+  commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term, idempotencyKey: string | null): Promise<void>;
 }
 
 /** Named statements and portals a client may have at once (PostgreSQL has no bound; the front's bookkeeping does). */
@@ -101,6 +102,8 @@ export class Session implements InternalRunner {
   #discarding = false;
   /** A COMMIT is being decided: a cancel request does not reach it (PostgreSQL ignores cancels in its own sync-rep wait). */
   #committing = false;
+  /** The client's SQL named qsync.idempotency_key: each COMMIT reads it (SET LOCAL qsync.idempotency_key = '...'). */
+  #keyNamed = false;
   #leaderReported: boolean;
   #clientBlocked = false;
   #backendBlocked = false;
@@ -158,6 +161,7 @@ export class Session implements InternalRunner {
   // ---- simple query ---------------------------------------------------------------
 
   async #simpleQuery(text: string): Promise<void> {
+    this.#noteKey(text);
     const statements = splitStatements(text);
     const commits = statements?.some((s) => s.kind === 'commit' || s.kind === 'commitChain') === true;
     if (statements === null || !commits) {
@@ -222,7 +226,9 @@ export class Session implements InternalRunner {
     const body = new BodyReader(m.body);
     if (m.type === T.parse) {
       const name = body.cstring();
-      this.#remember(this.#statements, name, classify(body.cstring()));
+      const text = body.cstring();
+      this.#noteKey(text);
+      this.#remember(this.#statements, name, classify(text));
     } else if (m.type === T.bind) {
       const portal = body.cstring();
       this.#remember(this.#portals, portal, this.#statements.get(body.cstring()) ?? 'write');
@@ -341,6 +347,21 @@ export class Session implements InternalRunner {
     if (this.#status !== 'I') await this.internal(serialize.query('ROLLBACK'));
   }
 
+  #noteKey(sql: string): void {
+    if (!this.#keyNamed && /qsync\.idempotency_key/i.test(sql)) this.#keyNamed = true;
+  }
+
+  /** The transaction's idempotency key, when the client's SQL may have set one. */
+  async #idempotencyKey(): Promise<string | null> {
+    if (!this.#keyNamed) return null;
+    const r = await this.internal(serialize.query("SELECT nullif(current_setting('qsync.idempotency_key', true), '')"));
+    const key = r.rows[0]?.[0] ?? null;
+    if (key !== null && Buffer.byteLength(key) > limits.idempotencyKeyBytesMax) {
+      throw new QsyncError('BAD_REQUEST', `qsync.idempotency_key is longer than ${limits.idempotencyKeyBytesMax} bytes`, { sqlstate: '22023' });
+    }
+    return key;
+  }
+
   /**
    * Decide the open transaction through the leader's order of duties. Its
    * outcome's error goes to the client; whatever happened, the session is
@@ -350,7 +371,8 @@ export class Session implements InternalRunner {
     this.#committing = true;
     let tx: FrontTransaction | null = null;
     try {
-      await this.#host.commit((opening) => (tx = new FrontTransaction(this, opening, this.#host.captureKey())), this.#txTerm ?? this.#host.term());
+      const key = await this.#idempotencyKey();
+      await this.#host.commit((opening) => (tx = new FrontTransaction(this, opening, this.#host.captureKey())), this.#txTerm ?? this.#host.term(), key);
       return true;
     } catch (error) {
       this.#toClient(this.#errorFor(error));
@@ -486,14 +508,18 @@ export class Session implements InternalRunner {
 
   /** A commit that did not commit, as the client hears it. */
   #errorFor(error: unknown): Buffer {
+    const message = (error as { message?: string }).message ?? String(error);
+    if (message.includes('idempotency_pkey')) {
+      return errorResponse('23505', 'qsync: a transaction with this idempotency key has already committed; it is not applied twice', { hint: 'Ask what it did with SELECT * FROM qsync.outcome(\'<key>\').' });
+    }
     if (error instanceof QsyncError) {
       const hint = error.code === 'NOT_LEADER' || error.code === 'STALE_TERM' ? this.#host.leaderSql() : null;
       const sqlstate = { ROLLED_BACK: '40000', OUTCOME_UNKNOWN: '08007', LIMBO_FULL: '53000', NOT_LEADER: '25006', STALE_TERM: '40001' }[error.code as string]
         ?? (typeof error.context.sqlstate === 'string' ? error.context.sqlstate : 'XX000');
-      return errorResponse(sqlstate, `qsync: ${error.message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });
+      return errorResponse(sqlstate, `qsync: ${message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });
     }
-    const e = error as { code?: unknown; message?: string };
-    return errorResponse(typeof e.code === 'string' && e.code.length === 5 ? e.code : 'XX000', e.message ?? String(error));
+    const code = (error as { code?: unknown }).code;
+    return errorResponse(typeof code === 'string' && code.length === 5 ? code : 'XX000', message);
   }
 
   // ---- sockets ----------------------------------------------------------------------

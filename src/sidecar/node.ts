@@ -331,9 +331,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       leaderSql: () => this.#leaderSql(),
       captureKey: () => this.#db.captureKey,
       verifier: async (role) => parseVerifier(await this.#db.roleVerifier(role)),
-      commit: async (open, term) => {
+      commit: async (open, term, idempotencyKey) => {
         try {
-          await driver.commitOpen(open, null, null, term);
+          await driver.commitOpen(open, null, idempotencyKey, term);
         } catch (error) {
           throw this.#clientError(error);
         }

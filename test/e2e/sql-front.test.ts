@@ -156,6 +156,38 @@ describe('SQL port: psql', () => {
   });
 });
 
+describe('SQL port: idempotency keys and schema changes', () => {
+  it('a transaction with SET LOCAL qsync.idempotency_key commits once; its outcome is asked from SQL', async () => {
+    const client = await sqlClient(1);
+    expect((await client.query("SELECT * FROM qsync.outcome('order-30')")).rows).toEqual([{ committed: false, replica_id: null, lsn: null }]);
+    const once = "BEGIN; SET LOCAL qsync.idempotency_key = 'order-30'; INSERT INTO accounts VALUES (30, 'once', 30); COMMIT";
+    await client.query(once);
+    const [outcome] = (await client.query("SELECT * FROM qsync.outcome('order-30')")).rows as Array<{ committed: boolean; replica_id: number }>;
+    expect(outcome).toMatchObject({ committed: true, replica_id: 1 });
+    // The retry of a commit whose answer was lost: refused, and the row is there once.
+    await expect(client.query("BEGIN; SET LOCAL qsync.idempotency_key = 'order-30'; INSERT INTO accounts VALUES (31, 'twice', 31); COMMIT"))
+      .rejects.toMatchObject({ code: '23505', message: expect.stringMatching(/idempotency key has already committed/) });
+    expect(await client.query('SELECT 1')).toMatchObject({ rowCount: 1 });
+    await eventually(async () => expect((await everywhere("SELECT key FROM qsync.idempotency WHERE key = 'order-30'")).map((r) => r.length)).toEqual([1, 1, 1]), 'the key on every node');
+    expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 31')).flat()).toEqual([]);
+    await client.end();
+  });
+
+  it('a schema change to a replicated table through the port is refused with a hint naming qsync ddl; a local table\'s goes through', async () => {
+    const owner = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, ...cluster.credentials, database: 'postgres' });
+    await owner.connect();
+    await expect(owner.query('ALTER TABLE accounts ADD COLUMN extra text')).rejects.toMatchObject({ code: '0A000', hint: expect.stringMatching(/qsync ddl/) });
+    await expect(owner.query('DROP TABLE notes')).rejects.toMatchObject({ code: '0A000' });
+    await owner.query('CREATE TABLE scratch_local (id int PRIMARY KEY); ALTER TABLE scratch_local ADD COLUMN x int; DROP TABLE scratch_local');
+    await owner.end();
+    expect((await everywhere("SELECT count(*)::int AS n FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'extra'")).flat()).toEqual([{ n: 0 }, { n: 0 }, { n: 0 }]);
+    // A connection that tries to mark itself otherwise is refused at startup.
+    const sneaky = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, ...cluster.credentials, database: 'postgres', options: '-c qsync.via_front=off' });
+    sneaky.on('error', () => undefined);
+    await expect(sneaky.connect()).rejects.toMatchObject({ code: '42501' });
+  });
+});
+
 describe('SQL port: leadership as PostgreSQL clients read it', () => {
   it('the leader reports read-write, a follower read-only and hot standby', async () => {
     const reported = async (replica: number): Promise<Record<string, string>> => {
