@@ -6,12 +6,14 @@
 // Same binaries, same settings (the launcher's), same load generator:
 // one-row INSERT transactions from N closed-loop clients, one connection
 // each. Native: pg with synchronous_commit = on (sync), then local (async);
-// qsync: the client library on a sync table, then an async one. Runs
-// alternate native, qsync, native, qsync ... (`--pairs` of them per case),
-// after a warm-up of each system. Per pair, the ratios qsync/native; the
-// medians of those are the figures. Also: WAL and journal fsyncs per commit,
+// qsync: the client library on a sync table, then an async one; sql: the
+// same qsync cluster through its SQL port, driven by pg exactly as native
+// is (a named prepared INSERT per transaction). Runs go native, qsync, sql,
+// native, qsync, sql ... (`--pairs` rounds per case), after a warm-up of
+// each system. Per round, the ratios to native; the medians of those are
+// the figures. Also: WAL and journal fsyncs per commit,
 // and the sidecars' peak resident memory during the 64-client runs.
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import pg from 'pg';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../src/cli/cluster.js';
@@ -19,7 +21,7 @@ import { connect, type Db } from '../src/client/index.js';
 import { vclockCovers, type VClock } from '../src/core/vclock.js';
 import { startNativeCluster, type NativeCluster } from './native.js';
 import { walFsyncs } from './postgres.js';
-import { closedLoop } from './stats.js';
+import { closedLoop, cpuSeconds, tree } from './stats.js';
 
 export interface CompareOptions {
   readonly seconds: number;
@@ -30,7 +32,8 @@ export interface CompareOptions {
   readonly chartPath: string;
 }
 
-type System = 'native' | 'qsync';
+type System = 'native' | 'qsync' | 'sql';
+const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql'];
 type Mode = 'sync' | 'async';
 
 export interface CompareRun {
@@ -59,6 +62,10 @@ export interface CompareCase {
   readonly clients: number;
   readonly native: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   readonly qsync: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** qsync through its SQL port, with native's load generator. */
+  readonly sql: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** Medians over the rounds of sql/native. */
+  readonly sqlRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** Medians over the pairs of qsync/native. */
   readonly ratio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   readonly ratios: ReadonlyArray<{ readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number }>;
@@ -79,43 +86,6 @@ const median = (values: readonly number[]): number => {
   const mid = Math.floor(sorted.length / 2);
   return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 };
-
-/**
- * CPU seconds (user + system) a process and its children that ended have
- * used so far, 0 once it is gone (Linux /proc). A PostgreSQL backend that
- * exits during a run moves its CPU into the postmaster's children's times:
- * without them a tree's total could fall (a negative figure per commit).
- */
-function cpuSeconds(pid: number): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    // utime, stime, cutime, cstime in clock ticks (CLK_TCK 100)
-    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
-  } catch {
-    return 0;
-  }
-}
-
-/** A process and every process it started (a postmaster's backends), by their parent pids in /proc. */
-function tree(root: number): number[] {
-  const parents = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const ppid = Number(readFileSync(`/proc/${entry}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1]);
-      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  const all: number[] = [];
-  for (let queue = [root]; queue.length > 0;) {
-    const pid = queue.pop() as number;
-    all.push(pid);
-    queue = [...queue, ...(parents.get(pid) ?? [])];
-  }
-  return all;
-}
 
 /** CPU seconds of named groups of process trees, plus this process (the load generator). */
 async function cpuByPart(parts: Record<string, Array<() => Promise<number | null>>>): Promise<Record<string, number>> {
@@ -204,9 +174,25 @@ function nativeTarget(cluster: NativeCluster, nextId: () => number): Target {
   };
 }
 
-function qsyncTarget(cluster: LocalCluster, leader: () => ClusterNode, nextId: () => number): Target {
+/** `through`: the client library on the client port, or pg on the SQL port (as native is driven). */
+function qsyncTarget(cluster: LocalCluster, leader: () => ClusterNode, nextId: () => number, through: 'client' | 'sql'): Target {
   return {
     open: async (mode, clients) => {
+      if (through === 'sql') {
+        const conns = await Promise.all(Array.from({ length: clients }, async () => {
+          const c = new pg.Client({ host: '127.0.0.1', port: leader().sqlPort, ...cluster.credentials, database: 'postgres' });
+          await c.connect();
+          return c;
+        }));
+        return {
+          op: async (caller) => {
+            await (conns[caller] as pg.Client).query({ name: 'insert', text: `INSERT INTO bench_${mode} VALUES ($1, $2)`, values: [nextId(), 'payload'] });
+          },
+          close: async () => {
+            await Promise.all(conns.map((c) => c.end()));
+          },
+        };
+      }
       const dbs: Db[] = await Promise.all(Array.from({ length: clients }, () => connect(leader().clientAddress, cluster.credentials)));
       return {
         op: async (caller) => {
@@ -266,7 +252,9 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       ],
     });
     const leaderNode = await qsync.leader();
-    const targets: Record<System, Target> = { native: nativeTarget(native, nextId), qsync: qsyncTarget(qsync, () => leaderNode, nextId) };
+    const targets: Record<System, Target> = {
+      native: nativeTarget(native, nextId), qsync: qsyncTarget(qsync, () => leaderNode, nextId, 'client'), sql: qsyncTarget(qsync, () => leaderNode, nextId, 'sql'),
+    };
     const runs: CompareRun[] = [];
     const peak: Record<string, number> = {};
     const most = Math.max(...options.clients);
@@ -287,7 +275,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       const cpuBefore = await target.cpu();
       let errors = 0;
       // The sidecars' memory, sampled through the busiest runs.
-      const sampler = system === 'qsync' && clients === most ? setInterval(() => {
+      const sampler = system !== 'native' && clients === most ? setInterval(() => {
         for (const n of (qsync as LocalCluster).nodes) {
           if (n.process?.pid === undefined) continue;
           const key = `node${n.replica}${n === leaderNode ? ' (leader)' : ''}`;
@@ -319,13 +307,13 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
     };
 
     console.log(`warm-up: ${options.warmupSeconds} s of sync inserts at 16 clients on each system`);
-    for (const system of ['native', 'qsync'] as const) await measure(system, 'sync', 16, 0, options.warmupSeconds);
-    console.log(`\n${options.pairs} pairs of ${options.seconds} s runs per case, native then qsync\n`);
+    for (const system of SYSTEMS) await measure(system, 'sync', 16, 0, options.warmupSeconds);
+    console.log(`\n${options.pairs} rounds of ${options.seconds} s runs per case: native, qsync (client library), sql (qsync's SQL port, driven as native is)\n`);
     console.log('mode   clients  pair  system      tx/s   p50 ms   p99 ms  errors  WAL fsyncs/tx  journal fsyncs/tx');
     for (const mode of ['sync', 'async'] as const) {
       for (const clients of options.clients) {
         for (let pair = 1; pair <= options.pairs; pair += 1) {
-          for (const system of ['native', 'qsync'] as const) {
+          for (const system of SYSTEMS) {
             const r = await measure(system, mode, clients, pair, options.seconds);
             runs.push(r);
             console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; other system ${r.otherCpuMsPerSec.toFixed(0)} ms/s; settled in ${r.settleMs} ms`);
@@ -339,16 +327,14 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       for (const clients of options.clients) {
         const of = (system: System): CompareRun[] => runs.filter((r) => r.system === system && r.mode === mode && r.clients === clients).sort((a, b) => a.pair - b.pair);
         const n = of('native');
-        const q = of('qsync');
-        const ratios = n.map((nr, i) => {
-          const qr = q[i] as CompareRun;
+        type Triple = { txPerSec: number; p50Ms: number; p99Ms: number };
+        const ratiosOf = (list: CompareRun[]): Triple[] => n.map((nr, i) => {
+          const qr = list[i] as CompareRun;
           return { txPerSec: qr.txPerSec / nr.txPerSec, p50Ms: qr.p50Ms / nr.p50Ms, p99Ms: qr.p99Ms / nr.p99Ms };
         });
-        const med = (list: CompareRun[]): { txPerSec: number; p50Ms: number; p99Ms: number } => ({ txPerSec: median(list.map((r) => r.txPerSec)), p50Ms: median(list.map((r) => r.p50Ms)), p99Ms: median(list.map((r) => r.p99Ms)) });
-        cases.push({
-          mode, clients, native: med(n), qsync: med(q), ratios,
-          ratio: { txPerSec: median(ratios.map((r) => r.txPerSec)), p50Ms: median(ratios.map((r) => r.p50Ms)), p99Ms: median(ratios.map((r) => r.p99Ms)) },
-        });
+        const ratios = ratiosOf(of('qsync'));
+        const med = (list: readonly Triple[]): Triple => ({ txPerSec: median(list.map((r) => r.txPerSec)), p50Ms: median(list.map((r) => r.p50Ms)), p99Ms: median(list.map((r) => r.p99Ms)) });
+        cases.push({ mode, clients, native: med(n), qsync: med(of('qsync')), sql: med(of('sql')), ratios, ratio: med(ratios), sqlRatio: med(ratiosOf(of('sql'))) });
       }
     }
     const caseOf = (mode: Mode, clients: number): CompareCase | undefined => cases.find((c) => c.mode === mode && c.clients === clients);
@@ -365,13 +351,18 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       ...options.clients.filter((c) => c !== fewest).map((c) => ({ what: `async throughput, ${c} clients, qsync/native`, target: '>= 0.6', value: ratioOf('async', c), met: ratioOf('async', c) >= 0.6 })),
       { what: `CPU per sync commit at ${most} clients, all qsync processes, ms (native: ${cpuPerCommit('native', 'sync', most).toFixed(2)})`, target: '<= 0.5', value: cpuPerCommit('qsync', 'sync', most), met: cpuPerCommit('qsync', 'sync', most) <= 0.5 },
       { what: `sidecar peak RSS during the ${most}-client runs, MB`, target: '<= 150', value: Math.max(0, ...Object.values(peak)), met: Math.max(0, ...Object.values(peak)) <= 150 },
+      ...options.clients.map((c) => {
+        const k = caseOf('sync', c);
+        const value = k === undefined ? 0 : k.sqlRatio.txPerSec / k.ratio.txPerSec;
+        return { what: `sync throughput, ${c} clients, SQL port / client library`, target: '>= 1.0', value, met: value >= 1 };
+      }),
     ];
 
     console.log('\nmedians over the pairs; ratio = median of the per-pair qsync/native ratios\n');
-    console.log('mode   clients   native tx/s   qsync tx/s  ratio   native p50  qsync p50  ratio   native p99  qsync p99  ratio');
+    console.log('mode   clients   native tx/s   qsync tx/s  ratio     sql tx/s  ratio   native p50  qsync p50  ratio  sql p50  ratio   native p99  qsync p99  ratio');
     for (const c of cases) {
       const f = (v: number, d = 0, w = 11): string => v.toFixed(d).padStart(w);
-      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
+      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.sql.txPerSec)}  ${f(c.sqlRatio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.sql.p50Ms, 2, 7)}  ${f(c.sqlRatio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
     }
     console.log(`\nsidecar peak RSS during the ${most}-client runs: ${Object.entries(peak).map(([k, v]) => `${k} ${v.toFixed(0)} MB`).join(', ')}`);
     console.log('\ntargets:');
@@ -397,8 +388,9 @@ export function chart(result: CompareResult): string {
   const height = 260;
   const pad = { left: 60, right: 16, top: 30, bottom: 40 };
   const clients = result.options.clients;
-  const series = (['native', 'qsync'] as const).flatMap((system) => (['sync', 'async'] as const).map((mode) => ({
-    system, mode, color: system === 'native' ? (mode === 'sync' ? '#1f77b4' : '#9ecae1') : (mode === 'sync' ? '#d62728' : '#fc9272'), dash: mode === 'async' ? '6 4' : '',
+  const colors: Record<System, [string, string]> = { native: ['#1f77b4', '#9ecae1'], qsync: ['#d62728', '#fc9272'], sql: ['#6a3d9a', '#cab2d6'] };
+  const series = SYSTEMS.flatMap((system) => (['sync', 'async'] as const).map((mode) => ({
+    system, mode, color: colors[system][mode === 'sync' ? 0 : 1], dash: mode === 'async' ? '6 4' : '',
     points: clients.map((c) => result.cases.find((k) => k.mode === mode && k.clients === c)?.[system]),
   })));
   const panel = (x0: number, title: string, value: (p: { txPerSec: number; p99Ms: number }) => number, unit: string): string => {
@@ -419,7 +411,7 @@ export function chart(result: CompareResult): string {
       }),
     ].join('\n');
   };
-  const legend = series.map((s, i) => `<line x1="${20 + i * 200}" x2="${50 + i * 200}" y1="${height + 20}" y2="${height + 20}" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}"/><text x="${56 + i * 200}" y="${height + 24}">${s.system} ${s.mode}</text>`).join('\n');
+  const legend = series.map((s, i) => `<line x1="${10 + i * 138}" x2="${36 + i * 138}" y1="${height + 20}" y2="${height + 20}" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}"/><text x="${40 + i * 138}" y="${height + 24}">${s.system} ${s.mode}</text>`).join('\n');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width}" height="${height + 40}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="white"/>
 ${panel(0, 'Throughput (tx/s, median of pairs)', (p) => p.txPerSec, 'tx/s')}

@@ -6,6 +6,7 @@ import { runClusterBench } from './cluster.js';
 import { runCompareBench } from './compare.js';
 import { runCopyBench } from './copy.js';
 import { runFailoverBench } from './failover.js';
+import { runFrontBench } from './front.js';
 import { runJournalBench } from './journal.js';
 import { runPostgresBench } from './postgres.js';
 
@@ -19,12 +20,14 @@ benchmarks:
   compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
               INSERTs at 1, 16 and 64 clients, runs alternating native/qsync; ratios, fsyncs per commit,
               sidecar peak memory, an SVG chart (about 8 minutes with the defaults)
+  front       the SQL port's cost: reads by primary key straight to the leader's PostgreSQL and through the port;
+              sync writes through the port and through the client library; the port's CPU per operation
   copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows; then a fourth node joins and loads them by snapshot
   all         every benchmark above but compare, one after another
 
 options:
   --seconds N   seconds per case (default 5; compare: 10 per run)
-  --pairs N     compare: native/qsync pairs of runs per case (default 3)
+  --pairs N     compare: rounds of native/qsync/sql runs per case; front: rounds of each pair of paths (default 3)
   --warmup N    compare: warm-up seconds per system (default 5)
   --dir PATH    where to put the benchmark's files (default: the system temp dir)
   --json PATH   where to write the results (default: bench/results/<benchmark>-<time>.json)
@@ -60,6 +63,7 @@ const benches: Record<string, () => Promise<unknown>> = {
   cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
   failover: () => runFailoverBench({ rounds: 10, electionTimeoutsMs: [1_000, 250] }),
   copy: () => runCopyBench({ rows: [100_000, 1_000_000] }),
+  front: () => runFrontBench({ seconds, rounds: Math.round(pairs), clients: [1, 16, 64] }),
   compare: () => runCompareBench({ seconds, pairs: Math.round(pairs), clients: [1, 16, 64], warmupSeconds: warmup, chartPath: `bench/results/compare-${stamp}.svg` }),
 };
 benches.all = async () => ({ journal: await benches.journal?.(), postgres: await benches.postgres?.(), cluster: await benches.cluster?.(), failover: await benches.failover?.() });

@@ -1,5 +1,6 @@
 // Shared measuring helpers for the benchmarks: an HDR latency histogram in
 // microseconds, and a closed-loop driver of N concurrent callers.
+import { readdirSync, readFileSync } from 'node:fs';
 import * as hdr from 'hdr-histogram-js';
 
 export interface Latency {
@@ -32,4 +33,41 @@ export async function closedLoop(callers: number, seconds: number, op: (caller: 
     }
   }));
   return { ops, seconds: (performance.now() - started) / 1000, latency: lat };
+}
+
+/**
+ * CPU seconds (user + system) a process and its children that ended have
+ * used so far, 0 once it is gone (Linux /proc). A PostgreSQL backend that
+ * exits during a run moves its CPU into the postmaster's children's times:
+ * without them a tree's total could fall (a negative figure per commit).
+ */
+export function cpuSeconds(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    // utime, stime, cutime, cstime in clock ticks (CLK_TCK 100)
+    return (Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and every process it started (a postmaster's backends), by their parent pids in /proc. */
+export function tree(root: number): number[] {
+  const parents = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const ppid = Number(readFileSync(`/proc/${entry}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')[1]);
+      parents.set(ppid, [...(parents.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const all: number[] = [];
+  for (let queue = [root]; queue.length > 0;) {
+    const pid = queue.pop() as number;
+    all.push(pid);
+    queue = [...queue, ...(parents.get(pid) ?? [])];
+  }
+  return all;
 }

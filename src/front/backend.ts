@@ -9,7 +9,7 @@ import { serialize } from 'pg-protocol';
 import type { BackendMessage, DataRowMessage, DatabaseError } from 'pg-protocol/dist/messages.js';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import { md5Answer, ScramClient, type ScramKeys } from './auth.js';
-import { Frames, int32, PROTOCOL_3_0, readFields, type Message } from './wire.js';
+import { batchedWriter, Frames, int32, PROTOCOL_3_0, readFields, type Message } from './wire.js';
 
 /** Where the node's PostgreSQL listens: its Unix socket directory when the sidecar's URL names one, else TCP. */
 export interface BackendTarget {
@@ -69,10 +69,12 @@ export class Backend {
   #onMessage: (m: Message) => void = () => undefined;
   #onClose: (error: Error | null) => void = () => undefined;
   #closed = false;
+  readonly #write: (data: Buffer) => boolean;
 
   private constructor(socket: Socket) {
     this.#socket = socket;
     socket.setNoDelay(true);
+    this.#write = batchedWriter(socket);
   }
 
   /** Open a session as `params.user` and authenticate it; resolves once PostgreSQL is ready for queries. */
@@ -163,7 +165,7 @@ export class Backend {
   }
 
   write(data: Buffer): boolean {
-    return this.#socket.write(data);
+    return this.#write(data);
   }
 
   pause(): void {

@@ -31,7 +31,7 @@ import { dataRow, errorOf, type Backend } from './backend.js';
 import type { Inbox } from './inbox.js';
 import { classify, splitStatements, type StatementKind } from './sql.js';
 import { FRONT_STATEMENTS, FrontTransaction, type InternalResult, type InternalRunner } from './transaction.js';
-import { BodyReader, commandComplete, errorResponse, fieldsMessage, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
+import { batchedWriter, BodyReader, commandComplete, errorResponse, fieldsMessage, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
 
 /** What a session asks of the node. */
 export interface SessionHost {
@@ -107,6 +107,7 @@ export class Session implements InternalRunner {
   #leaderReported: boolean;
   #clientBlocked = false;
   #backendBlocked = false;
+  readonly #writeClient: (data: Buffer) => boolean;
   #closed = false;
 
   constructor(host: SessionHost, client: Socket, inbox: Inbox, backend: Backend, leaderReported: boolean) {
@@ -115,6 +116,7 @@ export class Session implements InternalRunner {
     this.#inbox = inbox;
     this.#backend = backend;
     this.#leaderReported = leaderReported;
+    this.#writeClient = batchedWriter(client);
     inbox.direct = (m) => this.#toBackend(m.raw);
     backend.listen((m) => this.#fromBackend(m), (error) => this.#backendGone(error));
   }
@@ -526,7 +528,7 @@ export class Session implements InternalRunner {
 
   #toClient(data: Buffer): void {
     if (this.#client.destroyed) return;
-    if (!this.#client.write(data) && !this.#clientBlocked) {
+    if (!this.#writeClient(data) && !this.#clientBlocked) {
       this.#clientBlocked = true;
       this.#backend.pause();
       this.#client.once('drain', () => {

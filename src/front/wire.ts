@@ -114,6 +114,29 @@ export class BodyReader {
   }
 }
 
+/**
+ * A socket's writes of one turn of the event loop, sent as one: a relayed
+ * pipeline is many small messages each way (Bind, Execute, Sync; BindComplete,
+ * DataRow, CommandComplete, ReadyForQuery), and a write each, with the wake-up
+ * each causes on the other side, was most of the front's cost. setImmediate,
+ * not nextTick: a session handles a pipeline's messages one by one across
+ * promise turns, all before the event loop's next phase.
+ */
+export function batchedWriter(socket: { cork(): void; uncork(): void; write(data: Buffer): boolean; readonly destroyed: boolean }): (data: Buffer) => boolean {
+  let holding = false;
+  return (data) => {
+    if (!holding) {
+      holding = true;
+      socket.cork();
+      setImmediate(() => {
+        holding = false;
+        if (!socket.destroyed) socket.uncork();
+      });
+    }
+    return socket.write(data);
+  };
+}
+
 // ---- messages the front writes ----------------------------------------------------
 
 export function message(type: string, ...parts: Array<Buffer | string | number>): Buffer {

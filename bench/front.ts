@@ -1,0 +1,144 @@
+// What the SQL port costs over PostgreSQL itself (`npm run bench -- front`):
+// one-row reads by primary key on the leader, straight to its PostgreSQL and
+// through its SQL port, with the same load generator (pg, a named prepared
+// SELECT per call, one connection per client), runs alternating direct and
+// port. The port's own CPU per read is the leader sidecar's CPU during the
+// run, less what it spends idle (measured just before), per read: on a read,
+// everything the sidecar does is the relay. Then the same for sync writes
+// through the SQL port against the client library, for the front's share
+// of a commit.
+import pg from 'pg';
+import { startLocalCluster, type ClusterNode, type LocalCluster } from '../src/cli/cluster.js';
+import { connect, type Db } from '../src/client/index.js';
+import { closedLoop, cpuSeconds, tree } from './stats.js';
+
+export interface FrontBenchOptions {
+  readonly seconds: number;
+  readonly rounds: number;
+  readonly clients: readonly number[];
+}
+
+export interface FrontRun {
+  readonly kind: 'read' | 'write';
+  readonly path: 'direct' | 'port' | 'client library';
+  readonly clients: number;
+  readonly round: number;
+  readonly perSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  /** Leader sidecar CPU per operation, idle rate taken off, µs. */
+  readonly sidecarUsPerOp: number;
+  /** Leader PostgreSQL CPU per operation, µs. */
+  readonly postgresUsPerOp: number;
+}
+
+const ROWS = 10_000;
+
+const treeCpu = (pid: number | null | undefined): number => (pid === null || pid === undefined ? 0 : tree(pid).reduce((sum, p) => sum + cpuSeconds(p), 0));
+
+async function sidecarIdleRate(leader: ClusterNode): Promise<number> {
+  const before = treeCpu(leader.process?.pid);
+  await new Promise((r) => setTimeout(r, 2_000));
+  return (treeCpu(leader.process?.pid) - before) / 2;
+}
+
+export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs: FrontRun[]; summary: Record<string, unknown> }> {
+  let cluster: LocalCluster | null = null;
+  try {
+    cluster = await startLocalCluster({ tables: [{ ddl: 'CREATE TABLE bench_sync (id bigint PRIMARY KEY, payload text)', name: 'bench_sync', mode: 'sync' }] });
+    const leader = await cluster.leader();
+    const credentials = cluster.credentials;
+    const seed = await connect(leader.clientAddress, credentials);
+    for (let from = 1; from <= ROWS; from += 1000) {
+      await seed.execute([[`INSERT INTO bench_sync SELECT g, 'payload' FROM generate_series($1::bigint, $2::bigint) g`, [from, from + 999]]]);
+    }
+    seed.close();
+    let nextId = ROWS;
+    const runs: FrontRun[] = [];
+    const pgClients = async (port: number, n: number): Promise<pg.Client[]> => Promise.all(Array.from({ length: n }, async () => {
+      const c = new pg.Client({ host: '127.0.0.1', port, ...credentials, database: 'postgres' });
+      await c.connect();
+      return c;
+    }));
+    const measure = async (kind: FrontRun['kind'], path: FrontRun['path'], clients: number, round: number): Promise<FrontRun> => {
+      const idle = await sidecarIdleRate(leader);
+      let op: (caller: number) => Promise<void>;
+      let close: () => Promise<void>;
+      if (path === 'client library') {
+        const dbs: Db[] = await Promise.all(Array.from({ length: clients }, () => connect(leader.clientAddress, credentials)));
+        op = async (caller) => {
+          await (dbs[caller] as Db).execute([['INSERT INTO bench_sync VALUES ($1, $2)', [(nextId += 1), 'payload']]]);
+        };
+        close = async () => dbs.forEach((d) => d.close());
+      } else {
+        const conns = await pgClients(path === 'direct' ? leader.pg.port : leader.sqlPort, clients);
+        op = kind === 'read'
+          ? async (caller) => {
+            await (conns[caller] as pg.Client).query({ name: 'read', text: 'SELECT payload FROM bench_sync WHERE id = $1', values: [1 + Math.floor(Math.random() * ROWS)] });
+          }
+          : async (caller) => {
+            await (conns[caller] as pg.Client).query({ name: 'write', text: 'INSERT INTO bench_sync VALUES ($1, $2)', values: [(nextId += 1), 'payload'] });
+          };
+        close = async () => {
+          await Promise.all(conns.map((c) => c.end()));
+        };
+      }
+      const sidecarBefore = treeCpu(leader.process?.pid);
+      const postgresBefore = treeCpu(await leader.pg.pid());
+      let errors = 0;
+      const result = await closedLoop(clients, options.seconds, async (caller) => {
+        try {
+          await op(caller);
+        } catch {
+          errors += 1;
+        }
+      });
+      const sidecarSeconds = treeCpu(leader.process?.pid) - sidecarBefore - idle * result.seconds;
+      const postgresSeconds = treeCpu(await leader.pg.pid()) - postgresBefore;
+      await close();
+      const done = Math.max(1, result.ops - errors);
+      return {
+        kind, path, clients, round, perSec: done / result.seconds, p50Ms: result.latency.p50Ms(), p99Ms: result.latency.p99Ms(), errors,
+        sidecarUsPerOp: (Math.max(0, sidecarSeconds) * 1e6) / done, postgresUsPerOp: (postgresSeconds * 1e6) / done,
+      };
+    };
+    console.log('kind   path            clients  round    ops/s   p50 ms   p99 ms  errors  leader sidecar µs/op  leader PostgreSQL µs/op');
+    const plan: Array<[FrontRun['kind'], ReadonlyArray<FrontRun['path']>]> = [['read', ['direct', 'port']], ['write', ['client library', 'port']]];
+    for (const [kind, paths] of plan) {
+      for (const clients of options.clients) {
+        for (let round = 1; round <= options.rounds; round += 1) {
+          for (const path of paths) {
+            const r = await measure(kind, path, clients, round);
+            runs.push(r);
+            console.log(`${kind.padEnd(5)}  ${path.padEnd(14)}  ${String(clients).padStart(7)}  ${String(round).padStart(5)}  ${r.perSec.toFixed(0).padStart(7)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.sidecarUsPerOp.toFixed(1).padStart(20)}  ${r.postgresUsPerOp.toFixed(1).padStart(23)}`);
+          }
+        }
+      }
+    }
+    const median = (xs: number[]): number => {
+      const s = [...xs].sort((a, b) => a - b);
+      return s.length % 2 === 1 ? s[(s.length - 1) / 2] as number : ((s[s.length / 2 - 1] as number) + (s[s.length / 2] as number)) / 2;
+    };
+    const summary: Record<string, unknown> = {};
+    console.log('\nmedians over the rounds');
+    for (const clients of options.clients) {
+      const of = (kind: FrontRun['kind'], path: FrontRun['path']): FrontRun[] => runs.filter((r) => r.kind === kind && r.clients === clients && r.path === path).sort((a, b) => a.round - b.round);
+      const direct = of('read', 'direct');
+      const port = of('read', 'port');
+      const readRatio = median(port.map((p, i) => p.perSec / (direct[i] as FrontRun).perSec));
+      const library = of('write', 'client library');
+      const portWrites = of('write', 'port');
+      const writeRatio = median(portWrites.map((p, i) => p.perSec / (library[i] as FrontRun).perSec));
+      summary[`${clients} clients`] = {
+        readsPortOverDirect: readRatio, portUsPerRead: median(port.map((r) => r.sidecarUsPerOp)),
+        syncWritesPortOverClientLibrary: writeRatio, sidecarUsPerWrite: { port: median(portWrites.map((r) => r.sidecarUsPerOp)), clientLibrary: median(library.map((r) => r.sidecarUsPerOp)) },
+      };
+      console.log(`${String(clients).padStart(3)} clients: reads through the port ${readRatio.toFixed(2)}x direct (target >= 0.8 at 16), the port's CPU ${median(port.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read (target <= 25 per transaction); `
+        + `sync writes through the port ${writeRatio.toFixed(2)}x the client library (target >= 1.0), leader sidecar ${median(portWrites.map((r) => r.sidecarUsPerOp)).toFixed(0)} vs ${median(library.map((r) => r.sidecarUsPerOp)).toFixed(0)} µs per commit`);
+    }
+    return { runs, summary };
+  } finally {
+    await cluster?.stop();
+  }
+}
