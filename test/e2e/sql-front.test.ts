@@ -81,6 +81,17 @@ describe('SQL port: sync writes from an unmodified driver', () => {
     // The prepared statement lives on in the session, as on PostgreSQL.
     await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [4, 'di', 40] });
     await eventually(async () => expect((await everywhere('SELECT id FROM accounts WHERE id = 4')).map((r) => r.length)).toEqual([1, 1, 1]), 'the row of the prepared statement on every node');
+    // COMMIT through the extended protocol (a named statement), and COMMIT AND CHAIN, which opens the next at once.
+    await client.query({ name: 'begin', text: 'BEGIN' });
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [40, 'ext', 1] });
+    expect((await client.query({ name: 'commit', text: 'COMMIT' })).command).toBe('COMMIT');
+    await client.query('BEGIN');
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [41, 'chain', 1] });
+    await client.query('COMMIT AND CHAIN');
+    await client.query({ name: 'put', text: 'INSERT INTO accounts VALUES ($1, $2, $3)', values: [42, 'chained', 1] });
+    expect(await rows(1, 'SELECT id FROM accounts WHERE id = 42')).toEqual([]);
+    await client.query('ROLLBACK');
+    await eventually(async () => expect((await everywhere('SELECT id FROM accounts WHERE id BETWEEN 40 AND 42 ORDER BY id')).map((r) => r.length)).toEqual([2, 2, 2]), 'the extended COMMIT and the chained one on every node');
     await client.end();
   });
 

@@ -27,6 +27,7 @@ function failures(report: HostileReport): string[] {
   if (report.writes.failed > 0 || report.writes.ok === 0) found.push(`sync writes: ${report.writes.ok} ok, ${report.writes.failed} failed (${report.writes.errors.join('; ')})`);
   if (!report.tablesIdentical) found.push('the tables differ between nodes');
   if (report.logins.tooManyClients > 0) found.push(`PostgreSQL ran out of connection slots for ${report.logins.tooManyClients} logins`);
+  if (report.sqlLogins.other > 0) found.push(`${report.sqlLogins.other} wrong passwords on the SQL port were not refused`);
   if (report.http500.length > 0) found.push(`admin answered 500: ${report.http500.join('; ')}`);
   for (const [replica, mib] of Object.entries(report.rssPeakMiB)) if (mib > RSS_MIB_MAX) found.push(`node ${replica} peaked at ${mib.toFixed(1)} MiB`);
   return found;
@@ -48,10 +49,11 @@ try {
 if (values.json !== undefined) await writeFile(values.json, `${JSON.stringify(report, null, 1)}\n`);
 const kinds = (byKind: Record<string, number>): string => Object.entries(byKind).sort(([a], [b]) => a.localeCompare(b)).map(([k, n]) => `${k} ${n}`).join(', ');
 console.log(`seed ${report.seed}, ${(report.durationMs / 1000).toFixed(0)} s`);
-for (const port of ['peer', 'client', 'admin'] as const) console.log(`${port}: ${report.inputs[port].sent} inputs (${kinds(report.inputs[port].byKind)})`);
+for (const port of ['peer', 'client', 'admin', 'sql'] as const) console.log(`${port}: ${report.inputs[port].sent} inputs (${kinds(report.inputs[port].byKind)})`);
 console.log(`admin answers: ${kinds(report.http)}; 500s: ${report.http500.length}`);
-for (const port of ['peer', 'client', 'admin'] as const) console.log(`idle flood on the leader's ${port} port: ${report.idle[port].opened} opened, ${report.idle[port].closedByServer} closed by the server`);
+for (const port of ['peer', 'client', 'admin', 'sql'] as const) console.log(`idle flood on the leader's ${port} port: ${report.idle[port].opened} opened, ${report.idle[port].closedByServer} closed by the server`);
 console.log(`login flood: ${report.logins.refused} refused with AUTH, ${report.logins.closed} closed unanswered, ${report.logins.other} other; PostgreSQL out of slots: ${report.logins.tooManyClients}`);
+console.log(`SQL port login flood: ${report.sqlLogins.refused} refused with 28P01, ${report.sqlLogins.closed} closed at a cap, ${report.sqlLogins.other} other`);
 console.log(`swell: of ${values.swell} connections each sending 4 MiB of an 8 MiB frame before authenticating, the server closed ${report.swelled.join(' (peer port) and ')} (client port)`);
 console.log(`sync writes during the attack: ${report.writes.ok} ok, ${report.writes.failed} failed`);
 console.log(`crashes: ${report.crashes.length}; state changes: ${report.stateChanges.length}; tables identical: ${report.tablesIdentical}`);

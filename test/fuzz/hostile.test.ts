@@ -41,7 +41,8 @@ afterAll(async () => cluster?.stop());
 
 it('sent every kind of input to every port', () => {
   expect(report.harnessFaults).toEqual([]);
-  for (const port of ['peer', 'client', 'admin'] as const) expect(report.inputs[port].sent).toBe(150);
+  for (const port of ['peer', 'client', 'admin', 'sql'] as const) expect(report.inputs[port].sent).toBe(150);
+  for (const kind of ['huge-length', 'oversized-startup', 'after-login', 'wrong-password', 'cancel-random']) expect(report.inputs.sql.byKind[kind] ?? 0, kind).toBeGreaterThan(0);
   for (const kind of ['oversized', 'bigint', 'deep', 'declared', 'flood']) expect(report.inputs.peer.byKind[kind] ?? 0, kind).toBeGreaterThan(0);
   for (const kind of ['hello-wrong-proof', 'hello-replayed', 'hello-foreign-cluster']) expect(report.inputs.peer.byKind[kind] ?? 0, kind).toBeGreaterThan(0);
   expect(Object.keys(report.inputs.peer.byKind).some((k) => k.startsWith('after-handshake-'))).toBe(true);
@@ -76,6 +77,10 @@ it('idle floods were cut by the caps, and a login flood left PostgreSQL able to 
   expect(report.idle.peer.closedByServer).toBeGreaterThan(0);
   expect(report.idle.client.closedByServer).toBeGreaterThan(0);
   expect(report.idle.admin.closedByServer).toBeGreaterThan(0);
+  expect(report.idle.sql.closedByServer).toBeGreaterThan(0);
+  // Each wrong password on the SQL port is PostgreSQL's own 28P01, or a connection closed at a cap: never let in.
+  expect(report.sqlLogins.other).toBe(0);
+  expect(report.sqlLogins.refused).toBeGreaterThan(0);
   expect(report.logins.refused + report.logins.closed + report.logins.other).toBe(300);
   expect(report.logins.other).toBe(0);
   // 300 concurrent wrong passwords once took 105 of PostgreSQL's connection slots' worth of refusals.

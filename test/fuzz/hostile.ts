@@ -2,8 +2,9 @@
 // running cluster: random, truncated, oversized and wrong-shaped frames,
 // msgpack values of every type (64-bit integers, deep nesting, huge declared
 // lengths, extension types), wrong-HMAC, replayed and foreign handshakes,
-// garbage after a successful handshake or login, malformed HTTP, idle floods
-// and login floods, on the peer, client and admin ports of every node, while
+// garbage after a successful handshake or login, malformed HTTP, hostile
+// PostgreSQL protocol, idle floods and login floods, on the peer, client,
+// admin and SQL ports of every node, while
 // a writer keeps committing sync writes. From one seed: the same run again.
 //
 // It reports what a test or the command line (cli.ts) checks: that every
@@ -14,6 +15,7 @@
 import { readFile } from 'node:fs/promises';
 import { connect as netConnect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
+import pg from 'pg';
 import type { ClusterNode, LocalCluster } from '../../src/cli/cluster.js';
 import { connect, type Db } from '../../src/client/index.js';
 import { encodeRequest } from '../../src/core/client-protocol.js';
@@ -52,11 +54,13 @@ export interface NodeState {
 
 export interface HostileReport {
   readonly seed: number;
-  readonly inputs: Record<'peer' | 'client' | 'admin', { sent: number; byKind: Record<string, number> }>;
+  readonly inputs: Record<'peer' | 'client' | 'admin' | 'sql', { sent: number; byKind: Record<string, number> }>;
   /** Answers of the admin port by status class, and the 500s among them (each a failure). */
   readonly http: Record<string, number>;
   readonly http500: readonly string[];
-  readonly idle: Record<'peer' | 'client' | 'admin', { opened: number; closedByServer: number }>;
+  readonly idle: Record<'peer' | 'client' | 'admin' | 'sql', { opened: number; closedByServer: number }>;
+  /** Wrong passwords on the leader's SQL port, all at once: PostgreSQL's 28P01 each, or closed at a cap. */
+  readonly sqlLogins: { refused: number; closed: number; other: number };
   readonly logins: { refused: number; closed: number; other: number; tooManyClients: number };
   /** Swelling connections the server closed (peer port, client port). */
   readonly swelled: readonly number[];
@@ -203,10 +207,11 @@ interface Target {
   readonly peerPort: number;
   readonly clientPort: number;
   readonly adminPort: number;
+  readonly sqlPort: number;
 }
 
 function targetsOf(cluster: LocalCluster): Target[] {
-  return cluster.nodes.map((node) => ({ node, peerPort: node.peerPort, clientPort: node.clientPort, adminPort: Number(node.adminAddress.split(':')[1]) }));
+  return cluster.nodes.map((node) => ({ node, peerPort: node.peerPort, clientPort: node.clientPort, adminPort: Number(node.adminAddress.split(':')[1]), sqlPort: node.sqlPort }));
 }
 
 /** Peer-port inputs: hostile frames before the handshake, bad handshakes, and garbage after a good one. */
@@ -268,6 +273,108 @@ export function clientInput(rng: Rng, credentials: { user: string; password: str
   }
   const input = framedInput(rng, 'o');
   return { kind: input.kind, converse: () => Promise.resolve(input.bytes) };
+}
+
+/** A PostgreSQL protocol message: type, int32 length, body. */
+function pgMessage(type: string, body: Buffer): Buffer {
+  const header = Buffer.alloc(5);
+  header.write(type, 0, 'latin1');
+  header.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([header, body]);
+}
+
+/** A startup-phase packet: int32 length, int32 code, body. */
+function startupPacket(code: number, body: Buffer, declared?: number): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeInt32BE(declared ?? body.length + 8, 0);
+  head.writeInt32BE(code, 4);
+  return Buffer.concat([head, body]);
+}
+
+const cstrings = (...parts: string[]): Buffer => Buffer.from(`${parts.join('\0')}\0\0`);
+
+/**
+ * SQL-port inputs: hostile startup packets (lengths out of bounds, unknown
+ * protocols, no user, too many parameters, SSL and cancel requests with
+ * garbage), bad authentication, and after a good login (pg's own SCRAM)
+ * garbage messages, lengths past the cap, unknown types, malformed bodies and
+ * bad SQL. None writes a row: the writer's count is checked against the table.
+ */
+export function sqlInput(rng: Rng, credentials: { user: string; password: string }): { kind: string; converse: (socket: Socket, received: () => Buffer) => Promise<Buffer | null> } | { kind: string; afterLogin: Buffer; password: string } {
+  const kinds = ['bytes', 'huge-length', 'oversized-startup', 'short-startup', 'ssl-then-garbage', 'gss-then-garbage', 'cancel-random', 'protocol-4', 'protocol-3.9', 'no-user',
+    'many-params', 'password-garbage', 'wrong-password', 'after-login'] as const;
+  const kind = rng.pick(kinds);
+  const v3 = 3 << 16;
+  const plain = (bytes: Buffer): { kind: string; converse: () => Promise<Buffer> } => ({ kind, converse: () => Promise.resolve(bytes) });
+  switch (kind) {
+    case 'bytes': return plain(randomBytes(rng, 512));
+    case 'huge-length': return plain(Buffer.concat([startupPacket(v3, cstrings('user', credentials.user), 2 ** 31 - 1), randomBytes(rng, 64)]));
+    case 'oversized-startup': return plain(startupPacket(v3, Buffer.alloc(rng.int(10_001, 40_000), 0x61)));
+    case 'short-startup': return plain(startupPacket(v3, Buffer.alloc(0), rng.int(0, 7)));
+    case 'ssl-then-garbage': return plain(Buffer.concat([startupPacket(80877103, Buffer.alloc(0)), randomBytes(rng, 256)]));
+    case 'gss-then-garbage': return plain(Buffer.concat([startupPacket(80877104, Buffer.alloc(0)), startupPacket(80877104, Buffer.alloc(0)), startupPacket(80877104, Buffer.alloc(0)), randomBytes(rng, 64)]));
+    case 'cancel-random': return plain(startupPacket(80877102, exactBytes(rng, 8)));
+    case 'protocol-4': return plain(startupPacket(4 << 16, cstrings('user', credentials.user)));
+    case 'protocol-3.9': return plain(startupPacket(v3 | 9, cstrings('user', credentials.user, '_pq_.anything', 'x')));
+    case 'no-user': return plain(startupPacket(v3, cstrings('database', 'postgres')));
+    case 'many-params': return plain(startupPacket(v3, cstrings('user', credentials.user, ...Array.from({ length: 200 }, (_, i) => [`application_name${i}`, 'x']).flat())));
+    case 'password-garbage': return plain(Buffer.concat([startupPacket(v3, cstrings('user', credentials.user, 'database', 'postgres')), pgMessage('p', randomBytes(rng, 200))]));
+    case 'wrong-password': return { kind, afterLogin: Buffer.alloc(0), password: `wrong-${rng.int(0, 1e9)}` };
+    default: {
+      const body = rng.pick([
+        () => randomBytes(rng, 300),
+        () => pgMessage(String.fromCharCode(rng.int(0x41, 0x7a)), randomBytes(rng, 100)),
+        () => Buffer.concat([Buffer.from('Q'), Buffer.from([0x7f, 0xff, 0xff, 0xff])]),
+        () => pgMessage('Q', Buffer.from(`SELEC ${randomBytes(rng, 8).toString('hex')}\0`)),
+        () => pgMessage('Q', Buffer.from('BEGIN; SELECT 1/0; COMMIT\0')),
+        () => pgMessage('Q', Buffer.from('no terminator')),
+        () => pgMessage('P', Buffer.from('stmt\0SELECT 1')),
+        () => Buffer.concat([pgMessage('B', Buffer.from('\0nonexistent\0\0\0\0\0\0\0')), pgMessage('E', Buffer.from('\0\0\0\0\0')), pgMessage('S', Buffer.alloc(0))]),
+        () => Buffer.concat([pgMessage('B', Buffer.concat([Buffer.from('\0\0'), Buffer.from([0x7f, 0xff])])), pgMessage('S', Buffer.alloc(0))]),
+        () => Buffer.concat([pgMessage('d', randomBytes(rng, 50)), pgMessage('c', Buffer.alloc(0))]),
+        () => Buffer.concat(Array.from({ length: 500 }, () => pgMessage('S', Buffer.alloc(0)))),
+        () => pgMessage('C', Buffer.from('Xname\0')),
+      ])();
+      return { kind, afterLogin: body, password: credentials.password };
+    }
+  }
+}
+
+/** Log in to the SQL port with pg (SCRAM), send `garbage` on the session's socket, and wait for the server to close it or `holdMs`. */
+async function sqlAfterLogin(port: number, credentials: { user: string; password: string }, password: string, garbage: Buffer, holdMs: number): Promise<'refused' | 'closed' | 'held'> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: credentials.user, password, database: 'postgres', connectionTimeoutMillis: 10_000 });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch {
+    return 'refused';
+  }
+  const socket = (client as unknown as { connection: { stream: Socket } }).connection.stream;
+  const closed = new Promise<'closed'>((resolve) => socket.once('close', () => resolve('closed')));
+  socket.write(garbage);
+  const how = await Promise.race([closed, new Promise<'held'>((resolve) => setTimeout(() => resolve('held'), holdMs))]);
+  socket.destroy();
+  return how;
+}
+
+/** Wrong passwords on the SQL port, all at once (pg's SCRAM); how each ended. */
+async function sqlLoginFlood(port: number, count: number, user: string): Promise<{ refused: number; closed: number; other: number }> {
+  const tally = { refused: 0, closed: 0, other: 0 };
+  await Promise.all(Array.from({ length: count }, async (_, i) => {
+    const client = new pg.Client({ host: '127.0.0.1', port, user, password: `flood-${i}`, database: 'postgres', connectionTimeoutMillis: 20_000 });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      tally.other += 1;
+      await client.end();
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === '28P01') tally.refused += 1;
+      else if (code === undefined || code === 'ECONNRESET') tally.closed += 1;
+      else tally.other += 1;
+    }
+  }));
+  return tally;
 }
 
 /** Admin-port inputs: malformed HTTP, bad targets, wrong tokens on mutating routes, oversized headers and bodies. */
@@ -423,8 +530,10 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     }
   })();
 
-  const inputs = { peer: { sent: 0, byKind: {} as Record<string, number> }, client: { sent: 0, byKind: {} as Record<string, number> }, admin: { sent: 0, byKind: {} as Record<string, number> } };
-  const count = (port: 'peer' | 'client' | 'admin', kind: string): void => {
+  const inputs = {
+    peer: { sent: 0, byKind: {} as Record<string, number> }, client: { sent: 0, byKind: {} as Record<string, number> }, admin: { sent: 0, byKind: {} as Record<string, number> }, sql: { sent: 0, byKind: {} as Record<string, number> },
+  };
+  const count = (port: 'peer' | 'client' | 'admin' | 'sql', kind: string): void => {
     inputs[port].sent += 1;
     inputs[port].byKind[kind] = (inputs[port].byKind[kind] ?? 0) + 1;
   };
@@ -434,6 +543,7 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
   const peerRng = new Rng(rng.fork());
   const clientRng = new Rng(rng.fork());
   const adminRng = new Rng(rng.fork());
+  const sqlRng = new Rng(rng.fork());
   const every = Math.max(1, Math.floor(options.inputs / 10));
   const harnessFaults: string[] = [];
 
@@ -466,18 +576,29 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
     if (status === '500' && http500.length < 20) http500.push(`${input.bytes.toString('latin1').split('\r\n')[0]?.slice(0, 120) ?? ''} -> ${answer.toString('latin1').split('\r\n\r\n')[1]?.slice(0, 200) ?? ''}`);
     if ((i + 1) % every === 0) say(`admin ${i + 1}/${options.inputs}`);
   }, harnessFaults);
-  await Promise.all([peers, clients, admins]);
+  const sqls = pool(options.inputs, width, async (i) => {
+    const t = targets[i % targets.length] as Target;
+    const input = sqlInput(sqlRng, cluster.credentials);
+    count('sql', input.kind);
+    if ('afterLogin' in input) await sqlAfterLogin(t.sqlPort, cluster.credentials, input.password, input.afterLogin, 60);
+    else await probe(t.sqlPort, input.converse, 60);
+    if ((i + 1) % every === 0) say(`sql ${i + 1}/${options.inputs}`);
+  }, harnessFaults);
+  await Promise.all([peers, clients, admins, sqls]);
 
   say(`idle floods: ${options.idle} connections to each port of the leader`);
-  const [idlePeer, idleClient, idleAdmin] = await Promise.all([
+  const [idlePeer, idleClient, idleAdmin, idleSql] = await Promise.all([
     idleFlood(leaderTarget.peerPort, options.idle, options.idleHoldMs),
     idleFlood(leaderTarget.clientPort, options.idle, options.idleHoldMs),
     idleFlood(leaderTarget.adminPort, options.idle, options.idleHoldMs),
+    idleFlood(leaderTarget.sqlPort, options.idle, options.idleHoldMs),
   ]);
   say(`swell: ${options.swell} connections each sending 4 MiB of an 8 MiB frame before authenticating, to the leader's peer and client ports`);
   const swelled = await Promise.all([swell(leaderTarget.peerPort, options.swell), swell(leaderTarget.clientPort, options.swell)]);
   say(`login flood: ${options.logins} wrong passwords at once`);
   const logins = await loginFlood(leaderTarget.clientPort, options.logins, cluster.credentials.user);
+  say(`SQL login flood: ${options.logins} wrong passwords at once`);
+  const sqlLogins = await sqlLoginFlood(leaderTarget.sqlPort, options.logins, cluster.credentials.user);
 
   writing = false;
   await writer;
@@ -512,7 +633,7 @@ export async function attack(cluster: LocalCluster, options: HostileOptions): Pr
   }
   return {
     // A copy: the cluster's own stop, after this report, ends the processes too.
-    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin }, logins, swelled, writes, crashes: [...crashes],
+    seed: options.seed, inputs, http, http500, idle: { peer: idlePeer, client: idleClient, admin: idleAdmin, sql: idleSql }, logins, sqlLogins, swelled, writes, crashes: [...crashes],
     before, after, stateChanges, tablesIdentical, rssPeakMiB, harnessFaults, durationMs: Date.now() - started,
   };
 }
