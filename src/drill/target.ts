@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { join } from 'node:path';
-import type { LocalCluster } from '../cli/cluster.js';
+import { multiHostUrl, type LocalCluster } from '../cli/cluster.js';
 import { listen } from '../net/listen.js';
 import type { LinkFault } from './proxy.js';
 
@@ -76,6 +76,8 @@ export interface ClusterFile {
   readonly control: { readonly address: string; readonly token: string };
   readonly adminToken: string;
   readonly redisUrl?: string;
+  /** One postgresql:// URL naming every node's SQL port, with target_session_attrs=read-write: it reaches the leader. */
+  readonly sqlUrl?: string;
   /** The `qsync cluster up` process (`qsync cluster down` stops it). */
   readonly pid: number;
 }
@@ -110,7 +112,7 @@ export async function serveControl(cluster: LocalCluster, dir: string): Promise<
   const port = await listen(server, 0, '127.0.0.1');
   const file: ClusterFile = {
     cluster: target.cluster, nodes: target.nodes, credentials: target.credentials, control: { address: `127.0.0.1:${port}`, token },
-    adminToken: target.adminToken, ...(target.redisUrl === undefined ? {} : { redisUrl: target.redisUrl }), pid: process.pid,
+    adminToken: target.adminToken, ...(target.redisUrl === undefined ? {} : { redisUrl: target.redisUrl }), sqlUrl: multiHostUrl(cluster.nodes.map((n) => n.sqlUrl)), pid: process.pid,
   };
   await writeFile(join(dir, CLUSTER_FILE), `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
   return () => new Promise((resolve) => {
