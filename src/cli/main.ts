@@ -15,6 +15,7 @@ import { SidecarNode } from '../sidecar/node.js';
 import { CLUSTER_FILE, readClusterFile, serveControl } from '../drill/target.js';
 import { processAlive } from '../os/process.js';
 import { multiHostUrl, startLocalCluster } from './cluster.js';
+import { operatingError } from './operating.js';
 import { drill, DRILL_USAGE } from './drill.js';
 import { ADMIN_HELP, adminTokenOf, CliFailure, control, ddlCommand, EXIT, membersCommand, requestJoin, status, tableCommand } from './admin.js';
 
@@ -312,7 +313,15 @@ const [command, ...rest] = process.argv.slice(2);
 try {
   process.exitCode = await main(command, rest);
 } catch (error) {
-  if (!(error instanceof CliFailure) && !(error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true)) throw error;
-  console.error(`qsync ${command ?? ''}: ${error.message}`);
-  process.exitCode = error instanceof CliFailure ? error.exitCode : EXIT.usage;
+  if (error instanceof CliFailure || (error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true)) {
+    console.error(`qsync ${command ?? ''}: ${error.message}`);
+    process.exitCode = error instanceof CliFailure ? error.exitCode : EXIT.usage;
+  } else {
+    const said = operatingError(error);
+    if (said === null) throw error;
+    console.error(`qsync ${command ?? ''}: ${said}`);
+    process.exitCode = EXIT.failed;
+    // A half-started node's timers and sockets would keep the process up.
+    process.exit();
+  }
 }

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { operatingError } from '../../src/cli/operating.js';
 import { ConfigError, gatherConfig, validateConfig } from '../../src/sidecar/config.js';
 
 let dir: string;
@@ -94,5 +95,22 @@ describe('configuration', () => {
     expect(failure?.stderr).toMatch(/invalid configuration/);
     for (const flag of ['--replica-id', '--peer-port', '--pg-url', '--data-dir', '--client-port']) expect(failure?.stderr).toContain(flag);
     expect(failure?.stderr).not.toContain('--cluster-id');
+  });
+
+  it('an operating error (a PostgreSQL that does not answer, a port in use) is one line with its fix, not a stack trace', async () => {
+    const run = promisify(execFile);
+    const dir = await mkdtemp(join(tmpdir(), 'qsync-operating-'));
+    const start = (extra: string[]): Promise<{ code: number; stderr: string } | null> => run(process.execPath, ['bin/qsync.js', 'start', '--replica-id', '1', '--cluster-id', 'op', '--peers', '2@127.0.0.1:1',
+      '--data-dir', join(dir, 'journal'), '--insecure', '--peer-port', '0', '--client-port', '0', ...extra], { timeout: 30_000 }).then(() => null, (error: { code: number; stderr: string }) => error);
+    const refused = await start(['--pg-url', 'postgresql://nobody@127.0.0.1:1/db']);
+    expect(refused?.code).toBe(1);
+    expect(refused?.stderr.trim()).toBe('qsync start: nothing answers at 127.0.0.1:1: start PostgreSQL there, or fix --pg-url (QSYNC_PG_URL)');
+    expect(refused?.stderr).not.toMatch(/\n\s+at /);
+    // The operating errors and their fixes, as the command prints them.
+    expect(operatingError(Object.assign(new Error('listen EADDRINUSE'), { code: 'EADDRINUSE', syscall: 'listen', address: '127.0.0.1', port: 7501 })))
+      .toBe('127.0.0.1:7501 is in use by another process: stop it, or give this node other ports (--peer-port, --client-port, --admin-port, --sql-port)');
+    expect(operatingError(Object.assign(new Error('EACCES'), { code: 'EACCES', syscall: 'open', path: '/var/lib/qsync/journal' }))).toMatch(/may not use \/var\/lib\/qsync\/journal: give it write access/);
+    expect(operatingError(new TypeError('undefined is not a function'))).toBeNull();
+    await rm(dir, { recursive: true, force: true });
   });
 });
