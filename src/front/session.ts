@@ -94,6 +94,8 @@ export class Session implements InternalRunner {
   #txTerm: Term | null = null;
   /** The front's named statements exist in the session. */
   #named = false;
+  /** The session's database holds the qsync schema (null: not known yet); if not, the session is only relayed. */
+  #qsyncHere: boolean | null = null;
   readonly #statements = new Map<string, StatementKind>();
   readonly #portals = new Map<string, StatementKind>();
   /** The relay unit of an extended-protocol pipeline under way (up to its Sync). */
@@ -198,7 +200,7 @@ export class Session implements InternalRunner {
 
   /** A COMMIT statement: taken over when a transaction is open; otherwise PostgreSQL answers it. */
   async #commitStatement(text: string, chain: boolean): Promise<boolean> {
-    if (this.#status !== 'T') return !(await this.#relay(serialize.query(text))).errored;
+    if (this.#status !== 'T' || this.#qsyncHere !== true) return !(await this.#relay(serialize.query(text))).errored;
     if (!(await this.#takeOverCommit())) return false;
     this.#toClient(commandComplete('COMMIT'));
     if (chain) {
@@ -219,7 +221,7 @@ export class Session implements InternalRunner {
       await this.#prepareIdle(this.#pipelineKinds(m));
       this.#segment = this.#relay(null);
     }
-    if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain')) return this.#commitInPipeline(kind === 'commitChain');
+    if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain') && this.#qsyncHere === true) return this.#commitInPipeline(kind === 'commitChain');
     this.#toBackend(m.raw);
   }
 
@@ -307,10 +309,15 @@ export class Session implements InternalRunner {
     if (this.#status !== 'I' || this.#sinks.length > 0) return;
     const units: Buffer[] = [];
     if (!this.#named) {
-      units.push(serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' }), serialize.parse({ name: FRONT_STATEMENTS.term, text: "SELECT set_config('qsync.term', $1, false)" }),
-        serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync());
       this.#named = true;
+      const own = serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' });
+      const term = serialize.parse({ name: FRONT_STATEMENTS.term, text: "SELECT set_config('qsync.term', $1, false)" });
+      const capture = this.internal(Buffer.concat([own, term, serialize.sync(), serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync()]), 2);
+      // The first time, wait: a database without the qsync schema (not the one qsync replicates)
+      // has no replicated table, and its sessions are only relayed.
+      if (this.#qsyncHere === null) this.#qsyncHere = (await capture).error === null;
     }
+    if (this.#qsyncHere === false) return;
     const term = this.#host.term();
     if (this.#termSet !== term) {
       units.push(serialize.bind({ statement: FRONT_STATEMENTS.term, values: [String(term)] }), serialize.execute({}), serialize.sync());
@@ -323,14 +330,10 @@ export class Session implements InternalRunner {
       this.#wrapped = true;
     }
     if (units.length === 0) return;
-    // Each Sync above ends one unit; their answers are the front's own.
-    const syncs = units.filter((u) => u[0] === T.sync).length;
-    const results = Array.from({ length: syncs }, () => this.#unit(this.#internalSink()));
-    this.#toBackend(Buffer.concat(units));
-    void Promise.all(results).then((rs) => {
-      const failed = rs.find((r) => r.error !== null);
-      if (failed !== undefined) this.#host.log.warn({ err: failed.error?.message }, 'SQL front: a statement of the front\'s own failed before a client\'s');
-    });
+    // Their answers are the front's own. They cannot fail on a healthy session; if one does, the
+    // client's statements run as they would have, and a write to a replicated table is refused at its
+    // commit (QS005): nothing commits unreplicated.
+    void this.internal(Buffer.concat(units), units.filter((u) => u[0] === T.sync).length);
   }
 
   /** The end of what the client sent up to a ReadyForQuery: an implicit transaction the front opened is decided now. */
@@ -401,11 +404,12 @@ export class Session implements InternalRunner {
   // ---- units and what PostgreSQL answers --------------------------------------------
 
   /** The front's own statements: their rows and error, nothing relayed. */
-  internal(messages: Buffer): Promise<InternalResult> {
+  /** `units`: how many ReadyForQuery the messages end in; the result is the last one's, with the first error of any. */
+  internal(messages: Buffer, units = 1): Promise<InternalResult> {
     if (this.#backend.closed) return Promise.resolve({ status: 'I', rows: [], error: sessionLost() });
-    const result = this.#unit(this.#internalSink());
+    const results = Array.from({ length: units }, () => this.#unit(this.#internalSink()));
     this.#toBackend(messages);
-    return result;
+    return Promise.all(results).then((rs) => ({ ...(rs.at(-1) as InternalResult), error: rs.find((r) => r.error !== null)?.error ?? null }));
   }
 
   #internalSink(): Sink & { result: Promise<InternalResult> } {

@@ -199,6 +199,21 @@ describe('SQL port: idempotency keys and schema changes', () => {
   });
 });
 
+describe('SQL port: another database', () => {
+  it('a database without the qsync schema replicates nothing, and its sessions are relayed as they come', async () => {
+    const admin = await node(1).sql();
+    await admin.query('CREATE DATABASE elsewhere');
+    await admin.end();
+    const client = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, ...cluster.credentials, database: 'elsewhere' });
+    await client.connect();
+    await client.query('CREATE TABLE mine (id int PRIMARY KEY)');
+    await client.query('INSERT INTO mine VALUES (1)');
+    await client.query('BEGIN; INSERT INTO mine VALUES (2); COMMIT');
+    expect((await client.query('SELECT count(*)::int AS n FROM mine')).rows).toEqual([{ n: 2 }]);
+    await client.end();
+  });
+});
+
 describe('SQL port: leadership as PostgreSQL clients read it', () => {
   it('the leader reports read-write, a follower read-only and hot standby', async () => {
     const reported = async (replica: number): Promise<Record<string, string>> => {
