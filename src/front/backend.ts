@@ -9,7 +9,7 @@ import { serialize } from 'pg-protocol';
 import type { BackendMessage, DataRowMessage, DatabaseError } from 'pg-protocol/dist/messages.js';
 import { Parser } from 'pg-protocol/dist/parser.js';
 import { md5Answer, ScramClient, type ScramKeys } from './auth.js';
-import { batchedWriter, Frames, int32, PROTOCOL_3_0, readFields, type Message } from './wire.js';
+import { batchedWriter, Frames, type BatchedWriter, int32, PROTOCOL_3_0, readFields, type Message } from './wire.js';
 
 /** Where the node's PostgreSQL listens: its Unix socket directory when the sidecar's URL names one, else TCP. */
 export interface BackendTarget {
@@ -69,12 +69,12 @@ export class Backend {
   #onMessage: (m: Message) => void = () => undefined;
   #onClose: (error: Error | null) => void = () => undefined;
   #closed = false;
-  readonly #write: (data: Buffer) => boolean;
+  readonly #out: BatchedWriter;
 
   private constructor(socket: Socket) {
     this.#socket = socket;
     socket.setNoDelay(true);
-    this.#write = batchedWriter(socket);
+    this.#out = batchedWriter(socket);
   }
 
   /** Open a session as `params.user` and authenticate it; resolves once PostgreSQL is ready for queries. */
@@ -165,7 +165,7 @@ export class Backend {
   }
 
   write(data: Buffer): boolean {
-    return this.#write(data);
+    return this.#out.write(data);
   }
 
   pause(): void {
@@ -183,6 +183,7 @@ export class Backend {
 
   close(): void {
     if (this.#socket.destroyed) return;
+    this.#out.flush();
     this.#socket.end(Buffer.from('X\0\0\0\x04', 'latin1'));
     this.#socket.destroySoon();
   }

@@ -19,7 +19,8 @@ import { listen } from '../net/listen.js';
 import { AuthFailed, md5Matches, mockVerifier, ScramServer, type ScramKeys, type Verifier } from './auth.js';
 import { Backend, BackendRefused, sendCancel, type BackendAuth, type BackendTarget } from './backend.js';
 import { Inbox } from './inbox.js';
-import { leadershipParameters, Session, type SessionHost } from './session.js';
+import { leadershipParameters } from './answers.js';
+import { Session, type SessionHost } from './session.js';
 import {
   authenticationMd5, authenticationOk, authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, BodyReader, CANCEL_REQUEST,
   errorResponse, fieldsMessage, GSSENC_REQUEST, negotiateProtocolVersion, parameterStatus, readyForQuery, SSL_REQUEST, WireError, type Message,

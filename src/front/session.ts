@@ -29,9 +29,11 @@ import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
 import { CAPTURE_SQL } from '../postgres/capture.js';
 import { dataRow, errorOf, type Backend } from './backend.js';
 import type { Inbox } from './inbox.js';
-import { classify, splitStatements, type StatementKind } from './sql.js';
+import { commitError, leadershipParameters, rewriteError, rewriteParameter } from './answers.js';
+import { NamedStatements } from './named.js';
+import { splitStatements, type StatementKind } from './sql.js';
 import { FRONT_STATEMENTS, FrontTransaction, type InternalResult, type InternalRunner } from './transaction.js';
-import { batchedWriter, BodyReader, commandComplete, errorResponse, fieldsMessage, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
+import { batchedWriter, BodyReader, type BatchedWriter, commandComplete, errorResponse, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
 
 /** What a session asks of the node. */
 export interface SessionHost {
@@ -44,15 +46,6 @@ export interface SessionHost {
   captureKey(): string;
   /** Commit a transaction the client ran, through the leader's order of duties (writes.ts commitOpen). */
   commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term, idempotencyKey: string | null): Promise<void>;
-}
-
-/** Named statements and portals a client may have at once (PostgreSQL has no bound; the front's bookkeeping does). */
-const NAMED_MAX = 10_000;
-
-/** The ParameterStatus values that tell libpq and JDBC which node takes writes (target_session_attrs=read-write). */
-export function leadershipParameters(leader: boolean): Array<[string, string]> {
-  const value = leader ? 'off' : 'on';
-  return [['default_transaction_read_only', value], ['in_hot_standby', value]];
 }
 
 interface Sink {
@@ -92,12 +85,11 @@ export class Session implements InternalRunner {
   #termSet: Term | null = null;
   /** The term the open transaction's writes ran under. */
   #txTerm: Term | null = null;
-  /** The front's named statements exist in the session. */
-  #named = false;
+  /** The front's own named statements exist in the session. */
+  #ownPrepared = false;
   /** The session's database holds the qsync schema (null: not known yet); if not, the session is only relayed. */
   #qsyncHere: boolean | null = null;
-  readonly #statements = new Map<string, StatementKind>();
-  readonly #portals = new Map<string, StatementKind>();
+  readonly #named = new NamedStatements();
   /** The relay unit of an extended-protocol pipeline under way (up to its Sync). */
   #segment: Promise<UnitEnd> | null = null;
   /** After an error in a pipeline the front answered itself: drop the client's messages up to its Sync. */
@@ -109,7 +101,7 @@ export class Session implements InternalRunner {
   #leaderReported: boolean;
   #clientBlocked = false;
   #backendBlocked = false;
-  readonly #writeClient: (data: Buffer) => boolean;
+  readonly #out: BatchedWriter;
   #closed = false;
 
   constructor(host: SessionHost, client: Socket, inbox: Inbox, backend: Backend, leaderReported: boolean) {
@@ -118,7 +110,7 @@ export class Session implements InternalRunner {
     this.#inbox = inbox;
     this.#backend = backend;
     this.#leaderReported = leaderReported;
-    this.#writeClient = batchedWriter(client);
+    this.#out = batchedWriter(client);
     inbox.direct = (m) => this.#toBackend(m.raw);
     backend.listen((m) => this.#fromBackend(m), (error) => this.#backendGone(error));
   }
@@ -216,57 +208,13 @@ export class Session implements InternalRunner {
 
   async #extended(m: Message): Promise<void> {
     if (this.#discarding) return;
-    const kind = this.#track(m);
+    const kind = this.#named.track(m, (sql) => this.#noteKey(sql));
     if (this.#segment === null) {
-      await this.#prepareIdle(this.#pipelineKinds(m));
+      await this.#prepareIdle(this.#named.pipelineKinds([m, ...this.#inbox.queued]));
       this.#segment = this.#relay(null);
     }
     if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain') && this.#qsyncHere === true) return this.#commitInPipeline(kind === 'commitChain');
     this.#toBackend(m.raw);
-  }
-
-  /** Remember what each named statement and portal is; the kind an Execute runs. */
-  #track(m: Message): StatementKind | null {
-    const body = new BodyReader(m.body);
-    if (m.type === T.parse) {
-      const name = body.cstring();
-      const text = body.cstring();
-      this.#noteKey(text);
-      this.#remember(this.#statements, name, classify(text));
-    } else if (m.type === T.bind) {
-      const portal = body.cstring();
-      this.#remember(this.#portals, portal, this.#statements.get(body.cstring()) ?? 'write');
-    } else if (m.type === T.close) {
-      const what = body.bytes(1).toString('latin1');
-      (what === 'S' ? this.#statements : this.#portals).delete(body.cstring());
-    } else if (m.type === T.execute) {
-      return this.#portals.get(body.cstring()) ?? 'write';
-    }
-    return null;
-  }
-
-  #remember(map: Map<string, StatementKind>, name: string, kind: StatementKind): void {
-    if (!map.has(name) && map.size >= NAMED_MAX) throw Object.assign(new Error(`a session of the qsync SQL port holds at most ${NAMED_MAX} named statements and portals`), { sqlstate: '54000' });
-    map.set(name, kind);
-  }
-
-  /** What the pipeline that starts with `first` runs, as far as it has arrived: up to its Sync. */
-  #pipelineKinds(first: Message): StatementKind[] {
-    const kinds: StatementKind[] = [];
-    const parsed = new Map<string, StatementKind>();
-    for (const m of [first, ...this.#inbox.queued]) {
-      if (m.type === T.sync) break;
-      const body = new BodyReader(m.body);
-      if (m.type === T.parse) {
-        const name = body.cstring();
-        parsed.set(name, classify(body.cstring()));
-      } else if (m.type === T.bind) {
-        body.cstring();
-        const statement = body.cstring();
-        kinds.push(parsed.get(statement) ?? this.#statements.get(statement) ?? 'write');
-      }
-    }
-    return kinds;
   }
 
   /** An Execute of COMMIT inside a pipeline: end the pipeline so far, then decide the COMMIT. */
@@ -308,8 +256,8 @@ export class Session implements InternalRunner {
   async #prepareIdle(kinds: readonly StatementKind[]): Promise<void> {
     if (this.#status !== 'I' || this.#sinks.length > 0) return;
     const units: Buffer[] = [];
-    if (!this.#named) {
-      this.#named = true;
+    if (!this.#ownPrepared) {
+      this.#ownPrepared = true;
       const own = serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' });
       const term = serialize.parse({ name: FRONT_STATEMENTS.term, text: "SELECT set_config('qsync.term', $1, false)" });
       const capture = this.internal(Buffer.concat([own, term, serialize.sync(), serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync()]), 2);
@@ -380,7 +328,7 @@ export class Session implements InternalRunner {
       await this.#host.commit((opening) => (tx = new FrontTransaction(this, opening, this.#host.captureKey())), this.#txTerm ?? this.#host.term(), key);
       return true;
     } catch (error) {
-      this.#toClient(this.#errorFor(error));
+      this.#toClient(commitError(error, () => this.#host.leaderSql()));
       return false;
     } finally {
       this.#committing = false;
@@ -443,12 +391,12 @@ export class Session implements InternalRunner {
         message: (m) => {
           if (m.type === T.error) {
             errored = true;
-            return this.#toClient(this.#rewriteError(m));
+            return this.#toClient(rewriteError(m, this.#host.leaderSql()));
           }
           // The front's BEGIN came first: the client's own BEGIN is no warning to it.
           if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
           if (m.type === T.complete) this.#observeTag(m);
-          this.#toClient(this.#rewriteParameter(m));
+          this.#toClient(rewriteParameter(m, this.#host.isLeader()));
         },
         end: (status, lost) => resolve({ status, errored: errored || lost === true }),
       });
@@ -465,7 +413,7 @@ export class Session implements InternalRunner {
     }
     const sink = this.#sinks[0];
     // Between units: a notification, a notice or a parameter change; relayed.
-    if (sink === undefined) this.#toClient(this.#rewriteParameter(m));
+    if (sink === undefined) this.#toClient(rewriteParameter(m, this.#host.isLeader()));
     else sink.message(m);
   }
 
@@ -481,58 +429,15 @@ export class Session implements InternalRunner {
       this.#wrapped = false;
     } else if (tag === 'SET' || tag === 'RESET' || tag.startsWith('DISCARD') || tag === 'DEALLOCATE ALL') {
       this.#termSet = null;
-      if (tag !== 'SET' && tag !== 'RESET') this.#named = false;
+      if (tag !== 'SET' && tag !== 'RESET') this.#ownPrepared = false;
     }
-  }
-
-  /** Which node takes writes, as the front says it (libpq's target_session_attrs reads these). */
-  #rewriteParameter(m: Message): Buffer {
-    if (m.type !== T.parameter) return m.raw;
-    const [name] = m.body.toString('utf8').split('\0');
-    const own = leadershipParameters(this.#host.isLeader()).find(([n]) => n === name);
-    return own === undefined ? m.raw : parameterStatus(own[0], own[1]);
-  }
-
-  /** The fence's errors as a PostgreSQL client understands them. */
-  #rewriteError(m: Message): Buffer {
-    const fields = readFields(m.body);
-    const code = fields.get('C');
-    if (code === 'QS001') {
-      fields.set('C', '25006');
-      const leader = this.#host.leaderSql();
-      fields.set('H', leader === null ? 'This node does not take writes to sync tables; connect to the leader (libpq: target_session_attrs=read-write).'
-        : `Write sync tables through the leader's SQL port, ${leader} (libpq: list every node and set target_session_attrs=read-write).`);
-    } else if (code === 'QS002') {
-      fields.set('C', '40001');
-    } else if (code === 'QS005') {
-      fields.set('H', 'Through the qsync SQL port, a write that runs as a pipeline after a read needs BEGIN first; through PostgreSQL directly, replicated tables cannot be written.');
-    } else {
-      return m.raw;
-    }
-    return fieldsMessage('E', fields);
-  }
-
-  /** A commit that did not commit, as the client hears it. */
-  #errorFor(error: unknown): Buffer {
-    const message = (error as { message?: string }).message ?? String(error);
-    if (message.includes('idempotency_pkey')) {
-      return errorResponse('23505', 'qsync: a transaction with this idempotency key has already committed; it is not applied twice', { hint: 'Ask what it did with SELECT * FROM qsync.outcome(\'<key>\').' });
-    }
-    if (error instanceof QsyncError) {
-      const hint = error.code === 'NOT_LEADER' || error.code === 'STALE_TERM' ? this.#host.leaderSql() : null;
-      const sqlstate = { ROLLED_BACK: '40000', OUTCOME_UNKNOWN: '08007', LIMBO_FULL: '53000', NOT_LEADER: '25006', STALE_TERM: '40001' }[error.code as string]
-        ?? (typeof error.context.sqlstate === 'string' ? error.context.sqlstate : 'XX000');
-      return errorResponse(sqlstate, `qsync: ${message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });
-    }
-    const code = (error as { code?: unknown }).code;
-    return errorResponse(typeof code === 'string' && code.length === 5 ? code : 'XX000', message);
   }
 
   // ---- sockets ----------------------------------------------------------------------
 
   #toClient(data: Buffer): void {
     if (this.#client.destroyed) return;
-    if (!this.#writeClient(data) && !this.#clientBlocked) {
+    if (!this.#out.write(data) && !this.#clientBlocked) {
       this.#clientBlocked = true;
       this.#backend.pause();
       this.#client.once('drain', () => {
@@ -567,6 +472,7 @@ export class Session implements InternalRunner {
     this.#closed = true;
     // A commit being decided goes on: its outcome does not depend on the client.
     this.#backend.close();
+    this.#out.flush();
     this.#client.end();
   }
 }
