@@ -30,8 +30,10 @@ export class Inbox {
   /** Where COPY data goes when nothing is queued ahead of it. */
   direct: ((m: Message) => void) | null = null;
 
-  constructor(socket: Socket) {
+  /** `initial`: bytes already read from the socket (the first packet, read before TLS was decided). */
+  constructor(socket: Socket, initial?: Buffer) {
     this.#socket = socket;
+    if (initial !== undefined && initial.length > 0) this.#frames.push(initial);
     socket.on('data', (chunk: Buffer) => {
       this.#frames.push(chunk);
       this.#parse();

@@ -11,6 +11,7 @@
 // in time, and whatever goes wrong in one closes that one only.
 import { randomBytes, randomInt } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, TLSSocket, type SecureContextOptions } from 'node:tls';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Logger } from '../log.js';
@@ -30,6 +31,8 @@ import {
 export interface FrontHost extends SessionHost {
   /** Where the node's PostgreSQL listens. */
   readonly target: BackendTarget;
+  /** The port's certificate and key (net/tls.ts loadSqlTls); without them an SSLRequest is declined. */
+  readonly tls: SecureContextOptions | null;
   /** The role's password verifier, when it exists, may log in now, and has a password. */
   verifier(role: string): Promise<Verifier | null>;
 }
@@ -70,19 +73,32 @@ export class SqlFront {
     await closed;
   }
 
-  async #accept(socket: Socket): Promise<void> {
-    const admission = this.#guard.admit(socket);
+  async #accept(raw: Socket): Promise<void> {
+    const admission = this.#guard.admit(raw);
     if (admission === null) return;
-    this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
-    socket.setNoDelay(true);
-    socket.on('error', () => undefined);
-    const inbox = new Inbox(socket);
+    this.#sockets.add(raw);
+    raw.once('close', () => this.#sockets.delete(raw));
+    raw.setNoDelay(true);
+    raw.on('error', () => undefined);
+    let socket = raw;
     const timer = setTimeout(() => {
       socket.end(errorResponse('08P01', `qsync: the startup and authentication took longer than ${limits.handshakeTimeoutMs} ms`, { severity: 'FATAL' }));
       socket.destroySoon();
+      raw.destroySoon();
     }, limits.handshakeTimeoutMs);
     try {
+      // An SSLRequest comes first, alone, before anything the Inbox reads: TLS takes the socket over from there.
+      const first = await firstBytes(raw, 8);
+      let inbox: Inbox;
+      if (this.#host.tls !== null && first.length === 8 && first.readInt32BE(0) === 8 && first.readInt32BE(4) === SSL_REQUEST) {
+        raw.write('S');
+        socket = new TLSSocket(raw, { isServer: true, secureContext: createSecureContext(this.#host.tls) });
+        socket.on('error', () => undefined);
+        inbox = new Inbox(socket);
+      } else {
+        inbox = new Inbox(raw, first);
+        raw.resume();
+      }
       const opened = await this.#startup(socket, inbox);
       clearTimeout(timer);
       if (opened === null) return void socket.destroy();
@@ -108,6 +124,7 @@ export class SqlFront {
       const reader = new BodyReader(packet);
       const code = reader.int32();
       if ((code === SSL_REQUEST || code === GSSENC_REQUEST) && declined < 2) {
+        // Declined: no certificate here, or already inside TLS, or GSS encryption, which the port does not offer.
         socket.write('N');
         continue;
       }
@@ -200,4 +217,23 @@ export class SqlFront {
     if (found === undefined || found.session.committing) return;
     sendCancel(this.#host.target, found.backend.pid, found.backend.secret);
   }
+}
+
+/** Up to `count` bytes of what a new connection sends first (fewer when it sends fewer and waits, or leaves). */
+function firstBytes(socket: Socket, count: number): Promise<Buffer> {
+  return new Promise((resolve) => {
+    let got = Buffer.alloc(0);
+    const done = (): void => {
+      socket.off('data', take);
+      socket.off('close', done);
+      socket.pause();
+      resolve(got);
+    };
+    const take = (chunk: Buffer): void => {
+      got = Buffer.concat([got, chunk]);
+      if (got.length >= count) done();
+    };
+    socket.on('data', take);
+    socket.once('close', done);
+  });
 }

@@ -6,7 +6,7 @@
 // is what proves which replica a peer is, so peers are addressed by IP and no
 // certificate needs to name one (host names are not checked).
 import { readFileSync } from 'node:fs';
-import type { ConnectionOptions, TlsOptions } from 'node:tls';
+import type { ConnectionOptions, SecureContextOptions, TlsOptions } from 'node:tls';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import { notPrivate } from '../os/files.js';
@@ -26,6 +26,23 @@ export interface PeerTls {
 }
 
 /** The TLS settings for the peer port and links, read from the files; a clear CONFIG error naming the file otherwise. */
+/**
+ * The SQL port's TLS (front/server.ts): a server certificate and its key, as
+ * PostgreSQL's ssl_cert_file and ssl_key_file; clients check it as their
+ * sslmode says. TLS 1.2 or newer, as libpq's default ssl_min_protocol_version.
+ */
+export function loadSqlTls(files: { readonly cert: string; readonly key: string }): SecureContextOptions {
+  const read = (what: string, file: string, privateKey = false): Buffer => {
+    try {
+      if (privateKey && notPrivate(file) !== null) throw new Error(`it may be read by others; chmod 600 ${file}`);
+      return readFileSync(file);
+    } catch (error) {
+      throw new QsyncError('CONFIG', `SQL port TLS: cannot use the ${what} ${file}: ${(error as Error).message}`, { file });
+    }
+  };
+  return { cert: read('certificate', files.cert), key: read('private key', files.key, true), minVersion: 'TLSv1.2' };
+}
+
 export function loadPeerTls(files: PeerTlsFiles): PeerTls {
   const read = (what: string, file: string, privateKey = false): Buffer => {
     try {

@@ -42,6 +42,9 @@ export const configSchema = z.object({
   sqlHost: z.string().default('127.0.0.1'),
   /** The SQL port: PostgreSQL's own protocol in front of the node (front/server.ts); absent: none. */
   sqlPort: z.number().int().min(0).max(65535).optional(),
+  /** TLS on the SQL port: a server certificate and its key (PEM files), both or neither. */
+  sqlTlsCert: z.string().min(1).optional(),
+  sqlTlsKey: z.string().min(1).optional(),
   adminHost: z.string().default('127.0.0.1'),
   /** The admin HTTP interface; absent: none. */
   adminPort: z.number().int().min(0).max(65535).optional(),
@@ -94,6 +97,8 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
   { key: 'sqlHost', flag: 'sql-host', env: 'QSYNC_SQL_HOST', kind: 'string', help: 'address the SQL port binds to; default 127.0.0.1' },
   { key: 'sqlPort', flag: 'sql-port', env: 'QSYNC_SQL_PORT', kind: 'int', help: 'port speaking PostgreSQL\'s own protocol: psql, drivers and ORMs connect here as their PostgreSQL roles and write sync tables unmodified; none when unset' },
+  { key: 'sqlTlsCert', flag: 'sql-tls-cert', env: 'QSYNC_SQL_TLS_CERT', kind: 'string', help: 'PEM file of the SQL port\'s server certificate (with sqlTlsKey): clients that ask for SSL get TLS, as PostgreSQL\'s ssl_cert_file' },
+  { key: 'sqlTlsKey', flag: 'sql-tls-key', env: 'QSYNC_SQL_TLS_KEY', kind: 'string', help: 'PEM file of that certificate\'s private key (mode 0600)' },
   { key: 'adminHost', flag: 'admin-host', env: 'QSYNC_ADMIN_HOST', kind: 'string', help: 'address the admin HTTP interface binds to; default 127.0.0.1' },
   { key: 'adminPort', flag: 'admin-port', env: 'QSYNC_ADMIN_PORT', kind: 'int', help: 'port of the admin HTTP interface (status, health, metrics, promote, demote, transfer, tables); none when unset' },
   { key: 'adminToken', flag: 'admin-token', env: 'QSYNC_ADMIN_TOKEN', kind: 'string', secret: true, help: 'bearer token for the admin interface\'s mutating requests (promote, demote, transfer, table modes), at least 16 characters; without one they are refused. From the environment or the config file, never a flag; or from a file (adminTokenFile)' },
@@ -259,6 +264,8 @@ export function validateConfig(raw: Record<string, unknown>): SidecarConfig {
   if (c.adminPort !== undefined && c.adminToken === undefined && !LOOPBACK.test(c.adminHost)) problems.push(`--admin-token: required when the admin interface binds to ${c.adminHost}, beyond loopback`);
   const tlsGiven = [c.peerTlsCert, c.peerTlsKey, c.peerTlsCa].filter((f) => f !== undefined).length;
   if (tlsGiven !== 0 && tlsGiven !== 3) problems.push('--peer-tls-cert, --peer-tls-key, --peer-tls-ca: give all three (peer links use mutual TLS) or none');
+  if ((c.sqlTlsCert === undefined) !== (c.sqlTlsKey === undefined)) problems.push('--sql-tls-cert, --sql-tls-key: give both (the SQL port\'s certificate and its key) or neither');
+  if (c.sqlTlsCert !== undefined && c.sqlPort === undefined) problems.push('--sql-tls-cert: there is no SQL port to use it on; set --sql-port');
   if (problems.length > 0) throw new ConfigError(problems);
   return { ...c, quorum, heartbeatIntervalMs };
 }

@@ -22,7 +22,7 @@ import type { Member, TableMode } from '../core/record.js';
 import type { ReplicaId, Term } from '../core/types.js';
 import { Journal } from '../journal/index.js';
 import type { Logger } from '../log.js';
-import { loadPeerTls, type PeerTls } from '../net/tls.js';
+import { loadPeerTls, loadSqlTls, type PeerTls } from '../net/tls.js';
 import { TcpTransport } from '../net/transport.js';
 import { checkServer, migrate, queryAll } from '../postgres/index.js';
 import { guardPool, PgDatabase, type PgWork } from '../postgres/database.js';
@@ -326,6 +326,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     return new SqlFront({
       log: this.log,
       target: targetOf(this.config.pgUrl),
+      tls: this.config.sqlTlsCert === undefined || this.config.sqlTlsKey === undefined ? null : loadSqlTls({ cert: this.config.sqlTlsCert, key: this.config.sqlTlsKey }),
       term: () => driver.term,
       isLeader: () => driver.isLeader,
       leaderSql: () => this.#leaderSql(),

@@ -8,7 +8,10 @@
 // errors) are PostgreSQL's; a follower refuses sync writes as a hot standby
 // would; hostile bytes end one connection, never the port.
 import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import type { TLSSocket } from 'node:tls';
+import { promisify } from 'node:util';
 import { connect as netConnect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -18,13 +21,21 @@ import { eventually, rowsOn } from '../support/cluster.js';
 
 let cluster: LocalCluster;
 const SYNCHRO_TIMEOUT_MS = 1500;
+/** The SQL port's certificate on nodes 1 and 2 (node 3 has none): self-signed, for 127.0.0.1. */
+let certificate: string;
 
 beforeAll(async () => {
+  const tlsDir = await mkdtemp(join(tmpdir(), 'qsync-sql-tls-'));
+  await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '2', '-subj', '/CN=qsync sql port',
+    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', join(tlsDir, 'sql.key'), '-out', join(tlsDir, 'sql.crt')]);
+  await chmod(join(tlsDir, 'sql.key'), 0o600);
+  certificate = await readFile(join(tlsDir, 'sql.crt'), 'utf8');
   cluster = await startLocalCluster({
     synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
     electionTimeoutMs: 3_000,
     electionModes: { 2: 'voter', 3: 'voter' },
     proxies: true,
+    sidecarArgs: (replica) => (replica === 3 ? [] : ['--sql-tls-cert', join(tlsDir, 'sql.crt'), '--sql-tls-key', join(tlsDir, 'sql.key')]),
     tables: [
       { ddl: 'CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance numeric NOT NULL)', name: 'accounts', mode: 'sync' },
       { ddl: 'CREATE TABLE notes (id text PRIMARY KEY, body text)', name: 'notes', mode: 'async' },
@@ -349,8 +360,21 @@ describe('SQL port: hostile input', () => {
     await other.end();
   });
 
-  it('SSL and GSS encryption requests are declined and the client goes on in the clear', async () => {
-    const client = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', ssl: { rejectUnauthorized: false } });
+  it('TLS where the port has a certificate (checked by the client), declined where it has none; GSS encryption declined', async () => {
+    const secure = new pg.Client({ host: '127.0.0.1', port: node(1).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', ssl: { ca: certificate } });
+    await secure.connect();
+    const stream = (secure as unknown as { connection: { stream: TLSSocket } }).connection.stream;
+    expect(stream.encrypted).toBe(true);
+    expect(stream.getProtocol()).toMatch(/TLSv1\.[23]/);
+    expect((await secure.query("INSERT INTO accounts VALUES (50, 'over tls', 1)")).rowCount).toBe(1);
+    await secure.end();
+    await eventually(async () => expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 50')).map((r) => r.length)).toEqual([1, 1, 1]), 'the write over TLS on every node');
+    // A certificate the client does not trust fails the connection, as sslmode=verify-full would.
+    const doubting = new pg.Client({ host: '127.0.0.1', port: node(2).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', ssl: { rejectUnauthorized: true } });
+    doubting.on('error', () => undefined);
+    await expect(doubting.connect()).rejects.toThrow(/self-signed|certificate/);
+    // No certificate on node 3: the request is declined, and a client that insists stops there.
+    const client = new pg.Client({ host: '127.0.0.1', port: node(3).sqlPort, user: 'app', password: 'app-secret-1', database: 'postgres', ssl: { rejectUnauthorized: false } });
     client.on('error', () => undefined);
     await expect(client.connect()).rejects.toThrow(/SSL/);
     const s = await raw(1);
