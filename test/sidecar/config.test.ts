@@ -50,6 +50,8 @@ describe('configuration', () => {
     expect(text).toMatch(/--admin-token: required when the admin interface binds to 0.0.0.0/);
     expect(text).toMatch(/--heartbeat-interval-ms: 900 must be at most half the election timeout/);
     expect(problems([...BASE, '--admin-port', '7601', '--admin-host', '0.0.0.0'], { QSYNC_ADMIN_TOKEN: 'short' }).join('\n')).toMatch(/--admin-token: at least 16 characters/);
+    expect(problems([...BASE, '--sql-port', '7701', '--sql-tls-cert', 'c.pem']).join('\n')).toMatch(/--sql-tls-cert, --sql-tls-key: give both/);
+    expect(problems([...BASE, '--sql-tls-cert', 'c.pem', '--sql-tls-key', 'k.pem']).join('\n')).toMatch(/--sql-tls-cert: there is no SQL port/);
   });
 
   it('takes secrets from a file or the environment, never from the command line', async () => {
