@@ -6,7 +6,14 @@
 // run, less what it spends idle (measured just before), per read: on a read,
 // everything the sidecar does is the relay. Then the same for sync writes
 // through the SQL port against the client library, for the front's share
-// of a commit.
+// of a commit. Last, where Debian's pgbench is at hand, the same reads and
+// sync writes from pgbench (libpq, prepared statements): a load generator in
+// C, which leaves more of the two cores to the systems measured.
+import { execFile } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../src/cli/cluster.js';
 import { connect, type Db } from '../src/client/index.js';
@@ -137,8 +144,35 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
       console.log(`${String(clients).padStart(3)} clients: reads through the port ${readRatio.toFixed(2)}x direct (target >= 0.8 at 16), the port's CPU ${median(port.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read (target <= 25 per transaction); `
         + `sync writes through the port ${writeRatio.toFixed(2)}x the client library (target >= 1.0), leader sidecar ${median(portWrites.map((r) => r.sidecarUsPerOp)).toFixed(0)} vs ${median(library.map((r) => r.sidecarUsPerOp)).toFixed(0)} µs per commit`);
     }
+    summary.pgbench = await pgbenchRuns(leader, credentials, options);
     return { runs, summary };
   } finally {
     await cluster?.stop();
   }
+}
+
+/** pgbench against the leader's PostgreSQL and its SQL port: transactions per second, by case; null without pgbench. */
+async function pgbenchRuns(leader: ClusterNode, credentials: { user: string; password: string }, options: FrontBenchOptions): Promise<Record<string, number> | null> {
+  const run = promisify(execFile);
+  if (await run('pgbench', ['--version']).then(() => false, () => true)) {
+    console.log('\npgbench is not installed (Debian postgresql-client): its cases are left out');
+    return null;
+  }
+  const dir = await mkdtemp(join(tmpdir(), 'qsync-pgbench-'));
+  await writeFile(join(dir, 'read.sql'), `\\set id random(1, ${ROWS})\nSELECT payload FROM bench_sync WHERE id = :id;\n`);
+  await writeFile(join(dir, 'write.sql'), "\\set id random(100000000, 2000000000)\nINSERT INTO bench_sync VALUES (:id, 'payload') ON CONFLICT DO NOTHING;\n");
+  const url = (port: number): string => `postgresql://${encodeURIComponent(credentials.user)}:${encodeURIComponent(credentials.password)}@127.0.0.1:${port}/postgres`;
+  const tps = async (script: string, port: number, clients: number): Promise<number> => {
+    const { stdout } = await run('pgbench', ['-n', '-M', 'prepared', '-c', String(clients), '-j', '2', '-T', String(options.seconds), '-f', join(dir, script), url(port)], { maxBuffer: 16 * 1024 * 1024 });
+    return Number(/tps = ([\d.]+)/.exec(stdout)?.[1] ?? 0);
+  };
+  const out: Record<string, number> = {};
+  console.log('\npgbench (-M prepared), tps, direct to PostgreSQL vs through the SQL port (sync writes only through the port: the fence refuses them direct)');
+  for (const clients of options.clients.filter((c) => c > 1)) {
+    out[`read direct ${clients}`] = await tps('read.sql', leader.pg.port, clients);
+    out[`read port ${clients}`] = await tps('read.sql', leader.sqlPort, clients);
+    out[`sync write port ${clients}`] = await tps('write.sql', leader.sqlPort, clients);
+    console.log(`  ${String(clients).padStart(3)} clients: reads ${out[`read direct ${clients}`]?.toFixed(0)} direct, ${out[`read port ${clients}`]?.toFixed(0)} through the port; sync writes ${out[`sync write port ${clients}`]?.toFixed(0)} through the port`);
+  }
+  return out;
 }
