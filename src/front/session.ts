@@ -20,17 +20,17 @@
 // queued behind the client's, so they leave in the same round trip.
 import type { Socket } from 'node:net';
 import { serialize } from 'pg-protocol';
-import type { DatabaseError } from 'pg-protocol/dist/messages.js';
 import { QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
 import { CAPTURE_SQL } from '../postgres/capture.js';
-import { dataRow, errorOf, type Backend } from './backend.js';
+import type { Backend } from './backend.js';
 import type { Inbox } from './inbox.js';
 import { commitError, leadershipParameters, rewriteError, rewriteParameter } from './answers.js';
 import { NamedStatements } from './named.js';
+import { Units, type UnitEnd } from './units.js';
 import { splitStatements, type StatementKind } from './sql.js';
 import { FRONT_STATEMENTS, FrontTransaction, type InternalResult, type InternalRunner } from './transaction.js';
 import { batchedWriter, BodyReader, type BatchedWriter, commandComplete, errorResponse, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
@@ -48,35 +48,17 @@ export interface SessionHost {
   commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term, idempotencyKey: string | null): Promise<void>;
 }
 
-interface Sink {
-  message(m: Message): void;
-  /** ReadyForQuery came; `lost`: the session ended before it did. */
-  end(status: TransactionStatus, lost?: boolean): void;
-}
-
-/** What the front's own statements get when the PostgreSQL session has ended. */
-function sessionLost(): DatabaseError {
-  return Object.assign(new Error('qsync: the PostgreSQL session of this client ended'), { code: '08006' }) as unknown as DatabaseError;
-}
-
-interface UnitEnd {
-  readonly status: TransactionStatus;
-  readonly errored: boolean;
-}
-
 const type = (c: string): number => c.charCodeAt(0);
 const T = { query: type('Q'), parse: type('P'), bind: type('B'), describe: type('D'), execute: type('E'), close: type('C'), flush: type('H'), sync: type('S'),
   functionCall: type('F'), terminate: type('X'), copyData: type('d'), copyDone: type('c'), copyFail: type('f'),
-  ready: type('Z'), error: type('E'), notice: type('N'), complete: type('C'), parameter: type('S'), dataRow: type('D') } as const;
+  error: type('E'), notice: type('N'), complete: type('C') } as const;
 
 export class Session implements InternalRunner {
   readonly #host: SessionHost;
   readonly #client: Socket;
   readonly #inbox: Inbox;
   readonly #backend: Backend;
-  readonly #sinks: Sink[] = [];
-  /** PostgreSQL's transaction status at its last ReadyForQuery. */
-  #status: TransactionStatus = 'I';
+  readonly #units: Units;
   /** The client opened a transaction block (BEGIN) that has not ended. */
   #clientInTx = false;
   /** The front opened the current transaction block for the client's implicit transaction. */
@@ -112,7 +94,13 @@ export class Session implements InternalRunner {
     this.#leaderReported = leaderReported;
     this.#out = batchedWriter(client);
     inbox.direct = (m) => this.#toBackend(m.raw);
-    backend.listen((m) => this.#fromBackend(m), (error) => this.#backendGone(error));
+    this.#units = new Units((data) => this.#toBackend(data), () => backend.closed, (m) => this.#toClient(rewriteParameter(m, this.#host.isLeader())));
+    backend.listen((m) => this.#units.take(m), (error) => this.#backendGone(error));
+  }
+
+  /** PostgreSQL's transaction status at its last ReadyForQuery. */
+  get #status(): TransactionStatus {
+    return this.#units.status;
   }
 
   get committing(): boolean {
@@ -254,7 +242,7 @@ export class Session implements InternalRunner {
    * run in an implicit one. Queued ahead of them, not waited for.
    */
   async #prepareIdle(kinds: readonly StatementKind[]): Promise<void> {
-    if (this.#status !== 'I' || this.#sinks.length > 0) return;
+    if (this.#status !== 'I' || this.#units.pending > 0) return;
     const units: Buffer[] = [];
     if (!this.#ownPrepared) {
       this.#ownPrepared = true;
@@ -351,70 +339,21 @@ export class Session implements InternalRunner {
 
   // ---- units and what PostgreSQL answers --------------------------------------------
 
-  /** The front's own statements: their rows and error, nothing relayed. */
-  /** `units`: how many ReadyForQuery the messages end in; the result is the last one's, with the first error of any. */
+  /** The front's own statements on the session (transaction.ts runs its primitives through this). */
   internal(messages: Buffer, units = 1): Promise<InternalResult> {
-    if (this.#backend.closed) return Promise.resolve({ status: 'I', rows: [], error: sessionLost() });
-    const results = Array.from({ length: units }, () => this.#unit(this.#internalSink()));
-    this.#toBackend(messages);
-    return Promise.all(results).then((rs) => ({ ...(rs.at(-1) as InternalResult), error: rs.find((r) => r.error !== null)?.error ?? null }));
-  }
-
-  #internalSink(): Sink & { result: Promise<InternalResult> } {
-    const rows: Array<Array<string | null>> = [];
-    let error: DatabaseError | null = null;
-    let done!: (r: InternalResult) => void;
-    const result = new Promise<InternalResult>((resolve) => (done = resolve));
-    return {
-      result,
-      message: (m) => {
-        // The front's own statements change nothing in the client's view (the callers say what they did).
-        if (m.type === T.dataRow) rows.push(dataRow(m));
-        else if (m.type === T.error) error ??= errorOf(m);
-      },
-      end: (status, lost) => done({ status, rows, error: lost === true ? error ?? sessionLost() : error }),
-    };
-  }
-
-  #unit(sink: Sink & { result: Promise<InternalResult> }): Promise<InternalResult> {
-    this.#sinks.push(sink);
-    return sink.result;
+    return this.#units.internal(messages, units);
   }
 
   /** Relay what PostgreSQL answers to `messages` (or to the pipeline the client sends next) up to its ReadyForQuery. */
   #relay(messages: Buffer | null): Promise<UnitEnd> {
-    if (this.#backend.closed) return Promise.resolve({ status: 'I', errored: true });
-    let errored = false;
     const wrapped = this.#wrapped;
-    const ended = new Promise<UnitEnd>((resolve) => {
-      this.#sinks.push({
-        message: (m) => {
-          if (m.type === T.error) {
-            errored = true;
-            return this.#toClient(rewriteError(m, this.#host.leaderSql()));
-          }
-          // The front's BEGIN came first: the client's own BEGIN is no warning to it.
-          if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
-          if (m.type === T.complete) this.#observeTag(m);
-          this.#toClient(rewriteParameter(m, this.#host.isLeader()));
-        },
-        end: (status, lost) => resolve({ status, errored: errored || lost === true }),
-      });
+    return this.#units.relay(messages, (m) => {
+      if (m.type === T.error) return this.#toClient(rewriteError(m, this.#host.leaderSql()));
+      // The front's BEGIN came first: the client's own BEGIN is no warning to it.
+      if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
+      if (m.type === T.complete) this.#observeTag(m);
+      this.#toClient(rewriteParameter(m, this.#host.isLeader()));
     });
-    if (messages !== null) this.#toBackend(messages);
-    return ended;
-  }
-
-  #fromBackend(m: Message): void {
-    if (m.type === T.ready) {
-      this.#status = String.fromCharCode(m.body[0] ?? 0x49) as TransactionStatus;
-      this.#sinks.shift()?.end(this.#status);
-      return;
-    }
-    const sink = this.#sinks[0];
-    // Between units: a notification, a notice or a parameter change; relayed.
-    if (sink === undefined) this.#toClient(rewriteParameter(m, this.#host.isLeader()));
-    else sink.message(m);
   }
 
   /** What a command's tag says about the transaction and the session. */
@@ -462,8 +401,7 @@ export class Session implements InternalRunner {
   #backendGone(error: Error | null): void {
     if (this.#closed) return;
     this.#toClient(errorResponse('57P01', `qsync: the PostgreSQL session ended${error === null ? '' : `: ${error.message}`}`, { severity: 'FATAL' }));
-    this.#status = 'I';
-    for (const sink of this.#sinks.splice(0)) sink.end('I', true);
+    this.#units.lost();
     this.#close();
   }
 
