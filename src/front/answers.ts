@@ -51,6 +51,12 @@ export function commitError(error: unknown, leaderSql: () => string | null): Buf
   if (error instanceof QsyncError) {
     const hint = error.code === 'NOT_LEADER' || error.code === 'STALE_TERM' ? leaderSql() : null;
     const sqlstate = OUTCOMES[error.code] ?? (typeof error.context.sqlstate === 'string' ? error.context.sqlstate : 'XX000');
+    if (sqlstate === '0A000' && /PREPARE/.test(message)) {
+      // PREPARE TRANSACTION's own refusals (temporary objects, LISTEN/NOTIFY, WITH HOLD cursors, exported snapshots).
+      return errorResponse(sqlstate, `qsync: ${message}; the transaction was rolled back`, {
+        hint: 'A transaction that writes a sync table waits for its quorum as a prepared transaction, which PostgreSQL refuses for one that used temporary tables, LISTEN/NOTIFY or WITH HOLD cursors: do those in a transaction of their own.',
+      });
+    }
     return errorResponse(sqlstate, `qsync: ${message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });
   }
   const code = (error as { code?: unknown }).code;

@@ -134,6 +134,18 @@ describe('SQL port: sync writes from an unmodified driver', () => {
     await client.end();
   });
 
+  it('a sync write in a transaction that used a temporary table fails at COMMIT with a hint, and is on no node', async () => {
+    const client = await sqlClient(1);
+    await client.query('BEGIN');
+    await client.query('CREATE TEMPORARY TABLE scratch (x int)');
+    await client.query("INSERT INTO accounts VALUES (60, 'temp', 1)");
+    await expect(client.query('COMMIT')).rejects.toMatchObject({ code: '0A000', hint: expect.stringMatching(/prepared transaction.*temporary tables/) });
+    expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 60')).flat()).toEqual([]);
+    expect(await rows(1, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    await client.end();
+  });
+
   it('async tables: an autocommit write through the port replicates, also from a follower', async () => {
     const client = await sqlClient(2);
     await client.query("INSERT INTO notes VALUES ('n1', 'from node 2')");
