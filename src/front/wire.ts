@@ -36,25 +36,42 @@ export interface Message {
 export class Frames {
   #buffer: Buffer = Buffer.alloc(0);
   #offset = 0;
+  /** Chunks received after #buffer, joined only once the frame they complete is whole: a large frame arriving in many chunks is copied once, not once per chunk. */
+  #later: Buffer[] = [];
+  #laterBytes = 0;
+  /** Bytes from #offset the frame being read needs in all (0: not known yet). */
+  #needed = 0;
 
   constructor(readonly what: string) {}
 
   /** Bytes received and not yet returned as frames. */
   get pending(): number {
-    return this.#buffer.length - this.#offset;
+    return this.#buffer.length - this.#offset + this.#laterBytes;
   }
 
   push(chunk: Buffer): void {
-    this.#buffer = this.#offset === this.#buffer.length ? chunk : Buffer.concat([this.#buffer.subarray(this.#offset), chunk]);
+    if (this.#needed > 0 && this.pending + chunk.length < this.#needed) {
+      this.#later.push(chunk);
+      this.#laterBytes += chunk.length;
+      return;
+    }
+    const rest = this.#buffer.subarray(this.#offset);
+    this.#buffer = rest.length === 0 && this.#later.length === 0 ? chunk : Buffer.concat([rest, ...this.#later, chunk]);
     this.#offset = 0;
+    this.#later = [];
+    this.#laterBytes = 0;
+    this.#needed = 0;
   }
 
   /** A startup-phase packet (int32 length, then its body, no type byte), or null until complete. */
   startup(bytesMax: number): Buffer | null {
-    if (this.pending < 4) return null;
+    if (this.#buffer.length - this.#offset < 4) return null;
     const length = this.#buffer.readInt32BE(this.#offset);
     if (length < 8 || length > bytesMax) throw new WireError('08P01', `invalid ${this.what} startup packet length ${length} (at most ${bytesMax} bytes)`);
-    if (this.pending < length) return null;
+    if (this.#buffer.length - this.#offset < length) {
+      this.#needed = length;
+      return null;
+    }
     const body = this.#buffer.subarray(this.#offset + 4, this.#offset + length);
     this.#offset += length;
     return body;
@@ -62,12 +79,15 @@ export class Frames {
 
   /** A typed message, or null until complete. */
   message(bytesMax: number): Message | null {
-    if (this.pending < 5) return null;
+    if (this.#buffer.length - this.#offset < 5) return null;
     const length = this.#buffer.readInt32BE(this.#offset + 1);
     if (length < 4 || length > bytesMax) {
       throw new WireError(length < 4 ? '08P01' : '54000', `invalid ${this.what} message length ${length} (type ${JSON.stringify(String.fromCharCode(this.#buffer[this.#offset] ?? 0))}, at most ${bytesMax} bytes)`);
     }
-    if (this.pending < length + 1) return null;
+    if (this.#buffer.length - this.#offset < length + 1) {
+      this.#needed = length + 1;
+      return null;
+    }
     const start = this.#offset;
     this.#offset += length + 1;
     return { type: this.#buffer[start] as number, body: this.#buffer.subarray(start + 5, start + length + 1), raw: this.#buffer.subarray(start, start + length + 1) };
