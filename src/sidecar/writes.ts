@@ -77,22 +77,25 @@ export class Writes<S, W> {
    * it in lsn order, and for a sync transaction wait until the limbo decides it.
    */
   write(session: S, idempotencyKey: string | null, term: Term | null, work: W): Promise<void> {
-    return this.#counted(idempotencyKey, term, (opening, steps) => this.#db.write(session, opening, (tx) => leaderWrite(tx, steps, work, this.#bugs)));
+    return this.#counted(idempotencyKey, term, false, (opening, steps) => this.#db.write(session, opening, (tx) => leaderWrite(tx, steps, work, this.#bugs)));
   }
 
   /**
    * The same path for a transaction a client has already run on a session of
    * its own (the SQL front, front/session.ts): its statements ran under
    * `term`, which the fence checked; from capture on, the order is the same.
+   * Its TXN must carry that term: if the node's term has moved on since (an
+   * election came between, and its apply may wait behind this transaction's
+   * locks), the transaction is stale and rolled back.
    */
   commitOpen<X>(open: (opening: WriteOpening) => LeaderTransaction<X>, work: X, idempotencyKey: string | null, term: Term): Promise<void> {
-    return this.#counted(idempotencyKey, term, (opening, steps) => leaderWrite(open(opening), steps, work, this.#bugs));
+    return this.#counted(idempotencyKey, term, true, (opening, steps) => leaderWrite(open(opening), steps, work, this.#bugs));
   }
 
-  async #counted(idempotencyKey: string | null, term: Term | null, order: WriteOrder): Promise<void> {
+  async #counted(idempotencyKey: string | null, term: Term | null, ranUnderTerm: boolean, order: WriteOrder): Promise<void> {
     const written = { mode: 'none' as 'sync' | 'async' | 'local' | 'none', limboSince: null as number | null };
     try {
-      await this.#write(idempotencyKey, term, order, written);
+      await this.#write(idempotencyKey, term, ranUnderTerm, order, written);
       this.#host.emit({ kind: 'commit', mode: written.mode, outcome: 'committed', limboMs: written.limboSince === null ? null : this.#clock.nowMs() - written.limboSince });
     } catch (error) {
       const code = error instanceof QsyncError ? error.code : null;
@@ -102,7 +105,7 @@ export class Writes<S, W> {
     }
   }
 
-  async #write(idempotencyKey: string | null, term: Term | null, order: WriteOrder, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
+  async #write(idempotencyKey: string | null, term: Term | null, ranUnderTerm: boolean, order: WriteOrder, written: { mode: 'sync' | 'async' | 'local' | 'none'; limboSince: number | null }): Promise<void> {
     if (term !== null && term < this.#host.term()) {
       this.#host.emit({ kind: 'staleTerm', term: this.#host.term(), given: term });
       throw this.#host.notLeader('STALE_TERM', `stale term ${term} (current ${this.#host.term()})`);
@@ -112,6 +115,10 @@ export class Writes<S, W> {
     // The term the fence checks this write under is the term its TXN carries, even if the node
     // learns a newer one while the write runs.
     const writeTerm = this.#host.term();
+    if (ranUnderTerm && term !== writeTerm) {
+      if (term !== null) this.#host.emit({ kind: 'staleTerm', term: writeTerm, given: term });
+      throw this.#host.notLeader('STALE_TERM', `this transaction ran under term ${term ?? 0}, and the node has since moved to term ${writeTerm}; it was rolled back: retry it`);
+    }
     if (this.#host.isLeader() && this.#host.limboEntries() + this.#beforeLimbo >= limits.limboEntriesMax) {
       throw new QsyncError('LIMBO_FULL', `the limbo holds ${limits.limboEntriesMax} transactions waiting for a quorum; retry later`);
     }

@@ -287,6 +287,29 @@ describe('SQL port: the limbo behind COMMIT', () => {
     await client.end();
   });
 
+  it('a transaction open across an election commits nothing: its COMMIT is refused as stale (40001), and it is on no node', async () => {
+    await cluster.leader();
+    const client = await sqlClient(1);
+    await client.query('BEGIN');
+    await client.query("INSERT INTO accounts VALUES (70, 'across an election', 1)");
+    const before = (await node(1).status()).term;
+    await node(1).admin('POST', '/demote');
+    // Node 1 is the only candidate: it leads again, in a newer term.
+    await eventually(async () => {
+      const s = await node(1).status();
+      expect(s.term).toBeGreaterThan(before);
+      expect(s.writable).toBe(true);
+    }, 'node 1 leads again in a newer term', 30_000);
+    await expect(client.query('COMMIT')).rejects.toMatchObject({ code: '40001' });
+    expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+    expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 70')).flat()).toEqual([]);
+    expect(await rows(1, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    // The session goes on in the new term.
+    await client.query("INSERT INTO accounts VALUES (71, 'after the election', 1)");
+    await eventually(async () => expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 71')).map((r) => r.length)).toEqual([1, 1, 1]), 'the write after the election on every node');
+    await client.end();
+  }, 40_000);
+
   it('a client that leaves while its commit waits changes nothing: the commit is decided, nothing stays prepared', async () => {
     const client = await sqlClient(1);
     cluster.proxy(1, 2).cut();
