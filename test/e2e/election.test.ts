@@ -5,9 +5,10 @@
 // acknowledged write and leaves nothing half-done; stale terms are refused by
 // the client port, the journal links and PostgreSQL itself; a lone returning
 // node does not disrupt the leader; a transfer fails no write.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { multiHostUrl, startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
@@ -172,6 +173,30 @@ describe('elections on a 3-node cluster', () => {
     const onAll = await converged('libpq');
     expect(onAll.filter((id) => acked.includes(id))).toEqual(acked);
     for (const text of failed) expect(text).toMatch(/read-only|not the leader|25006|40001|rolled back|could not|server closed|terminat/i);
+  });
+
+  it('(h3) a Python service (psycopg 3) with a multi-host URL keeps writing across a transfer; every acknowledged write is on every node', async () => {
+    const leader = await cluster.leader();
+    const url = multiHostUrl(cluster.nodes.map((n) => n.sqlUrl));
+    const lines: string[] = [];
+    const child = spawn('/usr/bin/python3', ['test/support/writer.py', url, '8000', '6'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    createInterface({ input: child.stdout }).on('line', (line) => lines.push(line));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const acked = (): number[] => lines.filter((l) => l.startsWith('ok ')).map((l) => Number(l.split(' ')[1]));
+    await eventually(async () => expect(acked().length).toBeGreaterThan(3), `psycopg writes through the multi-host URL (${stderr})`);
+    const target = others(leader.replica)[1] as ClusterNode;
+    await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress], { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } });
+    const before = acked().length;
+    await eventually(async () => expect(acked().length).toBeGreaterThan(before + 3), 'psycopg writes after the transfer');
+    expect(await exited).toBe(0);
+    expect(stderr).toBe('');
+    const onAll = await converged('psycopg');
+    expect(onAll.filter((id) => acked().includes(id))).toEqual(acked());
+    // What failed during the hand-over failed as a client expects: read-only (the old leader), a stale term, a
+    // certain rollback, or the connection; and the service went on.
+    for (const line of lines.filter((l) => l.startsWith('err '))) expect(line).toMatch(/^err \d+ (25006|40001|40000|08\w{3}|None) /);
   });
 
   it('(b) SIGKILL of the leader: a new leader takes sync writes, nothing acknowledged is lost, and the old node converges', async () => {
