@@ -88,6 +88,8 @@ export type ElectionEvent =
   | { readonly kind: 'demote' }
   /** Leader: hand leadership to `to` (the shell checked it is up to date). */
   | { readonly kind: 'transfer'; readonly to: ReplicaId }
+  /** Leader: send heartbeats now, not at the next tick (a read index asks a quorum whether this node still leads). */
+  | { readonly kind: 'heartbeat' }
   /**
    * A membership change took effect (core/membership.ts). A node no longer
    * among `members` neither votes nor campaigns (mode off) and, leading,
@@ -149,6 +151,8 @@ export function electionStep(state: ElectionState, event: ElectionEvent, ctx: El
       return { state, persist: null, messages: [{ to: event.to, message: { type: 'timeoutNow', term: state.term } }] };
     case 'members':
       return reconfigure(state, event.members, event.quorum, event.mode);
+    case 'heartbeat':
+      return state.role === 'leader' ? heartbeats(state, ctx.nowMs) : idle(state);
   }
 }
 

@@ -46,6 +46,7 @@ import type { SidecarConfig } from './config.js';
 import type { Clock, Database, JournalRetention, JournalStore, NodeEvent, NodeObserver, PlantedBugs, SnapshotBegin, SnapshotOffer, SnapshotSink, Transport } from './io.js';
 import { LagSampler } from './lag.js';
 import { OwnLog } from './own-log.js';
+import { ReadIndex } from './read-index.js';
 import { UnfitRecords } from './unfit.js';
 import { Writes, type WritesHost } from './writes.js';
 import { checkpointState, readCheckpointState, readVerdicts } from './verdicts.js';
@@ -151,6 +152,10 @@ export class NodeDriver<S, W> {
   readonly #lag = new LagSampler();
   /** The leader's write path (writes.ts): its writes before the limbo and its own async writes in flight. */
   readonly #writes: Writes<S, W>;
+  /** Linearizable reads (read-index.ts). */
+  readonly #reads: ReadIndex;
+  /** COMMIT PREPARED of confirmed own entries under way: a linearizable read waits for those begun before it. */
+  readonly #commitsUnderWay = new Set<Promise<void>>();
   /** A trim in progress (one at a time). */
   #retaining = false;
   #stopRetention: (() => void) | null = null;
@@ -208,6 +213,15 @@ export class NodeDriver<S, W> {
     }, durable, options.seed, this.#clock.nowMs());
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
     this.#writes = new Writes(this.#writesHost(), this.#db, this.#own, this.#clock, this.#bugs);
+    this.#reads = new ReadIndex({
+      nowMs: () => this.#clock.nowMs(),
+      after: (ms, fn) => this.#clock.after(ms, fn),
+      leading: () => (this.#election.role === 'leader' && (this.#bugs.readIndexNotApplied === true || (this.#writable && this.#promotedTerm === this.#election.term)) ? this.#election.term : null),
+      heartbeat: () => this.#elect({ kind: 'heartbeat' }),
+      isQuorum: (answered) => this.#members.filter((m) => m === this.#self || answered.has(m)).length >= this.#quorum,
+      caughtUp: () => this.#caughtUp(),
+      leaderName: () => this.leaderName(),
+    }, { timeoutMs: config.electionTimeoutMs, retryMs: config.heartbeatIntervalMs, unconfirmed: this.#bugs.readIndexUnconfirmed === true });
     this.#db.onLost(() => this.#lost());
   }
 
@@ -1008,12 +1022,15 @@ export class NodeDriver<S, W> {
         .catch((error: unknown) => this.#fatal('persisting the term and vote', error));
     }
     const { messages } = step;
+    const beat = messages.find((m) => m.message.type === 'heartbeat')?.message;
+    if (beat?.type === 'heartbeat') this.#reads.sent(beat.sentMs);
     const send = (): void => messages.forEach(({ to, message }) => this.#transport.sendRaft(to, message));
     if (messages.length > 0) {
       if (this.#bugs.raftUnsynced === true) send();
       else void this.#raftDurable.then(send);
     }
     const after = step.state;
+    if (event.kind === 'message' && event.message.type === 'heartbeatReply') this.#reads.answered(event.from, event.message.term, event.message.sentMs);
     if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
     this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, reason: event.kind === 'message' ? `${event.message.type} from ${event.from}` : event.kind, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
     if (after.role === 'candidate' && (before.role !== 'candidate' || before.term !== after.term)) this.#emit({ kind: 'campaign', term: after.term });
@@ -1048,6 +1065,7 @@ export class NodeDriver<S, W> {
   #stepDown(reason: string): void {
     this.#writable = false;
     this.#promotedTerm = null;
+    this.#reads.lost();
     const pending = this.#limbo?.entries.length ?? 0;
     this.#step({ kind: 'abandon' });
     this.#limbo = null;
@@ -1456,9 +1474,12 @@ export class NodeDriver<S, W> {
       for (const gid of left) answerEarly?.(gid);
     };
     const what = `${verb === 'commit' ? 'COMMIT' : 'ROLLBACK'} PREPARED of decided entries`;
-    this.#untilDone(what, finish, { verb, transactions: prepared.length }, firstFailure).catch((error: unknown) => {
+    const done = this.#untilDone(what, finish, { verb, transactions: prepared.length }, firstFailure).then(() => undefined, (error: unknown) => {
       if (error instanceof AssertionFailed) this.#fatal(what, error);
     });
+    if (verb !== 'commit') return;
+    this.#commitsUnderWay.add(done);
+    void done.finally(() => this.#commitsUnderWay.delete(done));
   }
 
 
@@ -1522,6 +1543,25 @@ export class NodeDriver<S, W> {
   /** The write path for a transaction a client already ran on its own session (writes.ts, the SQL front). */
   commitOpen<X>(open: (opening: WriteOpening) => LeaderTransaction<X>, work: X, idempotencyKey: string | null, term: Term): Promise<void> {
     return this.#writes.commitOpen(open, work, idempotencyKey, term);
+  }
+
+  /**
+   * Settles once PostgreSQL holds what the journal holds now: the records
+   * ahead of it in the apply queue, a resync after a PostgreSQL crash, and
+   * own confirmed entries whose COMMIT PREPARED is under way.
+   */
+  async #caughtUp(): Promise<void> {
+    // Planted bug readIndexNotApplied: a read runs as soon as the node wins, before its PostgreSQL has what it decided.
+    if (this.#bugs.readIndexNotApplied === true) return;
+    const target = this.#journal.vclock;
+    const commits = Promise.all([...this.#commitsUnderWay]);
+    await this.#until(() => !this.#resyncPending && vclockCovers(this.#applied, target), () => !this.#stopping);
+    await commits;
+  }
+
+  /** Resolves when a linearizable read may run on this node's PostgreSQL (read-index.ts); NOT_LEADER when not. */
+  readIndex(): Promise<void> {
+    return this.#reads.request();
   }
 
   outcome(idempotencyKey: string): Promise<unknown> {

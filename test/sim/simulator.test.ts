@@ -20,6 +20,7 @@ describe('simulated clusters keep every invariant', () => {
     // It did something: leaders were elected, writes were acknowledged, faults happened.
     expect(result.stats.leaders).toBeGreaterThan(0);
     expect(result.stats.acked).toBeGreaterThan(0);
+    expect(result.stats.linearizableReads).toBeGreaterThan(0);
   });
 });
 

@@ -15,6 +15,7 @@ import { pino } from 'pino';
 import type { ElectionMessage } from '../../src/core/election.js';
 import { QsyncError } from '../../src/core/errors.js';
 import type { ReplicaId } from '../../src/core/types.js';
+import { vclockCovers, vclockFromEntries, vclockGet, type VClock } from '../../src/core/vclock.js';
 import { configSchema, type SidecarConfig } from '../../src/sidecar/config.js';
 import { NodeDriver } from '../../src/sidecar/driver.js';
 import type { Clock, PlantedBugs } from '../../src/sidecar/io.js';
@@ -22,7 +23,7 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied'] as const;
 
 /** A relay leaves a gap in one record of 500 on half the seeds (from a generator of its own). */
 function gapsOf(seed: number): { gapRate: number; gaps: Rng } {
@@ -46,7 +47,7 @@ export interface SimResult {
   readonly violation: string | null;
   /** The last events before the end (or the violation). */
   readonly trace: readonly string[];
-  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; pgCrashes: number; leaders: number };
+  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; pgCrashes: number; leaders: number; linearizableReads: number };
 }
 
 class Violation extends Error {}
@@ -97,6 +98,9 @@ class World {
   readonly #decided = new Map<string, 'committed' | 'rolled-back'>();
   /** Acknowledged async writes to keys of their own: no later write may hide their loss. */
   readonly #asyncAcked = new Set<string>();
+  /** Sync writes acknowledged so far: a linearizable read must see each one acknowledged before it was sent. */
+  readonly #syncAcked = new Set<string>();
+  #readsServed = 0;
   #violation: string | null = null;
   #crashes = 0;
   #pgCrashes = 0;
@@ -150,6 +154,8 @@ class World {
       await this.#liveness();
       await this.#relayed();
       this.#clientsOn = false;
+      await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS);
+      await this.#linearizableReads();
       await this.#runUntil(this.#scheduler.now + 3 * SYNCHRO_TIMEOUT_MS + CLIENT_TIMEOUT_MS);
       this.#converged();
     } catch (error) {
@@ -165,7 +171,7 @@ class World {
       stats: {
         nodes: this.#nodes.length, events: this.#scheduler.events, simulatedMs: Math.round(this.#scheduler.now),
         acked: statuses.filter((s) => s === 'acked').length, rolledBack: statuses.filter((s) => s === 'rolled-back').length,
-        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, pgCrashes: this.#pgCrashes, leaders: this.#leaders.size,
+        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, pgCrashes: this.#pgCrashes, leaders: this.#leaders.size, linearizableReads: this.#readsServed,
       },
     };
   }
@@ -415,6 +421,7 @@ class World {
     const answer = await this.#call(node, [{ table: 's', key: value, value }], value);
     if (answer === 'ok') {
       this.#status.set(value, 'acked');
+      this.#syncAcked.add(value);
       if (this.#decided.get(value) === 'rolled-back') this.#fail(`${value} was acknowledged, but a node had rolled it back`);
       return true;
     }
@@ -452,6 +459,30 @@ class World {
       const status = this.#status.get(row.value);
       if (status === 'rolled-back' || status === 'refused') this.#fail(`a read on n${node.id} sees ${row.value}, which its client was told is ${status}`);
     }
+  }
+
+  /**
+   * A linearizable read (driver.readIndex, then the rows of that node's
+   * PostgreSQL): it must see every sync write acknowledged before it was
+   * sent. Refused, or on a PostgreSQL that is down, it reads nothing.
+   */
+  async #linearizableRead(node: SimNode): Promise<boolean> {
+    const driver = node.driver;
+    if (driver === null) return false;
+    const before = [...this.#syncAcked];
+    const term = driver.election.term;
+    const allowed = await new Promise<boolean>((resolve) => {
+      this.#scheduler.after(CLIENT_TIMEOUT_MS, () => resolve(false));
+      driver.readIndex().then(() => resolve(true), (error: unknown) => {
+        if (!(error instanceof QsyncError)) this.#fail(`a read index failed with an untyped error: ${(error as Error).stack ?? String(error)}`);
+        resolve(false);
+      });
+    });
+    if (!allowed || node.driver !== driver || this.#scheduler.now < node.pg.downUntil) return false;
+    this.#readsServed += 1;
+    const missing = before.filter((value) => node.pg.rows.get(`s:${value}`)?.value !== value);
+    if (missing.length > 0) this.#fail(`a linearizable read on n${node.id} (term ${term}) misses ${missing.length} write(s) acknowledged before it was sent, first ${missing[0]}`);
+    return true;
   }
 
   // ---- invariants ------------------------------------------------------------------
@@ -562,6 +593,116 @@ class World {
     if (missing.length > 0) this.#fail(`node ${cut.id}, cut from leader ${leader.id} but linked to the others, lacks ${missing.length} of its records after ${RELAYED_WITHIN_MS / 1000} s (first ${missing[0]?.replica}:${missing[0]?.lsn}): nothing relayed them`);
     if (this.#violation !== null) throw new Violation(this.#violation);
     this.#heal();
+  }
+
+  /**
+   * Linearizable reads where a read index is easiest to get wrong, then one
+   * on a healthy cluster, which must be served. Each read must see every
+   * sync write acknowledged before it was sent, or be refused.
+   */
+  async #linearizableReads(): Promise<void> {
+    await this.#readOnDeposed();
+    this.#heal();
+    await this.#readOnWinner();
+    this.#heal();
+    let served = false;
+    const deadline = this.#scheduler.now + 20 * ELECTION_TIMEOUT_MS;
+    while (!served && this.#scheduler.now < deadline) {
+      const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+      if (leader === undefined) {
+        await this.#runUntil(this.#scheduler.now + 100);
+        continue;
+      }
+      const probe = this.#linearizableRead(leader).then((ok) => (served = ok));
+      await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+      await probe;
+    }
+    if (!served) this.#fail(`liveness: no linearizable read was served within ${20 * ELECTION_TIMEOUT_MS} ms of a healthy cluster`);
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
+  /** Run until `done`, or for `ms`. */
+  async #until(done: () => boolean, ms: number): Promise<void> {
+    const deadline = this.#scheduler.now + ms;
+    while (!done() && this.#scheduler.now < deadline) await this.#runUntil(this.#scheduler.now + 1);
+  }
+
+  #othersOf(leader: SimNode): SimNode[] {
+    const members = leader.driver?.membership.members.map((m) => m.replica as number) ?? [];
+    return this.#nodes.filter((n) => n !== leader && n.driver !== null && members.includes(n.id));
+  }
+
+  /** An operator's promote of a node other than `leader`: at random, or the one that holds most of its records. */
+  #promoteOther(leader: SimNode, ahead: boolean): SimNode | null {
+    const others = this.#othersOf(leader);
+    if (others.length === 0) return null;
+    const held = (n: SimNode): number => vclockGet(n.journal?.vclock ?? [], leader.id as ReplicaId);
+    const other = ahead ? others.reduce((a, b) => (held(b) > held(a) ? b : a)) : this.#rng.pick(others);
+    this.#note(`operator: promote n${other.id} (read index phase)`);
+    other.driver?.promote().catch(() => undefined);
+    return other;
+  }
+
+  /**
+   * A leader cut off from every peer after another node was promoted and
+   * acknowledged a write: it believes it leads until its check-quorum
+   * notices, but no quorum can confirm it.
+   */
+  async #readOnDeposed(): Promise<void> {
+    await this.#until(() => this.#nodes.some((n) => n.driver?.isLeader === true), 10 * ELECTION_TIMEOUT_MS);
+    const old = this.#nodes.find((n) => n.driver?.isLeader === true);
+    if (old === undefined) return;
+    // Followers that hold all the leader wrote win a forced election at once.
+    const own = (): VClock => vclockFromEntries([[old.id as ReplicaId, vclockGet(old.journal?.vclock ?? [], old.id as ReplicaId)]]);
+    await this.#until(() => this.#othersOf(old).every((n) => vclockCovers(n.journal?.vclock ?? [], own())), ELECTION_TIMEOUT_MS);
+    this.#cut(this.#nodes.filter((n) => n !== old).flatMap((n) => [[old.id, n.id], [n.id, old.id]] as Array<[number, number]>), `n${old.id} isolated (read index phase)`);
+    const next = this.#promoteOther(old, false);
+    if (next === null) return;
+    await this.#until(() => next.driver?.isLeader === true, 3 * ELECTION_TIMEOUT_MS);
+    let written = false;
+    const write = this.#syncWrite(0, next).finally(() => (written = true));
+    await this.#until(() => written, CLIENT_TIMEOUT_MS + 10);
+    await write;
+    if (old.driver?.election.role !== 'leader') return;
+    const read = this.#linearizableRead(old);
+    await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+    await read;
+  }
+
+  /**
+   * A node the moment it wins an election forced right after a burst of
+   * acknowledged writes, before its PROMOTE and the entries it keeps are
+   * applied, and whose PostgreSQL then crashes and loses what it applied
+   * without a flush.
+   */
+  async #readOnWinner(): Promise<void> {
+    await this.#until(() => this.#nodes.some((n) => n.driver?.isLeader === true), 10 * ELECTION_TIMEOUT_MS);
+    const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+    if (leader === undefined) return;
+    // Every journal alike first, so that the promoted node is behind no voter but on the burst's own records.
+    const alike = (): boolean => {
+      const live = this.#nodes.filter((n) => n.driver !== null);
+      return this.#nodes.every((r) => live.every((n) => vclockGet(n.journal?.vclock ?? [], r.id as ReplicaId) === vclockGet(leader.journal?.vclock ?? [], r.id as ReplicaId)));
+    };
+    await this.#until(alike, 2 * ELECTION_TIMEOUT_MS);
+    const burst = [0, 1, 2, 3, 4].map(() => this.#syncWrite(0, leader));
+    let settled = 0;
+    for (const w of burst) void w.finally(() => (settled += 1));
+    // At once, before the followers hear every CONFIRM.
+    await this.#until(() => settled === burst.length, CLIENT_TIMEOUT_MS);
+    const term = leader.driver?.election.term ?? 0;
+    if (this.#promoteOther(leader, true) === null) return;
+    // Whoever wins (a voter ahead of the promoted node elects another): read there the moment it leads.
+    const winner = (): SimNode | undefined => this.#nodes.find((n) => n.driver?.election.role === 'leader' && n.driver.election.term > term);
+    await this.#until(() => winner() !== undefined, 3 * ELECTION_TIMEOUT_MS);
+    const won = winner();
+    if (won === undefined) return;
+    const lost = won.pg.crash(won.pg.unflushed, this.#scheduler.now + 2);
+    this.#pgCrashes += 1;
+    this.#note(`n${won.id}'s PostgreSQL crashes as it wins (${lost} unflushed commits lost); back in 2 ms`);
+    const read = this.#linearizableRead(won);
+    await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+    await read;
   }
 
   /** After quiescing: the same rows everywhere, every acknowledged write on every node, no limbo left. */
