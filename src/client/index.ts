@@ -400,7 +400,9 @@ export class Db {
   /**
    * A read. `local` (default) reads the connected node's committed data;
    * `leader` reads on the leader (following a NotLeader hint);
-   * `linearizable` is refused until leader election brings the read index.
+   * `linearizable` reads on the leader once a quorum has confirmed, after
+   * the read arrived, that it still leads (a read index): it sees every
+   * write acknowledged before it was sent.
    */
   async query(sql: string, params: readonly unknown[] = [], options: { consistency?: Consistency } = {}): Promise<ResultSet> {
     const consistency = options.consistency ?? 'local';

@@ -331,6 +331,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       isLeader: () => driver.isLeader,
       leaderSql: () => this.#leaderSql(),
       captureKey: () => this.#db.captureKey,
+      readIndex: () => this.readIndex(),
       verifier: async (role) => parseVerifier(await this.#db.roleVerifier(role)),
       commit: async (open, term, idempotencyKey) => {
         try {
@@ -492,10 +493,9 @@ export class SidecarNode implements RequestHandler<RoleSession> {
   }
 
   async query(session: RoleSession, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown> {
-    if (consistency === 'linearizable') {
-      throw new QsyncError('BAD_REQUEST', 'linearizable reads (a read index confirmed by a quorum) are not built yet; use leader (reads on the current leader) for now');
-    }
-    if (consistency === 'leader' && !this.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; leader reads go to ${this.#driver.leaderName()}`);
+    if (consistency !== 'local' && !this.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; ${consistency} reads go to ${this.#driver.leaderName()}`);
+    // linearizable: only once a quorum confirmed, after the read arrived, that this node still leads (read-index.ts).
+    if (consistency === 'linearizable') await this.readIndex();
     // A read runs in a READ ONLY transaction, as one statement (the extended protocol takes no more):
     // the read API cannot write, whatever the statement SETs.
     const client = await session.pool.connect().catch((error: unknown) => {
@@ -516,6 +516,16 @@ export class SidecarNode implements RequestHandler<RoleSession> {
       throw this.#clientError(error);
     } finally {
       client.release(broken);
+    }
+  }
+
+  /** Resolves when a linearizable read may run here (driver.readIndex); NOT_LEADER, with the leader's address, when not. */
+  async readIndex(): Promise<void> {
+    try {
+      await this.#driver.readIndex();
+    } catch (error) {
+      if (error instanceof QsyncError && error.code === 'NOT_LEADER') throw this.#driver.notLeader('NOT_LEADER', error.message);
+      throw error;
     }
   }
 
