@@ -139,7 +139,7 @@ export class SqlFront {
         const value = reader.cstring();
         if (params.size >= STARTUP_PARAMETERS_MAX) throw new WireError('08P01', `a startup packet names at most ${STARTUP_PARAMETERS_MAX} parameters`);
         if (key.startsWith('_pq_.')) unrecognized.push(key);
-        else if (key.startsWith('qsync.') || (key === 'options' && /qsync\./i.test(value))) throw new WireError('42501', `the SQL port sets qsync's own settings itself; leave ${key === 'options' ? 'qsync.* out of options' : key} out of the connection`);
+        else if ((key.startsWith('qsync.') && key !== 'qsync.read') || (key === 'options' && /qsync\.(?!read\b)/i.test(value))) throw new WireError('42501', `the SQL port sets qsync's own settings itself; leave ${key === 'options' ? 'qsync.* out of options' : key} out of the connection`);
         else params.set(key, value);
       }
       if ((code & 0xffff) > 0 || unrecognized.length > 0) socket.write(negotiateProtocolVersion(0, unrecognized));
@@ -202,7 +202,8 @@ export class SqlFront {
     parts.push(backendKeyData(pid, secret), readyForQuery('I'));
     socket.write(Buffer.concat(parts));
     inbox.messages(limits.frameBytesMax);
-    const session = new Session(this.#host, socket, inbox, backend, leader);
+    const readAtStartup = opened.params.has('qsync.read') || /qsync\.read/i.test(opened.params.get('options') ?? '');
+    const session = new Session(this.#host, socket, inbox, backend, leader, readAtStartup);
     this.#sessions.set(key, { session, backend });
     try {
       await session.serve();

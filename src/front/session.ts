@@ -13,6 +13,9 @@
 //     the limbo, or the journal and COMMIT), and the client hears COMMIT only
 //     once it is decided, or the error that says how it ended.
 //   * The end of an implicit transaction the front opened: the same.
+//   * Before a transaction starts in a session whose qsync.read is
+//     'linearizable': a read index (sidecar/read-index.ts), so that what it
+//     reads includes every write acknowledged before it was sent.
 //
 // The client's ReadyForQuery says what the client's own view is: a
 // transaction the front opened for it is invisible to it. The front's own
@@ -31,7 +34,7 @@ import type { Inbox } from './inbox.js';
 import { commitError, leadershipParameters, rewriteError, rewriteParameter } from './answers.js';
 import { NamedStatements } from './named.js';
 import { Units, type UnitEnd } from './units.js';
-import { splitStatements, type StatementKind } from './sql.js';
+import { splitStatements, touchesData, type StatementKind } from './sql.js';
 import { FRONT_STATEMENTS, FrontTransaction, type InternalResult, type InternalRunner } from './transaction.js';
 import { batchedWriter, BodyReader, type BatchedWriter, commandComplete, errorResponse, parameterStatus, readFields, readyForQuery, type Message, type TransactionStatus } from './wire.js';
 
@@ -44,6 +47,8 @@ export interface SessionHost {
   leaderSql(): string | null;
   /** This node's capture key (postgres/capture.ts). */
   captureKey(): string;
+  /** Resolves when a linearizable read may run on this node (read-index.ts); NOT_LEADER when it may not. */
+  readIndex(): Promise<void>;
   /** Commit a transaction the client ran, through the leader's order of duties (writes.ts commitOpen). */
   commit(open: (opening: WriteOpening) => LeaderTransaction<null>, term: Term, idempotencyKey: string | null): Promise<void>;
 }
@@ -80,14 +85,24 @@ export class Session implements InternalRunner {
   #committing = false;
   /** The client's SQL named qsync.idempotency_key: each COMMIT reads it (SET LOCAL qsync.idempotency_key = '...'). */
   #keyNamed = false;
+  /** The session's qsync.read as the front last read it ('' when unset). */
+  #read = '';
+  /** The client's SQL named qsync.read since, or the connection set it: read it again before the next unit. */
+  #readStale: boolean;
+  /** The connection set qsync.read, so RESET ALL and DISCARD ALL return to that. */
+  readonly #readAtStartup: boolean;
+  /** The transaction under way has its read index: the rest of it needs none. */
+  #indexed = false;
   #leaderReported: boolean;
   #clientBlocked = false;
   #backendBlocked = false;
   readonly #out: BatchedWriter;
   #closed = false;
 
-  constructor(host: SessionHost, client: Socket, inbox: Inbox, backend: Backend, leaderReported: boolean) {
+  constructor(host: SessionHost, client: Socket, inbox: Inbox, backend: Backend, leaderReported: boolean, readAtStartup: boolean) {
     this.#host = host;
+    this.#readAtStartup = readAtStartup;
+    this.#readStale = readAtStartup;
     this.#client = client;
     this.#inbox = inbox;
     this.#backend = backend;
@@ -132,6 +147,7 @@ export class Session implements InternalRunner {
       case T.sync:
         return this.#sync();
       case T.functionCall:
+        if (await this.#readRefused(true)) return this.#ready();
         await this.#prepareIdle(['write']);
         return this.#finish(await this.#relay(m.raw), true);
       case T.copyData: case T.copyDone: case T.copyFail:
@@ -145,8 +161,10 @@ export class Session implements InternalRunner {
   // ---- simple query ---------------------------------------------------------------
 
   async #simpleQuery(text: string): Promise<void> {
-    this.#noteKey(text);
     const statements = splitStatements(text);
+    // The read index first: a statement that sets qsync.read counts from the next transaction on.
+    if (await this.#readRefused(statements?.some((s) => touchesData(s.kind)) ?? true)) return this.#ready();
+    this.#noteKey(text);
     const commits = statements?.some((s) => s.kind === 'commit' || s.kind === 'commitChain') === true;
     if (statements === null || !commits) {
       await this.#prepareIdle(statements === null ? ['write'] : statements.map((s) => s.kind));
@@ -158,6 +176,8 @@ export class Session implements InternalRunner {
     let kinds: StatementKind[] = [];
     const flush = async (): Promise<boolean> => {
       if (run.length === 0) return true;
+      // A run after a COMMIT starts a transaction of its own.
+      if (await this.#readRefused(kinds.some(touchesData))) return false;
       await this.#prepareIdle(kinds);
       const end = await this.#relay(serialize.query(run.join(';')));
       run = [];
@@ -196,12 +216,20 @@ export class Session implements InternalRunner {
 
   async #extended(m: Message): Promise<void> {
     if (this.#discarding) return;
-    const kind = this.#named.track(m, (sql) => this.#noteKey(sql));
     if (this.#segment === null) {
-      await this.#prepareIdle(this.#named.pipelineKinds([m, ...this.#inbox.queued]));
+      const kinds = this.#named.pipelineKinds([m, ...this.#inbox.queued]);
+      // The setting as it is before the pipeline, and the read index when what has arrived of it reads or writes.
+      if (await this.#readRefused(kinds.some(touchesData))) {
+        // Nothing of the pipeline runs: its messages are dropped up to its Sync, which answers ReadyForQuery.
+        this.#discarding = true;
+        return;
+      }
+      await this.#prepareIdle(kinds);
       this.#segment = this.#relay(null);
     }
+    const kind = this.#named.track(m, (sql) => this.#noteKey(sql));
     if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain') && this.#qsyncHere === true) return this.#commitInPipeline(kind === 'commitChain');
+    if (m.type === T.execute && kind !== null && touchesData(kind) && this.#read === 'linearizable' && !this.#indexed) return this.#indexInPipeline(m);
     this.#toBackend(m.raw);
   }
 
@@ -215,6 +243,23 @@ export class Session implements InternalRunner {
       return;
     }
     if (!(await this.#commitStatement('COMMIT', chain))) this.#discarding = true;
+  }
+
+  /**
+   * An Execute that reads, in a pipeline whose earlier part did not (it
+   * arrived later): the read index before it. Refused, the pipeline so far is
+   * ended, the client hears why, and the rest up to its Sync is dropped.
+   */
+  async #indexInPipeline(m: Message): Promise<void> {
+    const refusal = await this.#readIndex();
+    if (refusal === null) {
+      this.#toBackend(m.raw);
+      return;
+    }
+    this.#toBackend(serialize.sync());
+    await this.#closeSegment();
+    this.#toClient(refusal);
+    this.#discarding = true;
   }
 
   async #sync(): Promise<void> {
@@ -288,8 +333,61 @@ export class Session implements InternalRunner {
     if (this.#status !== 'I') await this.internal(serialize.query('ROLLBACK'));
   }
 
+  /** What the client's SQL says about the settings the front follows: qsync.idempotency_key and qsync.read. */
   #noteKey(sql: string): void {
+    if (!/qsync\./i.test(sql)) return;
     if (!this.#keyNamed && /qsync\.idempotency_key/i.test(sql)) this.#keyNamed = true;
+    if (/qsync\.read/i.test(sql)) this.#readStale = true;
+  }
+
+  /**
+   * Before the client's next unit: learn qsync.read if the client's SQL may
+   * have changed it, and with 'linearizable', when the unit reads or writes
+   * tables (`touches`) and its transaction has no read index yet, wait for
+   * one. True when the client was answered with an error instead (this node
+   * does not lead, no quorum confirmed it in time, or the setting is not one
+   * qsync knows); the unit is then not run.
+   */
+  async #readRefused(touches: boolean): Promise<boolean> {
+    // No transaction open: the unit starts a new one.
+    if (this.#status === 'I') this.#indexed = false;
+    // Read only between transactions: a SELECT inside one would take its snapshot before the index.
+    if (this.#readStale && this.#status === 'I') {
+      const r = await this.internal(serialize.query("SELECT coalesce(current_setting('qsync.read', true), '')"));
+      if (r.error === null) {
+        this.#read = r.rows[0]?.[0] ?? '';
+        this.#readStale = false;
+      }
+    }
+    if (this.#read !== '' && this.#read !== 'local' && this.#read !== 'linearizable') {
+      // Read again each time until the client sets a value qsync knows; a setting alone still runs, to fix it.
+      this.#readStale = true;
+      if (!touches) return false;
+      this.#toClient(errorResponse('22023', `qsync: qsync.read is ${JSON.stringify(this.#read.slice(0, 64))}; it must be local or linearizable`, {
+        hint: "SET qsync.read = 'linearizable' (or 'local', the default) for the session.",
+      }));
+      return true;
+    }
+    if (!touches || this.#read !== 'linearizable' || this.#indexed) return false;
+    const refusal = await this.#readIndex();
+    if (refusal === null) return false;
+    this.#toClient(refusal);
+    return true;
+  }
+
+  /** The read index for the transaction under way; the error to answer with when there is none. */
+  async #readIndex(): Promise<Buffer | null> {
+    try {
+      await this.#host.readIndex();
+      this.#indexed = true;
+      return null;
+    } catch (error) {
+      const leader = this.#host.leaderSql();
+      return errorResponse('55000', `qsync: ${(error as Error).message}`, {
+        hint: leader === null ? 'Linearizable reads run on the leader; connect to it (libpq: target_session_attrs=read-write).'
+          : `Linearizable reads run on the leader, whose SQL port is ${leader} (libpq: list every node and set target_session_attrs=read-write).`,
+      });
+    }
   }
 
   /** The transaction's idempotency key, when the client's SQL may have set one. */
@@ -368,6 +466,8 @@ export class Session implements InternalRunner {
       this.#wrapped = false;
     } else if (tag === 'SET' || tag === 'RESET' || tag.startsWith('DISCARD') || tag === 'DEALLOCATE ALL') {
       this.#termSet = null;
+      // RESET ALL and DISCARD ALL return qsync.read to what the connection set.
+      if (tag !== 'SET' && (this.#read !== '' || this.#readAtStartup)) this.#readStale = true;
       if (tag !== 'SET' && tag !== 'RESET') this.#ownPrepared = false;
     }
   }

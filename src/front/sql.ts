@@ -16,8 +16,10 @@ export type StatementKind =
   | 'commitChain'
   /** ROLLBACK, ABORT (not TO SAVEPOINT, not PREPARED) */
   | 'rollback'
-  /** reads and session settings: they write no table, so they run as they come */
+  /** reads: they write no table, so they run as they come */
   | 'read'
+  /** session settings (SET, RESET, SHOW, DISCARD, DEALLOCATE): they neither read nor write a table */
+  | 'setting'
   /** refused by PostgreSQL inside a transaction block (VACUUM, CREATE DATABASE, ...) */
   | 'outside'
   /** anything else: it may write */
@@ -147,7 +149,13 @@ function words(text: string, count: number): string[] {
   return out;
 }
 
-const READS = new Set(['SELECT', 'SHOW', 'VALUES', 'TABLE', 'FETCH', 'MOVE', 'CLOSE', 'SET', 'RESET', 'DISCARD', 'LISTEN', 'UNLISTEN', 'NOTIFY', 'DEALLOCATE', 'LOAD', 'CHECKPOINT']);
+const READS = new Set(['SELECT', 'VALUES', 'TABLE', 'FETCH', 'MOVE', 'CLOSE', 'LISTEN', 'UNLISTEN', 'NOTIFY', 'LOAD', 'CHECKPOINT']);
+const SETTINGS = new Set(['SET', 'SHOW', 'RESET', 'DISCARD', 'DEALLOCATE']);
+
+/** Whether a statement of this kind reads or writes tables (a linearizable read index is taken before it). */
+export function touchesData(kind: StatementKind): boolean {
+  return kind === 'read' || kind === 'write' || kind === 'outside';
+}
 
 export function classify(text: string): StatementKind {
   const [first = '', second = '', third = '', fourth = ''] = words(text, 4);
@@ -185,6 +193,6 @@ export function classify(text: string): StatementKind {
       // SELECT ... INTO makes a table, which is local to this node: it needs no wrapping either.
       return 'read';
     default:
-      return READS.has(first) ? 'read' : 'write';
+      return SETTINGS.has(first) ? 'setting' : READS.has(first) ? 'read' : 'write';
   }
 }

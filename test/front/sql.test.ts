@@ -53,7 +53,7 @@ describe('what a statement is', () => {
     ["COMMIT PREPARED 'x'", 'outside'], ['ROLLBACK', 'rollback'], ['ABORT', 'rollback'], ['ROLLBACK TO SAVEPOINT a', 'write'], ['ROLLBACK WORK TO a', 'write'],
     ["ROLLBACK PREPARED 'x'", 'outside'], ['VACUUM t', 'outside'], ['CREATE DATABASE d', 'outside'], ['CREATE INDEX CONCURRENTLY i ON t (a)', 'outside'],
     ['CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)', 'outside'], ['CREATE INDEX i ON t (a)', 'write'], ['REINDEX TABLE CONCURRENTLY t', 'outside'], ['ALTER SYSTEM SET x = 1', 'outside'],
-    ['SELECT 1', 'read'], ['(SELECT 1)', 'read'], ['/* hi */ -- there\n SELECT 1', 'read'], ['SHOW x', 'read'], ['SET x = 1', 'read'], ['VALUES (1)', 'read'],
+    ['SELECT 1', 'read'], ['(SELECT 1)', 'read'], ['/* hi */ -- there\n SELECT 1', 'read'], ['SHOW x', 'setting'], ['SET x = 1', 'setting'], ['RESET ALL', 'setting'], ['DISCARD ALL', 'setting'], ['VALUES (1)', 'read'],
     ['EXPLAIN SELECT 1', 'read'], ['EXPLAIN ANALYZE DELETE FROM t', 'write'], ['COPY t TO STDOUT', 'read'], ['COPY t FROM STDIN', 'write'],
     ['WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x', 'write'], ['INSERT INTO t VALUES (1)', 'write'], ['CALL p()', 'write'], ['SAVEPOINT a', 'write'],
   ] as const)('%s is %s', (sql, kind) => {
