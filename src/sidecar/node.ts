@@ -92,7 +92,9 @@ export const systemClock: Clock = {
     return () => clearInterval(timer);
   },
   after: (ms, fn) => {
-    setTimeout(fn, ms).unref();
+    // At once means on the next turn of the event loop, not after setTimeout's 1 ms floor.
+    if (ms <= 0) setImmediate(fn).unref();
+    else setTimeout(fn, ms).unref();
   },
 };
 
