@@ -4,7 +4,9 @@
 // SELECT per call, one connection per client), runs alternating direct and
 // port. The port's own CPU per read is the leader sidecar's CPU during the
 // run, less what it spends idle (measured just before), per read: on a read,
-// everything the sidecar does is the relay. Then the same for sync writes
+// everything the sidecar does is the relay. The port's reads run a second
+// time with qsync.read = 'linearizable', for what the leader's read index
+// adds (a round of heartbeats per batch of reads). Then the same for sync writes
 // through the SQL port against the client library, for the front's share
 // of a commit. Last, where Debian's pgbench is at hand, the same reads and
 // sync writes from pgbench (libpq, prepared statements): a load generator in
@@ -27,7 +29,7 @@ export interface FrontBenchOptions {
 
 export interface FrontRun {
   readonly kind: 'read' | 'write';
-  readonly path: 'direct' | 'port' | 'client library';
+  readonly path: 'direct' | 'port' | 'linearizable' | 'client library';
   readonly clients: number;
   readonly round: number;
   readonly perSec: number;
@@ -63,8 +65,8 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
     seed.close();
     let nextId = ROWS;
     const runs: FrontRun[] = [];
-    const pgClients = async (port: number, n: number): Promise<pg.Client[]> => Promise.all(Array.from({ length: n }, async () => {
-      const c = new pg.Client({ host: '127.0.0.1', port, ...credentials, database: 'postgres' });
+    const pgClients = async (port: number, n: number, options?: string): Promise<pg.Client[]> => Promise.all(Array.from({ length: n }, async () => {
+      const c = new pg.Client({ host: '127.0.0.1', port, ...credentials, database: 'postgres', ...(options === undefined ? {} : { options }) });
       await c.connect();
       return c;
     }));
@@ -79,7 +81,7 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
         };
         close = async () => dbs.forEach((d) => d.close());
       } else {
-        const conns = await pgClients(path === 'direct' ? leader.pg.port : leader.sqlPort, clients);
+        const conns = await pgClients(path === 'direct' ? leader.pg.port : leader.sqlPort, clients, path === 'linearizable' ? '-c qsync.read=linearizable' : undefined);
         op = kind === 'read'
           ? async (caller) => {
             await (conns[caller] as pg.Client).query({ name: 'read', text: 'SELECT payload FROM bench_sync WHERE id = $1', values: [1 + Math.floor(Math.random() * ROWS)] });
@@ -111,7 +113,7 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
       };
     };
     console.log('kind   path            clients  round    ops/s   p50 ms   p99 ms  errors  leader sidecar µs/op  leader PostgreSQL µs/op');
-    const plan: Array<[FrontRun['kind'], ReadonlyArray<FrontRun['path']>]> = [['read', ['direct', 'port']], ['write', ['client library', 'port']]];
+    const plan: Array<[FrontRun['kind'], ReadonlyArray<FrontRun['path']>]> = [['read', ['direct', 'port', 'linearizable']], ['write', ['client library', 'port']]];
     for (const [kind, paths] of plan) {
       for (const clients of options.clients) {
         for (let round = 1; round <= options.rounds; round += 1) {
@@ -134,14 +136,18 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
       const direct = of('read', 'direct');
       const port = of('read', 'port');
       const readRatio = median(port.map((p, i) => p.perSec / (direct[i] as FrontRun).perSec));
+      const linearizable = of('read', 'linearizable');
+      const linearizableRatio = median(linearizable.map((p, i) => p.perSec / (port[i] as FrontRun).perSec));
       const library = of('write', 'client library');
       const portWrites = of('write', 'port');
       const writeRatio = median(portWrites.map((p, i) => p.perSec / (library[i] as FrontRun).perSec));
       summary[`${clients} clients`] = {
         readsPortOverDirect: readRatio, portUsPerRead: median(port.map((r) => r.sidecarUsPerOp)),
+        linearizableOverLocalReads: linearizableRatio, linearizableP50Ms: median(linearizable.map((r) => r.p50Ms)), sidecarUsPerLinearizableRead: median(linearizable.map((r) => r.sidecarUsPerOp)),
         syncWritesPortOverClientLibrary: writeRatio, sidecarUsPerWrite: { port: median(portWrites.map((r) => r.sidecarUsPerOp)), clientLibrary: median(library.map((r) => r.sidecarUsPerOp)) },
       };
       console.log(`${String(clients).padStart(3)} clients: reads through the port ${readRatio.toFixed(2)}x direct (target >= 0.8 at 16), the port's CPU ${median(port.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read (target <= 25 per transaction); `
+        + `linearizable reads ${linearizableRatio.toFixed(2)}x local ones through the port (p50 ${median(linearizable.map((r) => r.p50Ms)).toFixed(2)} ms, leader sidecar ${median(linearizable.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read); `
         + `sync writes through the port ${writeRatio.toFixed(2)}x the client library (target >= 1.0), leader sidecar ${median(portWrites.map((r) => r.sidecarUsPerOp)).toFixed(0)} vs ${median(library.map((r) => r.sidecarUsPerOp)).toFixed(0)} µs per commit`);
     }
     summary.pgbench = await pgbenchRuns(leader, credentials, options);

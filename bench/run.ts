@@ -20,8 +20,8 @@ benchmarks:
   compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
               INSERTs at 1, 16 and 64 clients, runs alternating native/qsync; ratios, fsyncs per commit,
               sidecar peak memory, an SVG chart (about 8 minutes with the defaults)
-  front       the SQL port's cost: reads by primary key straight to the leader's PostgreSQL and through the port;
-              sync writes through the port and through the client library; the port's CPU per operation
+  front       the SQL port's cost: reads by primary key straight to the leader's PostgreSQL, through the port, and
+              through the port as linearizable reads; sync writes through the port and through the client library; the port's CPU per operation
   copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows; then a fourth node joins and loads them by snapshot
   all         every benchmark above but compare, one after another
 
