@@ -23,8 +23,8 @@ import { Inbox } from './inbox.js';
 import { leadershipParameters } from './answers.js';
 import { Session, type SessionHost } from './session.js';
 import {
-  authenticationMd5, authenticationOk, authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, BodyReader, CANCEL_REQUEST,
-  errorResponse, fieldsMessage, GSSENC_REQUEST, negotiateProtocolVersion, parameterStatus, readyForQuery, SSL_REQUEST, WireError, type Message,
+  authenticationMd5, authenticationOk, authenticationSasl, authenticationSaslContinue, authenticationSaslFinal, backendKeyData, BodyReader, CANCEL_KEY_BYTES_3_2, CANCEL_KEY_BYTES_MAX, CANCEL_REQUEST,
+  errorResponse, fieldsMessage, GSSENC_REQUEST, negotiateProtocolVersion, parameterStatus, PROTOCOL_MINOR_LATEST, readyForQuery, SSL_REQUEST, WireError, type Message,
 } from './wire.js';
 
 /** What the SQL port asks of the node, beyond a session's needs. */
@@ -35,6 +35,13 @@ export interface FrontHost extends SessionHost {
   readonly tls: SecureContextOptions | null;
   /** The role's password verifier, when it exists, may log in now, and has a password. */
   verifier(role: string): Promise<Verifier | null>;
+}
+
+/** A session opened for a client: its PostgreSQL session, its startup parameters, the protocol minor version spoken. */
+interface Opened {
+  readonly backend: Backend;
+  readonly params: Map<string, string>;
+  readonly minor: number;
 }
 
 /** PostgreSQL's own bound on a startup packet. */
@@ -117,7 +124,7 @@ export class SqlFront {
   }
 
   /** The startup phase, up to a PostgreSQL session open as the client's role; null when the client left or only cancelled. */
-  async #startup(socket: Socket, inbox: Inbox): Promise<{ backend: Backend; params: Map<string, string> } | null> {
+  async #startup(socket: Socket, inbox: Inbox): Promise<Opened | null> {
     for (let declined = 0; ; declined += 1) {
       const packet = await inbox.startup(STARTUP_BYTES_MAX);
       if (packet === null) return null;
@@ -129,10 +136,16 @@ export class SqlFront {
         continue;
       }
       if (code === CANCEL_REQUEST) {
-        this.#cancel(reader.int32(), reader.int32());
+        // The key: 4 bytes in protocol 3.0, up to 256 in 3.2. One that cannot be ours is ignored, as PostgreSQL does.
+        const pid = reader.int32();
+        const key = packet.subarray(8);
+        if (key.length >= 4 && key.length <= CANCEL_KEY_BYTES_MAX) this.#cancel(pid, key);
         return null;
       }
-      if (code >>> 16 !== 3) throw new WireError('0A000', `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: the qsync SQL port speaks 3.0`);
+      if (code >>> 16 !== 3) throw new WireError('0A000', `unsupported frontend protocol ${code >>> 16}.${code & 0xffff}: the qsync SQL port speaks 3.0 and 3.2`);
+      // 3.2 as asked (or for anything newer); 3.1 was never a PostgreSQL version, and gets 3.0.
+      const asked = code & 0xffff;
+      const minor = asked >= PROTOCOL_MINOR_LATEST ? PROTOCOL_MINOR_LATEST : 0;
       const params = new Map<string, string>();
       const unrecognized: string[] = [];
       for (let key = reader.cstring(); key !== ''; key = reader.cstring()) {
@@ -142,7 +155,7 @@ export class SqlFront {
         else if ((key.startsWith('qsync.') && key !== 'qsync.read') || (key === 'options' && /qsync\.(?!read\b)/i.test(value))) throw new WireError('42501', `the SQL port sets qsync's own settings itself; leave ${key === 'options' ? 'qsync.* out of options' : key} out of the connection`);
         else params.set(key, value);
       }
-      if ((code & 0xffff) > 0 || unrecognized.length > 0) socket.write(negotiateProtocolVersion(0, unrecognized));
+      if (asked !== minor || unrecognized.length > 0) socket.write(negotiateProtocolVersion(minor, unrecognized));
       const user = params.get('user');
       if (user === undefined || user === '') throw new WireError('28000', 'no PostgreSQL user name specified in startup packet');
       if (params.has('replication') && params.get('replication') !== 'false' && params.get('replication') !== 'off' && params.get('replication') !== '0') {
@@ -152,7 +165,7 @@ export class SqlFront {
       const auth = await this.#gate.run(socket.remoteAddress ?? 'unknown', () => this.#authenticate(socket, inbox, user));
       // Marks the session as the SQL port's (migrations/0005: its schema changes to replicated tables are refused).
       params.set('qsync.via_front', 'on');
-      return { backend: await Backend.open(this.#host.target, params, auth, limits.handshakeTimeoutMs), params };
+      return { backend: await Backend.open(this.#host.target, params, auth, limits.handshakeTimeoutMs), params, minor };
     }
   }
 
@@ -189,13 +202,14 @@ export class SqlFront {
     }
   }
 
-  async #serve(socket: Socket, inbox: Inbox, opened: { backend: Backend; params: Map<string, string> }): Promise<void> {
+  async #serve(socket: Socket, inbox: Inbox, opened: Opened): Promise<void> {
     const { backend } = opened;
     const leader = this.#host.isLeader();
     const own = new Map(leadershipParameters(leader));
+    // The client's own key for cancel requests, never PostgreSQL's: 4 bytes in 3.0, 32 in 3.2.
     const pid = randomInt(1, 2 ** 31 - 1);
-    const secret = randomInt(-(2 ** 31), 2 ** 31 - 1);
-    const key = `${pid}:${secret}`;
+    const secret = randomBytes(opened.minor >= PROTOCOL_MINOR_LATEST ? CANCEL_KEY_BYTES_3_2 : 4);
+    const key = `${pid}:${secret.toString('hex')}`;
     const parts = [authenticationOk()];
     for (const [name, value] of backend.parameters) parts.push(parameterStatus(name, own.get(name) ?? value));
     for (const [name, value] of own) if (!backend.parameters.has(name)) parts.push(parameterStatus(name, value));
@@ -213,8 +227,8 @@ export class SqlFront {
   }
 
   /** A cancel request names a session by the front's key; PostgreSQL gets the session's own. A COMMIT being decided is not cancelled. */
-  #cancel(pid: number, secret: number): void {
-    const found = this.#sessions.get(`${pid}:${secret}`);
+  #cancel(pid: number, secret: Buffer): void {
+    const found = this.#sessions.get(`${pid}:${secret.toString('hex')}`);
     if (found === undefined || found.session.committing) return;
     sendCancel(this.#host.target, found.backend.pid, found.backend.secret);
   }

@@ -8,6 +8,12 @@
 
 /** Startup packet codes (the int32 after the length). */
 export const PROTOCOL_3_0 = 3 << 16;
+/** The newest minor version the port speaks: 3.2 (PostgreSQL 18), whose cancel keys are up to 256 bytes. */
+export const PROTOCOL_MINOR_LATEST = 2;
+/** Bytes of the cancel key the port gives a 3.2 client (PostgreSQL 18 gives 32); a 3.0 client gets 4. */
+export const CANCEL_KEY_BYTES_3_2 = 32;
+/** The longest cancel key protocol 3.2 allows. */
+export const CANCEL_KEY_BYTES_MAX = 256;
 export const SSL_REQUEST = 80877103;
 export const GSSENC_REQUEST = 80877104;
 export const CANCEL_REQUEST = 80877102;
@@ -197,7 +203,7 @@ export const authenticationMd5 = (salt: Buffer): Buffer => message('R', 5, salt)
 export const authenticationSasl = (mechanisms: readonly string[]): Buffer => message('R', 10, ...mechanisms, Buffer.from([0]));
 export const authenticationSaslContinue = (data: string): Buffer => message('R', 11, Buffer.from(data));
 export const authenticationSaslFinal = (data: string): Buffer => message('R', 12, Buffer.from(data));
-export const backendKeyData = (pid: number, secret: number): Buffer => message('K', pid, secret);
+export const backendKeyData = (pid: number, secret: Buffer): Buffer => message('K', pid, secret);
 export const parameterStatus = (name: string, value: string): Buffer => message('S', name, value);
 export const readyForQuery = (status: TransactionStatus): Buffer => message('Z', Buffer.from(status, 'latin1'));
 export const commandComplete = (tag: string): Buffer => message('C', tag);

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import type { TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { connect as netConnect, type Socket } from 'node:net';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -494,5 +495,104 @@ describe('SQL port: cancel', () => {
     expect((await other.query('SELECT 4 AS four')).rows).toEqual([{ four: 4 }]);
     await client.end();
     await other.end();
+  }, 20_000);
+
+  it('protocol 3.2: a client asking for it gets it, with a 32-byte cancel key that cancels its query; one asking for 3.3 is offered 3.2, one asking for 3.1 gets 3.0', async () => {
+    // No driver here speaks 3.2 (Debian's libpq is older): the client is written out, with node-postgres' own SCRAM.
+    const sasl = createRequire(import.meta.url)('pg/lib/crypto/sasl.js') as {
+      startSession(mechanisms: string[]): { response: string; message: string };
+      continueSession(session: object, password: string, serverData: string): Promise<void>;
+      finalizeSession(session: object, serverData: string): void;
+    };
+    const open = async (minor: number): Promise<{ socket: Socket; next: () => Promise<{ type: string; body: Buffer }>; waiting: () => number; negotiated: number | null; pid: number; key: Buffer }> => {
+      const socket = netConnect(node(1).sqlPort, '127.0.0.1');
+      let buffered = Buffer.alloc(0);
+      let wake: (() => void) | null = null;
+      socket.on('data', (chunk: Buffer) => {
+        buffered = Buffer.concat([buffered, chunk]);
+        wake?.();
+      });
+      const next = async (): Promise<{ type: string; body: Buffer }> => {
+        while (buffered.length < 5 || buffered.length < 1 + buffered.readInt32BE(1)) await new Promise<void>((r) => (wake = r));
+        const length = buffered.readInt32BE(1);
+        const m = { type: String.fromCharCode(buffered[0] as number), body: buffered.subarray(5, 1 + length) };
+        buffered = buffered.subarray(1 + length);
+        return m;
+      };
+      const body = Buffer.concat([Buffer.from([0, 3, 0, minor]), Buffer.from('user\0app\0database\0postgres\0\0')]);
+      const length = Buffer.alloc(4);
+      length.writeInt32BE(body.length + 4);
+      await new Promise<void>((r) => socket.once('connect', () => r()));
+      socket.write(Buffer.concat([length, body]));
+      const message = (type: string, payload: Buffer): Buffer => {
+        const header = Buffer.alloc(5);
+        header.write(type, 0, 'latin1');
+        header.writeInt32BE(payload.length + 4, 1);
+        return Buffer.concat([header, payload]);
+      };
+      let negotiated: number | null = null;
+      let session: { response: string } | null = null;
+      let pid = 0;
+      let key = Buffer.alloc(0);
+      for (;;) {
+        const m = await next();
+        if (m.type === 'v') negotiated = m.body.readInt32BE(0) & 0xffff;
+        else if (m.type === 'E') throw new Error(`refused: ${m.body.toString()}`);
+        else if (m.type === 'K') {
+          pid = m.body.readInt32BE(0);
+          key = Buffer.from(m.body.subarray(4));
+        } else if (m.type === 'Z') break;
+        else if (m.type === 'R') {
+          const code = m.body.readInt32BE(0);
+          const data = m.body.subarray(4).toString();
+          if (code === 10) {
+            session = sasl.startSession(['SCRAM-SHA-256']);
+            const first = Buffer.from(session.response);
+            const size = Buffer.alloc(4);
+            size.writeInt32BE(first.length);
+            socket.write(message('p', Buffer.concat([Buffer.from('SCRAM-SHA-256\0'), size, first])));
+          } else if (code === 11 && session !== null) {
+            await sasl.continueSession(session, 'app-secret-1', data);
+            socket.write(message('p', Buffer.from(session.response)));
+          } else if (code === 12 && session !== null) {
+            sasl.finalizeSession(session, data);
+          }
+        }
+      }
+      return { socket, next, waiting: () => buffered.length, negotiated, pid, key };
+    };
+    const latest = await open(2);
+    expect(latest.negotiated).toBeNull();
+    expect(latest.key.length).toBe(32);
+    const newer = await open(3);
+    expect(newer.negotiated).toBe(2);
+    expect(newer.key.length).toBe(32);
+    const older = await open(1);
+    expect(older.negotiated).toBe(0);
+    expect(older.key.length).toBe(4);
+    // A cancel request with the 32-byte key stops the query; one with the key cut short does nothing.
+    const query = Buffer.from('SELECT pg_sleep(30)\0');
+    const q = Buffer.alloc(5);
+    q.write('Q', 0, 'latin1');
+    q.writeInt32BE(query.length + 4, 1);
+    latest.socket.write(Buffer.concat([q, query]));
+    await new Promise((r) => setTimeout(r, 300));
+    const cancel = (key: Buffer): void => {
+      const packet = Buffer.alloc(12);
+      packet.writeInt32BE(12 + key.length, 0);
+      packet.writeInt32BE(80877102, 4);
+      packet.writeInt32BE(latest.pid, 8);
+      const socket = netConnect(node(1).sqlPort, '127.0.0.1', () => socket.end(Buffer.concat([packet, key])));
+      socket.on('error', () => undefined);
+    };
+    cancel(latest.key.subarray(0, 4));
+    await new Promise((r) => setTimeout(r, 500));
+    expect(latest.waiting()).toBe(0);
+    cancel(latest.key);
+    let answer = await latest.next();
+    while (answer.type === 'T') answer = await latest.next();
+    expect(answer.type).toBe('E');
+    expect(answer.body.toString()).toContain('57014');
+    for (const c of [latest, newer, older]) c.socket.destroy();
   }, 20_000);
 });
