@@ -199,6 +199,33 @@ describe('elections on a 3-node cluster', () => {
     for (const line of lines.filter((l) => l.startsWith('err '))) expect(line).toMatch(/^err \d+ (25006|40001|40000|08\w{3}|None) /);
   });
 
+  it('(h4) a Java service (pgJDBC) with targetServerType=primary, the leader listed last, finds it and keeps writing across a transfer; every acknowledged write is on every node', async () => {
+    const leader = await cluster.leader();
+    // The followers first: pgJDBC must pass them by, as it passes a hot standby.
+    const listed = [...others(leader.replica), leader];
+    const url = `jdbc:postgresql://${listed.map((n) => `127.0.0.1:${n.sqlPort}`).join(',')}/postgres?targetServerType=primary`;
+    const lines: string[] = [];
+    const child = spawn('java', ['-cp', '/usr/share/java/postgresql.jar', 'test/support/JdbcWriter.java', url, cluster.credentials.user, cluster.credentials.password, '9000', '9'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    createInterface({ input: child.stdout }).on('line', (line) => lines.push(line));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const acked = (): number[] => lines.filter((l) => l.startsWith('ok ')).map((l) => Number(l.split(' ')[1]));
+    await eventually(async () => expect(acked().length).toBeGreaterThan(3), `pgJDBC writes through the multi-host URL (${stderr})`, 20_000);
+    expect(lines[0]).toBe(`connected ${leader.pg.port}`);
+    const target = others(leader.replica)[0] as ClusterNode;
+    await run(process.execPath, ['bin/qsync.js', 'transfer', String(target.replica), '--admin', leader.adminAddress], { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } });
+    const before = acked().length;
+    await eventually(async () => expect(acked().length).toBeGreaterThan(before + 3), 'pgJDBC writes after the transfer', 20_000);
+    expect(await exited).toBe(0);
+    expect(stderr).toBe('');
+    // After the transfer it found the new leader.
+    expect(lines.filter((l) => l.startsWith('connected ')).at(-1)).toBe(`connected ${target.pg.port}`);
+    const onAll = await converged('jdbc');
+    expect(onAll.filter((id) => acked().includes(id))).toEqual(acked());
+    for (const line of lines.filter((l) => l.startsWith('err '))) expect(line).toMatch(/^err \d+ (25006|40001|40000|08\w{3}|57P01|null) /);
+  }, 60_000);
+
   it('(b) SIGKILL of the leader: a new leader takes sync writes, nothing acknowledged is lost, and the old node converges', async () => {
     const leader = await cluster.leader();
     const writer = stream(db, 1000, 'kill');
