@@ -205,7 +205,9 @@ export const authenticationSaslContinue = (data: string): Buffer => message('R',
 export const authenticationSaslFinal = (data: string): Buffer => message('R', 12, Buffer.from(data));
 export const backendKeyData = (pid: number, secret: Buffer): Buffer => message('K', pid, secret);
 export const parameterStatus = (name: string, value: string): Buffer => message('S', name, value);
-export const readyForQuery = (status: TransactionStatus): Buffer => message('Z', Buffer.from(status, 'latin1'));
+const READY: Readonly<Record<TransactionStatus, Buffer>> = { I: message('Z', Buffer.from('I')), T: message('Z', Buffer.from('T')), E: message('Z', Buffer.from('E')) };
+/** ReadyForQuery: one of three constant messages (sent once per statement or pipeline, the front's most frequent). */
+export const readyForQuery = (status: TransactionStatus): Buffer => READY[status];
 export const commandComplete = (tag: string): Buffer => message('C', tag);
 export const negotiateProtocolVersion = (minor: number, unrecognized: readonly string[]): Buffer => message('v', PROTOCOL_3_0 | minor, unrecognized.length, ...unrecognized);
 
