@@ -4,7 +4,7 @@
 //   1. this node leads and takes writes in term t (its PROMOTE is held by a
 //      quorum and applied, so every entry a previous leader had acknowledged
 //      is in its PostgreSQL: driver.ts #promote);
-//   2. a quorum, this node included, answered a heartbeat of term t that this
+//   2. a quorum, this node included, answered heartbeats of term t that this
 //      node sent after the read arrived: no other node led a newer term at
 //      that moment, so no write was acknowledged elsewhere that this node
 //      lacks;
@@ -14,15 +14,17 @@
 //      (a client is told COMMIT only after that, but one whose PostgreSQL
 //      failed at COMMIT PREPARED is answered early).
 //
-// Reads arriving in one turn share one round of heartbeats; a read that
-// arrives while a round is out waits for the next one, so the cost is at most
-// two round trips, and one heartbeat per peer per round however many read.
+// "Sent after the read arrived" is judged by send times, which answers echo:
+// a read notes the send time of the latest heartbeat sent before it arrived
+// (`after`), and only answers to heartbeats stamped later count for it. Stamps
+// are whole milliseconds, so a heartbeat for waiting reads leaves only once
+// the clock has passed the latest stamp. A wall clock that steps back delays
+// reads until it passes that stamp again; it never lets one through early.
 //
-// "Sent after the read arrived" is judged by the heartbeat's send time, which
-// its answer echoes: a round's send time is above that of every heartbeat
-// sent before it (the round waits for the clock to move on if it must), and
-// only answers carrying exactly that time count for it. A wall clock that
-// steps back only delays reads until it passes the last send time again.
+// Reads arriving in one turn share one heartbeat to each peer; a read that
+// arrives while one is out gets the next, sent at once: heartbeats overlap, so
+// a read waits about one round trip to the nearest quorum, and at most one
+// heartbeat per peer leaves per millisecond however many read.
 import { QsyncError } from '../core/errors.js';
 import type { ReplicaId, Term } from '../core/types.js';
 
@@ -45,7 +47,7 @@ export interface ReadIndexHost {
 export interface ReadIndexOptions {
   /** A read not confirmed within this is refused (NOT_LEADER: the client may try the leader again). */
   readonly timeoutMs: number;
-  /** A round not answered by a quorum within this is sent again (a heartbeat may be lost). */
+  /** Heartbeats are sent again for reads still waiting this long after the last (one or its answer may be lost). */
   readonly retryMs: number;
   /** Planted bug for the simulator: a read runs as soon as this node leads, no quorum asked. */
   readonly unconfirmed?: boolean;
@@ -53,28 +55,25 @@ export interface ReadIndexOptions {
 
 interface Read {
   readonly term: Term;
+  /** The send time of the latest heartbeat sent before the read arrived: only later ones count for it. */
+  readonly after: number;
   readonly resolve: () => void;
   readonly reject: (error: QsyncError) => void;
   done: boolean;
 }
 
-interface Round {
-  readonly term: Term;
-  readonly sentMs: number;
-  readonly answered: Set<ReplicaId>;
-  readonly reads: Read[];
-}
-
 export class ReadIndex {
   readonly #host: ReadIndexHost;
   readonly #options: ReadIndexOptions;
-  /** Reads that arrived after the round under way was sent: they wait for the next. */
   #waiting: Read[] = [];
-  #round: Round | null = null;
+  /** Per peer: the latest send time of a heartbeat it answered, and in which term. */
+  readonly #answered = new Map<ReplicaId, { readonly term: Term; readonly sentMs: number }>();
   /** The send time of the latest heartbeat this node sent, for any reason. */
   #lastSentMs = -Infinity;
-  /** A round is due once the clock passes #lastSentMs. */
-  #scheduled = false;
+  /** A heartbeat for waiting reads is due (on the next turn, or once the clock passes #lastSentMs). */
+  #sendDue = false;
+  /** A check that sends again for reads still waiting is due. */
+  #retryDue = false;
 
   constructor(host: ReadIndexHost, options: ReadIndexOptions) {
     this.#host = host;
@@ -83,7 +82,7 @@ export class ReadIndex {
 
   /** How many reads wait for their index. */
   get waiting(): number {
-    return this.#waiting.length + (this.#round?.reads.length ?? 0);
+    return this.#waiting.length;
   }
 
   /** Resolves when a read may run on this node's PostgreSQL; NOT_LEADER when it may not. */
@@ -97,12 +96,12 @@ export class ReadIndex {
       resolveRead = resolve;
       rejectRead = reject;
     });
-    const read: Read = { term, resolve: resolveRead, reject: rejectRead, done: false };
+    const read: Read = { term, after: this.#lastSentMs, resolve: resolveRead, reject: rejectRead, done: false };
     if (this.#options.unconfirmed === true) {
       this.#end(read, null);
     } else {
       this.#waiting.push(read);
-      this.#next();
+      this.#check();
     }
     await new Promise<void>((resolve, reject) => {
       let done = false;
@@ -116,73 +115,88 @@ export class ReadIndex {
         const error = this.#refused(`no quorum confirmed its leadership within ${this.#options.timeoutMs} ms`);
         this.#end(read, error);
         end(error);
-        this.#drop();
+        this.#waiting = this.#waiting.filter((r) => !r.done);
       });
       Promise.all([confirmed, caughtUp]).then(() => end(null), (error: unknown) => end(error instanceof QsyncError ? error : this.#refused(String(error))));
     });
     if (this.#host.leading() !== term) throw this.#refused('leadership changed while the read waited');
   }
 
-  /** The driver sent heartbeats stamped `sentMs` (a tick's, or a round's). */
+  /** The driver sent heartbeats stamped `sentMs` (a tick's, or one for reads). */
   sent(sentMs: number): void {
     this.#lastSentMs = Math.max(this.#lastSentMs, sentMs);
   }
 
   /** A peer answered a heartbeat of `term` sent at `sentMs`. */
   answered(from: ReplicaId, term: Term, sentMs: number): void {
-    const round = this.#round;
-    if (round === null || term !== round.term || sentMs !== round.sentMs) return;
-    round.answered.add(from);
-    if (!this.#host.isQuorum(round.answered)) return;
-    this.#round = null;
-    const still = this.#host.leading() === round.term;
-    for (const read of round.reads) {
-      if (still && read.term === round.term) this.#end(read, null);
-      else this.#end(read, this.#refused('leadership changed while the read waited'));
-    }
-    this.#next();
+    const known = this.#answered.get(from);
+    if (known !== undefined && (known.term > term || (known.term === term && known.sentMs >= sentMs))) return;
+    this.#answered.set(from, { term, sentMs });
+    if (this.#waiting.length > 0) this.#check();
   }
 
   /** Leadership is lost: no waiting read may run here. */
   lost(): void {
-    const reads = [...(this.#round?.reads ?? []), ...this.#waiting];
-    this.#round = null;
+    const reads = this.#waiting;
     this.#waiting = [];
     for (const read of reads) this.#end(read, this.#refused('this node stopped leading while the read waited'));
   }
 
-  /** Reads whose caller stopped waiting leave the queues (the round they are in still completes). */
-  #drop(): void {
+  /** Let every read a quorum has confirmed run; ask for heartbeats for the others. */
+  #check(): void {
+    const term = this.#host.leading();
+    for (const read of this.#waiting) {
+      if (read.done) continue;
+      if (term !== read.term) {
+        this.#end(read, this.#refused('leadership changed while the read waited'));
+        continue;
+      }
+      const answered = new Set<ReplicaId>();
+      for (const [peer, a] of this.#answered) if (a.term === read.term && a.sentMs > read.after) answered.add(peer);
+      if (this.#host.isQuorum(answered)) this.#end(read, null);
+    }
     this.#waiting = this.#waiting.filter((r) => !r.done);
+    this.#next();
   }
 
   /**
-   * Send the next round if reads wait and none is out: on the next turn, so
-   * that reads arriving together share it, and once the clock has passed the
-   * last heartbeat's send time.
+   * Heartbeats for waiting reads: on the next turn for reads no heartbeat
+   * left after (so that reads arriving together share it), once the clock has
+   * passed the latest stamp; again after `retryMs` for reads still waiting.
    */
   #next(): void {
-    if (this.#round !== null || this.#scheduled) return;
-    this.#drop();
     if (this.#waiting.length === 0) return;
-    this.#scheduled = true;
-    this.#host.after(Math.max(0, this.#lastSentMs + 1 - this.#host.nowMs()), () => {
-      this.#scheduled = false;
-      this.#send();
-    });
+    const fresh = this.#waiting.some((r) => r.after >= this.#lastSentMs);
+    if (fresh && !this.#sendDue) {
+      this.#sendDue = true;
+      this.#host.after(Math.max(0, this.#lastSentMs + 1 - this.#host.nowMs()), () => {
+        this.#sendDue = false;
+        this.#send();
+      });
+    }
+    if (!fresh && !this.#retryDue) {
+      this.#retryDue = true;
+      const sent = this.#lastSentMs;
+      this.#host.after(this.#options.retryMs, () => {
+        this.#retryDue = false;
+        this.#waiting = this.#waiting.filter((r) => !r.done);
+        if (this.#waiting.length === 0) return;
+        // Nothing left since: send again (a heartbeat or its answer may be lost).
+        if (this.#lastSentMs === sent) this.#send();
+        else this.#next();
+      });
+    }
   }
 
   #send(): void {
-    if (this.#round !== null) return;
-    this.#drop();
+    this.#waiting = this.#waiting.filter((r) => !r.done);
     if (this.#waiting.length === 0) return;
-    const term = this.#host.leading();
-    if (term === null) {
+    if (this.#host.leading() === null) {
       this.lost();
       return;
     }
     // A heartbeat already left in this millisecond, perhaps before these reads arrived: its answers
-    // could not be told apart from the round's.
+    // could not be told apart from the new one's.
     if (this.#host.nowMs() <= this.#lastSentMs) {
       this.#next();
       return;
@@ -193,21 +207,7 @@ export class ReadIndex {
       this.lost();
       return;
     }
-    const round: Round = { term, sentMs: this.#lastSentMs, answered: new Set(), reads: this.#waiting };
-    this.#waiting = [];
-    this.#round = round;
-    if (this.#host.isQuorum(round.answered)) {
-      // A cluster of one.
-      this.answered(0 as ReplicaId, term, round.sentMs);
-      return;
-    }
-    this.#host.after(this.#options.retryMs, () => {
-      if (this.#round !== round) return;
-      // Unanswered (a heartbeat or its answer lost): its reads go first in the next round.
-      this.#round = null;
-      this.#waiting = [...round.reads, ...this.#waiting];
-      this.#next();
-    });
+    this.#check();
   }
 
   #end(read: Read, error: QsyncError | null): void {
