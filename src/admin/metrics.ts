@@ -22,6 +22,8 @@ export class Metrics {
   readonly #staleTerm: Counter<'where'>;
   readonly #limboTimeouts: Counter;
   readonly #refused: Counter<'port' | 'reason'>;
+  readonly #reads: Counter<'outcome'>;
+  readonly #readIndexSeconds: Histogram;
   readonly #status: () => SidecarStatus;
   /** One status per scrape, read by every gauge. */
   #snapshot: SidecarStatus | null = null;
@@ -40,9 +42,12 @@ export class Metrics {
     this.#staleTerm = new Counter({ name: 'qsync_stale_term_rejections_total', help: 'Writes refused for naming an older term (where: the sidecar, or PostgreSQL\'s fence)', labelNames: ['where'], registers });
     this.#limboTimeouts = new Counter({ name: 'qsync_limbo_timeouts_total', help: 'Synchro timeouts: no quorum in time, a ROLLBACK written', registers });
     this.#refused = new Counter({ name: 'qsync_connections_refused_total', help: 'Connections closed by a port\'s guard (reason: a connection cap) and failed logins (reason login)', labelNames: ['port', 'reason'], registers });
+    this.#reads = new Counter({ name: 'qsync_linearizable_reads_total', help: 'Linearizable reads asked of this node: served after the read index, or refused (not the leader, no quorum confirmed it in time)', labelNames: ['outcome'], registers });
+    this.#readIndexSeconds = new Histogram({ name: 'qsync_read_index_seconds', help: 'Time a linearizable read waited for its read index (a quorum\'s heartbeat answers, PostgreSQL caught up)', buckets: SECONDS_BUCKETS, registers });
     // Initialised to 0, so that rate() works from the first scrape.
     for (const result of ['started', 'won']) this.#elections.inc({ result }, 0);
     for (const where of ['sidecar', 'postgres']) this.#staleTerm.inc({ where }, 0);
+    for (const outcome of ['served', 'refused']) this.#reads.inc({ outcome }, 0);
 
     const gauge = (name: string, help: string, read: (s: SidecarStatus, set: (value: number, labels?: Record<string, string>) => void) => void, labelNames: string[] = []): void => {
       const metric: Gauge = new Gauge({
@@ -83,6 +88,10 @@ export class Metrics {
         return;
       case 'limboTimeout':
         this.#limboTimeouts.inc();
+        return;
+      case 'readIndex':
+        this.#reads.inc({ outcome: event.outcome });
+        if (event.outcome === 'served') this.#readIndexSeconds.observe(event.ms / 1000);
         return;
       default:
     }

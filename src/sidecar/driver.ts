@@ -1560,8 +1560,15 @@ export class NodeDriver<S, W> {
   }
 
   /** Resolves when a linearizable read may run on this node's PostgreSQL (read-index.ts); NOT_LEADER when not. */
-  readIndex(): Promise<void> {
-    return this.#reads.request();
+  async readIndex(): Promise<void> {
+    const started = this.#clock.nowMs();
+    try {
+      await this.#reads.request();
+      this.#emit({ kind: 'readIndex', outcome: 'served', ms: this.#clock.nowMs() - started });
+    } catch (error) {
+      this.#emit({ kind: 'readIndex', outcome: 'refused', ms: this.#clock.nowMs() - started });
+      throw error;
+    }
   }
 
   outcome(idempotencyKey: string): Promise<unknown> {

@@ -242,6 +242,8 @@ export type NodeEvent =
   | { readonly kind: 'splitBrain'; readonly term: Term; readonly from: ReplicaId; readonly recordTerm: Term; readonly lsn: Lsn }
   /** A write that named an older term than this node's, refused. */
   | { readonly kind: 'staleTerm'; readonly term: Term; readonly given: Term }
+  /** A linearizable read's index: served (the read may run here) or refused, after waiting `ms`. */
+  | { readonly kind: 'readIndex'; readonly outcome: 'served' | 'refused'; readonly ms: number }
   /** A membership change took effect here. */
   | { readonly kind: 'membership'; readonly term: Term; readonly version: number; readonly members: readonly ReplicaId[]; readonly quorum: number };
 

@@ -170,7 +170,7 @@ describe('admin HTTP API', () => {
 });
 
 describe('metrics', () => {
-  it('count commits by mode and outcome, confirm latency, journal fsyncs, stale terms, and show term, leader and lag', async () => {
+  it('count commits by mode and outcome, confirm latency, journal fsyncs, stale terms, linearizable reads, and show term, leader and lag', async () => {
     const leader = await cluster.leader();
     const before = (await http(leader, 'GET', '/metrics')).text;
     for (let i = 0; i < 5; i += 1) await db.execute([['INSERT INTO items VALUES ($1, $2)', [100 + i, 'metric']]]);
@@ -178,6 +178,7 @@ describe('metrics', () => {
     const stale = await db.execute([['INSERT INTO items VALUES (199, $1)', ['stale']]], { term: 0 }).catch((error: unknown) => error);
     // Term 0 is below any elected term: refused by the sidecar before anything runs.
     expect(stale).toBeInstanceOf(StaleTerm);
+    for (let i = 0; i < 2; i += 1) await db.query('SELECT count(*) FROM items', [], { consistency: 'linearizable' });
     const after = (await http(leader, 'GET', '/metrics')).text;
     const delta = (name: string, labels: Record<string, string> = {}): number => sample(after, name, labels) - sample(before, name, labels);
     expect(delta('qsync_commits_total', { mode: 'sync', outcome: 'committed' })).toBe(5);
@@ -185,6 +186,8 @@ describe('metrics', () => {
     expect(delta('qsync_confirm_latency_seconds_count')).toBe(5);
     expect(delta('qsync_journal_fsync_seconds_count')).toBeGreaterThanOrEqual(1);
     expect(delta('qsync_stale_term_rejections_total', { where: 'sidecar' })).toBe(1);
+    expect(delta('qsync_linearizable_reads_total', { outcome: 'served' })).toBe(2);
+    expect(delta('qsync_read_index_seconds_count')).toBe(2);
     const s = await leader.status();
     expect(sample(after, 'qsync_term')).toBe(s.term);
     expect(sample(after, 'qsync_leader')).toBe(1);
