@@ -6,12 +6,16 @@
 // run, less what it spends idle (measured just before), per read: on a read,
 // everything the sidecar does is the relay. The port's reads run a second
 // time with qsync.read = 'linearizable', for what the leader's read index
-// adds (a round of heartbeats per batch of reads). Then the same for sync writes
+// adds (a round of heartbeats per batch of reads). Beside them, the
+// reference the port is held to: a minimal relay, a Node process of its own
+// that pipes bytes both ways to the leader's PostgreSQL over TCP and reads
+// nothing, with its CPU per read. Then the same for sync writes
 // through the SQL port against the client library, for the front's share
 // of a commit. Last, where Debian's pgbench is at hand, the same reads and
 // sync writes from pgbench (libpq, prepared statements): a load generator in
 // C, which leaves more of the two cores to the systems measured.
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,20 +33,40 @@ export interface FrontBenchOptions {
 
 export interface FrontRun {
   readonly kind: 'read' | 'write';
-  readonly path: 'direct' | 'port' | 'linearizable' | 'client library';
+  readonly path: 'direct' | 'relay' | 'port' | 'linearizable' | 'client library';
   readonly clients: number;
   readonly round: number;
   readonly perSec: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly errors: number;
-  /** Leader sidecar CPU per operation, idle rate taken off, µs. */
+  /** Leader sidecar CPU per operation, idle rate taken off, µs (path relay: the minimal relay's CPU). */
   readonly sidecarUsPerOp: number;
   /** Leader PostgreSQL CPU per operation, µs. */
   readonly postgresUsPerOp: number;
 }
 
 const ROWS = 10_000;
+
+/** The minimal relay: every connection piped both ways to PostgreSQL's TCP port; prints its own port. */
+const MINIMAL_RELAY = `const net = require('node:net');
+const server = net.createServer((c) => {
+  const b = net.connect(Number(process.env.RELAY_TO), '127.0.0.1');
+  c.setNoDelay(true); b.setNoDelay(true);
+  c.pipe(b); b.pipe(c);
+  c.on('error', () => b.destroy()); b.on('error', () => c.destroy());
+  c.on('close', () => b.destroy()); b.on('close', () => c.destroy());
+});
+server.listen(0, '127.0.0.1', () => console.log(server.address().port));`;
+
+async function minimalRelay(pgPort: number): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, ['-e', MINIMAL_RELAY], { env: { ...process.env, RELAY_TO: String(pgPort) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', (line) => resolve(Number(line)));
+    child.once('exit', (code) => reject(new Error(`the minimal relay exited (${code})`)));
+  });
+  return { child, port };
+}
 
 const treeCpu = (pid: number | null | undefined): number => (pid === null || pid === undefined ? 0 : tree(pid).reduce((sum, p) => sum + cpuSeconds(p), 0));
 
@@ -54,6 +78,7 @@ async function sidecarIdleRate(leader: ClusterNode): Promise<number> {
 
 export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs: FrontRun[]; summary: Record<string, unknown> }> {
   let cluster: LocalCluster | null = null;
+  let relay: { child: ChildProcess; port: number } | null = null;
   try {
     cluster = await startLocalCluster({ tables: [{ ddl: 'CREATE TABLE bench_sync (id bigint PRIMARY KEY, payload text)', name: 'bench_sync', mode: 'sync' }] });
     const leader = await cluster.leader();
@@ -65,13 +90,17 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
     seed.close();
     let nextId = ROWS;
     const runs: FrontRun[] = [];
+    relay = await minimalRelay(leader.pg.port);
+    const relayPid = relay.child.pid ?? null;
     const pgClients = async (port: number, n: number, options?: string): Promise<pg.Client[]> => Promise.all(Array.from({ length: n }, async () => {
       const c = new pg.Client({ host: '127.0.0.1', port, ...credentials, database: 'postgres', ...(options === undefined ? {} : { options }) });
       await c.connect();
       return c;
     }));
     const measure = async (kind: FrontRun['kind'], path: FrontRun['path'], clients: number, round: number): Promise<FrontRun> => {
-      const idle = await sidecarIdleRate(leader);
+      const idle = path === 'relay' ? 0 : await sidecarIdleRate(leader);
+      // Whose CPU is the relay's: the leader sidecar, or the minimal relay.
+      const relayCpu = (): number => (path === 'relay' ? treeCpu(relayPid) : treeCpu(leader.process?.pid));
       let op: (caller: number) => Promise<void>;
       let close: () => Promise<void>;
       if (path === 'client library') {
@@ -81,7 +110,8 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
         };
         close = async () => dbs.forEach((d) => d.close());
       } else {
-        const conns = await pgClients(path === 'direct' ? leader.pg.port : leader.sqlPort, clients, path === 'linearizable' ? '-c qsync.read=linearizable' : undefined);
+        const port = path === 'direct' ? leader.pg.port : path === 'relay' ? (relay as { port: number }).port : leader.sqlPort;
+        const conns = await pgClients(port, clients, path === 'linearizable' ? '-c qsync.read=linearizable' : undefined);
         op = kind === 'read'
           ? async (caller) => {
             await (conns[caller] as pg.Client).query({ name: 'read', text: 'SELECT payload FROM bench_sync WHERE id = $1', values: [1 + Math.floor(Math.random() * ROWS)] });
@@ -93,7 +123,7 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
           await Promise.all(conns.map((c) => c.end()));
         };
       }
-      const sidecarBefore = treeCpu(leader.process?.pid);
+      const sidecarBefore = relayCpu();
       const postgresBefore = treeCpu(await leader.pg.pid());
       let errors = 0;
       const result = await closedLoop(clients, options.seconds, async (caller) => {
@@ -103,7 +133,7 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
           errors += 1;
         }
       });
-      const sidecarSeconds = treeCpu(leader.process?.pid) - sidecarBefore - idle * result.seconds;
+      const sidecarSeconds = relayCpu() - sidecarBefore - idle * result.seconds;
       const postgresSeconds = treeCpu(await leader.pg.pid()) - postgresBefore;
       await close();
       const done = Math.max(1, result.ops - errors);
@@ -112,8 +142,8 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
         sidecarUsPerOp: (Math.max(0, sidecarSeconds) * 1e6) / done, postgresUsPerOp: (postgresSeconds * 1e6) / done,
       };
     };
-    console.log('kind   path            clients  round    ops/s   p50 ms   p99 ms  errors  leader sidecar µs/op  leader PostgreSQL µs/op');
-    const plan: Array<[FrontRun['kind'], ReadonlyArray<FrontRun['path']>]> = [['read', ['direct', 'port', 'linearizable']], ['write', ['client library', 'port']]];
+    console.log('kind   path            clients  round    ops/s   p50 ms   p99 ms  errors   relay CPU µs/op  leader PostgreSQL µs/op');
+    const plan: Array<[FrontRun['kind'], ReadonlyArray<FrontRun['path']>]> = [['read', ['direct', 'relay', 'port', 'linearizable']], ['write', ['client library', 'port']]];
     for (const [kind, paths] of plan) {
       for (const clients of options.clients) {
         for (let round = 1; round <= options.rounds; round += 1) {
@@ -136,6 +166,8 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
       const direct = of('read', 'direct');
       const port = of('read', 'port');
       const readRatio = median(port.map((p, i) => p.perSec / (direct[i] as FrontRun).perSec));
+      const minimal = of('read', 'relay');
+      const minimalRatio = median(minimal.map((p, i) => p.perSec / (direct[i] as FrontRun).perSec));
       const linearizable = of('read', 'linearizable');
       const linearizableRatio = median(linearizable.map((p, i) => p.perSec / (port[i] as FrontRun).perSec));
       const library = of('write', 'client library');
@@ -143,16 +175,19 @@ export async function runFrontBench(options: FrontBenchOptions): Promise<{ runs:
       const writeRatio = median(portWrites.map((p, i) => p.perSec / (library[i] as FrontRun).perSec));
       summary[`${clients} clients`] = {
         readsPortOverDirect: readRatio, portUsPerRead: median(port.map((r) => r.sidecarUsPerOp)),
+        readsMinimalRelayOverDirect: minimalRatio, minimalRelayUsPerRead: median(minimal.map((r) => r.sidecarUsPerOp)),
         linearizableOverLocalReads: linearizableRatio, linearizableP50Ms: median(linearizable.map((r) => r.p50Ms)), sidecarUsPerLinearizableRead: median(linearizable.map((r) => r.sidecarUsPerOp)),
         syncWritesPortOverClientLibrary: writeRatio, sidecarUsPerWrite: { port: median(portWrites.map((r) => r.sidecarUsPerOp)), clientLibrary: median(library.map((r) => r.sidecarUsPerOp)) },
       };
       console.log(`${String(clients).padStart(3)} clients: reads through the port ${readRatio.toFixed(2)}x direct (target >= 0.8 at 16), the port's CPU ${median(port.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read (target <= 25 per transaction); `
+        + `through the minimal relay ${minimalRatio.toFixed(2)}x direct, its CPU ${median(minimal.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read; `
         + `linearizable reads ${linearizableRatio.toFixed(2)}x local ones through the port (p50 ${median(linearizable.map((r) => r.p50Ms)).toFixed(2)} ms, leader sidecar ${median(linearizable.map((r) => r.sidecarUsPerOp)).toFixed(1)} µs per read); `
         + `sync writes through the port ${writeRatio.toFixed(2)}x the client library (target >= 1.0), leader sidecar ${median(portWrites.map((r) => r.sidecarUsPerOp)).toFixed(0)} vs ${median(library.map((r) => r.sidecarUsPerOp)).toFixed(0)} µs per commit`);
     }
     summary.pgbench = await pgbenchRuns(leader, credentials, options);
     return { runs, summary };
   } finally {
+    relay?.child.kill();
     await cluster?.stop();
   }
 }
