@@ -43,10 +43,13 @@ export type ElectionMessage =
   | { readonly type: 'vote'; readonly term: Term; readonly vclock: VClock; readonly pre: boolean; readonly force: boolean }
   /** term: the term voted in (pre: the proposed one) or, refused, the voter's own. */
   | { readonly type: 'voteReply'; readonly term: Term; readonly granted: boolean; readonly pre: boolean }
-  /** sentMs: the leader's clock when sent, echoed back so it can time its lease by its own clock. */
-  | { readonly type: 'heartbeat'; readonly term: Term; readonly sentMs: number }
+  /**
+   * sentMs: the leader's clock when sent, echoed back so it can time its lease by its own clock.
+   * seq: the leader's count of heartbeat rounds, echoed back, so that a read index knows which round an answer is to (absent: 0).
+   */
+  | { readonly type: 'heartbeat'; readonly term: Term; readonly sentMs: number; readonly seq?: number }
   /** vclock: what the follower holds durably, so a new leader knows when a quorum holds its journal. */
-  | { readonly type: 'heartbeatReply'; readonly term: Term; readonly sentMs: number; readonly vclock: VClock }
+  | { readonly type: 'heartbeatReply'; readonly term: Term; readonly sentMs: number; readonly vclock: VClock; readonly seq?: number }
   /** Leadership transfer: campaign now, without pre-vote (etcd's MsgTimeoutNow). */
   | { readonly type: 'timeoutNow'; readonly term: Term };
 
@@ -71,6 +74,8 @@ export interface ElectionState {
   readonly answeredAtMs: ReadonlyMap<ReplicaId, number>;
   readonly leaderSinceMs: number;
   readonly heartbeatDueMs: number;
+  /** Heartbeat rounds sent since this node started: stamps each round (in memory; a restarted node counts from 0). */
+  readonly heartbeatSeq: number;
   /** manual mode: a promote armed campaigning until leadership is next lost. */
   readonly armed: boolean;
   /** xorshift32 state; never 0. */
@@ -125,7 +130,7 @@ export function electionCreate(config: ElectionConfig, durable: { term: Term; vo
     config, term: durable.term, vote: durable.vote, role: 'follower', leader: NO_REPLICA,
     // A restarted node waits one timeout before it campaigns or votes for anyone but a leader it hears.
     heardAtMs: nowMs, deadlineMs: nowMs, votes: new Set(), forced: false,
-    answeredAtMs: new Map(), leaderSinceMs: 0, heartbeatDueMs: 0, armed: false,
+    answeredAtMs: new Map(), leaderSinceMs: 0, heartbeatDueMs: 0, heartbeatSeq: 0, armed: false,
     random: (seed >>> 0) || 0x9e3779b9,
   };
   return resetDeadline(state, nowMs);
@@ -215,10 +220,11 @@ function tick(state: ElectionState, ctx: ElectionContext): ElectionStep {
 }
 
 function heartbeats(state: ElectionState, nowMs: number): ElectionStep {
+  const seq = state.heartbeatSeq + 1;
   return {
-    state: { ...state, heartbeatDueMs: nowMs + state.config.heartbeatMs, heardAtMs: nowMs },
+    state: { ...state, heartbeatDueMs: nowMs + state.config.heartbeatMs, heardAtMs: nowMs, heartbeatSeq: seq },
     persist: null,
-    messages: others(state).map((to) => ({ to, message: { type: 'heartbeat', term: state.term, sentMs: nowMs } })),
+    messages: others(state).map((to) => ({ to, message: { type: 'heartbeat', term: state.term, sentMs: nowMs, seq } })),
   };
 }
 
@@ -283,11 +289,11 @@ function receive(state: ElectionState, from: ReplicaId, message: ElectionMessage
     case 'voteReply':
       return voteReply(state, from, message, ctx);
     case 'heartbeat': {
-      if (message.term < state.term) return reply(state, from, { type: 'heartbeatReply', term: state.term, sentMs: message.sentMs, vclock: ctx.vclock });
+      if (message.term < state.term) return reply(state, from, { type: 'heartbeatReply', term: state.term, sentMs: message.sentMs, vclock: ctx.vclock, seq: message.seq ?? 0 });
       const step = message.term > state.term || state.role !== 'follower' || state.leader !== from
         ? becomeFollower(state, message.term, from, ctx.nowMs, true)
         : { state: resetDeadline({ ...state, heardAtMs: ctx.nowMs }, ctx.nowMs), persist: null, messages: [] };
-      return { ...step, messages: [{ to: from, message: { type: 'heartbeatReply', term: message.term, sentMs: message.sentMs, vclock: ctx.vclock } }] };
+      return { ...step, messages: [{ to: from, message: { type: 'heartbeatReply', term: message.term, sentMs: message.sentMs, vclock: ctx.vclock, seq: message.seq ?? 0 } }] };
     }
     case 'heartbeatReply':
       if (message.term > state.term) return becomeFollower(state, message.term, NO_REPLICA, ctx.nowMs, false);

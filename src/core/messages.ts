@@ -60,9 +60,9 @@ function raftToWire(e: ElectionMessage): Record<string, unknown> {
     case 'voteReply':
       return { ...wire, g: e.granted, p: e.pre };
     case 'heartbeat':
-      return { ...wire, s: e.sentMs };
+      return { ...wire, s: e.sentMs, ...(e.seq === undefined ? {} : { n: e.seq }) };
     case 'heartbeatReply':
-      return { ...wire, s: e.sentMs, vc: e.vclock };
+      return { ...wire, s: e.sentMs, vc: e.vclock, ...(e.seq === undefined ? {} : { n: e.seq }) };
     case 'timeoutNow':
       return wire;
   }
@@ -120,6 +120,13 @@ function sentMs(value: unknown): number {
   return value as number;
 }
 
+/** A heartbeat's round, when the sender counts them (an older peer does not: no read index counts its answers). */
+function seq(value: unknown): { seq?: number } {
+  if (value === undefined) return {};
+  if (!Number.isSafeInteger(value) || (value as number) < 0) fail('seq', 'expected a non-negative integer');
+  return { seq: value as number };
+}
+
 function parseRaft(w: Record<string, unknown>): ElectionMessage {
   if (!isTerm(w.t)) fail('term', 'expected a non-negative integer');
   const term = w.t;
@@ -129,9 +136,9 @@ function parseRaft(w: Record<string, unknown>): ElectionMessage {
     case RAFT_CODES.voteReply:
       return { type: 'voteReply', term, granted: flag(w.g, 'granted'), pre: flag(w.p, 'pre') };
     case RAFT_CODES.heartbeat:
-      return { type: 'heartbeat', term, sentMs: sentMs(w.s) };
+      return { type: 'heartbeat', term, sentMs: sentMs(w.s), ...seq(w.n) };
     case RAFT_CODES.heartbeatReply:
-      return { type: 'heartbeatReply', term, sentMs: sentMs(w.s), vclock: vclock(w.vc) };
+      return { type: 'heartbeatReply', term, sentMs: sentMs(w.s), vclock: vclock(w.vc), ...seq(w.n) };
     case RAFT_CODES.timeoutNow:
       return { type: 'timeoutNow', term };
     default:

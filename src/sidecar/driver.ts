@@ -214,7 +214,6 @@ export class NodeDriver<S, W> {
     this.#own = new OwnLog(journal, this.#self, config.clusterId, (record) => this.#ownAppended(record));
     this.#writes = new Writes(this.#writesHost(), this.#db, this.#own, this.#clock, this.#bugs);
     this.#reads = new ReadIndex({
-      nowMs: () => this.#clock.nowMs(),
       after: (ms, fn) => this.#clock.after(ms, fn),
       leading: () => (this.#election.role === 'leader' && (this.#bugs.readIndexNotApplied === true || (this.#writable && this.#promotedTerm === this.#election.term)) ? this.#election.term : null),
       heartbeat: () => this.#elect({ kind: 'heartbeat' }),
@@ -1023,14 +1022,14 @@ export class NodeDriver<S, W> {
     }
     const { messages } = step;
     const beat = messages.find((m) => m.message.type === 'heartbeat')?.message;
-    if (beat?.type === 'heartbeat') this.#reads.sent(beat.sentMs);
+    if (beat?.type === 'heartbeat' && beat.seq !== undefined) this.#reads.sent(beat.seq);
     const send = (): void => messages.forEach(({ to, message }) => this.#transport.sendRaft(to, message));
     if (messages.length > 0) {
       if (this.#bugs.raftUnsynced === true) send();
       else void this.#raftDurable.then(send);
     }
     const after = step.state;
-    if (event.kind === 'message' && event.message.type === 'heartbeatReply') this.#reads.answered(event.from, event.message.term, event.message.sentMs);
+    if (event.kind === 'message' && event.message.type === 'heartbeatReply') this.#reads.answered(event.from, event.message.term, event.message.seq ?? 0);
     if (before.role === after.role && before.term === after.term && before.leader === after.leader) return;
     this.log.info({ role: after.role, term: after.term, leader: after.leader, vote: after.vote, reason: event.kind === 'message' ? `${event.message.type} from ${event.from}` : event.kind, was: { role: before.role, term: before.term, leader: before.leader } }, `election: ${after.role} in term ${after.term}`);
     if (after.role === 'candidate' && (before.role !== 'candidate' || before.term !== after.term)) this.#emit({ kind: 'campaign', term: after.term });

@@ -14,27 +14,25 @@
 //      (a client is told COMMIT only after that, but one whose PostgreSQL
 //      failed at COMMIT PREPARED is answered early).
 //
-// "Sent after the read arrived" is judged by send times, which answers echo:
-// a read notes the send time of the latest heartbeat sent before it arrived
-// (`after`), and only answers to heartbeats stamped later count for it. Stamps
-// are whole milliseconds, so a heartbeat for waiting reads leaves only once
-// the clock has passed the latest stamp. A wall clock that steps back delays
-// reads until it passes that stamp again; it never lets one through early.
+// "Sent after the read arrived" is judged by round numbers, not clocks: every
+// round of heartbeats the election sends carries the next number
+// (core/election.ts heartbeatSeq), and answers echo it. A read notes the
+// number of the latest round sent before it arrived (`after`); only answers
+// to later rounds count for it. No clock is trusted for safety, only for the
+// timeout.
 //
-// Reads arriving in one turn share one heartbeat to each peer; a read that
-// arrives while one is out gets the next, sent at once: heartbeats overlap, so
-// a read waits about one round trip to the nearest quorum, and at most one
-// heartbeat per peer leaves per millisecond however many read.
+// Reads arriving in one turn share one round; a read that arrives while one
+// is out gets the next, sent at once: rounds overlap, so a read waits about
+// one round trip to the nearest quorum.
 import { QsyncError } from '../core/errors.js';
 import type { ReplicaId, Term } from '../core/types.js';
 
 /** What a read index asks of the node. */
 export interface ReadIndexHost {
-  nowMs(): number;
   after(ms: number, fn: () => void): void;
   /** The term in which this node leads and takes writes; null when it does not. */
   leading(): Term | null;
-  /** Send heartbeats of the current term to every peer now (the driver notes their send time through `sent`). */
+  /** Send a round of heartbeats of the current term to every peer now (the driver notes its number through `sent`). */
   heartbeat(): void;
   /** Whether `answered`, with this node, is a quorum of the current members. */
   isQuorum(answered: ReadonlySet<ReplicaId>): boolean;
@@ -47,7 +45,7 @@ export interface ReadIndexHost {
 export interface ReadIndexOptions {
   /** A read not confirmed within this is refused (NOT_LEADER: the client may try the leader again). */
   readonly timeoutMs: number;
-  /** Heartbeats are sent again for reads still waiting this long after the last (one or its answer may be lost). */
+  /** A round is sent again for reads still waiting this long after the last (a heartbeat or its answer may be lost). */
   readonly retryMs: number;
   /** Planted bug for the simulator: a read runs as soon as this node leads, no quorum asked. */
   readonly unconfirmed?: boolean;
@@ -55,7 +53,7 @@ export interface ReadIndexOptions {
 
 interface Read {
   readonly term: Term;
-  /** The send time of the latest heartbeat sent before the read arrived: only later ones count for it. */
+  /** The number of the latest round sent before the read arrived: only answers to later ones count for it. */
   readonly after: number;
   readonly resolve: () => void;
   readonly reject: (error: QsyncError) => void;
@@ -66,11 +64,11 @@ export class ReadIndex {
   readonly #host: ReadIndexHost;
   readonly #options: ReadIndexOptions;
   #waiting: Read[] = [];
-  /** Per peer: the latest send time of a heartbeat it answered, and in which term. */
-  readonly #answered = new Map<ReplicaId, { readonly term: Term; readonly sentMs: number }>();
-  /** The send time of the latest heartbeat this node sent, for any reason. */
-  #lastSentMs = -Infinity;
-  /** A heartbeat for waiting reads is due (on the next turn, or once the clock passes #lastSentMs). */
+  /** Per peer: the latest round it answered, and in which term. */
+  readonly #answered = new Map<ReplicaId, { readonly term: Term; readonly seq: number }>();
+  /** The number of the latest round this node sent, for any reason (a tick's, or one for reads). */
+  #lastSent = 0;
+  /** A round for waiting reads is due on the next turn. */
   #sendDue = false;
   /** A check that sends again for reads still waiting is due. */
   #retryDue = false;
@@ -96,7 +94,7 @@ export class ReadIndex {
       resolveRead = resolve;
       rejectRead = reject;
     });
-    const read: Read = { term, after: this.#lastSentMs, resolve: resolveRead, reject: rejectRead, done: false };
+    const read: Read = { term, after: this.#lastSent, resolve: resolveRead, reject: rejectRead, done: false };
     if (this.#options.unconfirmed === true) {
       this.#end(read, null);
     } else {
@@ -122,16 +120,16 @@ export class ReadIndex {
     if (this.#host.leading() !== term) throw this.#refused('leadership changed while the read waited');
   }
 
-  /** The driver sent heartbeats stamped `sentMs` (a tick's, or one for reads). */
-  sent(sentMs: number): void {
-    this.#lastSentMs = Math.max(this.#lastSentMs, sentMs);
+  /** The driver sent round `seq` of heartbeats (a tick's, or one for reads). */
+  sent(seq: number): void {
+    this.#lastSent = Math.max(this.#lastSent, seq);
   }
 
-  /** A peer answered a heartbeat of `term` sent at `sentMs`. */
-  answered(from: ReplicaId, term: Term, sentMs: number): void {
+  /** A peer answered round `seq` of heartbeats of `term`. */
+  answered(from: ReplicaId, term: Term, seq: number): void {
     const known = this.#answered.get(from);
-    if (known !== undefined && (known.term > term || (known.term === term && known.sentMs >= sentMs))) return;
-    this.#answered.set(from, { term, sentMs });
+    if (known !== undefined && (known.term > term || (known.term === term && known.seq >= seq))) return;
+    this.#answered.set(from, { term, seq });
     if (this.#waiting.length > 0) this.#check();
   }
 
@@ -152,7 +150,7 @@ export class ReadIndex {
         continue;
       }
       const answered = new Set<ReplicaId>();
-      for (const [peer, a] of this.#answered) if (a.term === read.term && a.sentMs > read.after) answered.add(peer);
+      for (const [peer, a] of this.#answered) if (a.term === read.term && a.seq > read.after) answered.add(peer);
       if (this.#host.isQuorum(answered)) this.#end(read, null);
     }
     this.#waiting = this.#waiting.filter((r) => !r.done);
@@ -160,29 +158,29 @@ export class ReadIndex {
   }
 
   /**
-   * Heartbeats for waiting reads: on the next turn for reads no heartbeat
-   * left after (so that reads arriving together share it), once the clock has
-   * passed the latest stamp; again after `retryMs` for reads still waiting.
+   * Rounds for waiting reads: on the next turn for reads no round left after
+   * (so that reads arriving together share it); again after `retryMs` for
+   * reads still waiting.
    */
   #next(): void {
     if (this.#waiting.length === 0) return;
-    const fresh = this.#waiting.some((r) => r.after >= this.#lastSentMs);
+    const fresh = this.#waiting.some((r) => r.after >= this.#lastSent);
     if (fresh && !this.#sendDue) {
       this.#sendDue = true;
-      this.#host.after(Math.max(0, this.#lastSentMs + 1 - this.#host.nowMs()), () => {
+      this.#host.after(0, () => {
         this.#sendDue = false;
         this.#send();
       });
     }
     if (!fresh && !this.#retryDue) {
       this.#retryDue = true;
-      const sent = this.#lastSentMs;
+      const sent = this.#lastSent;
       this.#host.after(this.#options.retryMs, () => {
         this.#retryDue = false;
         this.#waiting = this.#waiting.filter((r) => !r.done);
         if (this.#waiting.length === 0) return;
-        // Nothing left since: send again (a heartbeat or its answer may be lost).
-        if (this.#lastSentMs === sent) this.#send();
+        // No round left since: send again (a heartbeat or its answer may be lost).
+        if (this.#lastSent === sent) this.#send();
         else this.#next();
       });
     }
@@ -195,15 +193,9 @@ export class ReadIndex {
       this.lost();
       return;
     }
-    // A heartbeat already left in this millisecond, perhaps before these reads arrived: its answers
-    // could not be told apart from the new one's.
-    if (this.#host.nowMs() <= this.#lastSentMs) {
-      this.#next();
-      return;
-    }
-    const before = this.#lastSentMs;
+    const before = this.#lastSent;
     this.#host.heartbeat();
-    if (this.#lastSentMs <= before) {
+    if (this.#lastSent <= before) {
       this.lost();
       return;
     }

@@ -60,16 +60,19 @@ describe('election, by example', () => {
     expect(beats.map((o) => o.message.type)).toEqual(['heartbeat', 'heartbeat']);
   });
 
-  it('a leader sends heartbeats at once when asked (a read index), stamped with the time asked; others send nothing', () => {
+  it('a leader sends a round of heartbeats at once when asked (a read index), stamped with the time and the next round number; a follower echoes the number; others send nothing', () => {
     const n = node(1);
     n.run({ kind: 'tick' }, 2 * TIMEOUT);
     n.run({ kind: 'message', from: r(2), message: { type: 'voteReply', term: t(2), granted: true, pre: true } }, 2 * TIMEOUT + 1);
     n.run({ kind: 'message', from: r(3), message: { type: 'voteReply', term: t(2), granted: true, pre: false } }, 2 * TIMEOUT + 2);
     const beats = n.run({ kind: 'heartbeat' }, 2 * TIMEOUT + 7);
-    expect(beats.map((o) => [o.to, o.message])).toEqual([[2, { type: 'heartbeat', term: 2, sentMs: 2 * TIMEOUT + 7 }], [3, { type: 'heartbeat', term: 2, sentMs: 2 * TIMEOUT + 7 }]]);
+    // Round 1 went out as the node won; this is round 2.
+    expect(beats.map((o) => [o.to, o.message])).toEqual([[2, { type: 'heartbeat', term: 2, sentMs: 2 * TIMEOUT + 7, seq: 2 }], [3, { type: 'heartbeat', term: 2, sentMs: 2 * TIMEOUT + 7, seq: 2 }]]);
     expect(n.state().heartbeatDueMs).toBe(2 * TIMEOUT + 7 + 100);
     const follower = node(2);
     expect(follower.run({ kind: 'heartbeat' }, 10)).toEqual([]);
+    const answer = follower.run({ kind: 'message', from: r(1), message: { type: 'heartbeat', term: t(3), sentMs: 10, seq: 41 } }, 10);
+    expect(answer[0]?.message).toMatchObject({ type: 'heartbeatReply', term: 3, sentMs: 10, seq: 41 });
   });
 
   it('votes once per term, only for a candidate not behind its vclock, and persists the vote first', () => {

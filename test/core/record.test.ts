@@ -129,6 +129,9 @@ describe('election messages on the peer protocol', () => {
     { kind: 'raft', message: { type: 'voteReply', term: 5 as Term, granted: true, pre: false } },
     { kind: 'raft', message: { type: 'heartbeat', term: 5 as Term, sentMs: 123 } },
     { kind: 'raft', message: { type: 'heartbeatReply', term: 5 as Term, sentMs: 123, vclock } },
+    // A round number, for the read index; a peer that sends none is still understood (above).
+    { kind: 'raft', message: { type: 'heartbeat', term: 5 as Term, sentMs: 123, seq: 7 } },
+    { kind: 'raft', message: { type: 'heartbeatReply', term: 5 as Term, sentMs: 123, vclock, seq: 7 } },
     { kind: 'raft', message: { type: 'timeoutNow', term: 5 as Term } },
   ])('round-trips %j', (message) => {
     expect(decodeMessage(encodeMessage(message))).toEqual({ ok: true, message });
@@ -138,6 +141,8 @@ describe('election messages on the peer protocol', () => {
     [{ m: 7, y: 1, t: 5, vc: [0, 1], p: 'yes', f: false }, /pre.*boolean/],
     [{ m: 7, y: 9, t: 5 }, /unknown election message type 9/],
     [{ m: 7, y: 3, t: -1, s: 1 }, /term/],
+    [{ m: 7, y: 3, t: 5, s: 1, n: -2 }, /seq/],
+    [{ m: 7, y: 4, t: 5, s: 1, vc: [0, 1], n: 'x' }, /seq/],
     [{ m: 7, y: 3, t: 1, s: 1.5 }, /sentMs/],
   ])('refuses malformed %j with a named field', (wire, reason) => {
     const result = decodeMessage(codec.pack(wire));

@@ -1,9 +1,9 @@
 // The read index's rules (src/sidecar/read-index.ts), step by step with a
-// host whose clock and timers the test moves: only answers to a heartbeat
+// host whose timers the test moves: only answers to a round of heartbeats
 // sent after the read arrived count; reads that arrive together share a
-// heartbeat, and one arriving while a heartbeat is out gets the next at once;
-// a lost leadership, heartbeats no quorum answers and a PostgreSQL still
-// catching up each hold or refuse the read. The simulator checks the same
+// round, and one arriving while a round is out gets the next at once; a lost
+// leadership, rounds no quorum answers and a PostgreSQL still catching up
+// each hold or refuse the read. The simulator checks the same
 // rules against the real driver (planted bugs readIndexUnconfirmed and
 // readIndexNotApplied).
 import { describe, expect, it } from 'vitest';
@@ -18,15 +18,17 @@ function harness(options: { members?: number } = {}) {
   let now = 1_000;
   let timers: Array<{ at: number; fn: () => void }> = [];
   let leading: Term | null = 5 as Term;
+  /** The rounds sent, by number. */
   const beats: number[] = [];
+  let seq = 0;
   let caughtUp: Promise<void> = Promise.resolve();
   const reads = new ReadIndex({
-    nowMs: () => now,
     after: (ms, fn) => timers.push({ at: now + ms, fn }),
     leading: () => leading,
     heartbeat: () => {
-      beats.push(now);
-      reads.sent(now);
+      seq += 1;
+      beats.push(seq);
+      reads.sent(seq);
     },
     isQuorum: (answered) => 1 + [...answered].filter((m) => m >= 1 && m <= members).length >= Math.floor(members / 2) + 1,
     caughtUp: () => caughtUp,
@@ -43,7 +45,12 @@ function harness(options: { members?: number } = {}) {
     reads, beats, advance,
     lose: () => (leading = null),
     holdCatchUp: (p: Promise<void>) => (caughtUp = p),
-    now: () => now,
+    /** A tick's round, sent by the election on its own. */
+    tick: () => {
+      seq += 1;
+      reads.sent(seq);
+      return seq;
+    },
   };
 }
 
@@ -59,48 +66,45 @@ function track(p: Promise<void>): { state: () => 'pending' | 'ok' | QsyncError }
 }
 
 describe('read index', () => {
-  it('runs a read only after a quorum answers a heartbeat sent after it arrived', async () => {
+  it('runs a read only after a quorum answers a round sent after it arrived', async () => {
     const h = harness();
-    h.reads.sent(h.now()); // a tick's heartbeat, this very millisecond, before the read
+    const before = h.tick(); // a tick's round, just before the read
     const read = track(h.reads.request());
-    await h.advance(0);
     // Its answer does not count: it may have been given before the read arrived.
-    h.reads.answered(r(2), 5 as Term, 1_000);
+    h.reads.answered(r(2), 5 as Term, before);
     await settle();
     expect(read.state()).toBe('pending');
-    expect(h.beats).toEqual([]);
-    await h.advance(1); // the round waits for the clock to pass the last heartbeat
-    expect(h.beats).toEqual([1_001]);
-    h.reads.answered(r(2), 4 as Term, 1_001); // another term's answer
+    await h.advance(0); // the read's own round
+    expect(h.beats).toEqual([2]);
+    h.reads.answered(r(2), 4 as Term, 2); // another term's answer
     await settle();
     expect(read.state()).toBe('pending');
-    h.reads.answered(r(3), 5 as Term, 1_001);
+    h.reads.answered(r(3), 5 as Term, 2);
     await settle();
     expect(read.state()).toBe('ok');
   });
 
-  it('reads that arrive together share a heartbeat; one arriving while it is out gets the next at once, and an answer to the later serves both', async () => {
+  it('reads that arrive together share a round; one arriving while it is out gets the next at once', async () => {
     const h = harness();
     const a = track(h.reads.request());
     const b = track(h.reads.request());
     await h.advance(0);
-    expect(h.beats).toEqual([1_000]);
-    await h.advance(2);
+    expect(h.beats).toEqual([1]);
     const c = track(h.reads.request());
     await h.advance(0);
-    expect(h.beats).toEqual([1_000, 1_002]);
-    h.reads.answered(r(2), 5 as Term, 1_000);
+    expect(h.beats).toEqual([1, 2]);
+    h.reads.answered(r(2), 5 as Term, 1);
     await settle();
     expect([a.state(), b.state(), c.state()]).toEqual(['ok', 'ok', 'pending']);
-    h.reads.answered(r(3), 5 as Term, 1_002);
+    h.reads.answered(r(3), 5 as Term, 2);
     await settle();
     expect(c.state()).toBe('ok');
-    // A fourth read: node 3's answer to the heartbeat at 1002 came before it, so it waits for the next one.
+    // A fourth read: node 3 answered round 2 before it arrived, so it waits for round 3.
     const d = track(h.reads.request());
-    await h.advance(1);
-    expect(h.beats).toEqual([1_000, 1_002, 1_003]);
+    await h.advance(0);
+    expect(h.beats).toEqual([1, 2, 3]);
     expect(d.state()).toBe('pending');
-    h.reads.answered(r(2), 5 as Term, 1_003);
+    h.reads.answered(r(2), 5 as Term, 3);
     await settle();
     expect(d.state()).toBe('ok');
   });
@@ -117,12 +121,12 @@ describe('read index', () => {
     await expect(h.reads.request()).rejects.toMatchObject({ code: 'NOT_LEADER' });
   });
 
-  it('sends heartbeats again while no quorum answers, and refuses the read when none does in time', async () => {
+  it('sends a round again while no quorum answers, and refuses the read when none does in time', async () => {
     const h = harness();
     const read = track(h.reads.request());
     await h.advance(0);
     await h.advance(100);
-    expect(h.beats).toEqual([1_000, 1_100]);
+    expect(h.beats).toEqual([1, 2]);
     for (let i = 0; i < 9; i += 1) await h.advance(100);
     expect(h.beats.length).toBeGreaterThan(5);
     expect(read.state()).toBeInstanceOf(QsyncError);
@@ -142,7 +146,7 @@ describe('read index', () => {
     h.holdCatchUp(new Promise<void>((resolve) => (release = resolve)));
     const read = track(h.reads.request());
     await h.advance(0);
-    h.reads.answered(r(2), 5 as Term, 1_000);
+    h.reads.answered(r(2), 5 as Term, 1);
     await settle();
     expect(read.state()).toBe('pending');
     release();
