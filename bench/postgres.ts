@@ -92,7 +92,7 @@ async function writeCase(connectionString: string, monitor: pg.Client, mode: Wri
       await client.query(`PREPARE TRANSACTION '${gid}'`);
     } else {
       const tx = new PgLeaderTransaction(client, { term: 1 as Term, replica: 1 as ReplicaId, idempotencyKey: null }, captureKey);
-      await leaderWrite(tx, { reserve: () => ({ lsn, gid, time: lsn }), journal: () => Promise.resolve() }, async (c) => {
+      await leaderWrite(tx, { reserve: () => ({ lsn, gid, time: lsn }), journal: () => Promise.resolve(), prepareSent: () => undefined }, async (c) => {
         await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
       });
     }

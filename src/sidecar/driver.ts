@@ -156,6 +156,14 @@ export class NodeDriver<S, W> {
   readonly #reads: ReadIndex;
   /** COMMIT PREPARED of confirmed own entries under way: a linearizable read waits for those begun before it. */
   readonly #commitsUnderWay = new Set<Promise<void>>();
+  /**
+   * Gids of own writes that failed after their PREPARE was sent and before their TXN was journaled
+   * (writes.ts): PostgreSQL may hold them prepared, and only a ROLLBACK PREPARED is right for them,
+   * whatever a later CONFIRM covering their filled lsn says. Kept for the process's life, since a
+   * PostgreSQL crash may undo a rollback the simulator models as unflushed; one per PREPARE whose
+   * answer a crash took, which is rare. After a restart the journal says the same (verdicts.ts).
+   */
+  readonly #orphans = new Set<string>();
   /** A trim in progress (one at a time). */
   #retaining = false;
   #stopRetention: (() => void) | null = null;
@@ -450,7 +458,8 @@ export class NodeDriver<S, W> {
    * and qsync.node is written again. Runs in the apply queue; idempotent.
    */
   async #resync(): Promise<void> {
-    const report = await reconcile(this.#db, (entry) => this.#history.verdict(entry.replica, entry.lsn) ?? 'pending');
+    // An orphaned PREPARE's lsn holds an empty TXN, which a later CONFIRM covers: it is rolled back, never committed.
+    const report = await reconcile(this.#db, (entry) => (this.#orphans.has(entry.gid) ? 'rolled-back' : this.#history.verdict(entry.replica, entry.lsn) ?? 'pending'));
     for (const entry of await this.#db.listPrepared()) this.#prepared.add(entry.gid);
     const replayed = await this.#replay();
     void this.#publish();
@@ -1527,6 +1536,13 @@ export class NodeDriver<S, W> {
         const run = this.#queue.then(() => this.#untilDone(what, work, context));
         this.#queue = run.then(() => undefined, () => undefined);
         return run;
+      },
+      orphaned: (gid) => {
+        this.#orphans.add(gid);
+        // Retried until PostgreSQL answers (it may be down: that is how the answer was lost); a gid it does not hold is done.
+        this.#untilDone('rolling back a PREPARE whose write failed', () => this.#db.finish('rollback', [gid]), { gid }).catch((error: unknown) => {
+          if (error instanceof AssertionFailed) this.#fatal('rolling back a PREPARE whose write failed', error);
+        });
       },
     };
   }

@@ -215,6 +215,8 @@ export interface PlantedBugs {
   readonly journalBeforePrepare?: boolean;
   /** The leader COMMITs an async write before its TXN is journaled (leader-write.ts). */
   readonly commitBeforeJournal?: boolean;
+  /** A write whose PREPARE failed gives its lsn back as if nothing were prepared: no orphan rolled back (writes.ts). */
+  readonly orphanKept?: boolean;
   /** A linearizable read runs on a node that believes it leads, with no quorum asked (read-index.ts). */
   readonly readIndexUnconfirmed?: boolean;
   /** A linearizable read runs as soon as the node wins its election, before its PostgreSQL holds what it decided (read-index.ts). */

@@ -9,7 +9,9 @@
 //   capture
 //   nothing captured                COMMIT; the lsn goes back
 //   a sync table touched            PREPARE, then journal: the limbo entry exists in PostgreSQL
-//                                   before any peer hears of it; the caller then waits for the quorum
+//                                   before any peer hears of it; the caller then waits for the quorum.
+//                                   A PREPARE that fails may still have prepared (its answer lost to a
+//                                   crash): the caller is told it was sent (steps.prepareSent)
 //   async tables only               journal, then COMMIT (without its own WAL flush): a crash can
 //                                   never leave a committed write the journal does not know, and
 //                                   replay repairs a COMMIT that PostgreSQL lost (RFC 0007, RFC 0013)
@@ -24,6 +26,8 @@ export interface WriteSteps {
   reserve(): { readonly lsn: Lsn; readonly gid: string; readonly time: number };
   /** Journal the TXN; resolves when durable. */
   journal(txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }): Promise<void>;
+  /** PREPARE TRANSACTION `gid` is being sent: if the write fails from here on, PostgreSQL may hold it prepared. */
+  prepareSent(gid: string): void;
 }
 
 export async function leaderWrite<W>(tx: LeaderTransaction<W>, steps: WriteSteps, work: W, bugs: PlantedBugs = {}): Promise<LeaderOutcome> {
@@ -40,6 +44,7 @@ export async function leaderWrite<W>(tx: LeaderTransaction<W>, steps: WriteSteps
     const txn = { lsn, gid, time, sync, changes };
     if (sync) {
       if (bugs.journalBeforePrepare === true) await steps.journal(txn);
+      steps.prepareSent(gid);
       await tx.prepare(gid);
       open = false;
       if (bugs.journalBeforePrepare !== true) await steps.journal(txn);

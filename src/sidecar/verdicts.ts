@@ -21,15 +21,27 @@ export async function readVerdicts(journal: JournalStore, self: ReplicaId): Prom
   const history = checkpoint === null ? new LimboHistory(self) : LimboHistory.fromState(self, checkpoint.history);
   const floor = checkpoint?.vclock ?? VCLOCK_EMPTY;
   const journaled = new Set<string>();
+  /** Lsns whose TXN is not a sync write (empty, async, a copy): nothing prepared under their gid may commit. */
+  const unprepared = new Set<string>();
   const revived: RevivedRange[] = [];
   for await (const record of journal.cursor(floor)) {
-    if (record.kind === 'txn') journaled.add(`${record.replica}:${record.lsn}`);
+    if (record.kind === 'txn') {
+      const key = `${record.replica}:${record.lsn}`;
+      journaled.add(key);
+      if (!record.sync || record.changes.length === 0) unprepared.add(key);
+    }
     revived.push(...history.apply(record));
   }
   return {
     history, revived,
-    // Before the journal's start, every entry was decided and applied before its records went (retention): kept.
-    verdict: ({ replica, lsn }) => history.verdict(replica, lsn) ?? (journaled.has(`${replica}:${lsn}`) || lsn <= vclockGet(floor, replica) ? 'pending' : 'unknown'),
+    verdict: ({ replica, lsn }) => {
+      const key = `${replica}:${lsn}`;
+      // A gid prepared whose write then failed (the PREPARE's answer lost to a crash): its lsn was filled with
+      // an empty TXN, which a later CONFIRM covers; what PostgreSQL holds under it is an orphan (writes.ts).
+      if (unprepared.has(key)) return 'rolled-back';
+      // Before the journal's start, every entry was decided and applied before its records went (retention): kept.
+      return history.verdict(replica, lsn) ?? (journaled.has(key) || lsn <= vclockGet(floor, replica) ? 'pending' : 'unknown');
+    },
   };
 }
 

@@ -38,6 +38,8 @@ export interface WritesHost {
   ownDurable(): void;
   /** Run `work` in the apply queue's order, retried until done (a transient failure is retried, not thrown). */
   inQueue<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>): Promise<T>;
+  /** A write failed after its PREPARE was sent and before its TXN was journaled: roll `gid` back if PostgreSQL holds it. */
+  orphaned(gid: string): void;
 }
 
 /** Run the order of duties (leader-write.ts) on a transaction opened under `opening`. */
@@ -124,6 +126,8 @@ export class Writes<S, W> {
     }
     let reserved: Lsn | null = null;
     let journaled = false;
+    /** The PREPARE was sent: its gid may be prepared in PostgreSQL whatever the write's outcome. */
+    let prepareSent: string | null = null;
     /** The async TXN once durable: from then on the write will commit, here too. */
     let asyncTxn: TxnRecord | null = null;
     let waiting: Promise<void> | null = null;
@@ -163,6 +167,9 @@ export class Writes<S, W> {
           if (!sync) asyncTxn = txn;
           this.#host.ownDurable();
         },
+        prepareSent: (gid) => {
+          prepareSent = gid;
+        },
       };
       const outcome = await order({ term: writeTerm, replica: this.#host.self, idempotencyKey }, steps);
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
@@ -172,7 +179,16 @@ export class Writes<S, W> {
       }
       if (waiting !== null) await waiting;
     } catch (error) {
-      if (reserved !== null && !journaled) this.#own.release(reserved, this.#host.term(), this.#host.now());
+      if (reserved !== null && !journaled) {
+        if (prepareSent === null || this.#bugs.orphanKept === true) {
+          this.#own.release(reserved, this.#host.term(), this.#host.now());
+        } else {
+          // PostgreSQL may hold the gid prepared (the PREPARE's answer lost to a crash): the lsn is filled,
+          // never handed to another write under the same gid, and the orphan is rolled back.
+          void this.#own.fill(reserved, this.#host.term(), this.#host.now());
+          this.#host.orphaned(prepareSent);
+        }
+      }
       if (asyncTxn === null) throw error;
       await this.#commitJournaled(asyncTxn, error);
     } finally {

@@ -156,6 +156,8 @@ export class SimPg {
   row: NodeRow = { term: 0 as Term, role: 'follower', leader: 0 as ReplicaId, leaderAddress: '' };
   /** Bumped by every crash: a session or call that spans one fails. */
   epoch = 0;
+  /** Set: the next PREPARE is made and then the server crashes before it answers (back at this time). */
+  crashAfterPrepareUntil: number | null = null;
   /** Until when a crashed server answers nothing. */
   downUntil = 0;
   /** Told of every crash (the driver's handles subscribe through SimDatabase.onLost). */
@@ -196,6 +198,7 @@ export class SimPg {
 
   /** PREPARE TRANSACTION: flushed before it answers, with everything before it. */
   prepare(gid: string, entry: Prepared): void {
+    if (this.prepared.has(gid)) throw pgError('42710', `transaction identifier "${gid}" is already in use`);
     this.prepared.set(gid, entry);
     this.flush();
   }
@@ -539,9 +542,25 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     return { changes, sync: puts.some((p) => p.table === 's') };
   }
 
+  /**
+   * PREPARE TRANSACTION's round trip: PostgreSQL prepares (and flushes) it
+   * before it answers, so a crash of PostgreSQL, or of the sidecar, while the
+   * answer is on its way leaves it prepared though the sidecar never hears so.
+   */
   async prepare(gid: string): Promise<void> {
     const { lsn, time } = this.#stamped();
+    await this.#sleep(this.#rng.range(0.1, 1));
+    if (!this.#life.alive) return new Promise(() => undefined);
+    this.#session();
     this.#pg.prepare(gid, { replica: this.#opening.replica, lsn, puts: this.#puts, time, idempotencyKey: this.#opening.idempotencyKey });
+    if (this.#pg.crashAfterPrepareUntil !== null) {
+      const upAt = this.#pg.crashAfterPrepareUntil;
+      this.#pg.crashAfterPrepareUntil = null;
+      this.#pg.crash(0, upAt);
+    }
+    await this.#sleep(this.#rng.range(0.1, 1));
+    if (!this.#life.alive) return new Promise(() => undefined);
+    this.#session();
   }
 
   async commit(journaled: boolean): Promise<void> {

@@ -23,7 +23,7 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied', 'orphanKept'] as const;
 
 /** A relay leaves a gap in one record of 500 on half the seeds (from a generator of its own). */
 function gapsOf(seed: number): { gapRate: number; gaps: Rng } {
@@ -156,6 +156,7 @@ class World {
       this.#clientsOn = false;
       await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS);
       await this.#linearizableReads();
+      await this.#prepareAnswerLost();
       await this.#runUntil(this.#scheduler.now + 3 * SYNCHRO_TIMEOUT_MS + CLIENT_TIMEOUT_MS);
       this.#converged();
     } catch (error) {
@@ -618,6 +619,31 @@ class World {
       await probe;
     }
     if (!served) this.#fail(`liveness: no linearizable read was served within ${20 * ELECTION_TIMEOUT_MS} ms of a healthy cluster`);
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
+  /**
+   * The leader's PostgreSQL prepares a write and crashes before it answers,
+   * while other writes go on around it: the client hears a failure, so what
+   * PostgreSQL holds under that gid must be rolled back, never committed
+   * (not even once a CONFIRM covers its lsn), and the gid never reused.
+   */
+  async #prepareAnswerLost(): Promise<void> {
+    await this.#until(() => this.#nodes.some((n) => n.driver?.isLeader === true), 10 * ELECTION_TIMEOUT_MS);
+    const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+    if (leader === undefined) return;
+    leader.pg.crashAfterPrepareUntil = this.#scheduler.now + this.#rng.range(20, 200);
+    this.#note(`n${leader.id}'s PostgreSQL will crash after its next PREPARE, before it answers`);
+    const writes = Array.from({ length: 6 }, (_, i) => new Promise<void>((resolve) => this.#scheduler.after(i * 2, () => void this.#syncWrite(0, leader).finally(resolve))));
+    await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+    await Promise.all(writes);
+    // More writes wherever the leader is now, so that CONFIRMs pass the lost PREPARE's lsn.
+    await this.#until(() => this.#nodes.some((n) => n.driver?.isLeader === true), 10 * ELECTION_TIMEOUT_MS);
+    const after = this.#nodes.find((n) => n.driver?.isLeader === true);
+    if (after === undefined) return;
+    const more = [0, 1, 2].map(() => this.#syncWrite(0, after));
+    await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS + 10);
+    await Promise.all(more);
     if (this.#violation !== null) throw new Violation(this.#violation);
   }
 

@@ -59,5 +59,5 @@ export function leaderWriteOn(client: pg.ClientBase, write: {
   readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
   readonly journal?: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
 }, body: PgWork): Promise<LeaderOutcome> {
-  return leaderWrite(new PgLeaderTransaction(client, write, write.captureKey), { reserve: write.reserve, journal: write.journal ?? (() => Promise.resolve()) }, body);
+  return leaderWrite(new PgLeaderTransaction(client, write, write.captureKey), { reserve: write.reserve, journal: write.journal ?? (() => Promise.resolve()), prepareSent: () => undefined }, body);
 }
