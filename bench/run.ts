@@ -14,7 +14,7 @@ const usage = `usage: npm run bench -- <benchmark> [options]
 
 benchmarks:
   journal     group-commit throughput and append latency of the journal
-  postgres    commit vs two-phase vs qsync capture path; apply throughput by batch size
+  postgres    commit vs two-phase vs qsync's capture path vs capture by logical decoding; apply throughput by batch size
   cluster     one-row sync and async inserts through the client library on a local 3-node cluster
   failover    SIGKILL the leader 10 times: time to the first sync write on the new leader (1 s and 250 ms election timeouts)
   compare     qsync against PostgreSQL's own synchronous replication, side by side: sync and async one-row
