@@ -3,7 +3,7 @@
 //
 //   1. this node leads and takes writes in term t (its PROMOTE is held by a
 //      quorum and applied, so every entry a previous leader had acknowledged
-//      is in its PostgreSQL: driver.ts #promote);
+//      is in its PostgreSQL: leadership.ts, which takes the limbo over);
 //   2. a quorum, this node included, answered heartbeats of term t that this
 //      node sent after the read arrived: no other node led a newer term at
 //      that moment, so no write was acknowledged elsewhere that this node
