@@ -185,7 +185,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       const peerPort = (p: { peer: number }, j: number): number => proxies.get(`${replica}>${j + 1}`)?.port ?? p.peer;
       const peers = ports.map((p, j) => `${j + 1}@127.0.0.1:${peerPort(p, j)}+${p.client}+${p.admin}+${p.sql}`).filter((_, j) => j !== i).join(',');
       return [
-        ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
+        ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), BIN, 'start', '--replica-id', String(replica), '--cluster-id', 'local', '--peers', peers,
         '--data-dir', dataDir, '--secret-file', secretFile,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin), '--sql-port', String(own.sql),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),
@@ -246,7 +246,7 @@ async function startIn(root: string, temporary: boolean, options: ClusterOptions
       if (source === undefined) throw new Error(`no node ${from} to join from`);
       let replica = 0;
       const args = (): string[] => [
-        ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), '--import', 'tsx', BIN, 'join', '--from', source.adminAddress, '--cluster-id', 'local',
+        ...SIDECAR_NODE_ARGS, ...(options.nodeArgs ?? []), BIN, 'join', '--from', source.adminAddress, '--cluster-id', 'local',
         '--data-dir', dataDir, '--secret-file', secretFile,
         '--peer-port', String(own.peer), '--client-port', String(own.client), '--admin-port', String(own.admin), '--sql-port', String(own.sql),
         '--synchro-timeout-ms', String(options.synchroTimeoutMs ?? 5_000), '--election-timeout-ms', String(options.electionTimeoutMs ?? 1_000),

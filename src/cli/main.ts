@@ -40,7 +40,7 @@ commands:
   drill <scenario>       rehearse a failover on the local cluster and check the history
   bench <name>           run a benchmark (journal, postgres, cluster, failover, all)
   start                  run one sidecar next to a PostgreSQL server (qsync start --help)
-  version                print the version
+  version                print the version, and whether it runs compiled (dist/) or from the sources
   help                   print this help
 
 The operator commands (status, table, promote, demote, transfer, rejoin) find the
@@ -296,7 +296,8 @@ async function main(command: string | undefined, rest: readonly string[]): Promi
     case 'version':
     case '--version':
     case '-V':
-      console.log(pkg.version);
+      // Which code runs: bin/qsync.js takes dist/ when a build is newer than every source file.
+      console.log(`${pkg.version} (${import.meta.url.endsWith('.ts') ? 'TypeScript sources, through tsx' : 'compiled, from dist/'})`);
       return EXIT.ok;
     case undefined:
     case 'help':

@@ -66,7 +66,7 @@ function writer(from: number): { stop: () => Promise<number> } {
 }
 
 function qsync(args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', BIN, ...args], { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } });
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, QSYNC_ADMIN_TOKEN: cluster.adminToken } });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
