@@ -19,6 +19,12 @@ export const limits = {
   journalQueueBytesMax: 256 * 1024 * 1024,
   /** Bytes written by one group-commit batch (one write, one fdatasync). */
   journalBatchBytesMax: 8 * 1024 * 1024,
+  /**
+   * How long a batch of CONFIRMs alone waits for another record to share its
+   * fsync (RFC 0020): under one client, the next write's TXN comes within a
+   * few milliseconds, and a CONFIRM then costs no fsync of its own.
+   */
+  journalConfirmWaitMs: 5,
   /** Default size after which the journal starts a new segment. */
   journalSegmentBytesDefault: 64 * 1024 * 1024,
   /** Pending sync transactions in the limbo; past this, a new one is refused (back-pressure). Keep below max_prepared_transactions. */

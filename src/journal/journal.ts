@@ -34,6 +34,8 @@ export interface JournalOptions {
   readonly onBatch?: (batch: { readonly records: number; readonly bytes: number; readonly ms: number }) => void;
   /** Cut at corruption found in an older segment instead of refusing to open (drops later segments). */
   readonly repair?: boolean;
+  /** How long a batch of CONFIRMs alone waits for another record to share its fsync (default limits.journalConfirmWaitMs; 0: never). */
+  readonly confirmWaitMs?: number;
 }
 
 export interface RecoveryReport {
@@ -75,6 +77,13 @@ export class Journal implements CursorSource {
   #queue: Pending[] = [];
   #queueBytes = 0;
   #flushing: Promise<void> | null = null;
+  /** Queued records that are not CONFIRMs: while there are none, queued CONFIRMs wait (RFC 0020). */
+  #queuedOthers = 0;
+  /** The CONFIRMs' wait is over: the timer ran; cleared once the queue is empty. */
+  #confirmsDue = false;
+  /** The timer of the CONFIRMs' wait; null when none waits. */
+  #confirmWait: NodeJS.Timeout | null = null;
+  readonly #confirmWaitMs: number;
   #failure: JournalError | null = null;
   #closed = false;
   #waiters: Array<() => void> = [];
@@ -88,9 +97,10 @@ export class Journal implements CursorSource {
   /** Bumped by rebase: a cursor opened before it ends with JOURNAL_GAP (what it would read next is gone). */
   #generation = 0;
 
-  private constructor(dir: string, segmentBytesMax: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
+  private constructor(dir: string, segmentBytesMax: number, confirmWaitMs: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
     this.dir = dir;
     this.#segmentBytesMax = segmentBytesMax;
+    this.#confirmWaitMs = confirmWaitMs;
     this.#segments = segments;
     this.#handle = handle;
     this.#vclock = vclock;
@@ -113,7 +123,7 @@ export class Journal implements CursorSource {
       const active = segments[segments.length - 1] as Segment;
       const handle = await open(active.path, 'r+');
       const report = { segments: segments.length, records: recovered.records, vclock: recovered.vclock, cuts: recovered.cuts };
-      const journal = new Journal(options.dir, segmentBytesMax, segments, handle, recovered.vclock, recovered.raft, report);
+      const journal = new Journal(options.dir, segmentBytesMax, options.confirmWaitMs ?? limits.journalConfirmWaitMs, segments, handle, recovered.vclock, recovered.raft, report);
       journal.#onBatch = options.onBatch ?? null;
       journal.#checkpoint = checkpoint;
       return journal;
@@ -168,10 +178,40 @@ export class Journal implements CursorSource {
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ record, frame, vclock: this.#tailVclock, resolve, reject });
       this.#queueBytes += frame.length;
-      // Start on the next turn of the event loop, so that every append made
-      // in this turn joins the same batch.
-      this.#flushing ??= new Promise<void>((done) => setImmediate(() => void this.#flush().then(done)));
+      if (record.kind !== 'confirm') this.#queuedOthers += 1;
+      this.#schedule();
     });
+  }
+
+  /**
+   * Start a flush on the next turn of the event loop, so that every append
+   * made in this turn joins the same batch; unless a flush is under way
+   * (it takes what is queued), or only CONFIRMs are queued: they wait up to
+   * confirmWaitMs for another record to share their fsync (RFC 0020).
+   * Nobody waits on a CONFIRM's durability meanwhile: the leader commits at
+   * quorum, before its CONFIRM is durable, and a follower takes the verdict
+   * from the history, at append.
+   */
+  #schedule(): void {
+    if (this.#flushing !== null) return;
+    if (this.#confirmsWait()) {
+      this.#confirmWait ??= setTimeout(() => {
+        this.#confirmWait = null;
+        this.#confirmsDue = true;
+        this.#schedule();
+      }, this.#confirmWaitMs);
+      return;
+    }
+    if (this.#confirmWait !== null) {
+      clearTimeout(this.#confirmWait);
+      this.#confirmWait = null;
+    }
+    this.#flushing = new Promise<void>((done) => setImmediate(() => void this.#flush().then(done)));
+  }
+
+  /** Only CONFIRMs are queued, and nothing asks for them yet (their wait, a close or a rebase). */
+  #confirmsWait(): boolean {
+    return this.#queuedOthers === 0 && !this.#confirmsDue && this.#confirmWaitMs > 0 && !this.#closed && this.#rebasing === null;
   }
 
   #refusal(record: JournalRecord): Error | null {
@@ -187,10 +227,12 @@ export class Journal implements CursorSource {
 
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0 && this.#failure === null) await this.#writeBatch(this.#takeBatch());
+      while (this.#queue.length > 0 && this.#failure === null && !this.#confirmsWait()) await this.#writeBatch(this.#takeBatch());
     } finally {
       this.#flushing = null;
     }
+    if (this.#queue.length === 0) this.#confirmsDue = false;
+    else if (this.#failure === null) this.#schedule();
   }
 
   #takeBatch(): Pending[] {
@@ -203,6 +245,7 @@ export class Journal implements CursorSource {
     }
     const batch = this.#queue.splice(0, count);
     this.#queueBytes -= bytes;
+    for (const pending of batch) if (pending.record.kind !== 'confirm') this.#queuedOthers -= 1;
     return batch;
   }
 
@@ -242,6 +285,7 @@ export class Journal implements CursorSource {
       { segment: this.#active.name }, { cause });
     for (const pending of [...batch, ...this.#queue.splice(0)]) pending.reject(this.#failure);
     this.#queueBytes = 0;
+    this.#queuedOthers = 0;
     this.#wake();
   }
 
@@ -360,6 +404,7 @@ export class Journal implements CursorSource {
     assert(this.#rebasing === null, 'rebase: one at a time');
     this.#rebasing = [];
     try {
+      this.#schedule();
       while (this.#flushing !== null) await this.#flushing;
       assert(this.#queue.length === 0 && this.#failure === null && !this.#closed, 'rebase: the journal must be idle and healthy');
       // The local component (RAFT records) goes on from here: the term and vote travel in the header.
@@ -426,6 +471,7 @@ export class Journal implements CursorSource {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#queue.length > 0) this.#schedule();
     while (this.#flushing !== null) await this.#flushing;
     await this.#handle.close();
     await releaseLock(this.dir);

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RecordInvalid } from '../../src/core/errors.js';
 import type { JournalRecord } from '../../src/core/record.js';
 import { vclockCovers, vclockFromEntries } from '../../src/core/vclock.js';
-import type { Lsn, ReplicaId } from '../../src/core/types.js';
+import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import { Journal } from '../../src/journal/index.js';
 import { key, nextTxn, raft, readAll, tempDir, txn } from '../support/journal.js';
 
@@ -47,6 +47,45 @@ describe('journal', () => {
     const after = journal.stats();
     expect([after.appends - before.appends, after.fsyncs - before.fsyncs, after.batches - before.batches]).toEqual([500, 1, 1]);
     await journal.close();
+  });
+
+  // RFC 0020: a CONFIRM alone does not take an fsync of its own while another record may share one.
+  const confirm = (lsn: number, confirmedLsn: number): JournalRecord => ({ kind: 'confirm', replica: 1 as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time: lsn, owner: 1 as ReplicaId, confirmedLsn: confirmedLsn as Lsn });
+
+  it('holds a CONFIRM alone until the next record, which shares its fsync', async () => {
+    const journal = await Journal.open({ dir, confirmWaitMs: 60_000 });
+    await journal.append(txn(1, 1));
+    const before = journal.stats();
+    let confirmed = false;
+    const held = journal.append(confirm(2, 1)).then(() => (confirmed = true));
+    await new Promise((r) => setTimeout(r, 100));
+    expect([confirmed, journal.vclock, journal.tailVclock]).toEqual([false, [0, 1], [0, 2]]);
+    await journal.append(txn(1, 3));
+    await held;
+    const after = journal.stats();
+    expect([after.appends - before.appends, after.fsyncs - before.fsyncs, confirmed]).toEqual([2, 1, true]);
+    await journal.close();
+  });
+
+  it('makes a CONFIRM alone durable after confirmWaitMs, and at once with confirmWaitMs 0', async () => {
+    for (const confirmWaitMs of [20, 0]) {
+      const journal = await Journal.open({ dir, confirmWaitMs });
+      const lsn = (journal.tailVclock[1] ?? 0) + 1;
+      await journal.append(confirm(lsn, lsn - 1));
+      expect(journal.vclock[1]).toBe(lsn);
+      await journal.close();
+    }
+  });
+
+  it('makes a waiting CONFIRM durable when it closes', async () => {
+    const journal = await Journal.open({ dir, confirmWaitMs: 60_000 });
+    await journal.append(txn(1, 1));
+    const held = journal.append(confirm(2, 1));
+    await journal.close();
+    await held;
+    const reopened = await Journal.open({ dir });
+    expect((await readAll(reopened)).map(key)).toEqual(['1:1', '1:2']);
+    await reopened.close();
   });
 
   it('refuses an out-of-order lsn with a typed error and keeps working', async () => {
