@@ -404,7 +404,7 @@ export class Journal implements CursorSource {
     assert(this.#rebasing === null, 'rebase: one at a time');
     this.#rebasing = [];
     try {
-      this.#schedule();
+      if (this.#queue.length > 0) this.#schedule();
       while (this.#flushing !== null) await this.#flushing;
       assert(this.#queue.length === 0 && this.#failure === null && !this.#closed, 'rebase: the journal must be idle and healthy');
       // The local component (RAFT records) goes on from here: the term and vote travel in the header.

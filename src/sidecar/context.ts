@@ -115,16 +115,21 @@ export interface ReadsDuty {
   lost(): void;
 }
 
-export interface ContextPorts<S, W> {
+/** The node's ports, as the driver is given them (node.ts: files, TCP, pg; the simulator: its own). */
+export interface NodePorts<S, W> {
   readonly config: SidecarConfig;
   readonly log: Logger;
   readonly clock: Clock;
   readonly journal: JournalStore;
   readonly db: Database<S, W>;
   readonly transport: Transport;
+  /** Something the node cannot go on from (a journal write failed): production exits. */
+  readonly onFatal: (what: string, error: unknown) => void;
+}
+
+interface ContextPorts<S, W> extends NodePorts<S, W> {
   readonly bugs: PlantedBugs;
   readonly observe: NodeObserver;
-  readonly onFatal: (what: string, error: unknown) => void;
   /** The members the settings name (version 0). */
   readonly configured: Membership;
   readonly history: LimboHistory;

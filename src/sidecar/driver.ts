@@ -33,9 +33,9 @@ import type { Logger } from '../log.js';
 import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
 import { ApplyPipeline } from './apply.js';
 import type { SidecarConfig } from './config.js';
-import { NodeContext } from './context.js';
+import { NodeContext, type NodePorts } from './context.js';
 import { Intake } from './intake.js';
-import type { Clock, Database, JournalStore, NodeObserver, PlantedBugs, Transport } from './io.js';
+import type { NodeObserver, PlantedBugs } from './io.js';
 import { Leadership } from './leadership.js';
 import { configuredMembership, Members } from './members.js';
 import { OwnLimbo } from './own-limbo.js';
@@ -49,17 +49,9 @@ import { Writes, type WritesHost } from './writes.js';
 
 export type { NodeStatus } from './status.js';
 
-export interface DriverOptions<S, W> {
-  readonly config: SidecarConfig;
-  readonly log: Logger;
-  readonly clock: Clock;
-  readonly journal: JournalStore;
-  readonly db: Database<S, W>;
-  readonly transport: Transport;
+export interface DriverOptions<S, W> extends NodePorts<S, W> {
   /** Seeds the election's randomised timeouts. */
   readonly seed: number;
-  /** Something the node cannot go on from (a journal write failed): production exits. */
-  readonly onFatal: (what: string, error: unknown) => void;
   readonly bugs?: PlantedBugs;
   /** Told of commits, elections, step-downs, timeouts and refusals (metrics, Redis events). */
   readonly observe?: NodeObserver;
