@@ -57,6 +57,8 @@ export interface HistoryState {
   readonly ignored: readonly string[];
   /** Absent in checkpoints written before membership changes: none. */
   readonly membership?: MembershipState;
+  /** The highest lsn of this node's own records taken so far. Absent in older checkpoints: 0. */
+  readonly ownTail?: number;
 }
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
@@ -76,6 +78,7 @@ export function historyStateParse(value: unknown): HistoryState | string {
   if (!Array.isArray(v.ignored) || !v.ignored.every((i: unknown) => typeof i === 'string' && /^\d+:\d+$/.test(i))) return 'history.ignored: expected replica:lsn strings';
   const membership = membershipStateParse(v.membership);
   if (typeof membership === 'string') return `history.${membership}`;
+  if (v.ownTail !== undefined && !isCount(v.ownTail)) return 'history.ownTail: expected an lsn';
   return value as HistoryState;
 }
 
@@ -90,6 +93,11 @@ export class LimboHistory {
   readonly #ignored = new Set<string>();
   /** Membership records and the one in effect (core/membership.ts). */
   #membership: MembershipState = MEMBERSHIP_NONE;
+  /**
+   * The highest lsn of this node's own records taken so far: a PROMOTE that
+   * deposes this node withholds only what comes after it (#promote).
+   */
+  #ownTail = 0;
 
   constructor(self: ReplicaId) {
     this.self = self;
@@ -104,6 +112,7 @@ export class LimboHistory {
     history.#withheld = state.withheld.map((r) => ({ ...r }));
     for (const key of state.ignored) history.#ignored.add(key);
     history.#membership = state.membership ?? MEMBERSHIP_NONE;
+    history.#ownTail = state.ownTail ?? 0;
     return history;
   }
 
@@ -116,6 +125,7 @@ export class LimboHistory {
       withheld: this.#withheld.map((r) => ({ ...r })),
       ignored: [...this.#ignored],
       membership: this.#membership,
+      ownTail: this.#ownTail,
     };
   }
 
@@ -128,7 +138,7 @@ export class LimboHistory {
   adopt(other: HistoryState): LimboHistory {
     const deposed = (other.rolledBack.find(([owner]) => owner === this.self)?.[1] ?? [])
       .filter((r) => r.until === Number.MAX_SAFE_INTEGER).map((r) => ({ from: r.from as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' as const }));
-    const history = LimboHistory.fromState(this.self, { ...other, withheld: this.#withheld });
+    const history = LimboHistory.fromState(this.self, { ...other, withheld: this.#withheld, ownTail: this.#ownTail });
     for (const range of deposed) history.withhold(range);
     return history;
   }
@@ -162,6 +172,7 @@ export class LimboHistory {
   apply(record: JournalRecord): RevivedRange[] {
     if (record.kind === 'config' && record.members !== undefined) this.#membership = membershipNote(this.#membership, record);
     const revived = this.#decide(record);
+    if (record.replica === this.self) this.#ownTail = Math.max(this.#ownTail, record.lsn);
     if (this.#membership.candidates.length > 0) this.#membership = membershipSettle(this.#membership, (replica, lsn) => this.verdict(replica, lsn));
     return revived;
   }
@@ -237,7 +248,12 @@ export class LimboHistory {
       // Leading again: this node's limbo records from here on are real.
       this.#withheld = this.#withheld.map((r) => (r.reason === 'deposed' && r.to >= record.lsn ? { ...r, to: (record.lsn - 1) as Lsn } : r));
     } else if (prev === this.self) {
-      this.withhold({ from: (record.prevLsn + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
+      // Deposed: what this node writes from now on is void, and relayed emptied, so that no later PROMOTE
+      // can keep it with its changes (its client hears RolledBack at once). Not what it wrote before it
+      // heard of this PROMOTE, past the lsn kept: some of it may have reached peers whole, and a later
+      // PROMOTE that voids this one may keep it; every node then applies it whole, this one too
+      // (simulator seed 37122: the writer kept its rollback while its peers committed the entry).
+      this.withhold({ from: (Math.max(record.prevLsn, this.#ownTail) + 1) as Lsn, to: Number.MAX_SAFE_INTEGER as Lsn, reason: 'deposed' });
     }
     return revived;
   }

@@ -3,6 +3,9 @@
 // history that folded the whole journal does, through msgpack too (the
 // checkpoint file and the snapshot message), and the parser refuses what is
 // malformed. Adopting a peer's history keeps this node's own withheld records.
+// A deposed writer withholds only what it writes after it hears of its
+// deposition, so a later PROMOTE that keeps its earlier entries is applied
+// whole by every node, the writer too.
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { historyStateParse, LimboHistory } from '../../src/core/history.js';
@@ -77,5 +80,27 @@ describe('limbo history state', () => {
     expect(adopted.withheld).toEqual([{ from: 4, to: 5, reason: 'rolledBack' }, { from: 8, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]);
     expect(adopted.verdict(3 as ReplicaId, 7 as Lsn)).toBe('confirmed');
     expect(adopted.verdict(3 as ReplicaId, 8 as Lsn)).toBe('rolled-back');
+  });
+
+  it('a deposed writer withholds only what it writes after it hears of the PROMOTE; a later PROMOTE that keeps its earlier entries revives them on the writer too', () => {
+    // Simulator seed 37122: node 1's entry 1:2 reached node 3 whole; node 2's PROMOTE (kept 1:1) deposed node 1,
+    // then node 3's PROMOTE of a later term (which never took node 2's) kept 1:2 and 1:3. Every node applied 1:2
+    // but node 1, which kept its rollback: the replicas differed.
+    const header = (replica: number, lsn: number, term: number) => ({ replica: replica as ReplicaId, lsn: lsn as Lsn, term: term as Term, time: lsn });
+    const txn = (lsn: number): JournalRecord => ({ ...header(1, lsn, 1), kind: 'txn', gid: `g1-${lsn}`, sync: true, changes: [], idempotencyKey: null });
+    const promote = (replica: number, term: number, prevLsn: number): JournalRecord => ({ ...header(replica, 1, term), kind: 'promote', prevOwner: 1 as ReplicaId, prevLsn: prevLsn as Lsn, leader: replica as ReplicaId });
+    const writer = new LimboHistory(1 as ReplicaId);
+    [txn(1), txn(2)].forEach((r) => writer.apply(r));
+    writer.apply(promote(2, 2, 1));
+    // 1:2 was written before node 1 heard of its deposition: rolled back for now, but not withheld (it may be whole on peers).
+    expect([writer.verdict(1 as ReplicaId, 2 as Lsn), writer.withheld]).toEqual(['rolled-back', [{ from: 3, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' }]]);
+    writer.apply(txn(3)); // written after: void, relayed emptied
+    const revived = writer.apply(promote(3, 3, 3));
+    expect(revived).toEqual([{ owner: 1, from: 2, to: 3 }]);
+    expect([1, 2, 3].map((lsn) => writer.verdict(1 as ReplicaId, lsn as Lsn))).toEqual(['confirmed', 'confirmed', 'rolled-back']);
+    // Through its state too (a checkpoint): the writer's tail goes with it.
+    const resumed = LimboHistory.fromState(1 as ReplicaId, writer.toState());
+    resumed.apply(promote(2, 4, 3));
+    expect(resumed.withheld.at(-1)).toEqual({ from: 4, to: Number.MAX_SAFE_INTEGER, reason: 'deposed' });
   });
 });
