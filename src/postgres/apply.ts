@@ -1,8 +1,8 @@
 // Apply a TXN record to PostgreSQL: one transaction with
 // session_replication_role = replica (so capture and fence triggers stay
-// quiet), one set-based statement per table and operation, the applied
-// (replica, lsn) written in the same transaction, ending in COMMIT or in
-// PREPARE TRANSACTION (the limbo).
+// quiet), one set-based statement per table and operation (prepared once
+// per connection: apply-sql.ts), the applied (replica, lsn) written in the
+// same transaction, ending in COMMIT or in PREPARE TRANSACTION (the limbo).
 //
 // Exactly once: a record whose lsn is covered by the applied vclock, or whose
 // gid is already prepared, is skipped. Async changes go through
@@ -17,6 +17,7 @@ import { QsyncError } from '../core/errors.js';
 import type { Change, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import { vclockEntries, vclockFromEntries, vclockGet, type VClock } from '../core/vclock.js';
+import { BatchStatements, PreparedOnConnection } from './apply-sql.js';
 import { loadTables, type TableInfo } from './tables.js';
 
 export class ApplyError extends QsyncError<'PG_APPLY'> {
@@ -27,119 +28,26 @@ export class ApplyError extends QsyncError<'PG_APPLY'> {
 
 export type ApplyOutcome = 'applied' | 'prepared' | 'skipped';
 
-/**
- * One change of an async table as last-writer-wins judges it: the change's
- * op, its row images as SQL of a jsonb array, and the version of its TXN.
- */
-interface LwwEntry {
-  readonly op: string;
-  readonly rows: string;
-  readonly time: number;
-  readonly replica: number;
-}
-
-// Last-writer-wins for a run of changes to one async table, in journal order,
-// as one statement: for each key the image of the highest version (time, then
-// replica; among a TXN's own changes, its last) is written if that version is
-// at least the key's latest committed one, and becomes the key's version; an
-// entry that a version before it outranked is recorded as lost, as applying
-// the changes one by one would. The version upsert is conditional, so
-// PostgreSQL judges each key against its latest committed version, waiting for
-// a local writer that holds it: a judgement from this statement's snapshot
-// alone could let an older write overwrite a newer one that was still
-// uncommitted. A version equal to the key's is this very TXN (a replica's
-// hybrid time never repeats), so its later change to a key applies over its
-// earlier one. Versions are compared as time * 32 + replica (replicas are 1 to
-// 31). Escaped literals and validated integers only: a batch's statements go
-// as one simple query.
-function lwwSql(client: pg.ClientBase, table: TableInfo, entries: readonly LwwEntry[]): string {
-  const changes = entries.map((e, n) => {
-    const version = e.time * 32 + e.replica;
-    assert(Number.isSafeInteger(version) && e.replica >= 1 && e.replica <= 31, `version ${e.time}/${e.replica} is out of range`);
-    return `(${n + 1}, ${client.escapeLiteral(e.op)}, ${version}::bigint, ${e.rows})`;
-  });
-  const name = client.escapeLiteral(table.name);
-  const keys = table.keyColumns.join(', ');
-  const keyNames = `ARRAY[${table.keyNames.map((k) => client.escapeLiteral(k)).join(', ')}]::text[]`;
-  const winners = (deletes: boolean): string => `(SELECT coalesce(jsonb_agg(img), '[]') FROM judged WHERE wins AND rank = 1 AND ${deletes ? "op = 'delete'" : "op <> 'delete'"})`;
-  return `WITH changes (n, op, version, rows) AS (VALUES ${changes.join(', ')}),
-incoming AS (
-  SELECT c.n, e.i, c.op, c.version, e.img, qsync.key_of(e.img, ${keyNames}) AS key
-    FROM changes c CROSS JOIN LATERAL jsonb_array_elements(c.rows) WITH ORDINALITY AS e(img, i)
-), ranked AS (
-  SELECT i.op, i.version, i.img, i.key,
-         max(i.version) OVER (PARTITION BY i.key ORDER BY i.n, i.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before,
-         row_number() OVER (PARTITION BY i.key ORDER BY i.version DESC, i.n DESC, i.i DESC) AS rank
-    FROM incoming i
-), won AS (
-  INSERT INTO qsync.row_versions (table_name, key, time, replica_id)
-  SELECT ${name}, key, version / 32, version % 32 FROM ranked WHERE rank = 1
-  ON CONFLICT (table_name, key) DO UPDATE SET time = excluded.time, replica_id = excluded.replica_id
-    WHERE (qsync.row_versions.time, qsync.row_versions.replica_id) <= (excluded.time, excluded.replica_id)
-  RETURNING key
-), judged AS (
-  SELECT r.*, r.key IN (SELECT key FROM won) AS wins, coalesce(v.time * 32 + v.replica_id, 0) AS held
-    FROM ranked r LEFT JOIN qsync.row_versions v ON v.table_name = ${name} AND v.key = r.key
-), logged AS (
-  INSERT INTO qsync.conflicts (table_name, op, key, lost, lost_replica, lost_time, kept_replica, kept_time)
-  SELECT ${name}, op, key, img, version % 32, version / 32, kept % 32, kept / 32
-    FROM (SELECT j.*, CASE WHEN wins THEN greatest(held, coalesce(before, 0)) ELSE held END AS kept FROM judged j) j
-   WHERE NOT wins OR version < greatest(held, coalesce(before, 0))
-), removed AS (
-  DELETE FROM ${table.name} WHERE (${keys}) IN (SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${winners(true)}))
-)
-${upsertSql(table).replace('$1::jsonb', () => winners(false))}; `;
-}
-
-/**
- * A change as statements: a delete; for an update that moved keys, the
- * delete of the keys it moved away from; then the upsert. On an async table
- * the same as entries for lwwSql instead, which the caller runs (each row
- * image is escaped once, for the one form asked).
- */
-function changeParts(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): { sql: string; lww: LwwEntry[] } {
-  const keys = table.keyColumns.join(', ');
-  const literal = (json: string): string => `${client.escapeLiteral(json)}::jsonb`;
-  const from = (jsonb: string): string => `SELECT ${keys} FROM jsonb_populate_recordset(NULL::${table.name}, ${jsonb})`;
-  const parts = { sql: '', lww: [] as LwwEntry[] };
-  const add = (op: string, jsonb: string, sql: (jsonb: string) => string): void => {
-    if (lww) parts.lww.push({ op, rows: jsonb, time: record.time, replica: record.replica });
-    else parts.sql += `${sql(jsonb)}; `;
-  };
-  const remove = (jsonb: string): string => `DELETE FROM ${table.name} WHERE (${keys}) IN (${from(jsonb)})`;
-  const rows = literal(change.rows);
-  if (change.op === 'delete') {
-    add('delete', rows, remove);
-    return parts;
-  }
-  if (change.op === 'update' && change.oldKeys !== undefined) {
-    // Keys that the statement moved away from: gone after it. Only those are judged as deletes:
-    // judging a key that stayed would bump its version, and the row image would then lose to it.
-    // Named qsync_moved.*, never by a short alias: an alias that matches a column name (say k) would make
-    // to_jsonb(k) take that column instead of the row.
-    add('delete', `(SELECT coalesce(jsonb_agg(to_jsonb(qsync_moved.*)), '[]') FROM (${from(literal(change.oldKeys))} EXCEPT ${from(rows)}) qsync_moved)`, remove);
-  }
-  add(change.op, rows, (jsonb) => upsertSql(table).replace('$1::jsonb', () => jsonb));
-  return parts;
-}
-
-/** The statements that apply one change (async ones through last-writer-wins). */
-function changeSql(client: pg.ClientBase, table: TableInfo, record: TxnRecord, change: Change, lww: boolean): string {
-  const parts = changeParts(client, table, record, change, lww);
-  return lww ? lwwSql(client, table, parts.lww) : parts.sql;
-}
-
 export class Applier {
   readonly #client: pg.ClientBase;
   #tables: Map<string, TableInfo>;
+  /** The statements prepared on the connection (apply-sql.ts). */
+  readonly #prepared = new PreparedOnConnection();
 
   private constructor(client: pg.ClientBase, tables: Map<string, TableInfo>) {
     this.#client = client;
     this.#tables = tables;
   }
 
-  /** An applier on a dedicated connection; reload() after table modes change. */
+  /**
+   * An applier on a dedicated connection; reload() after table modes change.
+   * The connection stays a replica session (capture and fence triggers
+   * quiet): each batch still says so with SET LOCAL, but a change of
+   * session_replication_role empties PostgreSQL's plan cache, so switching
+   * it per transaction made every statement be planned again (RFC 0022).
+   */
   static async create(client: pg.ClientBase): Promise<Applier> {
+    await client.query('SET session_replication_role = replica');
     return new Applier(client, await loadTables(client));
   }
 
@@ -203,7 +111,7 @@ export class Applier {
    * each with its applied mark, so the rows and the marks of the whole batch
    * commit or vanish together. Two round trips when every change is an
    * upsert or delete, last-writer-wins ones included (the statements go as
-   * one simple query); copies add theirs. Skips each record already
+   * one simple query of EXECUTEs); copies add theirs. Skips each record already
    * applied: by its own lsn when at or below `exactTo`, else by the highest.
    * Unless `checked`, records above `exactTo` are taken as not applied yet
    * (the apply queue's first attempt) and the whole batch is one round trip;
@@ -234,24 +142,26 @@ export class Applier {
         const preparedGids = new Set((prepared ?? []).map((row) => String(row.gid)));
         fresh = records.filter((r) => !preparedGids.has(r.gid) && (r.lsn <= vclockGet(exactTo, r.replica) ? !held.has(`${r.replica}:${r.lsn}`) : r.lsn > (top.get(r.replica) ?? 0)));
       }
-      const statements = new BatchStatements(client, opened ? '' : begin);
+      // What goes first: the BEGIN of a batch not opened by its checks.
+      let prefix = opened ? '' : begin;
+      const statements = new BatchStatements(client);
       for (const record of fresh) {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
           if (change.op !== 'copy') {
-            statements.add(table, record, change);
+            statements.add(table, record, change, !record.sync && table.mode === 'async');
             continue;
           }
-          const before = statements.take();
-          if (before !== '') await client.query(before);
+          await this.#send(prefix, statements.take(), '');
+          prefix = '';
           await this.#applyChange(record, change, index);
         }
       }
-      let sql = statements.take();
+      let marks = '';
       const keyed = fresh.filter((r) => r.idempotencyKey !== null);
-      if (keyed.length > 0) sql += `INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ${keyed.map((r) => `(${client.escapeLiteral(r.idempotencyKey as string)}, ${r.replica}, ${r.lsn})`).join(', ')} ON CONFLICT (key) DO NOTHING; `;
-      if (fresh.length > 0) sql += `INSERT INTO qsync.applied (replica_id, lsn) VALUES ${fresh.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')}; `;
-      await client.query(`${sql}COMMIT`);
+      if (keyed.length > 0) marks += `INSERT INTO qsync.idempotency (key, replica_id, lsn) VALUES ${keyed.map((r) => `(${client.escapeLiteral(r.idempotencyKey as string)}, ${r.replica}, ${r.lsn})`).join(', ')} ON CONFLICT (key) DO NOTHING; `;
+      if (fresh.length > 0) marks += `INSERT INTO qsync.applied (replica_id, lsn) VALUES ${fresh.map((r) => `(${r.replica}, ${r.lsn})`).join(', ')}; `;
+      await this.#send(prefix, statements.take(), `${marks}COMMIT`);
       return fresh.length;
     } catch (error) {
       await client.query('ROLLBACK').catch(() => undefined);
@@ -308,7 +218,27 @@ export class Applier {
       if (rows !== null) await this.#applyChange(record, { table: change.table, op: 'insert', rows }, index);
       return;
     }
-    await this.#client.query(changeSql(this.#client, table, record, change, lww));
+    const statements = new BatchStatements(this.#client);
+    statements.add(table, record, change, lww);
+    await this.#send('', statements.take(), '');
+  }
+
+  /**
+   * One simple query: `prefix`, the PREPAREs the statements need on this
+   * connection, the statements, then `suffix`. Nothing is sent when all
+   * three are empty.
+   */
+  async #send(prefix: string, taken: ReturnType<BatchStatements['take']>, suffix: string): Promise<void> {
+    const prepares = await this.#prepared.missing(this.#client, taken.uses);
+    const sql = `${prefix}${prepares}${taken.sql}${suffix}`;
+    if (sql === '') return;
+    try {
+      await this.#client.query(sql);
+    } catch (error) {
+      this.#prepared.unsure();
+      throw error;
+    }
+    this.#prepared.prepared(taken.uses);
   }
 
   /**
@@ -365,95 +295,7 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
   return Object.keys(first).filter((name) => !table.imageNames.has(name));
 }
 
-/**
- * The changes of a batch (all but copies) as SQL text, in order, their rows
- * inlined as escaped literals (for one simple query): each as changeSql
- * writes it, except that a run of consecutive plain upserts into one table
- * is one statement that keeps, per key, the last image (as applying them one
- * after the other would), and a run of consecutive async changes to one
- * table is one last-writer-wins statement (lwwSql).
- */
-class BatchStatements {
-  readonly #client: pg.ClientBase;
-  #sql: string;
-  #run: { readonly table: TableInfo; readonly rows: string[] } | null = null;
-  #lww: { readonly table: TableInfo; readonly entries: LwwEntry[] } | null = null;
-
-  /** `sql`: what goes first (the BEGIN of a batch not opened by its checks). */
-  constructor(client: pg.ClientBase, sql = '') {
-    this.#client = client;
-    this.#sql = sql;
-  }
-
-  add(table: TableInfo, record: TxnRecord, change: Change): void {
-    if (!record.sync && table.mode === 'async') {
-      // Consecutive async changes to one table: one last-writer-wins statement for the run.
-      if (this.#lww?.table !== table) this.#close();
-      this.#lww ??= { table, entries: [] };
-      this.#lww.entries.push(...changeParts(this.#client, table, record, change, true).lww);
-      return;
-    }
-    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined) || this.#run?.table !== table) this.#close();
-    if (change.op === 'delete' || (change.op === 'update' && change.oldKeys !== undefined)) {
-      this.#sql += changeSql(this.#client, table, record, change, false);
-      return;
-    }
-    this.#run ??= { table, rows: [] };
-    this.#run.rows.push(`${this.#client.escapeLiteral(change.rows)}::jsonb`);
-  }
-
-  /** The statements so far; the builder starts empty again. */
-  take(): string {
-    this.#close();
-    const sql = this.#sql;
-    this.#sql = '';
-    return sql;
-  }
-
-  #close(): void {
-    const run = this.#run;
-    const lww = this.#lww;
-    this.#run = null;
-    this.#lww = null;
-    if (lww !== null) this.#sql += lwwSql(this.#client, lww.table, lww.entries);
-    if (run === null) return;
-    const [only] = run.rows;
-    this.#sql += `${run.rows.length === 1 && only !== undefined ? upsertSql(run.table).replace('$1::jsonb', () => only) : mergedUpsertSql(run.table, run.rows)}; `;
-  }
-}
-
-/** One upsert of several changes' rows into a table: the last image of each key wins, as in order. */
-function mergedUpsertSql(table: TableInfo, literals: readonly string[]): string {
-  const columns = table.columns.join(', ');
-  const keys = table.keyColumns.map((k) => `k.${k}`).join(', ');
-  const others = table.columns.filter((c) => !table.keyColumns.includes(c));
-  const onConflict = others.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${others.map((c) => `${c} = excluded.${c}`).join(', ')}`;
-  return `INSERT INTO ${table.name} (${columns}) OVERRIDING SYSTEM VALUE
-    SELECT ${columns} FROM (
-      SELECT DISTINCT ON (${keys}) k.* FROM (
-        SELECT p.*, e.n AS qsync_n FROM jsonb_array_elements(${literals.join(' || ')}) WITH ORDINALITY AS e(value, n), LATERAL jsonb_populate_record(NULL::${table.name}, e.value) AS p
-      ) k ORDER BY ${keys}, k.qsync_n DESC
-    ) last
-    ON CONFLICT (${table.keyColumns.join(', ')}) ${onConflict}`;
-}
-
 const UNIQUE_VIOLATION = '23505';
-
-const upsertCache = new WeakMap<TableInfo, string>();
-
-function upsertSql(table: TableInfo): string {
-  let sql = upsertCache.get(table);
-  if (sql === undefined) {
-    const columns = table.columns.join(', ');
-    const others = table.columns.filter((c) => !table.keyColumns.includes(c));
-    const onConflict = others.length === 0 ? 'DO NOTHING' : `DO UPDATE SET ${others.map((c) => `${c} = excluded.${c}`).join(', ')}`;
-    sql = `INSERT INTO ${table.name} (${columns}) OVERRIDING SYSTEM VALUE
-      SELECT ${columns} FROM jsonb_populate_recordset(NULL::${table.name}, $1::jsonb)
-      ON CONFLICT (${table.keyColumns.join(', ')}) ${onConflict}`;
-    upsertCache.set(table, sql);
-  }
-  return sql;
-}
 
 /** The lsns of `replica` above `above` in qsync.applied. */
 export async function appliedLsns(client: pg.ClientBase, replica: ReplicaId, above: Lsn): Promise<Set<Lsn>> {
