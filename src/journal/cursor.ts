@@ -2,9 +2,10 @@
 // the segment files and then, with `follow`, from records appended later.
 //
 // The cursor reads files only up to each segment's durable size, so it never
-// sees a batch that is still being written, and needs no in-memory fan-out:
-// live records come from the page cache. An open segment file stays readable
-// after removeBelow unlinks it.
+// sees a batch that is still being written. A batch the journal still holds
+// in memory (the last few made durable) it takes from there, as written, so
+// that a cursor at the tail does not read back and decode what was just
+// appended. An open segment file stays readable after removeBelow unlinks it.
 import { open, type FileHandle } from 'node:fs/promises';
 import { JournalCorrupt, QsyncError } from '../core/errors.js';
 import { limits } from '../core/limits.js';
@@ -13,6 +14,13 @@ import { REPLICA_LOCAL } from '../core/types.js';
 import { vclockGet, type VClock } from '../core/vclock.js';
 import { readFrame } from './frame.js';
 import type { Segment } from './segment.js';
+
+/** A batch as the journal wrote it: its records, and where its frames end in their segment. */
+export interface RecentBatch {
+  readonly end: number;
+  readonly bytes: number;
+  readonly records: readonly JournalRecord[];
+}
 
 export interface CursorOptions {
   /** Also return local RAFT records (replica 0). Default false: a relay never sends them. */
@@ -28,6 +36,8 @@ export interface CursorSource {
   segmentAfter(sum: number | null): Segment | undefined;
   /** Resolves when more records are durable, a segment is added, or the journal closes. */
   waitForDurable(): Promise<void>;
+  /** The batch made durable at `offset` of `segment`, if it is still in memory. */
+  recentAt(segment: Segment, offset: number): RecentBatch | undefined;
   /** Bumped when the journal is replaced (rebase): an older cursor has nothing left to read. */
   readonly generation: number;
   /** The cursor is done: segments it read may be removed. */
@@ -81,7 +91,14 @@ export class JournalCursor implements AsyncIterableIterator<JournalRecord> {
         throw new JournalGap('the journal was replaced by a snapshot (rejoin) while this cursor read it; subscribe again');
       }
       if (this.#offset < this.#segment.durableBytes) {
-        await this.#readChunk();
+        // At the tail the records are still in memory, as written: no read back, no decoding.
+        const recent = this.#source.recentAt(this.#segment, this.#offset);
+        if (recent === undefined) {
+          await this.#readChunk();
+          continue;
+        }
+        for (const record of recent.records) if (this.#wanted(record)) this.#ready.push(record);
+        this.#offset = recent.end;
         continue;
       }
       const next = this.#source.segmentAfter(this.#segment.sum);

@@ -1,16 +1,18 @@
 // The sidecar's append-only journal (DESIGN.md §4).
 //
-// append(record) ──► queue ──► one write + one fdatasync per batch ──► resolve
-//                      │              (group commit)
+// append(record) ──► queue ──► one synchronous write per batch ──► resolve
+//                      │              (group commit; O_DSYNC: the write returns once durable)
 //                      └─ lsn order checked at call time, so the queue is
 //                         always in per-replica lsn order
 //
 // Invariant: tailVclock covers vclock; both only grow.
-// Invariant: a record's promise resolves only after its bytes are fdatasync'ed.
+// Invariant: a record's promise resolves only after its bytes are durable (a
+//            write to a file opened O_DSYNC returns once it is, as fdatasync).
 // Invariant: after a failed write or fsync the journal accepts nothing more
 //            (fsync errors are not retried: the page cache may have dropped
 //            the data, PostgreSQL's "fsyncgate").
 import { open, readFile, rename, rm, unlink, writeFile, mkdir, type FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
 import { join } from 'node:path';
 import { QsyncError, type ErrorCode } from '../core/errors.js';
 import { limits } from '../core/limits.js';
@@ -18,13 +20,16 @@ import { encodeRecord, type JournalRecord } from '../core/record.js';
 import { assert } from '../core/assert.js';
 import { REPLICA_LOCAL } from '../core/types.js';
 import { vclockCompare, vclockCovers, vclockEntries, vclockFollow, vclockFormat, vclockFromEntries, vclockGet, vclockSum, type VClock } from '../core/vclock.js';
-import { JournalCursor, type CursorOptions, type CursorSource } from './cursor.js';
+import { JournalCursor, type CursorOptions, type RecentBatch, type CursorSource } from './cursor.js';
 import { encodeFrame } from './frame.js';
 import { fsyncDir, writeAll, writeDurable } from './fsutil.js';
 import { finishInterrupted, readCheckpoint, REBASE_FILE, writeCheckpoint, type Checkpoint } from './checkpoint.js';
 import { recoverJournal, type JournalCut } from './recovery.js';
 import { encodeSegmentHeader, segmentName, type RaftState, type Segment } from './segment.js';
 import { processAlive } from '../os/process.js';
+
+/** The active segment is written with O_DSYNC: each write returns once its data is durable, as with fdatasync after it. */
+const SEGMENT_FLAGS = constants.O_RDWR | constants.O_DSYNC;
 
 export interface JournalOptions {
   readonly dir: string;
@@ -96,6 +101,13 @@ export class Journal implements CursorSource {
   #rebasing: Array<{ readonly record: JournalRecord; readonly resolve: () => void; readonly reject: (error: Error) => void }> | null = null;
   /** Bumped by rebase: a cursor opened before it ends with JOURNAL_GAP (what it would read next is gone). */
   #generation = 0;
+  /**
+   * The last batches made durable, by segment and offset: a following cursor
+   * at the tail takes their records from here instead of reading and
+   * decoding them back, once per link (RFC 0022). Bounded by bytes.
+   */
+  readonly #recent = new Map<string, RecentBatch>();
+  #recentBytes = 0;
 
   private constructor(dir: string, segmentBytesMax: number, confirmWaitMs: number, segments: Segment[], handle: FileHandle, vclock: VClock, raft: RaftState | null, recovery: RecoveryReport) {
     this.dir = dir;
@@ -121,7 +133,7 @@ export class Journal implements CursorSource {
       const segments = recovered.segments;
       if (segments.length === 0) segments.push(await createSegment(options.dir, { vclock: recovered.vclock, raft: recovered.raft }));
       const active = segments[segments.length - 1] as Segment;
-      const handle = await open(active.path, 'r+');
+      const handle = await open(active.path, SEGMENT_FLAGS);
       const report = { segments: segments.length, records: recovered.records, vclock: recovered.vclock, cuts: recovered.cuts };
       const journal = new Journal(options.dir, segmentBytesMax, options.confirmWaitMs ?? limits.journalConfirmWaitMs, segments, handle, recovered.vclock, recovered.raft, report);
       journal.#onBatch = options.onBatch ?? null;
@@ -254,8 +266,8 @@ export class Journal implements CursorSource {
       if (this.#active.durableBytes >= this.#segmentBytesMax && this.#active.durableBytes > this.#active.headerBytes) await this.#rotate();
       const bytes = Buffer.concat(batch.map((p) => p.frame));
       const started = performance.now();
+      // One request to the thread pool, not two (a write, then fdatasync): the file is O_DSYNC.
       await writeAll(this.#handle, bytes, this.#active.durableBytes);
-      await this.#handle.datasync();
       const ms = performance.now() - started;
       // An observer's failure is not the journal's: it must never fail the batch.
       try {
@@ -266,6 +278,7 @@ export class Journal implements CursorSource {
       this.#stats.batches += 1;
       this.#stats.fsyncs += 1;
       this.#stats.bytesWritten += bytes.length;
+      this.#remember(this.#active, this.#active.durableBytes, bytes.length, batch);
       this.#active.durableBytes += bytes.length;
     } catch (cause) {
       this.#fail(batch, cause);
@@ -278,6 +291,17 @@ export class Journal implements CursorSource {
       pending.resolve();
     }
     this.#wake();
+  }
+
+  #remember(segment: Segment, start: number, bytes: number, batch: readonly Pending[]): void {
+    this.#recent.set(`${segment.name}@${start}`, { end: start + bytes, bytes, records: batch.map((p) => p.record) });
+    this.#recentBytes += bytes;
+    // A Map iterates in insertion order: the oldest batch goes first.
+    for (const [key, old] of this.#recent) {
+      if (this.#recentBytes <= limits.journalRecentBytesMax || this.#recent.size <= 1) break;
+      this.#recent.delete(key);
+      this.#recentBytes -= old.bytes;
+    }
   }
 
   #fail(batch: Pending[], cause: unknown): void {
@@ -296,7 +320,7 @@ export class Journal implements CursorSource {
   /** Start a new segment at the durable clock. Called only between batches, so the old one is final. */
   async #rotate(): Promise<void> {
     const segment = await createSegment(this.dir, { vclock: this.#vclock, raft: this.#raft });
-    const handle = await open(segment.path, 'r+');
+    const handle = await open(segment.path, SEGMENT_FLAGS);
     await this.#handle.close();
     this.#handle = handle;
     this.#segments.push(segment);
@@ -329,6 +353,10 @@ export class Journal implements CursorSource {
 
   waitForDurable(): Promise<void> {
     return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  recentAt(segment: Segment, offset: number): RecentBatch | undefined {
+    return this.#recent.get(`${segment.name}@${offset}`);
   }
 
   /**
@@ -432,6 +460,8 @@ export class Journal implements CursorSource {
     await writeCheckpoint(this.dir, { vclock: start, state });
     this.#checkpoint = { vclock: start, state };
     this.#generation += 1;
+    this.#recent.clear();
+    this.#recentBytes = 0;
     await this.#handle.close();
     // The list keeps the old segments until the new one is in place: status and readers see a whole journal.
     for (const segment of this.#segments) await unlink(segment.path);
@@ -442,7 +472,7 @@ export class Journal implements CursorSource {
     const bytes = frames.reduce((sum, f) => sum + f.length, 0);
     const headerBytes = (frames[0] as Buffer).length;
     this.#segments.splice(0, this.#segments.length, { name, path, sum: vclockSum(start), start: { vclock: start, raft: this.#raft }, headerBytes, durableBytes: bytes });
-    this.#handle = await open(path, 'r+');
+    this.#handle = await open(path, SEGMENT_FLAGS);
     this.#vclock = vclock;
     this.#tailVclock = vclock;
     this.#wake();
