@@ -15,7 +15,7 @@ import { corkWrites } from './cork.js';
 import { PgLeaderTransaction, type LeaderTransaction, type PgWork, type WriteOpening } from './leader.js';
 import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
-import { commitPrepared, listPrepared, rollbackPrepared, type PreparedEntry } from './twophase.js';
+import { finishPipelined, listPrepared, type PreparedEntry } from './twophase.js';
 
 /** A client session: the pool of the role it authenticated as. */
 export interface PgSession {
@@ -59,7 +59,7 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     this.#applier = applier;
     // COMMIT/ROLLBACK PREPARED here follow a CONFIRM or ROLLBACK (or a quorum) that the journal
     // holds: replay repeats them after a crash, so they need not wait for their own WAL flush.
-    this.#control = new pg.Pool({ connectionString: url, max: FINISH_PARALLEL, options: '-c synchronous_commit=off', ...PG_TIMEOUTS });
+    this.#control = new pg.Pool({ connectionString: url, max: FINISH_PARALLEL, options: '-c synchronous_commit=off', pipeline: true, ...PG_TIMEOUTS });
     guardPool(this.#control, log, 'control');
     this.#watch(admin);
     this.#watch(applier.client);
@@ -116,22 +116,18 @@ export class PgDatabase implements Database<PgSession, PgWork> {
   }
 
   finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
-    const run = verb === 'commit' ? commitPrepared : rollbackPrepared;
     return this.#guarded(async () => {
-      let next = 0;
-      const worker = async (): Promise<void> => {
+      // Spread over up to FINISH_PARALLEL connections, so that PostgreSQL group-commits them, and on each
+      // pipelined: its share leaves in one write and comes back in one read (RFC 0022).
+      const shares = Array.from({ length: Math.min(FINISH_PARALLEL, gids.length) }, (_, i) => gids.filter((_gid, j) => j % FINISH_PARALLEL === i));
+      await Promise.all(shares.map(async (share) => {
         const client = await this.#control.connect();
         try {
-          for (let i = next++; i < gids.length; i = next++) {
-            const gid = gids[i] as string;
-            const finished = await run(client, gid);
-            each?.(gid, finished);
-          }
+          await finishPipelined(client, verb, share, each);
         } finally {
           client.release();
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(FINISH_PARALLEL, gids.length) }, worker));
+      }));
     });
   }
 

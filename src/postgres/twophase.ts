@@ -50,6 +50,31 @@ async function finish(client: pg.ClientBase, verb: 'COMMIT' | 'ROLLBACK', gid: s
   }
 }
 
+/**
+ * COMMIT or ROLLBACK PREPARED each of `gids` on one connection: on a
+ * pipelining client they leave at once, each its own transaction with its own
+ * Sync, so one that fails fails no other. `each` hears whether each was still
+ * prepared. One that another session is finishing right now is retried alone.
+ * Throws the first other failure, after every answer is in.
+ */
+export async function finishPipelined(client: pg.ClientBase, verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
+  const word = verb === 'commit' ? 'COMMIT' : 'ROLLBACK';
+  const settled = await Promise.allSettled(gids.map((gid) => client.query(`${word} PREPARED ${client.escapeLiteral(gid)}`)));
+  let failure: unknown = null;
+  for (const [i, result] of settled.entries()) {
+    const gid = gids[i] as string;
+    if (result.status === 'fulfilled') {
+      each?.(gid, true);
+      continue;
+    }
+    const code = (result.reason as { code?: string }).code;
+    if (code === UNDEFINED_OBJECT) each?.(gid, false);
+    else if (code === OBJECT_IN_USE && failure === null) each?.(gid, await finish(client, word, gid));
+    else failure ??= result.reason;
+  }
+  if (failure !== null) throw failure;
+}
+
 /** COMMIT PREPARED; false when there was no such prepared transaction (already finished). */
 export function commitPrepared(client: pg.ClientBase, gid: string): Promise<boolean> {
   return finish(client, 'COMMIT', gid);
