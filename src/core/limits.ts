@@ -92,5 +92,5 @@ export const limits = {
   /** Bytes a journal cursor reads from disk at a time. */
   journalCursorChunkBytes: 1024 * 1024,
   /** The journal's last durable batches kept in memory for cursors at the tail (RFC 0022). */
-  journalRecentBytesMax: 4 * 1024 * 1024,
+  journalRecentBytesMax: 1024 * 1024,
 } as const;
