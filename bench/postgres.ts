@@ -18,8 +18,10 @@
 //    decoding consumer in `decode`). Every connection corks its writes, as
 //    the sidecar's do. The server runs with wal_level = logical in every
 //    mode, so that the modes compare in one run.
-// 2. Apply throughput in rows/s for batches of 1, 100 and 1000 rows, committed
-//    (async) and prepared then committed (sync).
+// 2. Apply throughput in rows/s for records of 1, 100 and 1000 rows, committed
+//    and prepared then committed (a sync table), and through last-writer-wins
+//    (an async table) one record at a time and 50 records to a batch, as a
+//    follower's apply queue runs them (docs/rfc/0022).
 import pg from 'pg';
 import { gidFor } from '../src/core/gid.js';
 import type { TxnRecord } from '../src/core/record.js';
@@ -51,9 +53,12 @@ export interface WriteRow {
   readonly benchCpuUsPerTx: number;
 }
 
+/** How a case applies its records: one by one on a sync table (committed, or prepared then committed), or through last-writer-wins. */
+type ApplyEnding = 'commit' | 'prepare+commit' | 'lww' | 'lww x50';
+
 export interface ApplyRow {
   readonly batchRows: number;
-  readonly prepared: boolean;
+  readonly ending: ApplyEnding;
   readonly rowsPerSec: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
@@ -144,20 +149,30 @@ async function writeCase(connectionString: string, postmaster: number, monitor: 
   };
 }
 
-async function applyCase(applier: Applier, batchRows: number, prepared: boolean, seconds: number, ids: { next: number }, lsns: { next: number }, monitor: pg.Client): Promise<ApplyRow> {
-  const run = await closedLoop(1, seconds, async () => {
+async function applyCase(applier: Applier, batchRows: number, ending: ApplyEnding, seconds: number, ids: { next: number }, lsns: { next: number }, monitor: pg.Client): Promise<ApplyRow> {
+  const prepared = ending === 'prepare+commit';
+  const lww = ending === 'lww' || ending === 'lww x50';
+  const records = ending === 'lww x50' ? 50 : 1;
+  const next = (): TxnRecord => {
     const first = ids.next + 1;
     ids.next += batchRows;
     const rows = JSON.stringify(Array.from({ length: batchRows }, (_, i) => ({ id: first + i, payload: `row ${first + i}`, at: '2026-11-22T08:00:00Z' })));
     const lsn = (lsns.next += 1) as Lsn;
-    const record: TxnRecord = {
+    return {
       kind: 'txn', replica: 2 as ReplicaId, lsn, term: 1 as Term, time: lsn, gid: gidFor(CLUSTER, 2 as ReplicaId, lsn),
-      sync: prepared, idempotencyKey: null, changes: [{ table: 'public.apply_items', op: 'insert', rows }],
+      sync: prepared, idempotencyKey: null, changes: [{ table: lww ? 'public.apply_async_items' : 'public.apply_items', op: 'insert', rows }],
     };
+  };
+  const run = await closedLoop(1, seconds, async () => {
+    if (lww) {
+      await applier.applyBatch(Array.from({ length: records }, next), [], false);
+      return;
+    }
+    const record = next();
     await applier.apply(record, { prepare: prepared });
     if (prepared) await commitPrepared(monitor, record.gid);
   });
-  return { batchRows, prepared, rowsPerSec: (run.ops * batchRows) / run.seconds, p50Ms: run.latency.p50Ms(), p99Ms: run.latency.p99Ms() };
+  return { batchRows, ending, rowsPerSec: (run.ops * batchRows * records) / run.seconds, p50Ms: run.latency.p50Ms(), p99Ms: run.latency.p99Ms() };
 }
 
 export async function runPostgresBench(options: PostgresBenchOptions): Promise<{ writes: WriteRow[]; applies: ApplyRow[] }> {
@@ -169,10 +184,12 @@ export async function runPostgresBench(options: PostgresBenchOptions): Promise<{
     await monitor.query(`CREATE TABLE plain_items (id bigint PRIMARY KEY, payload text, at timestamptz);
       CREATE TABLE sync_items (id bigint PRIMARY KEY, payload text, at timestamptz);
       CREATE TABLE apply_items (id bigint PRIMARY KEY, payload text, at timestamptz);
+      CREATE TABLE apply_async_items (id bigint PRIMARY KEY, payload text, at timestamptz);
       CREATE TABLE decode_items (id bigint PRIMARY KEY, payload text, at timestamptz);
       UPDATE qsync.node SET replica_id = 1, role = 'leader', term = 1, leader_id = 1`);
     await setTableMode(monitor, 'sync_items', 'sync');
     await setTableMode(monitor, 'apply_items', 'sync');
+    await setTableMode(monitor, 'apply_async_items', 'async');
     // decode: the fence stays, the capture triggers go (decoding takes the rows).
     await setTableMode(monitor, 'decode_items', 'sync');
     await monitor.query(`DROP TRIGGER qsync_capture_insert ON decode_items; DROP TRIGGER qsync_capture_update ON decode_items;
@@ -200,10 +217,10 @@ export async function runPostgresBench(options: PostgresBenchOptions): Promise<{
     const applier = await Applier.create(applierClient);
     const applies: ApplyRow[] = [];
     for (const batchRows of options.batches) {
-      for (const prepared of [false, true]) {
-        const row = await applyCase(applier, batchRows, prepared, options.seconds, ids, lsns, monitor);
+      for (const ending of ['commit', 'prepare+commit', 'lww', 'lww x50'] as const) {
+        const row = await applyCase(applier, batchRows, ending, options.seconds, ids, lsns, monitor);
         applies.push(row);
-        console.log(`${String(batchRows).padStart(5)}  ${(prepared ? 'prepare+commit' : 'commit').padEnd(15)}  ${row.rowsPerSec.toFixed(0).padStart(10)}  ${row.p50Ms.toFixed(2).padStart(7)}  ${row.p99Ms.toFixed(2).padStart(7)}`);
+        console.log(`${String(batchRows).padStart(5)}  ${ending.padEnd(15)}  ${row.rowsPerSec.toFixed(0).padStart(10)}  ${row.p50Ms.toFixed(2).padStart(7)}  ${row.p99Ms.toFixed(2).padStart(7)}`);
       }
     }
     await applierClient.end();
