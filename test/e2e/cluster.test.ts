@@ -174,8 +174,9 @@ describe('a 3-node cluster', () => {
     const holder = await node(2).sql();
     await holder.query('BEGIN; SELECT * FROM accounts WHERE id = 40 FOR UPDATE');
     await db.execute([['UPDATE accounts SET balance = 7 WHERE id = 40', []]]);
-    // Node 2 applies the UPDATE once it hears the CONFIRM (RFC 0012): from then on its apply waits on the lock.
-    await eventually(async () => expect(await rows(2, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%public.accounts%'`)).toEqual([{ n: 1 }]), 'node 2 waits on the lock');
+    // Node 2 applies the UPDATE once it hears the CONFIRM (RFC 0012): from then on its apply (prepared statements
+    // named qsync_apply_*, RFC 0022) waits on the lock.
+    await eventually(async () => expect(await rows(2, `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%EXECUTE qsync\\_apply\\_%'`)).toEqual([{ n: 1 }]), 'node 2 waits on the lock');
     await node(2).stopSidecar();
     const log = await readFile(join(node(2).dataDir, '..', 'sidecar.log'), 'utf8');
     expect(log).toMatch(/stopping took longer than 10000 ms at: peer links and the apply queue/);
