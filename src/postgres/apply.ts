@@ -149,7 +149,7 @@ export class Applier {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
           if (change.op !== 'copy') {
-            statements.add(table, record, change, !record.sync && table.mode === 'async');
+            statements.add(table, record, change, appliesByLww(table));
             continue;
           }
           await this.#send(prefix, statements.take(), '');
@@ -212,7 +212,7 @@ export class Applier {
 
   async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
     const table = await this.#tableFor(record, change, index);
-    const lww = !record.sync && table.mode === 'async';
+    const lww = appliesByLww(table);
     if (change.op === 'copy') {
       const rows = await this.#copyIn(table, change, lww);
       if (rows !== null) await this.#applyChange(record, { table: change.table, op: 'insert', rows }, index);
@@ -293,6 +293,19 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
   }
   if (typeof first !== 'object' || first === null || Array.isArray(first)) return [];
   return Object.keys(first).filter((name) => !table.imageNames.has(name));
+}
+
+/**
+ * Whether a change to `table` goes through last-writer-wins: every change to
+ * an async table, whether its TXN is async or sync (a transaction that
+ * touches a sync table and an async one is sync). The writer's capture
+ * stamped the async keys of both alike, so every node records the same
+ * version; a sync TXN's change applied as a plain upsert left the key's
+ * version behind, and a concurrent async write to it was then judged
+ * differently there than on the writer (RFC 0022).
+ */
+function appliesByLww(table: TableInfo): boolean {
+  return table.mode === 'async';
 }
 
 const UNIQUE_VIOLATION = '23505';

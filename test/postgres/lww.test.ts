@@ -77,3 +77,31 @@ describe('last-writer-wins in a batch', () => {
     }), { numRuns: 100 });
   });
 });
+
+describe('a sync TXN that also changes an async table', () => {
+  // The leader's capture stamps the async keys of every write, sync ones too (a transaction that
+  // touches a sync table and an async one is sync). A follower must record the same version when it
+  // applies that TXN, or a concurrent async write to the key is judged differently there: the replicas
+  // would differ (DESIGN §2.4).
+  it('records its version on the async keys, as the writer did, so an older async write loses whichever comes first', async () => {
+    await node.sql.query(`CREATE TABLE mixed (k text PRIMARY KEY, v text)`);
+    await setTableMode(node.sql, 'mixed', 'async');
+    await applier.reload();
+    const txn = (replica: number, lsn: number, time: number, sync: boolean, v: string): TxnRecord => ({
+      kind: 'txn', replica: replica as ReplicaId, lsn: lsn as Lsn, term: 1 as Term, time, gid: gidFor('lww', replica as ReplicaId, lsn as Lsn), sync, idempotencyKey: null,
+      changes: [{ table: 'public.mixed', op: 'insert', rows: JSON.stringify([{ k: 'a', v }]) }],
+    });
+    const outcomes: unknown[] = [];
+    for (const order of ['sync first', 'async first']) {
+      await node.sql.query(`BEGIN; SET LOCAL session_replication_role = replica; DELETE FROM mixed; DELETE FROM qsync.row_versions WHERE table_name = 'public.mixed'; COMMIT`);
+      const base = order === 'sync first' ? 50_000 : 60_000;
+      // The sync TXN of replica 1 at time 100; an async write of replica 2 to the same key at time 50.
+      const syncTxn = txn(1, base + 1, 100, true, 'from the sync TXN');
+      const asyncTxn = txn(2, base + 1, 50, false, 'older async write');
+      for (const record of order === 'sync first' ? [syncTxn, asyncTxn] : [asyncTxn, syncTxn]) await applier.applyBatch([record], [], false);
+      const { rows } = await node.sql.query(`SELECT m.v, r.time::int, r.replica_id FROM mixed m JOIN qsync.row_versions r ON r.table_name = 'public.mixed' AND r.key->>'k' = m.k`);
+      outcomes.push(rows);
+    }
+    expect(outcomes).toEqual([[{ v: 'from the sync TXN', time: 100, replica_id: 1 }], [{ v: 'from the sync TXN', time: 100, replica_id: 1 }]]);
+  });
+});
