@@ -166,7 +166,7 @@ ${upsertFrom(table, winners(false))}`;
  * first; a run of consecutive upserts into one table is one statement that
  * keeps, per key, the last image (as applying them one after the other
  * would); a run of consecutive async changes to one table is one
- * last-writer-wins statement. `prepares` says which statements they use.
+ * last-writer-wins statement. take() also says which statements they use.
  */
 export class BatchStatements {
   readonly #client: pg.ClientBase;
@@ -179,7 +179,7 @@ export class BatchStatements {
     this.#client = client;
   }
 
-  /** Add a change of `record` to `table`, which applies it through last-writer-wins when `lww`. */
+  /** Add a change of `record` to `table`, applied through last-writer-wins when `lwwApplies`. */
   add(table: TableInfo, record: TxnRecord, change: Change, lwwApplies: boolean): void {
     assert(change.op !== 'copy', 'a copy is not a statement of a batch');
     if (lwwApplies) {

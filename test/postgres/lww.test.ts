@@ -1,5 +1,5 @@
 // Last-writer-wins applied in a batch (one statement per run of async changes,
-// postgres/apply.ts lwwSql) ends exactly where applying the same TXNs one by
+// postgres/apply-sql.ts, the last-writer-wins statement) ends exactly where applying the same TXNs one by
 // one ends: the same rows, the same key versions and the same lost writes
 // recorded, for random runs of inserts, updates that move keys, and deletes
 // from several replicas, against versions already held.
