@@ -14,6 +14,7 @@ import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { assert } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
+import { judgedByLww } from '../core/lww.js';
 import type { Change, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import { vclockEntries, vclockFromEntries, vclockGet, type VClock } from '../core/vclock.js';
@@ -149,7 +150,7 @@ export class Applier {
         for (const [index, change] of record.changes.entries()) {
           const table = await this.#tableFor(record, change, index);
           if (change.op !== 'copy') {
-            statements.add(table, record, change, appliesByLww(table));
+            statements.add(table, record, change, judgedByLww(table.mode, record.sync));
             continue;
           }
           await this.#send(prefix, statements.take(), '');
@@ -212,7 +213,7 @@ export class Applier {
 
   async #applyChange(record: TxnRecord, change: Change, index: number): Promise<void> {
     const table = await this.#tableFor(record, change, index);
-    const lww = appliesByLww(table);
+    const lww = judgedByLww(table.mode, record.sync);
     if (change.op === 'copy') {
       const rows = await this.#copyIn(table, change, lww);
       if (rows !== null) await this.#applyChange(record, { table: change.table, op: 'insert', rows }, index);
@@ -293,19 +294,6 @@ function unknownColumns(change: Change, table: TableInfo): string[] {
   }
   if (typeof first !== 'object' || first === null || Array.isArray(first)) return [];
   return Object.keys(first).filter((name) => !table.imageNames.has(name));
-}
-
-/**
- * Whether a change to `table` goes through last-writer-wins: every change to
- * an async table, whether its TXN is async or sync (a transaction that
- * touches a sync table and an async one is sync). The writer's capture
- * stamped the async keys of both alike, so every node records the same
- * version; a sync TXN's change applied as a plain upsert left the key's
- * version behind, and a concurrent async write to it was then judged
- * differently there than on the writer (RFC 0022).
- */
-function appliesByLww(table: TableInfo): boolean {
-  return table.mode === 'async';
 }
 
 const UNIQUE_VIOLATION = '23505';

@@ -209,6 +209,8 @@ export interface PlantedBugs {
   readonly applyBeforeConfirm?: boolean;
   /** A batch of applied TXNs commits its applied marks in a transaction apart from its rows (marks first). */
   readonly batchMarksApart?: boolean;
+  /** A sync TXN's changes to an async table are applied without last-writer-wins (core/lww.ts; the simulator's PostgreSQL runs it). */
+  readonly syncTxnSkipsLww?: boolean;
   /** Relays drop a third node's records instead of sending them late (core/relay-filter.ts; the simulator's network runs it). */
   readonly relayDropsThirdParty?: boolean;
   /** The leader journals a sync TXN before its PREPARE (leader-write.ts). */

@@ -13,6 +13,7 @@ import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
 import { gidFor, parseGid } from '../../src/core/gid.js';
 import type { ApplyOutcome, Captured, LeaderTransaction, PreparedEntry, TableModeChange, WriteOpening } from '../../src/postgres/index.js';
 import type { Database, JournalStore, NodeRow, PlantedBugs } from '../../src/sidecar/io.js';
+import { judgedByLww } from '../../src/core/lww.js';
 import type { Life, Rng, Scheduler } from './scheduler.js';
 
 // ---- the journal ----------------------------------------------------------------
@@ -181,7 +182,10 @@ export class SimPg {
       undo();
       this.prepared.set(gid, entry);
     });
-    this.#write(entry.puts, entry.time, entry.replica, false);
+    // Judged by last-writer-wins (a sync write may carry an async change): in PostgreSQL the prepared
+    // transaction holds the key's row and version, so a peer's write applied meanwhile waits for this
+    // commit and is then judged against the version capture stamped; the same end.
+    this.#write(entry.puts, entry.time, entry.replica, true);
     this.#mark(entry.replica, entry.lsn, entry.idempotencyKey);
     this.#observer.decided(this.node, 'committed', gid, entry.puts);
     return true;
@@ -209,14 +213,14 @@ export class SimPg {
    * whole batch or none of it. `marksApart` (a planted bug): the marks commit
    * first, by themselves, and a crash may keep them and lose the rows.
    */
-  commitBatch(items: ReadonlyArray<{ readonly gid: string; readonly puts: readonly Put[]; readonly time: number; readonly replica: ReplicaId; readonly lsn: Lsn; readonly idempotencyKey: string | null }>, marksApart: boolean): void {
+  commitBatch(items: ReadonlyArray<{ readonly gid: string; readonly puts: readonly Put[]; readonly time: number; readonly replica: ReplicaId; readonly lsn: Lsn; readonly idempotencyKey: string | null; readonly sync: boolean }>, marksApart: boolean, skipSync = false): void {
     if (marksApart) {
       for (const item of items) this.#unflushed.push(this.#undoPoint([], item.replica, item.lsn, item.idempotencyKey));
       for (const item of items) this.#mark(item.replica, item.lsn, item.idempotencyKey);
     }
     const undos = items.map((item) => {
       const undo = this.#undoPoint(item.puts, item.replica, item.lsn, item.idempotencyKey);
-      this.#write(item.puts, item.time, item.replica, true);
+      this.#write(item.puts, item.time, item.replica, true, item.sync, skipSync);
       this.#mark(item.replica, item.lsn, item.idempotencyKey);
       return undo;
     });
@@ -231,9 +235,9 @@ export class SimPg {
    * by last-writer-wins. `flushed`: a client session's COMMIT, which waits for
    * the flush; the applier's does not.
    */
-  commitNow(gid: string, puts: readonly Put[], time: number, replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null, lww: boolean, flushed: boolean): void {
+  commitNow(gid: string, puts: readonly Put[], time: number, replica: ReplicaId, lsn: Lsn, idempotencyKey: string | null, lww: boolean, flushed: boolean, txnSync = false, skipSync = false): void {
     const undo = this.#undoPoint(puts, replica, lsn, idempotencyKey);
-    this.#write(puts, time, replica, lww);
+    this.#write(puts, time, replica, lww, txnSync, skipSync);
     this.#mark(replica, lsn, idempotencyKey);
     if (flushed) this.flush();
     else this.#unflushed.push(undo);
@@ -287,11 +291,17 @@ export class SimPg {
     };
   }
 
-  #write(puts: readonly Put[], time: number, replica: number, lww: boolean): void {
+  /**
+   * `lww`: a write applied, judged as core/lww.ts says (table a is the async
+   * one); `txnSync` is its TXN's kind, `skipSync` the planted bug
+   * syncTxnSkipsLww.
+   */
+  #write(puts: readonly Put[], time: number, replica: number, lww: boolean, txnSync = false, skipSync = false): void {
     for (const put of puts) {
       const key = `${put.table}:${put.key}`;
       const current = this.rows.get(key);
-      if (lww && put.table === 'a' && current !== undefined && (current.time > time || (current.time === time && current.replica > replica))) continue;
+      const judged = lww && judgedByLww(put.table === 'a' ? 'async' : 'sync', txnSync, skipSync);
+      if (judged && current !== undefined && (current.time > time || (current.time === time && current.replica > replica))) continue;
       this.rows.set(key, { value: put.value, time, replica });
     }
   }
@@ -422,7 +432,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
       pg.prepare(record.gid, { replica: record.replica, lsn: record.lsn, puts, time: record.time, idempotencyKey: record.idempotencyKey });
       return this.#answer('prepared', epoch);
     }
-    pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true, false);
+    pg.commitNow(record.gid, puts, record.time, record.replica, record.lsn, record.idempotencyKey, true, false, record.sync, this.#bugs.syncTxnSkipsLww === true);
     return this.#answer('applied', epoch);
   }
 
@@ -438,7 +448,8 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     const fresh = unchecked ? records : records.filter((r) => !pg.prepared.has(r.gid) && (r.lsn <= vclockGet(options.exactTo, r.replica)
       ? !pg.appliedExact.has(`${r.replica}:${r.lsn}`)
       : r.lsn > vclockGet(pg.applied, r.replica)));
-    pg.commitBatch(fresh.map((r) => ({ gid: r.gid, puts: decodePuts(r), time: r.time, replica: r.replica, lsn: r.lsn, idempotencyKey: r.idempotencyKey })), this.#bugs.batchMarksApart === true);
+    pg.commitBatch(fresh.map((r) => ({ gid: r.gid, puts: decodePuts(r), time: r.time, replica: r.replica, lsn: r.lsn, idempotencyKey: r.idempotencyKey, sync: r.sync })),
+      this.#bugs.batchMarksApart === true, this.#bugs.syncTxnSkipsLww === true);
     await this.#answer(undefined, epoch);
   }
 
