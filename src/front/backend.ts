@@ -168,6 +168,11 @@ export class Backend {
     return this.#out.write(data);
   }
 
+  /** Relay a client's message as it came (wire.ts BatchedWriter.span). */
+  span(m: Message): boolean {
+    return this.#out.span(m);
+  }
+
   pause(): void {
     this.#socket.pause();
   }

@@ -67,18 +67,23 @@ export class Inbox {
     }
   }
 
+  /** The next typed message if one is queued, without waiting; else null. */
+  take(): Message | null {
+    const m = this.#queue.shift();
+    if (m === undefined) return null;
+    this.#queuedBytes -= m.end - m.start;
+    if (this.#paused && this.#queuedBytes < INBOX_QUEUED_BYTES_MAX / 2) {
+      this.#paused = false;
+      this.#socket.resume();
+    }
+    return m;
+  }
+
   /** The next typed message, or null when the client went away. Throws a WireError for a frame out of bounds. */
   async next(): Promise<Message | null> {
     for (;;) {
-      const m = this.#queue.shift();
-      if (m !== undefined) {
-        this.#queuedBytes -= m.raw.length;
-        if (this.#paused && this.#queuedBytes < INBOX_QUEUED_BYTES_MAX / 2) {
-          this.#paused = false;
-          this.#socket.resume();
-        }
-        return m;
-      }
+      const m = this.take();
+      if (m !== null) return m;
       if (this.#failure !== null) throw this.#failure;
       if (this.#ended) return null;
       await this.#wait();
@@ -100,7 +105,7 @@ export class Inbox {
           continue;
         }
         this.#queue.push(m);
-        this.#queuedBytes += m.raw.length;
+        this.#queuedBytes += m.end - m.start;
       }
     } catch (error) {
       this.#fail(error as Error);

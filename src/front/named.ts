@@ -39,11 +39,12 @@ export class NamedStatements {
     return null;
   }
 
-  /** What a pipeline of `messages` runs, as far as it has arrived: its Binds' statements, up to its Sync. */
-  pipelineKinds(messages: Iterable<Message>): StatementKind[] {
+  /** What a pipeline of `first` and then `rest` runs, as far as it has arrived: its Binds' statements, up to its Sync. */
+  pipelineKinds(first: Message, rest: readonly Message[] = []): StatementKind[] {
     const kinds: StatementKind[] = [];
     const parsed = new Map<string, StatementKind>();
-    for (const m of messages) {
+    for (let i = -1; i < rest.length; i += 1) {
+      const m = i < 0 ? first : (rest[i] as Message);
       if (m.type === S) break;
       const body = new BodyReader(m.body);
       if (m.type === P) {

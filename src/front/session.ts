@@ -56,7 +56,7 @@ export interface SessionHost {
 const type = (c: string): number => c.charCodeAt(0);
 const T = { query: type('Q'), parse: type('P'), bind: type('B'), describe: type('D'), execute: type('E'), close: type('C'), flush: type('H'), sync: type('S'),
   functionCall: type('F'), terminate: type('X'), copyData: type('d'), copyDone: type('c'), copyFail: type('f'),
-  error: type('E'), notice: type('N'), complete: type('C') } as const;
+  error: type('E'), notice: type('N'), complete: type('C'), parameterStatus: type('S') } as const;
 
 export class Session implements InternalRunner {
   readonly #host: SessionHost;
@@ -108,7 +108,7 @@ export class Session implements InternalRunner {
     this.#backend = backend;
     this.#leaderReported = leaderReported;
     this.#out = batchedWriter(client);
-    inbox.direct = (m) => this.#toBackend(m.raw);
+    inbox.direct = (m) => this.#spanToBackend(m);
     this.#units = new Units((data) => this.#toBackend(data), () => backend.closed, (m) => this.#toClient(rewriteParameter(m, this.#host.isLeader())));
     backend.listen((m) => this.#units.take(m), (error) => this.#backendGone(error));
   }
@@ -125,9 +125,14 @@ export class Session implements InternalRunner {
   /** Serve the client until it leaves; resolves when both sides are closed. Never throws. */
   async serve(): Promise<void> {
     try {
-      for (let m = await this.#inbox.next(); m !== null && !this.#closed; m = await this.#inbox.next()) {
-        if (m.type === T.terminate) break;
-        await this.#handle(m);
+      // Messages already received are taken and, where nothing needs waiting for, handled
+      // without a promise each: a relayed read is a few messages each way, and a turn of
+      // promises per message was a good part of the front's cost.
+      for (;;) {
+        const m = this.#inbox.take() ?? (await this.#inbox.next());
+        if (m === null || this.#closed || m.type === T.terminate) break;
+        const handled = this.#handle(m);
+        if (handled !== undefined) await handled;
       }
     } catch (error) {
       const e = error as { sqlstate?: string; message?: string };
@@ -138,24 +143,29 @@ export class Session implements InternalRunner {
     }
   }
 
-  async #handle(m: Message): Promise<void> {
+  /** Handle one client message: a promise when it must wait for something, else undefined. */
+  #handle(m: Message): Promise<void> | undefined {
     switch (m.type) {
       case T.query:
         return this.#simpleQuery(new BodyReader(m.body).cstring());
       case T.parse: case T.bind: case T.describe: case T.execute: case T.close: case T.flush:
         return this.#extended(m);
       case T.sync:
-        return this.#sync();
+        return this.#sync(m);
       case T.functionCall:
-        if (await this.#readRefused(true)) return this.#ready();
-        await this.#prepareIdle(['write']);
-        return this.#finish(await this.#relay(m.raw), true);
+        return this.#functionCall(m);
       case T.copyData: case T.copyDone: case T.copyFail:
-        this.#toBackend(m.raw);
-        return;
+        this.#spanToBackend(m);
+        return undefined;
       default:
         throw Object.assign(new Error(`invalid frontend message type ${m.type}`), { sqlstate: '08P01' });
     }
+  }
+
+  async #functionCall(m: Message): Promise<void> {
+    if (await this.#readRefused(true)) return this.#ready();
+    await this.#prepareIdle(['write']);
+    return this.#finish(await this.#relay(m.raw), true);
   }
 
   // ---- simple query ---------------------------------------------------------------
@@ -214,23 +224,39 @@ export class Session implements InternalRunner {
 
   // ---- extended query -------------------------------------------------------------
 
-  async #extended(m: Message): Promise<void> {
-    if (this.#discarding) return;
-    if (this.#segment === null) {
-      const kinds = this.#named.pipelineKinds([m, ...this.#inbox.queued]);
-      // The setting as it is before the pipeline, and the read index when what has arrived of it reads or writes.
-      if (await this.#readRefused(kinds.some(touchesData))) {
-        // Nothing of the pipeline runs: its messages are dropped up to its Sync, which answers ReadyForQuery.
-        this.#discarding = true;
-        return;
-      }
-      await this.#prepareIdle(kinds);
+  #extended(m: Message): Promise<void> | undefined {
+    if (this.#discarding) return undefined;
+    if (this.#segment !== null) return this.#inSegment(m);
+    const kinds = this.#named.pipelineKinds(m, this.#inbox.queued);
+    // The setting as it is before the pipeline, and the read index when what has arrived of it reads or writes.
+    const refused = this.#readRefused(kinds.some(touchesData));
+    const prepared = refused === false ? this.#prepareIdle(kinds) : undefined;
+    if (refused === false && prepared === undefined) {
       this.#segment = this.#relay(null);
+      return this.#inSegment(m);
     }
+    return this.#openSegment(m, kinds, refused, prepared);
+  }
+
+  /** The start of a pipeline that waits: for the read index, or for the front's own statements the first time. */
+  async #openSegment(m: Message, kinds: readonly StatementKind[], refused: boolean | Promise<boolean>, prepared: Promise<void> | undefined): Promise<void> {
+    if (await refused) {
+      // Nothing of the pipeline runs: its messages are dropped up to its Sync, which answers ReadyForQuery.
+      this.#discarding = true;
+      return;
+    }
+    await (prepared ?? this.#prepareIdle(kinds));
+    this.#segment = this.#relay(null);
+    return this.#inSegment(m);
+  }
+
+  /** A message of a pipeline under way. */
+  #inSegment(m: Message): Promise<void> | undefined {
     const kind = this.#named.track(m, (sql) => this.#noteKey(sql));
     if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain') && this.#qsyncHere === true) return this.#commitInPipeline(kind === 'commitChain');
     if (m.type === T.execute && kind !== null && touchesData(kind) && this.#read === 'linearizable' && !this.#indexed) return this.#indexInPipeline(m);
-    this.#toBackend(m.raw);
+    this.#spanToBackend(m);
+    return undefined;
   }
 
   /** An Execute of COMMIT inside a pipeline: end the pipeline so far, then decide the COMMIT. */
@@ -262,14 +288,16 @@ export class Session implements InternalRunner {
     this.#discarding = true;
   }
 
-  async #sync(): Promise<void> {
+  async #sync(m: Message): Promise<void> {
     if (this.#discarding) {
       this.#discarding = false;
       await this.#rollbackWrap();
       return this.#ready();
     }
     if (this.#segment === null) return this.#finish({ status: this.#status, errored: false }, true);
-    this.#toBackend(serialize.sync());
+    // The client's own Sync goes on with the messages before it, unless it came with a body PostgreSQL would refuse.
+    if (m.end - m.start === 5) this.#spanToBackend(m);
+    else this.#toBackend(serialize.sync());
     return this.#finish(await this.#closeSegment(), true);
   }
 
@@ -284,11 +312,12 @@ export class Session implements InternalRunner {
   /**
    * Before statements run on an idle session: the term, the front's named
    * statements, and an explicit transaction when they may write but would
-   * run in an implicit one. Queued ahead of them, not waited for.
+   * run in an implicit one. Queued ahead of them, not waited for: a promise
+   * only the first time, which waits to learn whether the database holds
+   * the qsync schema.
    */
-  async #prepareIdle(kinds: readonly StatementKind[]): Promise<void> {
-    if (this.#status !== 'I' || this.#units.pending > 0) return;
-    const units: Buffer[] = [];
+  #prepareIdle(kinds: readonly StatementKind[]): Promise<void> | undefined {
+    if (this.#status !== 'I' || this.#units.pending > 0) return undefined;
     if (!this.#ownPrepared) {
       this.#ownPrepared = true;
       const own = serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' });
@@ -296,9 +325,21 @@ export class Session implements InternalRunner {
       const capture = this.internal(Buffer.concat([own, term, serialize.sync(), serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync()]), 2);
       // The first time, wait: a database without the qsync schema (not the one qsync replicates)
       // has no replicated table, and its sessions are only relayed.
-      if (this.#qsyncHere === null) this.#qsyncHere = (await capture).error === null;
+      if (this.#qsyncHere === null) {
+        return capture.then((r) => {
+          this.#qsyncHere = r.error === null;
+          this.#queueIdle(kinds);
+        });
+      }
     }
+    this.#queueIdle(kinds);
+    return undefined;
+  }
+
+  /** The term and the explicit transaction of prepareIdle, queued as the front's own units. */
+  #queueIdle(kinds: readonly StatementKind[]): void {
     if (this.#qsyncHere === false) return;
+    const units: Buffer[] = [];
     const term = this.#host.term();
     if (this.#termSet !== term) {
       units.push(serialize.bind({ statement: FRONT_STATEMENTS.term, values: [String(term)] }), serialize.execute({}), serialize.sync());
@@ -346,11 +387,17 @@ export class Session implements InternalRunner {
    * tables (`touches`) and its transaction has no read index yet, wait for
    * one. True when the client was answered with an error instead (this node
    * does not lead, no quorum confirmed it in time, or the setting is not one
-   * qsync knows); the unit is then not run.
+   * qsync knows); the unit is then not run. A promise only when it must
+   * read the setting or wait for the index.
    */
-  async #readRefused(touches: boolean): Promise<boolean> {
+  #readRefused(touches: boolean): boolean | Promise<boolean> {
     // No transaction open: the unit starts a new one.
     if (this.#status === 'I') this.#indexed = false;
+    if (!(this.#readStale && this.#status === 'I') && (this.#read === '' || this.#read === 'local')) return false;
+    return this.#readRefusedAsync(touches);
+  }
+
+  async #readRefusedAsync(touches: boolean): Promise<boolean> {
     // Read only between transactions: a SELECT inside one would take its snapshot before the index.
     if (this.#readStale && this.#status === 'I') {
       const r = await this.internal(serialize.query("SELECT coalesce(current_setting('qsync.read', true), '')"));
@@ -450,13 +497,14 @@ export class Session implements InternalRunner {
       // The front's BEGIN came first: the client's own BEGIN is no warning to it.
       if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
       if (m.type === T.complete) this.#observeTag(m);
-      this.#toClient(rewriteParameter(m, this.#host.isLeader()));
+      if (m.type === T.parameterStatus) return this.#toClient(rewriteParameter(m, this.#host.isLeader()));
+      this.#spanToClient(m);
     });
   }
 
   /** What a command's tag says about the transaction and the session. */
   #observeTag(m: Message): void {
-    const tag = m.body.toString('latin1', 0, Math.max(0, m.body.length - 1));
+    const tag = m.tag();
     if (tag === 'BEGIN' || tag === 'START TRANSACTION') {
       // The client's own block from here on, even where the front had opened one for it.
       this.#clientInTx = true;
@@ -476,7 +524,18 @@ export class Session implements InternalRunner {
 
   #toClient(data: Buffer): void {
     if (this.#client.destroyed) return;
-    if (!this.#out.write(data) && !this.#clientBlocked) {
+    this.#clientPressure(this.#out.write(data));
+  }
+
+  /** A message PostgreSQL sent, relayed as it came (wire.ts BatchedWriter.span). */
+  #spanToClient(m: Message): void {
+    if (this.#client.destroyed) return;
+    this.#clientPressure(this.#out.span(m));
+  }
+
+  /** `ok` false: the client's socket buffer is full, so PostgreSQL's is not read until it drains. */
+  #clientPressure(ok: boolean): void {
+    if (!ok && !this.#clientBlocked) {
       this.#clientBlocked = true;
       this.#backend.pause();
       this.#client.once('drain', () => {
@@ -488,7 +547,18 @@ export class Session implements InternalRunner {
 
   #toBackend(data: Buffer): void {
     if (this.#backend.closed) return;
-    if (!this.#backend.write(data) && !this.#backendBlocked) {
+    this.#backendPressure(this.#backend.write(data));
+  }
+
+  /** A message the client sent, relayed as it came. */
+  #spanToBackend(m: Message): void {
+    if (this.#backend.closed) return;
+    this.#backendPressure(this.#backend.span(m));
+  }
+
+  /** `ok` false: PostgreSQL's socket buffer is full, so the client's is not read until it drains. */
+  #backendPressure(ok: boolean): void {
+    if (!ok && !this.#backendBlocked) {
       this.#backendBlocked = true;
       this.#client.pause();
       this.#backend.onDrain(() => {

@@ -91,7 +91,7 @@ export class Units {
   /** One message from PostgreSQL. */
   take(m: Message): void {
     if (m.type === READY) {
-      this.#status = String.fromCharCode(m.body[0] ?? 0x49) as TransactionStatus;
+      this.#status = String.fromCharCode(m.firstByte ?? 0x49) as TransactionStatus;
       this.#sinks.shift()?.end(this.#status);
       return;
     }

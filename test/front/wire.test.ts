@@ -2,9 +2,11 @@
 // is cut into chunks, the same messages come out, in order; a declared
 // length out of bounds fails before its body is kept; and a large message
 // that arrives in many small chunks is whole once, not copied per chunk.
+// The writer that relays them sends what it was given in order, and
+// messages that lie together in what was received as one write.
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
-import { Frames, message, WireError } from '../../src/front/wire.js';
+import { batchedWriter, Frames, message, type Message, WireError } from '../../src/front/wire.js';
 
 const typed = fc.tuple(fc.constantFrom('Q', 'P', 'B', 'E', 'S', 'd'), fc.uint8Array({ maxLength: 300 })).map(([type, body]) => message(type, Buffer.from(body)));
 
@@ -54,5 +56,52 @@ describe('framing a client\'s messages', () => {
     }
     const m = frames.message(16 * 1024 * 1024);
     expect(m?.raw.equals(big)).toBe(true);
+  });
+});
+
+describe('relaying messages by their place', () => {
+  /** A socket that records each write, corked or not. */
+  function recorder(): { socket: Parameters<typeof batchedWriter>[0]; writes: Buffer[] } {
+    const writes: Buffer[] = [];
+    return { writes, socket: { cork: () => undefined, uncork: () => undefined, write: (b: Buffer) => writes.push(Buffer.from(b)) > 0, destroyed: false, writableNeedDrain: false } };
+  }
+
+  function messagesOf(stream: Buffer): Message[] {
+    const frames = new Frames('PostgreSQL');
+    frames.push(stream);
+    const out: Message[] = [];
+    for (let m = frames.message(1024); m !== null; m = frames.message(1024)) out.push(m);
+    return out;
+  }
+
+  it('sends every byte in order, messages received together as one write, and its own between them (property)', () => {
+    fc.assert(fc.property(fc.array(typed, { minLength: 1, maxLength: 12 }), fc.array(fc.constantFrom('span', 'skip', 'own'), { minLength: 12, maxLength: 12 }), (sent, plan) => {
+      const received = messagesOf(Buffer.concat(sent));
+      const { socket, writes } = recorder();
+      const writer = batchedWriter(socket);
+      const expected: Buffer[] = [];
+      let expectedWrites = 0;
+      let joined = false;
+      received.forEach((m, i) => {
+        const step = plan[i] as string;
+        if (step === 'span') {
+          writer.span(m);
+          expected.push(m.raw);
+          if (!joined) expectedWrites += 1;
+          joined = true;
+        } else if (step === 'own') {
+          const own = message('N', Buffer.from(`own ${i}`));
+          writer.write(own);
+          expected.push(own);
+          expectedWrites += 1;
+          joined = false;
+        } else {
+          joined = false;
+        }
+      });
+      writer.settle();
+      expect(Buffer.concat(writes)).toEqual(Buffer.concat(expected));
+      expect(writes.length).toBe(expectedWrites);
+    }), { numRuns: 300 });
   });
 });
