@@ -75,8 +75,6 @@ interface RoleSession extends ClientSession {
 
 /** Distinct roles with a pool at once; a further one is refused until the node restarts. */
 const ROLE_POOLS_MAX = 64;
-/** Connections of one role's pool at most. */
-const ROLE_POOL_CONNECTIONS_MAX = 16;
 /**
  * PostgreSQL connections kept out of the clients' budget: the sidecar's own
  * (admin, apply, COMMIT/ROLLBACK PREPARED, snapshots) and a few for an operator.
@@ -158,7 +156,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     });
     const node = new SidecarNode(config, log, journal, db, metrics, tls);
     created = node;
-    node.#clientConnectionsLeft = await clientConnectionBudget(db.admin);
+    node.#clientConnectionsLeft = await clientConnectionBudget(db.admin, config.clientPoolConnections);
     logContext(() => node.logContext());
     await node.#driver.start();
     await node.#probe();
@@ -380,7 +378,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     if (again !== undefined) return { user, password, pool: again };
     // Every pool's connections come out of one budget below PostgreSQL's max_connections, so that
     // clients can never take the connections qsync itself needs.
-    const max = Math.min(ROLE_POOL_CONNECTIONS_MAX, this.#clientConnectionsLeft);
+    const max = Math.min(this.config.clientPoolConnections, this.#clientConnectionsLeft);
     if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles; raise max_connections, or have clients share fewer roles`);
     this.#clientConnectionsLeft -= max;
     // Pipelining: a write's BEGIN and statements leave in one round trip (postgres/pipeline.ts).
@@ -574,12 +572,12 @@ export class SidecarNode implements RequestHandler<RoleSession> {
  * the server's max_connections, less the slots it reserves for superusers
  * and for pg_use_reserved_connections, less the sidecar's own.
  */
-async function clientConnectionBudget(admin: pg.Client): Promise<number> {
+async function clientConnectionBudget(admin: pg.Client, poolConnections: number): Promise<number> {
   const { rows } = await admin.query<{ max: number; reserved: number }>(`
     SELECT current_setting('max_connections')::int AS max,
            current_setting('superuser_reserved_connections')::int + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) AS reserved`);
   const { max, reserved } = rows[0] as { max: number; reserved: number };
-  return Math.max(ROLE_POOL_CONNECTIONS_MAX, max - reserved - OWN_CONNECTIONS_RESERVED);
+  return Math.max(Math.min(poolConnections, 16), max - reserved - OWN_CONNECTIONS_RESERVED);
 }
 
 /** Errors of a connection attempt to PostgreSQL (errno, or the server refusing sessions): the request never started. */

@@ -30,6 +30,8 @@ beforeAll(async () => {
   redis = await startRedis();
   cluster = await startLocalCluster({
     redisUrl: redis.url,
+    // A small pool per role, so that the test of its bound needs few transactions.
+    sidecarArgs: () => ['--client-pool-connections', '3'],
     tables: [{ ddl: 'CREATE TABLE items (id bigint PRIMARY KEY, note text)', name: 'items', mode: 'sync' }, { ddl: 'CREATE TABLE clicks (id bigint PRIMARY KEY)', name: 'clicks', mode: 'async' }],
   });
   // The cluster file `qsync cluster up` writes: the CLI finds the nodes and the token there.
@@ -323,6 +325,36 @@ describe('Redis discovery and events', () => {
     const leader = await cluster.leader();
     const r = redis.client();
     await eventually(async () => expect(JSON.parse((await r.get(leaderKey('local'))) ?? '{}')).toMatchObject({ replica: leader.replica }), 'the key catches up once Redis is back');
+  });
+});
+
+describe('the client library\'s PostgreSQL connections', () => {
+  it('a role holds at most --client-pool-connections of them; transactions past that wait for one, then run', async () => {
+    const leader = await cluster.leader();
+    const started: number[] = [];
+    const pids = new Set<number>();
+    const release: Array<() => void> = [];
+    // Five interactive transactions at once: each holds its PostgreSQL session until it ends.
+    const txs = Array.from({ length: 5 }, (_, i) => db.transaction(async (tx) => {
+      const { rows } = await tx.query('SELECT pg_backend_pid() AS pid');
+      pids.add(Number((rows[0] as { pid: number }).pid));
+      started.push(i);
+      await new Promise<void>((resolve) => release.push(resolve));
+    }));
+    await eventually(async () => expect(started.length).toBe(3), 'three transactions started');
+    // The other two wait for a connection, however long: the pool holds three.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(started.length).toBe(3);
+    const held = await rowsOn(leader, "SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = 'SELECT pg_backend_pid() AS pid' AND state = 'idle in transaction'");
+    expect(held).toEqual([{ n: 3 }]);
+    // Each that ends gives its connection to one that waits.
+    while (started.length < 5 || release.length > 0) {
+      release.shift()?.();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Promise.all(txs);
+    expect(started.length).toBe(5);
+    expect(pids.size).toBeLessThanOrEqual(3);
   });
 });
 
