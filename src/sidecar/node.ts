@@ -379,7 +379,7 @@ export class SidecarNode implements RequestHandler<RoleSession> {
     // Every pool's connections come out of one budget below PostgreSQL's max_connections, so that
     // clients can never take the connections qsync itself needs.
     const max = Math.min(this.config.clientPoolConnections, this.#clientConnectionsLeft);
-    if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles; raise max_connections, or have clients share fewer roles`);
+    if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles (${this.config.clientPoolConnections} each); raise max_connections, lower clientPoolConnections, or have clients share fewer roles`);
     this.#clientConnectionsLeft -= max;
     // Pipelining: a write's BEGIN and statements leave in one round trip (postgres/pipeline.ts).
     const pool = new pg.Pool({ connectionString: url.toString(), max, pipeline: true });
