@@ -164,13 +164,9 @@ export class Backend {
     return this.#closed;
   }
 
-  write(data: Buffer): boolean {
+  /** Bytes the front wrote, or a client's message relayed as it came (wire.ts BatchedWriter). */
+  write(data: Buffer | Message): boolean {
     return this.#out.write(data);
-  }
-
-  /** Relay a client's message as it came (wire.ts BatchedWriter.span). */
-  span(m: Message): boolean {
-    return this.#out.span(m);
   }
 
   pause(): void {

@@ -108,7 +108,7 @@ export class Session implements InternalRunner {
     this.#backend = backend;
     this.#leaderReported = leaderReported;
     this.#out = batchedWriter(client);
-    inbox.direct = (m) => this.#spanToBackend(m);
+    inbox.direct = (m) => this.#toBackend(m);
     this.#units = new Units((data) => this.#toBackend(data), () => backend.closed, (m) => this.#toClient(rewriteParameter(m, this.#host.isLeader())));
     backend.listen((m) => this.#units.take(m), (error) => this.#backendGone(error));
   }
@@ -155,7 +155,7 @@ export class Session implements InternalRunner {
       case T.functionCall:
         return this.#functionCall(m);
       case T.copyData: case T.copyDone: case T.copyFail:
-        this.#spanToBackend(m);
+        this.#toBackend(m);
         return undefined;
       default:
         throw Object.assign(new Error(`invalid frontend message type ${m.type}`), { sqlstate: '08P01' });
@@ -255,7 +255,7 @@ export class Session implements InternalRunner {
     const kind = this.#named.track(m, (sql) => this.#noteKey(sql));
     if (m.type === T.execute && (kind === 'commit' || kind === 'commitChain') && this.#qsyncHere === true) return this.#commitInPipeline(kind === 'commitChain');
     if (m.type === T.execute && kind !== null && touchesData(kind) && this.#read === 'linearizable' && !this.#indexed) return this.#indexInPipeline(m);
-    this.#spanToBackend(m);
+    this.#toBackend(m);
     return undefined;
   }
 
@@ -296,7 +296,7 @@ export class Session implements InternalRunner {
     }
     if (this.#segment === null) return this.#finish({ status: this.#status, errored: false }, true);
     // The client's own Sync goes on with the messages before it, unless it came with a body PostgreSQL would refuse.
-    if (m.end - m.start === 5) this.#spanToBackend(m);
+    if (m.end - m.start === 5) this.#toBackend(m);
     else this.#toBackend(serialize.sync());
     return this.#finish(await this.#closeSegment(), true);
   }
@@ -498,7 +498,7 @@ export class Session implements InternalRunner {
       if (m.type === T.notice && wrapped && readFields(m.body).get('C') === '25001') return;
       if (m.type === T.complete) this.#observeTag(m);
       if (m.type === T.parameterStatus) return this.#toClient(rewriteParameter(m, this.#host.isLeader()));
-      this.#spanToClient(m);
+      this.#toClient(m);
     });
   }
 
@@ -522,20 +522,11 @@ export class Session implements InternalRunner {
 
   // ---- sockets ----------------------------------------------------------------------
 
-  #toClient(data: Buffer): void {
+  /** Bytes the front wrote, or a message PostgreSQL sent, relayed as it came (wire.ts BatchedWriter). */
+  #toClient(data: Buffer | Message): void {
     if (this.#client.destroyed) return;
-    this.#clientPressure(this.#out.write(data));
-  }
-
-  /** A message PostgreSQL sent, relayed as it came (wire.ts BatchedWriter.span). */
-  #spanToClient(m: Message): void {
-    if (this.#client.destroyed) return;
-    this.#clientPressure(this.#out.span(m));
-  }
-
-  /** `ok` false: the client's socket buffer is full, so PostgreSQL's is not read until it drains. */
-  #clientPressure(ok: boolean): void {
-    if (!ok && !this.#clientBlocked) {
+    // The client's socket buffer is full: PostgreSQL's is not read until it drains.
+    if (!this.#out.write(data) && !this.#clientBlocked) {
       this.#clientBlocked = true;
       this.#backend.pause();
       this.#client.once('drain', () => {
@@ -545,20 +536,11 @@ export class Session implements InternalRunner {
     }
   }
 
-  #toBackend(data: Buffer): void {
+  /** Bytes the front wrote, or a message the client sent, relayed as it came. */
+  #toBackend(data: Buffer | Message): void {
     if (this.#backend.closed) return;
-    this.#backendPressure(this.#backend.write(data));
-  }
-
-  /** A message the client sent, relayed as it came. */
-  #spanToBackend(m: Message): void {
-    if (this.#backend.closed) return;
-    this.#backendPressure(this.#backend.span(m));
-  }
-
-  /** `ok` false: PostgreSQL's socket buffer is full, so the client's is not read until it drains. */
-  #backendPressure(ok: boolean): void {
-    if (!ok && !this.#backendBlocked) {
+    // PostgreSQL's socket buffer is full: the client's is not read until it drains.
+    if (!this.#backend.write(data) && !this.#backendBlocked) {
       this.#backendBlocked = true;
       this.#client.pause();
       this.#backend.onDrain(() => {

@@ -176,9 +176,10 @@ export class BodyReader {
  * before the event loop's next phase). Gathering the bytes into one buffer
  * instead measured the same CPU per read (bench front).
  *
- * Messages relayed as they came go by their place (`span`): messages that
- * lie one after another in the same received bytes leave as one view of
- * them, made when something else is written, at `settle`, or at the flush.
+ * Messages relayed as they came go by their place (a `Message`, not
+ * bytes): messages that lie one after another in the same received bytes
+ * leave as one view of them, made when something else is written, or at the
+ * flush.
  */
 export function batchedWriter(socket: { cork(): void; uncork(): void; write(data: Buffer): boolean; readonly destroyed: boolean; readonly writableNeedDrain: boolean }): BatchedWriter {
   let holding = false;
@@ -191,11 +192,12 @@ export function batchedWriter(socket: { cork(): void; uncork(): void; write(data
     socket.cork();
     setImmediate(flush);
   };
-  const settle = (): boolean => {
-    if (spanBuf === null) return !socket.writableNeedDrain;
+  /** Write the messages held by their place. */
+  const settle = (): void => {
+    if (spanBuf === null) return;
     const bytes = spanBuf.subarray(spanStart, spanEnd);
     spanBuf = null;
-    return socket.write(bytes);
+    socket.write(bytes);
   };
   function flush(): void {
     if (!holding) return;
@@ -206,33 +208,31 @@ export function batchedWriter(socket: { cork(): void; uncork(): void; write(data
   return {
     write: (data) => {
       hold();
-      settle();
-      return socket.write(data);
-    },
-    span: (m) => {
-      hold();
-      if (spanBuf === m.buf && spanEnd === m.start) {
-        spanEnd = m.end;
+      if (!(data instanceof Message)) {
+        settle();
+        return socket.write(data);
+      }
+      if (spanBuf === data.buf && spanEnd === data.start) {
+        spanEnd = data.end;
       } else {
         if (spanBuf !== null) settle();
-        spanBuf = m.buf;
-        spanStart = m.start;
-        spanEnd = m.end;
+        spanBuf = data.buf;
+        spanStart = data.start;
+        spanEnd = data.end;
       }
       return !socket.writableNeedDrain;
     },
-    settle,
     flush,
   };
 }
 
 export interface BatchedWriter {
-  /** The socket's answer: false once its own buffer is full (back-pressure). */
-  write(data: Buffer): boolean;
-  /** Relay a received message as it came, joined to the one before it when they lie together; false under back-pressure. */
-  span(m: Message): boolean;
-  /** Write the messages held by `span` now; false under back-pressure. */
-  settle(): boolean;
+  /**
+   * Bytes to send, or a received message to relay as it came (joined to the
+   * one before it when they lie together). The answer: false once the
+   * socket's own buffer is full (back-pressure).
+   */
+  write(data: Buffer | Message): boolean;
   /** Send what is held now. */
   flush(): void;
 }

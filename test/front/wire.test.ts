@@ -85,7 +85,7 @@ describe('relaying messages by their place', () => {
       received.forEach((m, i) => {
         const step = plan[i] as string;
         if (step === 'span') {
-          writer.span(m);
+          writer.write(m);
           expected.push(m.raw);
           if (!joined) expectedWrites += 1;
           joined = true;
@@ -99,7 +99,7 @@ describe('relaying messages by their place', () => {
           joined = false;
         }
       });
-      writer.settle();
+      writer.flush();
       expect(Buffer.concat(writes)).toEqual(Buffer.concat(expected));
       expect(writes.length).toBe(expectedWrites);
     }), { numRuns: 300 });
