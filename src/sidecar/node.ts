@@ -577,7 +577,8 @@ async function clientConnectionBudget(admin: pg.Client, poolConnections: number)
     SELECT current_setting('max_connections')::int AS max,
            current_setting('superuser_reserved_connections')::int + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) AS reserved`);
   const { max, reserved } = rows[0] as { max: number; reserved: number };
-  return Math.max(Math.min(poolConnections, 16), max - reserved - OWN_CONNECTIONS_RESERVED);
+  // At least one role's pool, however small the server: the first client role can always connect.
+  return Math.max(poolConnections, max - reserved - OWN_CONNECTIONS_RESERVED);
 }
 
 /** Errors of a connection attempt to PostgreSQL (errno, or the server refusing sessions): the request never started. */
