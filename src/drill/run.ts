@@ -16,7 +16,7 @@ export type Scenario = (typeof SCENARIOS)[number];
 
 export interface DrillOptions {
   readonly scenario: Scenario;
-  /** How long the clients run, all repetitions included. */
+  /** How long the clients run, all repetitions included; longer if a fault is still going (they stop 1.5 s after it ends). */
   readonly durationMs: number;
   /** Operations per second, all clients together. */
   readonly rate: number;
@@ -85,6 +85,9 @@ export interface Progress {
   readonly fault: string | null;
 }
 
+/** The clients run at least this long after the last fault ends. */
+const AFTER_FAULT_MS = 1_500;
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function status(node: DrillNode): Promise<NodeStatus | null> {
@@ -133,8 +136,9 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
 
     // The term each node reported last: an operation's term is its node's term when it completed.
     const terms = new Map<number, number>();
+    let polling = true;
     const poller = (async () => {
-      while (!stopped) {
+      while (polling) {
         const at = now();
         const statuses = await Promise.all(target.nodes.map(status));
         statuses.forEach((s, i) => {
@@ -204,14 +208,19 @@ export async function runDrill(target: DrillTarget, options: DrillOptions, onPro
     try {
       await sleep(options.durationMs);
       await nemesis;
+      // A fault can end near the end of the run (three restarts take most of a short one): the
+      // clients go on after it, or its failover is cut off and a write from before it is measured.
+      await sleep(Math.max(0, (faults.at(-1)?.endMs ?? 0) + AFTER_FAULT_MS - now()));
     } finally {
-      // Also when the nemesis failed: stop the clients and the poller, or nothing ends.
+      // Also when the nemesis failed: stop the clients, or nothing ends.
       stopped = true;
       clearInterval(ticker);
-      // In-flight operations get a while to finish; what is still open stays unknown.
+      // In-flight operations get a while to finish; what is still open stays unknown. The poller
+      // samples until they have: the term of one that completes meanwhile is known.
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.all(running), new Promise<void>((resolve) => (timer = setTimeout(resolve, 10_000)))]);
       clearTimeout(timer);
+      polling = false;
       for (const op of ops) {
         if (op.result === 'pending') {
           op.result = 'unknown';
