@@ -6,7 +6,7 @@
 // prefix, base units (seconds, bytes), _total for counters.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { NodeEvent } from '../sidecar/io.js';
-import type { SidecarStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/status.js';
 
 /** Latency buckets from 0.5 ms to 10 s. */
 const SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];

@@ -32,7 +32,7 @@ import { isReplicaId, type ReplicaId } from '../core/types.js';
 import { vclockMissing } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import { listen } from '../net/listen.js';
-import type { SidecarStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/status.js';
 import type { ClusterView } from './view.js';
 
 /** What the admin interface drives: the sidecar node. */

@@ -3,7 +3,7 @@
 // otherwise what this node knows of them (link up, acknowledged vclock).
 // Lag is the leader's view when the leader answered (it is what a quorum
 // waits on), else the answering node's.
-import type { SidecarStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/status.js';
 
 export interface ClusterMember {
   readonly replica: number;

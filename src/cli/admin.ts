@@ -15,7 +15,7 @@ import { connect } from '../client/index.js';
 import { QsyncError } from '../core/errors.js';
 import { readClusterFile } from '../drill/target.js';
 import { readSecretFile } from '../sidecar/config.js';
-import type { SidecarStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/status.js';
 
 export const EXIT = { ok: 0, failed: 1, usage: 2, unreachable: 3 } as const;
 

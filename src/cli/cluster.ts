@@ -14,7 +14,7 @@ import { adminRequest } from '../admin/server.js';
 import { LinkProxy } from '../drill/proxy.js';
 import { freePorts, launchPostgres, migrate, setTableMode, type PgServer } from '../postgres/index.js';
 import { MEMBER_FILE } from '../sidecar/config.js';
-import type { SidecarStatus } from '../sidecar/node.js';
+import type { SidecarStatus } from '../sidecar/status.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
 

@@ -24,7 +24,7 @@
 // Mutable and pure: no I/O, no clock; recovery folds thousands of records.
 import { MEMBERSHIP_NONE, membershipNote, membershipSettle, membershipStateParse, type Membership, type MembershipState } from './membership.js';
 import type { JournalRecord } from './record.js';
-import type { Lsn, ReplicaId, Term } from './types.js';
+import type { HistoryVerdict, Lsn, ReplicaId, Term } from './types.js';
 import { isSynchro, type WithheldRange } from './withheld.js';
 
 interface RolledBack {
@@ -34,8 +34,6 @@ interface RolledBack {
   /** A stale TXN's: no record decided it, so a later PROMOTE that keeps it voids it. */
   readonly voidable?: true;
 }
-
-export type HistoryVerdict = 'confirmed' | 'rolled-back' | null;
 
 /** Entries of `owner` from `from` to `to` (inclusive) that were rolled back and are confirmed now. */
 export interface RevivedRange {

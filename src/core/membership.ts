@@ -17,10 +17,9 @@
 // Pure: no I/O, no clock. The limbo history (history.ts) keeps this state and
 // feeds it, so a checkpoint and a snapshot carry it with the rest.
 import { assert } from './assert.js';
-import type { HistoryVerdict } from './history.js';
 import { quorumDefault } from './quorum.js';
 import type { ConfigRecord, Member } from './record.js';
-import { isReplicaId, type Lsn, type ReplicaId } from './types.js';
+import { isReplicaId, type HistoryVerdict, type Lsn, type ReplicaId } from './types.js';
 
 export interface Membership {
   /** Every member, the leader included, by replica id ascending. */

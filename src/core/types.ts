@@ -9,6 +9,9 @@ export type Lsn = Brand<number, 'Lsn'>;
 /** Raft term, from 0. */
 export type Term = Brand<number, 'Term'>;
 
+/** What the history holds of an entry: a quorum confirmed it, it was rolled back, or not yet decided (history.ts). */
+export type HistoryVerdict = 'confirmed' | 'rolled-back' | null;
+
 export const REPLICA_LOCAL = 0 as ReplicaId;
 export const REPLICA_ID_MAX = 31;
 

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { connect, type Db } from '../client/index.js';
-import type { NodeStatus } from '../sidecar/node.js';
+import type { NodeStatus } from '../sidecar/status.js';
 import { checkAsync, checkBank, checkRegister, checkReplicas, checkSet, type CheckResult, type NodeImage } from './checkers.js';
 import type { DrillNode, DrillTarget } from './target.js';
 import { Rng } from '../core/rng.js';

@@ -7,6 +7,24 @@ import type { VClock } from '../core/vclock.js';
 import type { NodeContext } from './context.js';
 import { LagSampler } from './lag.js';
 
+/** The node's status as the admin interface shows it: the driver's (NodeStatus), plus what only production has (node.ts). */
+export interface SidecarStatus extends NodeStatus {
+  readonly cluster: string;
+  readonly addresses: { readonly client: string; readonly admin: string | null; readonly peer: string };
+  /** The last health probe of this node's PostgreSQL (every second): it answered, and its prepared transactions. */
+  readonly postgres: { readonly reachable: boolean; readonly prepared: number | null; readonly error: string | null; readonly checkedAgoMs: number | null };
+  readonly uptimeMs: number;
+}
+
+/** What POST /members and DELETE /members/:id answer: the node added or removed, and the members after. */
+export interface JoinAnswer {
+  readonly replica: number;
+  readonly cluster: string;
+  readonly version: number;
+  readonly quorum: number;
+  readonly members: readonly Member[];
+}
+
 /** What `qsync status` and the admin interface show. */
 export interface NodeStatus {
   readonly replica: number;

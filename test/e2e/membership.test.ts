@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect, QsyncClientError, type Db } from '../../src/client/index.js';
-import type { SidecarStatus } from '../../src/sidecar/node.js';
+import type { SidecarStatus } from '../../src/sidecar/status.js';
 import { eventually, rowsOn } from '../support/cluster.js';
 
 const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));

@@ -13,7 +13,7 @@ import { connect, connectViaRedis, StaleTerm, type Db } from '../../src/client/i
 import { claimLeader, eventsChannel, leaderKey } from '../../src/discovery/redis.js';
 import { serveControl } from '../../src/drill/target.js';
 import { prettyLines } from '../../src/log.js';
-import type { SidecarStatus } from '../../src/sidecar/node.js';
+import type { SidecarStatus } from '../../src/sidecar/status.js';
 import { eventually, rowsOn } from '../support/cluster.js';
 import { startRedis, type TestRedis } from '../support/redis.js';
 

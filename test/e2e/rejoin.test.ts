@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
 import { connect, type Db } from '../../src/client/index.js';
-import type { SidecarStatus } from '../../src/sidecar/node.js';
+import type { SidecarStatus } from '../../src/sidecar/status.js';
 import { eventually, rowsOn } from '../support/cluster.js';
 
 let cluster: LocalCluster;
