@@ -2,6 +2,7 @@
 // its figures to bench/results/<name>-<time>.json as well as the console.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
+import { runCarrierBench } from './carrier.js';
 import { runClusterBench } from './cluster.js';
 import { runCompareBench } from './compare.js';
 import { runCopyBench } from './copy.js';
@@ -23,11 +24,13 @@ benchmarks:
   front       the SQL port's cost: reads by primary key straight to the leader's PostgreSQL, through the port, and
               through the port as linearizable reads; sync writes through the port and through the client library; the port's CPU per operation
   copy        initial copy of a table's existing rows to every node when it becomes sync: 100,000 and 1,000,000 narrow rows; then a fourth node joins and loads them by snapshot
+  carrier     PostgreSQL's own replication as a carrier (docs/rfc/0026): physical synchronous replication against
+              logical replication with synchronous subscribers, plain commits and PREPARE + COMMIT PREPARED
   all         every benchmark above but compare, one after another
 
 options:
   --seconds N   seconds per case (default 5; compare: 10 per run)
-  --pairs N     compare: rounds of native/qsync/sql runs per case; front: rounds of each pair of paths (default 3)
+  --pairs N     compare: rounds of native/qsync/sql runs per case; front: rounds of each pair of paths; carrier: rounds (default 3)
   --warmup N    compare: warm-up seconds per system (default 5)
   --dir PATH    where to put the benchmark's files (default: the system temp dir)
   --json PATH   where to write the results (default: bench/results/<benchmark>-<time>.json)
@@ -63,6 +66,7 @@ const benches: Record<string, () => Promise<unknown>> = {
   cluster: () => runClusterBench({ seconds, clients: [1, 16, 64] }),
   failover: () => runFailoverBench({ rounds: 10, electionTimeoutsMs: [1_000, 250] }),
   copy: () => runCopyBench({ rows: [100_000, 1_000_000] }),
+  carrier: () => runCarrierBench({ seconds, clients: [1, 16, 64], rounds: Math.round(pairs) }),
   front: () => runFrontBench({ seconds, rounds: Math.round(pairs), clients: [1, 16, 64] }),
   compare: () => runCompareBench({ seconds, pairs: Math.round(pairs), clients: [1, 16, 64], warmupSeconds: warmup, chartPath: `bench/results/compare-${stamp}.svg` }),
 };
