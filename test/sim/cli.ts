@@ -38,7 +38,7 @@ const common = { ...(bug === undefined ? {} : { bug }), ...(faultMs === undefine
 function report(result: SimResult): void {
   const s = result.stats;
   process.stdout.write(`${result.trace.join('\n')}\n\nseed ${result.seed}: ${result.ok ? 'ok' : `FAILED: ${result.violation}`}\n`);
-  process.stdout.write(`${s.nodes} nodes, ${s.events} events, ${(s.simulatedMs / 1000).toFixed(1)} s simulated, ${s.crashes} crashes, ${s.pgCrashes} PostgreSQL crashes, ${s.leaders} terms with a leader; writes: ${s.acked} acknowledged, ${s.rolledBack} rolled back, ${s.unknown} unknown; ${s.linearizableReads} linearizable reads\n`);
+  process.stdout.write(`${s.nodes} nodes, ${s.events} events, ${(s.simulatedMs / 1000).toFixed(1)} s simulated, ${s.crashes} crashes, ${s.pgCrashes} PostgreSQL crashes, ${s.sessionKills} sessions killed alone, ${s.leaders} terms with a leader; writes: ${s.acked} acknowledged, ${s.rolledBack} rolled back, ${s.unknown} unknown; ${s.linearizableReads} linearizable reads\n`);
   if (!result.ok) process.stdout.write(`replay: npm run sim -- --seed ${result.seed}${bug === undefined ? '' : ` --bug ${bug}`}${faultMs === undefined ? '' : ` --fault-ms ${faultMs}`}\n`);
 }
 

@@ -33,6 +33,13 @@ test('a seed replays exactly: the same trace and the same counts', async () => {
   expect(a.stats.pgCrashes).toBeGreaterThan(0);
 });
 
+test('a client session that PostgreSQL ends alone fails its write, and nothing acknowledged is lost', async () => {
+  // pg_terminate_backend of one of the leader's sessions, at any step of a write, while the server goes on.
+  const result = await simulate({ seed: 1 });
+  expect(result.stats.sessionKills).toBeGreaterThan(0);
+  expect(result.violation).toBeNull();
+});
+
 describe('planted bugs are caught', () => {
   // voteIgnoresVclock breaks about 1 seed in 20 (seeds 1..200: 10-11 failures), first at seed 52 since
   // subscribers ack every second; the others within a few seeds. commitBeforeJournal needs a sidecar

@@ -159,6 +159,13 @@ export class SimPg {
   epoch = 0;
   /** Set: the next PREPARE is made and then the server crashes before it answers (back at this time). */
   crashAfterPrepareUntil: number | null = null;
+  /** Set: the next client session is terminated alone, at its `killArmed`-th step (terminatedAt). */
+  killArmed: number | null = null;
+  /** Per doomed session, the step it dies at. */
+  readonly #doomed = new Map<number, number>();
+  /** Client sessions terminated alone (pg_terminate_backend) while the server and its other sessions went on. */
+  sessionsKilled = 0;
+  #nextSession = 0;
   /** Until when a crashed server answers nothing. */
   downUntil = 0;
   /** Told of every crash (the driver's handles subscribe through SimDatabase.onLost). */
@@ -170,6 +177,28 @@ export class SimPg {
   constructor(node: number, observer: PgObserver) {
     this.node = node;
     this.#observer = observer;
+  }
+
+  /** A new client session's number. */
+  openSession(): number {
+    this.#nextSession += 1;
+    if (this.killArmed !== null) {
+      this.#doomed.set(this.#nextSession, this.killArmed);
+      this.killArmed = null;
+    }
+    return this.#nextSession;
+  }
+
+  /**
+   * Session `id` reaches its `step`-th point where PostgreSQL could end it: true
+   * when pg_terminate_backend ends it there (killArmed). Its open transaction is
+   * then rolled back, a prepared one stays, and every other session goes on.
+   */
+  terminatedAt(id: number, step: number): boolean {
+    const at = this.#doomed.get(id);
+    if (at === undefined || step < at) return false;
+    if (step === at) this.sessionsKilled += 1;
+    return true;
   }
 
   /** COMMIT or ROLLBACK PREPARED, as the sidecar runs them: without waiting for the flush. */
@@ -521,6 +550,10 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
   readonly #life: Life;
   #puts: readonly Put[] = [];
   #stamp: { readonly lsn: Lsn; readonly time: number } | null = null;
+  /** This session's number in its PostgreSQL (SimPg.openSession). */
+  readonly #id: number;
+  /** Points so far where PostgreSQL could have ended the session (#session). */
+  #steps = 0;
 
   constructor(pg: SimPg, epoch: number, opening: WriteOpening, cluster: string, sleep: (ms: number) => Promise<void>, rng: Rng, life: Life) {
     this.#pg = pg;
@@ -530,10 +563,13 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     this.#sleep = sleep;
     this.#rng = rng;
     this.#life = life;
+    this.#id = pg.openSession();
   }
 
   #session(): void {
     if (this.#pg.epoch !== this.#epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
+    this.#steps += 1;
+    if (this.#pg.terminatedAt(this.#id, this.#steps)) throw pgError('57P01', 'terminating connection due to administrator command');
   }
 
   /** BEGIN and the puts: the fence checks a sync table's write against qsync.node. */
@@ -547,6 +583,7 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
   }
 
   async capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
+    this.#session();
     this.#stamp = stamp;
     const puts = this.#puts;
     const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
@@ -571,6 +608,7 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     }
     await this.#sleep(this.#rng.range(0.1, 1));
     if (!this.#life.alive) return new Promise(() => undefined);
+    // Killed alone while the answer was on its way: prepared, and the sidecar hears only the error.
     this.#session();
   }
 

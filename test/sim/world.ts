@@ -4,7 +4,8 @@
 // invariants of DESIGN.md §2 are checked after every event.
 //
 //   safety phase    faults and load for `faultMs`: crashes of a node, or of
-//                   its PostgreSQL alone; partitions; forced elections
+//                   its PostgreSQL alone, or of one of the leader's client
+//                   sessions alone; partitions; forced elections
 //   heal            partitions lifted, crashed nodes restarted
 //   liveness phase  a leader must appear and a sync write succeed
 //   quiesce         clients stop; every node converges to the same rows,
@@ -47,7 +48,7 @@ export interface SimResult {
   readonly violation: string | null;
   /** The last events before the end (or the violation). */
   readonly trace: readonly string[];
-  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; pgCrashes: number; leaders: number; linearizableReads: number };
+  readonly stats: { nodes: number; events: number; simulatedMs: number; acked: number; rolledBack: number; unknown: number; crashes: number; pgCrashes: number; sessionKills: number; leaders: number; linearizableReads: number };
 }
 
 class Violation extends Error {}
@@ -172,7 +173,7 @@ class World {
       stats: {
         nodes: this.#nodes.length, events: this.#scheduler.events, simulatedMs: Math.round(this.#scheduler.now),
         acked: statuses.filter((s) => s === 'acked').length, rolledBack: statuses.filter((s) => s === 'rolled-back').length,
-        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, pgCrashes: this.#pgCrashes, leaders: this.#leaders.size, linearizableReads: this.#readsServed,
+        unknown: statuses.filter((s) => s === 'unknown').length, crashes: this.#crashes, pgCrashes: this.#pgCrashes, sessionKills: this.#nodes.reduce((sum, n) => sum + n.pg.sessionsKilled, 0), leaders: this.#leaders.size, linearizableReads: this.#readsServed,
       },
     };
   }
@@ -342,6 +343,15 @@ class World {
         const lost = victim.pg.crash(this.#rng.int(0, victim.pg.unflushed), this.#scheduler.now + downMs);
         this.#pgCrashes += 1;
         this.#note(`n${victim.id}'s PostgreSQL crashes (${lost} unflushed commits lost); back in ${Math.round(downMs)} ms`);
+      } else if (roll >= 0.96) {
+        // One backend dies alone (pg_terminate_backend): the leader's next client session, at one of its steps
+        // (BEGIN and the statements, capture, PREPARE or COMMIT, PREPARE's answer), and everything else goes on.
+        // Chosen from the roll, not from a new draw of the random stream, which every seed's schedule depends on.
+        const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+        if (leader !== undefined) {
+          leader.pg.killArmed = 1 + (Math.floor(roll * 1e6) % 4);
+          this.#note(`n${leader.id}'s PostgreSQL will terminate its next client session alone, at step ${leader.pg.killArmed}`);
+        }
       } else {
         // Let it run without a new fault.
       }
