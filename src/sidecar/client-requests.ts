@@ -34,8 +34,8 @@ const ROLE_POOLS_MAX = 64;
 const OWN_CONNECTIONS_RESERVED = 24;
 
 export class ClientRequests implements RequestHandler<RoleSession> {
-  readonly config: SidecarConfig;
-  readonly log: Logger;
+  readonly #config: SidecarConfig;
+  readonly #log: Logger;
   readonly #driver: NodeDriver<RoleSession, PgWork>;
   /** The fence refused a write under a stale term (a metric). */
   readonly #onStaleTerm: () => void;
@@ -44,8 +44,8 @@ export class ClientRequests implements RequestHandler<RoleSession> {
   #clientConnectionsLeft: number;
 
   constructor(config: SidecarConfig, log: Logger, driver: NodeDriver<RoleSession, PgWork>, clientConnections: number, onStaleTerm: () => void) {
-    this.config = config;
-    this.log = log;
+    this.#config = config;
+    this.#log = log;
     this.#driver = driver;
     this.#clientConnectionsLeft = clientConnections;
     this.#onStaleTerm = onStaleTerm;
@@ -65,7 +65,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
     const existing = this.#pools.get(key);
     if (existing !== undefined) return { user, password, pool: existing };
     if (this.#pools.size >= ROLE_POOLS_MAX) throw new QsyncError('AUTH', `this node serves ${ROLE_POOLS_MAX} roles already`);
-    const url = new URL(this.config.pgUrl);
+    const url = new URL(this.#config.pgUrl);
     url.username = encodeURIComponent(user);
     url.password = encodeURIComponent(password);
     // The login is checked on one connection of its own: a refused one holds nothing after it.
@@ -83,12 +83,12 @@ export class ClientRequests implements RequestHandler<RoleSession> {
     if (again !== undefined) return { user, password, pool: again };
     // Every pool's connections come out of one budget below PostgreSQL's max_connections, so that
     // clients can never take the connections qsync itself needs.
-    const max = Math.min(this.config.clientPoolConnections, this.#clientConnectionsLeft);
-    if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles (${this.config.clientPoolConnections} each); raise max_connections, lower clientPoolConnections, or have clients share fewer roles`);
+    const max = Math.min(this.#config.clientPoolConnections, this.#clientConnectionsLeft);
+    if (max < 1) throw new QsyncError('AUTH', `this node's PostgreSQL connections for clients are all given to other roles (${this.#config.clientPoolConnections} each); raise max_connections, lower clientPoolConnections, or have clients share fewer roles`);
     this.#clientConnectionsLeft -= max;
     // Pipelining: a write's BEGIN and statements leave in one round trip (postgres/pipeline.ts).
     const pool = new pg.Pool({ connectionString: url.toString(), max, pipeline: true });
-    guardPool(pool, this.log, `role ${user}`);
+    guardPool(pool, this.#log, `role ${user}`);
     this.#pools.set(key, pool);
     return { user, password, pool };
   }
@@ -115,12 +115,12 @@ export class ClientRequests implements RequestHandler<RoleSession> {
    */
   async #forward(session: RoleSession, statements: readonly Statement[], idempotencyKey: string | null, term: Term | null): Promise<unknown> {
     const leader = this.#driver.leaderAddress();
-    if (leader === undefined) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} cannot forward: no leader is known (an election is under way); retry shortly`);
+    if (leader === undefined) throw this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} cannot forward: no leader is known (an election is under way); retry shortly`);
     let db: Db;
     try {
       db = await connectClient(leader, { user: session.user, password: session.password, leaderWaitMs: 0 });
     } catch (error) {
-      throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} could not reach the leader at ${leader} to forward: ${(error as Error).message}`);
+      throw this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} could not reach the leader at ${leader} to forward: ${(error as Error).message}`);
     }
     try {
       return await db.execute(statements.map((s) => [s.sql, s.params] as const), { ...(idempotencyKey === null ? {} : { idempotencyKey }), ...(term === null ? {} : { term }), retries: 0 });
@@ -128,7 +128,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
       if (!(error instanceof QsyncClientError)) throw error;
       const known = ['NOT_LEADER', 'STALE_TERM', 'ROLLED_BACK', 'OUTCOME_UNKNOWN', 'LIMBO_FULL', 'PG_ERROR', 'AUTH'] as const;
       const code = known.find((c) => c === error.code) ?? 'OUTCOME_UNKNOWN';
-      throw new QsyncError(code, `${error.message} (forwarded by node ${this.config.replicaId} to ${leader})`, {
+      throw new QsyncError(code, `${error.message} (forwarded by node ${this.#config.replicaId} to ${leader})`, {
         ...(error.sqlstate === undefined ? {} : { sqlstate: error.sqlstate }), ...(error.leader === undefined ? {} : { leader: error.leader }), ...(error.term === undefined ? {} : { term: error.term }),
       });
     } finally {
@@ -198,7 +198,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
   }
 
   async query(session: RoleSession, sql: string, params: readonly unknown[], consistency: Consistency): Promise<unknown> {
-    if (consistency !== 'local' && !this.#driver.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; ${consistency} reads go to ${this.#driver.leaderName()}`);
+    if (consistency !== 'local' && !this.#driver.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} is not the leader; ${consistency} reads go to ${this.#driver.leaderName()}`);
     // linearizable: only once a quorum confirmed, after the read arrived, that this node still leads (read-index.ts).
     if (consistency === 'linearizable') await this.readIndex();
     // A read runs in a READ ONLY transaction, as one statement (the extended protocol takes no more):
@@ -243,7 +243,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
    * owns the table; only the leader does it.
    */
   async setTableMode(session: RoleSession, table: string, mode: TableMode): Promise<unknown> {
-    if (!this.#driver.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; change table modes through ${this.#driver.leaderName()}`);
+    if (!this.#driver.isLeader) throw this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} is not the leader; change table modes through ${this.#driver.leaderName()}`);
     const { rows } = await session.pool.query<{ owns: boolean | null }>(
       `SELECT pg_has_role(c.relowner, 'USAGE') AS owns FROM pg_class c WHERE c.oid = to_regclass($1)`, [table]);
     if (rows[0] !== undefined && rows[0].owns !== true) throw new QsyncError('PG_ERROR', `role ${session.user} does not own table ${table}; only its owner may change its mode`, { sqlstate: '42501' });
@@ -259,7 +259,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
   clientError(error: unknown): QsyncError {
     if (error instanceof QsyncError) return error;
     const pgError = error as { code?: string; message?: string };
-    if (pgError.code === 'QS001') return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} is not the leader; write sync tables through ${this.#driver.leaderName()}`);
+    if (pgError.code === 'QS001') return this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} is not the leader; write sync tables through ${this.#driver.leaderName()}`);
     if (pgError.code === 'QS002') {
       this.#onStaleTerm();
       return this.#driver.notLeader('STALE_TERM', pgError.message ?? 'stale term');
@@ -267,7 +267,7 @@ export class ClientRequests implements RequestHandler<RoleSession> {
     // Could not even connect: nothing was done here. Send the client on, as to a node that does not lead.
     if (pgError.code !== undefined && UNREACHABLE.has(pgError.code)) {
       this.#driver.postgresFailed(error);
-      return this.#driver.notLeader('NOT_LEADER', `node ${this.config.replicaId} cannot reach its PostgreSQL (${pgError.message ?? pgError.code}); nothing was done; send the transaction to ${this.#driver.leaderName()}`);
+      return this.#driver.notLeader('NOT_LEADER', `node ${this.#config.replicaId} cannot reach its PostgreSQL (${pgError.message ?? pgError.code}); nothing was done; send the transaction to ${this.#driver.leaderName()}`);
     }
     return new QsyncError('PG_ERROR', pgError.message ?? String(error), { sqlstate: pgError.code });
   }
