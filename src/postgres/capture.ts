@@ -17,6 +17,15 @@ const OPS: Readonly<Record<string, ChangeOp>> = { i: 'insert', u: 'update', d: '
 // its own changes, and a change not taken cannot commit (the third fence).
 export const CAPTURE_SQL = 'SELECT table_name, op, rows, old_keys, mode FROM qsync.capture($1, $2, $3, $4, $5)';
 
+// qsync.capture_held() (migrations/0006) for a write the leader may hold open
+// (RFC 0027): the same, after checking that none of the transactions it holds
+// open has ended; each row also says the transaction's id and whether it is
+// SERIALIZABLE. $6 is the held transactions' ids.
+export const CAPTURE_HELD_SQL = 'SELECT table_name, op, rows, old_keys, mode, tx, serializable FROM qsync.capture_held($1, $2, $3, $4, $5, $6)';
+
+/** SQLSTATE of capture_held's refusal: a held transaction ended; its DETAIL lists their ids. */
+export const HELD_ENDED = 'QS006';
+
 /** This node's capture key, which only the sidecar's own connections can read. */
 export async function readCaptureKey(client: pg.ClientBase): Promise<string> {
   const { rows } = await client.query<{ key: string }>('SELECT key FROM qsync.capture_key');
@@ -41,6 +50,8 @@ export interface Captured {
   readonly changes: Change[];
   /** True when a change touches a sync table: the transaction goes through the limbo. */
   readonly sync: boolean;
+  /** Taken by capture_held (a write that may be held open): its transaction id, and whether that may hold it open (not SERIALIZABLE). */
+  readonly held?: { readonly xid: string; readonly holdable: boolean };
 }
 
 /** One row of qsync.capture(), as text. */
@@ -50,16 +61,30 @@ export interface CapturedRow {
   readonly rows: string;
   readonly old_keys: string | null;
   readonly mode: string | null;
+  /** capture_held only. */
+  readonly tx?: string | null;
+  readonly serializable?: string | boolean | null;
 }
 
-/** CAPTURE_SQL's parameters, in order. */
-export function captureValues(stamp: CaptureStamp): unknown[] {
-  return [stamp.captureKey, stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey];
+/** CAPTURE_SQL's parameters, in order; with `held` (the ids of the transactions held open), CAPTURE_HELD_SQL's. */
+export function captureValues(stamp: CaptureStamp, held: readonly string[] | null = null): unknown[] {
+  const values = [stamp.captureKey, stamp.time, stamp.replica, stamp.lsn, stamp.idempotencyKey];
+  return held === null ? values : [...values, `{${held.join(',')}}`];
 }
 
-export async function capture(client: pg.ClientBase, stamp: CaptureStamp): Promise<Captured> {
-  const { rows } = await client.query<CapturedRow>({ name: 'qsync_capture', text: CAPTURE_SQL, values: captureValues(stamp) });
+/** `held`: the ids of the transactions this leader holds open, checked first (capture_held); null for a write that will be prepared. */
+export async function capture(client: pg.ClientBase, stamp: CaptureStamp, held: readonly string[] | null = null): Promise<Captured> {
+  const { rows } = held === null
+    ? await client.query<CapturedRow>({ name: 'qsync_capture', text: CAPTURE_SQL, values: captureValues(stamp) })
+    : await client.query<CapturedRow>({ name: 'qsync_capture_held', text: CAPTURE_HELD_SQL, values: captureValues(stamp, held) });
   return captured(rows);
+}
+
+/** The held transaction ids capture_held's refusal names (its DETAIL), or null when `error` is not that refusal. */
+export function heldEnded(error: unknown): string[] | null {
+  const e = error as { code?: string; detail?: string };
+  if (e?.code !== HELD_ENDED) return null;
+  return (e.detail ?? '').split(',').filter((x) => /^\d+$/.test(x));
 }
 
 /** The changes capture took, in statement order, and whether any is to a sync table. */
@@ -71,5 +96,9 @@ export function captured(rows: readonly CapturedRow[]): Captured {
     if (row.mode === 'sync') sync = true;
     return row.old_keys === null ? { table: row.table_name, op, rows: row.rows } : { table: row.table_name, op, rows: row.rows, oldKeys: row.old_keys };
   });
-  return { changes, sync };
+  const first = rows[0];
+  if (first?.tx === undefined || first.tx === null) return { changes, sync };
+  // Text on the SQL port, a boolean through node-postgres.
+  const serializable = first.serializable === true || first.serializable === 't';
+  return { changes, sync, held: { xid: first.tx, holdable: !serializable } };
 }
