@@ -27,7 +27,7 @@ import { gidFor } from '../src/core/gid.js';
 import type { TxnRecord } from '../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../src/core/types.js';
 import { Applier, capture, commitPrepared, launchPostgres, migrate, PgLeaderTransaction, readCaptureKey, setTableMode } from '../src/postgres/index.js';
-import { leaderWrite } from '../src/sidecar/leader-write.js';
+import { leaderWrite, PREPARING } from '../src/sidecar/leader-write.js';
 import { corkWrites } from '../src/postgres/cork.js';
 import { PreparedStream } from './decoding.js';
 import { closedLoop, cpuSeconds, tree } from './stats.js';
@@ -130,7 +130,7 @@ async function writeCase(connectionString: string, postmaster: number, monitor: 
       await client.query(`PREPARE TRANSACTION '${gid}'`);
     } else {
       const tx = new PgLeaderTransaction(client, { term: 1 as Term, replica: 1 as ReplicaId, idempotencyKey: null }, captureKey);
-      await leaderWrite(tx, { reserve: () => ({ lsn, gid, time: lsn }), journal: () => Promise.resolve(), prepareSent: () => undefined }, async (c) => {
+      await leaderWrite(tx, { reserve: () => ({ lsn, gid, time: lsn }), journal: () => Promise.resolve(), prepareSent: () => undefined, ...PREPARING }, async (c) => {
         await c.query('INSERT INTO sync_items VALUES ($1, $2, now())', [id, 'payload']);
       });
     }

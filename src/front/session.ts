@@ -28,7 +28,7 @@ import { limits } from '../core/limits.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
-import { CAPTURE_SQL } from '../postgres/capture.js';
+import { CAPTURE_HELD_SQL, CAPTURE_SQL } from '../postgres/capture.js';
 import type { Backend } from './backend.js';
 import type { Inbox } from './inbox.js';
 import { commitError, leadershipParameters, rewriteError, rewriteParameter } from './answers.js';
@@ -322,7 +322,8 @@ export class Session implements InternalRunner {
       this.#ownPrepared = true;
       const own = serialize.parse({ name: FRONT_STATEMENTS.begin, text: 'BEGIN' });
       const term = serialize.parse({ name: FRONT_STATEMENTS.term, text: "SELECT set_config('qsync.term', $1, false)" });
-      const capture = this.internal(Buffer.concat([own, term, serialize.sync(), serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }), serialize.sync()]), 2);
+      const capture = this.internal(Buffer.concat([own, term, serialize.sync(), serialize.parse({ name: FRONT_STATEMENTS.capture, text: CAPTURE_SQL }),
+        serialize.parse({ name: FRONT_STATEMENTS.captureHeld, text: CAPTURE_HELD_SQL }), serialize.sync()]), 2);
       // The first time, wait: a database without the qsync schema (not the one qsync replicates)
       // has no replicated table, and its sessions are only relayed.
       if (this.#qsyncHere === null) {

@@ -29,6 +29,7 @@ export const FRONT_STATEMENTS = {
   begin: 'qsync_front_begin',
   term: 'qsync_front_term',
   capture: 'qsync_front_capture',
+  captureHeld: 'qsync_front_capture_held',
 } as const;
 
 /** A statement of the front's own that PostgreSQL refused: thrown with its SQLSTATE, as node-postgres would. */
@@ -58,14 +59,14 @@ export class FrontTransaction implements LeaderTransaction<null> {
     // Nothing to send: the front opened the transaction and set the term before the client's statements.
   }
 
-  async capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
-    const values = captureValues({ captureKey: this.#captureKey, replica: this.#opening.replica, idempotencyKey: this.#opening.idempotencyKey, ...stamp })
+  async capture(stamp: { readonly lsn: Lsn; readonly time: number }, held: readonly string[] | null): Promise<Captured> {
+    const values = captureValues({ captureKey: this.#captureKey, replica: this.#opening.replica, idempotencyKey: this.#opening.idempotencyKey, ...stamp }, held)
       .map((v) => (v === null ? null : String(v)));
     const r = await this.#runner.internal(Buffer.concat([
-      serialize.bind({ statement: FRONT_STATEMENTS.capture, values }), serialize.execute({}), serialize.sync(),
+      serialize.bind({ statement: held === null ? FRONT_STATEMENTS.capture : FRONT_STATEMENTS.captureHeld, values }), serialize.execute({}), serialize.sync(),
     ]));
     if (r.error !== null) failed(r.error);
-    return captured(r.rows.map(([table_name, op, rows, old_keys, mode]) => ({ table_name, op, rows, old_keys, mode }) as CapturedRow));
+    return captured(r.rows.map(([table_name, op, rows, old_keys, mode, tx, serializable]) => ({ table_name, op, rows, old_keys, mode, tx, serializable }) as CapturedRow));
   }
 
   async prepare(gid: string): Promise<void> {

@@ -28,8 +28,13 @@ export interface WriteOpening {
 export interface LeaderTransaction<W> {
   /** BEGIN under the opening's term (the fence checks it) and run the work's statements. */
   run(work: W): Promise<void>;
-  /** Take the transaction's changes, stamped with its TXN's lsn and hybrid time. */
-  capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured>;
+  /**
+   * Take the transaction's changes, stamped with its TXN's lsn and hybrid
+   * time. `held`: the ids of the transactions the leader holds open (RFC
+   * 0027); capture refuses (SQLSTATE QS006) if one of them has ended, and says
+   * this transaction's id. Null: a write that will be prepared, unchecked.
+   */
+  capture(stamp: { readonly lsn: Lsn; readonly time: number }, held: readonly string[] | null): Promise<Captured>;
   prepare(gid: string): Promise<void>;
   /** COMMIT. `journaled`: the journal holds the TXN durably, so the COMMIT need not wait for its WAL flush. */
   commit(journaled: boolean): Promise<void>;
@@ -38,6 +43,8 @@ export interface LeaderTransaction<W> {
 
 export type LeaderOutcome =
   | { readonly kind: 'prepared'; readonly lsn: Lsn; readonly gid: string; readonly changes: Change[] }
+  /** Held open through the quorum wait, then committed or rolled back as the limbo decided (or lost with its session). */
+  | { readonly kind: 'held'; readonly lsn: Lsn; readonly gid: string; readonly changes: Change[] }
   | { readonly kind: 'committed'; readonly lsn: Lsn; readonly gid: string; readonly changes: Change[] }
   /** Nothing replicated was written: committed locally; the reserved lsn carries no changes. */
   | { readonly kind: 'empty'; readonly lsn: Lsn; readonly gid: string };
@@ -72,8 +79,8 @@ export class PgLeaderTransaction implements LeaderTransaction<PgWork> {
     if (failed !== null) throw failed.error;
   }
 
-  capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
-    return capture(this.#client, { captureKey: this.#captureKey, replica: this.#opening.replica, idempotencyKey: this.#opening.idempotencyKey, ...stamp });
+  capture(stamp: { readonly lsn: Lsn; readonly time: number }, held: readonly string[] | null): Promise<Captured> {
+    return capture(this.#client, { captureKey: this.#captureKey, replica: this.#opening.replica, idempotencyKey: this.#opening.idempotencyKey, ...stamp }, held);
   }
 
   async prepare(gid: string): Promise<void> {

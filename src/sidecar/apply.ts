@@ -117,8 +117,8 @@ export class ApplyPipeline<S, W> {
         apply.push(record);
       }
     }
-    if (finish.rollback.length > 0) await n.db.finish('rollback', finish.rollback, this.forget);
-    if (finish.commit.length > 0) await n.db.finish('commit', finish.commit, this.forget);
+    if (finish.rollback.length > 0) await n.held.finish('rollback', finish.rollback, 'in queue', this.forget);
+    if (finish.commit.length > 0) await n.held.finish('commit', finish.commit, 'in queue', this.forget);
     if (apply.length === 0) return;
     try {
       await n.db.applyBatch(apply, { exactTo: n.exactApply, checked: options.checked });
@@ -163,11 +163,11 @@ export class ApplyPipeline<S, W> {
         await this.#applyRun([record], { checked: true });
         return;
       case 'confirm':
-        await n.db.finish('commit', n.limbo.preparedOf(record.owner, 1, record.confirmedLsn), forget);
+        await n.held.finish('commit', n.limbo.preparedOf(record.owner, 1, record.confirmedLsn), 'in queue', forget);
         return;
       case 'rollback': {
         const gids = n.limbo.preparedOf(record.owner, record.fromLsn, record.lsn - 1);
-        await n.db.finish('rollback', gids, forget);
+        await n.held.finish('rollback', gids, 'in queue', forget);
         if (record.replica !== n.self) n.log.info({ owner: record.owner, fromLsn: record.fromLsn, transactions: gids.length, recordTerm: record.term }, 'limbo rollback applied: the leader had no quorum in time');
         return;
       }
@@ -195,16 +195,18 @@ export class ApplyPipeline<S, W> {
     const forget = this.forget;
     // PostgreSQL's own list: a deposed leader's prepared transactions were never in `prepared`.
     if (record.prevOwner !== NO_REPLICA) {
-      const owned = (await n.db.listPrepared()).filter((e) => e.replica === record.prevOwner);
+      // And the previous owner's writes held open here (this node was that owner: held.ts).
+      const owned = [...(await n.db.listPrepared()).filter((e) => e.replica === record.prevOwner),
+        ...n.held.entriesOf(record.prevOwner)];
       // As the history (which has taken this PROMOTE) decides: kept, or past the lsn kept, under a
       // ROLLBACK in the kept history, or this node's own void writes. Still pending: written after
       // this PROMOTE by its own leader, which replay after a crash meets here; left in the limbo.
       const decided = (verdict: 'confirmed' | 'rolled-back'): string[] => owned.filter((e) => n.history.verdict(record.prevOwner, e.lsn) === verdict).map((e) => e.gid);
       const commit = decided('confirmed');
       const rollback = decided('rolled-back');
-      await n.db.finish('commit', commit, forget);
+      await n.held.finish('commit', commit, 'in queue', forget);
       this.promoted.committed += commit.length;
-      await n.db.finish('rollback', rollback, forget);
+      await n.held.finish('rollback', rollback, 'in queue', forget);
       this.promoted.rolledBack += rollback.length;
       if (commit.length + rollback.length > 0 || record.replica !== n.self) {
         n.log.info({ leader: record.replica, recordTerm: record.term, prevOwner: record.prevOwner, prevLsn: record.prevLsn, committed: commit.length, rolledBack: rollback.length }, `PROMOTE of node ${record.replica} applied: the previous leader's pending transactions decided`);

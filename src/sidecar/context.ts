@@ -12,6 +12,7 @@
 //   rejoin.ts       snapshots, joining                            history, exactTo (after a snapshot), rejoin
 //   retention.ts    journal trims                                 exactTo (cleared)
 //   writes.ts       the leader's write path                       (its own fields)
+//   held.ts         sync writes held open (RFC 0027)              (its own fields)
 //
 // Shared by several writers, each named where the field is declared. Every
 // other field of a duty is private to it.
@@ -29,6 +30,7 @@ import type { ReplicaId, Term, Lsn } from '../core/types.js';
 import { vclockFromEntries, vclockMerge, type VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from './config.js';
+import type { HeldWrites } from './held.js';
 import type { Clock, Database, JournalStore, NodeEvent, NodeObserver, PlantedBugs, Transport } from './io.js';
 import type { OwnLog } from './own-log.js';
 import { UnfitRecords } from './unfit.js';
@@ -160,6 +162,8 @@ export class NodeContext<S, W> {
   rejoin!: RejoinDuty;
   writes!: WritesDuty;
   reads!: ReadsDuty;
+  /** Sync writes held open, and every decision on this node's limbo entries goes through it (held.ts). */
+  held!: HeldWrites<S, W>;
 
   // ---- shared state ----
   /** Written by leadership.ts only. */

@@ -32,6 +32,7 @@ import { emptied, isWithheld } from '../core/withheld.js';
 import type { Logger } from '../log.js';
 import type { LeaderTransaction, WriteOpening } from '../postgres/leader.js';
 import { ApplyPipeline } from './apply.js';
+import { HeldWrites } from './held.js';
 import type { SidecarConfig } from './config.js';
 import { NodeContext, type NodePorts } from './context.js';
 import { Intake } from './intake.js';
@@ -109,6 +110,7 @@ export class NodeDriver<S, W> {
     n.members = this.#members = new Members(n);
     n.rejoin = this.#rejoin = new Rejoin(n, options.joining ?? null);
     n.own = new OwnLog(journal, self, config.clusterId, (record) => n.limbo.ownAppended(record));
+    n.held = new HeldWrites(n);
     n.writes = this.#writes = new Writes(this.#writesHost(), n.db, n.own, n.clock, n.bugs);
     n.reads = this.#reads = new ReadIndex({
       after: (ms, fn) => n.clock.after(ms, fn),
@@ -273,6 +275,7 @@ export class NodeDriver<S, W> {
       ownDurable: () => n.limbo.ownDurable(),
       inQueue: (what, work, context) => n.inQueue(what, work, context),
       orphaned: (gid) => this.#recovery.orphaned(gid),
+      held: this.config.syncHold === 'open' ? n.held as HeldWrites<unknown, unknown> : null,
     };
   }
 

@@ -223,6 +223,10 @@ export interface PlantedBugs {
   readonly readIndexUnconfirmed?: boolean;
   /** A linearizable read runs as soon as the node wins its election, before its PostgreSQL holds what it decided (read-index.ts). */
   readonly readIndexNotApplied?: boolean;
+  /** Capture of a write held open does not check the transactions held before it (writes.ts, RFC 0027). */
+  readonly heldUnchecked?: boolean;
+  /** A held write found lost leaves capture's check and stops new writes no more, before its verdict is carried out (held.ts). */
+  readonly lostForgotten?: boolean;
 }
 
 /**

@@ -114,6 +114,7 @@ export class Leadership<S, W> {
     this.#promotedTerm = null;
     n.reads.lost();
     const pending = n.limbo.abandon();
+    n.held.stepDown();
     n.log.warn({ term: n.term, pending, reason }, 'no longer the leader: sync writes refused from now on');
     n.emit({ kind: 'steppedDown', term: n.term, pending, reason });
   }

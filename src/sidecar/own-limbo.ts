@@ -205,7 +205,7 @@ export class OwnLimbo<S, W> {
   }
 
   /**
-   * COMMIT or ROLLBACK PREPARED of decided entries, retried until PostgreSQL
+   * COMMIT or ROLLBACK of decided entries (prepared, or held open: held.ts), retried until PostgreSQL
    * takes it: the journal holds the decision, so a PostgreSQL crash costs
    * time, not the node. A leader whose PostgreSQL fails here steps down, so
    * that a node with a working PostgreSQL takes the writes. `answerEarly`
@@ -219,7 +219,7 @@ export class OwnLimbo<S, W> {
     for (const gid of gids) if (this.#memberGids.has(gid)) each(gid);
     if (prepared.length === 0) return;
     const left = new Set(prepared);
-    const finish = (): Promise<void> => n.db.finish(verb, [...left], (gid) => {
+    const finish = (): Promise<void> => n.held.finish(verb, [...left], 'outside', (gid) => {
       left.delete(gid);
       each(gid);
     });

@@ -65,7 +65,11 @@ export class Recovery<S, W> {
    * concurrently, each in its session, so one may have failed at COMMIT
    * (PostgreSQL or the sidecar died) while later ones committed: the own
    * records below the highest applied are checked one by one, and an async
-   * write missing is applied from its TXN here; returns how many were.
+   * write missing is applied from its TXN here; returns how many were. So is
+   * a sync write the journal confirmed: one held open whose session ended, or
+   * whose COMMIT a PostgreSQL crash lost (RFC 0027). One still undecided that
+   * PostgreSQL does not hold prepared was held open: it becomes a lost held
+   * entry, and its verdict is carried out like a prepared one's (held.ts).
    * Idempotent.
    */
   async replay(): Promise<number> {
@@ -82,8 +86,18 @@ export class Recovery<S, W> {
       const others = vclockEntries(n.journal.tailVclock).filter(([replica]) => replica !== self);
       for await (const record of n.journal.cursor(vclockFromEntries([...others, [self, recheckFrom]]))) {
         if (record.replica !== self || record.lsn > ownApplied) continue;
-        // Sync entries are prepared before they are journaled; only an async write can be missing.
-        if (record.kind !== 'txn' || record.sync || record.changes.length === 0 || ownHeld.has(record.lsn)) continue;
+        if (record.kind !== 'txn' || record.changes.length === 0 || ownHeld.has(record.lsn)) continue;
+        if (record.sync) {
+          // Prepared, or held open by this life of the node: decided as such.
+          if (n.prepared.has(record.gid) || n.held.has(record.gid)) continue;
+          const verdict = n.history.verdict(self, record.lsn);
+          if (verdict === 'rolled-back') continue;
+          if (verdict === null) {
+            n.held.lostAtStart(record);
+            n.prepared.add(record.gid);
+            continue;
+          }
+        }
         if ((await n.db.apply(record, { prepare: false, exact: true })) === 'applied') {
           n.log.warn({ lsn: record.lsn }, 'applied a journaled write of this node whose COMMIT had not reached PostgreSQL');
           replayed += 1;
@@ -116,6 +130,7 @@ export class Recovery<S, W> {
     if (!n.resyncPending) n.log.warn('lost the connection to PostgreSQL: once it is back, it is checked against the journal');
     n.resyncPending = true;
     n.losses += 1;
+    n.held.postgresLost();
     const run = n.queue.then(() => n.untilDone('checking PostgreSQL against the journal', async () => {
       await this.resyncIfLost();
     }, {}));
@@ -183,7 +198,7 @@ export class Recovery<S, W> {
     // turn. Applied here first, its mark would make the queue skip the records before it (simulator seed 4).
     const passed = n.applied;
     for await (const record of n.journal.cursor(from)) {
-      if (record.kind !== 'txn' || !record.sync || record.changes.length === 0) continue;
+      if (record.kind !== 'txn' || !record.sync || record.changes.length === 0 || n.held.has(record.gid)) continue;
       if (record.lsn > vclockGet(passed, record.replica)) continue;
       if (!ranges.some((r) => r.owner === record.replica && record.lsn >= r.from && record.lsn <= r.to)) continue;
       if (n.history.verdict(record.replica, record.lsn) !== 'confirmed') continue;

@@ -95,6 +95,7 @@ export class Rejoin<S, W> {
       await n.until(() => n.writes.beforeLimbo === 0 && n.writes.ownInFlight.size === 0, () => !n.stopping);
       const prepared = await n.db.listPrepared();
       await n.db.finish('rollback', prepared.map((e) => e.gid));
+      await n.held.rollbackAll();
       n.prepared.clear();
       return n.db.loadSnapshot(begin.tables);
     });

@@ -12,6 +12,8 @@ import type { Lsn, ReplicaId, Term } from '../core/types.js';
 import type { Logger } from '../log.js';
 import type { LeaderOutcome, LeaderTransaction, WriteOpening } from '../postgres/index.js';
 import type { Clock, Database, NodeEvent, PlantedBugs } from './io.js';
+import { heldEnded } from '../postgres/capture.js';
+import type { HeldWrites } from './held.js';
 import { leaderWrite, type WriteSteps } from './leader-write.js';
 import type { OwnLog } from './own-log.js';
 
@@ -40,6 +42,8 @@ export interface WritesHost {
   inQueue<T>(what: string, work: () => Promise<T>, context: Record<string, unknown>): Promise<T>;
   /** A write failed after its PREPARE was sent and before its TXN was journaled: roll `gid` back if PostgreSQL holds it. */
   orphaned(gid: string): void;
+  /** Sync writes held open (RFC 0027); null when this node prepares them. */
+  readonly held: HeldWrites<unknown, unknown> | null;
 }
 
 /** Run the order of duties (leader-write.ts) on a transaction opened under `opening`. */
@@ -114,6 +118,9 @@ export class Writes<S, W> {
     }
     if (!this.#host.recovered()) throw this.#host.notLeader('NOT_LEADER', `node ${this.#host.self} is starting: it takes writes once PostgreSQL agrees with its journal`);
     await this.#host.settled();
+    // A held write whose session ended is applied from the journal first (RFC 0027): what would run now might take its rows.
+    const held = this.#host.held;
+    if (held !== null && held.lost > 0 && this.#bugs.lostForgotten !== true) await held.whenNoneLost();
     // The term the fence checks this write under is the term its TXN carries, even if the node
     // learns a newer one while the write runs.
     const writeTerm = this.#host.term();
@@ -131,6 +138,8 @@ export class Writes<S, W> {
     /** The async TXN once durable: from then on the write will commit, here too. */
     let asyncTxn: TxnRecord | null = null;
     let waiting: Promise<void> | null = null;
+    /** Held open (RFC 0027): resolved once its TXN is durable; its answer is the limbo's from then on. */
+    let heldJournaled: (() => void) | null = null;
     let counted = true;
     let inFlight: Lsn | null = null;
     const uncount = (): void => {
@@ -166,19 +175,44 @@ export class Writes<S, W> {
           await this.#own.submit(txn);
           if (!sync) asyncTxn = txn;
           this.#host.ownDurable();
+          heldJournaled?.();
         },
         prepareSent: (gid) => {
           prepareSent = gid;
         },
+        held: () => {
+          const held = this.#host.held;
+          if (held === null) return null;
+          return this.#bugs.heldUnchecked === true ? [] : held.xids();
+        },
+        hold: ({ lsn, gid, time, changes }, xid, session) => {
+          const held = this.#host.held;
+          if (held === null) throw new Error('a write was held open on a node that prepares its sync writes');
+          const txn: TxnRecord = { kind: 'txn', replica: this.#host.self, lsn, term: writeTerm, time, gid, sync: true, changes, idempotencyKey };
+          return held.hold(txn, xid, session);
+        },
+        unhold: (gid) => this.#host.held?.unhold(gid),
       };
-      const outcome = await order({ term: writeTerm, replica: this.#host.self, idempotencyKey }, steps);
+      const journaledHeld = new Promise<null>((resolve) => (heldJournaled = () => resolve(null)));
+      const ordered = order({ term: writeTerm, replica: this.#host.self, idempotencyKey }, steps);
+      // A write held open keeps its transaction (and its connection) until the limbo's decision is carried
+      // out on it, which may come long after its client hears OUTCOME_UNKNOWN: once its TXN is durable, its
+      // answer is the limbo's alone, and the held entry ends the transaction (held.ts).
+      const outcome = held === null ? await ordered : await Promise.race([ordered, journaledHeld]);
+      if (outcome === null) void ordered.catch(() => undefined);
       // Nothing replicated was written: a plain local commit, and the lsn goes back.
-      if (outcome.kind === 'empty') {
+      else if (outcome.kind === 'empty') {
         written.mode = 'local';
         this.#own.release(outcome.lsn, this.#host.term(), this.#host.now());
       }
       if (waiting !== null) await waiting;
-    } catch (error) {
+    } catch (caught) {
+      let error = caught;
+      const ended = heldEnded(caught);
+      if (ended !== null) {
+        this.#host.held?.ended(ended);
+        error = new QsyncError('ROLLED_BACK', `this write was rolled back before it was journaled: a write held open before it ended with its session, and this one may have taken its rows; retry it (${(caught as Error).message})`);
+      }
       if (reserved !== null && !journaled) {
         if (prepareSent === null || this.#bugs.orphanKept === true) {
           this.#own.release(reserved, this.#host.term(), this.#host.now());

@@ -1,5 +1,7 @@
 // npm run sim -- --seed N [--bug NAME]         replay one seed, print its trace
 // npm run sim -- --seeds 1000 [--from S]       run many seeds: progress bar, then a summary
+// --hold prepare|open                          how the leaders hold sync writes (RFC 0027); by default
+//                                              odd seeds prepare and even seeds hold open
 // npm run sim -- --bug NAME --seeds 200        how soon a planted bug is caught
 // SIM_WATCH=w123 (a write) or SIM_WATCH=:3:293 (a gid's end) adds every PostgreSQL decision on it to the trace.
 import { parseArgs } from 'node:util';
@@ -13,8 +15,14 @@ const { values } = parseArgs({
     bug: { type: 'string' },
     'fault-ms': { type: 'string' },
     trace: { type: 'string', default: '40' },
+    hold: { type: 'string' },
   },
 });
+if (values.hold !== undefined && values.hold !== 'prepare' && values.hold !== 'open') {
+  process.stderr.write(`--hold is prepare or open, got ${JSON.stringify(values.hold)}\n`);
+  process.exit(2);
+}
+const holdOf = (seed: number): 'prepare' | 'open' => (values.hold as 'prepare' | 'open' | undefined) ?? (seed % 2 === 0 ? 'open' : 'prepare');
 
 function number(name: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
@@ -39,12 +47,12 @@ function report(result: SimResult): void {
   const s = result.stats;
   process.stdout.write(`${result.trace.join('\n')}\n\nseed ${result.seed}: ${result.ok ? 'ok' : `FAILED: ${result.violation}`}\n`);
   process.stdout.write(`${s.nodes} nodes, ${s.events} events, ${(s.simulatedMs / 1000).toFixed(1)} s simulated, ${s.crashes} crashes, ${s.pgCrashes} PostgreSQL crashes, ${s.sessionKills} sessions killed alone, ${s.leaders} terms with a leader; writes: ${s.acked} acknowledged, ${s.rolledBack} rolled back, ${s.unknown} unknown; ${s.linearizableReads} linearizable reads\n`);
-  if (!result.ok) process.stdout.write(`replay: npm run sim -- --seed ${result.seed}${bug === undefined ? '' : ` --bug ${bug}`}${faultMs === undefined ? '' : ` --fault-ms ${faultMs}`}\n`);
+  if (!result.ok) process.stdout.write(`replay: npm run sim -- --seed ${result.seed} --hold ${holdOf(result.seed)}${bug === undefined ? '' : ` --bug ${bug}`}${faultMs === undefined ? '' : ` --fault-ms ${faultMs}`}\n`);
 }
 
 const seed = number('seed', values.seed);
 if (seed !== undefined) {
-  const result = await simulate({ seed, ...common });
+  const result = await simulate({ seed, hold: holdOf(seed), ...common });
   report(result);
   process.exit(result.ok ? 0 : 1);
 }
@@ -55,7 +63,7 @@ const started = Date.now();
 const failures: SimResult[] = [];
 let events = 0;
 for (let i = 0; i < count; i += 1) {
-  const result = await simulate({ seed: from + i, ...common });
+  const result = await simulate({ seed: from + i, hold: holdOf(from + i), ...common });
   events += result.stats.events;
   if (!result.ok) failures.push(result);
   if (process.stdout.isTTY || i === count - 1 || (i + 1) % 25 === 0) {
@@ -67,6 +75,6 @@ for (let i = 0; i < count; i += 1) {
 }
 const minutes = (Date.now() - started) / 60_000;
 process.stdout.write(`\n\n${count} seeds (${from}..${from + count - 1}) in ${(minutes * 60).toFixed(1)} s: ${(count / minutes).toFixed(0)} seeds/min, ${(events / (minutes * 60)).toFixed(0)} events/s; ${failures.length} failed\n`);
-for (const failure of failures.slice(0, 20)) process.stdout.write(`  seed ${failure.seed}: ${failure.violation?.split('\n')[0]}\n`);
+for (const failure of failures.slice(0, 20)) process.stdout.write(`  seed ${failure.seed} (${holdOf(failure.seed)}): ${failure.violation?.split('\n')[0]}\n`);
 if (failures.length > 0) process.stdout.write(`replay one: npm run sim -- --seed ${failures[0]?.seed}${bug === undefined ? '' : ` --bug ${bug}`}\n`);
 process.exit(failures.length > 0 ? 1 : 0);

@@ -3,13 +3,13 @@
 // invariant; seeds that once found a real bug stay here as regressions; and
 // each planted bug must be caught within a bounded number of seeds.
 import { describe, expect, test } from 'vitest';
-import { PLANTED_BUGS, simulate, type PlantedBug, type SimResult } from './world.js';
+import { HELD_BUGS, PLANTED_BUGS, simulate, type PlantedBug, type SimResult } from './world.js';
 
 /** Seeds that found real bugs, kept as regressions (see docs/rfc/0002-simulator.md). */
 const REGRESSION_SEEDS = [13, 19, 25, 31, 38, 39, 41, 44, 53, 116, 159, 181, 219, 301, 21154, 37122];
 
-function explain(result: SimResult): string {
-  return `seed ${result.seed}: ${result.violation}\n${result.trace.join('\n')}\nreplay: npm run sim -- --seed ${result.seed}`;
+function explain(result: SimResult, hold: 'prepare' | 'open' = 'prepare'): string {
+  return `seed ${result.seed}: ${result.violation}\n${result.trace.join('\n')}\nreplay: npm run sim -- --seed ${result.seed} --hold ${hold}`;
 }
 
 describe('simulated clusters keep every invariant', () => {
@@ -21,6 +21,17 @@ describe('simulated clusters keep every invariant', () => {
     expect(result.stats.leaders).toBeGreaterThan(0);
     expect(result.stats.acked).toBeGreaterThan(0);
     expect(result.stats.linearizableReads).toBeGreaterThan(0);
+  });
+});
+
+describe('simulated clusters whose leaders hold sync writes open keep every invariant (RFC 0027)', () => {
+  test.each(Array.from({ length: 16 }, (_, i) => i + 1))('seed %i', async (seed) => {
+    const result = await simulate({ seed, hold: 'open' });
+    if (!result.ok) throw new Error(explain(result, 'open'));
+    expect(result.stats.leaders).toBeGreaterThan(0);
+    expect(result.stats.acked).toBeGreaterThan(0);
+    // The phase that terminates a held write's session while another waits for its row ran.
+    expect(result.stats.sessionKills).toBeGreaterThan(0);
   });
 });
 
@@ -48,8 +59,10 @@ describe('planted bugs are caught', () => {
   const seedsMax = (bug: PlantedBug): number => (bug === 'commitBeforeJournal' ? 150 : 80);
   test.each(PLANTED_BUGS)('%s is caught within its fixed seeds', async (bug) => {
     let caught: SimResult | null = null;
+    // The held path's bugs show only where leaders hold sync writes open; the others are sought where they prepare.
+    const hold = HELD_BUGS.includes(bug) ? 'open' : 'prepare';
     for (let seed = 1; seed <= seedsMax(bug) && caught === null; seed += 1) {
-      const result = await simulate({ seed, bug });
+      const result = await simulate({ seed, bug, hold });
       if (!result.ok) caught = result;
     }
     expect(caught, `${bug} was not caught in ${seedsMax(bug)} seeds`).not.toBeNull();
@@ -58,7 +71,7 @@ describe('planted bugs are caught', () => {
     expect(found.violation).toMatch(/.+/);
     expect(found.trace.at(-1)).toContain('VIOLATION');
     // And the same seed without the bug passes.
-    const clean = await simulate({ seed: found.seed });
-    if (!clean.ok) throw new Error(explain(clean));
+    const clean = await simulate({ seed: found.seed, hold });
+    if (!clean.ok) throw new Error(explain(clean, hold));
   });
 });

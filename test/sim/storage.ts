@@ -7,6 +7,13 @@
 // it loses what was committed without waiting for its flush (applies, COMMIT
 // and ROLLBACK PREPARED, the node row: a suffix of its WAL), every open
 // session, and for a while answers nothing.
+//
+// When the leader holds sync writes open (RFC 0027), the model also keeps
+// row locks: a client session's transaction locks its keys from its
+// statements until it commits or ends (with its session, the sidecar, or the
+// server), a prepared one until it is finished, and statements and applies
+// that touch a locked key wait. And transaction ids, whose status capture
+// checks.
 import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
@@ -166,6 +173,16 @@ export class SimPg {
   /** Client sessions terminated alone (pg_terminate_backend) while the server and its other sessions went on. */
   sessionsKilled = 0;
   #nextSession = 0;
+  /** Row locks and transaction ids are modelled (the leader holds sync writes open: RFC 0027). */
+  locking = false;
+  /** Client sessions' transactions, by id (the session's number). */
+  readonly #xacts = new Map<number, { readonly epoch: number; readonly life: Life; state: 'open' | 'committed' | 'aborted' }>();
+  /** Transactions captured to be held open (capture_held answered with their id). */
+  readonly heldOpen = new Set<number>();
+  /** Sessions terminated alone at a time rather than at a step (one held open while it waited). */
+  readonly #terminated = new Set<number>();
+  /** A key's lock: the id of the client transaction, or the gid of the prepared one, that holds it. */
+  readonly #locks = new Map<string, number | string>();
   /** Until when a crashed server answers nothing. */
   downUntil = 0;
   /** Told of every crash (the driver's handles subscribe through SimDatabase.onLost). */
@@ -182,7 +199,7 @@ export class SimPg {
   /** A new client session's number. */
   openSession(): number {
     this.#nextSession += 1;
-    if (this.killArmed !== null) {
+    if (this.killArmed !== null && !this.locking) {
       this.#doomed.set(this.#nextSession, this.killArmed);
       this.killArmed = null;
     }
@@ -195,10 +212,92 @@ export class SimPg {
    * then rolled back, a prepared one stays, and every other session goes on.
    */
   terminatedAt(id: number, step: number): boolean {
+    if (this.#terminated.has(id)) return true;
     const at = this.#doomed.get(id);
     if (at === undefined || step < at) return false;
-    if (step === at) this.sessionsKilled += 1;
+    if (step === at) {
+      this.sessionsKilled += 1;
+      this.#terminated.add(id);
+    }
     return true;
+  }
+
+  /**
+   * With locks modelled, the kill waits for a session that writes a shared
+   * key of the sync table, whose death another write waiting for that key
+   * may see: `keys` are the session's.
+   */
+  armOn(id: number, keys: readonly string[]): void {
+    if (!this.locking || this.killArmed === null || this.killArmed > 2 || !keys.some((key) => key.startsWith('s:x'))) return;
+    this.#doomed.set(id, this.killArmed);
+    this.killArmed = null;
+  }
+
+  /**
+   * With locks modelled, a kill armed for step 3 or 4 waits instead for a
+   * session that another one waits on (`keys` are the waiter's): it dies
+   * while it holds the row, most often held open for its quorum.
+   */
+  killWaitedOn(keys: readonly string[], waiter: number): void {
+    if (!this.locking || this.killArmed === null || this.killArmed <= 2) return;
+    for (const key of keys.filter((k) => k.startsWith('s:x'))) {
+      const holder = this.#locks.get(key);
+      if (typeof holder !== 'number' || holder === waiter || !this.heldOpen.has(holder) || this.xactStatus(holder) !== 'in progress') continue;
+      this.killArmed = null;
+      if (process.env.SIM_DEBUG) console.log('KILL', this.node, holder, 'waited on by', waiter, key);
+      this.terminate(holder);
+      return;
+    }
+  }
+
+  /** pg_terminate_backend of session `id` now, wherever it is. */
+  terminate(id: number): void {
+    if (this.#terminated.has(id)) return;
+    this.#terminated.add(id);
+    this.sessionsKilled += 1;
+  }
+
+  /** A client session's transaction begins (BEGIN, in the sidecar's life `life`). */
+  begin(id: number, life: Life): void {
+    this.#xacts.set(id, { epoch: this.epoch, life, state: 'open' });
+  }
+
+  /** pg_xact_status: a transaction whose session, sidecar or server died is aborted. */
+  xactStatus(id: number): 'in progress' | 'committed' | 'aborted' {
+    const xact = this.#xacts.get(id);
+    if (xact === undefined) return 'aborted';
+    if (xact.state === 'open' && (xact.epoch !== this.epoch || !xact.life.alive || this.#terminated.has(id))) xact.state = 'aborted';
+    return xact.state === 'open' ? 'in progress' : xact.state;
+  }
+
+  /** The transaction ended (COMMIT or ROLLBACK): its locks go. */
+  end(id: number, state: 'committed' | 'aborted'): void {
+    const xact = this.#xacts.get(id);
+    if (xact !== undefined && xact.state === 'open') xact.state = state;
+    for (const [key, holder] of this.#locks) if (holder === id) this.#locks.delete(key);
+  }
+
+  /** Client transactions still open (in progress) now. */
+  get openXacts(): number {
+    return [...this.#xacts.keys()].filter((id) => this.xactStatus(id) === 'in progress').length;
+  }
+
+  /** One of `keys` is locked by a live transaction other than `self`. */
+  locked(keys: readonly string[], self: number | null): boolean {
+    return keys.some((key) => {
+      const holder = this.#locks.get(key);
+      if (holder === undefined || holder === self) return false;
+      return typeof holder === 'string' ? this.prepared.has(holder) : this.xactStatus(holder) === 'in progress';
+    });
+  }
+
+  lock(keys: readonly string[], id: number): void {
+    for (const key of keys) this.#locks.set(key, id);
+  }
+
+  /** PREPARE TRANSACTION: the session's locks pass to the prepared transaction. */
+  lockPrepared(id: number, gid: string): void {
+    for (const [key, holder] of this.#locks) if (holder === id) this.#locks.set(key, gid);
   }
 
   /** COMMIT or ROLLBACK PREPARED, as the sidecar runs them: without waiting for the flush. */
@@ -342,6 +441,8 @@ export class SimPg {
   }
 }
 
+const keysOf = (puts: readonly Put[]): string[] => puts.map((p) => `${p.table}:${p.key}`);
+
 const encodePuts = (puts: readonly Put[]): string => JSON.stringify(puts.map((p) => ({ k: p.key, v: p.value })));
 
 function decodePuts(record: TxnRecord): Put[] {
@@ -416,6 +517,15 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     return value;
   }
 
+  /** An apply's rows wait for the transactions that lock them (only while locks are modelled). */
+  async #unlocked(puts: readonly Put[], epoch: number): Promise<void> {
+    const keys = keysOf(puts);
+    while (this.#pg.locked(keys, null)) {
+      await this.#sleep(this.#rng.range(0.5, 2));
+      if (this.#pg.epoch !== epoch) throw pgError('57P01', 'terminating connection due to a PostgreSQL crash');
+    }
+  }
+
   /** A transient failure (a deadlock, a restarting server): nothing happened, the caller retries. */
   #flaky(what: string): void {
     if (this.#rng.chance(this.#failureRate)) throw pgError('40P01', `simulated transient failure in ${what}`);
@@ -457,6 +567,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     const applied = options.exact === true ? pg.appliedExact.has(`${record.replica}:${record.lsn}`) : vclockGet(pg.applied, record.replica) >= record.lsn;
     if (applied || pg.prepared.has(record.gid)) return this.#answer('skipped', epoch);
     const puts = decodePuts(record);
+    if (pg.locking) await this.#unlocked(puts, epoch);
     if (options.prepare) {
       pg.prepare(record.gid, { replica: record.replica, lsn: record.lsn, puts, time: record.time, idempotencyKey: record.idempotencyKey });
       return this.#answer('prepared', epoch);
@@ -471,6 +582,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     const epoch = this.#up(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     this.#flaky(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     const pg = this.#pg;
+    if (pg.locking) await this.#unlocked(records.flatMap(decodePuts), epoch);
     // Unchecked, a record applied already fails the batch on its mark, as qsync.applied's primary key does.
     const unchecked = !options.checked && records.every((r) => r.lsn > vclockGet(options.exactTo, r.replica));
     if (unchecked && records.some((r) => pg.appliedExact.has(`${r.replica}:${r.lsn}`))) throw pgError('23505', 'duplicate key value violates unique constraint "applied_pkey"');
@@ -564,6 +676,7 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     this.#rng = rng;
     this.#life = life;
     this.#id = pg.openSession();
+    pg.begin(this.#id, life);
   }
 
   #session(): void {
@@ -575,19 +688,43 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
   /** BEGIN and the puts: the fence checks a sync table's write against qsync.node. */
   async run(puts: readonly Put[]): Promise<void> {
     await this.#sleep(this.#rng.range(0.2, 3));
+    this.#pg.armOn(this.#id, keysOf(puts));
     this.#session();
     const sync = puts.some((p) => p.table === 's');
     if (sync && this.#pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
     if (sync && this.#pg.row.term !== this.#opening.term) throw pgError('QS002', `qsync: stale term ${this.#opening.term} (node term ${this.#pg.row.term})`);
+    if (this.#pg.locking) {
+      // Each statement waits for the transactions that lock its rows; then its transaction locks them.
+      const keys = keysOf(puts);
+      while (this.#pg.locked(keys, this.#id)) {
+        this.#pg.killWaitedOn(keys, this.#id);
+        await this.#sleep(this.#rng.range(0.5, 2));
+        if (!this.#life.alive) return new Promise(() => undefined);
+        if (this.#pg.xactStatus(this.#id) !== 'in progress') throw pgError('57P01', 'terminating connection: the session ended while it waited for a lock');
+      }
+      this.#pg.lock(keys, this.#id);
+    }
     this.#puts = puts;
   }
 
-  async capture(stamp: { readonly lsn: Lsn; readonly time: number }): Promise<Captured> {
+  async capture(stamp: { readonly lsn: Lsn; readonly time: number }, held: readonly string[] | null): Promise<Captured> {
     this.#session();
+    // capture_held (migrations/0006): refused if a transaction held open before this one has ended.
+    const ended = (held ?? []).filter((xid) => this.#pg.xactStatus(Number(xid)) === 'aborted');
+    if (ended.length > 0) throw Object.assign(pgError('QS006', 'qsync: a write this node holds open for its quorum ended before its commit'), { detail: ended.join(',') });
     this.#stamp = stamp;
     const puts = this.#puts;
     const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
-    return { changes, sync: puts.some((p) => p.table === 's') };
+    const sync = puts.some((p) => p.table === 's');
+    if (held === null) return { changes, sync };
+    if (sync) this.#pg.heldOpen.add(this.#id);
+    // Armed for the next PREPARE: held open, the server crashes while the write waits for its quorum instead.
+    if (this.#pg.crashAfterPrepareUntil !== null) {
+      const upAt = this.#pg.crashAfterPrepareUntil;
+      this.#pg.crashAfterPrepareUntil = null;
+      void this.#sleep(this.#rng.range(0.1, 3)).then(() => this.#pg.crash(0, upAt));
+    }
+    return { changes, sync, held: { xid: String(this.#id), holdable: true } };
   }
 
   /**
@@ -601,6 +738,8 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     if (!this.#life.alive) return new Promise(() => undefined);
     this.#session();
     this.#pg.prepare(gid, { replica: this.#opening.replica, lsn, puts: this.#puts, time, idempotencyKey: this.#opening.idempotencyKey });
+    this.#pg.lockPrepared(this.#id, gid);
+    this.#pg.end(this.#id, 'committed');
     if (this.#pg.crashAfterPrepareUntil !== null) {
       const upAt = this.#pg.crashAfterPrepareUntil;
       this.#pg.crashAfterPrepareUntil = null;
@@ -613,7 +752,10 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
   }
 
   async commit(journaled: boolean): Promise<void> {
-    if (this.#puts.length === 0) return;
+    if (this.#puts.length === 0) {
+      this.#pg.end(this.#id, 'committed');
+      return;
+    }
     const { lsn, time } = this.#stamped();
     // The COMMIT's round trip: other sessions' COMMITs may overtake it, and either crash may end it.
     await this.#sleep(this.#rng.range(0.1, 2));
@@ -625,10 +767,12 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     // Journaled: not flushed (synchronous_commit off), and replay repairs a lost COMMIT.
     const gid = gidFor(this.#cluster, this.#opening.replica, lsn);
     this.#pg.commitNow(gid, this.#puts, time, this.#opening.replica, lsn, this.#opening.idempotencyKey, true, !journaled);
+    this.#pg.end(this.#id, 'committed');
   }
 
   async rollback(): Promise<void> {
     // Nothing of an unprepared transaction outlives it.
+    this.#pg.end(this.#id, 'aborted');
   }
 
   #stamped(): { readonly lsn: Lsn; readonly time: number } {

@@ -24,7 +24,10 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'syncTxnSkipsLww', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied', 'orphanKept'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'syncTxnSkipsLww', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied', 'orphanKept', 'heldUnchecked', 'lostForgotten'] as const;
+
+/** The planted bugs of the path that holds sync writes open: only a run in that mode can catch them. */
+export const HELD_BUGS: readonly PlantedBug[] = ['heldUnchecked', 'lostForgotten'];
 
 /** A relay leaves a gap in one record of 500 on half the seeds (from a generator of its own). */
 function gapsOf(seed: number): { gapRate: number; gaps: Rng } {
@@ -36,6 +39,8 @@ export type PlantedBug = (typeof PLANTED_BUGS)[number];
 export interface SimOptions {
   readonly seed: number;
   readonly bug?: PlantedBug;
+  /** How the leader holds sync writes (the syncHold setting); default prepare. Open also models row locks. */
+  readonly hold?: 'prepare' | 'open';
   /** Length of the safety phase, simulated ms. */
   readonly faultMs?: number;
   /** Lines of trace kept for a failure report. */
@@ -90,6 +95,7 @@ class World {
   readonly #trace: string[] = [];
   readonly #traceMax: number;
   readonly #bugs: PlantedBugs;
+  readonly #hold: 'prepare' | 'open';
   /** Term -> the one leader seen in it. */
   readonly #leaders = new Map<number, number>();
   /** "node:term" -> candidate voted for. */
@@ -118,6 +124,7 @@ class World {
     this.#rng = new Rng(options.seed);
     this.#traceMax = options.traceLines ?? 40;
     this.#bugs = options.bug === undefined ? {} : { [options.bug]: true };
+    this.#hold = options.hold ?? 'prepare';
     const count = this.#rng.chance(0.7) ? 3 : 5;
     this.#quorum = Math.floor(count / 2) + 1;
     const latencyMsMin = this.#rng.range(0.5, 5);
@@ -138,6 +145,7 @@ class World {
         rate: this.#rng.range(0.98, 1.02), offsetMs: this.#rng.range(0, 10_000),
         life: { alive: false }, journal: null, driver: null, restartAt: null,
       });
+      (this.#nodes.at(-1) as SimNode).pg.locking = this.#hold === 'open';
     }
   }
 
@@ -145,7 +153,7 @@ class World {
     const faultMs = this.#options.faultMs ?? 20_000;
     this.#faultUntil = faultMs;
     try {
-      this.#note(`seed ${this.#options.seed}: ${this.#nodes.length} nodes, quorum ${this.#quorum}${this.#options.bug === undefined ? '' : `, planted bug ${this.#options.bug}`}`);
+      this.#note(`seed ${this.#options.seed}: ${this.#nodes.length} nodes, quorum ${this.#quorum}, sync writes held ${this.#hold === 'open' ? 'open' : 'prepared'}${this.#options.bug === undefined ? '' : `, planted bug ${this.#options.bug}`}`);
       for (const node of this.#nodes) this.#start(node);
       for (let c = 1; c <= 3; c += 1) this.#client(c);
       this.#faults(faultMs);
@@ -158,6 +166,8 @@ class World {
       await this.#runUntil(this.#scheduler.now + CLIENT_TIMEOUT_MS);
       await this.#linearizableReads();
       await this.#prepareAnswerLost();
+      await this.#heldSessionKilled('x9', false);
+      await this.#heldSessionKilled('x8', true);
       await this.#runUntil(this.#scheduler.now + 3 * SYNCHRO_TIMEOUT_MS + CLIENT_TIMEOUT_MS);
       this.#converged();
     } catch (error) {
@@ -207,7 +217,7 @@ class World {
       peers: this.#nodes.filter((n) => n !== node).map((n) => ({ replica: n.id, host: `n${n.id}`, port: 1, client: `n${n.id}` })),
       electionTimeoutMs: ELECTION_TIMEOUT_MS, synchroTimeoutMs: SYNCHRO_TIMEOUT_MS,
     });
-    return { ...parsed, quorum: this.#quorum, heartbeatIntervalMs: ELECTION_TIMEOUT_MS / 10 };
+    return { ...parsed, quorum: this.#quorum, heartbeatIntervalMs: ELECTION_TIMEOUT_MS / 10, syncHold: this.#hold };
   }
 
   #clock(node: SimNode, life: Life): Clock {
@@ -424,7 +434,7 @@ class World {
     });
   }
 
-  async #syncWrite(client: number, onto: SimNode | null): Promise<boolean> {
+  async #syncWrite(client: number, onto: SimNode | null, sharedKey?: string): Promise<boolean> {
     const node = onto ?? this.#target();
     if (node === null) return false;
     const value = `w${++this.#writes}`;
@@ -433,7 +443,11 @@ class World {
     // last-writer-wins judges that change too on every node (core/lww.ts). Chosen by count, not drawn: the seeds'
     // draws stay the same.
     const mixed = this.#writes % 3 === 0 ? [{ table: 'a' as const, key: `k${this.#writes % 5}`, value }] : [];
-    const answer = await this.#call(node, [{ table: 's', key: value, value }, ...mixed], value);
+    // Held open, every other one also writes a shared key of the sync table: writes wait on each other's
+    // row locks, which is what a held write's lost session must not let another take unchecked (RFC 0027).
+    const shared = sharedKey !== undefined ? [{ table: 's' as const, key: sharedKey, value }]
+      : this.#hold === 'open' && this.#writes % 2 === 0 ? [{ table: 's' as const, key: `x${this.#writes % 3}`, value }] : [];
+    const answer = await this.#call(node, [{ table: 's', key: value, value }, ...shared, ...mixed], value);
     if (answer === 'ok') {
       this.#status.set(value, 'acked');
       this.#syncAcked.add(value);
@@ -661,6 +675,31 @@ class World {
     if (this.#violation !== null) throw new Violation(this.#violation);
   }
 
+  /**
+   * Held open (RFC 0027): a write E holds row `key` open for its quorum; a
+   * second write F waits for that row, and E's session is terminated while F
+   * waits (pg_terminate_backend), so F gets the row at once; with `third`, a
+   * write G follows F on the same row. Whatever E's verdict, every node must
+   * end with the same row: F and G must not commit over a row that E's
+   * re-apply from the journal then overwrites on the leader alone. (G would
+   * hide F's divergence by writing the row again everywhere: each case has a
+   * row of its own.)
+   */
+  async #heldSessionKilled(key: string, third: boolean): Promise<void> {
+    if (this.#hold !== 'open') return;
+    await this.#until(() => this.#nodes.some((n) => n.driver?.isLeader === true), 10 * ELECTION_TIMEOUT_MS);
+    const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
+    if (leader === undefined) return;
+    const e = this.#syncWrite(0, leader, key);
+    await this.#runUntil(this.#scheduler.now + 0.5);
+    leader.pg.killArmed = 3;
+    this.#note(`n${leader.id}'s PostgreSQL will terminate the session of a held write that another write waits on`);
+    const fg = this.#syncWrite(0, leader, key).then(() => (third ? this.#syncWrite(0, leader, key) : false));
+    await this.#runUntil(this.#scheduler.now + 2 * CLIENT_TIMEOUT_MS + 10);
+    await Promise.all([e, fg]);
+    if (this.#violation !== null) throw new Violation(this.#violation);
+  }
+
   /** Run until `done`, or for `ms`. */
   async #until(done: () => boolean, ms: number): Promise<void> {
     const deadline = this.#scheduler.now + ms;
@@ -757,6 +796,7 @@ class World {
         if (node.pg.rows.get(`a:${value}`)?.value !== value) this.#fail(`acknowledged async write ${value} is missing on node ${node.id}`);
       }
       if (node.pg.prepared.size > 0) this.#fail(`node ${node.id} still holds prepared transactions after quiescing: ${[...node.pg.prepared.keys()].slice(0, 5).join(', ')}`);
+      if (node.pg.openXacts > 0) this.#fail(`node ${node.id} still holds ${node.pg.openXacts} transaction(s) open after quiescing`);
       if (node !== first && rowsOf(node) !== rowsOf(first)) {
         const a = new Set(rowsOf(first).split(' '));
         const b = new Set(rowsOf(node).split(' '));

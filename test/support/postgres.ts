@@ -4,7 +4,7 @@ import pg from 'pg';
 import type { Change } from '../../src/core/record.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import { launchPostgres, migrate, PgLeaderTransaction, type LaunchOptions, type LeaderOutcome, type PgServer, type PgWork } from '../../src/postgres/index.js';
-import { leaderWrite } from '../../src/sidecar/leader-write.js';
+import { leaderWrite, PREPARING } from '../../src/sidecar/leader-write.js';
 
 export interface TestNode {
   readonly server: PgServer;
@@ -59,5 +59,5 @@ export function leaderWriteOn(client: pg.ClientBase, write: {
   readonly reserve: () => { readonly lsn: Lsn; readonly gid: string; readonly time: number };
   readonly journal?: (txn: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: Change[] }) => Promise<void>;
 }, body: PgWork): Promise<LeaderOutcome> {
-  return leaderWrite(new PgLeaderTransaction(client, write, write.captureKey), { reserve: write.reserve, journal: write.journal ?? (() => Promise.resolve()), prepareSent: () => undefined }, body);
+  return leaderWrite(new PgLeaderTransaction(client, write, write.captureKey), { reserve: write.reserve, journal: write.journal ?? (() => Promise.resolve()), prepareSent: () => undefined, ...PREPARING }, body);
 }
