@@ -203,6 +203,8 @@ export class NodeDriver<S, W> {
     this.#stopTablesRefresh?.();
     await n.transport.stop();
     await n.queue.catch(() => undefined);
+    // Writes held open end with the node: their connections go back, and the next start's recovery finds them.
+    n.held.stopping();
     for (const [gid, waiter] of n.waiters) waiter.reject(new QsyncError('OUTCOME_UNKNOWN', `node stopping before ${gid} was decided; ask for its outcome by idempotency key`));
   }
 

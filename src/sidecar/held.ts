@@ -144,6 +144,11 @@ export class HeldWrites<S, W> {
     this.#allLost('PostgreSQL went away');
   }
 
+  /** The node stops: every held transaction is rolled back, and the journal decides each at the next start. */
+  stopping(): void {
+    this.#allLost('the node is stopping');
+  }
+
   #allLost(why: string): void {
     for (const entry of this.#entries.values()) if (entry.finishing === null) this.#toLost(entry, why);
   }
