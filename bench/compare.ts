@@ -13,6 +13,10 @@
 // each system. Per round, the ratios to native; the medians of those are
 // the figures. Also: WAL and journal fsyncs per commit,
 // and the sidecars' peak resident memory during the 64-client runs.
+// held: the client library on the same qsync cluster with its sidecars
+// restarted with `--sync-hold open` (RFC 0027: the leader holds sync writes
+// open instead of preparing them); they are restarted back before the next
+// qsync run, so each round measures both ways on the same servers.
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import pg from 'pg';
@@ -32,8 +36,8 @@ export interface CompareOptions {
   readonly chartPath: string;
 }
 
-type System = 'native' | 'qsync' | 'sql';
-const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql'];
+type System = 'native' | 'qsync' | 'sql' | 'held';
+const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql', 'held'];
 type Mode = 'sync' | 'async';
 
 export interface CompareRun {
@@ -64,6 +68,10 @@ export interface CompareCase {
   readonly qsync: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** qsync through its SQL port, with native's load generator. */
   readonly sql: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** qsync's client library with the leader holding sync writes open (RFC 0027). */
+  readonly held: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** Medians over the rounds of held/native. */
+  readonly heldRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** Medians over the rounds of sql/native. */
   readonly sqlRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** Medians over the pairs of qsync/native. */
@@ -245,21 +253,36 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
   const native = await startNativeCluster(['CREATE TABLE bench (id bigint PRIMARY KEY, payload text)']);
   let qsync: LocalCluster | null = null;
   try {
+    // The sidecars read their settings each time they start: the held runs restart them holding sync writes open.
+    let hold: 'prepare' | 'open' = 'prepare';
     qsync = await startLocalCluster({
+      sidecarArgs: () => ['--sync-hold', hold],
       tables: [
         { ddl: 'CREATE TABLE bench_sync (id bigint PRIMARY KEY, payload text)', name: 'bench_sync', mode: 'sync' },
         { ddl: 'CREATE TABLE bench_async (id bigint PRIMARY KEY, payload text)', name: 'bench_async', mode: 'async' },
       ],
     });
-    const leaderNode = await qsync.leader();
+    let leaderNode = await qsync.leader();
+    const cluster = qsync;
     const targets: Record<System, Target> = {
       native: nativeTarget(native, nextId), qsync: qsyncTarget(qsync, () => leaderNode, nextId, 'client'), sql: qsyncTarget(qsync, () => leaderNode, nextId, 'sql'),
+      held: qsyncTarget(qsync, () => leaderNode, nextId, 'client'),
+    };
+    /** Restart the sidecars holding sync writes as `system` needs, and find the leader again. */
+    const holdFor = async (system: System): Promise<void> => {
+      const wanted = system === 'held' ? 'open' : 'prepare';
+      if (system === 'native' || wanted === hold) return;
+      hold = wanted;
+      await Promise.all(cluster.nodes.map((n) => n.stopSidecar()));
+      await Promise.all(cluster.nodes.map((n) => n.startSidecar()));
+      leaderNode = await cluster.leader(30_000);
     };
     const runs: CompareRun[] = [];
     const peak: Record<string, number> = {};
     const most = Math.max(...options.clients);
 
     const measure = async (system: System, mode: Mode, clients: number, pair: number, seconds: number): Promise<CompareRun> => {
+      await holdFor(system);
       const target = targets[system];
       const other = targets[system === 'native' ? 'qsync' : 'native'];
       // Each run starts on an idle machine: the other system caught up with the run before (a qsync follower
@@ -308,7 +331,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
 
     console.log(`warm-up: ${options.warmupSeconds} s of sync inserts at 16 clients on each system`);
     for (const system of SYSTEMS) await measure(system, 'sync', 16, 0, options.warmupSeconds);
-    console.log(`\n${options.pairs} rounds of ${options.seconds} s runs per case: native, qsync (client library), sql (qsync's SQL port, driven as native is)\n`);
+    console.log(`\n${options.pairs} rounds of ${options.seconds} s runs per case: native, qsync (client library), sql (qsync's SQL port, driven as native is), held (client library, sync writes held open)\n`);
     console.log('mode   clients  pair  system      tx/s   p50 ms   p99 ms  errors  WAL fsyncs/tx  journal fsyncs/tx');
     for (const mode of ['sync', 'async'] as const) {
       for (const clients of options.clients) {
@@ -334,7 +357,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
         });
         const ratios = ratiosOf(of('qsync'));
         const med = (list: readonly Triple[]): Triple => ({ txPerSec: median(list.map((r) => r.txPerSec)), p50Ms: median(list.map((r) => r.p50Ms)), p99Ms: median(list.map((r) => r.p99Ms)) });
-        cases.push({ mode, clients, native: med(n), qsync: med(of('qsync')), sql: med(of('sql')), ratios, ratio: med(ratios), sqlRatio: med(ratiosOf(of('sql'))) });
+        cases.push({ mode, clients, native: med(n), qsync: med(of('qsync')), sql: med(of('sql')), held: med(of('held')), ratios, ratio: med(ratios), sqlRatio: med(ratiosOf(of('sql'))), heldRatio: med(ratiosOf(of('held'))) });
       }
     }
     const caseOf = (mode: Mode, clients: number): CompareCase | undefined => cases.find((c) => c.mode === mode && c.clients === clients);
@@ -350,6 +373,9 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       { what: `sync p50 latency, ${fewest} client, qsync/native`, target: '<= 2.5', value: caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity, met: (caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity) <= 2.5 },
       ...options.clients.filter((c) => c !== fewest).map((c) => ({ what: `async throughput, ${c} clients, qsync/native`, target: '>= 0.6', value: ratioOf('async', c), met: ratioOf('async', c) >= 0.6 })),
       { what: `CPU per sync commit at ${most} clients, all qsync processes, ms (native: ${cpuPerCommit('native', 'sync', most).toFixed(2)})`, target: '<= 0.5', value: cpuPerCommit('qsync', 'sync', most), met: cpuPerCommit('qsync', 'sync', most) <= 0.5 },
+      { what: `held open: sync throughput, ${most} clients, qsync/native`, target: '>= 0.5', value: caseOf('sync', most)?.heldRatio.txPerSec ?? 0, met: (caseOf('sync', most)?.heldRatio.txPerSec ?? 0) >= 0.5 },
+      { what: `held open: sync p50 latency, ${fewest} client, qsync/native`, target: '<= 2.5', value: caseOf('sync', fewest)?.heldRatio.p50Ms ?? Infinity, met: (caseOf('sync', fewest)?.heldRatio.p50Ms ?? Infinity) <= 2.5 },
+      { what: `held open: CPU per sync commit at ${most} clients, all qsync processes, ms`, target: '<= 0.5', value: cpuPerCommit('held', 'sync', most), met: cpuPerCommit('held', 'sync', most) <= 0.5 },
       { what: `sidecar peak RSS during the ${most}-client runs, MB`, target: '<= 150', value: Math.max(0, ...Object.values(peak)), met: Math.max(0, ...Object.values(peak)) <= 150 },
       ...options.clients.map((c) => {
         const k = caseOf('sync', c);
@@ -359,10 +385,10 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
     ];
 
     console.log('\nmedians over the pairs; ratio = median of the per-pair qsync/native ratios\n');
-    console.log('mode   clients   native tx/s   qsync tx/s  ratio     sql tx/s  ratio   native p50  qsync p50  ratio  sql p50  ratio   native p99  qsync p99  ratio');
+    console.log('mode   clients   native tx/s   qsync tx/s  ratio     sql tx/s  ratio    held tx/s  ratio   native p50  qsync p50  ratio  sql p50  ratio  held p50  ratio   native p99  qsync p99  ratio');
     for (const c of cases) {
       const f = (v: number, d = 0, w = 11): string => v.toFixed(d).padStart(w);
-      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.sql.txPerSec)}  ${f(c.sqlRatio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.sql.p50Ms, 2, 7)}  ${f(c.sqlRatio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
+      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.sql.txPerSec)}  ${f(c.sqlRatio.txPerSec, 2, 5)}  ${f(c.held.txPerSec)}  ${f(c.heldRatio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.sql.p50Ms, 2, 7)}  ${f(c.sqlRatio.p50Ms, 2, 5)}  ${f(c.held.p50Ms, 2, 8)}  ${f(c.heldRatio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
     }
     console.log(`\nsidecar peak RSS during the ${most}-client runs: ${Object.entries(peak).map(([k, v]) => `${k} ${v.toFixed(0)} MB`).join(', ')}`);
     console.log('\ntargets:');
@@ -388,7 +414,7 @@ export function chart(result: CompareResult): string {
   const height = 260;
   const pad = { left: 60, right: 16, top: 30, bottom: 40 };
   const clients = result.options.clients;
-  const colors: Record<System, [string, string]> = { native: ['#1f77b4', '#9ecae1'], qsync: ['#d62728', '#fc9272'], sql: ['#6a3d9a', '#cab2d6'] };
+  const colors: Record<System, [string, string]> = { native: ['#1f77b4', '#9ecae1'], qsync: ['#d62728', '#fc9272'], sql: ['#6a3d9a', '#cab2d6'], held: ['#2ca02c', '#a1d99b'] };
   const series = SYSTEMS.flatMap((system) => (['sync', 'async'] as const).map((mode) => ({
     system, mode, color: colors[system][mode === 'sync' ? 0 : 1], dash: mode === 'async' ? '6 4' : '',
     points: clients.map((c) => result.cases.find((k) => k.mode === mode && k.clients === c)?.[system]),
@@ -411,7 +437,7 @@ export function chart(result: CompareResult): string {
       }),
     ].join('\n');
   };
-  const legend = series.map((s, i) => `<line x1="${10 + i * 138}" x2="${36 + i * 138}" y1="${height + 20}" y2="${height + 20}" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}"/><text x="${40 + i * 138}" y="${height + 24}">${s.system} ${s.mode}</text>`).join('\n');
+  const legend = series.map((s, i) => `<line x1="${10 + i * 104}" x2="${36 + i * 104}" y1="${height + 20}" y2="${height + 20}" stroke="${s.color}" stroke-width="2" stroke-dasharray="${s.dash}"/><text x="${40 + i * 104}" y="${height + 24}">${s.system} ${s.mode}</text>`).join('\n');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${2 * width}" height="${height + 40}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="white"/>
 ${panel(0, 'Throughput (tx/s, median of pairs)', (p) => p.txPerSec, 'tx/s')}
