@@ -13,10 +13,11 @@
 // each system. Per round, the ratios to native; the medians of those are
 // the figures. Also: WAL and journal fsyncs per commit,
 // and the sidecars' peak resident memory during the 64-client runs.
-// held: the client library on the same qsync cluster with its sidecars
-// restarted with `--sync-hold open` (RFC 0027: the leader holds sync writes
-// open instead of preparing them); they are restarted back before the next
-// qsync run, so each round measures both ways on the same servers.
+// qsync and sql run with the leader holding sync writes open (the default,
+// RFC 0027); prepared: the client library on the same cluster with its
+// sidecars restarted with `--sync-hold prepare` (PREPARE TRANSACTION and
+// COMMIT PREPARED), and restarted back before the next qsync run, so each
+// round measures both ways on the same servers.
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import pg from 'pg';
@@ -36,8 +37,8 @@ export interface CompareOptions {
   readonly chartPath: string;
 }
 
-type System = 'native' | 'qsync' | 'sql' | 'held';
-const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql', 'held'];
+type System = 'native' | 'qsync' | 'sql' | 'prepared';
+const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql', 'prepared'];
 type Mode = 'sync' | 'async';
 
 export interface CompareRun {
@@ -68,10 +69,10 @@ export interface CompareCase {
   readonly qsync: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** qsync through its SQL port, with native's load generator. */
   readonly sql: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
-  /** qsync's client library with the leader holding sync writes open (RFC 0027). */
-  readonly held: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
-  /** Medians over the rounds of held/native. */
-  readonly heldRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** qsync's client library with the leader preparing its sync writes (syncHold prepare, RFC 0027). */
+  readonly prepared: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
+  /** Medians over the rounds of prepared/native. */
+  readonly preparedRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** Medians over the rounds of sql/native. */
   readonly sqlRatio: { readonly txPerSec: number; readonly p50Ms: number; readonly p99Ms: number };
   /** Medians over the pairs of qsync/native. */
@@ -253,8 +254,8 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
   const native = await startNativeCluster(['CREATE TABLE bench (id bigint PRIMARY KEY, payload text)']);
   let qsync: LocalCluster | null = null;
   try {
-    // The sidecars read their settings each time they start: the held runs restart them holding sync writes open.
-    let hold: 'prepare' | 'open' = 'prepare';
+    // The sidecars read their settings each time they start: the prepared runs restart them preparing sync writes.
+    let hold: 'prepare' | 'open' = 'open';
     qsync = await startLocalCluster({
       sidecarArgs: () => ['--sync-hold', hold],
       tables: [
@@ -266,11 +267,11 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
     const cluster = qsync;
     const targets: Record<System, Target> = {
       native: nativeTarget(native, nextId), qsync: qsyncTarget(qsync, () => leaderNode, nextId, 'client'), sql: qsyncTarget(qsync, () => leaderNode, nextId, 'sql'),
-      held: qsyncTarget(qsync, () => leaderNode, nextId, 'client'),
+      prepared: qsyncTarget(qsync, () => leaderNode, nextId, 'client'),
     };
     /** Restart the sidecars holding sync writes as `system` needs, and find the leader again. */
     const holdFor = async (system: System): Promise<void> => {
-      const wanted = system === 'held' ? 'open' : 'prepare';
+      const wanted = system === 'prepared' ? 'prepare' : 'open';
       if (system === 'native' || wanted === hold) return;
       hold = wanted;
       await Promise.all(cluster.nodes.map((n) => n.stopSidecar()));
@@ -331,7 +332,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
 
     console.log(`warm-up: ${options.warmupSeconds} s of sync inserts at 16 clients on each system`);
     for (const system of SYSTEMS) await measure(system, 'sync', 16, 0, options.warmupSeconds);
-    console.log(`\n${options.pairs} rounds of ${options.seconds} s runs per case: native, qsync (client library), sql (qsync's SQL port, driven as native is), held (client library, sync writes held open)\n`);
+    console.log(`\n${options.pairs} rounds of ${options.seconds} s runs per case: native, qsync (client library), sql (qsync's SQL port, driven as native is), prepared (client library, sync writes prepared instead of held open)\n`);
     console.log('mode   clients  pair  system      tx/s   p50 ms   p99 ms  errors  WAL fsyncs/tx  journal fsyncs/tx');
     for (const mode of ['sync', 'async'] as const) {
       for (const clients of options.clients) {
@@ -357,7 +358,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
         });
         const ratios = ratiosOf(of('qsync'));
         const med = (list: readonly Triple[]): Triple => ({ txPerSec: median(list.map((r) => r.txPerSec)), p50Ms: median(list.map((r) => r.p50Ms)), p99Ms: median(list.map((r) => r.p99Ms)) });
-        cases.push({ mode, clients, native: med(n), qsync: med(of('qsync')), sql: med(of('sql')), held: med(of('held')), ratios, ratio: med(ratios), sqlRatio: med(ratiosOf(of('sql'))), heldRatio: med(ratiosOf(of('held'))) });
+        cases.push({ mode, clients, native: med(n), qsync: med(of('qsync')), sql: med(of('sql')), prepared: med(of('prepared')), ratios, ratio: med(ratios), sqlRatio: med(ratiosOf(of('sql'))), preparedRatio: med(ratiosOf(of('prepared'))) });
       }
     }
     const caseOf = (mode: Mode, clients: number): CompareCase | undefined => cases.find((c) => c.mode === mode && c.clients === clients);
@@ -373,9 +374,6 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       { what: `sync p50 latency, ${fewest} client, qsync/native`, target: '<= 2.5', value: caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity, met: (caseOf('sync', fewest)?.ratio.p50Ms ?? Infinity) <= 2.5 },
       ...options.clients.filter((c) => c !== fewest).map((c) => ({ what: `async throughput, ${c} clients, qsync/native`, target: '>= 0.6', value: ratioOf('async', c), met: ratioOf('async', c) >= 0.6 })),
       { what: `CPU per sync commit at ${most} clients, all qsync processes, ms (native: ${cpuPerCommit('native', 'sync', most).toFixed(2)})`, target: '<= 0.5', value: cpuPerCommit('qsync', 'sync', most), met: cpuPerCommit('qsync', 'sync', most) <= 0.5 },
-      { what: `held open: sync throughput, ${most} clients, qsync/native`, target: '>= 0.5', value: caseOf('sync', most)?.heldRatio.txPerSec ?? 0, met: (caseOf('sync', most)?.heldRatio.txPerSec ?? 0) >= 0.5 },
-      { what: `held open: sync p50 latency, ${fewest} client, qsync/native`, target: '<= 2.5', value: caseOf('sync', fewest)?.heldRatio.p50Ms ?? Infinity, met: (caseOf('sync', fewest)?.heldRatio.p50Ms ?? Infinity) <= 2.5 },
-      { what: `held open: CPU per sync commit at ${most} clients, all qsync processes, ms`, target: '<= 0.5', value: cpuPerCommit('held', 'sync', most), met: cpuPerCommit('held', 'sync', most) <= 0.5 },
       { what: `sidecar peak RSS during the ${most}-client runs, MB`, target: '<= 150', value: Math.max(0, ...Object.values(peak)), met: Math.max(0, ...Object.values(peak)) <= 150 },
       ...options.clients.map((c) => {
         const k = caseOf('sync', c);
@@ -385,10 +383,10 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
     ];
 
     console.log('\nmedians over the pairs; ratio = median of the per-pair qsync/native ratios\n');
-    console.log('mode   clients   native tx/s   qsync tx/s  ratio     sql tx/s  ratio    held tx/s  ratio   native p50  qsync p50  ratio  sql p50  ratio  held p50  ratio   native p99  qsync p99  ratio');
+    console.log('mode   clients   native tx/s   qsync tx/s  ratio     sql tx/s  ratio  prepared tx/s  ratio   native p50  qsync p50  ratio  sql p50  ratio  prep p50  ratio   native p99  qsync p99  ratio');
     for (const c of cases) {
       const f = (v: number, d = 0, w = 11): string => v.toFixed(d).padStart(w);
-      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.sql.txPerSec)}  ${f(c.sqlRatio.txPerSec, 2, 5)}  ${f(c.held.txPerSec)}  ${f(c.heldRatio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.sql.p50Ms, 2, 7)}  ${f(c.sqlRatio.p50Ms, 2, 5)}  ${f(c.held.p50Ms, 2, 8)}  ${f(c.heldRatio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
+      console.log(`${c.mode.padEnd(5)}  ${String(c.clients).padStart(7)}  ${f(c.native.txPerSec, 0, 12)}  ${f(c.qsync.txPerSec)}  ${f(c.ratio.txPerSec, 2, 5)}  ${f(c.sql.txPerSec)}  ${f(c.sqlRatio.txPerSec, 2, 5)}  ${f(c.prepared.txPerSec, 0, 13)}  ${f(c.preparedRatio.txPerSec, 2, 5)}  ${f(c.native.p50Ms, 2, 11)}  ${f(c.qsync.p50Ms, 2, 9)}  ${f(c.ratio.p50Ms, 2, 5)}  ${f(c.sql.p50Ms, 2, 7)}  ${f(c.sqlRatio.p50Ms, 2, 5)}  ${f(c.prepared.p50Ms, 2, 8)}  ${f(c.preparedRatio.p50Ms, 2, 5)}  ${f(c.native.p99Ms, 2, 11)}  ${f(c.qsync.p99Ms, 2, 9)}  ${f(c.ratio.p99Ms, 2, 5)}`);
     }
     console.log(`\nsidecar peak RSS during the ${most}-client runs: ${Object.entries(peak).map(([k, v]) => `${k} ${v.toFixed(0)} MB`).join(', ')}`);
     console.log('\ntargets:');
@@ -414,7 +412,7 @@ export function chart(result: CompareResult): string {
   const height = 260;
   const pad = { left: 60, right: 16, top: 30, bottom: 40 };
   const clients = result.options.clients;
-  const colors: Record<System, [string, string]> = { native: ['#1f77b4', '#9ecae1'], qsync: ['#d62728', '#fc9272'], sql: ['#6a3d9a', '#cab2d6'], held: ['#2ca02c', '#a1d99b'] };
+  const colors: Record<System, [string, string]> = { native: ['#1f77b4', '#9ecae1'], qsync: ['#d62728', '#fc9272'], sql: ['#6a3d9a', '#cab2d6'], prepared: ['#2ca02c', '#a1d99b'] };
   const series = SYSTEMS.flatMap((system) => (['sync', 'async'] as const).map((mode) => ({
     system, mode, color: colors[system][mode === 'sync' ? 0 : 1], dash: mode === 'async' ? '6 4' : '',
     points: clients.map((c) => result.cases.find((k) => k.mode === mode && k.clients === c)?.[system]),

@@ -54,7 +54,7 @@ export function commitError(error: unknown, leaderSql: () => string | null): Buf
     if (sqlstate === '0A000' && /PREPARE/.test(message)) {
       // PREPARE TRANSACTION's own refusals (temporary objects, LISTEN/NOTIFY, WITH HOLD cursors, exported snapshots).
       return errorResponse(sqlstate, `qsync: ${message}; the transaction was rolled back`, {
-        hint: 'A transaction that writes a sync table waits for its quorum as a prepared transaction, which PostgreSQL refuses for one that used temporary tables, LISTEN/NOTIFY or WITH HOLD cursors: do those in a transaction of their own.',
+        hint: 'A SERIALIZABLE transaction that writes a sync table waits for its quorum as a prepared transaction (every one does with syncHold prepare), which PostgreSQL refuses for one that used temporary tables, LISTEN/NOTIFY or WITH HOLD cursors: do those in a transaction of their own.',
       });
     }
     return errorResponse(sqlstate, `qsync: ${message}`, hint === null ? {} : { hint: `The leader's SQL port is ${hint}.` });

@@ -36,11 +36,11 @@ export const configSchema = z.object({
   quorumForce: z.boolean().default(false),
   synchroTimeoutMs: z.number().int().min(10).max(600_000).default(5_000),
   /**
-   * How the leader holds a sync write while its quorum is awaited: prepare
-   * (PREPARE TRANSACTION, then COMMIT PREPARED) or open (its transaction stays
-   * open on its connection, then COMMIT; RFC 0027).
+   * How the leader holds a sync write while its quorum is awaited: open (its
+   * transaction stays open on its connection, then COMMIT; RFC 0027) or
+   * prepare (PREPARE TRANSACTION, then COMMIT PREPARED).
    */
-  syncHold: z.enum(['prepare', 'open']).default('prepare'),
+  syncHold: z.enum(['prepare', 'open']).default('open'),
   peerHost: z.string().default('127.0.0.1'),
   peerPort: z.number().int().min(0).max(65535),
   clientHost: z.string().default('127.0.0.1'),
@@ -103,7 +103,7 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
   { key: 'quorum', flag: 'quorum', env: 'QSYNC_QUORUM', kind: 'int', help: 'nodes that must hold a sync transaction before it commits; default a majority' },
   { key: 'quorumForce', flag: 'quorum-force', env: 'QSYNC_QUORUM_FORCE', kind: 'bool', help: 'allow a quorum below a majority (unsafe under partitions)' },
   { key: 'synchroTimeoutMs', flag: 'synchro-timeout-ms', env: 'QSYNC_SYNCHRO_TIMEOUT_MS', kind: 'int', help: 'how long a sync transaction waits for its quorum before it is rolled back; default 5000' },
-  { key: 'syncHold', flag: 'sync-hold', env: 'QSYNC_SYNC_HOLD', kind: 'string', help: 'how the leader holds a sync write while it waits for its quorum: prepare (PREPARE TRANSACTION; default) or open (the transaction stays open on its connection and commits without a second WAL flush; SERIALIZABLE writes are still prepared; docs/rfc/0027)' },
+  { key: 'syncHold', flag: 'sync-hold', env: 'QSYNC_SYNC_HOLD', kind: 'string', help: 'how the leader holds a sync write while it waits for its quorum: open (default: the transaction stays open on its connection and commits without a WAL flush of its own; SERIALIZABLE writes are still prepared) or prepare (PREPARE TRANSACTION, then COMMIT PREPARED); docs/rfc/0027' },
   { key: 'peerHost', flag: 'peer-host', env: 'QSYNC_PEER_HOST', kind: 'string', help: 'address the peer port binds to; default 127.0.0.1' },
   { key: 'peerPort', flag: 'peer-port', env: 'QSYNC_PEER_PORT', kind: 'int', help: 'port for other sidecars' },
   { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },

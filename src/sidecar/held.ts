@@ -139,9 +139,13 @@ export class HeldWrites<S, W> {
    * PostgreSQL went away (a crash, a restart, the connection to it): every
    * held session is gone with it, or is ended now. A crash may even hand a
    * lost transaction's id to a new one, so none of them is trusted again.
+   * Returns how many were held: a leader then steps down, as one whose
+   * COMMIT PREPARED fails does.
    */
-  postgresLost(): void {
+  postgresLost(): number {
+    const held = this.#entries.size;
     this.#allLost('PostgreSQL went away');
+    return held;
   }
 
   /** The node stops: every held transaction is rolled back, and the journal decides each at the next start. */

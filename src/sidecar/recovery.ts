@@ -130,7 +130,8 @@ export class Recovery<S, W> {
     if (!n.resyncPending) n.log.warn('lost the connection to PostgreSQL: once it is back, it is checked against the journal');
     n.resyncPending = true;
     n.losses += 1;
-    n.held.postgresLost();
+    // Writes held open ended with it: a leader steps down, so that a node with a working PostgreSQL leads.
+    if (n.held.postgresLost() > 0) n.leadership.postgresFailed(new Error('PostgreSQL went away while writes were held open'));
     const run = n.queue.then(() => n.untilDone('checking PostgreSQL against the journal', async () => {
       await this.resyncIfLost();
     }, {}));

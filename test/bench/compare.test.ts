@@ -57,13 +57,13 @@ describe('the chart', () => {
   it('draws throughput and p99 for the four systems in both modes', () => {
     const point = (tx: number, p99: number): { txPerSec: number; p50Ms: number; p99Ms: number } => ({ txPerSec: tx, p50Ms: p99 / 2, p99Ms: p99 });
     const cases = ([1, 16, 64] as const).flatMap((clients) => (['sync', 'async'] as const).map((mode) => ({
-      mode, clients, native: point(1000 * clients, 2), qsync: point(100 * clients, 20), sql: point(120 * clients, 18), held: point(150 * clients, 15), ratio: point(0.1, 10), sqlRatio: point(0.12, 9), heldRatio: point(0.15, 8), ratios: [],
+      mode, clients, native: point(1000 * clients, 2), qsync: point(100 * clients, 20), sql: point(120 * clients, 18), prepared: point(150 * clients, 15), ratio: point(0.1, 10), sqlRatio: point(0.12, 9), preparedRatio: point(0.15, 8), ratios: [],
     })));
     const svg = chart({ options: { seconds: 1, pairs: 1, clients: [1, 16, 64], warmupSeconds: 1 }, machine: { cpus: 2, node: 'v20' }, runs: [], cases, sidecarPeakRssMb: {}, targets: [] } as CompareResult);
     expect(svg.startsWith('<svg')).toBe(true);
     // Two panels, eight series each, three points per series.
     expect(svg.match(/<polyline/g)).toHaveLength(16);
     expect(svg.match(/<circle/g)).toHaveLength(48);
-    for (const label of ['native sync', 'qsync sync', 'sql sync', 'held sync', 'native async', 'qsync async', 'sql async', 'held async', 'Throughput', 'p99 latency']) expect(svg).toContain(label);
+    for (const label of ['native sync', 'qsync sync', 'sql sync', 'prepared sync', 'native async', 'qsync async', 'sql async', 'prepared async', 'Throughput', 'p99 latency']) expect(svg).toContain(label);
   });
 });

@@ -17,7 +17,7 @@ import { connect as netConnect } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startLocalCluster, type ClusterNode, type LocalCluster } from '../../src/cli/cluster.js';
-import { eventually, rowsOn } from '../support/cluster.js';
+import { eventually, limboHeld, rowsOn } from '../support/cluster.js';
 import { connect, OutcomeUnknown, RolledBack, type Db } from '../../src/client/index.js';
 import type { ReplicaId, Term } from '../../src/core/types.js';
 import { createLogger } from '../../src/log.js';
@@ -190,8 +190,8 @@ describe('a 3-node cluster', () => {
     await Promise.all([node(2).stopSidecar(), node(3).stopSidecar()]);
     const write = db.execute([['INSERT INTO accounts VALUES (99, $1, 1)', ['doomed']]], { idempotencyKey: 'doomed-99' });
     const outcome = write.then(() => 'committed', (error: unknown) => error);
-    // While it waits in the limbo: prepared on the leader, seen by no reader anywhere.
-    await eventually(async () => expect(await rows(1, `SELECT count(*)::int AS n FROM pg_prepared_xacts WHERE gid LIKE 'qsync:local:1:%'`)).toEqual([{ n: 1 }]), 'prepared');
+    // While it waits in the limbo: held on the leader (open, or prepared), seen by no reader anywhere.
+    await eventually(async () => expect(await limboHeld(node(1))).toBe(1), 'held in the limbo');
     for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT * FROM accounts WHERE id = 99')).toEqual([]);
     const error = await outcome;
     expect(error).toBeInstanceOf(RolledBack);
@@ -201,7 +201,7 @@ describe('a 3-node cluster', () => {
     await db.execute([['INSERT INTO accounts VALUES (100, $1, 1)', ['after']]]);
     for (const replica of [1, 2, 3]) {
       await eventually(async () => expect(await rows(replica, 'SELECT id FROM accounts WHERE id IN (99, 100) ORDER BY id')).toEqual([{ id: '100' }]), `node ${replica}`);
-      expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+      expect(await limboHeld(node(replica))).toBe(0);
     }
     expect(await db.outcome('doomed-99')).toEqual({ committed: false });
   });
@@ -257,7 +257,7 @@ describe('a 3-node cluster', () => {
     expect(acked).toHaveLength(60);
     await node(3).pg.start(); // the sidecar reconnects and applies what its journal holds
     await eventually(async () => expect(await missingOn(3, 'pg-crash', acked)).toEqual([]), 'node 3 holds every acknowledged write after its PostgreSQL crash', 45_000);
-    expect(await rows(3, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+    expect(await limboHeld(node(3))).toBe(0);
   }, 120_000);
 
   it('(f) recovers the leader\'s limbo after its sidecar is SIGKILLed mid-stream: every acknowledged write lands everywhere', async () => {
@@ -276,14 +276,14 @@ describe('a 3-node cluster', () => {
     for (const replica of [1, 2, 3]) {
       await eventually(async () => {
         expect(await missingOn(replica, 'leader-crash', acked)).toEqual([]);
-        expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+        expect(await limboHeld(node(replica))).toBe(0);
       }, `node ${replica} holds every acknowledged write, nothing left in the limbo`, 45_000);
     }
     // The three nodes come to agree on the write whose answer was lost, too.
     await eventually(async () => {
       const counts = await Promise.all([1, 2, 3].map(async (r) => rows(r, `SELECT count(*)::int AS n FROM accounts WHERE owner = 'leader-crash'`)));
       expect(new Set(counts.map((c) => JSON.stringify(c))).size).toBe(1);
-      for (const replica of [1, 2, 3]) expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+      for (const replica of [1, 2, 3]) expect(await limboHeld(node(replica))).toBe(0);
     }, 'the nodes agree');
   }, 120_000);
 
@@ -299,7 +299,7 @@ describe('a 3-node cluster', () => {
     for (const replica of [1, 2, 3]) {
       await eventually(async () => {
         expect(await rows(replica, 'SELECT id FROM accounts WHERE id = 5001')).toHaveLength(1);
-        expect(await rows(replica, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
+        expect(await limboHeld(node(replica))).toBe(0);
       }, `node ${replica} caught up and settled`);
       presence.push((await rows(replica, 'SELECT id FROM accounts WHERE id = 5000')).length);
     }

@@ -135,12 +135,19 @@ describe('SQL port: sync writes from an unmodified driver', () => {
     await client.end();
   });
 
-  it('a sync write in a transaction that used a temporary table fails at COMMIT with a hint, and is on no node', async () => {
+  it('a sync write in a transaction that used a temporary table commits when held open; SERIALIZABLE, which is prepared, fails at COMMIT with a hint and is on no node', async () => {
     const client = await sqlClient(1);
+    // Held open (syncHold open, the default): nothing forbids the temporary table.
     await client.query('BEGIN');
     await client.query('CREATE TEMPORARY TABLE scratch (x int)');
+    await client.query("INSERT INTO accounts VALUES (59, 'temp', 1)");
+    await client.query('COMMIT');
+    await eventually(async () => expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 59')).flat()).toEqual([{ x: 1 }, { x: 1 }, { x: 1 }]), 'the held write on every node');
+    // SERIALIZABLE is prepared, and PostgreSQL refuses to prepare a transaction that used a temporary table.
+    await client.query('BEGIN ISOLATION LEVEL SERIALIZABLE');
+    await client.query('CREATE TEMPORARY TABLE scratch2 (x int)');
     await client.query("INSERT INTO accounts VALUES (60, 'temp', 1)");
-    await expect(client.query('COMMIT')).rejects.toMatchObject({ code: '0A000', hint: expect.stringMatching(/prepared transaction.*temporary tables/) });
+    await expect(client.query('COMMIT')).rejects.toMatchObject({ code: '0A000', hint: expect.stringMatching(/SERIALIZABLE.*prepared transaction.*temporary tables/) });
     expect((await client.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
     expect((await everywhere('SELECT 1 AS x FROM accounts WHERE id = 60')).flat()).toEqual([]);
     expect(await rows(1, 'SELECT gid FROM pg_prepared_xacts')).toEqual([]);
