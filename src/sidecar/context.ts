@@ -25,13 +25,12 @@ import type { ElectionEvent } from '../core/election.js';
 import { ApplyQueue } from '../core/apply-queue.js';
 import { limits } from '../core/limits.js';
 import type { Membership } from '../core/membership.js';
-import type { JournalRecord, Member } from '../core/record.js';
+import type { JournalRecord, Member, TxnRecord } from '../core/record.js';
 import type { ReplicaId, Term, Lsn } from '../core/types.js';
 import { vclockFromEntries, vclockMerge, type VClock } from '../core/vclock.js';
 import type { Logger } from '../log.js';
 import type { SidecarConfig } from './config.js';
-import type { HeldWrites } from './held.js';
-import type { Clock, Database, JournalStore, NodeEvent, NodeObserver, PlantedBugs, Transport } from './io.js';
+import type { Clock, Database, HeldSession, JournalStore, NodeEvent, NodeObserver, PlantedBugs, Transport } from './io.js';
 import type { OwnLog } from './own-log.js';
 import { UnfitRecords } from './unfit.js';
 
@@ -110,6 +109,28 @@ export interface WritesDuty {
   readonly ownInFlight: ReadonlySet<Lsn>;
 }
 
+/** Where a held write's TXN is applied from when its session is gone: inside the apply queue's turn already, or queued behind it. */
+export type FinishPlace = 'in queue' | 'outside';
+
+/** held.ts: sync writes held open, and every decision on this node's own limbo entries. */
+export interface HeldDuty {
+  readonly size: number;
+  readonly lost: number;
+  has(gid: string): boolean;
+  xids(): string[];
+  entriesOf(owner: ReplicaId): Array<{ readonly gid: string; readonly lsn: Lsn }>;
+  hold(record: TxnRecord, xid: string, session: HeldSession): Promise<void>;
+  unhold(gid: string): void;
+  lostAtStart(record: TxnRecord): void;
+  ended(xids: readonly string[]): void;
+  stepDown(): void;
+  postgresLost(): number;
+  stopping(): void;
+  whenNoneLost(): Promise<void>;
+  finish(verb: 'commit' | 'rollback', gids: readonly string[], place: FinishPlace, each?: (gid: string, finished: boolean) => void): Promise<void>;
+  rollbackAll(): Promise<void>;
+}
+
 /** read-index.ts */
 export interface ReadsDuty {
   sent(seq: number): void;
@@ -163,7 +184,7 @@ export class NodeContext<S, W> {
   writes!: WritesDuty;
   reads!: ReadsDuty;
   /** Sync writes held open, and every decision on this node's limbo entries goes through it (held.ts). */
-  held!: HeldWrites<S, W>;
+  held!: HeldDuty;
 
   // ---- shared state ----
   /** Written by leadership.ts only. */

@@ -277,7 +277,7 @@ export class NodeDriver<S, W> {
       ownDurable: () => n.limbo.ownDurable(),
       inQueue: (what, work, context) => n.inQueue(what, work, context),
       orphaned: (gid) => this.#recovery.orphaned(gid),
-      held: this.config.syncHold === 'open' ? n.held as HeldWrites<unknown, unknown> : null,
+      held: this.config.syncHold === 'open' ? n.held : null,
     };
   }
 

@@ -24,14 +24,9 @@
 // it differ.
 import type { TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
-import type { NodeContext } from './context.js';
+import type { FinishPlace, HeldDuty, NodeContext } from './context.js';
+import type { HeldSession } from './io.js';
 
-/** The open transaction of a held write, on its own connection. */
-export interface HeldSession {
-  /** COMMIT; the journal holds the TXN, so without waiting for the WAL flush. */
-  commit(): Promise<void>;
-  rollback(): Promise<void>;
-}
 
 interface Held {
   readonly record: TxnRecord;
@@ -45,10 +40,7 @@ interface Held {
   finishing: Promise<void> | null;
 }
 
-/** Where a lost entry's TXN is applied from: inside the apply queue's turn already, or queued behind it. */
-export type FinishPlace = 'in queue' | 'outside';
-
-export class HeldWrites<S, W> {
+export class HeldWrites<S, W> implements HeldDuty {
   readonly #n: NodeContext<S, W>;
   readonly #entries = new Map<string, Held>();
   #lost = 0;

@@ -194,6 +194,13 @@ export interface Database<S, W> extends PreparedStore {
  * Bugs planted on purpose, for the simulator to prove it catches them
  * (test/sim). Production never sets any.
  */
+/** The open transaction of a sync write the leader holds open (held.ts), on its own connection. */
+export interface HeldSession {
+  /** COMMIT; the journal holds the TXN, so without waiting for the WAL flush. */
+  commit(): Promise<void>;
+  rollback(): Promise<void>;
+}
+
 export interface PlantedBugs {
   /** Votes ignore the candidate's vclock. */
   readonly voteIgnoresVclock?: boolean;

@@ -22,8 +22,7 @@
 import type { Change } from '../core/record.js';
 import type { Lsn } from '../core/types.js';
 import type { LeaderOutcome, LeaderTransaction } from '../postgres/index.js';
-import type { HeldSession } from './held.js';
-import type { PlantedBugs } from './io.js';
+import type { HeldSession, PlantedBugs } from './io.js';
 
 /** What the driver does for a write at its points in the order. */
 export interface WriteSteps {

@@ -13,7 +13,7 @@ import type { Logger } from '../log.js';
 import type { LeaderOutcome, LeaderTransaction, WriteOpening } from '../postgres/index.js';
 import type { Clock, Database, NodeEvent, PlantedBugs } from './io.js';
 import { heldEnded } from '../postgres/capture.js';
-import type { HeldWrites } from './held.js';
+import type { HeldDuty } from './context.js';
 import { leaderWrite, type WriteSteps } from './leader-write.js';
 import type { OwnLog } from './own-log.js';
 
@@ -43,7 +43,7 @@ export interface WritesHost {
   /** A write failed after its PREPARE was sent and before its TXN was journaled: roll `gid` back if PostgreSQL holds it. */
   orphaned(gid: string): void;
   /** Sync writes held open (RFC 0027); null when this node prepares them. */
-  readonly held: HeldWrites<unknown, unknown> | null;
+  readonly held: HeldDuty | null;
 }
 
 /** Run the order of duties (leader-write.ts) on a transaction opened under `opening`. */
