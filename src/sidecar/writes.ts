@@ -140,6 +140,11 @@ export class Writes<S, W> {
     let waiting: Promise<void> | null = null;
     /** Held open (RFC 0027): resolved once its TXN is durable; its answer is the limbo's from then on. */
     let heldJournaled: (() => void) | null = null;
+    /** The write is held open (the hold step ran): not an async write, whose COMMIT the write still awaits. */
+    let isHeld = false;
+    const txnOf = ({ lsn, gid, time, sync, changes }: { lsn: Lsn; gid: string; time: number; sync: boolean; changes: TxnRecord['changes'] }): TxnRecord => ({
+      kind: 'txn', replica: this.#host.self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey,
+    });
     let counted = true;
     let inFlight: Lsn | null = null;
     const uncount = (): void => {
@@ -156,7 +161,8 @@ export class Writes<S, W> {
           reserved = r.lsn;
           return { ...r, time: this.#host.now() };
         },
-        journal: async ({ lsn, gid, time, sync, changes }) => {
+        journal: async (entry) => {
+          const { lsn, gid, sync } = entry;
           journaled = true;
           written.mode = sync ? 'sync' : 'async';
           if (sync) written.limboSince = this.#clock.nowMs();
@@ -167,7 +173,7 @@ export class Writes<S, W> {
             // before the await below: that must not count as an unhandled rejection, which ends the process.
             waiting.catch(() => undefined);
           }
-          const txn: TxnRecord = { kind: 'txn', replica: this.#host.self, lsn, term: writeTerm, time, gid, sync, changes, idempotencyKey };
+          const txn = txnOf(entry);
           if (!sync) {
             this.#ownInFlight.add(lsn);
             inFlight = lsn;
@@ -175,7 +181,7 @@ export class Writes<S, W> {
           await this.#own.submit(txn);
           if (!sync) asyncTxn = txn;
           this.#host.ownDurable();
-          heldJournaled?.();
+          if (isHeld) heldJournaled?.();
         },
         prepareSent: (gid) => {
           prepareSent = gid;
@@ -185,11 +191,11 @@ export class Writes<S, W> {
           if (held === null) return null;
           return this.#bugs.heldUnchecked === true ? [] : held.xids();
         },
-        hold: ({ lsn, gid, time, changes }, xid, session) => {
+        hold: (txn, xid, session) => {
           const held = this.#host.held;
           if (held === null) throw new Error('a write was held open on a node that prepares its sync writes');
-          const txn: TxnRecord = { kind: 'txn', replica: this.#host.self, lsn, term: writeTerm, time, gid, sync: true, changes, idempotencyKey };
-          return held.hold(txn, xid, session);
+          isHeld = true;
+          return held.hold(txnOf({ ...txn, sync: true }), xid, session);
         },
         unhold: (gid) => this.#host.held?.unhold(gid),
       };

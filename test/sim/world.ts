@@ -477,7 +477,11 @@ class World {
     // Shared keys exercise last-writer-wins; a key of its own shows a write lost on one node.
     const key = this.#rng.chance(0.5) ? `k${this.#rng.int(0, 4)}` : value;
     const answer = await this.#call(node, [{ table: 'a', key, value }], value);
-    if (answer === 'ok' && key === value) this.#asyncAcked.add(value);
+    if (answer === 'ok' && key === value) {
+      this.#asyncAcked.add(value);
+      // Read your own write: an async write is acknowledged once it committed on the node that took it.
+      if (node.pg.rows.get(`a:${value}`)?.value !== value) this.#fail(`async write ${value} was acknowledged by n${node.id} before its PostgreSQL held it`);
+    }
   }
 
   /** A read on a live node: every sync row visible must be one no client was told is rolled back. */
