@@ -27,7 +27,6 @@ import type { Lsn, ReplicaId } from '../core/types.js';
 import type { FinishPlace, HeldDuty, NodeContext } from './context.js';
 import type { HeldSession } from './io.js';
 
-
 interface Held {
   readonly record: TxnRecord;
   /** PostgreSQL's id of the transaction; null for an entry recovery found lost (its session is gone). */
@@ -90,7 +89,6 @@ export class HeldWrites<S, W> implements HeldDuty {
    */
   hold(record: TxnRecord, xid: string, session: HeldSession): Promise<void> {
     return new Promise<void>((ended) => {
-      if (process.env.SIM_DEBUG) console.log('HOLD', this.#n.self, record.gid, xid, record.changes.map((c) => c.rows).join(' '));
       this.#entries.set(record.gid, { record, xid, session, ended, finishing: null });
     });
   }
@@ -195,7 +193,6 @@ export class HeldWrites<S, W> implements HeldDuty {
 
   async #carryOut(verb: 'commit' | 'rollback', gid: string, entry: Held, place: FinishPlace): Promise<void> {
     const n = this.#n;
-    if (process.env.SIM_DEBUG) console.log('CARRY', n.self, verb, gid, entry.xid, entry.session === null);
     const session = entry.session;
     if (session !== null) {
       try {
@@ -228,7 +225,6 @@ export class HeldWrites<S, W> implements HeldDuty {
   }
 
   #remove(gid: string, entry: Held): void {
-    if (process.env.SIM_DEBUG) console.log('REMOVE', this.#n.self, gid, entry.xid);
     if (this.#entries.get(gid) !== entry) return;
     this.#entries.delete(gid);
     if (entry.session === null) this.#lost -= 1;

@@ -244,7 +244,6 @@ export class SimPg {
       const holder = this.#locks.get(key);
       if (typeof holder !== 'number' || holder === waiter || !this.heldOpen.has(holder) || this.xactStatus(holder) !== 'in progress') continue;
       this.killArmed = null;
-      if (process.env.SIM_DEBUG) console.log('KILL', this.node, holder, 'waited on by', waiter, key);
       this.terminate(holder);
       return;
     }
