@@ -35,8 +35,8 @@ interface Held {
   session: HeldSession | null;
   /** The write is told its transaction has ended and its connection is free. */
   readonly ended: () => void;
-  /** A decision being carried out now. */
-  finishing: Promise<void> | null;
+  /** The decision's COMMIT or ROLLBACK on the session, once begun: true when it carried the decision out. */
+  ending: Promise<boolean> | null;
 }
 
 export class HeldWrites<S, W> implements HeldDuty {
@@ -89,7 +89,7 @@ export class HeldWrites<S, W> implements HeldDuty {
    */
   hold(record: TxnRecord, xid: string, session: HeldSession): Promise<void> {
     return new Promise<void>((ended) => {
-      this.#entries.set(record.gid, { record, xid, session, ended, finishing: null });
+      this.#entries.set(record.gid, { record, xid, session, ended, ending: null });
     });
   }
 
@@ -103,7 +103,7 @@ export class HeldWrites<S, W> implements HeldDuty {
   /** Recovery found an own sync TXN that PostgreSQL neither applied nor holds prepared, undecided: lost (rule 3). */
   lostAtStart(record: TxnRecord): void {
     if (this.#entries.has(record.gid)) return;
-    this.#entries.set(record.gid, { record, xid: null, session: null, ended: () => undefined, finishing: null });
+    this.#entries.set(record.gid, { record, xid: null, session: null, ended: () => undefined, ending: null });
     this.#lost += 1;
   }
 
@@ -144,7 +144,7 @@ export class HeldWrites<S, W> implements HeldDuty {
   }
 
   #allLost(why: string): void {
-    for (const entry of this.#entries.values()) if (entry.finishing === null) this.#toLost(entry, why);
+    for (const entry of this.#entries.values()) if (entry.ending === null) this.#toLost(entry, why);
   }
 
   /** Resolves once no entry is lost; rejects after the synchro timeout (a write must not wait for ever). */
@@ -180,37 +180,36 @@ export class HeldWrites<S, W> implements HeldDuty {
     await this.finish('rollback', [...this.#entries.keys()], 'in queue');
   }
 
-  #finishOne(verb: 'commit' | 'rollback', gid: string, place: FinishPlace): Promise<void> {
+  async #finishOne(verb: 'commit' | 'rollback', gid: string, place: FinishPlace): Promise<void> {
     const entry = this.#entries.get(gid);
-    if (entry === undefined) return Promise.resolve();
-    // Two paths may carry out one decision at once (the limbo's CONFIRM, a CONFIRM record applied): one runs it.
-    const run = entry.finishing ?? this.#carryOut(verb, gid, entry, place).finally(() => {
-      entry.finishing = null;
-    });
-    entry.finishing = run;
-    return run;
-  }
-
-  async #carryOut(verb: 'commit' | 'rollback', gid: string, entry: Held, place: FinishPlace): Promise<void> {
-    const n = this.#n;
-    const session = entry.session;
-    if (session !== null) {
-      try {
-        await (verb === 'commit' ? session.commit() : session.rollback());
-        this.#remove(gid, entry);
-        return;
-      } catch (error) {
-        // The session ended, or its COMMIT failed: PostgreSQL rolled the transaction back either way.
-        this.#toLost(entry, (error as Error).message);
-      }
-    }
+    if (entry === undefined) return;
+    // Two paths may carry out one decision at once (the limbo's CONFIRM, a CONFIRM record applied): the
+    // session ends once, and each path may then apply a lost entry from the journal, which is idempotent.
+    // A path inside the apply queue never waits for one outside it that waits for the queue.
+    entry.ending ??= this.#endSession(verb, gid, entry);
+    if (await entry.ending) return;
+    if (!this.#entries.has(gid)) return;
     if (verb === 'commit') {
-      const apply = (): Promise<unknown> => n.db.apply(entry.record, { prepare: false, exact: true });
-      if (place === 'in queue') await apply();
-      else await n.inQueue('applying a held write whose session ended', apply, { gid });
-      n.log.warn({ gid }, 'applied a confirmed write from the journal: its held transaction had ended');
+      const apply = (): Promise<unknown> => this.#n.db.apply(entry.record, { prepare: false, exact: true });
+      const outcome = place === 'in queue' ? await apply() : await this.#n.inQueue('applying a held write whose session ended', apply, { gid });
+      if (outcome === 'applied') this.#n.log.warn({ gid }, 'applied a confirmed write from the journal: its held transaction had ended');
     }
     this.#remove(gid, entry);
+  }
+
+  /** COMMIT or ROLLBACK on the held session: true when that carried the decision out, false when the entry is lost. */
+  async #endSession(verb: 'commit' | 'rollback', gid: string, entry: Held): Promise<boolean> {
+    const session = entry.session;
+    if (session === null) return false;
+    try {
+      await (verb === 'commit' ? session.commit() : session.rollback());
+      this.#remove(gid, entry);
+      return true;
+    } catch (error) {
+      // The session ended, or its COMMIT failed: PostgreSQL rolled the transaction back either way.
+      this.#toLost(entry, (error as Error).message);
+      return false;
+    }
   }
 
   #toLost(entry: Held, why: string): void {

@@ -174,8 +174,11 @@ export class OwnLimbo<S, W> {
       return;
     }
     if (this.#limbo === null) {
-      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it.
-      this.settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${n.self} lost leadership while ${record.gid} was being written; it stays prepared until the next leader decides it: ask for its outcome by idempotency key`));
+      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it. Held open,
+      // it is rolled back and lost, as at a step-down (held.ts): a node that does not lead holds no row lock
+      // for an undecided entry, which an apply queued before that PROMOTE could wait for.
+      n.held.stepDown();
+      this.settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${n.self} lost leadership while ${record.gid} was being written; the next leader decides it: ask for its outcome by idempotency key`));
       return;
     }
     this.step({ kind: 'append', entry: { lsn: record.lsn, gid: record.gid, createdAtMs: n.clock.nowMs() } });
