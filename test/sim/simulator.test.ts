@@ -24,8 +24,11 @@ describe('simulated clusters keep every invariant', () => {
   });
 });
 
+/** Seeds run with writes held open that found real bugs, kept as regressions. */
+const HELD_REGRESSION_SEEDS = [79302];
+
 describe('simulated clusters whose leaders hold sync writes open keep every invariant (RFC 0027)', () => {
-  test.each(Array.from({ length: 16 }, (_, i) => i + 1))('seed %i', async (seed) => {
+  test.each([...Array.from({ length: 16 }, (_, i) => i + 1), ...HELD_REGRESSION_SEEDS])('seed %i', async (seed) => {
     const result = await simulate({ seed, hold: 'open' });
     if (!result.ok) throw new Error(explain(result, 'open'));
     expect(result.stats.leaders).toBeGreaterThan(0);
