@@ -75,7 +75,8 @@ export const DEFAULT_SETTINGS: Readonly<Record<string, string | number>> = {
   unix_socket_directories: '',
   // The limbo: one prepared transaction per pending sync transaction.
   max_prepared_transactions: 128,
-  max_connections: 120,
+  // Room for three client roles' pools of clientPoolConnections (64) beside the sidecar's own.
+  max_connections: 200,
   wal_level: 'replica',
   fsync: 'on',
   synchronous_commit: 'on',

@@ -48,9 +48,11 @@ export const configSchema = z.object({
   /**
    * PostgreSQL connections one role's pool of the client library may hold
    * (postgres connections for clients are a budget shared by roles; each
-   * pool takes this much of it, or what is left).
+   * pool takes this much of it, or what is left). A sync write held open
+   * keeps its connection through its quorum wait (RFC 0027), so this also
+   * bounds the sync writes of one role in flight.
    */
-  clientPoolConnections: z.number().int().min(1).max(1000).default(32),
+  clientPoolConnections: z.number().int().min(1).max(1000).default(64),
   sqlHost: z.string().default('127.0.0.1'),
   /** The SQL port: PostgreSQL's own protocol in front of the node (front/server.ts); absent: none. */
   sqlPort: z.number().int().min(0).max(65535).optional(),
@@ -108,7 +110,7 @@ export const SETTINGS: ReadonlyArray<{ key: keyof z.input<typeof configSchema> |
   { key: 'peerPort', flag: 'peer-port', env: 'QSYNC_PEER_PORT', kind: 'int', help: 'port for other sidecars' },
   { key: 'clientHost', flag: 'client-host', env: 'QSYNC_CLIENT_HOST', kind: 'string', help: 'address the client port binds to; default 127.0.0.1' },
   { key: 'clientPort', flag: 'client-port', env: 'QSYNC_CLIENT_PORT', kind: 'int', help: 'port for client connections' },
-  { key: 'clientPoolConnections', flag: 'client-pool-connections', env: 'QSYNC_CLIENT_POOL_CONNECTIONS', kind: 'int', help: 'PostgreSQL connections the client library\'s writes and reads of one role may hold at once on this node; each role takes this many from the budget below max_connections; default 32' },
+  { key: 'clientPoolConnections', flag: 'client-pool-connections', env: 'QSYNC_CLIENT_POOL_CONNECTIONS', kind: 'int', help: 'PostgreSQL connections the client library\'s writes and reads of one role may hold at once on this node; a sync write held open keeps its connection through its quorum wait; each role takes this many from the budget below max_connections; default 64' },
   { key: 'sqlHost', flag: 'sql-host', env: 'QSYNC_SQL_HOST', kind: 'string', help: 'address the SQL port binds to; default 127.0.0.1' },
   { key: 'sqlPort', flag: 'sql-port', env: 'QSYNC_SQL_PORT', kind: 'int', help: 'port speaking PostgreSQL\'s own protocol: psql, drivers and ORMs connect here as their PostgreSQL roles and write sync tables unmodified; none when unset' },
   { key: 'sqlTlsCert', flag: 'sql-tls-cert', env: 'QSYNC_SQL_TLS_CERT', kind: 'string', help: 'PEM file of the SQL port\'s server certificate (with sqlTlsKey): clients that ask for SSL get TLS, as PostgreSQL\'s ssl_cert_file' },

@@ -33,8 +33,8 @@ function problems(argv: readonly string[], env: NodeJS.ProcessEnv = {}): readonl
 describe('configuration', () => {
   it('takes a valid set of flags, with defaults and the peer admin address', () => {
     const config = validateConfig(gatherConfig(BASE, {}));
-    expect(config).toMatchObject({ replicaId: 1, quorum: 2, electionTimeoutMs: 1_000, heartbeatIntervalMs: 100, synchroTimeoutMs: 5_000, logLevel: 'info', redisStatusIntervalMs: 1_000, clientPoolConnections: 32 });
-    expect(validateConfig(gatherConfig([...BASE, '--client-pool-connections', '64'], {})).clientPoolConnections).toBe(64);
+    expect(config).toMatchObject({ replicaId: 1, quorum: 2, electionTimeoutMs: 1_000, heartbeatIntervalMs: 100, synchroTimeoutMs: 5_000, logLevel: 'info', redisStatusIntervalMs: 1_000, clientPoolConnections: 64 });
+    expect(validateConfig(gatherConfig([...BASE, '--client-pool-connections', '16'], {})).clientPoolConnections).toBe(16);
     expect(problems([...BASE, '--client-pool-connections', '0']).join('\n')).toMatch(/--client-pool-connections/);
     expect(config.peers).toEqual([{ replica: 2, host: '127.0.0.1', port: 7402, client: '127.0.0.1:7502', admin: '127.0.0.1:7602' }]);
   });
