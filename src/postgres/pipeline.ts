@@ -5,6 +5,7 @@
 // transaction, every later one with "current transaction is aborted"). With
 // the cork (cork.ts) the queries of one turn leave in one write: a write's
 // BEGIN and its statements cost one round trip instead of one each.
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 
 /** Whether the client sends queries before earlier ones are answered. */
@@ -30,4 +31,31 @@ export async function queryAll(client: pg.ClientBase, queries: readonly pg.Query
     if (s.status === 'rejected') throw s.reason;
     return s.value;
   });
+}
+
+/** Client statements one connection keeps parsed (statementName); past this, the rest run unnamed. */
+export const STATEMENTS_KEPT_MAX = 32;
+const kept = new WeakMap<pg.ClientBase, Set<string>>();
+/** A statement that starts with INSERT, UPDATE or DELETE (one that starts with WITH runs unnamed). */
+const CHANGES = /^\s*(insert|update|delete)\s/i;
+
+/**
+ * A name under which a client's statement is parsed once on this connection
+ * and reused, or undefined to run it unnamed (parsed and planned each time).
+ * Only a change without RETURNING is named: it answers no rows, so a later
+ * schema change cannot alter the shape of its answer, which PostgreSQL
+ * refuses for a statement it keeps ("cached plan must not change result
+ * type"); it re-plans the rest on its own. At most STATEMENTS_KEPT_MAX a
+ * connection, so that a client sending ever new texts cannot swell the
+ * server's memory through a pooled session.
+ */
+export function statementName(client: pg.ClientBase, sql: string): string | undefined {
+  if (!CHANGES.test(sql) || /\breturning\b/i.test(sql)) return undefined;
+  const name = `qsync_c_${createHash('sha256').update(sql).digest('base64url').slice(0, 32)}`;
+  let names = kept.get(client);
+  if (names === undefined) kept.set(client, (names = new Set()));
+  if (names.has(name)) return name;
+  if (names.size >= STATEMENTS_KEPT_MAX) return undefined;
+  names.add(name);
+  return name;
 }

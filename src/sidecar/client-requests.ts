@@ -12,7 +12,7 @@ import { QsyncError } from '../core/errors.js';
 import type { TableMode } from '../core/record.js';
 import type { Term } from '../core/types.js';
 import type { Logger } from '../log.js';
-import { queryAll } from '../postgres/index.js';
+import { queryAll, statementName } from '../postgres/index.js';
 import { guardPool, type PgWork } from '../postgres/database.js';
 import type { ClientSession, RequestHandler, Transaction } from './client-server.js';
 import type { SidecarConfig } from './config.js';
@@ -102,7 +102,8 @@ export class ClientRequests implements RequestHandler<RoleSession> {
     let results: Array<{ rows: unknown[]; rowCount: number }> = [];
     await this.#write(session, idempotencyKey, term, async (c) => {
       // Pipelined: the statements leave together, behind the write's BEGIN (postgres/pipeline.ts).
-      const answers = await queryAll(c, statements.map((s) => ({ text: s.sql, values: [...s.params] })));
+      // A change the connection ran before is not parsed and planned again (statementName).
+      const answers = await queryAll(c, statements.map((s) => ({ name: statementName(c, s.sql), text: s.sql, values: [...s.params] })));
       results = answers.map((r) => ({ rows: r.rows, rowCount: r.rowCount ?? 0 }));
     });
     return results;

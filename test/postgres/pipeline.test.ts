@@ -6,7 +6,7 @@
 // does not.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { queryAll, readCaptureKey, setTableMode, type LeaderOutcome } from '../../src/postgres/index.js';
+import { queryAll, readCaptureKey, setTableMode, statementName, STATEMENTS_KEPT_MAX, type LeaderOutcome } from '../../src/postgres/index.js';
 import type { Lsn, ReplicaId, Term } from '../../src/core/types.js';
 import { leaderWriteOn, startNode, type TestNode } from '../support/postgres.js';
 
@@ -89,5 +89,44 @@ describe('a leader write on a pipelining connection', () => {
     const local = await write(['INSERT INTO scratch VALUES (1)']);
     expect(local.outcome.kind).toBe('empty');
     expect(await flushes()).toBeGreaterThan(before);
+  });
+});
+
+describe("a client's changes kept parsed on their connection (statementName)", () => {
+  it('parses an INSERT once and reuses it, also after the table changes shape; a RETURNING or a read stays unnamed', async () => {
+    const c = new pg.Client({ connectionString: node.server.connectionString, pipeline: true });
+    await c.connect();
+    try {
+      await c.query('CREATE TABLE kept (id int PRIMARY KEY, body text)');
+      const insert = 'INSERT INTO kept (id, body) VALUES ($1, $2)';
+      const name = statementName(c, insert);
+      expect(name).toMatch(/^qsync_c_/);
+      expect(statementName(c, insert)).toBe(name);
+      expect(statementName(c, 'INSERT INTO kept (id) VALUES ($1) RETURNING id')).toBeUndefined();
+      expect(statementName(c, 'SELECT * FROM kept')).toBeUndefined();
+      const kept = async (): Promise<number> => (await c.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name = '${name}'`)).rows[0]?.n ?? 0;
+      expect(await kept()).toBe(0);
+      await c.query({ name, text: insert, values: [1, 'one'] });
+      await c.query({ name, text: insert, values: [2, 'two'] });
+      expect(await kept()).toBe(1);
+      // A schema change: PostgreSQL plans the kept statement again, and it still runs.
+      await c.query('ALTER TABLE kept ADD COLUMN extra int DEFAULT 7');
+      await c.query({ name, text: insert, values: [3, 'three'] });
+      expect((await c.query('SELECT id, body, extra FROM kept ORDER BY id')).rows).toEqual([
+        { id: 1, body: 'one', extra: 7 }, { id: 2, body: 'two', extra: 7 }, { id: 3, body: 'three', extra: 7 },
+      ]);
+      expect(await kept()).toBe(1);
+    } finally {
+      await c.end();
+    }
+  });
+
+  it(`keeps at most ${STATEMENTS_KEPT_MAX} a connection: a client sending ever new texts runs the rest unnamed`, () => {
+    const key = {} as pg.ClientBase;
+    const names = Array.from({ length: STATEMENTS_KEPT_MAX + 5 }, (_, i) => statementName(key, `DELETE FROM kept WHERE id = ${i}`));
+    expect(new Set(names.slice(0, STATEMENTS_KEPT_MAX)).size).toBe(STATEMENTS_KEPT_MAX);
+    expect(names.slice(STATEMENTS_KEPT_MAX)).toEqual(Array(5).fill(undefined));
+    // One it kept stays named.
+    expect(statementName(key, 'DELETE FROM kept WHERE id = 0')).toBe(names[0]);
   });
 });
