@@ -10,8 +10,9 @@ import type { Lsn, ReplicaId } from '../core/types.js';
 
 const OPS: Readonly<Record<string, ChangeOp>> = { i: 'insert', u: 'update', d: 'delete' };
 
-// qsync.capture() (migrations/0003) deletes this transaction's rows from the
-// buffer, stamps async keys, and records the applied lsn and idempotency key;
+// qsync.capture() (migrations/0003, 0004, 0007) deletes this transaction's rows from the
+// buffer, stamps async keys, records the applied lsn and idempotency key, and
+// checks deferred constraints (an async write is journaled before its COMMIT);
 // it runs as the schema owner, so the client's role needs no privilege on qsync.
 // It takes the node's capture key first: a client that calls it cannot take
 // its own changes, and a change not taken cannot commit (the third fence).

@@ -5,7 +5,8 @@
 // progress or committed; it says the write's transaction id and whether it is
 // SERIALIZABLE; it turns the server's idle and transaction timeouts off for
 // the rest of the transaction, and checks deferred constraints before the
-// write can be journaled.
+// write can be journaled; so does capture of a write that will be prepared
+// or committed (migrations/0007).
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { capture, readCaptureKey, setTableMode } from '../../src/postgres/index.js';
@@ -20,9 +21,11 @@ let lsn = 100;
 beforeAll(async () => {
   node = await startNode();
   await node.sql.query(`CREATE TABLE ledger (id int PRIMARY KEY, amount int);
-    CREATE TABLE lines (id int PRIMARY KEY, ledger_id int REFERENCES ledger (id) DEFERRABLE INITIALLY DEFERRED)`);
+    CREATE TABLE lines (id int PRIMARY KEY, ledger_id int REFERENCES ledger (id) DEFERRABLE INITIALLY DEFERRED);
+    CREATE TABLE notes (id int PRIMARY KEY, ledger_id int REFERENCES ledger (id) DEFERRABLE INITIALLY DEFERRED)`);
   await setTableMode(node.sql, 'ledger', 'sync');
   await setTableMode(node.sql, 'lines', 'sync');
+  await setTableMode(node.sql, 'notes', 'async');
   await node.sql.query(`UPDATE qsync.node SET replica_id = 1, role = 'leader', term = 1, leader_id = 1`);
   captureKey = await readCaptureKey(node.sql);
 });
@@ -73,6 +76,22 @@ describe('capture of a write held open', () => {
     const a = await open('INSERT INTO lines VALUES (1, 999)');
     await expect(captureHeld(a, [])).rejects.toMatchObject({ code: '23503' });
     await a.query('ROLLBACK');
+  });
+
+  it('checks them for a write that will be prepared or committed too (migrations/0007): an async write is journaled before its COMMIT, so its COMMIT must not be where they fail', async () => {
+    // Unheld capture (syncHold prepare): an async write, and a sync one.
+    for (const sql of ['INSERT INTO notes VALUES (1, 999)', 'INSERT INTO lines VALUES (2, 999)']) {
+      const a = await open(sql);
+      lsn += 1;
+      await expect(capture(a, { captureKey, time: lsn, replica: 1 as ReplicaId, lsn: lsn as Lsn, idempotencyKey: null }, null)).rejects.toMatchObject({ code: '23503' });
+      await a.query('ROLLBACK');
+    }
+    // A deferred constraint that holds passes, and the write commits.
+    const b = await open('INSERT INTO notes VALUES (3, 50); INSERT INTO ledger VALUES (50, 1)');
+    lsn += 1;
+    expect((await capture(b, { captureKey, time: lsn, replica: 1 as ReplicaId, lsn: lsn as Lsn, idempotencyKey: null }, null)).changes).toHaveLength(2);
+    await b.query('COMMIT');
+    expect((await node.sql.query('SELECT ledger_id FROM notes WHERE id = 3')).rows).toEqual([{ ledger_id: 50 }]);
   });
 
   it('refuses a write while a transaction held before it has ended, naming it; in progress or committed, it passes', async () => {
