@@ -23,7 +23,8 @@ const BIN = fileURLToPath(new URL('../../bin/qsync.js', import.meta.url));
  * of 16. A sidecar's garbage is short-lived frames and rows, and V8 otherwise
  * keeps up to 48 MiB of young generation resident: with it a sidecar peaks
  * near 160 MiB after a few thousand writes, with this near 125 MiB (the README
- * says so for sidecars started by hand: NODE_OPTIONS).
+ * says so for sidecars started by hand: NODE_OPTIONS). The old generation's
+ * growth the sidecar sets itself (cli/main.ts).
  */
 export const SIDECAR_NODE_ARGS: readonly string[] = ['--max-semi-space-size=4'];
 
