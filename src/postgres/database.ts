@@ -13,6 +13,7 @@ import { Applier, appliedLsns, appliedVclock, compactApplied, type ApplyOutcome 
 import { readCaptureKey } from './capture.js';
 import { corkWrites } from './cork.js';
 import { PgLeaderTransaction, type LeaderTransaction, type PgWork, type WriteOpening } from './leader.js';
+import { keptStatementsLost } from './pipeline.js';
 import { loadSnapshot, readSnapshot, type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';
 import { runDdl, setTableMode, type TableModeChange, type TableModeOptions } from './tables.js';
 import { finishPipelined, listPrepared, type PreparedEntry } from './twophase.js';
@@ -220,10 +221,15 @@ export class PgDatabase implements Database<PgSession, PgWork> {
 
   async write<T>(session: PgSession, opening: WriteOpening, order: (tx: LeaderTransaction<PgWork>) => Promise<T>): Promise<T> {
     const client = await session.pool.connect();
+    let lost = false;
     try {
       return await order(new PgLeaderTransaction(client, opening, this.#captureKey));
+    } catch (error) {
+      // A client's DEALLOCATE dropped the connection's kept statements: it goes, and the next write gets another.
+      lost = keptStatementsLost(error);
+      throw error;
     } finally {
-      client.release();
+      client.release(lost);
     }
   }
 

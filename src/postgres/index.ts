@@ -6,5 +6,5 @@ export { Applier, ApplyError, appliedLsns, appliedVclock, compactApplied, type A
 export { listPrepared, commitPrepared, rollbackPrepared, reconcile, type JournalVerdict, type PreparedEntry, type ReconcileReport, type PreparedStore } from './twophase.js';
 export { checkServer, PgCheckError, SERVER_VERSION_MIN } from './checks.js';
 export { PgLeaderTransaction, type LeaderOutcome, type LeaderTransaction, type PgWork, type WriteOpening } from './leader.js';
-export { pipelines, queryAll, statementName, STATEMENTS_KEPT_MAX } from './pipeline.js';
+export { keptStatementsLost, pipelines, queryAll, statementName, STATEMENTS_KEPT_MAX } from './pipeline.js';
 export { type SnapshotLoad, type SnapshotPart, type SnapshotTable } from './snapshot.js';

@@ -59,3 +59,16 @@ export function statementName(client: pg.ClientBase, sql: string): string | unde
   names.add(name);
   return name;
 }
+
+/** SQLSTATE of a statement name the server does not know: the connection's kept statements were dropped. */
+const STATEMENT_UNKNOWN = '26000';
+
+/**
+ * Whether a failure says the connection lost the statements it kept (its own
+ * and capture's): a client ran DEALLOCATE, which no transaction undoes. The
+ * driver still believes them parsed, so every later use on that connection
+ * would fail too: it must be closed, not given to the next write.
+ */
+export function keptStatementsLost(error: unknown): boolean {
+  return (error as { code?: unknown } | null)?.code === STATEMENT_UNKNOWN;
+}

@@ -213,6 +213,9 @@ export class ClientRequests implements RequestHandler<RoleSession> {
       await client.query('BEGIN READ ONLY');
       open = true;
       const r = await client.query({ text: sql, values: [...params], queryMode: 'extended' } as pg.QueryConfig);
+      // DEALLOCATE is allowed in a read and no transaction undoes it: the connection lost what it kept
+      // parsed for writes (pipeline.ts), so it is closed rather than given to one.
+      if (r.command === 'DEALLOCATE') broken = true;
       await client.query('COMMIT');
       open = false;
       return { rows: r.rows, rowCount: r.rowCount ?? 0 };

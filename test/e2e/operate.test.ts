@@ -358,6 +358,20 @@ describe('the client library\'s PostgreSQL connections', () => {
     expect(started.length).toBe(5);
     expect(pids.size).toBeLessThanOrEqual(3);
   });
+
+  it('a client\'s DEALLOCATE ALL costs its own write only: the connection whose kept statements it dropped is closed, and the writes after it run', async () => {
+    // A write first, so that the connection the next one takes (the pool gives the last one back first) keeps capture parsed.
+    await db.execute([['INSERT INTO items VALUES ($1, $2)', [9000, 'before']]]);
+    // DEALLOCATE is not transactional: inside the write it drops the connection's kept statements, capture's among them.
+    await expect(db.execute([['DEALLOCATE ALL', []], ['INSERT INTO items VALUES ($1, $2)', [9001, 'dropped']]])).rejects.toMatchObject({ code: 'PG_ERROR', sqlstate: '26000' });
+    for (let i = 0; i < 5; i += 1) await db.execute([['INSERT INTO items VALUES ($1, $2)', [9002 + i, 'after']]]);
+    // Through a read, it costs nothing: the read's connection is closed after it, and the write after it runs.
+    await db.query('DEALLOCATE ALL', [], { consistency: 'leader' });
+    await db.execute([['INSERT INTO items VALUES ($1, $2)', [9007, 'after a read']]]);
+    const leader = await cluster.leader();
+    expect(await rowsOn(leader, "SELECT count(*)::int AS n FROM items WHERE id BETWEEN 9000 AND 9007 AND note <> 'dropped'")).toEqual([{ n: 7 }]);
+    expect(await rowsOn(leader, 'SELECT count(*)::int AS n FROM items WHERE id = 9001')).toEqual([{ n: 0 }]);
+  });
 });
 
 describe('logs', () => {
