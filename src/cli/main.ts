@@ -155,8 +155,8 @@ async function joinCluster(argv: readonly string[]): Promise<void> {
 /**
  * V8 lets its old generation grow up to about four times what a full
  * collection left live. A leader holding writes open through their quorum
- * wait promotes their objects, and peaked at 190-200 MiB at 64 clients; grown
- * to 1.5 times, at 135-139, for some 5% more of its CPU (docs/rfc/0028). The
+ * wait promotes their objects, and peaked at 109-200 MiB at 64 clients; grown
+ * to 1.5 times, at 105-139, at no cost in throughput (docs/rfc/0028). The
  * flag is read at each collection, so setting it here takes; Node refuses it
  * in NODE_OPTIONS, so a sidecar started by hand gets it too.
  */
