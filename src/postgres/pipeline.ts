@@ -38,6 +38,22 @@ export const STATEMENTS_KEPT_MAX = 32;
 const kept = new WeakMap<pg.ClientBase, Set<string>>();
 /** A statement that starts with INSERT, UPDATE or DELETE (one that starts with WITH runs unnamed). */
 const CHANGES = /^\s*(insert|update|delete)\s/i;
+/**
+ * Texts already judged, with their name (null: unnamed), so that a write does
+ * not hash its statements again: at most JUDGED_MAX texts of at most
+ * JUDGED_TEXT_MAX characters, so that what a client sends cannot swell it.
+ */
+const judged = new Map<string, string | null>();
+const JUDGED_MAX = 1024;
+const JUDGED_TEXT_MAX = 4096;
+
+function nameOf(sql: string): string | null {
+  const known = judged.get(sql);
+  if (known !== undefined) return known;
+  const name = !CHANGES.test(sql) || /\breturning\b/i.test(sql) ? null : `qsync_c_${createHash('sha256').update(sql).digest('base64url').slice(0, 32)}`;
+  if (judged.size < JUDGED_MAX && sql.length <= JUDGED_TEXT_MAX) judged.set(sql, name);
+  return name;
+}
 
 /**
  * A name under which a client's statement is parsed once on this connection
@@ -50,8 +66,8 @@ const CHANGES = /^\s*(insert|update|delete)\s/i;
  * server's memory through a pooled session.
  */
 export function statementName(client: pg.ClientBase, sql: string): string | undefined {
-  if (!CHANGES.test(sql) || /\breturning\b/i.test(sql)) return undefined;
-  const name = `qsync_c_${createHash('sha256').update(sql).digest('base64url').slice(0, 32)}`;
+  const name = nameOf(sql);
+  if (name === null) return undefined;
   let names = kept.get(client);
   if (names === undefined) kept.set(client, (names = new Set()));
   if (names.has(name)) return name;
