@@ -116,6 +116,10 @@ export class PgDatabase implements Database<PgSession, PgWork> {
     return this.#guarded(() => this.#applier.reload());
   }
 
+  release(gids: readonly string[]): Promise<void> {
+    return this.finish('rollback', gids);
+  }
+
   finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
     return this.#guarded(async () => {
       // Spread over up to FINISH_PARALLEL connections, so that PostgreSQL group-commits them, and on each

@@ -122,6 +122,8 @@ export interface HeldDuty {
   hold(record: TxnRecord, xid: string, session: HeldSession): Promise<void>;
   unhold(gid: string): void;
   lostAtStart(record: TxnRecord): void;
+  releasePrepared(records: readonly TxnRecord[]): void;
+  releaseAgain(gids: readonly string[]): void;
   ended(xids: readonly string[]): void;
   stepDown(): void;
   postgresLost(): number;

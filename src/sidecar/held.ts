@@ -19,9 +19,17 @@
 //   3. Recovery registers the own sync TXNs PostgreSQL neither applied nor
 //      holds prepared, as lost entries (no session), so that their verdict is
 //      carried out the same way.
+//   4. A node that does not lead holds no row lock for an undecided entry of
+//      its own: at a step-down the held ones are rolled back, and so are the
+//      prepared ones (syncHold prepare, SERIALIZABLE writes): ROLLBACK
+//      PREPARED, and each becomes a lost entry. Kept prepared, its locks could
+//      stall the apply queue on an apply that needs its rows (another node's
+//      async write journaled before the next PROMOTE) ahead of the PROMOTE
+//      that decides it.
 //
 // Production and the simulator both run this module; only the sessions under
 // it differ.
+import { AssertionFailed } from '../core/assert.js';
 import type { TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import type { FinishPlace, HeldDuty, NodeContext } from './context.js';
@@ -37,7 +45,11 @@ interface Held {
   readonly ended: () => void;
   /** The decision's COMMIT or ROLLBACK on the session, once begun: true when it carried the decision out. */
   ending: Promise<boolean> | null;
+  /** A prepared write released when this node stopped leading (rule 4): PostgreSQL may still hold it prepared. */
+  readonly prepared: boolean;
 }
+
+const LOST: Promise<boolean> = Promise.resolve(false);
 
 export class HeldWrites<S, W> implements HeldDuty {
   readonly #n: NodeContext<S, W>;
@@ -89,7 +101,7 @@ export class HeldWrites<S, W> implements HeldDuty {
    */
   hold(record: TxnRecord, xid: string, session: HeldSession): Promise<void> {
     return new Promise<void>((ended) => {
-      this.#entries.set(record.gid, { record, xid, session, ended, ending: null });
+      this.#entries.set(record.gid, { record, xid, session, ended, ending: null, prepared: false });
     });
   }
 
@@ -103,8 +115,43 @@ export class HeldWrites<S, W> implements HeldDuty {
   /** Recovery found an own sync TXN that PostgreSQL neither applied nor holds prepared, undecided: lost (rule 3). */
   lostAtStart(record: TxnRecord): void {
     if (this.#entries.has(record.gid)) return;
-    this.#entries.set(record.gid, { record, xid: null, session: null, ended: () => undefined, ending: null });
+    this.#entries.set(record.gid, { record, xid: null, session: null, ended: () => undefined, ending: null, prepared: false });
     this.#lost += 1;
+  }
+
+  /**
+   * Leadership lost with own sync writes prepared and undecided (rule 4):
+   * each becomes a lost entry now, before any decision can be applied here,
+   * and is rolled back in PostgreSQL, retried until done. Its verdict
+   * finishes it where PostgreSQL still holds it prepared (the rollback not
+   * done yet, or undone by a crash) and otherwise applies a COMMIT from the
+   * journal.
+   */
+  releasePrepared(records: readonly TxnRecord[]): void {
+    const n = this.#n;
+    if (n.bugs.preparedKept === true) return;
+    const fresh = records.filter((record) => !this.#entries.has(record.gid));
+    for (const record of fresh) {
+      this.#entries.set(record.gid, { record, xid: null, session: null, ended: () => undefined, ending: LOST, prepared: true });
+      this.#lost += 1;
+      n.prepared.add(record.gid);
+    }
+    if (fresh.length > 0) n.log.warn({ transactions: fresh.length }, 'not the leader: its undecided prepared writes are rolled back, and the next PROMOTE decides each from the journal');
+    this.#release(fresh.map((record) => record.gid));
+  }
+
+  /** PostgreSQL lists these prepared again after a crash of its own (their rollback was not flushed): released again. */
+  releaseAgain(gids: readonly string[]): void {
+    this.#release(gids.filter((gid) => this.#entries.get(gid)?.prepared === true));
+  }
+
+  #release(gids: readonly string[]): void {
+    const n = this.#n;
+    if (gids.length === 0) return;
+    const what = 'rolling back the prepared writes of a node that does not lead';
+    void n.untilDone(what, () => n.db.release(gids), { transactions: gids.length }).catch((error: unknown) => {
+      if (error instanceof AssertionFailed) n.fatal(what, error);
+    });
   }
 
   /** Capture named these held transactions as ended (its refusal's detail): their sessions are gone. */
@@ -165,7 +212,8 @@ export class HeldWrites<S, W> implements HeldDuty {
    * every gid was tried; the caller retries (each step is idempotent).
    */
   async finish(verb: 'commit' | 'rollback', gids: readonly string[], place: FinishPlace, each?: (gid: string, finished: boolean) => void): Promise<void> {
-    const held = gids.filter((gid) => this.#entries.has(gid));
+    // A PROMOTE names a released prepared write twice until its rollback is done: PostgreSQL lists it too.
+    const held = [...new Set(gids)].filter((gid) => this.#entries.has(gid));
     if (held.length === 0) return this.#n.db.finish(verb, gids, each);
     const prepared = gids.filter((gid) => !this.#entries.has(gid));
     const work: Array<Promise<void>> = held.map((gid) => this.#finishOne(verb, gid, place).then(() => each?.(gid, true)));
@@ -189,7 +237,10 @@ export class HeldWrites<S, W> implements HeldDuty {
     entry.ending ??= this.#endSession(verb, gid, entry);
     if (await entry.ending) return;
     if (!this.#entries.has(gid)) return;
-    if (verb === 'commit') {
+    // Released (rule 4) but still prepared: the verdict finishes it there; no apply races its rows.
+    let finished = false;
+    if (entry.prepared) await this.#n.db.finish(verb, [gid], (_gid, done) => (finished = done));
+    if (verb === 'commit' && !finished) {
       const apply = (): Promise<unknown> => this.#n.db.apply(entry.record, { prepare: false, exact: true });
       const outcome = place === 'in queue' ? await apply() : await this.#n.inQueue('applying a held write whose session ended', apply, { gid });
       if (outcome === 'applied') this.#n.log.warn({ gid }, 'applied a confirmed write from the journal: its held transaction had ended');

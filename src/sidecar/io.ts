@@ -135,6 +135,12 @@ export interface NodeRow {
  * session, `W` the work a write runs (statements, in production).
  */
 export interface Database<S, W> extends PreparedStore {
+  /**
+   * ROLLBACK PREPARED of this node's undecided writes when it stops leading
+   * (held.ts, rule 4): not a decision, for the journal keeps each TXN and its
+   * verdict applies it from there.
+   */
+  release(gids: readonly string[]): Promise<void>;
   appliedVclock(): Promise<VClock>;
   /** The lsns of `replica` above `above` that PostgreSQL holds as applied (each one, not the highest). */
   appliedLsns(replica: ReplicaId, above: Lsn): Promise<ReadonlySet<Lsn>>;
@@ -234,6 +240,8 @@ export interface PlantedBugs {
   readonly heldUnchecked?: boolean;
   /** A held write found lost leaves capture's check and stops new writes no more, before its verdict is carried out (held.ts). */
   readonly lostForgotten?: boolean;
+  /** A deposed leader keeps its undecided sync writes prepared, with their row locks, until a PROMOTE decides them (held.ts). */
+  readonly preparedKept?: boolean;
 }
 
 /**

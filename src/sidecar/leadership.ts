@@ -107,7 +107,7 @@ export class Leadership<S, W> {
     this.#n.limbo.step({ kind: 'ack', replica, lsn: vclockGet(vclock, this.#n.self) });
   }
 
-  /** Leadership lost: stop accepting writes; what is pending stays prepared for the next PROMOTE to decide. */
+  /** Leadership lost: stop accepting writes; what is pending is the next PROMOTE's to decide, from the journal (held.ts). */
   stepDown(reason: string): void {
     const n = this.#n;
     this.#writable = false;

@@ -8,7 +8,7 @@ import { AssertionFailed } from '../core/assert.js';
 import { QsyncError } from '../core/errors.js';
 import { gidFor, parseGid } from '../core/gid.js';
 import { limboCreate, limboStep, type LimboAction, type LimboEvent, type LimboState } from '../core/limbo.js';
-import type { ConfigRecord, JournalRecord } from '../core/record.js';
+import type { ConfigRecord, JournalRecord, TxnRecord } from '../core/record.js';
 import type { Lsn, ReplicaId } from '../core/types.js';
 import { vclockGet } from '../core/vclock.js';
 import { isWithheld } from '../core/withheld.js';
@@ -22,6 +22,12 @@ export class OwnLimbo<S, W> {
   readonly #commitsUnderWay = new Set<Promise<void>>();
   /** Gids standing for membership records in the limbo: no prepared transaction is behind them. */
   readonly #memberGids = new Set<string>();
+  /**
+   * This leader's sync TXNs that stand for prepared transactions (syncHold prepare, or SERIALIZABLE
+   * writes: held.ts holds the others), from their append until their verdict is being carried out:
+   * what a step-down hands to HeldWrites.releasePrepared.
+   */
+  readonly #preparedTxns = new Map<string, TxnRecord>();
   /** Highest own lsn ever written to any peer (the transport tells). */
   sentOwnLsn = 0;
 
@@ -45,12 +51,34 @@ export class OwnLimbo<S, W> {
     this.#limbo = limboCreate({ owner: n.self, members: n.memberIds, quorum, synchroTimeoutMs: n.config.synchroTimeoutMs }, lsn);
   }
 
-  /** Leadership lost: the entries stay prepared for the next PROMOTE; returns how many were pending. */
+  /**
+   * Leadership lost: the next PROMOTE decides the entries pending (their
+   * clients hear OUTCOME_UNKNOWN); those prepared are rolled back here and
+   * left to the journal, as held ones are (held.ts). Returns how many were pending.
+   */
   abandon(): number {
     const pending = this.pending;
     this.step({ kind: 'abandon' });
     this.#limbo = null;
+    this.#n.held.releasePrepared(this.#takePrepared([...this.#preparedTxns.keys()]));
     return pending;
+  }
+
+  /** The prepared TXNs of `gids`, no longer this limbo's to finish. */
+  #takePrepared(gids: readonly string[]): TxnRecord[] {
+    const records: TxnRecord[] = [];
+    for (const gid of gids) {
+      const record = this.#preparedTxns.get(gid);
+      if (record === undefined) continue;
+      this.#preparedTxns.delete(gid);
+      records.push(record);
+    }
+    return records;
+  }
+
+  /** A prepared entry is being finished (its verdict is carried out): no step-down releases it any more. */
+  #finishing(gids: readonly string[]): void {
+    for (const gid of gids) this.#preparedTxns.delete(gid);
   }
 
   /** The settles of COMMIT PREPAREDs under way now. */
@@ -173,11 +201,13 @@ export class OwnLimbo<S, W> {
       });
       return;
     }
+    if (!n.held.has(record.gid) && record.changes.length > 0) this.#preparedTxns.set(record.gid, record);
     if (this.#limbo === null) {
-      // Leadership was lost while this write ran: it stays prepared, and the next PROMOTE decides it. Held open,
-      // it is rolled back and lost, as at a step-down (held.ts): a node that does not lead holds no row lock
-      // for an undecided entry, which an apply queued before that PROMOTE could wait for.
+      // Leadership was lost while this write ran: the next PROMOTE decides it. Held open or prepared, it is
+      // rolled back and lost, as at a step-down (held.ts): a node that does not lead holds no row lock for an
+      // undecided entry, which an apply queued before that PROMOTE could wait for.
       n.held.stepDown();
+      n.held.releasePrepared(this.#takePrepared([record.gid]));
       this.settle(record.gid, new QsyncError('OUTCOME_UNKNOWN', `node ${n.self} lost leadership while ${record.gid} was being written; the next leader decides it: ask for its outcome by idempotency key`));
       return;
     }
@@ -217,6 +247,7 @@ export class OwnLimbo<S, W> {
    */
   #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void, answerEarly?: (gid: string) => void): void {
     const n = this.#n;
+    this.#finishing(gids);
     // A membership entry has no prepared transaction behind it: decided here and now.
     const prepared = gids.filter((gid) => !this.#memberGids.has(gid));
     for (const gid of gids) if (this.#memberGids.has(gid)) each(gid);

@@ -5,6 +5,8 @@
 // entries a later PROMOTE revived, and rolls back PREPAREs whose answer was
 // lost (RFC 0016).
 import { AssertionFailed } from '../core/assert.js';
+import { parseGid } from '../core/gid.js';
+import type { TxnRecord } from '../core/record.js';
 import type { RevivedRange } from '../core/history.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId } from '../core/types.js';
 import { vclockEntries, vclockFromEntries, vclockGet, vclockMerge } from '../core/vclock.js';
@@ -36,8 +38,9 @@ export class Recovery<S, W> {
   }
 
   /**
-   * Make PostgreSQL agree with the journal, then apply what it lacks. Entries
-   * still pending stay prepared: the next PROMOTE decides them.
+   * Make PostgreSQL agree with the journal, then apply what it lacks. Own
+   * entries still pending are rolled back there and left to the journal: the
+   * next PROMOTE decides them (held.ts, rule 4).
    */
   async recover(): Promise<void> {
     const n = this.#n;
@@ -49,11 +52,27 @@ export class Recovery<S, W> {
     n.log.info({ ...report, vclock: n.journal.vclock }, 'reconciled prepared transactions with the journal');
     // Retried too: a PostgreSQL crash right here failed the start (simulator seed 21154).
     for (const entry of await n.untilDone('listing prepared transactions', () => n.db.listPrepared(), {})) n.prepared.add(entry.gid);
+    // A node starts as a follower: its own undecided prepared writes hold no row locks either (held.ts, rule 4).
+    n.held.releasePrepared(await this.#ownTxns(report.kept));
     const replayed = await n.untilDone('replaying the journal into PostgreSQL', () => this.replay(), {});
     if (replayed > 0) n.log.info({ replayed }, 'applied journaled writes of this node whose COMMIT had not reached PostgreSQL');
     // After the replay has set where the apply queue starts: what lies past it, the queue applies.
     await n.untilDone('applying again entries a PROMOTE revived', () => this.revive(verdicts.revived), {});
     n.apply.kick();
+  }
+
+  /** This node's sync TXNs the journal holds under `gids` (those of other owners, or not journaled, are left out). */
+  async #ownTxns(gids: readonly string[]): Promise<TxnRecord[]> {
+    const n = this.#n;
+    const wanted = new Set(gids.filter((gid) => parseGid(n.config.clusterId, gid)?.replica === n.self));
+    if (wanted.size === 0) return [];
+    const lowest = Math.min(...[...wanted].map((gid) => parseGid(n.config.clusterId, gid)?.lsn ?? 1));
+    const others = vclockEntries(n.journal.tailVclock).filter(([replica]) => replica !== n.self);
+    const found: TxnRecord[] = [];
+    for await (const record of n.journal.cursor(vclockFromEntries([...others, [n.self, (lowest - 1) as Lsn]]))) {
+      if (record.kind === 'txn' && record.replica === n.self && record.sync && wanted.has(record.gid)) found.push(record);
+    }
+    return found;
   }
 
   /**
@@ -158,7 +177,8 @@ export class Recovery<S, W> {
    * ROLLBACK PREPARED, qsync.node) may be gone. Prepared transactions the
    * history has decided are finished again; undecided ones stay, and so does
    * one the journal does not hold yet (a write of this node between its
-   * PREPARE and its TXN's append). Records PostgreSQL lost are applied again,
+   * PREPARE and its TXN's append), but those this node had released when it
+   * stopped leading are released again (held.ts, rule 4). Records PostgreSQL lost are applied again,
    * and qsync.node is written again. Runs in the apply queue; idempotent.
    */
   async #resync(): Promise<void> {
@@ -166,6 +186,7 @@ export class Recovery<S, W> {
     // An orphaned PREPARE's lsn holds an empty TXN, which a later CONFIRM covers: it is rolled back, never committed.
     const report = await reconcile(n.db, (entry) => (this.#orphans.has(entry.gid) ? 'rolled-back' : n.history.verdict(entry.replica, entry.lsn) ?? 'pending'));
     for (const entry of await n.db.listPrepared()) n.prepared.add(entry.gid);
+    n.held.releaseAgain(report.kept);
     const replayed = await this.replay();
     void n.leadership.publish();
     n.apply.kick();

@@ -49,7 +49,8 @@ test('a seed replays exactly: the same trace and the same counts', async () => {
 
 test('a client session that PostgreSQL ends alone fails its write, and nothing acknowledged is lost', async () => {
   // pg_terminate_backend of one of the leader's sessions, at any step of a write, while the server goes on.
-  const result = await simulate({ seed: 1 });
+  // Seed 4 is one whose fault schedule arms such a kill (seed 1 did until row locks were modelled in every run).
+  const result = await simulate({ seed: 4 });
   expect(result.stats.sessionKills).toBeGreaterThan(0);
   expect(result.violation).toBeNull();
 });

@@ -8,12 +8,11 @@
 // and ROLLBACK PREPARED, the node row: a suffix of its WAL), every open
 // session, and for a while answers nothing.
 //
-// When the leader holds sync writes open (RFC 0027), the model also keeps
-// row locks: a client session's transaction locks its keys from its
-// statements until it commits or ends (with its session, the sidecar, or the
-// server), a prepared one until it is finished, and statements and applies
-// that touch a locked key wait. And transaction ids, whose status capture
-// checks.
+// The model also keeps row locks: a client session's transaction locks its
+// keys from its statements until it commits or ends (with its session, the
+// sidecar, or the server), a prepared one until it is finished, and
+// statements and applies that touch a locked key wait. And transaction ids,
+// whose status capture checks when the leader holds writes open (RFC 0027).
 import type { JournalRecord, TxnRecord } from '../../src/core/record.js';
 import { REPLICA_LOCAL, type Lsn, type ReplicaId, type Term } from '../../src/core/types.js';
 import { vclockFollow, vclockGet, type VClock } from '../../src/core/vclock.js';
@@ -150,6 +149,8 @@ interface Prepared {
 /** What the invariants hear from every PostgreSQL. */
 export interface PgObserver {
   decided(node: number, verdict: 'committed' | 'rolled-back', gid: string, puts: readonly Put[]): void;
+  /** A prepared write rolled back as a release, not a decision (held.ts, rule 4). */
+  released(node: number, gid: string, puts: readonly Put[]): void;
 }
 
 /** A node's PostgreSQL: it lives on across the sidecar's crashes. */
@@ -173,8 +174,12 @@ export class SimPg {
   /** Client sessions terminated alone (pg_terminate_backend) while the server and its other sessions went on. */
   sessionsKilled = 0;
   #nextSession = 0;
-  /** Row locks and transaction ids are modelled (the leader holds sync writes open: RFC 0027). */
-  locking = false;
+  /**
+   * An armed session kill waits for a session that writes a shared key of the
+   * sync table, or one another write waits on (runs that hold writes open:
+   * RFC 0027); otherwise it takes the next session opened.
+   */
+  killsOnLocks = false;
   /** Client sessions' transactions, by id (the session's number). */
   readonly #xacts = new Map<number, { readonly epoch: number; readonly life: Life; state: 'open' | 'committed' | 'aborted' }>();
   /** Transactions captured to be held open (capture_held answered with their id). */
@@ -199,7 +204,7 @@ export class SimPg {
   /** A new client session's number. */
   openSession(): number {
     this.#nextSession += 1;
-    if (this.killArmed !== null && !this.locking) {
+    if (this.killArmed !== null && !this.killsOnLocks) {
       this.#doomed.set(this.#nextSession, this.killArmed);
       this.killArmed = null;
     }
@@ -223,23 +228,23 @@ export class SimPg {
   }
 
   /**
-   * With locks modelled, the kill waits for a session that writes a shared
+   * Held open, the kill waits for a session that writes a shared
    * key of the sync table, whose death another write waiting for that key
    * may see: `keys` are the session's.
    */
   armOn(id: number, keys: readonly string[]): void {
-    if (!this.locking || this.killArmed === null || this.killArmed > 2 || !keys.some((key) => key.startsWith('s:x'))) return;
+    if (!this.killsOnLocks || this.killArmed === null || this.killArmed > 2 || !keys.some((key) => key.startsWith('s:x'))) return;
     this.#doomed.set(id, this.killArmed);
     this.killArmed = null;
   }
 
   /**
-   * With locks modelled, a kill armed for step 3 or 4 waits instead for a
+   * Held open, a kill armed for step 3 or 4 waits instead for a
    * session that another one waits on (`keys` are the waiter's): it dies
    * while it holds the row, most often held open for its quorum.
    */
   killWaitedOn(keys: readonly string[], waiter: number): void {
-    if (!this.locking || this.killArmed === null || this.killArmed <= 2) return;
+    if (!this.killsOnLocks || this.killArmed === null || this.killArmed <= 2) return;
     for (const key of keys.filter((k) => k.startsWith('s:x'))) {
       const holder = this.#locks.get(key);
       if (typeof holder !== 'number' || holder === waiter || !this.heldOpen.has(holder) || this.xactStatus(holder) !== 'in progress') continue;
@@ -325,6 +330,20 @@ export class SimPg {
     this.#unflushed.push(() => this.prepared.set(gid, entry));
     this.#observer.decided(this.node, 'rolled-back', gid, entry.puts);
     return true;
+  }
+
+  /**
+   * ROLLBACK PREPARED of an undecided write of a node that stopped leading:
+   * its journal keeps the TXN, and the verdict applies it from there. Not a
+   * decision, so the observer does not hear it; the end checks that every
+   * acknowledged write is on every node.
+   */
+  release(gid: string): void {
+    const entry = this.prepared.get(gid);
+    if (entry === undefined) return;
+    this.prepared.delete(gid);
+    this.#unflushed.push(() => this.prepared.set(gid, entry));
+    this.#observer.released(this.node, gid, entry.puts);
   }
 
   /** PREPARE TRANSACTION: flushed before it answers, with everything before it. */
@@ -516,7 +535,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     return value;
   }
 
-  /** An apply's rows wait for the transactions that lock them (only while locks are modelled). */
+  /** An apply's rows wait for the transactions that lock them, open or prepared. */
   async #unlocked(puts: readonly Put[], epoch: number): Promise<void> {
     const keys = keysOf(puts);
     while (this.#pg.locked(keys, null)) {
@@ -566,7 +585,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     const applied = options.exact === true ? pg.appliedExact.has(`${record.replica}:${record.lsn}`) : vclockGet(pg.applied, record.replica) >= record.lsn;
     if (applied || pg.prepared.has(record.gid)) return this.#answer('skipped', epoch);
     const puts = decodePuts(record);
-    if (pg.locking) await this.#unlocked(puts, epoch);
+    await this.#unlocked(puts, epoch);
     if (options.prepare) {
       pg.prepare(record.gid, { replica: record.replica, lsn: record.lsn, puts, time: record.time, idempotencyKey: record.idempotencyKey });
       return this.#answer('prepared', epoch);
@@ -581,7 +600,7 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
     const epoch = this.#up(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     this.#flaky(`applying ${records.length} records from ${first.replica}:${first.lsn}`);
     const pg = this.#pg;
-    if (pg.locking) await this.#unlocked(records.flatMap(decodePuts), epoch);
+    await this.#unlocked(records.flatMap(decodePuts), epoch);
     // Unchecked, a record applied already fails the batch on its mark, as qsync.applied's primary key does.
     const unchecked = !options.checked && records.every((r) => r.lsn > vclockGet(options.exactTo, r.replica));
     if (unchecked && records.some((r) => pg.appliedExact.has(`${r.replica}:${r.lsn}`))) throw pgError('23505', 'duplicate key value violates unique constraint "applied_pkey"');
@@ -601,6 +620,16 @@ export class SimDatabase implements Database<SimSession, readonly Put[]> {
   async reloadTables(): Promise<void> {
     // No latency drawn: reading the tables does not change the seeds' draws.
     this.#up('reading the tables');
+  }
+
+  /** ROLLBACK PREPARED as a release (held.ts, rule 4): the same in PostgreSQL, but not a decision. */
+  async release(gids: readonly string[]): Promise<void> {
+    for (const gid of gids) {
+      const epoch = this.#up('rollback prepared');
+      this.#flaky(`ROLLBACK PREPARED ${gid}`);
+      this.#pg.release(gid);
+      await this.#answer(undefined, epoch);
+    }
   }
 
   async finish(verb: 'commit' | 'rollback', gids: readonly string[], each?: (gid: string, finished: boolean) => void): Promise<void> {
@@ -692,17 +721,15 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     const sync = puts.some((p) => p.table === 's');
     if (sync && this.#pg.row.role !== 'leader') throw pgError('QS001', 'qsync: this node is not the leader');
     if (sync && this.#pg.row.term !== this.#opening.term) throw pgError('QS002', `qsync: stale term ${this.#opening.term} (node term ${this.#pg.row.term})`);
-    if (this.#pg.locking) {
-      // Each statement waits for the transactions that lock its rows; then its transaction locks them.
-      const keys = keysOf(puts);
-      while (this.#pg.locked(keys, this.#id)) {
-        this.#pg.killWaitedOn(keys, this.#id);
-        await this.#sleep(this.#rng.range(0.5, 2));
-        if (!this.#life.alive) return new Promise(() => undefined);
-        if (this.#pg.xactStatus(this.#id) !== 'in progress') throw pgError('57P01', 'terminating connection: the session ended while it waited for a lock');
-      }
-      this.#pg.lock(keys, this.#id);
+    // Each statement waits for the transactions that lock its rows; then its transaction locks them.
+    const keys = keysOf(puts);
+    while (this.#pg.locked(keys, this.#id)) {
+      this.#pg.killWaitedOn(keys, this.#id);
+      await this.#sleep(this.#rng.range(0.5, 2));
+      if (!this.#life.alive) return new Promise(() => undefined);
+      if (this.#pg.xactStatus(this.#id) !== 'in progress') throw pgError('57P01', 'terminating connection: the session ended while it waited for a lock');
     }
+    this.#pg.lock(keys, this.#id);
     this.#puts = puts;
   }
 

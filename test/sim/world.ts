@@ -24,7 +24,7 @@ import { SimNetwork } from './network.js';
 import { Rng, Scheduler, type Life } from './scheduler.js';
 import { SimDatabase, SimDisk, SimJournal, SimPg, type Put, type SimSession } from './storage.js';
 
-export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'syncTxnSkipsLww', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied', 'orphanKept', 'heldUnchecked', 'lostForgotten'] as const;
+export const PLANTED_BUGS = ['voteIgnoresVclock', 'quorumOffByOne', 'raftUnsynced', 'gapAccepted', 'ackBeforeDurable', 'applyBeforeConfirm', 'batchMarksApart', 'syncTxnSkipsLww', 'relayDropsThirdParty', 'journalBeforePrepare', 'commitBeforeJournal', 'readIndexUnconfirmed', 'readIndexNotApplied', 'orphanKept', 'heldUnchecked', 'lostForgotten', 'preparedKept'] as const;
 
 /** The planted bugs of the path that holds sync writes open: only a run in that mode can catch them. */
 export const HELD_BUGS: readonly PlantedBug[] = ['heldUnchecked', 'lostForgotten'];
@@ -39,7 +39,7 @@ export type PlantedBug = (typeof PLANTED_BUGS)[number];
 export interface SimOptions {
   readonly seed: number;
   readonly bug?: PlantedBug;
-  /** How the leader holds sync writes (the syncHold setting); default prepare. Open also models row locks. */
+  /** How the leader holds sync writes (the syncHold setting); default prepare. Open also aims session kills at shared rows. */
   readonly hold?: 'prepare' | 'open';
   /** Length of the safety phase, simulated ms. */
   readonly faultMs?: number;
@@ -141,11 +141,16 @@ class World {
     for (let id = 1; id <= count; id += 1) {
       const disk = new SimDisk();
       this.#nodes.push({
-        id, disk, pg: new SimPg(id, { decided: (node, verdict, gid, puts) => this.#pgDecided(node, verdict, gid, puts) }),
+        id, disk, pg: new SimPg(id, {
+          decided: (node, verdict, gid, puts) => this.#pgDecided(node, verdict, gid, puts),
+          released: (node, gid, puts) => {
+            if (this.#watched(gid, puts)) this.#note(`n${node} released ${gid} ${puts.map((p) => p.value).join(',')}`);
+          },
+        }),
         rate: this.#rng.range(0.98, 1.02), offsetMs: this.#rng.range(0, 10_000),
         life: { alive: false }, journal: null, driver: null, restartAt: null,
       });
-      (this.#nodes.at(-1) as SimNode).pg.locking = this.#hold === 'open';
+      (this.#nodes.at(-1) as SimNode).pg.killsOnLocks = this.#hold === 'open';
     }
   }
 
@@ -541,8 +546,14 @@ class World {
     }
   }
 
+  /** SIM_WATCH names this write or gid: its PostgreSQL decisions go in the trace. */
+  #watched(gid: string, puts: readonly Put[]): boolean {
+    const watch = process.env.SIM_WATCH;
+    return watch !== undefined && (gid.endsWith(watch) || puts.some((p) => p.value === watch));
+  }
+
   #pgDecided(node: number, verdict: 'committed' | 'rolled-back', gid: string, puts: readonly Put[]): void {
-    if (process.env.SIM_WATCH !== undefined && (gid.endsWith(process.env.SIM_WATCH) || puts.some((p) => p.value === process.env.SIM_WATCH))) this.#note(`n${node} ${verdict} ${gid} ${puts.map((p) => p.value).join(",")}`);
+    if (this.#watched(gid, puts)) this.#note(`n${node} ${verdict} ${gid} ${puts.map((p) => p.value).join(",")}`);
     const [replica, lsn] = gid.split(':').slice(-2).map(Number);
     const holds = (n: SimNode): boolean => n.disk.records.some((r) => r.kind === 'txn' && r.replica === replica && r.lsn === lsn && r.changes.length > 0);
     // Recovery rolls back a prepared transaction its journal lost (it was applied before the journal
