@@ -64,7 +64,7 @@ export class OwnLimbo<S, W> {
     return pending;
   }
 
-  /** The prepared TXNs of `gids`, no longer this limbo's to finish. */
+  /** The prepared TXNs of `gids`, which leave the set. */
   #takePrepared(gids: readonly string[]): TxnRecord[] {
     const records: TxnRecord[] = [];
     for (const gid of gids) {
@@ -74,11 +74,6 @@ export class OwnLimbo<S, W> {
       records.push(record);
     }
     return records;
-  }
-
-  /** A prepared entry is being finished (its verdict is carried out): no step-down releases it any more. */
-  #finishing(gids: readonly string[]): void {
-    for (const gid of gids) this.#preparedTxns.delete(gid);
   }
 
   /** The settles of COMMIT PREPAREDs under way now. */
@@ -247,7 +242,8 @@ export class OwnLimbo<S, W> {
    */
   #finishUntilDone(verb: 'commit' | 'rollback', gids: readonly string[], each: (gid: string) => void, answerEarly?: (gid: string) => void): void {
     const n = this.#n;
-    this.#finishing(gids);
+    // Its verdict is being carried out: no step-down releases it any more.
+    this.#takePrepared(gids);
     // A membership entry has no prepared transaction behind it: decided here and now.
     const prepared = gids.filter((gid) => !this.#memberGids.has(gid));
     for (const gid of gids) if (this.#memberGids.has(gid)) each(gid);
