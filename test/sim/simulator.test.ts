@@ -6,7 +6,7 @@ import { describe, expect, test } from 'vitest';
 import { HELD_BUGS, PLANTED_BUGS, simulate, type PlantedBug, type SimResult } from './world.js';
 
 /** Seeds that found real bugs, kept as regressions (see docs/rfc/0002-simulator.md). */
-const REGRESSION_SEEDS = [13, 19, 25, 31, 38, 39, 41, 44, 53, 116, 159, 181, 219, 301, 21154, 37122];
+const REGRESSION_SEEDS = [13, 19, 25, 31, 38, 39, 41, 44, 53, 116, 159, 181, 219, 301, 435, 677, 21154, 37122];
 
 function explain(result: SimResult, hold: 'prepare' | 'open' = 'prepare'): string {
   return `seed ${result.seed}: ${result.violation}\n${result.trace.join('\n')}\nreplay: npm run sim -- --seed ${result.seed} --hold ${hold}`;
