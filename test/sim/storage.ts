@@ -743,14 +743,17 @@ class SimLeaderTransaction implements LeaderTransaction<readonly Put[]> {
     const changes = [...new Set(puts.map((p) => p.table))].map((table) => ({ table, op: 'insert' as const, rows: encodePuts(puts.filter((p) => p.table === table)) }));
     const sync = puts.some((p) => p.table === 's');
     if (held === null) return { changes, sync };
-    if (sync) this.#pg.heldOpen.add(this.#id);
+    // Every fifth session's write is SERIALIZABLE: prepared even where writes are held open (RFC 0027), and
+    // released like any prepared write when its node stops leading (RFC 0029). Chosen by number, not drawn.
+    const holdable = this.#id % 5 !== 0;
+    if (sync && holdable) this.#pg.heldOpen.add(this.#id);
     // Armed for the next PREPARE: held open, the server crashes while the write waits for its quorum instead.
     if (this.#pg.crashAfterPrepareUntil !== null) {
       const upAt = this.#pg.crashAfterPrepareUntil;
       this.#pg.crashAfterPrepareUntil = null;
       void this.#sleep(this.#rng.range(0.1, 3)).then(() => this.#pg.crash(0, upAt));
     }
-    return { changes, sync, held: { xid: String(this.#id), holdable: true } };
+    return { changes, sync, held: { xid: String(this.#id), holdable } };
   }
 
   /**
