@@ -623,8 +623,11 @@ class World {
    */
   async #relayed(): Promise<void> {
     const leader = this.#nodes.find((n) => n.driver?.isLeader === true);
-    const cut = this.#nodes.find((n) => n !== leader && n.driver !== null && n.life.alive);
-    if (leader === undefined || cut === undefined) return;
+    // A member subscribes only to members (RFC 0010): a removed node relays to none, so a cut needs a third member.
+    const members = leader?.driver?.membership.members.map((m) => m.replica as number) ?? [];
+    const live = this.#nodes.filter((n) => n !== leader && members.includes(n.id) && n.driver !== null && n.life.alive);
+    const [cut] = live;
+    if (leader === undefined || cut === undefined || live.length < 2) return;
     this.#network.partition([[leader.id, cut.id], [cut.id, leader.id]]);
     this.#note(`network: n${leader.id} and n${cut.id} cut apart, to check relays`);
     const writes = [0, 1, 2].map(() => this.#syncWrite(0, leader));
