@@ -26,7 +26,7 @@ import { connect, type Db } from '../src/client/index.js';
 import { vclockCovers, type VClock } from '../src/core/vclock.js';
 import { startNativeCluster, type NativeCluster } from './native.js';
 import { walFsyncs } from './postgres.js';
-import { closedLoop, cpuSeconds, tree } from './stats.js';
+import { closedLoop, contextSwitches, cpuSeconds, tree } from './stats.js';
 
 export interface CompareOptions {
   readonly seconds: number;
@@ -56,6 +56,8 @@ export interface CompareRun {
   readonly journalFsyncsPerTx: number | null;
   /** CPU milliseconds per commit, by part: where the time goes on a 2-core machine. */
   readonly cpuMsPerTx: Readonly<Record<string, number>>;
+  /** Context switches per commit, by part: the wake-ups a commit costs each process (their CPU follows them at low load). */
+  readonly switchesPerTx: Readonly<Record<string, number>>;
   /** CPU milliseconds per second the other system's processes used during the run: near 0 on an idle machine. */
   readonly otherCpuMsPerSec: number;
   /** How long the run waited for the machine to be idle first (the other system caught up, checkpoints done). */
@@ -96,21 +98,37 @@ const median = (values: readonly number[]): number => {
   return sorted.length % 2 === 1 ? sorted[mid] as number : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
 };
 
-/** CPU seconds of named groups of process trees, plus this process (the load generator). */
-async function cpuByPart(parts: Record<string, Array<() => Promise<number | null>>>): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
+/** CPU seconds and context switches so far, by part. */
+interface Usage {
+  readonly cpu: Record<string, number>;
+  readonly switches: Record<string, number>;
+}
+
+/** CPU seconds and context switches of named groups of process trees, plus this process (the load generator). */
+async function usageByPart(parts: Record<string, Array<() => Promise<number | null>>>): Promise<Usage> {
+  const cpu: Record<string, number> = {};
+  const switches: Record<string, number> = {};
   for (const [name, roots] of Object.entries(parts)) {
-    let total = 0;
+    cpu[name] = 0;
+    switches[name] = 0;
     for (const root of roots) {
       const pid = await root();
-      if (pid !== null) total += tree(pid).reduce((sum, p) => sum + cpuSeconds(p), 0);
+      if (pid === null) continue;
+      for (const p of tree(pid)) {
+        cpu[name] += cpuSeconds(p);
+        switches[name] += contextSwitches(p);
+      }
     }
-    out[name] = total;
   }
   const own = process.cpuUsage();
-  out['load generator'] = (own.user + own.system) / 1e6;
-  return out;
+  cpu['load generator'] = (own.user + own.system) / 1e6;
+  switches['load generator'] = contextSwitches(process.pid);
+  return { cpu, switches };
 }
+
+/** Per commit, by part, between two readings. */
+const perCommit = (before: Record<string, number>, after: Record<string, number>, commits: number, scale = 1): Record<string, number> =>
+  Object.fromEntries(Object.entries(after).map(([part, value]) => [part, ((value - (before[part] ?? 0)) * scale) / commits]));
 
 /** Resident memory of a process, MB (Linux /proc). */
 function rssMb(pid: number): number {
@@ -123,8 +141,8 @@ interface Target {
   open(mode: Mode, clients: number): Promise<{ op: (caller: number) => Promise<void>; close: () => Promise<void> }>;
   walFsyncs(): Promise<number>;
   journalFsyncs(): Promise<number | null>;
-  /** CPU seconds so far by part. */
-  cpu(): Promise<Record<string, number>>;
+  /** CPU seconds and context switches so far, by part. */
+  usage(): Promise<Usage>;
   /** Wait until this system has no work left from the runs before (replicas caught up), then CHECKPOINT every server. */
   settle(): Promise<void>;
 }
@@ -168,7 +186,7 @@ function nativeTarget(cluster: NativeCluster, nextId: () => number): Target {
       return walFsyncs(monitor);
     },
     journalFsyncs: async () => null,
-    cpu: () => cpuByPart({ 'primary PostgreSQL': [() => cluster.primary.pid()], 'standby PostgreSQLs': cluster.standbys.map((s) => () => s.pid()) }),
+    usage: () => usageByPart({ 'primary PostgreSQL': [() => cluster.primary.pid()], 'standby PostgreSQLs': cluster.standbys.map((s) => () => s.pid()) }),
     settle: async () => {
       await ready;
       const deadline = Date.now() + SETTLE_MS_MAX;
@@ -225,10 +243,10 @@ function qsyncTarget(cluster: LocalCluster, leader: () => ClusterNode, nextId: (
       const match = /^qsync_journal_fsync_seconds_count\{[^}]*\} (\d+)/m.exec(metrics);
       return match === null ? null : Number(match[1]);
     },
-    cpu: () => {
+    usage: () => {
       const followers = cluster.nodes.filter((n) => n !== leader());
       const sidecar = (n: ClusterNode) => async (): Promise<number | null> => n.process?.pid ?? null;
-      return cpuByPart({
+      return usageByPart({
         'leader sidecar': [sidecar(leader())], 'follower sidecars': followers.map(sidecar),
         'leader PostgreSQL': [() => leader().pg.pid()], 'follower PostgreSQLs': followers.map((n) => () => n.pg.pid()),
       });
@@ -293,10 +311,10 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       await target.settle();
       const settleMs = Date.now() - settleStart;
       const session = await target.open(mode, clients);
-      const otherBefore = await other.cpu();
+      const otherBefore = (await other.usage()).cpu;
       const walBefore = await target.walFsyncs();
       const journalBefore = await target.journalFsyncs();
-      const cpuBefore = await target.cpu();
+      const usageBefore = await target.usage();
       let errors = 0;
       // The sidecars' memory, sampled through the busiest runs.
       const sampler = system !== 'native' && clients === most ? setInterval(() => {
@@ -315,8 +333,8 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       });
       if (sampler !== null) clearInterval(sampler);
       const commits = Math.max(1, result.ops - errors);
-      const cpuAfter = await target.cpu();
-      const otherAfter = await other.cpu();
+      const usageAfter = await target.usage();
+      const otherAfter = (await other.usage()).cpu;
       const otherSeconds = Object.entries(otherAfter).filter(([part]) => part !== 'load generator').reduce((sum, [part, v]) => sum + v - (otherBefore[part] ?? 0), 0);
       const walAfter = await target.walFsyncs();
       const journalAfter = await target.journalFsyncs();
@@ -325,7 +343,8 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
         system, mode, clients, pair, txPerSec: (result.ops - errors) / result.seconds, p50Ms: result.latency.p50Ms(), p99Ms: result.latency.p99Ms(), errors,
         walFsyncsPerTx: (walAfter - walBefore) / commits,
         journalFsyncsPerTx: journalBefore === null || journalAfter === null ? null : (journalAfter - journalBefore) / commits,
-        cpuMsPerTx: Object.fromEntries(Object.entries(cpuAfter).map(([part, seconds]) => [part, ((seconds - (cpuBefore[part] ?? 0)) * 1000) / commits])),
+        cpuMsPerTx: perCommit(usageBefore.cpu, usageAfter.cpu, commits, 1000),
+        switchesPerTx: perCommit(usageBefore.switches, usageAfter.switches, commits),
         otherCpuMsPerSec: (otherSeconds * 1000) / result.seconds, settleMs,
       };
     };
@@ -340,7 +359,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
           for (const system of SYSTEMS) {
             const r = await measure(system, mode, clients, pair, options.seconds);
             runs.push(r);
-            console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; other system ${r.otherCpuMsPerSec.toFixed(0)} ms/s; settled in ${r.settleMs} ms`);
+            console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; switches/tx: ${Object.entries(r.switchesPerTx).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}; other system ${r.otherCpuMsPerSec.toFixed(0)} ms/s; settled in ${r.settleMs} ms`);
           }
         }
       }

@@ -51,6 +51,24 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/**
+ * Context switches a process's threads made so far, voluntary and not, 0 once
+ * it is gone (Linux /proc). Each is a wake-up or a preemption: how often a
+ * commit wakes each process, which batching lowers and CPU per commit follows.
+ */
+export function contextSwitches(pid: number): number {
+  let total = 0;
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      const status = readFileSync(`/proc/${pid}/task/${task}/status`, 'utf8');
+      total += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0) + Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)?.[1] ?? 0);
+    }
+  } catch {
+    // gone meanwhile
+  }
+  return total;
+}
+
 /** A process and every process it started (a postmaster's backends), by their parent pids in /proc. */
 export function tree(root: number): number[] {
   const parents = new Map<number, number[]>();
