@@ -38,6 +38,16 @@ export interface CompareOptions {
 }
 
 type System = 'native' | 'qsync' | 'sql' | 'prepared';
+
+/**
+ * Each run first drives its own sessions this long, unmeasured. Without it
+ * the runs were not alike: the client library's and the prepared runs came
+ * right after a restart of the sidecars (the hold mode changes), with V8 yet
+ * to compile their hot paths, and the client library's pool, idle past its
+ * 10 s timeout, opened its PostgreSQL connections inside the measured
+ * seconds; the SQL port's runs came after them, warm.
+ */
+const RUN_WARMUP_SECONDS = 2;
 const SYSTEMS: readonly System[] = ['native', 'qsync', 'sql', 'prepared'];
 type Mode = 'sync' | 'async';
 
@@ -62,6 +72,8 @@ export interface CompareRun {
   readonly otherCpuMsPerSec: number;
   /** How long the run waited for the machine to be idle first (the other system caught up, checkpoints done). */
   readonly settleMs: number;
+  /** Transactions that failed in the run's unmeasured warm-up (RUN_WARMUP_SECONDS). */
+  readonly warmupErrors: number;
 }
 
 export interface CompareCase {
@@ -304,13 +316,18 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
       await holdFor(system);
       const target = targets[system];
       const other = targets[system === 'native' ? 'qsync' : 'native'];
+      const session = await target.open(mode, clients);
+      let warmupErrors = 0;
+      await closedLoop(clients, RUN_WARMUP_SECONDS, (caller) => session.op(caller).catch(() => {
+        warmupErrors += 1;
+      }));
       // Each run starts on an idle machine: the other system caught up with the run before (a qsync follower
-      // still applying an async backlog took the cores from the native run after it), both checkpointed.
+      // still applying an async backlog took the cores from the native run after it), this one with its
+      // warm-up, both checkpointed.
       const settleStart = Date.now();
       await other.settle();
       await target.settle();
       const settleMs = Date.now() - settleStart;
-      const session = await target.open(mode, clients);
       const otherBefore = (await other.usage()).cpu;
       const walBefore = await target.walFsyncs();
       const journalBefore = await target.journalFsyncs();
@@ -345,7 +362,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
         journalFsyncsPerTx: journalBefore === null || journalAfter === null ? null : (journalAfter - journalBefore) / commits,
         cpuMsPerTx: perCommit(usageBefore.cpu, usageAfter.cpu, commits, 1000),
         switchesPerTx: perCommit(usageBefore.switches, usageAfter.switches, commits),
-        otherCpuMsPerSec: (otherSeconds * 1000) / result.seconds, settleMs,
+        otherCpuMsPerSec: (otherSeconds * 1000) / result.seconds, settleMs, warmupErrors,
       };
     };
 
@@ -359,7 +376,7 @@ export async function runCompareBench(options: CompareOptions): Promise<CompareR
           for (const system of SYSTEMS) {
             const r = await measure(system, mode, clients, pair, options.seconds);
             runs.push(r);
-            console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; switches/tx: ${Object.entries(r.switchesPerTx).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}; other system ${r.otherCpuMsPerSec.toFixed(0)} ms/s; settled in ${r.settleMs} ms`);
+            console.log(`${mode.padEnd(5)}  ${String(clients).padStart(7)}  ${String(pair).padStart(4)}  ${system.padEnd(6)}  ${r.txPerSec.toFixed(0).padStart(8)}  ${r.p50Ms.toFixed(2).padStart(7)}  ${r.p99Ms.toFixed(2).padStart(7)}  ${String(r.errors).padStart(6)}  ${r.walFsyncsPerTx.toFixed(2).padStart(13)}  ${r.journalFsyncsPerTx === null ? '-'.padStart(17) : r.journalFsyncsPerTx.toFixed(2).padStart(17)}  cpu ms/tx: ${Object.entries(r.cpuMsPerTx).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}; switches/tx: ${Object.entries(r.switchesPerTx).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}; other system ${r.otherCpuMsPerSec.toFixed(0)} ms/s; settled in ${r.settleMs} ms${r.warmupErrors > 0 ? `; ${r.warmupErrors} errors in its warm-up` : ''}`);
           }
         }
       }
