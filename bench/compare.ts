@@ -66,7 +66,7 @@ export interface CompareRun {
   readonly journalFsyncsPerTx: number | null;
   /** CPU milliseconds per commit, by part: where the time goes on a 2-core machine. */
   readonly cpuMsPerTx: Readonly<Record<string, number>>;
-  /** Context switches per commit, by part: the wake-ups a commit costs each process (their CPU follows them at low load). */
+  /** Context switches per commit, by part: how often a commit wakes each process. */
   readonly switchesPerTx: Readonly<Record<string, number>>;
   /** CPU milliseconds per second the other system's processes used during the run: near 0 on an idle machine. */
   readonly otherCpuMsPerSec: number;
